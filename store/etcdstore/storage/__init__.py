@@ -1,0 +1,1 @@
+"""Durable storage: the RocksDB backend and the Raft log kept in it."""
