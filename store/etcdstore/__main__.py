@@ -1,0 +1,5 @@
+import sys
+
+from etcdstore.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Leases: TTL-bound groups of keys."""
