@@ -1,0 +1,124 @@
+"""An asyncio client for etcd's v3 gRPC API (etcd 3.4 and etcdstore), built on grpc.aio.
+
+    from etcdstore.client import Client, Compare, Op, TLSConfig
+
+    async with Client(["127.0.0.1:2379", "127.0.0.1:22379"], timeout=5) as c:
+        await c.put("k", "v")
+        r = await c.get("k")                      # RangeResponse: r.kvs[0].value == b"v"
+        await c.txn([Compare.mod_revision("k") == r.kvs[0].mod_revision],
+                    [Op.put("k", "v2")], [Op.get("k")])
+        async with await c.watch("dir/", prefix=True) as w:
+            async for resp in w:                  # WatchResponse
+                ...
+
+Construction
+    Client(endpoints, *, timeout=30.0, tls=None, user=None, password=None, require_leader=False,
+           channel_options=())
+    endpoints: a list or a comma-separated string of "host:port", "http://host:port" or
+    "https://host:port" (https, or any tls= given, means TLS). tls=TLSConfig(ca_file, cert_file,
+    key_file, server_name). user/password: Authenticate, then send the `token` metadata; a call
+    answered "invalid auth token" (also "revision of auth store is old", "user name is empty")
+    re-authenticates once and is resent. If the server has auth disabled the client works
+    without a token. require_leader sends `hasleader: true` (fail fast when the member has no
+    leader). timeout is the per-call deadline in seconds (None: none); it does not bound
+    streams (watch, observe, snapshot, keepalive) nor lock()/campaign(), which take their own.
+    Use `async with` or `await client.close()`.
+
+Connections and failover
+    One gRPC channel per endpoint, made on first use. Calls go to the current endpoint. On
+    UNAVAILABLE a call moves on to the next endpoint (and it becomes the current one) only when
+    that cannot apply it twice: idempotent calls (get, read-only txn, status, member_list,
+    hash_kv, alarm_list, lease_time_to_live, user/role get/list, ...) and calls that never reached
+    a server (connection refused). Any other failure of a write (put, delete, txn with writes,
+    compact, lease_grant, member_*, ...) is raised: its outcome is unknown.
+    Views share the connections: `client.at(endpoint)` is pinned to one member with no
+    failover (for per-member calls: status, hash_kv, hash, defragment, alarm_*, snapshot,
+    move_leader); `client.with_options(timeout=, require_leader=)` changes options.
+
+Errors
+    Every failure is raised as etcdstore.errors.EtcdError(code, message): compare with `==` to
+    the constants (`e == errors.COMPACTED`). Deadline exceeded and unavailable are EtcdErrors too
+    (codes DEADLINE_EXCEEDED / UNAVAILABLE, gRPC's message). Client-side conditions use the
+    "etcdclient:" messages in etcdstore.client.rpc_errors (CLIENT_CLOSED, WATCH_STREAM_CLOSED,
+    KEEPALIVE_STREAM_CLOSED).
+
+Methods (all async; each returns the protobuf response unwrapped; keys/values are bytes or str)
+    KV      get(key, *, range_end=None, prefix=False, from_key=False, limit=0, revision=0,
+                sort_order=SortOrder.NONE, sort_target=SortTarget.KEY, serializable=False,
+                keys_only=False, count_only=False, min_mod_revision=0, max_mod_revision=0,
+                min_create_revision=0, max_create_revision=0) -> RangeResponse
+            put(key, value, *, lease=0, prev_kv=False, ignore_value=False, ignore_lease=False)
+            delete(key, *, range_end=None, prefix=False, from_key=False, prev_kv=False)
+            txn(compare=[...], success=[...], failure=[...]) -> TxnResponse
+                Compare.version|create_revision|mod_revision|value|lease(key, *, range_end, prefix)
+                    compared with ==, !=, <, >;  Op.get/put/delete(...same options...), Op.txn(...)
+            compact(revision, *, physical=False)
+    Watch   watch(key, *, range_end=None, prefix=False, from_key=False, start_revision=0,
+                  prev_kv=False, filters=(WatchFilter.NOPUT, ...), progress_notify=False,
+                  fragment=False, watch_id=0) -> Watcher, returned once etcd confirmed creation.
+            All watchers of a view share one gRPC stream (as clientv3 does); it closes when its
+            last watcher is canceled. A Watcher is an async iterator of WatchResponse (events,
+            progress notifications with header.revision, and a last response with canceled=True
+            and compact_revision when etcd cancels it, e.g. start_revision compacted). Fragments
+            (fragment=True) are merged back into one response. watcher.cancel() ends iteration;
+            watcher.request_progress() asks for a progress notification (sent to every watcher of
+            the stream). If the stream breaks (member killed or restarted) the iterator raises
+            EtcdError after the buffered responses: there is no silent re-subscription.
+    Lease   lease_grant(ttl, id=0), lease_revoke(id), lease_keepalive_once(id),
+            lease_keepalive(id, *, on_lost=None) -> LeaseKeeper (background refresh every TTL/3 over
+            one LeaseKeepAlive stream; `lost` event, `wait_lost()`, `error`, `ttl`, `close()`),
+            lease_time_to_live(id, *, keys=False), lease_leases()
+    Cluster member_add(peer_urls, *, learner=False), member_remove(id), member_update(id, peer_urls),
+            member_list(*, linearizable=False), member_promote(id)
+    Maint.  status(), hash_kv(revision=0), hash(), alarm_list(), alarm_disarm(member_id, alarm),
+            alarm_activate(member_id, alarm), defragment(), move_leader(target_id),
+            downgrade(action, version) (etcd 3.5+), snapshot() -> async iterator of bytes,
+            snapshot_save(path) -> (size, sha256 hex), written to a temp file, fsynced, renamed.
+    Auth    auth_enable(), auth_disable(), auth_status(), authenticate(name, password),
+            user_add(name, password="", *, no_password=False), user_get(name), user_list(),
+            user_delete(name), user_change_password(name, password), user_grant_role(user, role),
+            user_revoke_role(user, role), role_add(name), role_get(name), role_list(),
+            role_delete(name), role_grant_permission(name, key, *, range_end/prefix/from_key,
+            perm_type=PermissionType.READWRITE), role_revoke_permission(name, key, *, range_end/...)
+    Lock    lock(name, lease, *, timeout=None) -> LockResponse (.key), unlock(key)
+    Election campaign(name, lease, value, *, timeout=None) -> CampaignResponse (.leader: LeaderKey),
+            proclaim(leader, value), leader(name), observe(name) -> async iterator of
+            LeaderResponse, resign(leader)
+"""
+
+from etcdstore.client.channels import Endpoint, TLSConfig
+from etcdstore.client.client import Client
+from etcdstore.client.lease import LeaseKeeper
+from etcdstore.client.maintenance import DowngradeAction
+from etcdstore.client.requests import (
+    AlarmType,
+    Compare,
+    Op,
+    PermissionType,
+    SortOrder,
+    SortTarget,
+    WatchFilter,
+    prefix_end,
+)
+from etcdstore.client.transport import DEFAULT_TIMEOUT
+from etcdstore.client.watch import Watcher
+from etcdstore.errors import EtcdError
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "AlarmType",
+    "Client",
+    "Compare",
+    "DowngradeAction",
+    "Endpoint",
+    "EtcdError",
+    "LeaseKeeper",
+    "Op",
+    "PermissionType",
+    "SortOrder",
+    "SortTarget",
+    "TLSConfig",
+    "WatchFilter",
+    "Watcher",
+    "prefix_end",
+]

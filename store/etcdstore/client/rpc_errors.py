@@ -1,0 +1,51 @@
+"""gRPC failures -> `EtcdError`, and the one question failover needs answered: was it sent?"""
+
+from __future__ import annotations
+
+import grpc
+
+from etcdstore import errors
+from etcdstore.errors import EtcdError
+
+# Client-side conditions with no server message of their own. The "etcdclient:" prefix keeps
+# them apart from etcd's "etcdserver:" table; callers compare them like any EtcdError.
+CLIENT_CLOSED = EtcdError(grpc.StatusCode.CANCELLED, "etcdclient: client is closed")
+WATCH_STREAM_CLOSED = EtcdError(grpc.StatusCode.UNAVAILABLE, "etcdclient: watch stream closed by server")
+KEEPALIVE_STREAM_CLOSED = EtcdError(grpc.StatusCode.UNAVAILABLE, "etcdclient: keepalive stream closed by server")
+
+# gRPC core's pick-first policy fails an RPC with this text when no connection to the target
+# exists (refused, unreachable, TLS handshake failed): the request never left this process.
+_UNSENT_PREFIX = "failed to connect to all addresses"
+
+# Token problems that a fresh Authenticate fixes (as clientv3 does): the request was rejected
+# before it was applied, so resending it is safe even for writes.
+REFRESH_TOKEN_ERRORS = frozenset({errors.INVALID_AUTH_TOKEN, errors.AUTH_OLD_REVISION, errors.USER_EMPTY})
+
+
+def to_etcd_error(err: grpc.RpcError) -> EtcdError:
+    """EtcdError(code, details): equal (==) to the matching constant in etcdstore.errors.
+
+    Always a fresh instance: raising one shared exception object from many tasks would chain
+    their tracebacks together."""
+    code = err.code() if callable(getattr(err, "code", None)) else grpc.StatusCode.UNKNOWN
+    details = (err.details() if callable(getattr(err, "details", None)) else None) or ""
+    return EtcdError(code, details)
+
+
+def error_from_reason(reason: str, default: grpc.StatusCode) -> EtcdError:
+    """An error for a text-only failure (a watch's cancel_reason): the known code when etcd's
+    table has this message, else `default`."""
+    known = errors.from_message(reason)
+    return EtcdError(known.code if known else default, reason)
+
+
+def fresh(err: EtcdError) -> EtcdError:
+    """A new instance equal to `err` (constants are never raised themselves)."""
+    return EtcdError(err.code, err.message)
+
+
+def never_sent(err: grpc.RpcError) -> bool:
+    """True when the RPC failed before any byte reached a server (safe to send elsewhere)."""
+    if err.code() != grpc.StatusCode.UNAVAILABLE:
+        return False
+    return (err.details() or "").startswith(_UNSENT_PREFIX)
