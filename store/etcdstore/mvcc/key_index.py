@@ -1,0 +1,186 @@
+"""The in-memory key index: for each key, the revisions at which it changed.
+
+A key's history is a list of generations. A generation starts with the put that creates
+the key and ends with the tombstone that deletes it; the key's current generation is open
+(and empty while the key does not exist). Each generation remembers its create revision
+and how many changes it holds, which gives create_revision, mod_revision and version of
+the key at any revision without reading values.
+
+Compaction at revision C drops, per key, every revision below the newest one <= C, and
+every generation whose tombstone is below C. A tombstone at exactly C is kept (a watcher
+starting at C must still see that delete; etcd fixed this in 3.5.15).
+
+Revisions are packed ints (see `revision`); "main" comparisons shift by SUB_BITS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from sortedcontainers import SortedList
+
+from etcdstore.mvcc.revision import SUB_BITS
+
+# A closed generation: (create revision, number of changes incl. the tombstone, revisions).
+Generation = tuple[int, int, list[int]]
+
+
+class KeyIndex:
+    """Revisions of one key. The open generation is inlined (most keys have only one)."""
+
+    __slots__ = ("key", "created", "ver", "revs", "lease", "past")
+
+    def __init__(self, key: bytes) -> None:
+        self.key = key
+        self.created = 0  # create revision of the open generation (0 while it is empty)
+        self.ver = 0  # changes in the open generation
+        self.revs: list[int] = []  # open generation; empty => the key does not exist now
+        self.lease = 0  # lease of the newest put (so a put/delete can detach without a read)
+        self.past: list[Generation] | None = None  # closed generations, oldest first
+
+    # -- changes ------------------------------------------------------------------------
+
+    def put(self, rev: int, lease: int) -> None:
+        if not self.revs:
+            self.created = rev
+            self.ver = 0
+        self.revs.append(rev)
+        self.ver += 1
+        self.lease = lease
+
+    def tombstone(self, rev: int) -> bool:
+        """Close the open generation with a tombstone; False if the key does not exist."""
+        if not self.revs:
+            return False
+        self.revs.append(rev)
+        closed = (self.created, self.ver + 1, self.revs)
+        if self.past is None:
+            self.past = [closed]
+        else:
+            self.past.append(closed)
+        self.created = 0
+        self.ver = 0
+        self.revs = []
+        self.lease = 0
+        return True
+
+    def restore(self, created: int, rev: int, ver: int, lease: int) -> None:
+        """Start from a revision read back from disk whose predecessors may be compacted away."""
+        self.created = created
+        self.ver = ver
+        self.revs = [rev]
+        self.lease = lease
+
+    def restore_tombstone(self, rev: int) -> None:
+        """A key whose only surviving revision is a tombstone (kept by a compaction at its revision)."""
+        self.past = [(0, 1, [rev])]
+
+    # -- reads --------------------------------------------------------------------------
+
+    def get(self, at_main: int) -> tuple[int, int, int] | None:
+        """(mod revision, create revision, version) of the key at main revision `at_main`, or None."""
+        revs = self.revs
+        if revs:
+            last = revs[-1]
+            if last >> SUB_BITS <= at_main:
+                return last, self.created, self.ver
+            if revs[0] >> SUB_BITS <= at_main:
+                return _walk(revs, at_main, self.created, self.ver, len(revs))
+        past = self.past
+        if past:
+            for created, ver, prevs in reversed(past):
+                if prevs[-1] >> SUB_BITS <= at_main:
+                    return None  # deleted by then (tombstone at or before at_main)
+                if prevs[0] >> SUB_BITS <= at_main:
+                    return _walk(prevs, at_main, created, ver, len(prevs))
+        return None
+
+    def is_empty(self) -> bool:
+        return not self.revs and not self.past
+
+    # -- compaction -----------------------------------------------------------------------
+
+    def compact(self, at_main: int) -> bool:
+        """Drop what compaction at `at_main` makes unreachable; True if nothing is left."""
+        past = self.past
+        if past:
+            i = 0
+            n = len(past)
+            while i < n and past[i][2][-1] >> SUB_BITS < at_main:
+                i += 1
+            if i == n:
+                self.past = None
+            else:
+                if i:
+                    del past[:i]
+                created, ver, prevs = past[0]
+                j = _last_at_or_below(prevs, at_main)
+                if j > 0:
+                    past[0] = (created, ver, prevs[j:])
+                return False
+        revs = self.revs
+        if revs:
+            j = _last_at_or_below(revs, at_main)
+            if j > 0:
+                del revs[:j]
+            return False
+        return True
+
+    def __repr__(self) -> str:
+        return f"KeyIndex({self.key!r}, past={self.past}, open=({self.created}, {self.ver}, {self.revs}))"
+
+
+def _walk(revs: list[int], at_main: int, created: int, ver: int, n: int) -> tuple[int, int, int]:
+    i = n - 1
+    while revs[i] >> SUB_BITS > at_main:
+        i -= 1
+    return revs[i], created, ver - (n - 1 - i)
+
+
+def _last_at_or_below(revs: list[int], at_main: int) -> int:
+    """Index of the newest revision with main <= at_main (-1 if none)."""
+    i = len(revs) - 1
+    while i >= 0 and revs[i] >> SUB_BITS > at_main:
+        i -= 1
+    return i
+
+
+class Index:
+    """All keys' KeyIndex, by key and in key order (for range scans)."""
+
+    __slots__ = ("by_key", "_sorted")
+
+    def __init__(self) -> None:
+        self.by_key: dict[bytes, KeyIndex] = {}
+        self._sorted = SortedList()
+
+    def __len__(self) -> int:
+        return len(self.by_key)
+
+    def get(self, key: bytes) -> KeyIndex | None:
+        return self.by_key.get(key)
+
+    def get_or_create(self, key: bytes) -> KeyIndex:
+        ki = self.by_key.get(key)
+        if ki is None:
+            ki = self.by_key[key] = KeyIndex(key)
+            self._sorted.add(key)
+        return ki
+
+    def remove(self, key: bytes) -> None:
+        if self.by_key.pop(key, None) is not None:
+            self._sorted.remove(key)
+
+    def keys(self, key: bytes, end: bytes) -> Iterator[bytes]:
+        """Keys in [key, end) in order; end == b'' means no upper bound."""
+        if end:
+            if end <= key:
+                return iter(())
+            return self._sorted.irange(key, end, (True, False))
+        return self._sorted.irange(key, None)
+
+    def keys_after(self, key: bytes | None) -> Iterator[bytes]:
+        """Keys strictly after `key` (all keys when None), in order; for resumable walks."""
+        if key is None:
+            return iter(self._sorted)
+        return self._sorted.irange(key, None, (False, False))
