@@ -1,0 +1,1 @@
+"""Client-facing APIs: gRPC services, the client-port multiplexer, HTTP endpoints."""

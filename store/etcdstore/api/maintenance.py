@@ -1,0 +1,145 @@
+"""etcdserverpb.Maintenance: Status, Hash, HashKV, Defragment, Snapshot, Alarm, MoveLeader."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+import grpc
+
+from etcdstore import ETCD_VERSION, errors
+from etcdstore.api.common import abort_with, gate, log, unary
+from etcdstore.proto.etcdserverpb import rpc_pb2, rpc_pb2_grpc
+from etcdstore.server.requests import Kind
+from etcdstore.snapshot import format as snapfmt
+from etcdstore.storage.backend import Backend
+
+if TYPE_CHECKING:
+    from etcdstore.server.server import EtcdServer
+
+SNAPSHOT_CHUNK = 32 * 1024  # etcd streams 32 KiB per message
+
+
+class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
+    def __init__(self, server: EtcdServer) -> None:
+        self.s = server
+
+    @unary
+    async def Status(self, request: rpc_pb2.StatusRequest, context: grpc.aio.ServicerContext) -> rpc_pb2.StatusResponse:
+        gate(self.s, context, learner_ok=True)
+        return self.s.status()
+
+    @unary
+    async def Hash(self, request: rpc_pb2.HashRequest, context: grpc.aio.ServicerContext) -> rpc_pb2.HashResponse:
+        s = self.s
+        gate(s, context)
+        s.authorize_admin(context)
+        return rpc_pb2.HashResponse(header=s.header(), hash=s.kv.hash())
+
+    @unary
+    async def HashKV(self, request: rpc_pb2.HashKVRequest, context: grpc.aio.ServicerContext) -> rpc_pb2.HashKVResponse:
+        s = self.s
+        gate(s, context)
+        s.authorize_admin(context)
+        h, compact_rev, hash_rev = s.kv.hash_kv(request.revision)
+        return rpc_pb2.HashKVResponse(header=s.header(), hash=h, compact_revision=compact_rev, hash_revision=hash_rev)
+
+    @unary
+    async def Defragment(
+        self, request: rpc_pb2.DefragmentRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.DefragmentResponse:
+        s = self.s
+        gate(s, context)
+        s.authorize_admin(context)
+        await asyncio.get_running_loop().run_in_executor(None, s.backend.defragment)
+        return rpc_pb2.DefragmentResponse(header=s.header())
+
+    async def Snapshot(
+        self, request: rpc_pb2.SnapshotRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[rpc_pb2.SnapshotResponse]:
+        s = self.s
+        try:
+            gate(s, context)
+            s.authorize_admin(context)
+            path = await make_snapshot_file(s)
+        except errors.EtcdError as e:
+            await abort_with(context, e)
+            return
+        try:
+            total = os.path.getsize(path)
+            sent = 0
+            header = s.header()
+            with open(path, "rb") as f:
+                while True:
+                    blob = f.read(SNAPSHOT_CHUNK)
+                    if not blob:
+                        break
+                    sent += len(blob)
+                    yield rpc_pb2.SnapshotResponse(header=header, remaining_bytes=total - sent, blob=blob,
+                                                   version=ETCD_VERSION)
+        finally:
+            os.unlink(path)
+
+    @unary
+    async def Alarm(self, request: rpc_pb2.AlarmRequest, context: grpc.aio.ServicerContext) -> rpc_pb2.AlarmResponse:
+        s = self.s
+        gate(s, context)
+        s.authorize_admin(context)
+        resp = await s.propose(Kind.ALARM, request.SerializeToString())
+        if request.action == rpc_pb2.AlarmRequest.DEACTIVATE:
+            s.alarm_deactivated()
+        return resp
+
+    @unary
+    async def MoveLeader(
+        self, request: rpc_pb2.MoveLeaderRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.MoveLeaderResponse:
+        s = self.s
+        gate(s, context)
+        s.authorize_admin(context)
+        await s.move_leader(request.targetID)
+        return rpc_pb2.MoveLeaderResponse(header=s.header())
+
+    @unary
+    async def Downgrade(
+        self, request: rpc_pb2.DowngradeRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.DowngradeResponse:
+        # etcd 3.4 has no downgrade support either.
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "etcdserver: downgrade is not supported")
+
+
+async def make_snapshot_file(s: EtcdServer) -> str:
+    """A point-in-time snapshot file of the state machine (checkpoint -> snapshot format)."""
+    loop = asyncio.get_running_loop()
+    work = tempfile.mkdtemp(prefix="snapshot-", dir=s.member_dir)
+    checkpoint = os.path.join(work, "checkpoint")
+    out = os.path.join(work, "snapshot.db")
+    # The checkpoint is taken on the loop thread: no apply batch can land half-way through it.
+    s.backend.checkpoint(checkpoint)
+
+    def build() -> None:
+        cp = Backend.open_read_only(checkpoint)
+        try:
+            snapfmt.create_file(cp, out)
+        finally:
+            cp.close()
+
+    try:
+        await loop.run_in_executor(None, build)
+    except Exception as e:
+        log.error("snapshot failed", exc_info=e)
+        _remove_tree(work)
+        raise errors.EtcdError(grpc.StatusCode.INTERNAL, f"etcdserver: snapshot failed: {e}") from None
+    final = tempfile.mktemp(prefix="snapshot-", suffix=".db", dir=s.member_dir)
+    os.replace(out, final)
+    _remove_tree(work)
+    return final
+
+
+def _remove_tree(path: str) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)

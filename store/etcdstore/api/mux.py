@@ -1,0 +1,223 @@
+"""The client port's front door: one listener for gRPC and HTTP/1, with optional TLS.
+
+etcd serves gRPC and HTTP/1 (health, metrics, the JSON gateway, the v2 API) on the same
+client port. grpcio cannot share a port with an HTTP/1 server, so each accepted connection
+is classified by its first bytes:
+
+* the HTTP/2 connection preface ("PRI * HTTP/2.0...") -> relayed to the gRPC server's
+  private loopback listener (a thin byte pump; HTTP/2 multiplexes a client's requests
+  over one connection, so the relay cost is per chunk, not per connection);
+* anything else -> handed, in-process, to the aiohttp application.
+
+TLS is terminated here, per connection, with whatever SSLContext `tls_context()` returns at
+accept time, so rotated certificate files take effect without a restart. The relayed
+connection's local port identifies it to the gRPC side (`identity_for_peer`), which is how
+a verified client certificate's CN reaches the auth layer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+_HIGH_WATER = 4 * 1024 * 1024
+
+
+class _Pump(asyncio.Protocol):
+    """One direction-pair of the relay: bytes from `self` go to `peer` unchanged."""
+
+    __slots__ = ("transport", "peer", "_on_close")
+
+    def __init__(self, peer: asyncio.Transport | None = None, on_close: Callable[[], None] | None = None) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.peer = peer
+        self._on_close = on_close
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        transport.set_write_buffer_limits(high=_HIGH_WATER)  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        self.peer.write(data)  # type: ignore[union-attr]
+
+    def eof_received(self) -> bool:
+        if self.peer is not None and self.peer.can_write_eof():
+            self.peer.write_eof()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.peer is not None:
+            self.peer.close()
+        if self._on_close is not None:
+            self._on_close()
+
+    # Backpressure: when our transport's buffer fills, stop reading from the peer.
+    def pause_writing(self) -> None:
+        if self.peer is not None:
+            self.peer.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.peer is not None:
+            self.peer.resume_reading()
+
+
+class _Sniffer(asyncio.Protocol):
+    """Reads the first bytes of a connection, then hands it to gRPC or HTTP/1."""
+
+    def __init__(self, mux: ClientPortMux) -> None:
+        self.mux = mux
+        self.buf = b""
+        self.transport: asyncio.Transport | None = None
+        self.decided = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self.decided:  # bytes that arrive while the gRPC side is being dialled
+            self.buf += data
+            return
+        self.buf += data
+        n = min(len(self.buf), len(_H2_PREFACE))
+        if self.buf[:n] == _H2_PREFACE[:n]:
+            if n < 3:
+                return  # could still be either
+            self.decided = True
+            asyncio.ensure_future(self._to_grpc())
+        else:
+            self.decided = True
+            self._to_http()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        pass
+
+    def _to_http(self) -> None:
+        transport = self.transport
+        assert transport is not None
+        proto = self.mux.http_protocol_factory()
+        transport.set_protocol(proto)
+        proto.connection_made(transport)
+        proto.data_received(self.buf)
+
+    async def _to_grpc(self) -> None:
+        front = self.transport
+        assert front is not None
+        loop = asyncio.get_running_loop()
+        back_proto = _Pump(front)
+        try:
+            back, _ = await loop.create_connection(lambda: back_proto, *self.mux.grpc_address)
+        except OSError as e:
+            log.warning("client port: gRPC listener unreachable: %s", e)
+            front.close()
+            return
+        identity = self.mux.pending_identity(front)
+        local_port = back.get_extra_info("sockname")[1]
+        if identity is not None:
+            self.mux.identities[local_port] = identity
+
+        def forget() -> None:
+            self.mux.identities.pop(local_port, None)
+
+        front_proto = _Pump(back, forget)  # type: ignore[arg-type]
+        front_proto.transport = front
+        front.set_write_buffer_limits(high=_HIGH_WATER)
+        front.set_protocol(front_proto)
+        if front.is_closing():
+            back.close()
+            return
+        if self.buf:
+            back.write(self.buf)
+            self.buf = b""
+
+
+class ClientPortMux:
+    """Serves gRPC and HTTP/1 on one address.
+
+    grpc_address: where the gRPC server listens privately (host, port).
+    http_protocol_factory: makes an asyncio Protocol for one HTTP/1 connection (aiohttp's
+    `web.Server` instance is such a factory).
+    tls_context: returns the SSLContext to use for the next accepted connection, or None
+    for plaintext.
+    """
+
+    def __init__(
+        self,
+        grpc_address: tuple[str, int],
+        http_protocol_factory: Callable[[], asyncio.Protocol],
+        tls_context: Callable[[], ssl.SSLContext | None] = lambda: None,
+    ) -> None:
+        self.grpc_address = grpc_address
+        self.http_protocol_factory = http_protocol_factory
+        self.tls_context = tls_context
+        # local port of a relayed gRPC connection -> the client identity (cert CN)
+        self.identities: dict[int, str] = {}
+        self._servers: list[asyncio.base_events.Server] = []
+
+    async def listen(self, host: str, port: int) -> int:
+        """Start accepting on host:port; returns the bound port (useful with port 0)."""
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: _Acceptor(self), host, port, reuse_address=True, backlog=4096)
+        self._servers.append(server)
+        return server.sockets[0].getsockname()[1]
+
+    def identity_for_peer(self, peer: str) -> str | None:
+        """The client-certificate CN of the connection gRPC reports as `peer` ("ipv4:127.0.0.1:PORT")."""
+        try:
+            port = int(peer.rsplit(":", 1)[1])
+        except (IndexError, ValueError):
+            return None
+        return self.identities.get(port)
+
+    @staticmethod
+    def pending_identity(transport: asyncio.Transport) -> str | None:
+        cert = transport.get_extra_info("peercert")
+        if not cert:
+            return None
+        for rdn in cert.get("subject", ()):
+            for key, value in rdn:
+                if key == "commonName":
+                    return value
+        return None
+
+    async def close(self) -> None:
+        for server in self._servers:
+            server.close()
+        for server in self._servers:
+            await server.wait_closed()
+        self._servers.clear()
+
+
+class _Acceptor(asyncio.Protocol):
+    """Accepts a TCP connection, starts TLS if configured, then sniffs the protocol."""
+
+    def __init__(self, mux: ClientPortMux) -> None:
+        self.mux = mux
+        self.sniffer = _Sniffer(mux)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        ctx = self.mux.tls_context()
+        if ctx is None:
+            transport.set_protocol(self.sniffer)  # type: ignore[attr-defined]
+            self.sniffer.connection_made(transport)
+            return
+        transport.pause_reading()  # type: ignore[attr-defined]
+        asyncio.ensure_future(self._start_tls(transport, ctx))
+
+    async def _start_tls(self, transport: Any, ctx: ssl.SSLContext) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            tls = await loop.start_tls(transport, self.sniffer, ctx, server_side=True, ssl_handshake_timeout=10)
+        except (ssl.SSLError, ConnectionError, OSError, asyncio.TimeoutError) as e:
+            log.debug("client TLS handshake failed: %s", e)
+            transport.close()
+            return
+        if tls is None:
+            transport.close()
+            return
+        self.sniffer.connection_made(tls)

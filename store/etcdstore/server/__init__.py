@@ -1,0 +1,1 @@
+"""The server layer: proposals, apply, read index, membership."""

@@ -1,0 +1,160 @@
+"""Applying committed entries to the state machine.
+
+Every member applies every committed entry, in log order, with the same result: the MVCC
+store, leases, alarms, auth and membership change only here. All entries handed over in one
+batch are written in ONE backend batch together with the consistent index, so a crash either
+keeps the whole batch or none of it, and replay after a restart skips what was applied.
+
+An entry's outcome (a response message or an EtcdError) is returned to the server, which
+hands it to the waiting client if this member proposed it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from etcdstore import errors
+from etcdstore.proto.etcdserverpb import rpc_pb2
+from etcdstore.server import kv_apply
+from etcdstore.server.requests import Kind, Request
+
+if TYPE_CHECKING:
+    from etcdstore.server.server import EtcdServer
+    from etcdstore.storage.backend import Batch
+
+ALARM_NOSPACE = rpc_pb2.NOSPACE
+
+
+def txn_has_writes(r: rpc_pb2.TxnRequest) -> bool:
+    """Whether either branch of a txn (or a nested one) puts; etcd refuses those under NOSPACE."""
+    for ops in (r.success, r.failure):
+        for op in ops:
+            which = op.WhichOneof("request")
+            if which == "request_put":
+                return True
+            if which == "request_txn" and txn_has_writes(op.request_txn):
+                return True
+    return False
+
+
+class Applier:
+    """Turns one decoded request into state changes inside the current batch."""
+
+    def __init__(self, server: EtcdServer) -> None:
+        self.s = server
+        self._handlers: dict[int, Callable[[Batch, Request], Any]] = {
+            Kind.PUT: self._put,
+            Kind.DELETE_RANGE: self._delete_range,
+            Kind.TXN: self._txn,
+            Kind.COMPACTION: self._compaction,
+            Kind.LEASE_GRANT: self._lease_grant,
+            Kind.LEASE_REVOKE: self._lease_revoke,
+            Kind.LEASE_CHECKPOINT: self._lease_checkpoint,
+            Kind.ALARM: self._alarm,
+            Kind.MEMBER_PUBLISH: self._member_publish,
+        }
+        # Auth requests are handled by the auth store when it is present.
+        self.events: list = []
+
+    def register(self, kind: int, handler: Callable[[Batch, Request], Any]) -> None:
+        self._handlers[kind] = handler
+
+    def apply(self, batch: Batch, req: Request) -> Any:
+        handler = self._handlers.get(req.kind)
+        if handler is None:
+            # An entry kind this version does not know: refuse it the same way on every member.
+            return errors.EtcdError(errors.NOT_CAPABLE.code, errors.NOT_CAPABLE.message)
+        try:
+            return handler(batch, req)
+        except errors.EtcdError as e:
+            return e
+
+    # -- KV -------------------------------------------------------------------------------------
+
+    def _nospace(self) -> bool:
+        return self.s.alarms.active(ALARM_NOSPACE)
+
+    def _write(self, batch: Batch, fn: Callable[[Any], Any]) -> Any:
+        txn = self.s.kv.write(batch)
+        try:
+            resp = fn(txn)
+        finally:
+            self.events.extend(txn.end())
+        return resp
+
+    def _put(self, batch: Batch, req: Request) -> Any:
+        if self._nospace():
+            raise errors.NO_SPACE
+        r = rpc_pb2.PutRequest.FromString(req.payload)
+        self.s.check_permission_at_apply(req, "put", r.key, b"")
+        return self._write(batch, lambda txn: kv_apply.put(txn, r, self.s.lessor))
+
+    def _delete_range(self, batch: Batch, req: Request) -> Any:
+        r = rpc_pb2.DeleteRangeRequest.FromString(req.payload)
+        self.s.check_permission_at_apply(req, "delete", r.key, r.range_end)
+        return self._write(batch, lambda txn: kv_apply.delete_range(txn, r))
+
+    def _txn(self, batch: Batch, req: Request) -> Any:
+        r = rpc_pb2.TxnRequest.FromString(req.payload)
+        if self._nospace() and txn_has_writes(r):
+            raise errors.NO_SPACE
+        self.s.check_txn_permission_at_apply(req, r)
+        return self._write(batch, lambda txn: kv_apply.txn(txn, r, self.s.lessor))
+
+    def _compaction(self, batch: Batch, req: Request) -> Any:
+        r = rpc_pb2.CompactionRequest.FromString(req.payload)
+        self.s.kv.compact(batch, r.revision)
+        self.s.compaction_scheduled()
+        return rpc_pb2.CompactionResponse()
+
+    # -- leases ---------------------------------------------------------------------------------
+
+    def _lease_grant(self, batch: Batch, req: Request) -> Any:
+        if self._nospace():
+            raise errors.NO_SPACE
+        r = rpc_pb2.LeaseGrantRequest.FromString(req.payload)
+        lease = self.s.lessor.grant(batch, r.ID, r.TTL)
+        return rpc_pb2.LeaseGrantResponse(ID=lease.id, TTL=lease.ttl)
+
+    def _lease_revoke(self, batch: Batch, req: Request) -> Any:
+        r = rpc_pb2.LeaseRevokeRequest.FromString(req.payload)
+        keys = self.s.lessor.revoke(batch, r.ID)
+        if keys:
+            # All of the lease's keys go in one revision.
+            txn = self.s.kv.write(batch)
+            try:
+                for key in keys:
+                    txn.delete_range(key, b"")
+            finally:
+                self.events.extend(txn.end())
+        return rpc_pb2.LeaseRevokeResponse()
+
+    def _lease_checkpoint(self, batch: Batch, req: Request) -> Any:
+        r = rpc_pb2.LeaseCheckpointRequest.FromString(req.payload)
+        for cp in r.checkpoints:
+            self.s.lessor.checkpoint(batch, cp.ID, cp.remaining_TTL)
+        return rpc_pb2.LeaseCheckpointResponse()
+
+    # -- alarms and membership --------------------------------------------------------------------
+
+    def _alarm(self, batch: Batch, req: Request) -> Any:
+        r = rpc_pb2.AlarmRequest.FromString(req.payload)
+        resp = rpc_pb2.AlarmResponse()
+        if r.action == rpc_pb2.AlarmRequest.ACTIVATE:
+            if self.s.alarms.activate(batch, r.memberID, r.alarm):
+                resp.alarms.add(memberID=r.memberID, alarm=r.alarm)
+        elif r.action == rpc_pb2.AlarmRequest.DEACTIVATE:
+            if self.s.alarms.deactivate(batch, r.memberID, r.alarm):
+                resp.alarms.add(memberID=r.memberID, alarm=r.alarm)
+        else:
+            for mid, alarm in self.s.alarms.list(r.alarm):
+                resp.alarms.add(memberID=mid, alarm=alarm)
+        return resp
+
+    def _member_publish(self, batch: Batch, req: Request) -> Any:
+        import json
+
+        doc = json.loads(req.payload)
+        self.s.membership.publish(batch, int(doc["id"]), doc.get("name", ""), doc.get("clientURLs", []))
+        return None

@@ -1,0 +1,129 @@
+"""Process wiring of one member: server, gRPC services, client-port listeners, signals."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+
+import grpc
+from aiohttp import web
+
+from etcdstore import errors, logs
+from etcdstore.api.cluster import ClusterService
+from etcdstore.api.http import add_base_routes
+from etcdstore.api.kv import KVService
+from etcdstore.api.lease import LeaseService
+from etcdstore.api.maintenance import MaintenanceService
+from etcdstore.api.mux import ClientPortMux
+from etcdstore.api.watch import WatchService
+from etcdstore.config import ConfigError, ServerConfig
+from etcdstore.proto.etcdserverpb import rpc_pb2_grpc
+from etcdstore.server.server import EtcdServer
+
+log = logs.get_logger("etcdstore.main")
+
+# etcd allows this much gRPC framing on top of --max-request-bytes.
+_GRPC_OVERHEAD = 512 * 1024
+
+
+class Member:
+    """A running member: its server, the gRPC server and the listeners (usable in-process by tests)."""
+
+    def __init__(self, cfg: ServerConfig) -> None:
+        self.cfg = cfg
+        self.server: EtcdServer | None = None
+        self.grpc: grpc.aio.Server | None = None
+        self.mux: ClientPortMux | None = None
+        self.runners: list[web.AppRunner] = []
+        self.client_ports: list[int] = []
+
+    async def start(self) -> None:
+        cfg = self.cfg
+        s = EtcdServer(cfg)
+        self.server = s
+        await s.start()
+        options = [
+            ("grpc.max_receive_message_length", cfg.max_request_bytes + _GRPC_OVERHEAD),
+            ("grpc.max_send_message_length", 2**31 - 1),
+            ("grpc.max_concurrent_streams", 2**31 - 1),
+            ("grpc.so_reuseport", 0),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+        ]
+        server = grpc.aio.server(options=options)
+        rpc_pb2_grpc.add_KVServicer_to_server(KVService(s), server)
+        rpc_pb2_grpc.add_WatchServicer_to_server(WatchService(s), server)
+        rpc_pb2_grpc.add_LeaseServicer_to_server(LeaseService(s), server)
+        rpc_pb2_grpc.add_MaintenanceServicer_to_server(MaintenanceService(s), server)
+        rpc_pb2_grpc.add_ClusterServicer_to_server(ClusterService(s), server)
+        grpc_port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        self.grpc = server
+
+        app = web.Application(client_max_size=cfg.max_request_bytes + _GRPC_OVERHEAD)
+        add_base_routes(app, s)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        self.runners.append(runner)
+        self.mux = ClientPortMux(("127.0.0.1", grpc_port), runner.server)
+        for url in cfg.listen_client_urls:
+            port = await self.mux.listen(url.host, url.port)
+            self.client_ports.append(port)
+            log.info("serving client traffic", address=f"{url.host}:{port}")
+        for url in cfg.listen_metrics_urls:
+            mapp = web.Application()
+            add_base_routes(mapp, s)
+            mrunner = web.AppRunner(mapp, access_log=None)
+            await mrunner.setup()
+            await web.TCPSite(mrunner, url.host, url.port).start()
+            self.runners.append(mrunner)
+            log.info("serving metrics", address=f"{url.host}:{url.port}")
+
+    async def stop(self) -> None:
+        if self.mux is not None:
+            await self.mux.close()
+        if self.grpc is not None:
+            await self.grpc.stop(grace=0.5)
+        for runner in self.runners:
+            await runner.cleanup()
+        if self.server is not None:
+            await self.server.stop()
+
+
+async def _serve(cfg: ServerConfig) -> int:
+    member = Member(cfg)
+    loop = asyncio.get_running_loop()
+    stop = loop.create_future()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+    try:
+        await member.start()
+    except (ConfigError, errors.EtcdError, OSError) as e:
+        log.error("failed to start member", error=str(e))
+        await member.stop()
+        return 1
+    assert member.server is not None and member.server.stopped is not None
+    done, _ = await asyncio.wait([stop, member.server.stopped], return_when=asyncio.FIRST_COMPLETED)
+    log.info("stopping member")
+    await member.stop()
+    return 0
+
+
+def run(cfg: ServerConfig) -> int:
+    logs.setup(cfg.log_level)
+    for name, value in cfg.ignored.items():
+        log.info("flag accepted for etcd compatibility and ignored", flag=name, value=value)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        pass
+    try:
+        return asyncio.run(_serve(cfg))
+    except KeyboardInterrupt:
+        return 0
+    except ConfigError as e:
+        print(f"etcdstore: {e}", file=sys.stderr)
+        return 1

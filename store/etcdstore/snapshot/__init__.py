@@ -1,0 +1,1 @@
+"""Snapshots: the file format, and the snapshot restore/status tool."""
