@@ -102,6 +102,7 @@ class EtcdServer:
         self._read_inflight: dict[bytes, tuple[float, list[asyncio.Future[int]]]] = {}
         self._read_seq = 0
         self._transfer_to = 0
+        self._campaign_when_applied = False
         self._snapshot_index = self.raft_storage.snapshot().metadata.index
         self._compaction_pending = False
         self._disk = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="raft-disk")
@@ -166,7 +167,7 @@ class EtcdServer:
             contexts=contexts,
         )
         log.info("starting a new cluster", member_id=f"{mine:x}", cluster_id=f"{self.cluster_id:x}",
-                 members=len(peers))
+                 members=len(contexts))
 
     # ---- lifecycle ------------------------------------------------------------------------------------
 
@@ -183,10 +184,10 @@ class EtcdServer:
         self._spawn(self._publish(), "publish")
         if self.kv.compaction_unfinished():
             self.compaction_scheduled()
-        # A single voter can elect itself at once instead of waiting an election timeout.
-        if self.membership_is_single_voter():
-            self.node.campaign()
-            self._wake.set()
+        # A single voter elects itself as soon as its bootstrap entries are applied (Raft will
+        # not campaign with conf changes pending) instead of waiting an election timeout.
+        self._campaign_when_applied = self.membership_is_single_voter()
+        self._wake.set()
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=name)
@@ -340,10 +341,15 @@ class EtcdServer:
         wake = self._wake
         assert wake is not None
         while True:
-            if not (self._proposals or self._inbound or self._ticks or self._conf_proposals
-                    or self._read_waiters or self._transfer_to) and not node.has_ready():
+            # Proposals and reads can only be fed once a leader is known; until then they wait
+            # (their own deadlines bound them) and only ticks and messages wake the loop.
+            actionable = self._inbound or self._ticks or self._transfer_to or (
+                self.leader_id != 0 and (self._proposals or self._conf_proposals or self._read_waiters))
+            if not actionable and not node.has_ready():
                 wake.clear()
                 await wake.wait()
+            else:
+                await asyncio.sleep(0)  # let client handlers run between Readies
             self._feed(node)
             while node.has_ready():
                 rd = node.ready()
@@ -355,6 +361,10 @@ class EtcdServer:
             self._check_read_timeouts(node)
 
     def _feed(self, node: RawNode) -> None:
+        if self._campaign_when_applied and self.applied_index >= node.commit_index:
+            self._campaign_when_applied = False
+            if self.leader_id == 0:
+                node.campaign()
         while self._ticks:
             self._ticks -= 1
             node.tick()
