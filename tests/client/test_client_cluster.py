@@ -1,0 +1,204 @@
+"""A 3-member real etcd cluster: failover rules, membership changes, per-member calls."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from etcdstore import errors
+from etcdstore.client import Client, Op
+from etcdstore.errors import EtcdError
+
+pytestmark = pytest.mark.etcd
+
+
+async def test_read_fails_over_when_first_member_is_killed(etcd3) -> None:
+    async with Client(etcd3.endpoints, timeout=5) as c:
+        await c.put("k", "v")
+        assert c.endpoints[0] == etcd3.endpoints[0]
+        etcd3.members[0].kill()
+        for serializable in (False, True):
+            r = await c.get("k", serializable=serializable)
+            assert r.kvs[0].value == b"v"
+        assert c.endpoints[0] != etcd3.endpoints[0]  # moved on for good
+        assert r.header.member_id != 0
+        assert (await c.status()).header.member_id == r.header.member_id
+        assert len((await c.member_list()).members) == 3
+
+
+async def test_read_in_flight_is_retried_on_another_member(etcd3) -> None:
+    async with Client(etcd3.endpoints, timeout=5) as c:
+        await c.put("k", "v")
+        etcd3.members[0].pause()
+        task = asyncio.create_task(c.get("k"))
+        await asyncio.sleep(0.3)  # sent, unanswered
+        etcd3.members[0].kill()
+        assert (await task).kvs[0].value == b"v"
+
+
+async def test_write_with_unknown_outcome_is_raised_not_retried(etcd3) -> None:
+    async with Client(etcd3.endpoints, timeout=5) as c:
+        base = (await c.put("w", "0")).header.revision
+        etcd3.members[0].pause()
+        task = asyncio.create_task(c.put("w", "1"))
+        await asyncio.sleep(0.3)
+        etcd3.members[0].kill()
+        with pytest.raises(EtcdError) as e:
+            await task
+        assert e.value.code.name == "UNAVAILABLE"
+        # Not resent elsewhere: the cluster never saw it (the member got it while stopped).
+        r = await c.get("w")
+        assert r.kvs[0].value == b"0" and r.header.revision == base
+        # The next write cannot reach the dead member at all, so it moves on safely.
+        await c.put("w", "2")
+        assert (await c.get("w")).kvs[0].value == b"2"
+
+
+async def test_write_to_refused_endpoint_moves_on(etcd3) -> None:
+    etcd3.members[0].kill()
+    async with Client(etcd3.endpoints, timeout=5) as c:
+        r = await c.put("x", "1")
+        assert r.header.revision > 1
+        txn = await c.txn([], [Op.put("y", "2")])
+        assert txn.succeeded
+
+
+async def test_pinned_view_does_not_fail_over(etcd3) -> None:
+    async with Client(etcd3.endpoints, timeout=5) as c:
+        pinned = c.at(etcd3.endpoints[1])
+        st = await pinned.status()
+        assert st.header.member_id == etcd3.members[1].status().header.member_id
+        etcd3.members[1].kill()
+        with pytest.raises(EtcdError) as e:
+            await pinned.get("k")
+        assert e.value.code.name == "UNAVAILABLE"
+        await c.get("k")  # the unpinned client is unaffected
+        await pinned.close()  # a view closes nothing
+        await c.get("k")
+
+
+async def test_hash_kv_is_equal_on_every_member(etcd3) -> None:
+    async with Client(etcd3.endpoints, timeout=5) as c:
+        for i in range(10):
+            await c.put(f"h{i}", str(i))
+        rev = (await c.get("h0")).header.revision
+        hashes = set()
+        for ep in etcd3.endpoints:
+            for _ in range(50):  # followers may lag a moment behind the leader
+                r = await c.at(ep).hash_kv(rev)
+                if r.header.revision >= rev:
+                    break
+                await asyncio.sleep(0.05)
+            hashes.add((r.hash, r.compact_revision))
+        assert len(hashes) == 1
+
+
+async def test_move_leader(etcd3) -> None:
+    async with Client(etcd3.endpoints, timeout=10) as c:
+        leader = etcd3.leader_index()
+        target = (leader + 1) % 3
+        target_id = etcd3.members[target].status().header.member_id
+        follower = c.at(etcd3.endpoints[target])
+        with pytest.raises(EtcdError) as e:
+            await follower.move_leader(target_id)
+        assert e.value == errors.NOT_LEADER
+        await c.at(etcd3.endpoints[leader]).move_leader(target_id)
+        assert (await follower.status()).leader == target_id
+        with pytest.raises(EtcdError) as e:
+            await follower.move_leader(12345)
+        assert e.value == errors.BAD_LEADER_TRANSFEREE
+
+
+# etcd refuses reconfiguration until peers have been connected for 5 s ("unhealthy cluster");
+# a fresh test cluster skips that wait.
+@pytest.mark.etcd_args("--strict-reconfig-check=false")
+async def test_member_add_update_promote_remove(etcd3) -> None:
+    async with Client(etcd3.endpoints, timeout=10) as c:
+        ml = await c.member_list()
+        assert sorted(m.name for m in ml.members) == ["m0", "m1", "m2"]
+        assert {u for m in ml.members for u in m.clientURLs} == {m.client_url for m in etcd3.members}
+        added = await c.member_add(["http://127.0.0.1:1"], learner=True)
+        new_id = added.member.ID
+        assert added.member.isLearner and added.member.name == ""  # not started yet
+        assert len(added.members) == 4
+        with pytest.raises(EtcdError) as e:
+            await c.member_add(["http://127.0.0.1:1", "http://127.0.0.1:9"])
+        assert e.value == errors.PEER_URL_EXIST
+        with pytest.raises(EtcdError) as e:
+            await c.member_add(["http://127.0.0.1:2"], learner=True)
+        assert e.value == errors.TOO_MANY_LEARNERS
+        with pytest.raises(EtcdError) as e:
+            await c.member_promote(new_id)
+        assert e.value == errors.LEARNER_NOT_READY
+        voter = ml.members[0].ID
+        with pytest.raises(EtcdError) as e:
+            await c.member_promote(voter)
+        assert e.value == errors.MEMBER_NOT_LEARNER
+        updated = await c.member_update(new_id, ["http://127.0.0.1:3"])
+        assert [m.peerURLs for m in updated.members if m.ID == new_id] == [["http://127.0.0.1:3"]]
+        removed = await c.member_remove(new_id)
+        assert new_id not in [m.ID for m in removed.members]
+        with pytest.raises(EtcdError) as e:
+            await c.member_remove(new_id)
+        assert e.value == errors.MEMBER_NOT_FOUND
+
+
+@pytest.mark.etcd_args("--strict-reconfig-check=false")
+async def test_real_learner_joins_and_is_promoted(etcd3) -> None:
+    async with Client(etcd3.endpoints, timeout=10) as c:
+        for i in range(20):
+            await c.put(f"d{i}", "x")
+        m3 = etcd3.new_member("m3")
+        added = await c.member_add([m3.peer_url], learner=True)
+        m3.initial_cluster = ",".join(
+            f"{m.name or 'm3'}={m.peerURLs[0]}" for m in added.members
+        )
+        m3.spawn()
+        etcd3.members.append(m3)
+        for _ in range(100):
+            try:
+                promoted = await c.member_promote(added.member.ID)
+                break
+            except EtcdError as e:
+                assert e == errors.LEARNER_NOT_READY
+                await asyncio.sleep(0.2)
+        else:
+            pytest.fail("the learner never caught up")
+        assert [m.isLearner for m in promoted.members if m.ID == added.member.ID] == [False]
+        for _ in range(50):  # in sync means >= 90% of the leader's log, not all of it yet
+            if (await c.at(m3.endpoint).get("d", prefix=True, serializable=True)).count == 20:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            pytest.fail("the promoted member never caught up")
+
+
+async def test_watch_on_killed_member_raises_and_new_watch_moves(etcd3) -> None:
+    async with Client(etcd3.endpoints, timeout=5) as c:
+        w = await c.watch("k")
+        etcd3.members[0].kill()
+        with pytest.raises(EtcdError):
+            async for _ in w:
+                pass
+        w2 = await c.watch("k")  # the dead member refuses: the new stream goes elsewhere
+        await c.put("k", "v")
+        resp = await asyncio.wait_for(w2.__anext__(), 5)
+        assert resp.events[0].kv.value == b"v"
+
+
+async def test_require_leader_fails_fast_without_quorum(etcd3) -> None:
+    async with Client(etcd3.endpoints[:1], timeout=5, require_leader=True) as c:
+        await c.put("q", "1")
+        etcd3.members[1].kill()
+        etcd3.members[2].kill()
+        # Without a leader (after the election timeout) etcd answers "no leader" at once.
+        for _ in range(50):
+            try:
+                await c.with_options(timeout=1).get("q")
+            except EtcdError as e:
+                if e == errors.NO_LEADER:
+                    break
+            await asyncio.sleep(0.2)
+        else:
+            pytest.fail("never saw etcdserver: no leader")
