@@ -1,0 +1,194 @@
+"""Test support for the MVCC tests: a store driven like the server's apply loop, and a real
+etcd 3.4 member to compare with (see conftest.py for the fixtures)."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from etcdstore import errors
+from etcdstore.mvcc import KVStore
+from etcdstore.mvcc.watchable import WatchableStore
+from etcdstore.proto.etcdserverpb import rpc_pb2 as pb
+from etcdstore.proto.etcdserverpb import rpc_pb2_grpc
+from etcdstore.server import kv_apply
+from etcdstore.storage.backend import Backend
+
+ETCD_BIN = shutil.which("etcd") or "/usr/bin/etcd"
+
+
+class FakeLessor:
+    """Just the lease bookkeeping the store and kv_apply call (the real lessor is not ours)."""
+
+    def __init__(self, leases: tuple[int, ...] = ()) -> None:
+        self.keys: dict[int, set[bytes]] = {lid: set() for lid in leases}
+
+    def exists(self, lease_id: int) -> bool:
+        return lease_id in self.keys
+
+    def attach(self, lease_id: int, key: bytes) -> None:
+        self.keys.setdefault(lease_id, set()).add(key)
+
+    def detach(self, lease_id: int, key: bytes) -> None:
+        self.keys.get(lease_id, set()).discard(key)
+
+
+class Node:
+    """One member's MVCC state, driven like the server's apply loop drives it."""
+
+    def __init__(self, path: Path, lessor: FakeLessor | None = None, watchable: bool = False) -> None:
+        self.path = path
+        self.lessor = lessor or FakeLessor()
+        self.backend = Backend(path)
+        self.kv = KVStore(self.backend, lessor=self.lessor)
+        self.watchable = WatchableStore(self.kv) if watchable else None
+        self.index = self.kv.consistent_index
+
+    def reopen(self) -> None:
+        self.backend.close()
+        self.backend = Backend(self.path)
+        self.kv = KVStore(self.backend, lessor=self.lessor)
+
+    def close(self) -> None:
+        if self.watchable is not None:
+            self.watchable.close()
+        self.backend.close()
+
+    # -- the apply loop ------------------------------------------------------------------------
+
+    def batch(self, *fns: Callable[[Any], Any]) -> list[Any]:
+        """Apply several requests in ONE backend batch (each fn gets its own write txn)."""
+        b = self.backend.batch()
+        results = []
+        events = []
+        for fn in fns:
+            txn = self.kv.write(b)
+            try:
+                results.append(fn(txn))
+            except errors.EtcdError as e:
+                results.append(e)
+            finally:
+                events.extend(txn.end())
+        self.index += 1
+        self.kv.set_consistent_index(b, self.index, 1)
+        self.backend.write(b, sync=False)
+        self.kv.batch_written()
+        if self.watchable is not None and events:
+            self.watchable.notify(events, self.kv.current_revision)
+        return results
+
+    def apply(self, fn: Callable[[Any], Any]) -> Any:
+        r = self.batch(fn)[0]
+        if isinstance(r, errors.EtcdError):
+            raise r
+        return r
+
+    def put(self, key: bytes, value: bytes, lease: int = 0) -> int:
+        return self.apply(lambda t: t.put(key, value, lease))
+
+    def delete(self, key: bytes, end: bytes | None = None) -> tuple[int, int]:
+        return self.apply(lambda t: t.delete_range(key, end))
+
+    def compact(self, rev: int, *, physical: bool = True) -> None:
+        b = self.backend.batch()
+        self.kv.compact(b, rev)
+        self.backend.write(b, sync=False)
+        self.kv.batch_written()
+        if physical:
+            self.kv.compact_all(limit=7)
+
+    # -- etcd requests (API-layer checks, then apply or read) ------------------------------------
+
+    def request(self, req: Any) -> Any:
+        if isinstance(req, pb.RangeRequest):
+            kv_apply.check_range(req)
+            return kv_apply.range(self.kv, req)
+        if isinstance(req, pb.PutRequest):
+            kv_apply.check_put(req)
+            return self.apply(lambda t: kv_apply.put(t, req, self.lessor))
+        if isinstance(req, pb.DeleteRangeRequest):
+            kv_apply.check_delete_range(req)
+            return self.apply(lambda t: kv_apply.delete_range(t, req))
+        if isinstance(req, pb.TxnRequest):
+            kv_apply.check_txn(req)
+            if kv_apply.txn_is_read_only(req):
+                return kv_apply.txn_read_only(self.kv, req)
+            return self.apply(lambda t: kv_apply.txn(t, req, self.lessor))
+        if isinstance(req, pb.CompactionRequest):
+            b = self.backend.batch()
+            resp = kv_apply.compact(self.kv, b, req)
+            self.backend.write(b, sync=False)
+            self.kv.batch_written()
+            self.kv.compact_all()
+            return resp
+        raise TypeError(req)
+
+
+
+# -- a real etcd 3.4 ----------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Etcd:
+    """A single-member etcd with fresh data and a KV stub; `request` mirrors Node.request."""
+
+    def __init__(self, data: Path) -> None:
+        self.client_port, self.peer_port = free_port(), free_port()
+        curl = f"http://127.0.0.1:{self.client_port}"
+        purl = f"http://127.0.0.1:{self.peer_port}"
+        self.log = open(data.parent / "etcd.log", "wb")
+        self.proc = subprocess.Popen(
+            [
+                ETCD_BIN, "--name", "m", "--data-dir", str(data),
+                "--listen-client-urls", curl, "--advertise-client-urls", curl,
+                "--listen-peer-urls", purl, "--initial-advertise-peer-urls", purl,
+                "--initial-cluster", f"m={purl}",
+            ],
+            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.client_port}")
+        self.kv = rpc_pb2_grpc.KVStub(self.channel)
+        self.lease = rpc_pb2_grpc.LeaseStub(self.channel)
+        self.maintenance = rpc_pb2_grpc.MaintenanceStub(self.channel)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                self.kv.Range(pb.RangeRequest(key=b"x"), timeout=1)
+                break
+            except grpc.RpcError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    self.close()
+                    raise RuntimeError("etcd did not start") from None
+                time.sleep(0.05)
+
+    def request(self, req: Any) -> Any:
+        call = {
+            pb.RangeRequest: self.kv.Range,
+            pb.PutRequest: self.kv.Put,
+            pb.DeleteRangeRequest: self.kv.DeleteRange,
+            pb.TxnRequest: self.kv.Txn,
+            pb.CompactionRequest: self.kv.Compact,
+        }[type(req)]
+        try:
+            return call(req, timeout=10)
+        except grpc.RpcError as e:
+            return errors.EtcdError(e.code(), e.details())
+
+    def close(self) -> None:
+        self.channel.close()
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
