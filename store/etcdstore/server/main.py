@@ -20,6 +20,7 @@ from etcdstore.api.watch import WatchService
 from etcdstore.config import ConfigError, ServerConfig
 from etcdstore.proto.etcdserverpb import rpc_pb2_grpc
 from etcdstore.server.server import EtcdServer
+from etcdstore.transport.peer import PeerTransport
 
 log = logs.get_logger("etcdstore.main")
 
@@ -40,7 +41,8 @@ class Member:
 
     async def start(self) -> None:
         cfg = self.cfg
-        s = EtcdServer(cfg)
+        listen = [(u.host, u.port) for u in cfg.listen_peer_urls]
+        s = EtcdServer(cfg, transport_factory=lambda srv: PeerTransport(srv, listen))
         self.server = s
         await s.start()
         options = [

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from typing import Any
 
 from etcdstore import ETCD_VERSION, errors
-from etcdstore.config import ServerConfig, check_bootstrap
+from etcdstore.config import ConfigError, ServerConfig, check_bootstrap
 from etcdstore.lease.lessor import Lessor, min_lease_ttl
 from etcdstore.logs import get_logger
 from etcdstore.mvcc.kvstore import KVStore
@@ -78,11 +78,14 @@ class EtcdServer:
         self.watchable = WatchableStore(self.kv, progress_interval=cfg.watch_progress_notify_interval)
         self.alarms = Alarms(self.backend)
         self.applier = Applier(self)
-        self.auth = None  # set by the auth layer when present
+        self.auth: Any = None  # set by the auth layer when present
+        self.transport: Any = None
         self._transport_factory = transport_factory
 
         self.applied_index = self.kv.consistent_index
         self.applied_term = self.kv.consistent_term
+        self.bootstrap_peers: dict[int, list[str]] = {}
+        self._resume_snapshot_install()
         self._bootstrap()
         self._id_gen = rq.IDGenerator(self.member_id)
 
@@ -112,7 +115,8 @@ class EtcdServer:
         self.stopped: asyncio.Future[None] | None = None
         self.removed = False
         self.request_timeout = 5.0 + 2 * cfg.election_timeout_ms / 1000.0
-        self.transport = None
+        self._reports: list[tuple[str, int, bool]] = []
+        self._received_snapshots: dict[int, str] = {}
         self.metrics_hook: Callable[[str, float], None] | None = None
         self._size_sampled_at = 0.0
         self._db_size = 0
@@ -146,7 +150,8 @@ class EtcdServer:
         check_bootstrap(cfg)
         initial = {name: [str(u) for u in urls] for name, urls in cfg.initial_cluster.items()}
         if cfg.initial_cluster_state == "existing":
-            raise NotImplementedError("joining an existing cluster needs the peer transport")
+            self._join_existing(initial, raft_cfg_kw)
+            return
         membership = Membership.from_initial_cluster(initial, cfg.initial_cluster_token)
         mine = derive_member_id([str(u) for u in cfg.initial_advertise_peer_urls], cfg.initial_cluster_token)
         self.member_id = mine
@@ -169,6 +174,34 @@ class EtcdServer:
         log.info("starting a new cluster", member_id=f"{mine:x}", cluster_id=f"{self.cluster_id:x}",
                  members=len(contexts))
 
+    def _join_existing(self, initial: dict[str, list[str]], raft_cfg_kw: dict) -> None:
+        """A new member of a running cluster: learn the cluster from its peers, then start Raft
+        with an empty log and let the leader send it everything (etcd's "existing" state)."""
+        mine = sorted(str(u) for u in self.cfg.initial_advertise_peer_urls)
+        peer_urls = [u for urls in initial.values() for u in urls if u not in mine]
+        info = _fetch_cluster_sync(peer_urls, self.cfg)
+        me = None
+        for doc in info["members"]:
+            if sorted(doc.get("peerURLs", [])) == mine:
+                me = int(doc["id"])
+        if me is None:
+            raise ConfigError(
+                f"member with peer URLs {','.join(mine)} is not in the cluster; add it first (member add)")
+        if me in set(info.get("removed", [])):
+            raise ConfigError(f"member {me:x} was removed from the cluster; it cannot rejoin")
+        self.member_id = me
+        self.cluster_id = int(info["clusterID"])
+        # Membership itself is rebuilt by applying the log; the fetched members only tell the
+        # transport where the peers are until then.
+        self.membership = Membership(self.cluster_id)
+        self.bootstrap_peers = {int(d["id"]): list(d.get("peerURLs", [])) for d in info["members"]}
+        batch = self.backend.batch()
+        batch.put(bk.RAFT_STATE, MEMBER_ID_KEY, _U64.pack(me))
+        self.membership.save_all(batch)
+        self.backend.write(batch, sync=True)
+        self.node = RawNode(RaftConfig(id=me, applied=0, **raft_cfg_kw), self.raft_storage)
+        log.info("joining an existing cluster", member_id=f"{me:x}", cluster_id=f"{self.cluster_id:x}")
+
     # ---- lifecycle ------------------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -177,6 +210,7 @@ class EtcdServer:
         self.stopped = loop.create_future()
         if self._transport_factory is not None:
             self.transport = self._transport_factory(self)
+            self.transport.extra_urls = dict(self.bootstrap_peers)
             await self.transport.start()
         self._spawn(self._run(), "raft")
         self._spawn(self._ticker(), "ticker")
@@ -343,7 +377,7 @@ class EtcdServer:
         while True:
             # Proposals and reads can only be fed once a leader is known; until then they wait
             # (their own deadlines bound them) and only ticks and messages wake the loop.
-            actionable = self._inbound or self._ticks or self._transfer_to or (
+            actionable = self._inbound or self._ticks or self._transfer_to or self._reports or (
                 self.leader_id != 0 and (self._proposals or self._conf_proposals or self._read_waiters))
             if not actionable and not node.has_ready():
                 wake.clear()
@@ -368,6 +402,13 @@ class EtcdServer:
         while self._ticks:
             self._ticks -= 1
             node.tick()
+        if self._reports:
+            reports, self._reports = self._reports, []
+            for kind, peer, ok in reports:
+                if kind == "unreachable":
+                    node.report_unreachable(peer)
+                else:
+                    node.report_snapshot(peer, ok)
         if self._inbound:
             msgs, self._inbound = self._inbound, []
             for m in msgs:
@@ -428,6 +469,8 @@ class EtcdServer:
         early = rd.can_send_early
         if early and rd.messages and self.transport is not None:
             self.transport.send(rd.messages)
+        if rd.snapshot is not None:
+            self._mark_snapshot_install(rd.snapshot)
         if rd.entries or rd.hard_state is not None or rd.snapshot is not None:
             await asyncio.get_running_loop().run_in_executor(
                 self._disk, self.raft_storage.save, rd.entries, rd.hard_state, rd.snapshot, rd.must_sync
@@ -540,8 +583,10 @@ class EtcdServer:
         elif cc.type == ConfChangeType.REMOVE_NODE:
             self.membership.remove(batch, cc.node_id)
             if cc.node_id == self.member_id:
-                self.removed = True
-                log.warn("this member was removed from the cluster", member_id=f"{self.member_id:x}")
+                # Like etcd, stop shortly after applying our own removal, so the commit of the
+                # change still reaches the others (a removed leader hands over first).
+                delay = max(1.0, self.cfg.election_timeout_ms / 1000.0)
+                asyncio.get_running_loop().call_later(delay, self.on_removed)
         elif cc.type == ConfChangeType.UPDATE_NODE:
             self.membership.update_peer_urls(batch, cc.node_id, member.peer_urls)
         if self.transport is not None:
@@ -576,8 +621,92 @@ class EtcdServer:
         self._snapshot_index = index
         log.info("raft snapshot taken", index=index, compacted_to=max(compact_to, 0))
 
+    # A follower installs a leader's snapshot in three durable steps, so a crash at any point
+    # resumes correctly: (1) the received file is fsynced and a marker naming it is written,
+    # (2) Raft's log is replaced by the snapshot, (3) the state machine is loaded from the file
+    # and the marker cleared. A restart that finds the marker redoes (3) first.
+    _INSTALL_MARKER = b"installingSnapshot"
+
+    def _mark_snapshot_install(self, snap: Any) -> None:
+        path = self._received_snapshots.get(snap.metadata.index)
+        if path is None:
+            raise RuntimeError(f"no snapshot data received for index {snap.metadata.index}")
+        batch = self.backend.batch()
+        batch.put(bk.RAFT_STATE, self._INSTALL_MARKER, json.dumps({"path": path}).encode())
+        self.backend.write(batch, sync=True)
+
     def _install_snapshot(self, snap: Any) -> None:
-        raise NotImplementedError("installing a snapshot from the leader needs the peer transport")
+        path = self._received_snapshots.pop(snap.metadata.index)
+        for stale in self._received_snapshots.values():
+            _unlink(stale)
+        self._received_snapshots.clear()
+        self._load_state_machine(path)
+        log.info("installed snapshot from leader", index=self.applied_index, revision=self.kv.current_revision)
+
+    def _resume_snapshot_install(self) -> None:
+        raw = self.backend.get(bk.RAFT_STATE, self._INSTALL_MARKER)
+        if raw is None:
+            return
+        path = json.loads(raw)["path"]
+        log.warn("resuming an interrupted snapshot install", path=path)
+        self._load_state_machine(path)
+
+    def _load_state_machine(self, path: str) -> None:
+        from etcdstore.snapshot import format as snapfmt
+
+        snapfmt.load_into(path, self.backend)
+        self.lessor = Lessor(self.backend, min_ttl=self.lessor.min_ttl)
+        self.kv = KVStore(self.backend, lessor=self.lessor)
+        self.alarms = Alarms(self.backend)
+        self.membership = Membership.load(self.backend)
+        if hasattr(self, "watchable"):
+            self.watchable.restore(self.kv)
+        self.applied_index = self.kv.consistent_index
+        self.applied_term = self.kv.consistent_term
+        if hasattr(self, "_applied"):
+            self._applied.advance(self.applied_index)
+        if self.auth is not None:
+            self.auth.reload()
+        batch = self.backend.batch()
+        batch.delete(bk.RAFT_STATE, self._INSTALL_MARKER)
+        self.backend.write(batch, sync=True)
+        _unlink(path)
+        if self.transport is not None:
+            self.transport.update_members(self.membership)
+
+    async def receive_snapshot(self, msg: Message, path: str) -> None:
+        """The transport stored a snapshot file from the leader: hand its message to Raft."""
+        from etcdstore.snapshot import format as snapfmt
+
+        await asyncio.get_running_loop().run_in_executor(None, snapfmt.verify, path)
+        self._received_snapshots[msg.snapshot.metadata.index] = path
+        self.step(msg)
+
+    async def snapshot_for_follower(self) -> tuple[str, Any]:
+        """A snapshot file of the current state and the Raft metadata describing exactly it."""
+        from etcdstore.api.maintenance import make_snapshot_file
+        from etcdstore.raft.records import SnapshotMetadata
+
+        # make_snapshot_file checkpoints synchronously first, so these values match its content.
+        meta = SnapshotMetadata(self.applied_index, self.applied_term, self.raft_storage.conf_state)
+        path = await make_snapshot_file(self)
+        return path, meta
+
+    def report_unreachable(self, peer: int) -> None:
+        self._reports.append(("unreachable", peer, False))
+        self._kick()
+
+    def report_snapshot(self, peer: int, ok: bool) -> None:
+        self._reports.append(("snapshot", peer, ok))
+        self._kick()
+
+    def on_removed(self) -> None:
+        """A peer told us we were removed from the cluster: stop serving, as etcd does."""
+        if self.removed:
+            return
+        self.removed = True
+        log.warn("the member has been permanently removed from the cluster", member_id=f"{self.member_id:x}")
+        asyncio.get_running_loop().create_task(self.stop())
 
     # ---- periodic work -----------------------------------------------------------------------------------
 
@@ -788,6 +917,10 @@ class EtcdServer:
 
     # ---- auth hooks (the auth layer replaces `self.auth`) --------------------------------------------------------
 
+    def authorize_watch(self, context: Any, key: bytes, range_end: bytes) -> None:
+        if self.auth is not None:
+            self.auth.authorize_watch(context, key, range_end)
+
     def authorize_lease_revoke(self, context: Any, lease_id: int) -> None:
         if self.auth is not None:
             self.auth.authorize_lease_revoke(context, lease_id)
@@ -815,6 +948,35 @@ class EtcdServer:
     def check_txn_permission_at_apply(self, req: rq.Request, txn: rpc_pb2.TxnRequest) -> None:
         if self.auth is not None:
             self.auth.check_txn_at_apply(req, txn)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _fetch_cluster_sync(urls: list[str], cfg: ServerConfig) -> dict:
+    """Ask the peers listed in --initial-cluster for the cluster (blocking; start-up only)."""
+    import grpc
+
+    from etcdstore.transport.peer import SERVICE
+
+    last: Exception | None = None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for url in urls:
+            target = url.split("://", 1)[-1]
+            with grpc.insecure_channel(target) as ch:
+                call = ch.unary_unary(f"/{SERVICE}/Cluster", request_serializer=lambda b: b,
+                                      response_deserializer=lambda b: b)
+                try:
+                    return json.loads(call(b"", timeout=2))
+                except grpc.RpcError as e:
+                    last = e
+        time.sleep(0.5)
+    raise ConfigError(f"cannot fetch cluster info from peers {', '.join(urls)}: {last}")
 
 
 def _conf_context(req_id: int, member: Member) -> bytes:

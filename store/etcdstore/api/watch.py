@@ -1,0 +1,179 @@
+"""etcdserverpb.Watch: many watchers multiplexed on one bidirectional stream.
+
+Requests are read by a task of their own; every response (control ones included) goes out
+through the watch stream's single FIFO buffer, so a watcher's "created" response always
+precedes its events and a cancel confirmation follows them, as in etcd.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+import grpc
+
+from etcdstore import errors
+from etcdstore.api.common import abort_with, gate, log
+from etcdstore.mvcc.watchable import PROGRESS_WATCH_ID, WatchError, WatchResponse, WatchStream
+from etcdstore.proto.etcdserverpb import rpc_pb2, rpc_pb2_grpc
+
+if TYPE_CHECKING:
+    from etcdstore.server.server import EtcdServer
+
+_INVALID_WATCH_ID = -1
+
+
+class WatchService(rpc_pb2_grpc.WatchServicer):
+    def __init__(self, server: EtcdServer) -> None:
+        self.s = server
+
+    async def Watch(
+        self, request_iterator: AsyncIterator[rpc_pb2.WatchRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[rpc_pb2.WatchResponse]:
+        s = self.s
+        try:
+            gate(s, context)
+        except errors.EtcdError as e:
+            await abort_with(context, e)
+            return
+        ws = s.watchable.new_stream()
+        session = _Session(s, ws, context)
+        reader = asyncio.get_running_loop().create_task(session.read(request_iterator))
+        try:
+            while True:
+                resp = await ws.recv()
+                if resp is None:
+                    break
+                if isinstance(resp, rpc_pb2.WatchResponse):
+                    yield resp  # a control response made by the reader
+                    continue
+                for out in session.convert(resp):
+                    yield out
+        finally:
+            reader.cancel()
+            ws.close()
+
+
+class _Session:
+    """Per-stream state: which watchers want fragments, and the request reader."""
+
+    def __init__(self, s: EtcdServer, ws: WatchStream, context: grpc.aio.ServicerContext) -> None:
+        self.s = s
+        self.ws = ws
+        self.context = context
+        self.fragment: set[int] = set()
+        self._progress_pending = False
+
+    def header(self, revision: int) -> rpc_pb2.ResponseHeader:
+        s = self.s
+        return rpc_pb2.ResponseHeader(cluster_id=s.cluster_id, member_id=s.member_id, revision=revision,
+                                      raft_term=s.term)
+
+    def control(self, resp: rpc_pb2.WatchResponse) -> None:
+        self.ws._put(resp)  # type: ignore[arg-type]  # in order with the events already buffered
+
+    async def read(self, requests: AsyncIterator[rpc_pb2.WatchRequest]) -> None:
+        try:
+            async for req in requests:
+                which = req.WhichOneof("request_union")
+                if which == "create_request":
+                    self.create(req.create_request)
+                elif which == "cancel_request":
+                    self.cancel(req.cancel_request.watch_id)
+                elif which == "progress_request":
+                    self.progress()
+        except asyncio.CancelledError:
+            raise
+        except grpc.aio.AioRpcError:
+            pass  # the client went away
+        except Exception as e:
+            log.warn("watch stream reader failed", exc_info=e)
+        finally:
+            # The client closed its side (or broke): end the response stream too.
+            self.ws.close()
+
+    def create(self, creq: rpc_pb2.WatchCreateRequest) -> None:
+        rev = self.ws.revision
+        try:
+            self.s.authorize_watch(self.context, creq.key, creq.range_end)
+        except errors.EtcdError as e:
+            # etcd answers a refused watch with created+canceled and the reason.
+            self.control(rpc_pb2.WatchResponse(header=self.header(rev), watch_id=_INVALID_WATCH_ID,
+                                               created=True, canceled=True, cancel_reason=e.message))
+            return
+        try:
+            wid = self.ws.watch(
+                creq.watch_id,
+                creq.key,
+                creq.range_end,
+                creq.start_revision,
+                prev_kv=creq.prev_kv,
+                filters=list(creq.filters),
+                progress_notify=creq.progress_notify,
+            )
+        except WatchError as e:
+            self.control(rpc_pb2.WatchResponse(header=self.header(rev), watch_id=_INVALID_WATCH_ID,
+                                               created=True, canceled=True, cancel_reason=str(e)))
+            return
+        if creq.fragment:
+            self.fragment.add(wid)
+        self.control(rpc_pb2.WatchResponse(header=self.header(rev), watch_id=wid, created=True))
+
+    def cancel(self, watch_id: int) -> None:
+        try:
+            self.ws.cancel(watch_id)
+        except WatchError:
+            return  # etcd sends nothing for an unknown watch ID
+        self.fragment.discard(watch_id)
+        self.control(rpc_pb2.WatchResponse(header=self.header(self.ws.revision), watch_id=watch_id, canceled=True))
+
+    def progress(self) -> None:
+        if self.ws.request_progress() or self._progress_pending:
+            return
+        # Some watcher is still catching up: answer once all are synced, so the progress
+        # revision never runs ahead of events not yet delivered.
+        self._progress_pending = True
+        asyncio.get_running_loop().create_task(self._progress_when_synced())
+
+    async def _progress_when_synced(self) -> None:
+        try:
+            while not self.ws.closed and not self.ws.request_progress():
+                await asyncio.sleep(0.05)
+        finally:
+            self._progress_pending = False
+
+    def convert(self, resp: WatchResponse) -> list[rpc_pb2.WatchResponse]:
+        out = rpc_pb2.WatchResponse(header=self.header(resp.revision), watch_id=resp.watch_id,
+                                    compact_revision=resp.compact_revision, canceled=resp.canceled)
+        if resp.events:
+            out.events.extend(resp.events)
+        if resp.watch_id == PROGRESS_WATCH_ID or resp.watch_id not in self.fragment or len(resp.events) < 2:
+            return [out]
+        limit = self.s.cfg.max_request_bytes
+        if out.ByteSize() < limit:
+            return [out]
+        return _fragments(out, limit)
+
+
+def _fragments(wr: rpc_pb2.WatchResponse, limit: int) -> list[rpc_pb2.WatchResponse]:
+    """Split a large response into pieces under `limit` bytes (each at least one event),
+    all but the last marked fragment=true (etcd's sendFragments)."""
+    pieces: list[rpc_pb2.WatchResponse] = []
+    base_size = rpc_pb2.WatchResponse(header=wr.header, watch_id=wr.watch_id).ByteSize()
+    cur: list = []
+    size = base_size
+    for ev in wr.events:
+        ev_size = ev.ByteSize() + 6
+        if cur and size + ev_size >= limit:
+            pieces.append(cur)
+            cur, size = [], base_size
+        cur.append(ev)
+        size += ev_size
+    pieces.append(cur)
+    out = []
+    for i, evs in enumerate(pieces):
+        piece = rpc_pb2.WatchResponse(header=wr.header, watch_id=wr.watch_id, fragment=i < len(pieces) - 1)
+        piece.events.extend(evs)
+        out.append(piece)
+    return out

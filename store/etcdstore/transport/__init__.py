@@ -1,0 +1,1 @@
+"""Member-to-member transport."""

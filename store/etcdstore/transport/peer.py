@@ -1,0 +1,489 @@
+"""Member-to-member transport: Raft messages, snapshots, forwarded requests, over gRPC.
+
+Only our own members speak this protocol, so it uses raw-bytes gRPC methods (no .proto):
+
+  /etcdstore.peer.Peer/Raft      client stream of frames; a frame is a batch of
+                                 length-prefixed `raft.codec` messages
+  /etcdstore.peer.Peer/Snapshot  client stream: first the encoded MsgSnap, then the
+                                 snapshot file in chunks; answers b"ok" once stored
+  /etcdstore.peer.Peer/Cluster   the cluster ID and members (JSON), for joining members
+  /etcdstore.peer.Peer/Forward   a request a follower forwards to the leader (lease
+                                 keep-alive, lease TTL, learner promotion)
+
+Every call carries the sender's cluster ID and member ID as metadata. A receiver refuses a
+different cluster ("cluster ID mismatch") and a removed member ("member removed") with
+FAILED_PRECONDITION; a member told it was removed stops, as etcd's does.
+
+Each peer has one sender task and a bounded queue: when a peer is down or slow, messages
+beyond the bound are dropped (Raft retransmits) and Raft is told the peer is unreachable,
+so a dead peer costs neither memory nor the drive loop's time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import struct
+import tempfile
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from etcdstore import errors
+from etcdstore.logs import get_logger
+from etcdstore.raft import codec
+from etcdstore.raft.records import Message, MessageType
+
+if TYPE_CHECKING:
+    from etcdstore.server.membership import Membership
+    from etcdstore.server.server import EtcdServer
+
+log = get_logger("etcdstore.transport")
+
+_LEN = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+SERVICE = "etcdstore.peer.Peer"
+MAX_QUEUE_MESSAGES = 4096
+MAX_FRAME_BYTES = 8 << 20
+SNAPSHOT_CHUNK = 1 << 20
+_GRPC_OPTIONS = [
+    ("grpc.max_receive_message_length", 64 << 20),
+    ("grpc.max_send_message_length", 64 << 20),
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+CLUSTER_MISMATCH = "cluster ID mismatch"
+MEMBER_REMOVED = "member removed"
+
+
+def encode_frame(msgs: list[Message]) -> bytes:
+    parts = []
+    for m in msgs:
+        raw = codec.encode_message(m)
+        parts.append(_LEN.pack(len(raw)))
+        parts.append(raw)
+    return b"".join(parts)
+
+
+def decode_frame(frame: bytes) -> list[Message]:
+    out = []
+    pos, n = 0, len(frame)
+    while pos < n:
+        if pos + 4 > n:
+            raise ValueError("truncated frame")
+        (size,) = _LEN.unpack_from(frame, pos)
+        pos += 4
+        if pos + size > n:
+            raise ValueError("truncated frame")
+        out.append(codec.decode_message(frame[pos : pos + size]))
+        pos += size
+    return out
+
+
+def _ident(b: bytes) -> bytes:
+    return b
+
+
+def _target(url: str) -> str:
+    return url.split("://", 1)[-1].rstrip("/")
+
+
+class _Peer:
+    """One remote member: its URLs, an outbound queue and the task that drains it."""
+
+    def __init__(self, transport: PeerTransport, peer_id: int, urls: list[str]) -> None:
+        self.t = transport
+        self.id = peer_id
+        self.urls = list(urls)
+        self.queue: deque[Message] = deque()
+        self.wake = asyncio.Event()
+        self.channel: grpc.aio.Channel | None = None
+        self.channel_url = ""
+        self.active_since = 0.0  # monotonic time the current stream started (0: down)
+        self.task = asyncio.get_running_loop().create_task(self._run(), name=f"peer-{peer_id:x}")
+        self.dropped = 0
+
+    def send(self, m: Message) -> None:
+        if len(self.queue) >= MAX_QUEUE_MESSAGES:
+            self.queue.popleft()  # the oldest is the least useful; Raft retransmits
+            self.dropped += 1
+            self.t.server.report_unreachable(self.id)
+        self.queue.append(m)
+        self.wake.set()
+
+    def update(self, urls: list[str]) -> None:
+        if sorted(urls) != sorted(self.urls):
+            self.urls = list(urls)
+            self._close_channel()
+
+    def get_channel(self) -> grpc.aio.Channel:
+        if self.channel is None or self.channel_url not in self.urls:
+            self._close_channel()
+            url = self.urls[0]
+            self.channel_url = url
+            self.channel = self.t.make_channel(url)
+        return self.channel
+
+    def _close_channel(self) -> None:
+        if self.channel is not None:
+            ch, self.channel = self.channel, None
+            asyncio.get_running_loop().create_task(ch.close())
+
+    async def _frames(self) -> AsyncIterator[bytes]:
+        while True:
+            if not self.queue:
+                self.wake.clear()
+                await self.wake.wait()
+            batch: list[Message] = []
+            size = 0
+            while self.queue and size < MAX_FRAME_BYTES:
+                m = self.queue.popleft()
+                if m.type == MessageType.SNAP:
+                    self.t.start_snapshot(self, m)
+                    continue
+                batch.append(m)
+                size += 64 + sum(len(e.data) for e in m.entries)
+            if batch:
+                yield encode_frame(batch)
+
+    async def _run(self) -> None:
+        backoff = 0.05
+        while True:
+            try:
+                call = self.get_channel().stream_unary(
+                    f"/{SERVICE}/Raft", request_serializer=_ident, response_deserializer=_ident
+                )
+                self.active_since = time.monotonic()
+                await call(self._frames(), metadata=self.t.metadata())
+                backoff = 0.05
+            except asyncio.CancelledError:
+                raise
+            except grpc.aio.AioRpcError as e:
+                self.active_since = 0.0
+                if self.t.check_refusal(e):
+                    return
+                if e.code() != grpc.StatusCode.CANCELLED:
+                    log.debug("peer stream broken", peer=f"{self.id:x}", error=e.code().name)
+            except Exception as e:  # never let one peer's failure kill the member
+                self.active_since = 0.0
+                log.warn("peer sender failed", peer=f"{self.id:x}", exc_info=e)
+            self.t.server.report_unreachable(self.id)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 1.0)
+
+    async def close(self) -> None:
+        self.task.cancel()
+        try:
+            await self.task
+        except (asyncio.CancelledError, Exception):
+            pass
+        if self.channel is not None:
+            await self.channel.close()
+            self.channel = None
+
+
+class PeerTransport:
+    """Raft messages to and from the other members, and the peer gRPC server."""
+
+    def __init__(
+        self,
+        server: EtcdServer,
+        listen: list[tuple[str, int]],
+        *,
+        server_credentials: Callable[[], grpc.ServerCredentials | None] = lambda: None,
+        channel_credentials: Callable[[str], grpc.ChannelCredentials | None] = lambda url: None,
+    ) -> None:
+        self.server = server
+        self.listen = listen
+        self.peers: dict[int, _Peer] = {}
+        self.extra_urls: dict[int, list[str]] = {}  # peers known before membership is applied
+        self._grpc: grpc.aio.Server | None = None
+        self._server_credentials = server_credentials
+        self._channel_credentials = channel_credentials
+        self.bound_ports: list[int] = []
+        self._snapshots_in_flight: set[int] = set()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        srv = grpc.aio.server(options=_GRPC_OPTIONS)
+        handlers = {
+            "Raft": grpc.stream_unary_rpc_method_handler(self._on_raft, _ident, _ident),
+            "Snapshot": grpc.stream_unary_rpc_method_handler(self._on_snapshot, _ident, _ident),
+            "Cluster": grpc.unary_unary_rpc_method_handler(self._on_cluster, _ident, _ident),
+            "Forward": grpc.unary_unary_rpc_method_handler(self._on_forward, _ident, _ident),
+        }
+        srv.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+        creds = self._server_credentials()
+        for host, port in self.listen:
+            addr = f"{host}:{port}"
+            bound = srv.add_secure_port(addr, creds) if creds is not None else srv.add_insecure_port(addr)
+            if bound == 0:
+                raise OSError(f"cannot listen for peers on {addr}")
+            self.bound_ports.append(bound)
+        await srv.start()
+        self._grpc = srv
+        self.update_members(self.server.membership)
+
+    async def stop(self) -> None:
+        for peer in list(self.peers.values()):
+            await peer.close()
+        self.peers.clear()
+        if self._grpc is not None:
+            await self._grpc.stop(grace=0.2)
+
+    def make_channel(self, url: str) -> grpc.aio.Channel:
+        creds = self._channel_credentials(url) if url.startswith("https://") else None
+        if creds is not None:
+            return grpc.aio.secure_channel(_target(url), creds, options=_GRPC_OPTIONS)
+        return grpc.aio.insecure_channel(_target(url), options=_GRPC_OPTIONS)
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        s = self.server
+        return (("cluster-id", f"{s.cluster_id:x}"), ("from", f"{s.member_id:x}"))
+
+    # -- membership --------------------------------------------------------------------------------
+
+    def update_members(self, membership: Membership) -> None:
+        me = self.server.member_id
+        wanted: dict[int, list[str]] = {mid: list(urls) for mid, urls in self.extra_urls.items()}
+        for m in membership.members.values():
+            wanted[m.id] = list(m.peer_urls)
+        for mid in list(self.peers):
+            if mid not in wanted or mid in membership.removed:
+                peer = self.peers.pop(mid)
+                asyncio.get_running_loop().create_task(peer.close())
+        for mid, urls in wanted.items():
+            if mid == me or mid in membership.removed or not urls:
+                continue
+            if mid in self.peers:
+                self.peers[mid].update(urls)
+            else:
+                self.peers[mid] = _Peer(self, mid, urls)
+
+    def active_since(self, mid: int) -> float:
+        peer = self.peers.get(mid)
+        return peer.active_since if peer is not None else 0.0
+
+    # -- sending -----------------------------------------------------------------------------------
+
+    def send(self, msgs: list[Message]) -> None:
+        peers = self.peers
+        for m in msgs:
+            peer = peers.get(m.to)
+            if peer is None:
+                self.server.report_unreachable(m.to)
+                if m.type == MessageType.SNAP:
+                    self.server.report_snapshot(m.to, False)
+                continue
+            peer.send(m)
+
+    def start_snapshot(self, peer: _Peer, m: Message) -> None:
+        if peer.id in self._snapshots_in_flight:
+            return  # one at a time; Raft asks again after report_snapshot
+        self._snapshots_in_flight.add(peer.id)
+        asyncio.get_running_loop().create_task(self._send_snapshot(peer, m))
+
+    async def _send_snapshot(self, peer: _Peer, m: Message) -> None:
+        ok = False
+        path = None
+        try:
+            # Ship the state as it is now, under metadata describing exactly that state
+            # (etcd's "merged snapshot"); the follower's log catches up from there.
+            path, meta = await self.server.snapshot_for_follower()
+            m.snapshot.metadata = meta
+            m.snapshot.data = b""
+
+            async def chunks() -> AsyncIterator[bytes]:
+                yield codec.encode_message(m)
+                with open(path, "rb") as f:
+                    while True:
+                        blob = f.read(SNAPSHOT_CHUNK)
+                        if not blob:
+                            break
+                        yield blob
+
+            call = peer.get_channel().stream_unary(
+                f"/{SERVICE}/Snapshot", request_serializer=_ident, response_deserializer=_ident
+            )
+            await call(chunks(), metadata=self.metadata(), timeout=600)
+            ok = True
+            log.info("sent snapshot", peer=f"{peer.id:x}", index=meta.index, bytes=os.path.getsize(path))
+        except grpc.aio.AioRpcError as e:
+            self.check_refusal(e)
+            log.warn("sending snapshot failed", peer=f"{peer.id:x}", error=e.details())
+        except Exception as e:
+            log.warn("sending snapshot failed", peer=f"{peer.id:x}", exc_info=e)
+        finally:
+            self._snapshots_in_flight.discard(peer.id)
+            if path is not None:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+            self.server.report_snapshot(peer.id, ok)
+
+    # -- receiving --------------------------------------------------------------------------------
+
+    def _check_caller(self, context: grpc.aio.ServicerContext) -> tuple[str, int]:
+        md = dict(context.invocation_metadata() or ())
+        s = self.server
+        cid = md.get("cluster-id", "")
+        if s.cluster_id and cid and cid != f"{s.cluster_id:x}":
+            return CLUSTER_MISMATCH, 0
+        try:
+            frm = int(md.get("from", "0"), 16)
+        except ValueError:
+            frm = 0
+        if frm and frm in s.membership.removed:
+            return MEMBER_REMOVED, frm
+        return "", frm
+
+    async def _on_raft(self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> bytes:
+        refusal, frm = self._check_caller(context)
+        if refusal:
+            if refusal == CLUSTER_MISMATCH:
+                log.error("rejected peer traffic: cluster ID mismatch", local=f"{self.server.cluster_id:x}",
+                          remote=dict(context.invocation_metadata() or ()).get("cluster-id", ""))
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, refusal)
+        step = self.server.step
+        async for frame in request_iterator:
+            try:
+                msgs = decode_frame(frame)
+            except Exception as e:
+                log.warn("dropping undecodable peer frame", peer=f"{frm:x}", error=str(e))
+                continue
+            for m in msgs:
+                step(m)
+        return b""
+
+    async def _on_snapshot(self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> bytes:
+        refusal, _ = self._check_caller(context)
+        if refusal:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, refusal)
+        it = request_iterator.__aiter__()
+        try:
+            msg = codec.decode_message(await it.__anext__())
+        except StopAsyncIteration:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty snapshot stream")
+        fd, path = tempfile.mkstemp(prefix="recv-snapshot-", suffix=".db", dir=self.server.member_dir)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                async for blob in it:
+                    f.write(blob)
+                f.flush()
+                os.fsync(f.fileno())
+            await self.server.receive_snapshot(msg, path)
+        except Exception:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+            raise
+        return b"ok"
+
+    async def _on_cluster(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        s = self.server
+        doc = {
+            "clusterID": s.cluster_id,
+            "members": [json.loads(m.to_json()) for m in s.membership.sorted_members()],
+            "removed": sorted(s.membership.removed),
+        }
+        return json.dumps(doc).encode()
+
+    async def _on_forward(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        refusal, _ = self._check_caller(context)
+        if refusal:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, refusal)
+        doc = json.loads(request)
+        s = self.server
+        try:
+            if not s.is_leader:
+                raise errors.NOT_LEADER
+            op = doc["op"]
+            if op == "lease_renew":
+                result: Any = {"ttl": await s.lease_renew(int(doc["id"]))}
+            elif op == "lease_ttl":
+                remaining, granted, keys = await s.lease_time_to_live(int(doc["id"]))
+                result = {"ttl": remaining, "granted": granted, "keys": [k.hex() for k in keys]}
+            elif op == "promote":
+                members = await s.promote_member(int(doc["id"]))
+                result = {"members": [m.SerializeToString().hex() for m in members]}
+            else:
+                raise errors.EtcdError(grpc.StatusCode.INVALID_ARGUMENT, f"unknown forwarded op {op}")
+        except errors.EtcdError as e:
+            result = {"error": e.message, "code": e.code.name}
+        return json.dumps(result).encode()
+
+    # -- forwarding to the leader ---------------------------------------------------------------------
+
+    async def _forward(self, leader: int, doc: dict) -> dict:
+        peer = self.peers.get(leader)
+        if peer is None:
+            raise errors.NO_LEADER
+        call = peer.get_channel().unary_unary(f"/{SERVICE}/Forward", request_serializer=_ident,
+                                              response_deserializer=_ident)
+        try:
+            raw = await call(json.dumps(doc).encode(), metadata=self.metadata(),
+                             timeout=self.server.request_timeout)
+        except grpc.aio.AioRpcError as e:
+            self.check_refusal(e)
+            if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise errors.TIMEOUT from None
+            raise errors.LEADER_CHANGED if e.code() == grpc.StatusCode.UNAVAILABLE else errors.TIMEOUT from None
+        result = json.loads(raw)
+        if "error" in result:
+            known = errors.from_message(result["error"])
+            raise known or errors.EtcdError(grpc.StatusCode[result["code"]], result["error"])
+        return result
+
+    async def forward_lease_renew(self, leader: int, lease_id: int) -> int:
+        return int((await self._forward(leader, {"op": "lease_renew", "id": lease_id}))["ttl"])
+
+    async def forward_lease_ttl(self, leader: int, lease_id: int) -> tuple[int, int, list[bytes]]:
+        r = await self._forward(leader, {"op": "lease_ttl", "id": lease_id})
+        return int(r["ttl"]), int(r["granted"]), [bytes.fromhex(k) for k in r["keys"]]
+
+    async def forward_promote(self, leader: int, mid: int) -> list:
+        from etcdstore.proto.etcdserverpb import rpc_pb2
+
+        r = await self._forward(leader, {"op": "promote", "id": mid})
+        return [rpc_pb2.Member.FromString(bytes.fromhex(m)) for m in r["members"]]
+
+    # -- refusals ---------------------------------------------------------------------------------------
+
+    def check_refusal(self, e: grpc.aio.AioRpcError) -> bool:
+        """React to a peer refusing us; True when this member must stop sending."""
+        if e.code() != grpc.StatusCode.FAILED_PRECONDITION:
+            return False
+        if e.details() == MEMBER_REMOVED:
+            self.server.on_removed()
+            return True
+        if e.details() == CLUSTER_MISMATCH:
+            log.error("peer refused us: cluster ID mismatch (a member of another cluster?)",
+                      cluster_id=f"{self.server.cluster_id:x}")
+        return False
+
+
+async def fetch_cluster(urls: list[str], channel_factory: Callable[[str], grpc.aio.Channel],
+                        timeout: float = 5.0) -> dict:
+    """Ask the given peers for the cluster ID and members (used by a member joining a cluster)."""
+    last: Exception | None = None
+    for url in urls:
+        ch = channel_factory(url)
+        try:
+            call = ch.unary_unary(f"/{SERVICE}/Cluster", request_serializer=_ident, response_deserializer=_ident)
+            return json.loads(await call(b"", timeout=timeout))
+        except grpc.aio.AioRpcError as e:
+            last = e
+        finally:
+            await ch.close()
+    raise ConnectionError(f"could not reach any peer of the cluster at {', '.join(urls)}: {last}")
