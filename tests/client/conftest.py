@@ -22,8 +22,11 @@ from etcd_procs import ETCD_BIN, EtcdCluster, TLSFiles, make_tls_files  # noqa: 
 
 from etcdstore.client import Client  # noqa: E402
 
-if not Path(ETCD_BIN).exists():
-    pytest.skip("needs the real etcd 3.4 binary (tests/run installs etcd-server)", allow_module_level=True)
+
+
+def _require_etcd() -> None:
+    if not Path(ETCD_BIN).exists():
+        pytest.skip("needs the real etcd 3.4 binary (tests/run installs etcd-server)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -31,6 +34,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def _extra_args(request: pytest.FixtureRequest) -> list[str]:
+    _require_etcd()
     marker = request.node.get_closest_marker("etcd_args")
     return list(marker.args) if marker else []
 

@@ -74,7 +74,7 @@ Methods (all async; each returns the protobuf response unwrapped; keys/values ar
             alarm_activate(member_id, alarm), defragment(), move_leader(target_id),
             downgrade(action, version) (etcd 3.5+), snapshot() -> async iterator of bytes,
             snapshot_save(path) -> (size, sha256 hex), written to a temp file, fsynced, renamed.
-    Auth    auth_enable(), auth_disable(), auth_status(), authenticate(name, password),
+    Auth    auth_enable(), auth_disable(), auth_status() (3.5+), authenticate(name, password),
             user_add(name, password="", *, no_password=False), user_get(name), user_list(),
             user_delete(name), user_change_password(name, password), user_grant_role(user, role),
             user_revoke_role(user, role), role_add(name), role_get(name), role_list(),

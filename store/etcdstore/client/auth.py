@@ -24,6 +24,7 @@ class AuthMixin(Transport):
         return await self._call(_M["AuthDisable"], rpc_pb2.AuthDisableRequest(), idempotent=False)
 
     async def auth_status(self) -> rpc_pb2.AuthStatusResponse:
+        """etcd 3.5+ (3.4 answers UNIMPLEMENTED)."""
         return await self._call(_M["AuthStatus"], rpc_pb2.AuthStatusRequest(), idempotent=True)
 
     async def authenticate(self, name: str, password: str) -> rpc_pb2.AuthenticateResponse:

@@ -10,7 +10,7 @@ import grpc
 
 from etcdstore import errors
 from etcdstore.client.methods import method
-from etcdstore.client.rpc_errors import KEEPALIVE_STREAM_CLOSED, fresh, to_etcd_error
+from etcdstore.client.rpc_errors import KEEPALIVE_STREAM_CLOSED, finished_call_error, fresh, to_etcd_error
 from etcdstore.errors import EtcdError
 from etcdstore.proto.etcdserverpb import rpc_pb2
 
@@ -23,7 +23,10 @@ _RETRY_DELAY = 0.25  # between attempts to reopen a broken stream while the leas
 
 async def keepalive_exchange(call: Any, lease_id: int, timeout: float | None) -> rpc_pb2.LeaseKeepAliveResponse:
     """Send one keepalive on an open stream and read its answer; TTL <= 0 means the lease is gone."""
-    await call.write(rpc_pb2.LeaseKeepAliveRequest(ID=lease_id))
+    try:
+        await call.write(rpc_pb2.LeaseKeepAliveRequest(ID=lease_id))
+    except asyncio.InvalidStateError:  # the stream already ended: report its status
+        raise await finished_call_error(call) from None
     resp = await asyncio.wait_for(call.read(), timeout)
     if resp is grpc.aio.EOF:
         raise fresh(KEEPALIVE_STREAM_CLOSED)
@@ -111,6 +114,9 @@ class LeaseKeeper:
                     self._transport._moved_off(self._transport._connection().endpoint)
                 except asyncio.TimeoutError:
                     self.error = EtcdError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+                except grpc.RpcError as e:  # e.g. a usage error from a half-closed call
+                    self._drop_call()
+                    self.error = to_etcd_error(e)
                 if self.error is not None and loop.time() >= self._expires_at:
                     break
         finally:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 import grpc
 
 from etcdstore import errors
@@ -32,9 +35,22 @@ def to_etcd_error(err: grpc.RpcError) -> EtcdError:
     return EtcdError(code, details)
 
 
+# Go's names of the gRPC codes, as they appear in a formatted status ("rpc error: code = ...").
+_GO_CODES = {
+    "".join(part.capitalize() for part in c.name.split("_")): c for c in grpc.StatusCode
+}
+_GO_CODES["Canceled"] = grpc.StatusCode.CANCELLED
+_GO_STATUS = re.compile(r"^rpc error: code = (\w+) desc = (.*)$", re.S)
+
+
 def error_from_reason(reason: str, default: grpc.StatusCode) -> EtcdError:
-    """An error for a text-only failure (a watch's cancel_reason): the known code when etcd's
-    table has this message, else `default`."""
+    """An error for a text-only failure (a watch's cancel_reason). etcd 3.4 writes some as a
+    formatted Go status ("rpc error: code = PermissionDenied desc = etcdserver: permission
+    denied"): that gives code and message. Otherwise the known code for the message, else
+    `default`."""
+    m = _GO_STATUS.match(reason)
+    if m and m.group(1) in _GO_CODES:
+        return EtcdError(_GO_CODES[m.group(1)], m.group(2))
     known = errors.from_message(reason)
     return EtcdError(known.code if known else default, reason)
 
@@ -42,6 +58,18 @@ def error_from_reason(reason: str, default: grpc.StatusCode) -> EtcdError:
 def fresh(err: EtcdError) -> EtcdError:
     """A new instance equal to `err` (constants are never raised themselves)."""
     return EtcdError(err.code, err.message)
+
+
+async def finished_call_error(call: Any) -> EtcdError:
+    """The status of a stream call that ended under us (a write raised InvalidStateError)."""
+    try:
+        code = await call.code()
+        details = await call.details()
+    except Exception:  # noqa: BLE001 - a call in a bad state: report it as gone
+        return EtcdError(grpc.StatusCode.UNAVAILABLE, "etcdclient: stream ended")
+    if code == grpc.StatusCode.OK:
+        return EtcdError(grpc.StatusCode.UNAVAILABLE, "etcdclient: stream ended")
+    return EtcdError(code, details or "")
 
 
 def never_sent(err: grpc.RpcError) -> bool:

@@ -17,7 +17,14 @@ import grpc
 
 from etcdstore.client.channels import Connection
 from etcdstore.client.methods import method
-from etcdstore.client.rpc_errors import CLIENT_CLOSED, WATCH_STREAM_CLOSED, error_from_reason, fresh, to_etcd_error
+from etcdstore.client.rpc_errors import (
+    CLIENT_CLOSED,
+    WATCH_STREAM_CLOSED,
+    error_from_reason,
+    finished_call_error,
+    fresh,
+    to_etcd_error,
+)
 from etcdstore.errors import EtcdError
 from etcdstore.proto.etcdserverpb import rpc_pb2
 
@@ -34,7 +41,7 @@ class Watcher:
 
     __slots__ = (
         "_stream", "request", "id", "created_response", "_buf", "_waiter", "_done", "_error",
-        "_cancel_requested", "_created", "_fragment",
+        "_cancel_requested", "_created", "_fragment", "_released",
     )
 
     def __init__(self, stream: "WatchStream", request: rpc_pb2.WatchCreateRequest) -> None:
@@ -49,6 +56,8 @@ class Watcher:
         self._cancel_requested = False
         self._created: asyncio.Future[rpc_pb2.WatchResponse] = asyncio.get_running_loop().create_future()
         self._fragment: rpc_pb2.WatchResponse | None = None
+        # Done once the stream forgot this watcher (server confirmed the cancel, or stream gone).
+        self._released: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     # -- consumer side -----------------------------------------------------------------------
 
@@ -69,14 +78,19 @@ class Watcher:
             finally:
                 self._waiter = None
 
-    async def cancel(self) -> None:
-        """Stop watching: iteration ends (after nothing more is buffered) and the server is told."""
-        if self._done:
-            return
-        self._cancel_requested = True
-        self._finish(None)
-        if self.id is not None:
-            await self._stream.send_cancel(self.id)
+    async def cancel(self, timeout: float = 5.0) -> None:
+        """Stop watching: iteration ends (once the buffer is read) and etcd is told; returns when
+        etcd confirmed (or `timeout` passed, or the stream is gone)."""
+        if not self._done:
+            self._cancel_requested = True
+            self._finish(None)
+            if self.id is not None:
+                await self._stream.send_cancel(self.id)
+        if self.id is not None and not self._released.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(self._released), timeout)
+            except asyncio.TimeoutError:
+                pass
 
     async def request_progress(self) -> None:
         """Ask for a progress notification (header.revision, no events) on this watcher's stream;
@@ -122,6 +136,10 @@ class Watcher:
             self._created.set_exception(fresh(error) if error else fresh(CLIENT_CLOSED))
             self._created.exception()  # retrieved: nobody may be awaiting it any more
         self._wake()
+
+    def _release(self) -> None:
+        if not self._released.done():
+            self._released.set_result(None)
 
     def _wake(self) -> None:
         w = self._waiter
@@ -170,10 +188,10 @@ class WatchStream:
         async with self._write_lock:  # grpc.aio allows one write at a time per call
             try:
                 await self._call.write(request)
-            except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
-                # The reader sees the same failure and fails every watcher with it.
-                await asyncio.sleep(0)
-                raise fresh(self.error or WATCH_STREAM_CLOSED) from None
+            except asyncio.InvalidStateError:  # already ended; the reader fails the watchers
+                raise await finished_call_error(self._call) from None
+            except grpc.aio.AioRpcError as e:
+                raise to_etcd_error(e) from None
 
     async def send_cancel(self, watch_id: int) -> None:
         if self.closed:
@@ -231,6 +249,7 @@ class WatchStream:
             if not w._cancel_requested:
                 w._push(resp)  # server-side cancel (compaction): the caller needs compact_revision
             w._finish(None)
+            w._release()
             self._close_if_idle()
             return
         w._push(resp)
@@ -247,6 +266,7 @@ class WatchStream:
         self._on_close(self)
         for w in list(self._pending) + list(self._watchers.values()):
             w._finish(error)
+            w._release()
         self._pending.clear()
         self._watchers.clear()
         self._call.cancel()
