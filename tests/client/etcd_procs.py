@@ -360,6 +360,17 @@ class EtcdCluster:
                                 return i
         raise RuntimeError("no leader")
 
+    def wait_leader(self, timeout: float = 15.0) -> int:
+        """Until a running member leads (after a leader was killed); returns its index."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self.leader_index()
+            except RuntimeError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
     def new_member(self, name: str) -> EtcdMember:
         """A not-yet-started member with fresh ports joining this cluster (set initial_cluster, spawn()).
 

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.etcd
 
 
 async def test_read_fails_over_when_first_member_is_killed(etcd3) -> None:
-    async with Client(etcd3.endpoints, timeout=5) as c:
+    async with Client(etcd3.endpoints, timeout=10) as c:
         await c.put("k", "v")
         assert c.endpoints[0] == etcd3.endpoints[0]
         etcd3.members[0].kill()
@@ -28,7 +28,7 @@ async def test_read_fails_over_when_first_member_is_killed(etcd3) -> None:
 
 
 async def test_read_in_flight_is_retried_on_another_member(etcd3) -> None:
-    async with Client(etcd3.endpoints, timeout=5) as c:
+    async with Client(etcd3.endpoints, timeout=10) as c:
         await c.put("k", "v")
         etcd3.members[0].pause()
         task = asyncio.create_task(c.get("k"))
@@ -51,6 +51,7 @@ async def test_write_with_unknown_outcome_is_raised_not_retried(etcd3) -> None:
         r = await c.get("w")
         assert r.kvs[0].value == b"0" and r.header.revision == base
         # The next write cannot reach the dead member at all, so it moves on safely.
+        etcd3.wait_leader()
         await c.put("w", "2")
         assert (await c.get("w")).kvs[0].value == b"2"
 
@@ -182,6 +183,7 @@ async def test_watch_on_killed_member_raises_and_new_watch_moves(etcd3) -> None:
             async for _ in w:
                 pass
         w2 = await c.watch("k")  # the dead member refuses: the new stream goes elsewhere
+        etcd3.wait_leader()  # m0 may have been the leader: writes wait for a new one
         await c.put("k", "v")
         resp = await asyncio.wait_for(w2.__anext__(), 5)
         assert resp.events[0].kv.value == b"v"

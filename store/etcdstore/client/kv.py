@@ -146,10 +146,14 @@ class KVMixin(Transport):
                     refreshed = True
                     await self._refresh_token(gen)  # the next stream carries the new token
                     continue
-                if e.code == grpc.StatusCode.UNAVAILABLE and stream.error is not None and moves > 0:
-                    moves -= 1
-                    self._moved_off(stream.endpoint)
-                    continue
+                if e.code == grpc.StatusCode.UNAVAILABLE:
+                    # Creates are answered in-stream, so UNAVAILABLE means the stream itself failed
+                    # (the reader may not have noticed yet): fail it for everyone, try elsewhere.
+                    stream.close(e)
+                    if moves > 0:
+                        moves -= 1
+                        self._moved_off(stream.endpoint)
+                        continue
                 raise
 
     def _watch_stream(self) -> WatchStream:

@@ -271,10 +271,10 @@ class WatchStream:
         self._watchers.clear()
         self._call.cancel()
 
-    def close(self) -> None:
-        """Tear the stream down; its open watchers end (iteration stops without an error)."""
+    def close(self, error: EtcdError | None = None) -> None:
+        """Tear the stream down; its open watchers end, raising `error` if one is given."""
         if self.closed:
             return
-        self._fail(None)
+        self._fail(error)
         if self._reader is not asyncio.current_task():
             self._reader.cancel()
