@@ -60,6 +60,13 @@ _GRPC_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
+# The peer server must accept the senders' keepalive pings on idle streams (a follower's
+# streams to non-leaders carry nothing for long stretches); gRPC's default policy answers
+# them with GOAWAY "too many pings", which would leave a vote request waiting on a reconnect.
+_SERVER_OPTIONS = _GRPC_OPTIONS + [
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
+    ("grpc.http2.max_ping_strikes", 0),
+]
 CLUSTER_MISMATCH = "cluster ID mismatch"
 MEMBER_REMOVED = "member removed"
 
@@ -214,7 +221,7 @@ class PeerTransport:
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        srv = grpc.aio.server(options=_GRPC_OPTIONS)
+        srv = grpc.aio.server(options=_SERVER_OPTIONS)
         handlers = {
             "Raft": grpc.stream_unary_rpc_method_handler(self._on_raft, _ident, _ident),
             "Snapshot": grpc.stream_unary_rpc_method_handler(self._on_snapshot, _ident, _ident),
