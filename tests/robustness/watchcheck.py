@@ -3,8 +3,11 @@
 For every session of every watcher we know the revision range it is responsible for:
 
     from  start_revision (or, for a "from now" watch, the creation header revision + 1)
-    to    the highest revision it proved delivered: its last event, or a progress notification
-          (a progress response at revision H says every event up to H has been sent).
+    to    the highest revision it delivered an event of. (Progress notifications would say more,
+          but etcd 3.4 answers a progress request with the member's current revision even while
+          the watcher is still catching up, so they prove nothing. The runner instead waits until
+          every watcher has delivered the final revision: all writes of a run are in the watched
+          prefix, so a complete watcher must reach it.)
 
 Within that range the session must deliver exactly the log's events on its key range, in revision
 order, each once, with identical key-values. Across a watcher's sessions (it resumes after a broken
@@ -49,8 +52,6 @@ def _session_range(s: WatchSession) -> tuple[int, int] | None:
     for r in s.responses:
         if r.events:
             end = max(end, r.events[-1].revision)
-        elif r.progress:
-            end = max(end, r.header_revision)
     return start, end
 
 
