@@ -68,6 +68,7 @@ class Node:
         b = self.backend.batch()
         results = []
         events = []
+        self.txn_events: list[list[Any]] = []  # the events of each txn of the last batch
         for fn in fns:
             txn = self.kv.write(b)
             try:
@@ -75,7 +76,8 @@ class Node:
             except errors.EtcdError as e:
                 results.append(e)
             finally:
-                events.extend(txn.end())
+                self.txn_events.append(txn.end())
+                events.extend(self.txn_events[-1])
         self.index += 1
         self.kv.set_consistent_index(b, self.index, 1)
         self.backend.write(b, sync=False)
