@@ -1,0 +1,5 @@
+import sys
+
+from etcdoperator.cli import main
+
+sys.exit(main())

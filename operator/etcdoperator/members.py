@@ -1,0 +1,173 @@
+"""Talking to one cluster's members through the project's client (`etcdstore.client`).
+
+`observe()` builds the EtcdView the planner decides from: the member list (from any voting
+member: learners refuse MemberList), and each member's own Status, asked at its own endpoint
+so that "healthy" means "this member answers as itself".
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Iterable
+
+from etcdstore.client import Client, TLSConfig
+from etcdstore.errors import EtcdError
+
+from etcdoperator import addressing
+from etcdoperator.model import EtcdView, MemberState
+from etcdoperator.naming import CLIENT_PORT, PEER_PORT, ClusterRef
+
+CALL_TIMEOUT = 3.0
+_ALARM_NAMES = {1: "NOSPACE", 2: "CORRUPT"}
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    client_tls: bool
+    peer_tls: bool
+    tls: TLSConfig | None = None
+    user: str | None = None
+    password: str | None = None
+
+
+class Members:
+    """Member URLs and membership calls for one cluster. Reuses one client (gRPC channels)."""
+
+    def __init__(self, ref: ClusterRef, creds: Credentials) -> None:
+        self.ref = ref
+        self.creds = creds
+        self._client: Client | None = None
+        self._client_key: tuple[object, ...] | None = None
+
+    # -- URLs --------------------------------------------------------------------------------
+    def client_url(self, ordinal: int) -> str:
+        scheme = "https" if self.creds.client_tls else "http"
+        return addressing.url(scheme, self.ref.pod_host(ordinal), CLIENT_PORT)
+
+    def peer_url(self, ordinal: int) -> str:
+        scheme = "https" if self.creds.peer_tls else "http"
+        return addressing.url(scheme, self.ref.pod_host(ordinal), PEER_PORT)
+
+    def ordinal_of(self, name: str, peer_urls: Iterable[str], candidates: Iterable[int]) -> int | None:
+        if name:
+            k = self.ref.ordinal_of(name)
+            if k is not None:
+                return k
+        urls = set(peer_urls)
+        for k in candidates:
+            if self.peer_url(k) in urls:
+                return k
+        return None
+
+    # -- client ------------------------------------------------------------------------------
+    def client(self, ordinals: Iterable[int]) -> Client:
+        endpoints = [self.client_url(k) for k in sorted(set(ordinals))] or [self.client_url(0)]
+        key = (tuple(endpoints), self.creds)
+        if self._client is None or self._client_key != key:
+            old = self._client
+            self._client = Client(endpoints, timeout=CALL_TIMEOUT, tls=self.creds.tls,
+                                  user=self.creds.user, password=self.creds.password)
+            self._client_key = key
+            if old is not None:
+                asyncio.get_running_loop().create_task(old.close())
+        return self._client
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    # -- observation -------------------------------------------------------------------------
+    async def observe(self, ordinals: Iterable[int]) -> EtcdView:
+        ords = sorted(set(ordinals)) or [0]
+        client = self.client(ords)
+        listing = None
+        errors: list[str] = []
+        for k in ords:
+            try:
+                listing = await client.at(self.client_url(k)).member_list()
+                break
+            except EtcdError as e:
+                errors.append(f"{self.ref.pod(k)}: {e.message}")
+        if listing is None:
+            return EtcdView(reachable=False, error="; ".join(errors) or "no endpoints")
+        candidates = range(0, max(ords + [9]) + 8)
+        raw = list(listing.members)
+        ordinals_of = [self.ordinal_of(m.name, m.peerURLs, candidates) for m in raw]
+
+        async def status(ordinal: int | None, client_urls: list[str]):
+            url = self.client_url(ordinal) if ordinal is not None else (client_urls[0] if client_urls else None)
+            if url is None:
+                return None, "no client URL"
+            try:
+                return await client.at(url).status(), None
+            except EtcdError as e:
+                return None, e.message
+
+        results = await asyncio.gather(*(status(k, list(m.clientURLs)) for k, m in zip(ordinals_of, raw)))
+        members: list[MemberState] = []
+        leaders: list[int] = []
+        cluster_ids: set[int] = set()
+        for m, k, (st, err) in zip(raw, ordinals_of, results):
+            healthy = st is not None and st.header.member_id == m.ID
+            errs = tuple(st.errors) if st is not None else ((err,) if err else ())
+            if st is not None:
+                if st.leader:
+                    leaders.append(st.leader)
+                if st.header.cluster_id:
+                    cluster_ids.add(st.header.cluster_id)
+            members.append(
+                MemberState(
+                    id=m.ID,
+                    name=m.name,
+                    peer_urls=tuple(m.peerURLs),
+                    client_urls=tuple(m.clientURLs),
+                    learner=m.isLearner,
+                    ordinal=k,
+                    healthy=healthy,
+                    revision=st.header.revision if st is not None else None,
+                    raft_index=st.raftIndex if st is not None else None,
+                    raft_applied_index=getattr(st, "raftAppliedIndex", None) if st is not None else None,
+                    version=st.version if st is not None else None,
+                    db_size=st.dbSize if st is not None else None,
+                    errors=errs,
+                    cluster_id=st.header.cluster_id if st is not None else None,
+                )
+            )
+        if listing.header.cluster_id:
+            cluster_ids.add(listing.header.cluster_id)
+        leader_id = max(set(leaders), key=leaders.count) if leaders else None
+        alarms: tuple[str, ...] = ()
+        try:
+            resp = await client.alarm_list()
+            alarms = tuple(f"{_ALARM_NAMES.get(a.alarm, a.alarm)} on {a.memberID:x}" for a in resp.alarms)
+        except EtcdError:
+            pass
+        return EtcdView(
+            reachable=True,
+            members=tuple(members),
+            leader_id=leader_id,
+            cluster_id=next(iter(cluster_ids)) if len(cluster_ids) == 1 else None,
+            split_brain=len(cluster_ids) > 1,
+            alarms=alarms,
+        )
+
+    # -- membership (through the client of the last observation) ----------------------------
+    def _current(self) -> Client:
+        if self._client is None:
+            raise RuntimeError("observe() first")
+        return self._client
+
+    async def add_learner(self, ordinal: int) -> int:
+        resp = await self._current().member_add([self.peer_url(ordinal)], learner=True)
+        return resp.member.ID
+
+    async def promote(self, member_id: int) -> None:
+        await self._current().member_promote(member_id)
+
+    async def remove(self, member_id: int) -> None:
+        await self._current().member_remove(member_id)
+
+    async def move_leader(self, leader_ordinal: int, target_id: int) -> None:
+        await self._current().at(self.client_url(leader_ordinal)).move_leader(target_id)

@@ -1,0 +1,486 @@
+"""Which single step to take next, given only what was observed (pure; no I/O).
+
+The reconciler calls `plan()` after every observation and performs exactly one returned
+action, then observes again. Because every decision is taken from the live member list and the
+live objects, an operator that crashes between any two steps (for instance right after
+MemberAdd or MemberRemove) simply decides the next step again from what it sees.
+
+Safety rules encoded here:
+  * only the seed bootstraps (state "new"); once the cluster has formed the bootstrap ConfigMap
+    says "existing", so an empty data dir can never start a second cluster;
+  * one membership change at a time: nothing is added while a learner exists or a voting
+    member is unhealthy, and a member is removed only when the others keep quorum;
+  * members are added as learners and promoted once they are caught up;
+  * scale-down removes the highest ordinal, moving leadership away first, and only then
+    shrinks the StatefulSet and deletes the volume;
+  * a volume that does not carry its member's ID (recreated, i.e. the data is gone) makes the
+    member be removed and re-added with a fresh volume, while the rest keep quorum;
+  * rolling restarts take followers first and the leader last, after moving leadership.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from etcdoperator.model import EtcdView, MemberState, Observed, PodState, PVCState
+from etcdoperator.naming import ClusterRef, quorum
+from etcdoperator.versions import VersionDecision, decide_version
+
+# -- actions -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    @property
+    def kind(self) -> str:
+        return type(self).__name__
+
+    @property
+    def mutating(self) -> bool:
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class Bootstrap(Action):
+    """Write the bootstrap ConfigMap for the seed alone (state `new`) and start one pod."""
+
+
+@dataclass(frozen=True, slots=True)
+class WriteBootstrap(Action):
+    """(Re)write the bootstrap ConfigMap of a formed cluster."""
+
+    initial_cluster: str
+
+
+@dataclass(frozen=True, slots=True)
+class MarkFormed(Action):
+    """The seed is up: from now on an empty data dir joins, never bootstraps."""
+
+    initial_cluster: str
+
+
+@dataclass(frozen=True, slots=True)
+class SyncInitialCluster(Action):
+    initial_cluster: str
+
+
+@dataclass(frozen=True, slots=True)
+class ScaleStatefulSet(Action):
+    replicas: int
+
+
+@dataclass(frozen=True, slots=True)
+class AdoptHolder(Action):
+    """Mark member `ordinal`'s volume (or pod, for ephemeral storage) as holding `member_id`'s data."""
+
+    ordinal: int
+    member_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class PrepareJoin(Action):
+    """Record which pod/volume of `ordinal` predate the coming MemberAdd (they will be replaced)."""
+
+    ordinal: int
+    stale_uids: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class ClearJoining(Action):
+    ordinal: int
+
+
+@dataclass(frozen=True, slots=True)
+class AddLearner(Action):
+    ordinal: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteStale(Action):
+    """Delete member `ordinal`'s pod and/or volume so that it starts fresh."""
+
+    ordinal: int
+    pod: bool
+    pvc: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Promote(Action):
+    member_id: int
+    ordinal: int
+
+
+@dataclass(frozen=True, slots=True)
+class MoveLeader(Action):
+    from_id: int
+    to_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveMember(Action):
+    member_id: int
+    ordinal: int | None
+    why: str  # ScaleDown | DataLost | Corrupted | CancelJoin
+
+
+@dataclass(frozen=True, slots=True)
+class DeletePVC(Action):
+    ordinal: int
+
+
+@dataclass(frozen=True, slots=True)
+class RestartMember(Action):
+    """Delete a member pod so the StatefulSet recreates it from the current template."""
+
+    ordinal: int
+
+
+@dataclass(frozen=True, slots=True)
+class Wait(Action):
+    reason: str
+    message: str
+
+    @property
+    def mutating(self) -> bool:
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class Converged(Action):
+    @property
+    def mutating(self) -> bool:
+        return False
+
+
+# -- the plan ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    action: Action
+    progressing: str | None = None  # reason while work is under way (None: converged or waiting idle)
+    message: str = ""
+    degraded: tuple[tuple[str, str], ...] = ()  # (reason, message)
+    version: VersionDecision | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PlannerConfig:
+    promote_min_progress: float = 0.9  # learner raft index / leader raft index before promoting
+    crashloop_restarts: int = 5  # a voting member restarting this often while down is replaced (0: never)
+
+
+@dataclass(slots=True)
+class _Ctx:
+    obs: Observed
+    ref: ClusterRef
+    cfg: PlannerConfig
+    degraded: list[tuple[str, str]] = field(default_factory=list)
+
+
+def initial_cluster(ref: ClusterRef, members: tuple[MemberState, ...]) -> str:
+    """`--initial-cluster` for a member joining now: every current member, named by ordinal."""
+    parts = []
+    for m in sorted(members, key=lambda m: (m.ordinal is None, m.ordinal or 0, m.id)):
+        name = ref.pod(m.ordinal) if m.ordinal is not None else (m.name or f"member-{m.hex_id}")
+        for u in m.peer_urls:
+            parts.append(f"{name}={u}")
+    return ",".join(parts)
+
+
+def removal_keeps_quorum(etcd: EtcdView, member_id: int) -> bool:
+    """True when the voting members left after removing `member_id` still have a healthy quorum."""
+    remaining = [v for v in etcd.voters if v.id != member_id]
+    if not remaining:
+        return False
+    if all(v.id != member_id for v in etcd.voters):
+        return True  # a learner: removing it does not change the voters
+    healthy = sum(1 for v in remaining if v.healthy)
+    return healthy >= quorum(len(remaining))
+
+
+def plan(obs: Observed, ref: ClusterRef, cfg: PlannerConfig | None = None) -> Plan:
+    ctx = _Ctx(obs=obs, ref=ref, cfg=cfg or PlannerConfig())
+    version = decide_version(obs.spec.version, cluster_version(obs.etcd))
+    if version.refused:
+        ctx.degraded.append(("VersionChangeRefused", version.message))
+    action, progressing, message = _decide(ctx)
+    return Plan(
+        action=action,
+        progressing=progressing,
+        message=message,
+        degraded=tuple(ctx.degraded),
+        version=version,
+    )
+
+
+def cluster_version(etcd: EtcdView) -> str | None:
+    versions = [m.version for m in etcd.members if m.version]
+    if not versions:
+        return None
+    return min(versions, key=lambda v: tuple(int(x) for x in v.split(".")[:3] if x.isdigit()))
+
+
+def _holder(ctx: _Ctx, ordinal: int) -> PodState | PVCState | None:
+    """The object whose lifetime is the data's: the PVC, or the pod itself for ephemeral storage."""
+    if ctx.obs.spec.storage.ephemeral:
+        return ctx.obs.kube.pods.get(ordinal)
+    return ctx.obs.kube.pvcs.get(ordinal)
+
+
+def _wait(reason: str, message: str, progressing: str | None = None) -> tuple[Wait, str | None, str]:
+    return Wait(reason, message), progressing, message
+
+
+def _decide(ctx: _Ctx) -> tuple[Action, str | None, str]:
+    obs, ref = ctx.obs, ctx.ref
+    spec, kube, etcd = obs.spec, obs.kube, obs.etcd
+    if obs.spec_errors:
+        msg = "; ".join(obs.spec_errors)
+        ctx.degraded.append(("InvalidSpec", msg))
+        return _wait("InvalidSpec", msg)
+    if spec.paused:
+        return _wait("Paused", "spec.paused is set: no changes are made")
+    boot = kube.bootstrap
+
+    if not etcd.reachable:
+        if boot is None and not kube.pods and not kube.pvcs:
+            seed = ref.pod(0)
+            return Bootstrap(), "Bootstrapping", f"starting seed member {seed}"
+        if boot is None or boot.state == "new":
+            if kube.statefulset_replicas < 1:
+                return ScaleStatefulSet(1), "Bootstrapping", "starting the seed member"
+            return _wait("Bootstrapping", f"waiting for seed member {ref.pod(0)}", "Bootstrapping")
+        # A formed cluster that does not answer: bring back every member that has data, change nothing else.
+        want = max([k + 1 for k in kube.pvcs] + [1]) if not spec.storage.ephemeral else max(spec.replicas, 1)
+        if kube.statefulset_replicas < want:
+            return ScaleStatefulSet(want), "Recovering", "restarting members"
+        msg = f"no member answers: {etcd.error or 'unreachable'}"
+        ctx.degraded.append(("QuorumLost", msg))
+        return _wait("Unreachable", msg)
+
+    if etcd.split_brain:
+        msg = "members report different cluster IDs; refusing all changes"
+        ctx.degraded.append(("SplitBrain", msg))
+        return _wait("SplitBrain", msg)
+    foreign = [m for m in etcd.members if m.ordinal is None]
+    if foreign:
+        ids = ", ".join(m.hex_id for m in foreign)
+        ctx.degraded.append(("UnknownMembers", f"members not created by the operator: {ids}"))
+
+    members = etcd.members
+    by_ord = etcd.by_ordinal()
+    ic = initial_cluster(ref, members)
+
+    # -- bootstrap bookkeeping ---------------------------------------------------------------
+    if boot is None:
+        return WriteBootstrap(initial_cluster=ic), "Recovering", "rewriting the bootstrap ConfigMap"
+    if boot.state == "new":
+        seed = by_ord.get(0)
+        holder = _holder(ctx, 0)
+        if seed is not None and holder is not None and not holder.deleting and holder.member_id != seed.hex_id:
+            return AdoptHolder(0, seed.hex_id), "Bootstrapping", "recording the seed's volume"
+        return MarkFormed(initial_cluster=ic), "Bootstrapping", "the seed has formed the cluster"
+    if boot.initial_cluster != ic:
+        return SyncInitialCluster(initial_cluster=ic), None, "updating the initial cluster for joining members"
+
+    for k in sorted(boot.joining):
+        m = by_ord.get(k)
+        if m is not None and m.started:
+            return ClearJoining(k), None, f"{ref.pod(k)} has joined"
+
+    unhealthy = [m for m in etcd.voters if not m.healthy]
+    for m in unhealthy:
+        ctx.degraded.append(("MemberUnhealthy", f"member {_label(ref, m)} is not healthy"))
+    if etcd.alarms:
+        ctx.degraded.append(("Alarm", ", ".join(etcd.alarms)))
+
+    # -- a learner in progress ---------------------------------------------------------------
+    learners = sorted(etcd.learners, key=lambda m: (m.ordinal is None, m.ordinal or 0))
+    for learner in learners:
+        k = learner.ordinal
+        if k is None:
+            continue  # foreign learner: reported above, left alone
+        if k >= spec.replicas:
+            return RemoveMember(learner.id, k, "CancelJoin"), "ScalingDown", f"removing learner {ref.pod(k)}"
+        step = _learner_step(ctx, learner, k)
+        if step is not None:
+            return step
+
+    # -- the StatefulSet must cover every member ---------------------------------------------
+    ordinals = [m.ordinal for m in members if m.ordinal is not None]
+    want = max(ordinals) + 1 if ordinals else 1
+    if kube.statefulset_replicas < want:
+        return ScaleStatefulSet(want), "Recovering", f"StatefulSet must run {want} pods"
+
+    # -- voting members whose data is gone ----------------------------------------------------
+    for m in sorted(etcd.voters, key=lambda m: -(m.ordinal or 0)):
+        if m.ordinal is None:
+            continue
+        step = _data_step(ctx, m)
+        if step is not None:
+            return step
+
+    # -- scale down: highest ordinal first ---------------------------------------------------
+    extra = sorted((m for m in etcd.voters if m.ordinal is not None and m.ordinal >= spec.replicas),
+                   key=lambda m: -(m.ordinal or 0))
+    if extra:
+        victim = extra[0]
+        if victim.id == etcd.leader_id:
+            target = _transferee(etcd, exclude={m.id for m in extra})
+            if target is None:
+                return _wait("ScalingDown", "no healthy member to take over leadership", "ScalingDown")
+            return MoveLeader(victim.id, target.id), "ScalingDown", f"moving leadership off {_label(ref, victim)}"
+        if not removal_keeps_quorum(etcd, victim.id):
+            msg = f"removing {_label(ref, victim)} now would lose quorum; waiting for members to recover"
+            ctx.degraded.append(("ScaleDownBlocked", msg))
+            return _wait("ScaleDownBlocked", msg, "ScalingDown")
+        return RemoveMember(victim.id, victim.ordinal, "ScaleDown"), "ScalingDown", f"removing member {_label(ref, victim)}"
+
+    if kube.statefulset_replicas > want:
+        return ScaleStatefulSet(want), "ScalingDown", f"shrinking the StatefulSet to {want}"
+
+    # -- volumes of members that no longer exist ---------------------------------------------
+    if not spec.storage.ephemeral:
+        for k in sorted(kube.pvcs, reverse=True):
+            pvc = kube.pvcs[k]
+            if k >= kube.statefulset_replicas and k not in by_ord and k not in kube.pods and not pvc.deleting:
+                return DeletePVC(k), "ScalingDown", f"deleting volume {pvc.name} of a removed member"
+
+    # -- holes and growth: one learner at a time, only when everyone is healthy --------------
+    holes = [k for k in range(want) if k not in by_ord]
+    target: int | None = None
+    why = ""
+    if holes:
+        target, why = holes[0], "ReplacingMember"
+    elif len(etcd.voters) < spec.replicas:
+        target, why = want, "ScalingUp"
+    for k in sorted(boot.joining):
+        if k not in by_ord and k != target:
+            return ClearJoining(k), None, f"dropping an abandoned join of {ref.pod(k)}"
+    if target is not None:
+        if etcd.learners:
+            return _wait(why, "waiting for the current learner", why)
+        if unhealthy:
+            return _wait(why, f"not adding {ref.pod(target)} while a member is unhealthy", why)
+        pvc = kube.pvcs.get(target)
+        pod = kube.pods.get(target)
+        if (pvc is not None and pvc.deleting) or (pod is not None and pod.deleting):
+            return _wait(why, f"waiting for the old pod/volume of {ref.pod(target)} to go", why)
+        if target not in boot.joining:
+            stale = frozenset(o.uid for o in (pod, pvc) if o is not None)
+            return PrepareJoin(target, stale), why, f"preparing {ref.pod(target)} to join"
+        return AddLearner(target), why, f"adding {ref.pod(target)} as a learner"
+
+    # -- rolling changes ---------------------------------------------------------------------
+    step = _rolling_step(ctx)
+    if step is not None:
+        return step
+    return Converged(), None, "cluster matches its spec"
+
+
+def _learner_step(ctx: _Ctx, learner: MemberState, k: int) -> tuple[Action, str | None, str] | None:
+    ref, kube, spec = ctx.ref, ctx.obs.kube, ctx.obs.spec
+    boot = kube.bootstrap
+    assert boot is not None
+    why = "Joining"
+    pod, pvc = kube.pods.get(k), kube.pvcs.get(k)
+    stale = boot.joining.get(k, frozenset())
+    stale_pod = pod is not None and not pod.deleting and pod.uid in stale
+    stale_pvc = not spec.storage.ephemeral and pvc is not None and not pvc.deleting and pvc.uid in stale
+    if stale_pod or stale_pvc:
+        return DeleteStale(k, pod=stale_pod or stale_pvc, pvc=stale_pvc), why, f"giving {ref.pod(k)} a fresh start"
+    holder = _holder(ctx, k)
+    if holder is not None and not holder.deleting and holder.member_id and holder.member_id != learner.hex_id:
+        # A volume that belonged to another member: never let the learner start on it.
+        return DeleteStale(k, pod=True, pvc=not spec.storage.ephemeral), why, f"replacing a foreign volume of {ref.pod(k)}"
+    if kube.statefulset_replicas <= k:
+        return ScaleStatefulSet(k + 1), why, f"starting {ref.pod(k)}"
+    if holder is not None and not holder.deleting and holder.member_id != learner.hex_id:
+        return AdoptHolder(k, learner.hex_id), why, f"recording the volume of {ref.pod(k)}"
+    if not learner.started or not learner.healthy:
+        return _wait(why, f"waiting for learner {ref.pod(k)} to start", why)
+    leader = ctx.obs.etcd.leader
+    if leader is not None and leader.raft_index and learner.raft_index is not None:
+        if learner.raft_index < ctx.cfg.promote_min_progress * leader.raft_index:
+            return _wait(why, f"learner {ref.pod(k)} is catching up ({learner.raft_index}/{leader.raft_index})", why)
+    return Promote(learner.id, k), why, f"promoting {ref.pod(k)}"
+
+
+def _data_step(ctx: _Ctx, m: MemberState) -> tuple[Action, str | None, str] | None:
+    ref, kube, etcd = ctx.ref, ctx.obs.kube, ctx.obs.etcd
+    k = m.ordinal
+    assert k is not None
+    holder = _holder(ctx, k)
+    if holder is None or holder.deleting:
+        return None  # the StatefulSet is bringing it back; nothing to decide yet
+    if holder.member_id == m.hex_id:
+        pod = kube.pods.get(k)
+        crashloop = (
+            ctx.cfg.crashloop_restarts > 0
+            and not m.healthy
+            and pod is not None
+            and pod.restarts >= ctx.cfg.crashloop_restarts
+            and pod.waiting_reason == "CrashLoopBackOff"
+        )
+        if not crashloop:
+            return None
+        why, msg = "Corrupted", f"member {_label(ref, m)} keeps crashing on its data"
+    elif m.healthy:
+        # It serves as this member, so the volume does hold its data (e.g. annotation lost in a crash).
+        return AdoptHolder(k, m.hex_id), None, f"recording the volume of {_label(ref, m)}"
+    else:
+        why, msg = "DataLost", f"member {_label(ref, m)} lost its data"
+    if m.id == etcd.leader_id:
+        target = _transferee(etcd, exclude={m.id})
+        if target is not None:
+            return MoveLeader(m.id, target.id), "ReplacingMember", msg
+    if not removal_keeps_quorum(etcd, m.id):
+        ctx.degraded.append(("ReplaceBlocked", f"{msg}; replacing it now would lose quorum"))
+        return _wait("ReplaceBlocked", f"{msg}; waiting: replacing it now would lose quorum", "ReplacingMember")
+    ctx.degraded.append((why, msg))
+    return RemoveMember(m.id, k, why), "ReplacingMember", f"{msg}: removing it to re-add it fresh"
+
+
+def _rolling_step(ctx: _Ctx) -> tuple[Action, str | None, str] | None:
+    ref, kube, etcd = ctx.ref, ctx.obs.kube, ctx.obs.etcd
+    rev = kube.update_revision
+    why = "RollingUpdate"
+    if not kube.statefulset_synced:
+        return _wait(why, "waiting for the StatefulSet controller to see the new template", why)
+    if not rev:
+        return None
+    by_ord = etcd.by_ordinal()
+    outdated = [k for k, p in kube.pods.items() if k in by_ord and p.revision and p.revision != rev and not p.deleting]
+    if not outdated:
+        return None
+    if etcd.learners or any(not v.healthy for v in etcd.voters):
+        return _wait(why, "waiting for every member to be healthy before restarting the next", why)
+    not_ready = [k for k in by_ord if k not in kube.pods or not kube.pods[k].ready or kube.pods[k].deleting]
+    if not_ready:
+        return _wait(why, f"waiting for {ref.pod(min(not_ready))} to be ready", why)
+    followers = sorted((k for k in outdated if by_ord[k].id != etcd.leader_id), reverse=True)
+    if followers:
+        k = followers[0]
+        return RestartMember(k), why, f"restarting follower {ref.pod(k)}"
+    k = outdated[0]
+    leader = by_ord[k]
+    if len(etcd.voters) > 1:
+        updated = {kk for kk in by_ord if kk not in outdated}
+        target = _transferee(etcd, exclude={leader.id}, prefer={by_ord[kk].id for kk in updated})
+        if target is None:
+            return _wait(why, "no healthy member to take over leadership", why)
+        return MoveLeader(leader.id, target.id), why, f"moving leadership off {ref.pod(k)} before restarting it"
+    return RestartMember(k), why, f"restarting {ref.pod(k)}"
+
+
+def _transferee(etcd: EtcdView, *, exclude: set[int], prefer: set[int] | None = None) -> MemberState | None:
+    candidates = [v for v in etcd.voters if v.healthy and v.started and v.id not in exclude]
+    if not candidates:
+        return None
+    candidates.sort(key=lambda v: (prefer is not None and v.id not in prefer, v.ordinal if v.ordinal is not None else 99))
+    return candidates[0]
+
+
+def _label(ref: ClusterRef, m: MemberState) -> str:
+    return f"{ref.pod(m.ordinal)} ({m.hex_id})" if m.ordinal is not None else m.hex_id

@@ -1,0 +1,404 @@
+"""One reconcile step for one EtcdCluster: observe, plan, make the objects, take one action, report.
+
+Nothing is carried from one step to the next except connections: the decision is taken afresh
+from the live objects and the live member list every time (see planner.py).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from etcdstore import errors as etcd_errors
+from etcdstore.client import TLSConfig
+from etcdstore.errors import EtcdError
+
+from etcdoperator import events, failpoints, metrics, planner, tlsplan
+from etcdoperator.build import bootstrap as bootstrap_build
+from etcdoperator.build.common import Images
+from etcdoperator.build.disruption import pod_disruption_budget
+from etcdoperator.build.secrets import tls_secret
+from etcdoperator.build.services import client_service, peer_service
+from etcdoperator.build.statefulset import statefulset, tls_secrets
+from etcdoperator.kube import (
+    CONFIGMAPS,
+    ETCDCLUSTERS,
+    PODS,
+    PVCS,
+    SECRETS,
+    STATEFULSETS,
+    ApiError,
+    Kube,
+)
+from etcdoperator.members import Credentials, Members
+from etcdoperator.model import BootstrapState, EtcdView, KubeView, Observed, PodState, PVCState
+from etcdoperator.naming import ANNOTATION_MEMBER_ID, ANNOTATION_MEMBERSHIP_TIME, ANNOTATION_TLS_HASH, ClusterRef
+from etcdoperator.spec import ClusterSpec, parse_cluster_spec, validate_cluster_spec
+from etcdoperator.status import build_status
+
+log = logging.getLogger(__name__)
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    images: Images
+    secrets_dir: Path
+    planner: planner.PlannerConfig = planner.PlannerConfig()
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    plan: planner.Plan
+    error: str | None = None
+
+    @property
+    def busy(self) -> bool:
+        """True when the next step should follow quickly (something was just changed)."""
+        return self.error is None and self.plan.action.mutating
+
+
+def _b64(data: Mapping[str, str] | None) -> dict[str, bytes]:
+    return {k: base64.b64decode(v) for k, v in (data or {}).items()}
+
+
+class ClusterReconciler:
+    def __init__(self, kube: Kube, settings: Settings, ref: ClusterRef) -> None:
+        self.kube = kube
+        self.settings = settings
+        self.ref = ref
+        self._members: Members | None = None
+        self._members_key: object = None
+
+    async def close(self) -> None:
+        if self._members is not None:
+            await self._members.close()
+
+    # ---------------------------------------------------------------------------------------
+    async def step(self, body: Mapping[str, Any]) -> StepResult:
+        started = time.monotonic()
+        ref = self.ref
+        raw_spec = body.get("spec") or {}
+        spec_errors = validate_cluster_spec(raw_spec)
+        spec = parse_cluster_spec(raw_spec)
+        generation = int(body.get("metadata", {}).get("generation") or 0)
+        prev_status = body.get("status") or {}
+        obs: Observed | None = None
+        plan: planner.Plan | None = None
+        try:
+            tls_contents = await self._ensure_tls(spec, rolled=False)
+            members = await self._members_for(spec, tls_contents)
+            kube_view, sts = await self._observe_kube(spec)
+            etcd_view = await self._observe_etcd(members, kube_view)
+            obs = Observed(spec=spec, kube=kube_view, etcd=etcd_view, spec_errors=tuple(spec_errors), generation=generation)
+            plan = planner.plan(obs, ref, self.settings.planner)
+            tls_hash = tlsplan.tls_hash([tls_contents.get(n) for n in self._mounted_secrets(spec)])
+            if isinstance(plan.action, planner.Converged) and spec.tls.auto:
+                rolled = kube_view.statefulset_synced and kube_view.template_tls_hash == tls_hash
+                if rolled:
+                    tls_contents = await self._ensure_tls(spec, rolled=True)
+                    tls_hash = tlsplan.tls_hash([tls_contents.get(n) for n in self._mounted_secrets(spec)])
+            if not spec_errors and not spec.paused:
+                await self._ensure_objects(spec, plan, sts, etcd_view, tls_hash)
+                await self._act(body, spec, plan, members, etcd_view, kube_view)
+            error = None
+        except (ApiError, EtcdError, OSError) as e:
+            metrics.RECONCILE_ERRORS.labels(ref.namespace, ref.name).inc()
+            log.warning("[%s/%s] reconcile step failed: %s", ref.namespace, ref.name, e)
+            error = str(e)
+            failed = plan.action.kind if plan is not None else "observe"
+            plan = planner.Plan(action=planner.Wait("Error", error), message=f"{failed} failed: {error}",
+                                degraded=((plan.degraded if plan is not None else ()) + (("Error", error),)),
+                                version=plan.version if plan is not None else None)
+        metrics.RECONCILES.labels(ref.namespace, ref.name, plan.action.kind).inc()
+        metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
+        if obs is not None:
+            status = build_status(ref, obs, plan, prev_status, now=now_iso())
+            self._record_member_metrics(obs.etcd)
+        else:
+            status = {"message": f"reconcile error: {error}"}
+        try:
+            await self.kube.patch(ETCDCLUSTERS, ref.namespace, ref.name, {"status": status}, sub="status")
+        except ApiError as e:
+            log.warning("[%s/%s] status update failed: %s", ref.namespace, ref.name, e)
+        return StepResult(plan=plan, error=error)
+
+    def _record_member_metrics(self, etcd: EtcdView) -> None:
+        ref = self.ref
+        for role in ("voter", "learner"):
+            for healthy in (True, False):
+                n = sum(1 for m in etcd.members if m.learner == (role == "learner") and m.healthy == healthy)
+                metrics.MEMBERS.labels(ref.namespace, ref.name, role, str(healthy).lower()).set(n)
+
+    # -- TLS ---------------------------------------------------------------------------------
+    def _mounted_secrets(self, spec: ClusterSpec) -> list[str]:
+        s = tls_secrets(self.ref, spec)
+        return [n for n in (s.server, s.peer) if n]
+
+    async def _ensure_tls(self, spec: ClusterSpec, *, rolled: bool) -> dict[str, dict[str, bytes]]:
+        """Make/renew operator-managed certificates; return the contents of every TLS Secret in use."""
+        ref = self.ref
+        names = {ref.ca_secret, ref.server_secret, ref.peer_secret, ref.client_secret} if spec.tls.auto else set()
+        s = tls_secrets(ref, spec)
+        names |= {n for n in (s.server, s.peer, s.client) if n}
+        existing: dict[str, tlsplan.SecretContent | None] = {}
+        for name in sorted(names):
+            obj = await self.kube.get(SECRETS, ref.namespace, name)
+            existing[name] = None if obj is None else tlsplan.SecretContent(
+                _b64(obj.get("data")), dict(obj.get("metadata", {}).get("annotations") or {}))
+        writes = tlsplan.plan_tls(ref, spec, existing, now=dt.datetime.now(dt.timezone.utc), rolled=rolled)
+        for w in writes:
+            await self.kube.apply(tls_secret(ref, w), last_applied=False)
+            existing[w.name] = tlsplan.SecretContent(dict(w.data), dict(w.annotations))
+            log.info("[%s/%s] TLS secret %s: %s", ref.namespace, ref.name, w.name, w.reason)
+        return {k: dict(v.data) for k, v in existing.items() if v is not None}
+
+    async def _members_for(self, spec: ClusterSpec, tls: Mapping[str, Mapping[str, bytes]]) -> Members:
+        ref = self.ref
+        tls_config = None
+        if spec.tls.client.enabled:
+            s = tls_secrets(ref, spec)
+            d = Path(self.settings.secrets_dir) / ref.namespace / ref.name
+            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+            client = tls.get(s.client or "") or {}
+            server = tls.get(s.server or "") or {}
+            ca = client.get("ca.crt") or server.get("ca.crt")
+            files: dict[str, bytes] = {}
+            if ca:
+                files["ca.crt"] = ca
+            if client.get("tls.crt") and client.get("tls.key"):
+                files["tls.crt"], files["tls.key"] = client["tls.crt"], client["tls.key"]
+            for fname, content in files.items():
+                path = d / fname
+                if not path.exists() or path.read_bytes() != content:
+                    tmp = path.with_suffix(".tmp")
+                    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                    with os.fdopen(fd, "wb") as f:
+                        f.write(content)
+                    os.replace(tmp, path)
+            tls_config = TLSConfig(
+                ca_file=str(d / "ca.crt") if "ca.crt" in files else None,
+                cert_file=str(d / "tls.crt") if "tls.crt" in files else None,
+                key_file=str(d / "tls.key") if "tls.key" in files else None,
+            )
+        password = None
+        if spec.auth is not None:
+            sec = await self.kube.get(SECRETS, ref.namespace, spec.auth.secret_name)
+            password = _b64((sec or {}).get("data")).get(spec.auth.secret_key, b"").decode() or None
+        # Files are rewritten in place when certificates rotate, so the file contents are part of the key.
+        fingerprint = tuple(sorted((k, hash(v)) for k, v in (tls.get(tls_secrets(ref, spec).client or "") or {}).items()))
+        creds = Credentials(client_tls=spec.tls.client.enabled, peer_tls=spec.tls.peer.enabled, tls=tls_config,
+                            user="root" if password else None, password=password)
+        key = (creds, fingerprint)
+        if self._members is None or self._members_key != key:
+            if self._members is not None:
+                await self._members.close()
+            self._members = Members(ref, creds)
+            self._members_key = key
+        return self._members
+
+    # -- observation -------------------------------------------------------------------------
+    async def _observe_kube(self, spec: ClusterSpec) -> tuple[KubeView, dict[str, Any] | None]:
+        ref = self.ref
+        ns = ref.namespace
+        sts = await self.kube.get(STATEFULSETS, ns, ref.statefulset)
+        pods: dict[int, PodState] = {}
+        for p in await self.kube.list(PODS, ns, labels=ref.member_selector()):
+            meta = p.get("metadata", {})
+            k = ref.ordinal_of(meta.get("name", ""))
+            if k is None:
+                continue
+            st = p.get("status") or {}
+            ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in st.get("conditions") or [])
+            cstats = st.get("containerStatuses") or []
+            restarts = sum(int(c.get("restartCount") or 0) for c in cstats)
+            waiting = next(((c.get("state") or {}).get("waiting", {}).get("reason") for c in cstats
+                            if (c.get("state") or {}).get("waiting")), None)
+            pods[k] = PodState(
+                name=meta["name"], ordinal=k, uid=meta.get("uid", ""), phase=st.get("phase", "Pending"), ready=ready,
+                deleting=bool(meta.get("deletionTimestamp")),
+                revision=(meta.get("labels") or {}).get("controller-revision-hash"),
+                restarts=restarts, waiting_reason=waiting,
+                member_id=(meta.get("annotations") or {}).get(ANNOTATION_MEMBER_ID),
+            )
+        pvcs: dict[int, PVCState] = {}
+        if not spec.storage.ephemeral:
+            for c in await self.kube.list(PVCS, ns, labels=ref.member_selector()):
+                meta = c.get("metadata", {})
+                k = ref.pvc_ordinal(meta.get("name", ""))
+                if k is None:
+                    continue
+                pvcs[k] = PVCState(name=meta["name"], ordinal=k, uid=meta.get("uid", ""),
+                                   deleting=bool(meta.get("deletionTimestamp")),
+                                   member_id=(meta.get("annotations") or {}).get(ANNOTATION_MEMBER_ID))
+        cm = await self.kube.get(CONFIGMAPS, ns, ref.bootstrap_configmap)
+        boot = None
+        if cm is not None:
+            data = cm.get("data") or {}
+            boot = BootstrapState(
+                state=data.get(bootstrap_build.KEY_STATE, "new"),
+                initial_cluster=data.get(bootstrap_build.KEY_INITIAL_CLUSTER, ""),
+                token=data.get(bootstrap_build.KEY_TOKEN, ""),
+                joining=bootstrap_build.decode_joining(
+                    (cm.get("metadata", {}).get("annotations") or {}).get(bootstrap_build.ANNOTATION_JOINING)),
+            )
+        view = KubeView(
+            statefulset_exists=sts is not None,
+            statefulset_replicas=int((sts or {}).get("spec", {}).get("replicas") or 0),
+            statefulset_synced=sts is None or int((sts.get("status") or {}).get("observedGeneration") or 0)
+            >= int(sts.get("metadata", {}).get("generation") or 0),
+            template_tls_hash=((sts or {}).get("spec", {}).get("template", {}).get("metadata", {})
+                               .get("annotations") or {}).get(ANNOTATION_TLS_HASH, ""),
+            update_revision=((sts or {}).get("status") or {}).get("updateRevision"),
+            pods=pods,
+            pvcs=pvcs,
+            bootstrap=boot,
+        )
+        return view, sts
+
+    async def _observe_etcd(self, members: Members, kube: KubeView) -> EtcdView:
+        ordinals = set(kube.pods) | set(range(kube.statefulset_replicas))
+        if not ordinals:
+            return EtcdView(reachable=False, error="no member pods yet")
+        return await members.observe(ordinals)
+
+    # -- objects -----------------------------------------------------------------------------
+    async def _ensure_objects(self, spec: ClusterSpec, plan: planner.Plan, sts: dict[str, Any] | None,
+                              etcd: EtcdView, tls_hash: str) -> None:
+        ref = self.ref
+        await self.kube.apply(peer_service(ref))
+        await self.kube.apply(client_service(ref))
+        voters = len(etcd.voters) if etcd.reachable else spec.replicas
+        await self.kube.apply(pod_disruption_budget(ref, voters))
+        version = plan.version.target if plan.version is not None else spec.version
+        replicas = int((sts or {}).get("spec", {}).get("replicas") or 0)
+        desired = statefulset(ref, spec, images=self.settings.images, version=version, replicas=replicas,
+                              tls_hash=tls_hash if spec.tls.client.enabled or spec.tls.peer.enabled else "")
+        if sts is None:
+            await self.kube.apply(desired)
+            return
+        if plan.version is not None and plan.version.refused:
+            return  # keep the running template: the requested version change was refused
+        await self.kube.apply(desired)
+
+    # -- actions -----------------------------------------------------------------------------
+    async def _act(self, body: Mapping[str, Any], spec: ClusterSpec, plan: planner.Plan, members: Members,
+                   etcd: EtcdView, kube_view: KubeView) -> None:
+        a = plan.action
+        ref, ns = self.ref, self.ref.namespace
+        if isinstance(a, (planner.Wait, planner.Converged)):
+            return
+        log.info("[%s/%s] %s: %s", ns, ref.name, a.kind, plan.message)
+        if isinstance(a, planner.Bootstrap):
+            seed = f"{ref.pod(0)}={members.peer_url(0)}"
+            await self._write_bootstrap(state="new", initial_cluster=seed, joining={})
+            await self._scale(1)
+            await events.post(self.kube, body, "Bootstrapping", f"bootstrapping from seed member {ref.pod(0)}")
+            failpoints.hit("after-bootstrap")
+        elif isinstance(a, planner.WriteBootstrap):
+            await self._write_bootstrap(state="existing", initial_cluster=a.initial_cluster, joining={})
+        elif isinstance(a, planner.MarkFormed):
+            await self._patch_bootstrap(data={bootstrap_build.KEY_STATE: "existing",
+                                              bootstrap_build.KEY_INITIAL_CLUSTER: a.initial_cluster})
+            await events.post(self.kube, body, "ClusterFormed", "the seed member has formed the cluster")
+        elif isinstance(a, planner.SyncInitialCluster):
+            await self._patch_bootstrap(data={bootstrap_build.KEY_INITIAL_CLUSTER: a.initial_cluster})
+        elif isinstance(a, planner.ScaleStatefulSet):
+            await self._scale(a.replicas)
+        elif isinstance(a, planner.AdoptHolder):
+            res, name = (PODS, ref.pod(a.ordinal)) if spec.storage.ephemeral else (PVCS, ref.pvc(a.ordinal))
+            await self.kube.patch(res, ns, name, {"metadata": {"annotations": {ANNOTATION_MEMBER_ID: a.member_id}}})
+        elif isinstance(a, planner.PrepareJoin):
+            joining = dict(kube_view.bootstrap.joining) if kube_view.bootstrap else {}
+            joining[a.ordinal] = a.stale_uids
+            await self._patch_joining(joining)
+        elif isinstance(a, planner.ClearJoining):
+            joining = dict(kube_view.bootstrap.joining) if kube_view.bootstrap else {}
+            joining.pop(a.ordinal, None)
+            await self._patch_joining(joining)
+        elif isinstance(a, planner.AddLearner):
+            mid = await self._member_call("member-add", members.add_learner(a.ordinal))
+            await events.post(self.kube, body, "MemberAdded", f"added {ref.pod(a.ordinal)} as learner {mid:x}")
+            failpoints.hit("after-member-add")
+        elif isinstance(a, planner.DeleteStale):
+            if a.pvc:
+                await self.kube.delete(PVCS, ns, ref.pvc(a.ordinal))
+            if a.pod:
+                await self.kube.delete(PODS, ns, ref.pod(a.ordinal))
+            await events.post(self.kube, body, "MemberReset", f"{ref.pod(a.ordinal)} restarts with an empty data dir")
+        elif isinstance(a, planner.Promote):
+            try:
+                await self._member_call("member-promote", members.promote(a.member_id))
+            except EtcdError as e:
+                if e == etcd_errors.LEARNER_NOT_READY:
+                    log.info("[%s/%s] learner %x not ready yet", ns, ref.name, a.member_id)
+                    return
+                raise
+            await events.post(self.kube, body, "MemberPromoted", f"promoted {ref.pod(a.ordinal)} ({a.member_id:x}) to voter")
+            failpoints.hit("after-promote")
+        elif isinstance(a, planner.MoveLeader):
+            leader = next(m for m in etcd.members if m.id == a.from_id)
+            target = next(m for m in etcd.members if m.id == a.to_id)
+            assert leader.ordinal is not None
+            await self._member_call("move-leader", members.move_leader(leader.ordinal, a.to_id))
+            await events.post(self.kube, body, "LeaderMoved",
+                              f"moved leadership from {ref.pod(leader.ordinal)} to {ref.pod(target.ordinal or 0)}")
+            failpoints.hit("after-move-leader")
+        elif isinstance(a, planner.RemoveMember):
+            await self._member_call("member-remove", members.remove(a.member_id))
+            who = ref.pod(a.ordinal) if a.ordinal is not None else f"{a.member_id:x}"
+            await events.post(self.kube, body, "MemberRemoved", f"removed member {who} ({a.member_id:x}): {a.why}",
+                              warning=a.why in ("DataLost", "Corrupted"))
+            failpoints.hit("after-member-remove")
+        elif isinstance(a, planner.DeletePVC):
+            await self.kube.delete(PVCS, ns, ref.pvc(a.ordinal))
+            await events.post(self.kube, body, "VolumeDeleted", f"deleted volume {ref.pvc(a.ordinal)} of a removed member")
+            failpoints.hit("after-pvc-delete")
+        elif isinstance(a, planner.RestartMember):
+            await self.kube.delete(PODS, ns, ref.pod(a.ordinal))
+            await events.post(self.kube, body, "MemberRestarted", f"restarting {ref.pod(a.ordinal)} for a new template")
+        else:  # pragma: no cover - every action is handled above
+            raise AssertionError(f"unhandled action {a!r}")
+
+    async def _member_call(self, op: str, coro: Any) -> Any:
+        ref = self.ref
+        try:
+            result = await coro
+        except EtcdError:
+            metrics.MEMBER_OPERATIONS.labels(ref.namespace, ref.name, op, "error").inc()
+            raise
+        metrics.MEMBER_OPERATIONS.labels(ref.namespace, ref.name, op, "ok").inc()
+        return result
+
+    async def _scale(self, replicas: int) -> None:
+        await self.kube.patch(STATEFULSETS, self.ref.namespace, self.ref.statefulset, {"spec": {"replicas": replicas}})
+
+    async def _write_bootstrap(self, *, state: str, initial_cluster: str, joining: dict[int, frozenset[str]]) -> None:
+        ref = self.ref
+        cm = bootstrap_build.bootstrap_configmap(ref, initial_cluster=initial_cluster, state=state,
+                                                 token=bootstrap_build.cluster_token(ref), joining=joining,
+                                                 updated=now_iso())
+        existing = await self.kube.get(CONFIGMAPS, ref.namespace, ref.bootstrap_configmap)
+        if existing is None:
+            await self.kube.create(CONFIGMAPS, ref.namespace, cm)
+        else:
+            await self.kube.patch(CONFIGMAPS, ref.namespace, ref.bootstrap_configmap,
+                                  {"metadata": {"annotations": cm["metadata"]["annotations"]}, "data": cm["data"]})
+
+    async def _patch_bootstrap(self, *, data: dict[str, str]) -> None:
+        await self.kube.patch(CONFIGMAPS, self.ref.namespace, self.ref.bootstrap_configmap,
+                              {"data": data, "metadata": {"annotations": {ANNOTATION_MEMBERSHIP_TIME: now_iso()}}})
+
+    async def _patch_joining(self, joining: dict[int, frozenset[str]]) -> None:
+        await self.kube.patch(CONFIGMAPS, self.ref.namespace, self.ref.bootstrap_configmap,
+                              {"metadata": {"annotations": {
+                                  bootstrap_build.ANNOTATION_JOINING: bootstrap_build.encode_joining(joining)}}})

@@ -1,0 +1,303 @@
+"""The EtcdCluster spec as typed, immutable values (defaults applied, rules checked).
+
+`parse_cluster_spec` never raises on a structurally valid spec; the cross-field rules that the
+CRD states as CEL (which only a real API server evaluates) are checked again in
+`validate_cluster_spec`, so a spec that slipped past them is reported in status, not acted on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from croniter import croniter
+
+from etcdoperator import crd
+from etcdoperator.defaults import apply_defaults
+
+ENGINES = ("etcdstore", "etcd")
+DEFAULT_VERSION = "3.4.23"
+_SPEC_SCHEMA = crd.cluster_spec_schema()
+_BACKUP_SPEC_SCHEMA = crd.backup_spec_schema()
+
+
+@dataclass(frozen=True, slots=True)
+class PVCLocation:
+    claim_name: str
+    path: str  # a directory (destinations) or a file (restore sources) inside the volume
+
+
+@dataclass(frozen=True, slots=True)
+class S3Location:
+    bucket: str
+    key: str  # the object key (sources) or key prefix (destinations)
+    endpoint: str | None
+    region: str
+    force_path_style: bool
+    credentials_secret: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    pvc: PVCLocation | None = None
+    s3: S3Location | None = None
+
+    def describe(self) -> str:
+        if self.pvc is not None:
+            return f"pvc://{self.pvc.claim_name}/{self.pvc.path.strip('/')}".rstrip("/")
+        assert self.s3 is not None
+        return f"s3://{self.s3.bucket}/{self.s3.key.strip('/')}".rstrip("/")
+
+
+@dataclass(frozen=True, slots=True)
+class StorageSpec:
+    size: str = "1Gi"
+    storage_class: str | None = None
+    ephemeral: bool = False
+    reclaim_policy: str = "Delete"
+
+
+@dataclass(frozen=True, slots=True)
+class PodOverrides:
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    affinity: Mapping[str, Any] | None = None
+    tolerations: tuple[Mapping[str, Any], ...] = ()
+    topology_spread_constraints: tuple[Mapping[str, Any], ...] = ()
+    priority_class_name: str | None = None
+    service_account_name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoreOptions:
+    quota_backend_bytes: int | None = None
+    auto_compaction_mode: str | None = None
+    auto_compaction_retention: str | None = None
+    snapshot_count: int | None = None
+    heartbeat_interval_ms: int | None = None
+    election_timeout_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TLSSide:
+    mode: str = "none"  # none | auto | secret
+    secret_name: str | None = None
+    operator_secret_name: str | None = None  # client side only
+    client_cert_auth: bool = True  # client side only
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "none"
+
+
+@dataclass(frozen=True, slots=True)
+class TLSSpec:
+    client: TLSSide = TLSSide()
+    peer: TLSSide = TLSSide()
+    ca_validity_days: int = 3650
+    certificate_validity_days: int = 365
+    renew_before_days: int = 30
+
+    @property
+    def auto(self) -> bool:
+        return self.client.mode == "auto" or self.peer.mode == "auto"
+
+
+@dataclass(frozen=True, slots=True)
+class AuthSpec:
+    secret_name: str
+    secret_key: str = "password"
+
+
+@dataclass(frozen=True, slots=True)
+class BackupSpec:
+    destination: Location
+    schedule: str | None = None
+    suspend: bool = False
+    retention: int = 7
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreSpec:
+    source: Location
+    sha256: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSpec:
+    replicas: int = 3
+    engine: str = "etcdstore"
+    version: str = DEFAULT_VERSION
+    image: str | None = None
+    image_pull_policy: str = "IfNotPresent"
+    image_pull_secrets: tuple[str, ...] = ()
+    paused: bool = False
+    storage: StorageSpec = StorageSpec()
+    resources: Mapping[str, Any] = field(default_factory=dict)
+    pod: PodOverrides = PodOverrides()
+    options: StoreOptions = StoreOptions()
+    tls: TLSSpec = TLSSpec()
+    auth: AuthSpec | None = None
+    backup: BackupSpec | None = None
+    restore: RestoreSpec | None = None
+
+
+def _location(raw: Mapping[str, Any] | None, *, object_field: str) -> Location | None:
+    if not raw:
+        return None
+    if raw.get("pvc"):
+        p = raw["pvc"]
+        return Location(pvc=PVCLocation(claim_name=str(p["claimName"]), path=str(p.get("path") or "")))
+    if raw.get("s3"):
+        s = raw["s3"]
+        return Location(
+            s3=S3Location(
+                bucket=str(s["bucket"]),
+                key=str(s.get(object_field) or ""),
+                endpoint=s.get("endpoint") or None,
+                region=str(s.get("region") or "us-east-1"),
+                force_path_style=bool(s.get("forcePathStyle", True)),
+                credentials_secret=s.get("credentialsSecret") or None,
+            )
+        )
+    return None
+
+
+def destination_from(raw: Mapping[str, Any] | None) -> Location | None:
+    return _location(raw, object_field="prefix")
+
+
+def source_from(raw: Mapping[str, Any] | None) -> Location | None:
+    return _location(raw, object_field="key")
+
+
+def _tls_side(raw: Mapping[str, Any]) -> TLSSide:
+    return TLSSide(
+        mode=str(raw.get("mode", "none")),
+        secret_name=raw.get("secretName") or None,
+        operator_secret_name=raw.get("operatorSecretName") or None,
+        client_cert_auth=bool(raw.get("clientCertAuth", True)),
+    )
+
+
+def parse_cluster_spec(raw: Mapping[str, Any] | None) -> ClusterSpec:
+    s = apply_defaults(_SPEC_SCHEMA, dict(raw or {}))
+    st = s["storage"]
+    pod = s.get("pod") or {}
+    opt = s.get("options") or {}
+    tls = s["tls"]
+    auto = tls["auto"]
+    auth = s.get("auth")
+    backup = s.get("backup")
+    restore = s.get("restore")
+    backup_dest = destination_from(backup.get("destination")) if backup else None
+    restore_src = source_from(restore.get("source")) if restore else None
+    return ClusterSpec(
+        replicas=int(s["replicas"]),
+        engine=str(s["engine"]),
+        version=str(s["version"]),
+        image=s.get("image") or None,
+        image_pull_policy=str(s["imagePullPolicy"]),
+        image_pull_secrets=tuple(str(x["name"]) for x in s.get("imagePullSecrets") or ()),
+        paused=bool(s["paused"]),
+        storage=StorageSpec(
+            size=str(st["size"]),
+            storage_class=st.get("storageClassName") or None,
+            ephemeral=bool(st["ephemeral"]),
+            reclaim_policy=str(st["reclaimPolicy"]),
+        ),
+        resources=dict(s.get("resources") or {}),
+        pod=PodOverrides(
+            labels=dict(pod.get("labels") or {}),
+            annotations=dict(pod.get("annotations") or {}),
+            node_selector=dict(pod.get("nodeSelector") or {}),
+            affinity=pod.get("affinity") or None,
+            tolerations=tuple(pod.get("tolerations") or ()),
+            topology_spread_constraints=tuple(pod.get("topologySpreadConstraints") or ()),
+            priority_class_name=pod.get("priorityClassName") or None,
+            service_account_name=pod.get("serviceAccountName") or None,
+        ),
+        options=StoreOptions(
+            quota_backend_bytes=opt.get("quotaBackendBytes"),
+            auto_compaction_mode=opt.get("autoCompactionMode"),
+            auto_compaction_retention=opt.get("autoCompactionRetention"),
+            snapshot_count=opt.get("snapshotCount"),
+            heartbeat_interval_ms=opt.get("heartbeatIntervalMs"),
+            election_timeout_ms=opt.get("electionTimeoutMs"),
+        ),
+        tls=TLSSpec(
+            client=_tls_side(tls["client"]),
+            peer=_tls_side(tls["peer"]),
+            ca_validity_days=int(auto["caValidityDays"]),
+            certificate_validity_days=int(auto["certificateValidityDays"]),
+            renew_before_days=int(auto["renewBeforeDays"]),
+        ),
+        auth=AuthSpec(secret_name=auth["rootPasswordSecret"]["name"], secret_key=auth["rootPasswordSecret"]["key"])
+        if auth
+        else None,
+        backup=BackupSpec(
+            destination=backup_dest,
+            schedule=(backup.get("schedule") or "").strip() or None,
+            suspend=bool(backup["suspend"]),
+            retention=int(backup["retention"]),
+        )
+        if backup and backup_dest
+        else None,
+        restore=RestoreSpec(source=restore_src, sha256=restore.get("sha256") or None) if restore and restore_src else None,
+    )
+
+
+def validate_cluster_spec(raw: Mapping[str, Any] | None) -> list[str]:
+    """Rules a structural schema cannot express; an empty list means the spec is usable."""
+    errors: list[str] = []
+    s = apply_defaults(_SPEC_SCHEMA, dict(raw or {}))
+    opt = s.get("options") or {}
+    hb, el = opt.get("heartbeatIntervalMs"), opt.get("electionTimeoutMs")
+    if hb is not None and el is not None and el < 5 * hb:
+        errors.append("options.electionTimeoutMs must be at least 5 times options.heartbeatIntervalMs")
+    tls = s["tls"]
+    for side in ("client", "peer"):
+        t = tls[side]
+        if t.get("mode") == "secret" and not t.get("secretName"):
+            errors.append(f"tls.{side}.secretName is required when tls.{side}.mode is secret")
+    client = tls["client"]
+    if client.get("mode") == "secret" and client.get("clientCertAuth", True) and not client.get("operatorSecretName"):
+        errors.append("tls.client.operatorSecretName is required when tls.client.mode is secret and clientCertAuth is on")
+    auto = tls["auto"]
+    if auto["renewBeforeDays"] >= auto["certificateValidityDays"]:
+        errors.append("tls.auto.renewBeforeDays must be shorter than tls.auto.certificateValidityDays")
+    backup = s.get("backup")
+    if backup:
+        dest = backup.get("destination") or {}
+        if bool(dest.get("pvc")) == bool(dest.get("s3")):
+            errors.append("backup.destination needs exactly one of pvc or s3")
+        schedule = (backup.get("schedule") or "").strip()
+        if schedule and not cron_is_valid(schedule):
+            errors.append(f"backup.schedule {schedule!r} is not a valid cron expression")
+    restore = s.get("restore")
+    if restore:
+        src = restore.get("source") or {}
+        if bool(src.get("pvc")) == bool(src.get("s3")):
+            errors.append("restore.source needs exactly one of pvc or s3")
+        elif src.get("s3") and not src["s3"].get("key"):
+            errors.append("restore.source.s3.key is required")
+    return errors
+
+
+def cron_is_valid(expr: str) -> bool:
+    fields = expr.split()
+    return len(fields) in (5, 6) and croniter.is_valid(expr)
+
+
+@dataclass(frozen=True, slots=True)
+class BackupRequest:
+    """An EtcdBackup: one backup of one cluster, now."""
+
+    cluster_name: str
+    destination: Location | None
+
+
+def parse_backup_spec(raw: Mapping[str, Any] | None) -> BackupRequest:
+    s = apply_defaults(_BACKUP_SPEC_SCHEMA, dict(raw or {}))
+    return BackupRequest(cluster_name=str(s["clusterName"]), destination=destination_from(s.get("destination")))
