@@ -136,6 +136,11 @@ class Raft:
         self.trk = ProgressTracker(config.max_inflight_msgs)
         self.lead_transferee = NONE
         self.pending_conf_index = 0
+        # Index of a pending entry that removes (or demotes) this leader; while set the leader
+        # takes no proposals, so its log ends with that change and the remaining voters can
+        # hold everything it has (otherwise a removed ex-leader with a longer log could
+        # refuse its vote to the only possible successor forever).
+        self.self_removal_index = 0
         self.read_only = ReadOnly()
         self.pending_read_index_messages: list[Message] = []
         self.election_elapsed = 0
@@ -294,6 +299,7 @@ class Raft:
             if pid == me:
                 pr.match = log.persisted_index()
         self.pending_conf_index = 0
+        self.self_removal_index = 0
         self.uncommitted_size = 0
         self.read_only = ReadOnly()
         self.pending_read_index_messages = []
@@ -338,6 +344,7 @@ class Raft:
         # Any conf change in the uncommitted tail may still be pending; be conservative.
         log = self.log
         self.pending_conf_index = log.last_index()
+        self.self_removal_index = self._find_self_removal(log.applied + 1, log.last_index())
         # The no-op of the new term: committing it commits everything before it.
         # It is not counted against the uncommitted-size limit.
         log.append([Entry(self.term, log.last_index() + 1)])
@@ -345,6 +352,23 @@ class Raft:
     # -- ticks ----------------------------------------------------------------------------------------
     def tick(self) -> None:
         self._tick()
+
+    def _removes_self(self, cc: ConfChange) -> bool:
+        return cc.node_id == self.id and cc.type in (confchange.REMOVE_NODE, confchange.ADD_LEARNER_NODE)
+
+    def _find_self_removal(self, lo: int, hi: int) -> int:
+        """Index of the last entry in [lo, hi] that removes or demotes us (0 if none)."""
+        if hi < lo:
+            return 0
+        found = 0
+        for e in self.log.slice(max(lo, self.log.first_index()), hi + 1, None):
+            if e.type == CONF_CHANGE:
+                try:
+                    if self._removes_self(decode_conf_change(e.data)):
+                        found = e.index
+                except CodecError:
+                    pass
+        return found
 
     def _tick_election(self) -> None:
         self.election_elapsed += 1
@@ -419,6 +443,8 @@ class Raft:
         """Process one message. Returns (does not raise) the reason a local proposal or read
         was dropped; network messages never produce errors."""
         term = m.term
+        if m.reject and m.commit > self.log.committed and (m.type == VOTE_RESP or m.type == PRE_VOTE_RESP):
+            self._learn_commit(m.commit, m.log_term)
         if term == 0:
             pass  # local message, or a forwarded proposal / read index
         elif term > self.term:
@@ -477,7 +503,20 @@ class Raft:
                 self.election_elapsed = 0
                 self.vote = m.frm
         else:
-            self.send(Message(resp, m.frm, term=self.term, reject=True))
+            # Share our commit index: a candidate whose membership is stale may need exactly
+            # that to apply a change that no longer requires our vote (e.g. we were removed
+            # from a 2-voter group and our longer log makes us refuse the only voter left).
+            log = self.log
+            commit = log.committed
+            self.send(Message(resp, m.frm, term=self.term, reject=True, commit=commit,
+                              log_term=log.term(commit)))
+
+    def _learn_commit(self, commit: int, commit_term: int) -> None:
+        """Adopt a commit index reported by a peer. Commitment is a fact independent of terms
+        and roles, and matching the entry's term proves our log is identical up to it."""
+        log = self.log
+        if commit <= log.last_index() and log.match_term(commit, commit_term):
+            log.commit_to(commit)
 
     # -- leader ---------------------------------------------------------------------------------------
     def _step_leader(self, m: Message) -> RaftError | None:
@@ -592,32 +631,42 @@ class Raft:
             return ProposalDropped("this node was removed from the group")
         if self.lead_transferee != NONE:
             return ProposalDropped(f"leadership transfer to {self.lead_transferee} in progress")
+        if self.self_removal_index:
+            return ProposalDropped("this leader is being removed from the group")
         ents = m.entries
         if not ents:
             return None
         local = m.frm == self.id or m.frm == NONE
         log = self.log
+        pending = self_removal = 0
         for k, e in enumerate(ents):
             if e.type != CONF_CHANGE:
                 continue
-            reason = self._conf_change_refusal(e.data)
+            reason, cc = self._conf_change_refusal(e.data, pending)
             if reason is None:
-                self.pending_conf_index = log.last_index() + k + 1
+                pending = log.last_index() + k + 1
+                if cc is not None and self._removes_self(cc):
+                    self_removal = pending
             elif local:
                 return ProposalDropped(f"configuration change refused: {reason}")
             else:
                 # Keep the rest of a forwarded batch; the proposer sees its change never apply.
                 ents[k] = Entry(data=b"")
-        return self._append_proposal(ents)
+        err = self._append_proposal(ents)
+        if err is None and pending:
+            self.pending_conf_index = pending
+            if self_removal:
+                self.self_removal_index = self_removal
+        return err
 
-    def _conf_change_refusal(self, data: bytes) -> str | None:
-        if self.pending_conf_index > self.log.applied:
-            return f"a configuration change (index {self.pending_conf_index}) is not applied yet"
+    def _conf_change_refusal(self, data: bytes, batch_pending: int) -> tuple[str | None, ConfChange | None]:
+        if batch_pending or self.pending_conf_index > self.log.applied:
+            return f"a configuration change (index {batch_pending or self.pending_conf_index}) is not applied yet", None
         try:
             cc = decode_conf_change(data)
         except CodecError as exc:
-            return f"undecodable conf change ({exc})"
-        return confchange.refusal(self.trk, cc)
+            return f"undecodable conf change ({exc})", None
+        return confchange.refusal(self.trk, cc), cc
 
     def _append_proposal(self, ents: list[Entry]) -> RaftError | None:
         limit = self.max_uncommitted_size
@@ -642,6 +691,8 @@ class Raft:
             raise ProposalDropped("this node was removed from the group")
         if self.lead_transferee != NONE:
             raise ProposalDropped(f"leadership transfer to {self.lead_transferee} in progress")
+        if self.self_removal_index:
+            raise ProposalDropped("this leader is being removed from the group")
         limit = self.max_uncommitted_size
         if limit is not None:
             size = sum(map(len, datas))
@@ -836,6 +887,8 @@ class Raft:
         if pr is None or self.is_learner:
             self._step_down_after_removal()
             return cs
+        if self.self_removal_index and self.log.applied >= self.self_removal_index:
+            self.self_removal_index = 0  # it turned out a no-op: we are still a voter
         if self._maybe_commit():
             self.bcast_append()
         else:
