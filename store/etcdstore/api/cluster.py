@@ -27,6 +27,11 @@ def _check_urls(urls: list[str]) -> list[str]:
         raise errors.MEMBER_BAD_URLS from None
 
 
+def _header(s: EtcdServer) -> rpc_pb2.ResponseHeader:
+    # etcd's cluster server fills no revision in its headers.
+    return rpc_pb2.ResponseHeader(cluster_id=s.cluster_id, member_id=s.member_id, raft_term=s.term)
+
+
 class ClusterService(rpc_pb2_grpc.ClusterServicer):
     def __init__(self, server: EtcdServer) -> None:
         self.s = server
@@ -46,7 +51,7 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
         gate(s, context, learner_ok=not request.linearizable)
         if request.linearizable:
             await s.read_index()
-        return rpc_pb2.MemberListResponse(header=s.header(), members=self._members())
+        return rpc_pb2.MemberListResponse(header=_header(s), members=self._members())
 
     @unary
     async def MemberAdd(
@@ -64,7 +69,7 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
         cc_type = ConfChangeType.ADD_LEARNER_NODE if request.isLearner else ConfChangeType.ADD_NODE
         members = await s.propose_conf_change(cc_type, member)
         added = rpc_pb2.Member(ID=mid, peerURLs=member.peer_urls, isLearner=request.isLearner)
-        return rpc_pb2.MemberAddResponse(header=s.header(), member=added, members=members)
+        return rpc_pb2.MemberAddResponse(header=_header(s), member=added, members=members)
 
     @unary
     async def MemberRemove(
@@ -76,7 +81,7 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
         s.membership.check_remove(request.ID)
         s.check_can_remove(request.ID)
         members = await s.propose_conf_change(ConfChangeType.REMOVE_NODE, Member(id=request.ID))
-        return rpc_pb2.MemberRemoveResponse(header=s.header(), members=members)
+        return rpc_pb2.MemberRemoveResponse(header=_header(s), members=members)
 
     @unary
     async def MemberUpdate(
@@ -92,7 +97,7 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
                         client_urls=current.client_urls if current else [],
                         is_learner=current.is_learner if current else False)
         members = await s.propose_conf_change(ConfChangeType.UPDATE_NODE, member)
-        return rpc_pb2.MemberUpdateResponse(header=s.header(), members=members)
+        return rpc_pb2.MemberUpdateResponse(header=_header(s), members=members)
 
     @unary
     async def MemberPromote(
@@ -102,4 +107,4 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
         gate(s, context)
         s.authorize_admin(context)
         members = await s.promote_member(request.ID)
-        return rpc_pb2.MemberPromoteResponse(header=s.header(), members=members)
+        return rpc_pb2.MemberPromoteResponse(header=_header(s), members=members)

@@ -6,7 +6,11 @@ Layout:
                    key length (u32) | key | value length (u32) | value
     end marker (family index 0)
     footer length (u32) | footer JSON (record counts per family, revision, hash)
+    zero padding up to a multiple of 512 bytes
     sha256 of everything above (32 bytes)
+
+The padding gives the file etcd's shape (a page-aligned database followed by its sha256):
+etcdctl 3.4's `snapshot save` refuses a stream whose length is not 512*k + 32.
 
 Like etcd's snapshot (a bbolt file followed by its sha256), a truncated or corrupted file is
 detected before anything is restored. The Raft log and hard state are not included: they
@@ -43,14 +47,17 @@ def _revision_of(key: bytes) -> int:
 def write(source: bk.Backend, out: BinaryIO) -> dict:
     """Stream the state-machine families of `source` (a checkpoint) to `out`; returns the footer."""
     sha = hashlib.sha256()
+    written = 0
     crc = 0
     counts: dict[str, int] = {}
     revision = 0
     buf = bytearray()
 
     def flush() -> None:
+        nonlocal written
         sha.update(buf)
         out.write(buf)
+        written += len(buf)
         buf.clear()
 
     buf += MAGIC + bytes([VERSION])
@@ -70,6 +77,7 @@ def write(source: bk.Backend, out: BinaryIO) -> dict:
     footer = {"counts": counts, "revision": revision, "hash": crc, "totalKeys": sum(counts.values())}
     raw = json.dumps(footer, sort_keys=True).encode()
     buf += b"\x00" + pack(len(raw)) + raw
+    buf += bytes(-(written + len(buf)) % 512)
     flush()
     out.write(sha.digest())
     return footer
