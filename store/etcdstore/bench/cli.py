@@ -1,0 +1,168 @@
+"""Command line: parse, run every requested configuration, print plain tables."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import TextIO
+
+from etcdstore.bench.config import WORKLOADS, BenchConfig
+from etcdstore.bench.runner import Summary, run
+
+_EPILOG = """\
+examples:
+  etcdstore bench put --endpoints 127.0.0.1:2379 --clients 1,10,100 --duration 10
+  etcdstore bench range --consistency s --clients 100 --conns 10 --procs 2 --key-space 10000
+  etcdstore bench watch --watchers 100 --watch-streams 10 --clients 10 --total 20000
+  etcdstore bench put --compare etcd=127.0.0.1:2379 --compare etcdstore=127.0.0.1:3379 --clients 1,100
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="etcdstore bench",
+        description="Load an etcd v3 endpoint set and report throughput and latency.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("workload", choices=WORKLOADS)
+    p.add_argument("--endpoints", default="127.0.0.1:2379", help="comma-separated host:port list")
+    p.add_argument("--compare", action="append", default=[], metavar="LABEL=EP1,EP2",
+                   help="run the same workload against each labeled endpoint set (repeat); one table")
+    p.add_argument("--clients", default="1", help="concurrent clients; a comma list runs each in turn")
+    p.add_argument("--conns", type=int, default=0, help="gRPC connections in all (default: 1 per 100 clients)")
+    p.add_argument("--procs", type=int, default=1, help="processes the clients are spread over")
+    amount = p.add_mutually_exclusive_group()
+    amount.add_argument("--total", type=int, default=0, help="requests in all")
+    amount.add_argument("--duration", type=float, default=10.0, help="seconds to run (default 10)")
+    p.add_argument("--key-size", type=int, default=8)
+    p.add_argument("--val-size", type=int, default=256)
+    p.add_argument("--key-space", type=int, default=10_000, help="number of distinct keys")
+    p.add_argument("--consistency", choices=("l", "s"), default="l", help="range: linearizable or serializable")
+    p.add_argument("--txn-ops", type=int, default=1, help="txn: puts per transaction")
+    p.add_argument("--rate", type=float, default=0.0, help="cap on requests/s in all (0: no cap)")
+    p.add_argument("--watchers", type=int, default=100, help="watch: watchers on the benchmark prefix")
+    p.add_argument("--watch-streams", type=int, default=10, help="watch: gRPC streams the watchers share")
+    p.add_argument("--prefill", action=argparse.BooleanOptionalAction, default=None,
+                   help="write the whole key space first (default: on for range)")
+    p.add_argument("--timeout", type=float, default=10.0, help="per-request deadline, seconds")
+    p.add_argument("--cacert", help="TLS: CA file")
+    p.add_argument("--cert", help="TLS: client certificate")
+    p.add_argument("--key", help="TLS: client key")
+    p.add_argument("--json", metavar="PATH", help="also append one JSON line per run to PATH")
+    return p
+
+
+def _endpoint_sets(args: argparse.Namespace) -> list[tuple[str, tuple[str, ...]]]:
+    if not args.compare:
+        return [("", tuple(e.strip() for e in args.endpoints.split(",") if e.strip()))]
+    sets = []
+    for item in args.compare:
+        label, sep, eps = item.partition("=")
+        if not sep or not label or not eps:
+            raise SystemExit(f"--compare wants LABEL=EP1,EP2, got {item!r}")
+        sets.append((label, tuple(e.strip() for e in eps.split(",") if e.strip())))
+    return sets
+
+
+def configs(args: argparse.Namespace) -> list[BenchConfig]:
+    tls = (args.cacert, args.cert, args.key) if (args.cacert or args.cert or args.key) else None
+    prefill = args.prefill if args.prefill is not None else args.workload == "range"
+    clients = [int(c) for c in str(args.clients).split(",") if c.strip()]
+    out = []
+    for n in clients:
+        for label, eps in _endpoint_sets(args):
+            out.append(BenchConfig(
+                workload=args.workload, endpoints=eps, clients=n, conns=args.conns, procs=max(1, args.procs),
+                total=args.total, duration=args.duration, key_size=args.key_size, val_size=args.val_size,
+                key_space=args.key_space, consistency=args.consistency, txn_ops=args.txn_ops, rate=args.rate,
+                watchers=args.watchers, watch_streams=args.watch_streams, prefill=prefill,
+                timeout=args.timeout, tls=tls, label=label,
+            ))
+    return out
+
+
+def _name(cfg: BenchConfig) -> str:
+    if cfg.workload == "range":
+        return f"range-{cfg.consistency}"
+    if cfg.workload == "txn" and cfg.txn_ops > 1:
+        return f"txn-{cfg.txn_ops}"
+    return cfg.workload
+
+
+def _fmt(v: float | None, digits: int = 2) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def print_table(results: list[Summary], out: TextIO) -> None:
+    """One row per run; with --compare, one row per workload/clients and a column group per label."""
+    labels = list(dict.fromkeys(r.cfg.label for r in results))
+    watch = any(r.cfg.workload == "watch" for r in results)
+    if labels == [""]:
+        head = ["workload", "clients", "conns", "procs", "ops", "errors", "ops/s", "p50 ms", "p90 ms",
+                "p99 ms", "max ms", "client cpu"]
+        if watch:
+            head += ["events", "events/s", "ev p50 ms", "ev p99 ms"]
+        rows = []
+        for r in results:
+            lat = r.latency_ms
+            row = [_name(r.cfg), str(r.cfg.clients), str(r.cfg.effective_conns), str(r.cfg.procs), str(r.ops),
+                   str(sum(r.errors.values())), _fmt(r.throughput, 1), _fmt(lat.get("p50")), _fmt(lat.get("p90")),
+                   _fmt(lat.get("p99")), _fmt(lat.get("max")), _fmt(r.client_cpu)]
+            if watch:
+                ev = r.event_latency_ms
+                row += [str(r.events), _fmt(r.event_throughput, 1), _fmt(ev.get("p50")), _fmt(ev.get("p99"))]
+            rows.append(row)
+    else:
+        head = ["workload", "clients"]
+        for label in labels:
+            head += [f"{label} ops/s", f"{label} p50", f"{label} p99", f"{label} err"]
+        if len(labels) == 2:
+            head.append(f"{labels[1]}/{labels[0]}")
+        by_key: dict[tuple[str, int], dict[str, Summary]] = {}
+        for r in results:
+            by_key.setdefault((_name(r.cfg), r.cfg.clients), {})[r.cfg.label] = r
+        rows = []
+        for (name, clients), group in by_key.items():
+            row = [name, str(clients)]
+            for label in labels:
+                r = group.get(label)
+                row += ([_fmt(r.throughput, 1), _fmt(r.latency_ms.get("p50")), _fmt(r.latency_ms.get("p99")),
+                         str(sum(r.errors.values()))] if r else ["-"] * 4)
+            if len(labels) == 2:
+                a, b = group.get(labels[0]), group.get(labels[1])
+                row.append(_fmt(b.throughput / a.throughput, 2) if a and b and a.throughput else "-")
+            rows.append(row)
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
+    line = "  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(head, widths)))
+    print(line, file=out)
+    print("-" * len(line), file=out)
+    for row in rows:
+        print("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))), file=out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    out = sys.stdout
+    results: list[Summary] = []
+    failed = False
+    for cfg in configs(args):
+        label = f"[{cfg.label}] " if cfg.label else ""
+        print(f"# {label}{cfg.describe()}", file=out, flush=True)
+        try:
+            summary = run(cfg)
+        except (RuntimeError, ValueError, OSError, TimeoutError) as e:
+            print(f"#   failed: {type(e).__name__}: {e}", file=out, flush=True)
+            failed = True
+            continue
+        results.append(summary)
+        if summary.errors:
+            print(f"#   errors: {summary.errors}", file=out, flush=True)
+        if args.json:
+            with open(args.json, "a") as f:
+                f.write(json.dumps(summary.as_dict()) + "\n")
+    if results:
+        print(file=out)
+        print_table(results, out)
+    return 1 if failed or not results else 0

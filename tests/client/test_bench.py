@@ -1,0 +1,95 @@
+"""The benchmark command against a real etcd 3.4 member (small runs), and its wire encoding."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from etcd_procs import etcdctl
+
+from etcdstore.bench import main, wire
+from etcdstore.bench.config import BenchConfig, shares, split
+from etcdstore.bench.runner import percentiles
+from etcdstore.proto.etcdserverpb import rpc_pb2
+
+
+def test_wire_bytes_equal_protobuf() -> None:
+    k, v = wire.key_bytes(300, 8), b"v" * 300
+    assert k == b"\0" * 6 + b"\x01\x2c"
+    assert wire.put_request(k, v) == rpc_pb2.PutRequest(key=k, value=v).SerializeToString()
+    for s in (False, True):
+        assert wire.range_request(k, s) == rpc_pb2.RangeRequest(key=k, serializable=s).SerializeToString()
+    puts = [(wire.key_bytes(i, 8), v) for i in range(3)]
+    expected = rpc_pb2.TxnRequest(success=[rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=a, value=b))
+                                           for a, b in puts])
+    assert wire.txn_put_request(puts) == expected.SerializeToString()
+    create = rpc_pb2.WatchRequest(create_request=rpc_pb2.WatchCreateRequest(key=b"wb/", range_end=b"wb0"))
+    assert wire.watch_create_request(b"wb/", b"wb0") == create.SerializeToString()
+    with pytest.raises(ValueError):
+        wire.key_bytes(256, 4, b"abc")
+
+
+def test_shares_and_percentiles() -> None:
+    assert split(10, 3) == [4, 3, 3]
+    cfg = BenchConfig("put", ("a",), clients=1000, procs=2, total=1001)
+    parts = shares(cfg)
+    assert [p.clients for p in parts] == [500, 500] and [p.total for p in parts] == [501, 500]
+    assert cfg.effective_conns == 10 and [p.conns for p in parts] == [5, 5]
+    from array import array
+
+    p = percentiles(array("d", [i / 1000 for i in range(1, 101)]))
+    assert (round(p["p50"]), round(p["p99"]), round(p["max"])) == (51, 100, 100)
+
+
+@pytest.mark.etcd
+def test_put_and_range_runs_hit_the_server(etcd, capsys, tmp_path: Path) -> None:
+    ep = etcd.endpoints[0]
+    out_json = tmp_path / "r.jsonl"
+    assert main(["put", "--endpoints", ep, "--clients", "1,4", "--total", "200", "--key-space", "50",
+                 "--json", str(out_json)]) == 0
+    text = capsys.readouterr().out
+    assert "workload=put" in text and "p99 ms" in text
+    rows = [json.loads(line) for line in out_json.read_text().splitlines()]
+    assert [(r["clients"], r["ops"], r["errors"]) for r in rows] == [(1, 200, {}), (4, 200, {})]
+    assert rows[0]["ops_per_s"] > 0 and rows[0]["latency_ms"]["p50"] > 0
+    # 400 puts over a 50-key space: etcd's revision moved by 400, keys are 8 bytes.
+    status = json.loads(etcdctl([ep], "endpoint", "status", "-w", "json"))
+    assert status[0]["Status"]["header"]["revision"] == 401
+    keys = etcdctl([ep], "get", "", "--from-key", "--keys-only").split()
+    assert 0 < len(keys) <= 50
+
+    assert main(["range", "--endpoints", ep, "--clients", "8", "--total", "300", "--key-space", "300",
+                 "--consistency", "s", "--procs", "2", "--json", str(out_json)]) == 0
+    last = json.loads(out_json.read_text().splitlines()[-1])
+    assert (last["workload"], last["procs"], last["ops"], last["errors"]) == ("range", 2, 300, {})
+    assert "range-s" in capsys.readouterr().out
+    # --prefill (default for range) wrote the whole key space.
+    assert json.loads(etcdctl([ep], "get", "", "--from-key", "--keys-only", "-w", "json"))["count"] == 300
+
+
+@pytest.mark.etcd
+def test_txn_watch_and_compare(etcd, capsys, tmp_path: Path) -> None:
+    ep = etcd.endpoints[0]
+    out_json = tmp_path / "r.jsonl"
+    assert main(["txn", "--endpoints", ep, "--clients", "4", "--total", "100", "--txn-ops", "3",
+                 "--json", str(out_json)]) == 0
+    rev = json.loads(etcdctl([ep], "endpoint", "status", "-w", "json"))[0]["Status"]["header"]["revision"]
+    assert rev == 101  # one revision per txn
+    assert main(["watch", "--endpoints", ep, "--clients", "2", "--total", "100", "--watchers", "6",
+                 "--watch-streams", "2", "--json", str(out_json)]) == 0
+    w = json.loads(out_json.read_text().splitlines()[-1])
+    assert w["ops"] == 100 and w["events"] == 600  # every watcher saw every put
+    assert w["event_latency_ms"]["p50"] > 0 and w["events_per_s"] > 0
+    capsys.readouterr()
+    assert main(["put", "--compare", f"etcd={ep}", "--compare", f"again={ep}", "--clients", "2",
+                 "--total", "50"]) == 0
+    table = capsys.readouterr().out
+    assert "etcd ops/s" in table and "again ops/s" in table and "again/etcd" in table
+
+
+def test_unreachable_endpoint_fails_cleanly(capsys) -> None:
+    from etcd_procs import free_port
+
+    assert main(["put", "--endpoints", f"127.0.0.1:{free_port()}", "--total", "10", "--timeout", "1"]) == 1
+    assert "failed" in capsys.readouterr().out
