@@ -5,6 +5,7 @@ Fault kinds (the --faults names):
     kill            SIGKILL the leader or a follower, restart it on its data dir
     pause           SIGSTOP the leader or a follower, SIGCONT it
     partition       blackhole the peer links isolating the leader, or a minority of followers
+                    (partition-leader / partition-minority: always that one)
     drop            lose packets on every peer link (emulated at the stream level, see netproxy)
     delay           75 ms +- 50 ms on every peer link
     member-replace  MemberRemove a member, wipe its data, MemberAdd it back, start it "existing"
@@ -21,7 +22,8 @@ from dataclasses import dataclass, field
 
 from .cluster import Cluster
 
-FAULTS = ("kill", "pause", "partition", "drop", "delay", "member-replace")
+FAULTS = ("kill", "pause", "partition", "partition-leader", "partition-minority", "drop", "delay", "member-replace")
+DEFAULT_FAULTS = ("kill", "pause", "partition", "drop", "delay", "member-replace")
 
 
 @dataclass
@@ -101,10 +103,11 @@ class Nemesis:
                 c.pause(target)
                 await self._sleep_hold(stop)
                 c.resume(target)
-            elif kind == "partition":
+            elif kind.startswith("partition"):
                 names = list(c.members)
                 leader = await c.leader(timeout=5)
-                if self.rnd.random() < 0.5:
+                isolate_leader = self.rnd.random() < 0.5 if kind == "partition" else kind == "partition-leader"
+                if isolate_leader:
                     cut = [leader]
                 else:
                     followers = [n for n in names if n != leader]

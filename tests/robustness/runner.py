@@ -28,7 +28,7 @@ from pathlib import Path
 from . import checker
 from .cluster import Cluster, Target
 from .history import History
-from .nemesis import FAULTS, Nemesis
+from .nemesis import DEFAULT_FAULTS, FAULTS, Nemesis
 from .traffic import Traffic, TrafficConfig, collect_logs, final_state
 
 
@@ -57,6 +57,7 @@ async def run_once(
     base: Path,
     traffic: TrafficConfig,
     max_faults: int | None = None,
+    hold: tuple[float, float] = (2.0, 5.0),
     log: bool = True,
 ) -> RunResult:
     def say(msg: str) -> None:
@@ -70,7 +71,7 @@ async def run_once(
     cluster = Cluster(target, size=members, base=base, seed=seed)
     history = History(meta={"target": target.name, "members": members, "duration": duration, "seed": seed,
                             "faults": faults, "rate": traffic.rate})
-    nem = Nemesis(cluster, faults, rnd, max_faults=max_faults) if faults else None
+    nem = Nemesis(cluster, faults, rnd, hold=hold, max_faults=max_faults) if faults else None
     try:
         await cluster.start()
         timings["start"] = time.monotonic() - t0
@@ -168,12 +169,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--members", type=int, default=3, choices=(3, 5))
     p.add_argument("--duration", type=float, default=60.0, help="seconds of traffic and faults per run")
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--faults", default=",".join(FAULTS), help=f"comma list of: {', '.join(FAULTS)} (or 'none')")
+    p.add_argument("--faults", default=",".join(DEFAULT_FAULTS), help=f"comma list of: {', '.join(FAULTS)} (or 'none')")
     p.add_argument("--runs", type=int, default=1)
     p.add_argument("--rate", type=float, default=150.0, help="target requests per second, all clients")
     p.add_argument("--clients-per-member", type=int, default=2)
     p.add_argument("--keys", type=int, default=12)
     p.add_argument("--timeout", type=float, default=1.0, help="per-request timeout (seconds)")
+    p.add_argument("--serializable-reads", action="store_true",
+                   help="negative control: serializable (stale-capable) reads; the checker must then fail")
     p.add_argument("--out", default=None, help="directory for run directories (default: a temp dir)")
     p.add_argument("--keep", action="store_true", help="keep run directories of passing runs too")
     return p.parse_args(argv)
@@ -190,7 +193,7 @@ async def main_async(args: argparse.Namespace) -> int:
     root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="robustness-"))
     root.mkdir(parents=True, exist_ok=True)
     tc = TrafficConfig(clients_per_member=args.clients_per_member, keys=args.keys, rate=args.rate,
-                       timeout=args.timeout)
+                       timeout=args.timeout, serializable_reads=args.serializable_reads)
     results = []
     for i in range(args.runs):
         seed = seed0 + i

@@ -71,6 +71,7 @@ class TrafficConfig:
     rate: float = 150.0  # target operations per second, all clients together
     timeout: float = 1.0  # per request
     watchers_per_member: int = 1
+    serializable_reads: bool = False  # negative control only: stale reads the checker must catch
     mix: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_MIX))
 
 
@@ -110,8 +111,10 @@ def _result_of(pb: Any) -> Any:
     return None
 
 
-async def execute(client: Client, o: Operation) -> None:
-    """Send `o` and fill in its outcome (return time, status, results, revision)."""
+async def execute(client: Client, o: Operation, *, serializable: bool = False) -> None:
+    """Send `o` and fill in its outcome (return time, status, results, revision).
+    serializable=True sends reads as serializable (local, possibly stale): only for the checker's
+    negative control, which must then find anomalies."""
     writes = o.kind != TXN or any(r.kind != GET for r in (*o.success, *o.failure))
     o.invoke = time.monotonic_ns()
     try:
@@ -122,7 +125,7 @@ async def execute(client: Client, o: Operation) -> None:
             resp = await client.lease_revoke(o.lease)
         elif o.label in ("get", "list"):
             r = o.success[0]
-            resp = await (client.get(r.key, range_end=r.range_end) if r.range_end else client.get(r.key))
+            resp = await client.get(r.key, range_end=r.range_end or None, serializable=serializable)
             o.results = (tuple(kv_of(kv) for kv in resp.kvs),)
         elif o.label in ("put", "lease_put"):
             r = o.success[0]
@@ -270,7 +273,7 @@ class Traffic:
                 o.compares = (Compare(k, "mod", "=", last.mod if last else 0),)
                 o.success = (Request(PUT, k, value=value), Request(PUT, k2, value=value + b"/2"))
                 o.failure = (Request(GET, k), Request(GET, k2))
-            await execute(c, o)
+            await execute(c, o, serializable=self.config.serializable_reads)
             if o.kind == LEASE_GRANT and o.status == OK:
                 lease = (o.lease, None)
             self._learn(o, seen)
