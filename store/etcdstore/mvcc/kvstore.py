@@ -135,9 +135,14 @@ class ReadView:
         out = []
         append = out.append
         for k in index.keys(key, end):
-            got = by_key[k].get(at)
-            if got is not None:
-                append(got[0])
+            ki = by_key[k]
+            revs = ki.revs
+            if revs and revs[-1] >> _SUB_BITS <= at:
+                append(revs[-1])  # alive, unchanged since `at`: the common case
+            elif revs or ki.past:
+                got = ki.get(at)
+                if got is not None:
+                    append(got[0])
         return out
 
     def range_raw(self, key: bytes, end: bytes | None = None, rev: int = 0, limit: int = 0) -> RangeResult:
@@ -167,6 +172,31 @@ class ReadView:
         read = self._s._read
         parse = _KeyValue.FromString
         return RangeResult([parse(read(r)) for r in revs], count, cur)
+
+    def get_raw(self, key: bytes, rev: int = 0) -> tuple[bytes | None, int]:
+        """(serialized KeyValue or None, view revision) of one key: the Get hot path."""
+        cur, at = self._at(rev)
+        ki = self._s._index.by_key.get(key)
+        if ki is None:
+            return None, cur
+        revs = ki.revs
+        if revs and revs[-1] >> _SUB_BITS <= at:
+            return self._s._read(revs[-1]), cur
+        got = ki.get(at)
+        return (None, cur) if got is None else (self._s._read(got[0]), cur)
+
+    def key_meta(self, key: bytes) -> tuple[int, int, int] | None:
+        """(mod_revision, create_revision, version) of one key at the view's revision, from
+        the index alone: the Txn compare hot path."""
+        ki = self._s._index.by_key.get(key)
+        if ki is None:
+            return None
+        at = self.rev
+        revs = ki.revs
+        if revs and revs[-1] >> _SUB_BITS <= at:
+            return revs[-1] >> _SUB_BITS, ki.created >> _SUB_BITS, ki.ver
+        got = ki.get(at)
+        return None if got is None else (got[0] >> _SUB_BITS, got[1] >> _SUB_BITS, got[2])
 
     def range_meta(self, key: bytes, end: bytes | None = None) -> list[tuple[int, int, int]]:
         """(mod_revision, create_revision, version) of each live key in the range at the view's

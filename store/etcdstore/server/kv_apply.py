@@ -114,6 +114,13 @@ def range(  # noqa: A001
     if not filtered and target == _KEY and (order == _NONE or order == _ASCEND) and not req.keys_only:
         # Fast path (Get, List, Count): already in key order; build the response from the
         # stored bytes. Fetch one more than the limit to know whether there is more.
+        range_end = req.range_end
+        if not range_end and not req.count_only:
+            raw, rev = view.get_raw(req.key, req.revision)
+            if raw is not None:
+                resp.MergeFromString(b"".join((b"\x12", _varint(len(raw)), raw, b"\x20\x01")))
+            resp.header.revision = rev
+            return resp
         if req.count_only:
             rr = view.range(req.key, req.range_end, req.revision, 0, True)
             resp.count = rr.count
@@ -220,14 +227,19 @@ def compact(store: KVStore, batch: Any, req: rpc_pb2.CompactionRequest) -> rpc_p
 
 class _Path:
     """A txn's outcome, decided before any of its operations runs (as etcd does): which
-    branch each (nested) txn takes, and the outcomes of the nested txns in that branch."""
+    branch each (nested) txn takes, the kinds of the chosen ops, and the outcomes of the
+    nested txns among them."""
 
-    __slots__ = ("succeeded", "ops", "nested")
+    __slots__ = ("succeeded", "ops", "kinds", "nested")
 
-    def __init__(self, succeeded: bool, ops: Sequence[rpc_pb2.RequestOp], nested: list[_Path]) -> None:
+    def __init__(self, succeeded: bool, ops: Sequence[rpc_pb2.RequestOp], kinds: list[str | None], nested: list[_Path]) -> None:
         self.succeeded = succeeded
         self.ops = ops
+        self.kinds = kinds
         self.nested = nested
+
+
+_NO_NESTED: list[_Path] = []
 
 
 def _resolve(view: ReadView, req: rpc_pb2.TxnRequest) -> _Path:
@@ -237,38 +249,47 @@ def _resolve(view: ReadView, req: rpc_pb2.TxnRequest) -> _Path:
             ok = False
             break
     ops = req.success if ok else req.failure
-    nested = [_resolve(view, op.request_txn) for op in ops if op.WhichOneof("request") == "request_txn"]
-    return _Path(ok, ops, nested)
+    kinds = [op.WhichOneof("request") for op in ops]
+    nested = _NO_NESTED
+    if "request_txn" in kinds:
+        nested = [_resolve(view, op.request_txn) for op, k in zip(ops, kinds) if k == "request_txn"]
+    return _Path(ok, ops, kinds, nested)
+
+
+_META_FIELD = {_C_MOD: 0, _C_CREATE: 1, _C_VERSION: 2}
 
 
 def _compare(view: ReadView, c: rpc_pb2.Compare) -> bool:
     target = c.target
+    result = c.result
     if target == _C_VALUE or target == _C_LEASE:
         kvs = view.range(c.key, c.range_end).kvs
         if not kvs:
             if target == _C_VALUE:
                 # A missing key has no value to compare (nil == empty in gRPC): always false.
                 return False
-            return _result(c.result, 0, c.lease)
+            return _result(result, 0, c.lease)
         if target == _C_VALUE:
             want = c.value
-            return all(_result(c.result, kv.value, want) for kv in kvs)
+            return all(_result(result, kv.value, want) for kv in kvs)
         want_lease = c.lease
-        return all(_result(c.result, kv.lease, want_lease) for kv in kvs)
-    metas = view.range_meta(c.key, c.range_end)
-    if target == _C_MOD:
-        want, field = c.mod_revision, 0
-    elif target == _C_CREATE:
-        want, field = c.create_revision, 1
-    elif target == _C_VERSION:
-        want, field = c.version, 2
-    else:
+        return all(_result(result, kv.lease, want_lease) for kv in kvs)
+    field = _META_FIELD.get(target)
+    if field is None:
         # Unknown target: etcd compares nothing (result 0), so only the result decides.
-        return _result(c.result, 0, 0)
+        return _result(result, 0, 0)
+    want = c.mod_revision if field == 0 else c.create_revision if field == 1 else c.version
+    range_end = c.range_end
+    if not range_end:
+        meta = view.key_meta(c.key)  # Kubernetes' compare: one key, from the index
+        return _result(result, 0 if meta is None else meta[field], want)
+    metas = view.range_meta(c.key, range_end)
     if not metas:
-        return _result(c.result, 0, want)  # a missing key compares as all zeros
-    result = c.result
-    return all(_result(result, m[field], want) for m in metas)
+        return _result(result, 0, want)  # a missing key compares as all zeros
+    for m in metas:
+        if not _result(result, m[field], want):
+            return False
+    return True
 
 
 def _result(result: int, have: Any, want: Any) -> bool:
@@ -283,55 +304,51 @@ def _result(result: int, have: Any, want: Any) -> bool:
     return True
 
 
-def _check_puts(view: ReadView, path: _Path, lessor: LeaseLookup | None) -> None:
-    """etcd's checkRequestPut over the chosen ops, before anything is applied."""
-    it = iter(path.nested)
-    for op in path.ops:
-        kind = op.WhichOneof("request")
-        if kind == "request_txn":
-            _check_puts(view, next(it), lessor)
-        elif kind == "request_put":
-            p = op.request_put
-            if (p.ignore_value or p.ignore_lease) and not view.range_meta(p.key):
-                raise errors.KEY_NOT_FOUND
-            if p.lease and (lessor is None or not lessor.exists(p.lease)):
-                raise errors.LEASE_NOT_FOUND
-
-
-def _check_ranges(view: ReadView, path: _Path) -> None:
-    """etcd's checkRequestRange: a txn's reads must not ask for future or compacted revisions."""
-    it = iter(path.nested)
-    for op in path.ops:
-        kind = op.WhichOneof("request")
-        if kind == "request_txn":
-            _check_ranges(view, next(it))
+def _check(view: ReadView, path: _Path, lessor: LeaseLookup | None, writes: bool) -> errors.EtcdError | None:
+    """etcd's checkRequests, before anything is applied: put checks (for a txn with writes)
+    raise at once; the first range check failure is returned, since etcd runs all put checks
+    before any range check."""
+    range_err = None
+    nested = iter(path.nested)
+    for op, kind in zip(path.ops, path.kinds):
+        if kind == "request_put":
+            if writes:
+                p = op.request_put
+                if (p.ignore_value or p.ignore_lease) and view.key_meta(p.key) is None:
+                    raise errors.KEY_NOT_FOUND
+                if p.lease and (lessor is None or not lessor.exists(p.lease)):
+                    raise errors.LEASE_NOT_FOUND
         elif kind == "request_range":
-            rev = op.request_range.revision
-            if rev == 0:
-                continue
-            if rev > view.rev:
-                raise errors.FUTURE_REV
-            if rev < view.first_rev:
-                raise errors.COMPACTED
+            if range_err is None:
+                rev = op.request_range.revision
+                if rev != 0:
+                    if rev > view.rev:
+                        range_err = errors.FUTURE_REV
+                    elif rev < view.first_rev:
+                        range_err = errors.COMPACTED
+        elif kind == "request_txn":
+            err = _check(view, next(nested), lessor, writes)
+            if range_err is None:
+                range_err = err
+    return range_err
 
 
 def _apply(view: ReadView, path: _Path, resp: rpc_pb2.TxnResponse) -> None:
     resp.succeeded = path.succeeded
-    it = iter(path.nested)
+    nested = iter(path.nested)
     responses = resp.responses
-    for op in path.ops:
-        kind = op.WhichOneof("request")
+    for op, kind in zip(path.ops, path.kinds):
         out = responses.add()
-        if kind == "request_range":
-            range(view, op.request_range, out.response_range)
-        elif kind == "request_put":
+        if kind == "request_put":
             _put(view, op.request_put, out.response_put)  # type: ignore[arg-type]
+        elif kind == "request_range":
+            range(view, op.request_range, out.response_range)
         elif kind == "request_delete_range":
             delete_range(view, op.request_delete_range, out.response_delete_range)  # type: ignore[arg-type]
         elif kind == "request_txn":
-            nested = out.response_txn
-            nested.header.SetInParent()  # etcd leaves nested txn headers empty
-            _apply(view, next(it), nested)
+            sub = out.response_txn
+            sub.header.SetInParent()  # etcd leaves nested txn headers empty
+            _apply(view, next(nested), sub)
 
 
 def txn(view: ReadView, req: rpc_pb2.TxnRequest, lessor: LeaseLookup | None) -> rpc_pb2.TxnResponse:
@@ -341,11 +358,12 @@ def txn(view: ReadView, req: rpc_pb2.TxnRequest, lessor: LeaseLookup | None) -> 
     `view` is the write transaction for a txn with writes, or the store for a read-only one.
     """
     path = _resolve(view, req)
-    if not txn_is_read_only(req):
-        if not isinstance(view, WriteTxn):
-            raise TypeError("a txn with writes needs a write transaction")
-        _check_puts(view, path, lessor)
-    _check_ranges(view, path)
+    writes = not txn_is_read_only(req)
+    if writes and not isinstance(view, WriteTxn):
+        raise TypeError("a txn with writes needs a write transaction")
+    err = _check(view, path, lessor, writes)
+    if err is not None:
+        raise err
     resp = _TxnResponse()
     _apply(view, path, resp)
     resp.header.revision = view.rev
