@@ -11,17 +11,15 @@ Extra etcd flags for one test: @pytest.mark.etcd_args("--auth-token-ttl", "1").
 from __future__ import annotations
 
 import sys
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import AsyncIterator, Iterator
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from etcd_procs import ETCD_BIN, EtcdCluster, TLSFiles, make_tls_files  # noqa: E402
-
-from etcdstore.client import Client  # noqa: E402
-
+from etcd_procs import ETCD_BIN, EtcdCluster, TLSFiles, make_tls_files
+from etcdstore.client import Client
 
 
 def _require_etcd() -> None:

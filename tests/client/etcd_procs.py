@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-
 from etcdstore.proto.etcdserverpb import rpc_pb2, rpc_pb2_grpc
 
 ETCD_BIN = shutil.which("etcd") or "/usr/bin/etcd"
@@ -61,7 +60,7 @@ def make_tls_files(directory: Path, *, client_cn: str = "client") -> TLSFiles:
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
     directory.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
 
     def name(cn: str) -> x509.Name:
         return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
@@ -309,7 +308,7 @@ class EtcdCluster:
         tls: TLSFiles | None = None,
         extra_args: list[str] | None = None,
         attempts: int = 3,
-    ) -> "EtcdCluster":
+    ) -> EtcdCluster:
         """Start `size` members and wait until they serve; retried on a lost port race."""
         for attempt in range(attempts):
             cluster = cls._spawn(base_dir / f"try{attempt}", size, tls, extra_args or [])
@@ -324,7 +323,7 @@ class EtcdCluster:
         raise AssertionError("unreachable")
 
     @classmethod
-    def _spawn(cls, base: Path, size: int, tls: TLSFiles | None, extra: list[str]) -> "EtcdCluster":
+    def _spawn(cls, base: Path, size: int, tls: TLSFiles | None, extra: list[str]) -> EtcdCluster:
         token = uuid.uuid4().hex[:12]
         members = [
             EtcdMember(
@@ -393,7 +392,7 @@ class EtcdCluster:
                     m.resume()  # a SIGSTOPped process ignores SIGTERM until continued
             m.kill()
 
-    def __enter__(self) -> "EtcdCluster":
+    def __enter__(self) -> EtcdCluster:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 from etcd_procs import etcdctl
-
 from etcdstore.bench import main, wire
 from etcdstore.bench.config import BenchConfig, shares, split
 from etcdstore.bench.runner import percentiles

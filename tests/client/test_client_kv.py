@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from etcdstore import errors
 from etcdstore.client import Client, Compare, Op, SortOrder, SortTarget
 from etcdstore.errors import EtcdError

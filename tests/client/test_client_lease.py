@@ -6,7 +6,6 @@ import asyncio
 import time
 
 import pytest
-
 from etcdstore import errors
 from etcdstore.client import Client
 from etcdstore.errors import EtcdError

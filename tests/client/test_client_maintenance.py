@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 from etcd_procs import EtcdCluster, EtcdMember, etcdctl, free_port, wait_serving
-
 from etcdstore import errors
 from etcdstore.client import AlarmType, Client, DowngradeAction
 from etcdstore.errors import EtcdError

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-
 from etcdstore.client import Client, TLSConfig
 from etcdstore.errors import EtcdError
 

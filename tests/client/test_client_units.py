@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import grpc
 import pytest
-
 from etcdstore import errors
 from etcdstore.client import Compare, Op, TLSConfig, prefix_end
 from etcdstore.client.channels import parse_endpoint, parse_endpoints

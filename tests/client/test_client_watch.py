@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-
 from etcdstore import errors
-from etcdstore.client import Client, Op, WatchFilter
+from etcdstore.client import Client, WatchFilter
 from etcdstore.errors import EtcdError
 from etcdstore.proto.mvccpb import kv_pb2
 

@@ -61,7 +61,7 @@ class BenchConfig:
             parts.append("tls")
         return " ".join(parts)
 
-    def with_(self, **changes: object) -> "BenchConfig":
+    def with_(self, **changes: object) -> BenchConfig:
         return replace(self, **changes)  # type: ignore[arg-type]
 
 

@@ -13,7 +13,8 @@ import resource
 import struct
 import time
 from array import array
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import grpc
 

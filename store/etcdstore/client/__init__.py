@@ -29,10 +29,12 @@ Connections and failover
     UNAVAILABLE a call moves on to the next endpoint (and it becomes the current one) only when
     that cannot apply it twice: idempotent calls (get, read-only txn, status, member_list,
     hash_kv, alarm_list, lease_time_to_live, user/role get/list, ...) and calls that never reached
-    a server (connection refused). Any other failure of a write (put, delete, txn with writes,
-    compact, lease_grant, member_*, ...) is raised: its outcome is unknown.
+    a server (connection refused). Such calls go round all endpoints until their deadline
+    (pausing 50 ms, 100 ms, ... up to 0.5 s between rounds; at most 20 rounds), so a read survives
+    an election. Any other failure of a write (put, delete, txn with writes, compact,
+    lease_grant, member_*, ...) is raised at once: its outcome is unknown.
     Views share the connections: `client.at(endpoint)` is pinned to one member with no
-    failover (for per-member calls: status, hash_kv, hash, defragment, alarm_*, snapshot,
+    failover and no retry (for per-member calls: status, hash_kv, hash, defragment, alarm_*, snapshot,
     move_leader); `client.with_options(timeout=, require_leader=)` changes options.
 
 Errors

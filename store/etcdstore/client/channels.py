@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import grpc
 
@@ -88,7 +89,7 @@ def parse_endpoints(endpoints: Sequence[str] | str, *, tls: TLSConfig | None) ->
 class Connection:
     """One endpoint's channel and its method callables (built once, reused for every call)."""
 
-    __slots__ = ("endpoint", "channel", "_calls")
+    __slots__ = ("_calls", "channel", "endpoint")
 
     def __init__(self, endpoint: Endpoint, channel: grpc.aio.Channel) -> None:
         self.endpoint = endpoint

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from etcdstore.client.auth import AuthMixin
 from etcdstore.client.channels import TLSConfig, parse_endpoints
@@ -35,7 +36,7 @@ class Client(KVMixin, LeaseMixin, ClusterMixin, MaintenanceMixin, AuthMixin, Con
         super().__init__(shared, pinned=None, timeout=timeout, require_leader=require_leader, tls=tls)
         self._root = True
 
-    def _view(self, *, pinned: Any, timeout: float | None, require_leader: bool) -> "Client":
+    def _view(self, *, pinned: Any, timeout: float | None, require_leader: bool) -> Client:
         view = object.__new__(Client)
         super(Client, view).__init__(
             self._shared, pinned=pinned, timeout=timeout, require_leader=require_leader, tls=self._tls
@@ -43,13 +44,13 @@ class Client(KVMixin, LeaseMixin, ClusterMixin, MaintenanceMixin, AuthMixin, Con
         view._root = False
         return view
 
-    def at(self, endpoint: str) -> "Client":
+    def at(self, endpoint: str) -> Client:
         """A view of this client pinned to one member: no failover. Use it for per-member calls
         (status, hash_kv, defragment, alarms, snapshot, move_leader). `endpoint` need not be one
         of the client's endpoints (e.g. a client URL from member_list)."""
         return self._view(pinned=self._endpoint(endpoint), timeout=self._timeout, require_leader=self._require_leader)
 
-    def with_options(self, *, timeout: float | None = _UNSET, require_leader: bool | None = None) -> "Client":
+    def with_options(self, *, timeout: float | None = _UNSET, require_leader: bool | None = None) -> Client:
         """A view with another per-call timeout and/or leader requirement (sharing connections)."""
         return self._view(
             pinned=self._pinned,
@@ -78,7 +79,7 @@ class Client(KVMixin, LeaseMixin, ClusterMixin, MaintenanceMixin, AuthMixin, Con
             await asyncio.gather(*(k.close() for k in keepers), return_exceptions=True)
         await sh.pool.close()
 
-    async def __aenter__(self) -> "Client":
+    async def __aenter__(self) -> Client:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

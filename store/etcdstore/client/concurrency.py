@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from etcdstore.client.methods import method
 from etcdstore.client.requests import Bytes, to_bytes

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -44,7 +45,7 @@ class LeaseKeeper:
     close() only stops refreshing; the lease then expires on its own (use Client.lease_revoke
     to end it at once)."""
 
-    def __init__(self, transport: "Transport", lease_id: int, on_lost: Callable[["LeaseKeeper"], Any] | None) -> None:
+    def __init__(self, transport: Transport, lease_id: int, on_lost: Callable[[LeaseKeeper], Any] | None) -> None:
         self._transport = transport
         self.id = lease_id
         self.ttl = 0  # as last granted by the server, in seconds
@@ -87,7 +88,7 @@ class LeaseKeeper:
         except grpc.aio.AioRpcError as e:
             self._drop_call()
             raise to_etcd_error(e) from None
-        except (asyncio.TimeoutError, EtcdError):
+        except (TimeoutError, EtcdError):
             self._drop_call()
             raise
         self.last_response = resp
@@ -112,7 +113,7 @@ class LeaseKeeper:
                     if e == errors.LEASE_NOT_FOUND:
                         break
                     self._transport._moved_off(self._transport._connection().endpoint)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     self.error = EtcdError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
                 except grpc.RpcError as e:  # e.g. a usage error from a half-closed call
                     self._drop_call()
@@ -157,7 +158,7 @@ class LeaseKeeper:
                 await self._task
         self._drop_call()
 
-    async def __aenter__(self) -> "LeaseKeeper":
+    async def __aenter__(self) -> LeaseKeeper:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

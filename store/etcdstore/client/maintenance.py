@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+from collections.abc import AsyncIterator
 from enum import IntEnum
 from pathlib import Path
-from typing import AsyncIterator
 
 from etcdstore.client.methods import method
 from etcdstore.client.requests import AlarmType

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import IntEnum
-from typing import Iterable, Union
+
 
 from etcdstore.proto.etcdserverpb import rpc_pb2
 
-Bytes = Union[bytes, str]  # keys and values: str is encoded as UTF-8
+Bytes = bytes | str  # keys and values: str is encoded as UTF-8
 
 
 class SortOrder(IntEnum):
@@ -159,7 +160,7 @@ _C = rpc_pb2.Compare
 class _CompareTarget:
     """`Compare.<target>(key)` compared with ==, !=, < or > gives the protobuf Compare."""
 
-    __slots__ = ("_target", "_field", "_key", "_range_end")
+    __slots__ = ("_field", "_key", "_range_end", "_target")
 
     def __init__(self, target: int, field: str, key: Bytes, range_end: bytes) -> None:
         self._target = target

@@ -40,7 +40,7 @@ _GO_CODES = {
     "".join(part.capitalize() for part in c.name.split("_")): c for c in grpc.StatusCode
 }
 _GO_CODES["Canceled"] = grpc.StatusCode.CANCELLED
-_GO_STATUS = re.compile(r"^rpc error: code = (\w+) desc = (.*)$", re.S)
+_GO_STATUS = re.compile(r"^rpc error: code = (\w+) desc = (.*)$", re.DOTALL)
 
 
 def error_from_reason(reason: str, default: grpc.StatusCode) -> EtcdError:

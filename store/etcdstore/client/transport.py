@@ -2,14 +2,16 @@
 
 Failover rule (the linearizability checker depends on it): a call moves to the next endpoint on
 UNAVAILABLE only when resending cannot apply it twice: either the request is idempotent (reads,
-Status, MemberList, ...) or it never reached a server ("failed to connect"). Any other failure
-of a write is raised, because its outcome is unknown.
+Status, MemberList, ...) or it never reached a server ("failed to connect"). Such calls go round
+the endpoints until the deadline (pausing between rounds, at most _MAX_ROUNDS rounds). Any other
+failure of a write is raised, because its outcome is unknown. A pinned view never retries.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import grpc
 
@@ -24,14 +26,27 @@ DEFAULT_TIMEOUT = 30.0
 _UNSET: Any = object()
 _AUTHENTICATE = method("Auth.Authenticate")
 _UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
+# Safe retries go round the endpoints at most this often, pausing longer after each round.
+_MAX_ROUNDS = 20
+_ROUND_PAUSE = 0.05
+_MAX_ROUND_PAUSE = 0.5
 
 
 class Shared:
     """State common to a client and every view made from it by at() / with_options()."""
 
     __slots__ = (
-        "pool", "endpoints", "current", "user", "password", "token", "token_gen", "auth_lock",
-        "closed", "watch_streams", "keepers",
+        "auth_lock",
+        "closed",
+        "current",
+        "endpoints",
+        "keepers",
+        "password",
+        "pool",
+        "token",
+        "token_gen",
+        "user",
+        "watch_streams",
     )
 
     def __init__(
@@ -156,17 +171,25 @@ class Transport:
         deadline = None if t is None else loop.time() + t
         md = self._metadata() if token else (("hasleader", "true"),) if self._require_leader else None
         candidates = self._candidates()
-        last = len(candidates) - 1
-        for i, ep in enumerate(candidates):
+        n = len(candidates)
+        attempt = 0
+        while True:
+            ep = candidates[attempt % n]
             remaining = None if deadline is None else max(deadline - loop.time(), 0.0)
             try:
                 return await sh.pool.get(ep).callable(m)(request, timeout=remaining, metadata=md)
             except grpc.aio.AioRpcError as e:
-                if i < last and e.code() == _UNAVAILABLE and (idempotent or never_sent(e)):
-                    self._moved_off(ep)
-                    continue
-                raise to_etcd_error(e) from None
-        raise AssertionError("unreachable")
+                if self._pinned is not None or e.code() != _UNAVAILABLE or not (idempotent or never_sent(e)):
+                    raise to_etcd_error(e) from None
+                self._moved_off(ep)
+                attempt += 1
+                if attempt % n == 0:
+                    # Every endpoint said UNAVAILABLE (e.g. all followers during an election):
+                    # go round again after a pause, while the deadline allows.
+                    pause = min(_ROUND_PAUSE * attempt // n, _MAX_ROUND_PAUSE)
+                    if attempt // n >= _MAX_ROUNDS or (deadline is not None and deadline - loop.time() <= pause):
+                        raise to_etcd_error(e) from None
+                    await asyncio.sleep(pause)
 
     def _connection(self) -> Connection:
         """Where a new stream goes: the pinned endpoint or the current one."""

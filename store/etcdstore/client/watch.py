@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import grpc
 
@@ -40,11 +41,21 @@ class Watcher:
     the stream fails. Use as `async with await client.watch(...) as w:` to cancel on exit."""
 
     __slots__ = (
-        "_stream", "request", "id", "created_response", "_buf", "_waiter", "_done", "_error",
-        "_cancel_requested", "_created", "_fragment", "_released",
+        "_buf",
+        "_cancel_requested",
+        "_created",
+        "_done",
+        "_error",
+        "_fragment",
+        "_released",
+        "_stream",
+        "_waiter",
+        "created_response",
+        "id",
+        "request",
     )
 
-    def __init__(self, stream: "WatchStream", request: rpc_pb2.WatchCreateRequest) -> None:
+    def __init__(self, stream: WatchStream, request: rpc_pb2.WatchCreateRequest) -> None:
         self._stream = stream
         self.request = request
         self.id: int | None = None  # the server's watch_id, known once created
@@ -61,7 +72,7 @@ class Watcher:
 
     # -- consumer side -----------------------------------------------------------------------
 
-    def __aiter__(self) -> "Watcher":
+    def __aiter__(self) -> Watcher:
         return self
 
     async def __anext__(self) -> rpc_pb2.WatchResponse:
@@ -89,7 +100,7 @@ class Watcher:
         if self.id is not None and not self._released.done():
             try:
                 await asyncio.wait_for(asyncio.shield(self._released), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def request_progress(self) -> None:
@@ -101,7 +112,7 @@ class Watcher:
     def done(self) -> bool:
         return self._done
 
-    async def __aenter__(self) -> "Watcher":
+    async def __aenter__(self) -> Watcher:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -154,7 +165,7 @@ class WatchStream:
         self,
         conn: Connection,
         metadata: tuple[tuple[str, str], ...] | None,
-        on_close: Callable[["WatchStream"], None],
+        on_close: Callable[[WatchStream], None],
     ) -> None:
         self.endpoint = conn.endpoint
         self._call: Any = conn.callable(_WATCH)(metadata=metadata)
@@ -173,7 +184,7 @@ class WatchStream:
         try:
             await self.send(rpc_pb2.WatchRequest(create_request=request))
             watcher.created_response = await asyncio.wait_for(asyncio.shield(watcher._created), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             await watcher.cancel()
             raise EtcdError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
         except BaseException:
