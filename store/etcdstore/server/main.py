@@ -11,14 +11,18 @@ from aiohttp import web
 
 from etcdstore import errors, logs
 from etcdstore.api.cluster import ClusterService
+from etcdstore.api.election import ElectionService
 from etcdstore.api.http import add_base_routes
 from etcdstore.api.kv import KVService
 from etcdstore.api.lease import LeaseService
+from etcdstore.api.lock import LockService
 from etcdstore.api.maintenance import MaintenanceService
 from etcdstore.api.mux import ClientPortMux
 from etcdstore.api.watch import WatchService
 from etcdstore.config import ConfigError, ServerConfig
 from etcdstore.proto.etcdserverpb import rpc_pb2_grpc
+from etcdstore.proto.v3electionpb import v3election_pb2_grpc
+from etcdstore.proto.v3lockpb import v3lock_pb2_grpc
 from etcdstore.server.server import EtcdServer
 from etcdstore.transport.peer import PeerTransport
 
@@ -59,6 +63,8 @@ class Member:
         rpc_pb2_grpc.add_LeaseServicer_to_server(LeaseService(s), server)
         rpc_pb2_grpc.add_MaintenanceServicer_to_server(MaintenanceService(s), server)
         rpc_pb2_grpc.add_ClusterServicer_to_server(ClusterService(s), server)
+        v3lock_pb2_grpc.add_LockServicer_to_server(LockService(s), server)
+        v3election_pb2_grpc.add_ElectionServicer_to_server(ElectionService(s), server)
         grpc_port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         self.grpc = server
