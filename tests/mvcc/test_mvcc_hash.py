@@ -3,6 +3,7 @@ independent of how far a compaction's physical deletion has got."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 import pytest
@@ -107,3 +108,29 @@ def test_hash_kv_covers_an_open_batch(node: Node):
     node.backend.write(b, sync=False)
     node.kv.batch_written()
     assert node.kv.hash_kv() == open_hash
+
+
+async def test_hash_kv_async_in_chunks_while_writing(two):
+    a, b = two
+    ops = _ops(5, 400)
+    _feed(a, ops)
+    _feed(b, ops)
+    rev = a.kv.current_revision
+    a.compact(rev // 3, physical=False)
+    b.compact(rev // 3)
+    want = b.kv.hash_kv(rev)
+    task = asyncio.ensure_future(a.kv.hash_kv_async(rev, chunk=7))
+    steps = 0
+    while not task.done():
+        a.put(b"h00", b"meanwhile")  # new revisions are above `rev`: not part of the hash
+        a.kv.compact_step(5)  # physical deletion in between does not change it either
+        steps += 1
+        await asyncio.sleep(0)
+    assert steps > 10
+    assert task.result() == want
+    # a compaction scheduled meanwhile makes it start over on the new compaction revision
+    task = asyncio.ensure_future(a.kv.hash_kv_async(rev, chunk=5))
+    await asyncio.sleep(0)
+    a.compact(rev - 1, physical=False)
+    b.compact(rev - 1)
+    assert await task == b.kv.hash_kv(rev)

@@ -21,6 +21,7 @@ revisions live in META so a restart resumes an interrupted one.
 
 from __future__ import annotations
 
+import asyncio
 import struct
 import zlib
 from collections.abc import Iterator
@@ -482,20 +483,9 @@ class KVStore(ReadView):
 
     # -- hashes ----------------------------------------------------------------------------
 
-    def _logical_entries(self, upto_main: int) -> Iterator[tuple[bytes, bytes]]:
-        """KEY entries with main <= upto_main (incl. the open batch), in revision order."""
-        end = rv.main_bytes(upto_main + 1)
-        yield from self._b.items(KEY, b"", end)
-        if self._pending:
-            for k in sorted(self._pending):
-                if k < end:
-                    yield k, self._pending[k]
-
-    def hash_kv(self, rev: int = 0) -> tuple[int, int, int]:
-        """(hash, compact_revision, hash_revision): CRC-32 of the MVCC history up to `rev`
-        (0: current) as compaction defines it, independent of how far the physical deletion of
-        compacted revisions has got, so members with the same history agree.
-        Raises COMPACTED (0 < rev <= compact revision) / FUTURE_REV."""
+    def _hash_kv_steps(self, rev: int, chunk: int) -> Iterator[tuple[int, int, int] | None]:
+        """hash_kv in steps: yields None after every `chunk` entries (the caller may let other
+        work run; revisions are immutable and new ones are above `rev`), then the result."""
         compact = self._compact
         if 0 < rev <= compact:
             raise errors.COMPACTED
@@ -508,20 +498,61 @@ class KVStore(ReadView):
         by_key = self._index.by_key
         from_bytes = rv.from_bytes
         is_tomb = rv.is_tombstone
-        for k, v in self._logical_entries(rev):
-            r = from_bytes(k)
-            main = r >> _SUB_BITS
-            if main <= compact:
-                if is_tomb(k):
-                    if main != compact:
-                        continue
-                else:
-                    ki = by_key.get(key_of_value(v))
-                    got = None if ki is None else ki.get(compact)
-                    if got is None or got[0] != r:
-                        continue
-            h = crc(v, crc(k, h))
-        return h, compact, rev
+        end = rv.main_bytes(rev + 1)
+        start = b""
+        while True:
+            n = 0
+            last = None
+            for k, v in self._b.items(KEY, start, end):
+                n += 1
+                last = k
+                r = from_bytes(k)
+                main = r >> _SUB_BITS
+                if main <= compact:
+                    # Below the compaction only what it keeps counts, whether or not the
+                    # rest has been deleted from disk yet.
+                    if is_tomb(k):
+                        if main != compact:
+                            continue
+                    else:
+                        ki = by_key.get(key_of_value(v))
+                        got = None if ki is None else ki.get(compact)
+                        if got is None or got[0] != r:
+                            continue
+                h = crc(v, crc(k, h))
+                if n >= chunk:
+                    break
+            if n < chunk:
+                break
+            start = last + b"\x00"  # type: ignore[operator]
+            yield None
+        # Revisions of the open batch are not on disk yet (they sort after everything there).
+        for k in sorted(self._pending):
+            if start <= k < end:
+                h = crc(self._pending[k], crc(k, h))
+        yield h, compact, rev
+
+    def hash_kv(self, rev: int = 0) -> tuple[int, int, int]:
+        """(hash, compact_revision, hash_revision): CRC-32 of the MVCC history up to `rev`
+        (0: current) as compaction defines it, independent of how far the physical deletion of
+        compacted revisions has got, so members with the same history agree.
+        Raises COMPACTED (0 < rev <= compact revision) / FUTURE_REV."""
+        for result in self._hash_kv_steps(rev, 1 << 62):
+            if result is not None:
+                return result
+        raise AssertionError("unreachable")
+
+    async def hash_kv_async(self, rev: int = 0, chunk: int = 10000) -> tuple[int, int, int]:
+        """hash_kv that yields to the event loop every `chunk` revisions (big stores). Starts
+        over if a compaction is scheduled meanwhile (it changes what is hashed)."""
+        while True:
+            compact = self._compact
+            for result in self._hash_kv_steps(rev, chunk):
+                if result is not None:
+                    return result
+                await asyncio.sleep(0)
+                if self._compact != compact:
+                    break
 
     def hash(self) -> int:
         """CRC-32 of the replicated state as stored (etcd's Hash RPC): every state-machine

@@ -126,12 +126,6 @@ class _Watcher:
         self.pending: WatchResponse | None = None  # a victim's undelivered response
         self.sent_events = False  # events sent since the last progress tick
 
-    def wants(self, key: bytes) -> bool:
-        end = self.end
-        if end is None:
-            return key == self.key
-        return self.key <= key and (not end or key < end)
-
 
 class WatchStream:
     """One client watch stream: its watchers and its bounded buffer of responses."""
@@ -256,6 +250,11 @@ class WatchStream:
         if resp is None:
             raise StopAsyncIteration
         return resp
+
+    def put_control(self, resp: object) -> None:
+        """Queue a response of the API layer's own (created, canceled ...) in order with the
+        events already buffered; never refused, as etcd's control channel."""
+        self._put(resp)  # type: ignore[arg-type]
 
     def __len__(self) -> int:
         return len(self._buf)
