@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 from etcdstore import errors
-from etcdstore.client import Client, Op
+from etcdstore.client import Client, Op, never_reached_server
 from etcdstore.errors import EtcdError
 
 pytestmark = pytest.mark.etcd
@@ -45,7 +45,7 @@ async def test_write_with_unknown_outcome_is_raised_not_retried(etcd3) -> None:
         etcd3.members[0].kill()
         with pytest.raises(EtcdError) as e:
             await task
-        assert e.value.code.name == "UNAVAILABLE"
+        assert e.value.code.name == "UNAVAILABLE" and not never_reached_server(e.value)
         # Not resent elsewhere: the cluster never saw it (the member got it while stopped).
         r = await c.get("w")
         assert r.kvs[0].value == b"0" and r.header.revision == base
@@ -73,6 +73,9 @@ async def test_pinned_view_does_not_fail_over(etcd3) -> None:
         with pytest.raises(EtcdError) as e:
             await pinned.get("k")
         assert e.value.code.name == "UNAVAILABLE"
+        with pytest.raises(EtcdError) as e:
+            await pinned.put("k", "v")
+        assert never_reached_server(e.value)  # refused: certainly not applied
         await c.get("k")  # the unpinned client is unaffected
         await pinned.close()  # a view closes nothing
         await c.get("k")
@@ -85,11 +88,13 @@ async def test_hash_kv_is_equal_on_every_member(etcd3) -> None:
         rev = (await c.get("h0")).header.revision
         hashes = set()
         for ep in etcd3.endpoints:
-            for _ in range(50):  # followers may lag a moment behind the leader
-                r = await c.at(ep).hash_kv(rev)
-                if r.header.revision >= rev:
+            for _ in range(100):  # a follower may lag a moment behind the leader
+                try:
+                    r = await c.at(ep).hash_kv(rev)
                     break
-                await asyncio.sleep(0.05)
+                except EtcdError as e:
+                    assert e == errors.FUTURE_REV
+                    await asyncio.sleep(0.05)
             hashes.add((r.hash, r.compact_revision))
         assert len(hashes) == 1
 

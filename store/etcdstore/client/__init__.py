@@ -42,7 +42,8 @@ Errors
     the constants (`e == errors.COMPACTED`). Deadline exceeded and unavailable are EtcdErrors too
     (codes DEADLINE_EXCEEDED / UNAVAILABLE, gRPC's message). Client-side conditions use the
     "etcdclient:" messages in etcdstore.client.rpc_errors (CLIENT_CLOSED, WATCH_STREAM_CLOSED,
-    KEEPALIVE_STREAM_CLOSED).
+    KEEPALIVE_STREAM_CLOSED). never_reached_server(err) tells a write that certainly was not
+    applied (no connection) from one whose outcome is unknown.
 
 Methods (all async; each returns the protobuf response unwrapped; keys/values are bytes or str)
     KV      get(key, *, range_end=None, prefix=False, from_key=False, limit=0, revision=0,
@@ -54,7 +55,7 @@ Methods (all async; each returns the protobuf response unwrapped; keys/values ar
             txn(compare=[...], success=[...], failure=[...]) -> TxnResponse
                 Compare.version|create_revision|mod_revision|value|lease(key, *, range_end, prefix)
                     compared with ==, !=, <, >;  Op.get/put/delete(...same options...), Op.txn(...)
-            compact(revision, *, physical=False)
+            compact(revision, physical=False)
     Watch   watch(key, *, range_end=None, prefix=False, from_key=False, start_revision=0,
                   prev_kv=False, filters=(WatchFilter.NOPUT, ...), progress_notify=False,
                   fragment=False, watch_id=0) -> Watcher, returned once etcd confirmed creation.
@@ -69,9 +70,9 @@ Methods (all async; each returns the protobuf response unwrapped; keys/values ar
     Lease   lease_grant(ttl, id=0), lease_revoke(id), lease_keepalive_once(id),
             lease_keepalive(id, *, on_lost=None) -> LeaseKeeper (background refresh every TTL/3 over
             one LeaseKeepAlive stream; `lost` event, `wait_lost()`, `error`, `ttl`, `close()`),
-            lease_time_to_live(id, *, keys=False), lease_leases()
-    Cluster member_add(peer_urls, *, learner=False), member_remove(id), member_update(id, peer_urls),
-            member_list(*, linearizable=False), member_promote(id)
+            lease_time_to_live(id, keys=False), lease_leases()
+    Cluster member_add(peer_urls, learner=False), member_remove(id), member_update(id, peer_urls),
+            member_list(linearizable=False), member_promote(id)
     Maint.  status(), hash_kv(revision=0), hash(), alarm_list(), alarm_disarm(member_id, alarm),
             alarm_activate(member_id, alarm), defragment(), move_leader(target_id),
             downgrade(action, version) (etcd 3.5+), snapshot() -> async iterator of bytes,
@@ -102,6 +103,7 @@ from etcdstore.client.requests import (
     WatchFilter,
     prefix_end,
 )
+from etcdstore.client.rpc_errors import never_reached_server
 from etcdstore.client.transport import DEFAULT_TIMEOUT
 from etcdstore.client.watch import Watcher
 from etcdstore.errors import EtcdError
@@ -122,5 +124,6 @@ __all__ = [
     "TLSConfig",
     "WatchFilter",
     "Watcher",
+    "never_reached_server",
     "prefix_end",
 ]

@@ -16,7 +16,7 @@ _PROMOTE = method("Cluster.MemberPromote")
 
 
 class ClusterMixin(Transport):
-    async def member_add(self, peer_urls: Iterable[str], *, learner: bool = False) -> rpc_pb2.MemberAddResponse:
+    async def member_add(self, peer_urls: Iterable[str], learner: bool = False) -> rpc_pb2.MemberAddResponse:
         req = rpc_pb2.MemberAddRequest(peerURLs=list(peer_urls), isLearner=learner)
         return await self._call(_ADD, req, idempotent=False)
 
@@ -27,7 +27,7 @@ class ClusterMixin(Transport):
         req = rpc_pb2.MemberUpdateRequest(ID=id, peerURLs=list(peer_urls))
         return await self._call(_UPDATE, req, idempotent=False)
 
-    async def member_list(self, *, linearizable: bool = False) -> rpc_pb2.MemberListResponse:
+    async def member_list(self, linearizable: bool = False) -> rpc_pb2.MemberListResponse:
         """Members as this endpoint knows them (linearizable=True asks the leader first; etcd 3.5+)."""
         req = rpc_pb2.MemberListRequest(linearizable=linearizable)
         return await self._call(_LIST, req, idempotent=True)

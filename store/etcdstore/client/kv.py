@@ -99,7 +99,7 @@ class KVMixin(Transport):
         req = txn_request(compare, success, failure)
         return await self._call(_TXN, req, idempotent=txn_is_read_only(req))
 
-    async def compact(self, revision: int, *, physical: bool = False) -> rpc_pb2.CompactionResponse:
+    async def compact(self, revision: int, physical: bool = False) -> rpc_pb2.CompactionResponse:
         """Discard history before `revision`; physical=True waits until the backend has done it."""
         req = rpc_pb2.CompactionRequest(revision=revision, physical=physical)
         return await self._call(_COMPACT, req, idempotent=False)

@@ -29,7 +29,7 @@ class LeaseMixin(Transport):
         """End the lease now, deleting its keys."""
         return await self._call(_REVOKE, rpc_pb2.LeaseRevokeRequest(ID=id), idempotent=False)
 
-    async def lease_time_to_live(self, id: int, *, keys: bool = False) -> rpc_pb2.LeaseTimeToLiveResponse:
+    async def lease_time_to_live(self, id: int, keys: bool = False) -> rpc_pb2.LeaseTimeToLiveResponse:
         """Remaining TTL (-1 when the lease does not exist) and, with keys=True, its keys."""
         return await self._call(_TTL, rpc_pb2.LeaseTimeToLiveRequest(ID=id, keys=keys), idempotent=True)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from enum import IntEnum
 
-
 from etcdstore.proto.etcdserverpb import rpc_pb2
 
 Bytes = bytes | str  # keys and values: str is encoded as UTF-8

@@ -72,6 +72,12 @@ async def finished_call_error(call: Any) -> EtcdError:
     return EtcdError(code, details or "")
 
 
+def never_reached_server(err: EtcdError) -> bool:
+    """True when a raised EtcdError means the request never left this client (so a write
+    certainly was not applied); False means a write's outcome may be unknown."""
+    return err.code == grpc.StatusCode.UNAVAILABLE and err.message.startswith(_UNSENT_PREFIX)
+
+
 def never_sent(err: grpc.RpcError) -> bool:
     """True when the RPC failed before any byte reached a server (safe to send elsewhere)."""
     if err.code() != grpc.StatusCode.UNAVAILABLE:
