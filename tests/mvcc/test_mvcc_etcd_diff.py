@@ -3,6 +3,7 @@ responses, message for message (headers compared on revision only; the rest is t
 
 from __future__ import annotations
 
+import asyncio
 import random
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 
 from etcdstore import errors
 from etcdstore.proto.etcdserverpb import rpc_pb2 as pb
+from etcdstore.proto.etcdserverpb import rpc_pb2_grpc
 
 from mvcc_support import Etcd, FakeLessor, Node
 
@@ -288,3 +290,83 @@ def test_hash_kv_and_revision_match_on_same_history(pair):
     _h, compact_rev, hash_rev = node.kv.hash_kv(0)
     assert compact_rev == theirs.compact_revision == 6
     assert hash_rev == theirs.header.revision
+
+
+def _etcd_watch_events(etcd: Etcd, create: pb.WatchCreateRequest, until_rev: int) -> list:
+    """Events a real etcd delivers to one watch, up to revision `until_rev`."""
+    import queue
+
+    stub = rpc_pb2_grpc.WatchStub(etcd.channel)
+    requests: queue.Queue = queue.Queue()
+    requests.put(pb.WatchRequest(create_request=create))
+
+    def gen():
+        while True:
+            item = requests.get()
+            if item is None:
+                return
+            yield item
+
+    events = []
+    call = stub.Watch(gen(), timeout=20)
+    try:
+        for resp in call:
+            assert not resp.canceled, resp
+            events.extend(resp.events)
+            if events and events[-1].kv.mod_revision >= until_rev:
+                break
+    finally:
+        requests.put(None)
+        call.cancel()
+    return events
+
+
+async def test_watch_events_match_etcd(pair):
+    """Historical watch events (kv, prev_kv, types, filters) are the ones etcd sends."""
+    from etcdstore.mvcc.watchable import WatchableStore
+
+    etcd, node = pair
+    same = lambda req: check_same(etcd, node, req)  # noqa: E731
+    rnd = random.Random(11)
+    for i in range(60):
+        k = b"w/%d" % rnd.randrange(8)
+        if rnd.random() < 0.2:
+            same(pb.DeleteRangeRequest(key=k))
+        else:
+            same(_put(k, b"v%d" % i, lease=LEASE if rnd.random() < 0.2 else 0))
+    same(
+        pb.TxnRequest(
+            success=[
+                _op(pb.TxnRequest(success=[_op(_put(b"w/1", b"in-txn"))])),
+                _op(pb.TxnRequest(success=[_op(pb.DeleteRangeRequest(key=b"w/1"))])),
+                _op(_put(b"w/x", b"x")),
+            ]
+        )
+    )
+    same(pb.DeleteRangeRequest(key=b"w/", range_end=b"w/4"))
+    cur = same(_rng(b"w/")).header.revision
+    ws = WatchableStore(node.kv)
+    try:
+        for create in (
+            pb.WatchCreateRequest(key=b"w/", range_end=b"w0", start_revision=2, prev_kv=True),
+            pb.WatchCreateRequest(key=b"w/3", start_revision=5, prev_kv=True),
+            pb.WatchCreateRequest(key=b"w/", range_end=b"w0", start_revision=10, filters=[pb.WatchCreateRequest.NOPUT]),
+            pb.WatchCreateRequest(key=b"w/", range_end=b"w0", start_revision=1),
+        ):
+            until = cur if not create.filters else max(
+                e.kv.mod_revision for e in _etcd_watch_events(etcd, pb.WatchCreateRequest(
+                    key=create.key, range_end=create.range_end, start_revision=create.start_revision), cur)
+                if e.type == 1
+            )
+            theirs = _etcd_watch_events(etcd, create, until)
+            stream = ws.new_stream()
+            stream.watch(0, create.key, create.range_end, create.start_revision, prev_kv=create.prev_kv,
+                         filters=list(create.filters))
+            ours = []
+            while not ours or ours[-1].kv.mod_revision < until:
+                r = await asyncio.wait_for(stream.recv(), 5)
+                ours.extend(r.events)
+            stream.close()
+            assert [e.SerializeToString() for e in ours] == [e.SerializeToString() for e in theirs]
+    finally:
+        ws.close()

@@ -51,7 +51,6 @@ _U64: Final = struct.Struct(">Q")
 _SUB_BITS: Final = rv.SUB_BITS
 _KeyValue = kv_pb2.KeyValue
 _Event = kv_pb2.Event
-_PUT: Final = kv_pb2.Event.PUT
 _DELETE: Final = kv_pb2.Event.DELETE
 _to_bytes = rv.to_bytes
 

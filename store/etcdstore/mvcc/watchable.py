@@ -47,7 +47,6 @@ DEFAULT_PROGRESS_INTERVAL: Final = 600.0  # etcd's 10 minutes
 _PUT: Final = kv_pb2.Event.PUT
 _DELETE: Final = kv_pb2.Event.DELETE
 _Event = kv_pb2.Event
-_KeyValue = kv_pb2.KeyValue
 
 _SYNCED, _UNSYNCED, _VICTIM, _DONE = 0, 1, 2, 3
 

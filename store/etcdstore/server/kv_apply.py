@@ -23,14 +23,12 @@ from etcdstore import errors
 from etcdstore.mvcc.kvstore import KVStore, ReadView, WriteTxn
 from etcdstore.mvcc.gosort import go_sort
 from etcdstore.proto.etcdserverpb import rpc_pb2
-from etcdstore.proto.mvccpb import kv_pb2
 
 RangeRequest = rpc_pb2.RangeRequest
 _RangeResponse = rpc_pb2.RangeResponse
 _PutResponse = rpc_pb2.PutResponse
 _DeleteRangeResponse = rpc_pb2.DeleteRangeResponse
 _TxnResponse = rpc_pb2.TxnResponse
-_KeyValue = kv_pb2.KeyValue
 
 _NONE = RangeRequest.NONE
 _ASCEND = RangeRequest.ASCEND
