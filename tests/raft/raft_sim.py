@@ -230,6 +230,7 @@ class Host:
         self.node: RawNode | None = None
         self.last_role = Role.FOLLOWER
         self.last_term = 0
+        self.last_commit = -1
         if bootstrap is not None:
             self.node = RawNode.bootstrap(self._config(0), self.storage, bootstrap)
         else:
@@ -270,6 +271,7 @@ class Host:
         self.conf_state = snap.metadata.conf_state
         self.node = RawNode(self._config(self.sm_index), self.storage)
         self.last_role = Role.FOLLOWER
+        self.last_commit = -1
         self.sim.trace(f"restart {self.id} from snapshot {self.sm_index}, hard state {self.storage.hard_state}")
 
     def observe(self) -> None:
@@ -278,12 +280,15 @@ class Host:
         if node is None:
             return
         r = node.raft
-        if r.role == Role.LEADER and (self.last_role != Role.LEADER or self.last_term != r.term):
+        role = r.role
+        if role == Role.LEADER and (self.last_role != role or self.last_term != r.term):
             self.sim.trace(f"{self.id} leads term {r.term}")
             self.sim.checker.on_leader(self.id, r.term, r)
-        self.last_role = r.role
+        self.last_role = role
         self.last_term = r.term
-        self.sim.checker.on_commit(self.id, r)
+        if r.log.committed != self.last_commit:
+            self.last_commit = r.log.committed
+            self.sim.checker.on_commit(self.id, r)
 
     def handle_ready(self) -> bool:
         node = self.node
@@ -407,7 +412,7 @@ class Network:
         data = codec.encode_message(m)
         copies = 2 if self.lossy and rng.random() < p.dup else 1
         for _ in range(copies):
-            delay = rng.randint(0, p.max_delay) if self.lossy else rng.randint(0, 1)
+            delay = int(rng.random() * (p.max_delay + 1 if self.lossy else 2))
             self.seq += 1
             heapq.heappush(self.queue, (sim.now + delay, rng.random(), self.seq, m.frm, m.to, data))
 

@@ -49,7 +49,9 @@ _MESSAGE: Final = struct.Struct("<BBQQQQQQBQI")
 MESSAGE_VERSION: Final = 1
 
 _ENTRY_TYPES: Final = frozenset(int(t) for t in EntryType)
-_MESSAGE_TYPES: Final = frozenset(int(t) for t in MessageType)
+# Enum members by value (values are 0..n-1): indexing is much cheaper than Enum(value).
+_MESSAGE_TYPE_BY_VALUE: Final = tuple(sorted(MessageType))
+_ENTRY_TYPE_BY_VALUE: Final = tuple(sorted(EntryType))
 _CONF_CHANGE_TYPES: Final = frozenset(int(t) for t in ConfChangeType)
 
 Buffer = bytes | bytearray | memoryview
@@ -149,7 +151,7 @@ def _get_entry(r: _Reader) -> Entry:
     term, index, etype, n = r.unpack(_ENTRY)
     if etype not in _ENTRY_TYPES:
         raise CodecError(f"unknown entry type {etype}")
-    return Entry(term, index, EntryType(etype), r.take(n))
+    return Entry(term, index, _ENTRY_TYPE_BY_VALUE[etype], r.take(n))
 
 
 def _get_entries(r: _Reader) -> list[Entry]:
@@ -160,8 +162,8 @@ def _get_entries(r: _Reader) -> list[Entry]:
     end = len(buf)
     out = []
     append = out.append
-    types = _ENTRY_TYPES
-    normal = EntryType.NORMAL
+    types = _ENTRY_TYPE_BY_VALUE
+    ntypes = len(types)
     for _ in range(count):
         if pos + size > end:
             raise CodecError(f"truncated entry header at offset {pos}")
@@ -169,9 +171,9 @@ def _get_entries(r: _Reader) -> list[Entry]:
         pos += size
         if pos + n > end:
             raise CodecError(f"truncated entry data at offset {pos}: need {n} bytes")
-        if etype not in types:
+        if etype >= ntypes:
             raise CodecError(f"unknown entry type {etype}")
-        append(Entry(term, index, normal if etype == 0 else EntryType.CONF_CHANGE, buf[pos : pos + n]))
+        append(Entry(term, index, types[etype], buf[pos : pos + n]))
         pos += n
     r.pos = pos
     return out
@@ -221,21 +223,27 @@ def _get_message(r: _Reader) -> Message:
     (version, mtype, to, frm, term, log_term, index, commit, reject, reject_hint, nctx) = r.unpack(_MESSAGE)
     if version != MESSAGE_VERSION:
         raise CodecError(f"unsupported message encoding version {version}")
-    if mtype not in _MESSAGE_TYPES:
+    if mtype >= len(_MESSAGE_TYPE_BY_VALUE):
         raise CodecError(f"unknown message type {mtype}")
     if reject > 1:
         raise CodecError(f"bad reject flag {reject}")
     context = r.take(nctx)
-    entries = _get_entries(r)
-    (has_snap,) = r.unpack(_U8)
-    snapshot = None
-    if has_snap == 1:
-        meta = _get_meta(r)
-        (n,) = r.unpack(_U64)
-        snapshot = Snapshot(meta, r.take(n))
-    elif has_snap != 0:
-        raise CodecError(f"bad snapshot flag {has_snap}")
-    return Message(MessageType(mtype), to, frm, term, log_term, index, entries, commit, reject == 1,
+    buf, pos = r.buf, r.pos
+    if pos + 5 == len(buf) and buf[pos : pos + 5] == b"\x00\x00\x00\x00\x00":
+        entries: list[Entry] = []  # the common case: no entries, no snapshot
+        r.pos = pos + 5
+        snapshot = None
+    else:
+        entries = _get_entries(r)
+        (has_snap,) = r.unpack(_U8)
+        snapshot = None
+        if has_snap == 1:
+            meta = _get_meta(r)
+            (n,) = r.unpack(_U64)
+            snapshot = Snapshot(meta, r.take(n))
+        elif has_snap != 0:
+            raise CodecError(f"bad snapshot flag {has_snap}")
+    return Message(_MESSAGE_TYPE_BY_VALUE[mtype], to, frm, term, log_term, index, entries, commit, reject == 1,
                    reject_hint, snapshot, context)
 
 

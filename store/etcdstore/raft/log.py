@@ -120,13 +120,21 @@ class RaftLog:
         Raises CompactedError only if storage lost the entry under our feet."""
         u = self.unstable
         k = i - u.offset
-        if 0 <= k < len(u.entries):
-            return u.entries[k].term
-        if k < 0 and u.snapshot is not None:
-            return u.snapshot.metadata.term if u.snapshot.metadata.index == i else 0
-        if i > self.last_index() or i < self.first_index() - 1:
+        ents = u.entries
+        if k >= 0:
+            if k < len(ents):
+                return ents[k].term
+            if ents or u.snapshot is not None:
+                return 0  # beyond the last index
+            st = self.storage
+            return st.term(i) if i <= st.last_index() else 0
+        snap = u.snapshot
+        if snap is not None:
+            return snap.metadata.term if snap.metadata.index == i else 0
+        st = self.storage
+        if i < st.first_index() - 1:
             return 0
-        return self.storage.term(i)
+        return st.term(i)
 
     def match_term(self, i: int, t: int) -> bool:
         try:
@@ -258,7 +266,8 @@ class RaftLog:
         return self.unstable.entries[:]
 
     def has_next_entries(self) -> bool:
-        return self.committed > max(self.applied, self.first_index() - 1)
+        committed = self.committed
+        return committed > self.applied and committed >= self.first_index()
 
     def next_entries(self) -> list[Entry]:
         """Committed entries not yet applied, up to `max_next_ents_size` payload bytes."""

@@ -239,9 +239,12 @@ class Raft:
 
     def bcast_append(self) -> None:
         me = self.id
-        for pid in self.trk.progress:
-            if pid != me:
-                self.maybe_send_append(pid, True)
+        for pid, pr in self.trk.progress.items():
+            if pid != me and self.maybe_send_append(pid, True) and pr.state == REPLICATE:
+                # Pipeline the rest of a large batch now (flow control permitting) rather
+                # than one message per round trip.
+                while self.maybe_send_append(pid, False):
+                    pass
 
     def bcast_heartbeat(self, ctx: bytes | None = None) -> None:
         if ctx is None:

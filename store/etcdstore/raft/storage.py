@@ -83,10 +83,13 @@ class MemoryStorage:
 
     __slots__ = ("_ents", "_hard_state", "_snapshot")
 
-    def __init__(self) -> None:
+    def __init__(self, conf_state: ConfState | None = None) -> None:
+        """Empty storage. With `conf_state`, the storage describes a group that already
+        exists with that membership and an empty log (an alternative to bootstrapping
+        with conf-change entries)."""
         self._ents: list[Entry] = [Entry(0, 0)]
         self._hard_state = HardState()
-        self._snapshot = Snapshot()
+        self._snapshot = Snapshot(SnapshotMetadata(0, 0, conf_state)) if conf_state is not None else Snapshot()
 
     # -- Storage protocol -------------------------------------------------------------
     def initial_state(self) -> tuple[HardState, ConfState]:
