@@ -96,7 +96,9 @@ class Report:
         ]
         for label in sorted(self.by_label):
             c = self.by_label[label]
-            lines.append(f"  {label:<16}{c['ok']:>7} ok {c['failed']:>6} failed {c['indeterminate']:>6} indeterminate")
+            lines.append(
+                f"  {label:<16}{c['ok']:>7} ok {c['failed']:>6} failed {c['indeterminate']:>6} indeterminate"
+            )
         lines += [
             f"log events        {self.log_events}",
             f"watch             {self.watch_sessions} sessions, {self.watch_events} events",
@@ -130,16 +132,25 @@ def _check_log(history: History, rep: Report) -> list[Event]:
         other = logs[m]
         if other != base:
             n = next((i for i, (a, b) in enumerate(zip(base, other)) if a != b), min(len(base), len(other)))
-            rep.add("log", f"members {names[0]} and {m} disagree at log position {n}: "
-                           f"{base[n] if n < len(base) else None} vs {other[n] if n < len(other) else None}")
+            rep.add(
+                "log",
+                f"members {names[0]} and {m} disagree at log position {n}: "
+                f"{base[n] if n < len(base) else None} vs {other[n] if n < len(other) else None}",
+            )
     by_rev = _group_by_revision(base)
     if by_rev:
         first, last = min(by_rev), max(by_rev)
         missing = [r for r in range(first, last + 1) if r not in by_rev]
         if missing:
-            rep.add("log", f"{len(missing)} revisions without events between {first} and {last}, first {missing[:5]}")
+            rep.add(
+                "log",
+                f"{len(missing)} revisions without events between {first} and {last}, first {missing[:5]}",
+            )
         if history.final_revision and last != history.final_revision:
-            rep.add("log", f"log ends at revision {last} but the cluster reports revision {history.final_revision}")
+            rep.add(
+                "log",
+                f"log ends at revision {last} but the cluster reports revision {history.final_revision}",
+            )
         if any(a.revision > b.revision for a, b in zip(base, base[1:])):
             rep.add("log", "log events are not in revision order")
     state: dict[bytes, KV] = {}
@@ -165,6 +176,7 @@ class _Attribution:
         self.rep = rep
         self.ops = {o.id: o for o in ops}
         self.rev_of: dict[int, int] = {}  # op id -> revision it wrote
+        self.lost_puts = 0
         self.unattributed_deletes: dict[bytes, list[int]] = defaultdict(list)  # key -> revisions
         owner: dict[tuple[bytes, bytes], int] = {}
         dup_values: set[tuple[bytes, bytes]] = set()
@@ -197,14 +209,18 @@ class _Attribution:
                             may_delete[r.key].append(o)
         self.by_rev = _group_by_revision(log)
         self._ret_revs, self._ret_suffix = _tightened_returns(
-            [(o.revision, o.ret) for o in ops if o.status == OK and o.revision])
+            [(o.revision, o.ret) for o in ops if o.status == OK and o.revision]
+        )
         for rev, evs in self.by_rev.items():
             puts = [e for e in evs if e.type == PUT]
             owners = set()
             for e in puts:
                 oid = owner.get((e.kv.key, e.kv.value))
                 if oid is None:
-                    rep.add("phantom write", f"revision {rev}: {e.kv.key!r}={e.kv.value!r} was written by no operation")
+                    rep.add(
+                        "phantom write",
+                        f"revision {rev}: {e.kv.key!r}={e.kv.value!r} was written by no operation",
+                    )
                 else:
                     owners.add(oid)
             if len(owners) > 1:
@@ -223,7 +239,11 @@ class _Attribution:
             if len(definite) > 1:
                 rep.add("atomicity", f"revision {rev} claimed by deletes {[o.id for o in definite]}")
                 continue
-            cands = [o for o in by_header.get(rev, ()) if o.kind == LEASE_REVOKE and lease_keys.get(o.lease, set()) & keys]
+            cands = [
+                o
+                for o in by_header.get(rev, ())
+                if o.kind == LEASE_REVOKE and lease_keys.get(o.lease, set()) & keys
+            ]
             seen = {o.id for o in cands}
             for k in sorted(keys):
                 for o in may_delete.get(k, ()):
@@ -247,30 +267,48 @@ class _Attribution:
     def _deleted_something(o: Operation) -> bool:
         if o.kind != TXN:
             return False
-        return any(r.kind == DELETE and isinstance(res, int) and res > 0 for r, res in zip(o.branch(), o.results))
+        return any(
+            r.kind == DELETE and isinstance(res, int) and res > 0 for r, res in zip(o.branch(), o.results)
+        )
 
     def _attribute(self, oid: int, rev: int, evs: list[Event]) -> None:
         o = self.ops[oid]
         if oid in self.rev_of and self.rev_of[oid] != rev:
-            self.rep.add("duplicate apply", f"op {oid} ({o.label}) applied at revisions {self.rev_of[oid]} and {rev}")
+            self.rep.add(
+                "duplicate apply", f"op {oid} ({o.label}) applied at revisions {self.rev_of[oid]} and {rev}"
+            )
             return
         self.rev_of[oid] = rev
         if o.status == OK and o.revision != rev:
-            self.rep.add("revision", f"op {oid} ({o.label}) answered revision {o.revision}, the log has it at {rev}")
+            self.rep.add(
+                "revision", f"op {oid} ({o.label}) answered revision {o.revision}, the log has it at {rev}"
+            )
         if o.kind != TXN:
             return
-        # the branch that ran must be complete in this revision (atomicity, nothing half-applied)
-        put_keys = {(e.kv.key, e.kv.value) for e in evs if e.type == PUT}
-        branches = [o.branch()] if o.status == OK else [o.success, o.failure]
-        if not any(all((r.key, r.value) in put_keys for r in b if r.kind == PUT) and any(r.kind == PUT for r in b)
-                   or not any(r.kind == PUT for r in b) for b in branches):
-            self.rep.add("atomicity", f"op {oid} ({o.label}) is only partly in revision {rev}")
-        for e in evs:
-            if e.type == PUT:
-                req = next((r for b in branches for r in b if r.kind == PUT and r.key == e.kv.key
-                            and r.value == e.kv.value), None)
-                if req is not None and req.lease != e.kv.lease:
-                    self.rep.add("revision", f"revision {rev}: {e.kv.key!r} has lease {e.kv.lease}, op {oid} sent {req.lease}")
+        # the branch that ran must be complete in this revision (atomicity: nothing half-applied)
+        puts = {(e.kv.key, e.kv.value): e.kv for e in evs if e.type == PUT}
+        if o.status == OK:
+            ran = [o.branch()]
+        else:  # unknown outcome: the branch whose values are here
+            ran = [
+                b
+                for b in (o.success, o.failure)
+                if any(r.kind == PUT and (r.key, r.value) in puts for r in b)
+            ]
+        for b in ran:
+            missing = [r.key for r in b if r.kind == PUT and (r.key, r.value) not in puts]
+            if missing:
+                self.rep.add(
+                    "atomicity", f"op {oid} ({o.label}) is only partly in revision {rev}: no put of {missing}"
+                )
+                if o.status == OK:
+                    self.lost_puts += len(missing)  # acknowledged, so each missing put is a lost write
+            for r in b:
+                kv = puts.get((r.key, r.value)) if r.kind == PUT else None
+                if kv is not None and kv.lease != r.lease:
+                    self.rep.add(
+                        "revision", f"revision {rev}: {r.key!r} has lease {kv.lease}, op {oid} sent {r.lease}"
+                    )
 
     def branch_of(self, o: Operation) -> bool | None:
         """For an unknown transaction found in the log: which branch wrote it."""
@@ -319,10 +357,13 @@ def check(history: History, *, budget: int = 2_000_000) -> Report:
     att = _Attribution(ops, log, rep)
 
     # lost acknowledged writes
+    rep.lost_writes += att.lost_puts
     for o in ops:
         if _wrote(o) and o.id not in att.rev_of:
             rep.lost_writes += 1
-            rep.add("lost write", f"op {o.id} ({o.label}) acknowledged at revision {o.revision} is not in the log")
+            rep.add(
+                "lost write", f"op {o.id} ({o.label}) acknowledged at revision {o.revision} is not in the log"
+            )
 
     # patch indeterminate operations
     revs, suffix = _tightened_returns([(o.revision, o.ret) for o in ops if o.status == OK and o.revision])
@@ -362,14 +403,21 @@ def check(history: History, *, budget: int = 2_000_000) -> Report:
             if r.kind == PUT and r.lease:
                 for rv in revoked_at.get(r.lease, ()):
                     if rv.status == OK and o.revision >= rv.revision:
-                        rep.add("lease", f"op {o.id} put with lease {r.lease:x} at revision {o.revision}, "
-                                         f"after its revoke at {rv.revision}")
+                        rep.add(
+                            "lease",
+                            f"op {o.id} put with lease {r.lease:x} at revision {o.revision}, "
+                            f"after its revoke at {rv.revision}",
+                        )
     granted = {o.lease: o for o in ops if o.kind == LEASE_GRANT and o.status == OK}
     for o in ops:
         if o.status == FAIL and "lease not found" in o.error:
             lease = next((r.lease for r in o.success if r.lease), 0)
             g = granted.get(lease)
-            if g is not None and g.ret < o.invoke and not any(rv.invoke < o.ret for rv in revoked_at.get(lease, ())):
+            if (
+                g is not None
+                and g.ret < o.invoke
+                and not any(rv.invoke < o.ret for rv in revoked_at.get(lease, ()))
+            ):
                 rep.add("lease", f"op {o.id}: lease {lease:x} not found, but no revoke of it was sent before")
 
     # linearizability + revision order
@@ -398,7 +446,9 @@ def check(history: History, *, budget: int = 2_000_000) -> Report:
             for r, res in zip(o.branch(), o.results):
                 if r.kind == PUT or (r.kind == DELETE and isinstance(res, int) and res > 0):
                     acked.append((r.key, o.revision))
-    wres = check_watchers(history.watchers, log, acked, compaction_expected=bool(history.meta.get("compactions")))
+    wres = check_watchers(
+        history.watchers, log, acked, compaction_expected=bool(history.meta.get("compactions"))
+    )
     rep.watch_sessions, rep.watch_events = wres.sessions, wres.events
     for msg in wres.anomalies:
         rep.add("watch", msg)
@@ -408,7 +458,9 @@ def check(history: History, *, budget: int = 2_000_000) -> Report:
     return rep
 
 
-def _check_final(history: History, log: list[Event], att: _Attribution, ops: list[Operation], rep: Report) -> None:
+def _check_final(
+    history: History, log: list[Event], att: _Attribution, ops: list[Operation], rep: Report
+) -> None:
     final: dict[bytes, KV] = {}
     for e in log:
         if e.type == PUT:
@@ -419,8 +471,11 @@ def _check_final(history: History, log: list[Event], att: _Attribution, ops: lis
         got = {kv.key: kv for kv in kvs}
         if got != final:
             diff = sorted(set(got.items()) ^ set(final.items()))
-            rep.add("final state", f"member {member} at revision {history.final_revision} differs from the "
-                                   f"replayed log in {len(diff)} entries, first {diff[:2]}")
+            rep.add(
+                "final state",
+                f"member {member} at revision {history.final_revision} differs from the "
+                f"replayed log in {len(diff)} entries, first {diff[:2]}",
+            )
             # an acknowledged write that is the key's latest in the log but absent from this member: lost
             acked_revs = {att.rev_of[o.id] for o in ops if _wrote(o) and o.id in att.rev_of}
             for k, kv in final.items():

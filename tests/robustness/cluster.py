@@ -222,18 +222,30 @@ class Cluster:
         cluster = ",".join(f"{x.name}={x.advertised_peer_url}" for x in initial)
         return [
             self.target.binary,
-            "--name", m.name,
-            "--data-dir", str(m.data_dir),
-            "--listen-client-urls", m.client_url,
-            "--advertise-client-urls", m.client_url,
-            "--listen-peer-urls", f"http://{HOST}:{m.peer_port}",
-            "--initial-advertise-peer-urls", m.advertised_peer_url,
-            "--initial-cluster", cluster,
-            "--initial-cluster-state", state,
-            "--initial-cluster-token", self.token,
-            "--heartbeat-interval", str(self.heartbeat_ms),
-            "--election-timeout", str(self.election_ms),
-            "--snapshot-count", str(self.snapshot_count),
+            "--name",
+            m.name,
+            "--data-dir",
+            str(m.data_dir),
+            "--listen-client-urls",
+            m.client_url,
+            "--advertise-client-urls",
+            m.client_url,
+            "--listen-peer-urls",
+            f"http://{HOST}:{m.peer_port}",
+            "--initial-advertise-peer-urls",
+            m.advertised_peer_url,
+            "--initial-cluster",
+            cluster,
+            "--initial-cluster-state",
+            state,
+            "--initial-cluster-token",
+            self.token,
+            "--heartbeat-interval",
+            str(self.heartbeat_ms),
+            "--election-timeout",
+            str(self.election_ms),
+            "--snapshot-count",
+            str(self.snapshot_count),
         ]
 
     async def _spawn(self, m: Member, state: str, initial: list[Member] | None = None) -> None:
@@ -364,7 +376,9 @@ class Cluster:
     ) -> None:
         assert self.proxy is not None
         await self.proxy.call(
-            cmd="rules", blackhole=[list(x) for x in blackhole], delay=[list(x) for x in delay],
+            cmd="rules",
+            blackhole=[list(x) for x in blackhole],
+            delay=[list(x) for x in delay],
             drop=[list(x) for x in drop],
         )
 
@@ -425,7 +439,11 @@ class Cluster:
         out = {}
         for m in self.members.values():
             r = await self.client().at(m.endpoint).with_options(timeout=10.0).hash_kv(revision)
-            out[m.name] = {"revision": r.header.revision, "hash": r.hash, "compact_revision": r.compact_revision}
+            out[m.name] = {
+                "revision": r.header.revision,
+                "hash": r.hash,
+                "compact_revision": r.compact_revision,
+            }
         return out
 
 

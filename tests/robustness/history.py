@@ -314,19 +314,3 @@ def _session_from_json(d: dict[str, Any]) -> WatchSession:
             for r in d["responses"]
         ],
     )
-
-
-# -- builders (used by traffic and by the checker's own tests) -----------------------------------
-
-
-def get_op(op_id: int, client: int, key: bytes, invoke: int, *, range_end: bytes = b"") -> Operation:
-    return Operation(op_id, client, TXN, invoke, label="list" if range_end else "get",
-                     success=(Request(GET, key, range_end),))
-
-
-def put_op(op_id: int, client: int, key: bytes, value: bytes, invoke: int, *, lease: int = 0) -> Operation:
-    return Operation(op_id, client, TXN, invoke, label="put", success=(Request(PUT, key, value=value, lease=lease),))
-
-
-def delete_op(op_id: int, client: int, key: bytes, invoke: int) -> Operation:
-    return Operation(op_id, client, TXN, invoke, label="delete", success=(Request(DELETE, key),))

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import model
-from .history import DELETE, GET, INF, LEASE_REVOKE, OK, PUT, TXN, UNKNOWN, KV, Operation
+from .history import DELETE, GET, INF, KV, LEASE_REVOKE, OK, PUT, TXN, UNKNOWN, Operation
 from .model import NO_OBS, Step
 
 
@@ -129,7 +129,9 @@ class _Compiler:
         observed = o.status == OK
         cmps = tuple((index[c.key], c.target, c.op, c.operand) for c in o.compares if c.key in index)
         if o.kind == LEASE_REVOKE:
-            succ = tuple((model.REVOKE, index[k], o.lease, None) for k in keys if k in self.lease_keys.get(o.lease, ()))
+            succ = tuple(
+                (model.REVOKE, index[k], o.lease, None) for k in keys if k in self.lease_keys.get(o.lease, ())
+            )
             return Step(o.id, o.invoke, o.ret, True, o.revision, (), succ, ())
         succ = self._branch(o.success, index, o.results if observed and o.succeeded is not False else None)
         fail = self._branch(o.failure, index, o.results if observed and o.succeeded is False else None)
@@ -206,7 +208,7 @@ def partition(
         by_group: dict[bytes, list[bytes]] = {}
         for k in ks:
             by_group.setdefault(uf.find(k), []).append(k)
-        for root, gkeys in by_group.items():
+        for root in by_group:  # the operation's share on each group it touches
             steps[root].append(comp.step(o, groups[root]))
     return [(groups[r], steps[r]) for r in groups if steps[r]]
 
@@ -357,8 +359,9 @@ def revision_order_violations(items: list[RevisionItem], limit: int = 20) -> lis
             if it.revision > best_rev:
                 best_rev, best_op = it.revision, it.op_id
         elif it.revision < best_rev or (it.write and it.revision == best_rev):
+            what = "write" if it.write else "read"
             out.append(
-                f"op {it.op_id} ({'write' if it.write else 'read'} at revision {it.revision}) was invoked after "
+                f"op {it.op_id} ({what} at revision {it.revision}) was invoked after "
                 f"op {best_op} had returned revision {best_rev}"
             )
             if len(out) >= limit:

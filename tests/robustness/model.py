@@ -47,7 +47,7 @@ def from_kv(kv: KV | None, floor: int = 0) -> KeyState:
 class Step:
     """One operation (or its share on this partition's keys) as the model executes it."""
 
-    __slots__ = ("op_id", "invoke", "ret", "outcome", "revision", "cmps", "succ", "fail", "keys")
+    __slots__ = ("cmps", "fail", "invoke", "keys", "op_id", "outcome", "ret", "revision", "succ")
 
     def __init__(
         self,

@@ -22,7 +22,16 @@ from dataclasses import dataclass, field
 
 from .cluster import Cluster
 
-FAULTS = ("kill", "pause", "partition", "partition-leader", "partition-minority", "drop", "delay", "member-replace")
+FAULTS = (
+    "kill",
+    "pause",
+    "partition",
+    "partition-leader",
+    "partition-minority",
+    "drop",
+    "delay",
+    "member-replace",
+)
 DEFAULT_FAULTS = ("kill", "pause", "partition", "drop", "delay", "member-replace")
 
 
@@ -66,7 +75,7 @@ class Nemesis:
             try:
                 await asyncio.wait_for(stop.wait(), self.rnd.uniform(*self.gap))
                 break
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             kind = self._order[n % len(self._order)]
             n += 1
@@ -75,7 +84,7 @@ class Nemesis:
     async def _sleep_hold(self, stop: asyncio.Event) -> None:
         try:
             await asyncio.wait_for(stop.wait(), self.rnd.uniform(*self.hold))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     async def _pick(self) -> str:
@@ -106,7 +115,9 @@ class Nemesis:
             elif kind.startswith("partition"):
                 names = list(c.members)
                 leader = await c.leader(timeout=5)
-                isolate_leader = self.rnd.random() < 0.5 if kind == "partition" else kind == "partition-leader"
+                isolate_leader = (
+                    self.rnd.random() < 0.5 if kind == "partition" else kind == "partition-leader"
+                )
                 if isolate_leader:
                     cut = [leader]
                 else:

@@ -69,13 +69,24 @@ async def run_once(
     failures: list[str] = []
     t0 = time.monotonic()
     cluster = Cluster(target, size=members, base=base, seed=seed)
-    history = History(meta={"target": target.name, "members": members, "duration": duration, "seed": seed,
-                            "faults": faults, "rate": traffic.rate})
+    history = History(
+        meta={
+            "target": target.name,
+            "members": members,
+            "duration": duration,
+            "seed": seed,
+            "faults": faults,
+            "rate": traffic.rate,
+        }
+    )
     nem = Nemesis(cluster, faults, rnd, hold=hold, max_faults=max_faults) if faults else None
     try:
         await cluster.start()
         timings["start"] = time.monotonic() - t0
-        say(f"{target.name} cluster of {members} up ({timings['start']:.1f}s), traffic + faults for {duration:.0f}s")
+        say(
+            f"{target.name} cluster of {members} up ({timings['start']:.1f}s), "
+            f"traffic + faults for {duration:.0f}s"
+        )
         tr = Traffic(cluster.endpoints, traffic, seed)
         await tr.start()
         stop = asyncio.Event()
@@ -123,7 +134,9 @@ async def run_once(
     timings["check"] = time.monotonic() - t2
     timings["total"] = time.monotonic() - t0
     history.save(str(base / "history.json"))
-    return RunResult(seed, report, fault_desc, failures, timings, str(base), history.meta.get("peer_proxy", {}))
+    return RunResult(
+        seed, report, fault_desc, failures, timings, str(base), history.meta.get("peer_proxy", {})
+    )
 
 
 def format_result(r: RunResult) -> str:
@@ -140,9 +153,11 @@ def format_result(r: RunResult) -> str:
     lines.append(rep.format())
     px = r.proxy
     if px:
-        lines.append(f"peer proxy        {px.get('connections')} connections ({px.get('unidentified')} live ones not "
-                     f"attributed to a member, {px.get('closed_early')} closed before), "
-                     f"{px.get('bytes', 0) / 1e6:.1f} MB")
+        lines.append(
+            f"peer proxy        {px.get('connections')} connections ({px.get('unidentified')} live ones not "
+            f"attributed to a member, {px.get('closed_early')} closed before), "
+            f"{px.get('bytes', 0) / 1e6:.1f} MB"
+        )
     if r.failures:
         lines.append("run failures:")
         lines += [f"  - {f}" for f in r.failures]
@@ -151,7 +166,10 @@ def format_result(r: RunResult) -> str:
 
 
 def summary_table(results: list[RunResult]) -> str:
-    head = f"{'seed':>6} {'ops':>7} {'ok':>7} {'failed':>7} {'indet.':>7} {'faults':>7} {'anomalies':>9} {'lost':>5} {'check s':>8}  result"
+    head = (
+        f"{'seed':>6} {'ops':>7} {'ok':>7} {'failed':>7} {'indet.':>7} {'faults':>7} "
+        f"{'anomalies':>9} {'lost':>5} {'check s':>8}  result"
+    )
     rows = [head, "-" * len(head)]
     for r in results:
         o = r.report.operations
@@ -169,14 +187,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--members", type=int, default=3, choices=(3, 5))
     p.add_argument("--duration", type=float, default=60.0, help="seconds of traffic and faults per run")
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--faults", default=",".join(DEFAULT_FAULTS), help=f"comma list of: {', '.join(FAULTS)} (or 'none')")
+    p.add_argument(
+        "--faults", default=",".join(DEFAULT_FAULTS), help=f"comma list of: {', '.join(FAULTS)} (or 'none')"
+    )
     p.add_argument("--runs", type=int, default=1)
     p.add_argument("--rate", type=float, default=150.0, help="target requests per second, all clients")
     p.add_argument("--clients-per-member", type=int, default=2)
     p.add_argument("--keys", type=int, default=12)
     p.add_argument("--timeout", type=float, default=1.0, help="per-request timeout (seconds)")
-    p.add_argument("--serializable-reads", action="store_true",
-                   help="negative control: serializable (stale-capable) reads; the checker must then fail")
+    p.add_argument(
+        "--serializable-reads",
+        action="store_true",
+        help="negative control: serializable (stale-capable) reads; the checker must then fail",
+    )
     p.add_argument("--out", default=None, help="directory for run directories (default: a temp dir)")
     p.add_argument("--keep", action="store_true", help="keep run directories of passing runs too")
     return p.parse_args(argv)
@@ -192,14 +215,26 @@ async def main_async(args: argparse.Namespace) -> int:
     seed0 = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 1 << 30)
     root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="robustness-"))
     root.mkdir(parents=True, exist_ok=True)
-    tc = TrafficConfig(clients_per_member=args.clients_per_member, keys=args.keys, rate=args.rate,
-                       timeout=args.timeout, serializable_reads=args.serializable_reads)
+    tc = TrafficConfig(
+        clients_per_member=args.clients_per_member,
+        keys=args.keys,
+        rate=args.rate,
+        timeout=args.timeout,
+        serializable_reads=args.serializable_reads,
+    )
     results = []
     for i in range(args.runs):
         seed = seed0 + i
         base = root / f"run-{seed}"
-        r = await run_once(target, members=args.members, duration=args.duration, seed=seed, faults=faults,
-                           base=base, traffic=tc)
+        r = await run_once(
+            target,
+            members=args.members,
+            duration=args.duration,
+            seed=seed,
+            faults=faults,
+            base=base,
+            traffic=tc,
+        )
         print(format_result(r), flush=True)
         if r.ok and not args.keep:
             for sub in base.iterdir():
@@ -208,9 +243,22 @@ async def main_async(args: argparse.Namespace) -> int:
         results.append(r)
     print()
     print(summary_table(results))
-    (root / "summary.json").write_text(json.dumps(
-        [{"seed": r.seed, "ok": r.ok, "faults": r.faults, "failures": r.failures, "timings": r.timings,
-          "report": checker.report_json(r.report)} for r in results], indent=1))
+    (root / "summary.json").write_text(
+        json.dumps(
+            [
+                {
+                    "seed": r.seed,
+                    "ok": r.ok,
+                    "faults": r.faults,
+                    "failures": r.failures,
+                    "timings": r.timings,
+                    "report": checker.report_json(r.report),
+                }
+                for r in results
+            ],
+            indent=1,
+        )
+    )
     return 0 if all(r.ok for r in results) else 1
 
 

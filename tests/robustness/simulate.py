@@ -36,7 +36,7 @@ from .history import (
 )
 
 
-def _cmp(a, op: str, b) -> bool:  # noqa: ANN001
+def _cmp(a, op: str, b) -> bool:
     return {"=": a == b, "!=": a != b, "<": a < b, ">": a > b}[op]
 
 
@@ -64,7 +64,9 @@ class SimStore:
         for r in reqs:
             if r.kind == GET:
                 if r.range_end:
-                    results.append(tuple(kv for k, kv in sorted(self.kvs.items()) if r.key <= k < r.range_end))
+                    results.append(
+                        tuple(kv for k, kv in sorted(self.kvs.items()) if r.key <= k < r.range_end)
+                    )
                 else:
                     kv = self.kvs.get(r.key)
                     results.append((kv,) if kv else ())
@@ -74,7 +76,14 @@ class SimStore:
                 old = self.kvs.get(r.key)
                 if old and old.lease and old.lease != r.lease:
                     self.lease_keys[old.lease].discard(r.key)
-                kv = KV(r.key, r.value, old.create if old else new_rev, new_rev, old.version + 1 if old else 1, r.lease)
+                kv = KV(
+                    r.key,
+                    r.value,
+                    old.create if old else new_rev,
+                    new_rev,
+                    old.version + 1 if old else 1,
+                    r.lease,
+                )
                 self.kvs[r.key] = kv
                 if r.lease:
                     self.lease_keys.setdefault(r.lease, set()).add(r.key)

@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from . import checker, linearizability as lin, simulate
+from . import checker, simulate
+from . import linearizability as lin
 from .history import (
     DELETE,
     GET,
@@ -30,28 +31,72 @@ _ids = iter(range(1_000_000))
 
 
 def get(key, invoke, ret, rev, kv=None, client=0):
-    return Operation(next(_ids), client, TXN, invoke, ret, OK, label="get", success=(Request(GET, key),),
-                     revision=rev, succeeded=True, results=((kv,) if kv else (),))
+    return Operation(
+        next(_ids),
+        client,
+        TXN,
+        invoke,
+        ret,
+        OK,
+        label="get",
+        success=(Request(GET, key),),
+        revision=rev,
+        succeeded=True,
+        results=((kv,) if kv else (),),
+    )
 
 
 def put(key, value, invoke, ret, rev, client=0, status=OK):
-    o = Operation(next(_ids), client, TXN, invoke, ret, status, label="put",
-                  success=(Request(PUT, key, value=value),), revision=rev, succeeded=True, results=(None,))
+    o = Operation(
+        next(_ids),
+        client,
+        TXN,
+        invoke,
+        ret,
+        status,
+        label="put",
+        success=(Request(PUT, key, value=value),),
+        revision=rev,
+        succeeded=True,
+        results=(None,),
+    )
     if status == UNKNOWN:
         o.ret, o.revision, o.succeeded, o.results = INF, 0, None, ()
     return o
 
 
 def delete(key, invoke, ret, rev, deleted, client=0):
-    return Operation(next(_ids), client, TXN, invoke, ret, OK, label="delete", success=(Request(DELETE, key),),
-                     revision=rev, succeeded=True, results=(deleted,))
+    return Operation(
+        next(_ids),
+        client,
+        TXN,
+        invoke,
+        ret,
+        OK,
+        label="delete",
+        success=(Request(DELETE, key),),
+        revision=rev,
+        succeeded=True,
+        results=(deleted,),
+    )
 
 
 def cas_mod(key, expect_mod, value, invoke, ret, rev, succeeded, seen=None):
-    return Operation(next(_ids), 0, TXN, invoke, ret, OK, label="cas",
-                     compares=(Compare(key, "mod", "=", expect_mod),),
-                     success=(Request(PUT, key, value=value),), failure=(Request(GET, key),),
-                     revision=rev, succeeded=succeeded, results=((None,) if succeeded else ((seen,) if seen else (),)))
+    return Operation(
+        next(_ids),
+        0,
+        TXN,
+        invoke,
+        ret,
+        OK,
+        label="cas",
+        compares=(Compare(key, "mod", "=", expect_mod),),
+        success=(Request(PUT, key, value=value),),
+        failure=(Request(GET, key),),
+        revision=rev,
+        succeeded=succeeded,
+        results=((None,) if succeeded else ((seen,) if seen else (),)),
+    )
 
 
 def kv(key, value, mod, create=None, version=1):
@@ -61,8 +106,11 @@ def kv(key, value, mod, create=None, version=1):
 def linearizable(ops) -> bool:
     res = lin.check_operations(ops)
     assert not res.undecided
-    items = [lin.RevisionItem(o.id, o.invoke, o.ret, o.revision, o.label in ("put", "cas", "txn2"))
-             for o in ops if o.revision]
+    items = [
+        lin.RevisionItem(o.id, o.invoke, o.ret, o.revision, o.label in ("put", "cas", "txn2"))
+        for o in ops
+        if o.revision
+    ]
     return res.ok and not lin.revision_order_violations(items)
 
 
@@ -121,7 +169,11 @@ def test_delete_count_must_match_presence():
 
 
 def test_compare_and_swap_on_mod_revision():
-    good = [put(b"a", b"1", 0, 10, 2), cas_mod(b"a", 2, b"2", 20, 30, 3, True), get(b"a", 40, 50, 3, kv(b"a", b"2", 3, 2, 2))]
+    good = [
+        put(b"a", b"1", 0, 10, 2),
+        cas_mod(b"a", 2, b"2", 20, 30, 3, True),
+        get(b"a", 40, 50, 3, kv(b"a", b"2", 3, 2, 2)),
+    ]
     assert linearizable(good)
     # a CAS that succeeds against a revision the key no longer has
     bad = [put(b"a", b"1", 0, 10, 2), put(b"a", b"x", 12, 15, 3), cas_mod(b"a", 2, b"2", 20, 30, 4, True)]
@@ -145,9 +197,19 @@ def test_indeterminate_put_may_or_may_not_take_effect():
 
 
 def test_multi_key_transaction_is_atomic():
-    txn = Operation(next(_ids), 0, TXN, 0, 10, OK, label="txn2",
-                    success=(Request(PUT, b"a", value=b"1"), Request(PUT, b"b", value=b"1b")),
-                    revision=2, succeeded=True, results=(None, None))
+    txn = Operation(
+        next(_ids),
+        0,
+        TXN,
+        0,
+        10,
+        OK,
+        label="txn2",
+        success=(Request(PUT, b"a", value=b"1"), Request(PUT, b"b", value=b"1b")),
+        revision=2,
+        succeeded=True,
+        results=(None, None),
+    )
     good = [txn, get(b"a", 20, 30, 2, kv(b"a", b"1", 2)), get(b"b", 20, 30, 2, kv(b"b", b"1b", 2))]
     assert linearizable(good)
     txn2 = dataclasses.replace(txn, id=next(_ids), invoke=0, ret=50)
@@ -157,9 +219,17 @@ def test_multi_key_transaction_is_atomic():
 
 
 def test_unsplittable_transactions_merge_their_keys():
-    unknown = Operation(next(_ids), 0, TXN, 0, INF, UNKNOWN, label="txn2",
-                        compares=(Compare(b"a", "mod", "=", 0), Compare(b"b", "mod", "=", 0)),
-                        success=(Request(PUT, b"a", value=b"1"), Request(PUT, b"b", value=b"1b")))
+    unknown = Operation(
+        next(_ids),
+        0,
+        TXN,
+        0,
+        INF,
+        UNKNOWN,
+        label="txn2",
+        compares=(Compare(b"a", "mod", "=", 0), Compare(b"b", "mod", "=", 0)),
+        success=(Request(PUT, b"a", value=b"1"), Request(PUT, b"b", value=b"1b")),
+    )
     parts = lin.partition([unknown, get(b"c", 0, 1, 1)])
     assert sorted(len(k) for k, _ in parts) == [1, 2]
     # with a known revision and a successful branch it is split per key
@@ -178,12 +248,13 @@ def test_simulated_histories_pass(seed):
 
 
 def _ok_gets(h: History):
-    return [o for o in h.operations
-            if o.status == OK and o.label == "get" and o.results and o.results[0]]
+    return [o for o in h.operations if o.status == OK and o.label == "get" and o.results and o.results[0]]
 
 
 def _op_of_revision(h: History):
-    return {o.revision: o for o in h.operations if o.status == OK and o.label in ("put", "cas", "txn2", "delete")}
+    return {
+        o.revision: o for o in h.operations if o.status == OK and o.label in ("put", "cas", "txn2", "delete")
+    }
 
 
 def _mutants(seed: int):
@@ -203,8 +274,12 @@ def _mutants(seed: int):
             break
     # future read: a get returns a value whose put was invoked after the get returned
     h = copy.deepcopy(base)
-    later = [(o, w) for o in _ok_gets(h) for w in h.operations
-             if w.label == "put" and w.status == OK and w.invoke > o.ret and w.success[0].key == o.success[0].key]
+    later = [
+        (o, w)
+        for o in _ok_gets(h)
+        for w in h.operations
+        if w.label == "put" and w.status == OK and w.invoke > o.ret and w.success[0].key == o.success[0].key
+    ]
     if later:
         o, w = rnd.choice(later)
         ev = next(e for e in h.log() if e.revision == w.revision)
@@ -220,7 +295,7 @@ def _mutants(seed: int):
     # revision going back: a read answered with a revision older than one already returned
     h = copy.deepcopy(base)
     gets = _ok_gets(h)
-    o = rnd.choice(gets[len(gets) // 2:])
+    o = rnd.choice(gets[len(gets) // 2 :])
     prior = max((p.revision for p in h.operations if p.status == OK and p.ret < o.invoke), default=0)
     if prior > 2:
         o.revision = prior - 1
@@ -246,6 +321,15 @@ def _mutants(seed: int):
         s = h.watchers[0].sessions[0]
         s.responses.insert(i + 1, copy.deepcopy(s.responses[i]))
         yield "watch duplicate", {"watch"}, h
+    # a two-key transaction applied only halfway
+    h = copy.deepcopy(base)
+    txns = [o for o in h.operations if o.label == "txn2" and o.status == OK and o.succeeded]
+    if txns:
+        victim = rnd.choice(txns)
+        second = victim.success[1]
+        for m in h.logs:
+            h.logs[m] = [e for e in h.logs[m] if not (e.type == PUT and e.kv.value == second.value)]
+        yield "half-applied transaction", {"atomicity", "lost write"}, h
     # members disagree on the log
     h = copy.deepcopy(base)
     h.logs["m2"] = h.logs["m2"][:-1]
@@ -260,7 +344,7 @@ def test_mutated_histories_fail(seed):
         assert not rep.ok, f"{name}: not detected"
         assert kinds & set(rep.anomalies), f"{name}: reported as {sorted(rep.anomalies)}"
         seen += 1
-    assert seen >= 5
+    assert seen >= 6
 
 
 def test_history_round_trips_through_json(tmp_path):

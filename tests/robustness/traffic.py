@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from etcdstore import errors
-from etcdstore.client import Client, Compare as CCompare, Op, prefix_end
+from etcdstore.client import Client, Op, prefix_end
+from etcdstore.client import Compare as CCompare
 from etcdstore.errors import EtcdError
 
 from .history import (
@@ -220,7 +221,10 @@ class Traffic:
         """Let every watcher deliver up to `final_revision`, then stop them; returns stragglers."""
         self._watch_target = final_revision
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and min(self._delivered.values(), default=final_revision) < final_revision:
+        while (
+            time.monotonic() < deadline
+            and min(self._delivered.values(), default=final_revision) < final_revision
+        ):
             await asyncio.sleep(0.1)
         for t in self._watch_tasks:
             t.cancel()
@@ -329,17 +333,25 @@ class Traffic:
                 s = WatchSession(ep, PREFIX, prefix_end(PREFIX), begin)
                 w.sessions.append(s)
                 cr = watcher.created_response
-                s.responses.append(WatchResponse(time.monotonic_ns(), cr.header.revision if cr else 0, created=True))
+                s.responses.append(
+                    WatchResponse(time.monotonic_ns(), cr.header.revision if cr else 0, created=True)
+                )
                 if begin == 0 and cr is not None:
                     delivered = max(delivered, cr.header.revision)
                     self._delivered[w.id] = delivered
                 try:
                     async for resp in watcher:
                         evs = tuple(event_of(e) for e in resp.events)
-                        s.responses.append(WatchResponse(
-                            time.monotonic_ns(), resp.header.revision, evs, canceled=resp.canceled,
-                            compact_revision=resp.compact_revision, progress=not evs and not resp.canceled,
-                        ))
+                        s.responses.append(
+                            WatchResponse(
+                                time.monotonic_ns(),
+                                resp.header.revision,
+                                evs,
+                                canceled=resp.canceled,
+                                compact_revision=resp.compact_revision,
+                                progress=not evs and not resp.canceled,
+                            )
+                        )
                         if evs:
                             delivered = max(delivered, evs[-1].revision)
                             self._delivered[w.id] = delivered
@@ -355,26 +367,30 @@ class Traffic:
             await client.close()
 
 
-async def collect_logs(endpoints: dict[str, str], final_revision: int, timeout: float = 60.0) -> dict[str, list[Event]]:
+async def _read_log(c: Client, final_revision: int) -> list[Event]:
+    events: list[Event] = []
+    w = await c.watch(PREFIX, prefix=True, start_revision=1)
+    async for resp in w:
+        events.extend(event_of(e) for e in resp.events)
+        if events and events[-1].revision >= final_revision:
+            await w.cancel()
+            break
+    return events
+
+
+async def collect_logs(
+    endpoints: dict[str, str], final_revision: int, timeout: float = 60.0
+) -> dict[str, list[Event]]:
     """Each member's complete event log: a watch from revision 1 up to the final revision."""
     out: dict[str, list[Event]] = {}
     for name, ep in endpoints.items():
         c = Client([ep], timeout=10.0)
-        events: list[Event] = []
         try:
-            async def read() -> None:
-                w = await c.watch(PREFIX, prefix=True, start_revision=1)
-                async for resp in w:
-                    events.extend(event_of(e) for e in resp.events)
-                    if events and events[-1].revision >= final_revision:
-                        await w.cancel()
-                        return
-
-            if final_revision > 1:
-                await asyncio.wait_for(read(), timeout)
+            out[name] = (
+                await asyncio.wait_for(_read_log(c, final_revision), timeout) if final_revision > 1 else []
+            )
         finally:
             await c.close()
-        out[name] = events
     return out
 
 

@@ -100,8 +100,10 @@ def check_watchers(
                 if rev < prev:
                     note(f"{where}: event at revision {rev} after revision {prev} (out of order)")
                 if rev <= last_event:
-                    note(f"{where}: event at revision {rev} but revision {last_event} was already delivered "
-                         f"(went back across reconnect)")
+                    note(
+                        f"{where}: event at revision {rev} but revision {last_event} was already delivered "
+                        f"(went back across reconnect)"
+                    )
                 if rev < start:
                     note(f"{where}: event at revision {rev} before the start revision {start}")
                 if not _in_range(e.kv.key, s.key, s.range_end):
@@ -115,8 +117,10 @@ def check_watchers(
                 if r.events:
                     top = max(top, r.events[-1].revision)
                 elif r.progress and r.header_revision < top:
-                    note(f"{where}: progress notification at revision {r.header_revision} after an event at "
-                         f"{top} (went back)")
+                    note(
+                        f"{where}: progress notification at revision {r.header_revision} after an event at "
+                        f"{top} (went back)"
+                    )
             # exact match with the log in [start, end]
             lo, hi = bisect.bisect_left(revs, start), bisect.bisect_right(revs, end)
             expected = [e for e in log[lo:hi] if _in_range(e.kv.key, s.key, s.range_end)]
@@ -126,7 +130,9 @@ def check_watchers(
                 missing = sorted(exp_c - got_c, key=lambda e: e.revision)
                 extra = sorted(got_c - exp_c, key=lambda e: e.revision)
                 if missing:
-                    note(f"{where}: {len(missing)} log events missing in [{start}, {end}], first {missing[0]}")
+                    note(
+                        f"{where}: {len(missing)} log events missing in [{start}, {end}], first {missing[0]}"
+                    )
                 if extra:
                     note(f"{where}: {len(extra)} events not in the log, first {extra[0]}")
                 if not missing and not extra:
@@ -136,8 +142,10 @@ def check_watchers(
             for i in range(bisect.bisect_left(acked_revs, start), bisect.bisect_right(acked_revs, end)):
                 k, rev = acked[i]
                 if _in_range(k, s.key, s.range_end) and got_keys[(k, rev)] != 1:
-                    note(f"{where}: acknowledged write of {k!r} at revision {rev} delivered "
-                         f"{got_keys[(k, rev)]} times")
+                    note(
+                        f"{where}: acknowledged write of {k!r} at revision {rev} delivered "
+                        f"{got_keys[(k, rev)]} times"
+                    )
             if events:
                 last_event = max(last_event, max(e.revision for e in events))
             covered = max(covered, end)
