@@ -36,6 +36,18 @@ ETCDCTL_BIN = shutil.which("etcdctl") or "/usr/bin/etcdctl"
 HOST = "127.0.0.1"
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL it when the test process dies, however it dies,
+    so no orphaned etcd keeps ports and CPU on a shared machine (Linux prctl). The signal
+    follows the spawning *thread*: spawn from a long-lived thread (tests use the main one)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 def free_port() -> int:
     """A port the kernel just handed out; another process may still race us for it (callers retry)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -201,7 +213,11 @@ class EtcdMember:
         try:
             # Own session: a SIGINT to pytest does not hit etcd first, and signals target only it.
             self.proc = subprocess.Popen(
-                self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                self.command(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         finally:
             log.close()

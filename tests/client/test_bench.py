@@ -78,7 +78,7 @@ def test_txn_watch_and_compare(etcd, capsys, tmp_path: Path) -> None:
     assert main(["watch", "--endpoints", ep, "--clients", "2", "--total", "100", "--watchers", "6",
                  "--watch-streams", "2", "--json", str(out_json)]) == 0
     w = json.loads(out_json.read_text().splitlines()[-1])
-    assert w["ops"] == 100 and w["events"] == 600  # every watcher saw every put
+    assert w["ops"] == 100 and w["events"] == w["events_expected"] == 600  # every watcher saw every put
     assert w["event_latency_ms"]["p50"] > 0 and w["events_per_s"] > 0
     capsys.readouterr()
     assert main(["put", "--compare", f"etcd={ep}", "--compare", f"again={ep}", "--clients", "2",

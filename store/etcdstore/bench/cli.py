@@ -73,8 +73,10 @@ def configs(args: argparse.Namespace) -> list[BenchConfig]:
     out = []
     for n in clients:
         for label, eps in _endpoint_sets(args):
+            # No process without clients (watch processes also carry watchers).
+            procs = max(1, args.procs if args.workload == "watch" else min(args.procs, n))
             out.append(BenchConfig(
-                workload=args.workload, endpoints=eps, clients=n, conns=args.conns, procs=max(1, args.procs),
+                workload=args.workload, endpoints=eps, clients=n, conns=args.conns, procs=procs,
                 total=args.total, duration=args.duration, key_size=args.key_size, val_size=args.val_size,
                 key_space=args.key_space, consistency=args.consistency, txn_ops=args.txn_ops, rate=args.rate,
                 watchers=args.watchers, watch_streams=args.watch_streams, prefill=prefill,

@@ -38,6 +38,7 @@ class Summary:
             "conns": self.cfg.effective_conns, "procs": self.cfg.procs, "config": self.cfg.describe(),
             "ops": self.ops, "errors": self.errors, "elapsed_s": round(self.elapsed, 3),
             "ops_per_s": round(self.throughput, 1), "latency_ms": self.latency_ms, "events": self.events,
+            "events_expected": self.cfg.watchers * self.ops if self.cfg.workload == "watch" else 0,
             "events_per_s": round(self.event_throughput, 1), "event_latency_ms": self.event_latency_ms,
             "client_cpu_cores": round(self.client_cpu, 2),
         }
