@@ -35,6 +35,7 @@ def _run(argv: list[str]) -> int:
 
     kopf.configure(verbose=args.verbose)
     logging.getLogger("etcdoperator").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    logging.getLogger("grpc").setLevel(logging.WARNING)
     if args.metrics_port:
         start_http_server(args.metrics_port)
     kopf.run(

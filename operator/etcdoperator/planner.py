@@ -190,11 +190,11 @@ def initial_cluster(ref: ClusterRef, members: tuple[MemberState, ...]) -> str:
 
 def removal_keeps_quorum(etcd: EtcdView, member_id: int) -> bool:
     """True when the voting members left after removing `member_id` still have a healthy quorum."""
+    if all(v.id != member_id for v in etcd.voters):
+        return True  # a learner: removing it does not change the voters
     remaining = [v for v in etcd.voters if v.id != member_id]
     if not remaining:
         return False
-    if all(v.id != member_id for v in etcd.voters):
-        return True  # a learner: removing it does not change the voters
     healthy = sum(1 for v in remaining if v.healthy)
     return healthy >= quorum(len(remaining))
 

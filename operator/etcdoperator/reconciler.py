@@ -326,7 +326,13 @@ class ClusterReconciler:
             joining.pop(a.ordinal, None)
             await self._patch_joining(joining)
         elif isinstance(a, planner.AddLearner):
-            mid = await self._member_call("member-add", members.add_learner(a.ordinal))
+            try:
+                mid = await self._member_call("member-add", members.add_learner(a.ordinal))
+            except EtcdError as e:
+                if e == etcd_errors.UNHEALTHY:  # etcd wants every member connected for a while first
+                    log.info("[%s/%s] etcd refuses MemberAdd for now (unhealthy cluster); retrying", ns, ref.name)
+                    return
+                raise
             await events.post(self.kube, body, "MemberAdded", f"added {ref.pod(a.ordinal)} as learner {mid:x}")
             failpoints.hit("after-member-add")
         elif isinstance(a, planner.DeleteStale):

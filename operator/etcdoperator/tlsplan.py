@@ -81,7 +81,7 @@ def plan_tls(
     writes: list[SecretWrite] = []
     days = spec.tls
     ca_secret = existing.get(ref.ca_secret)
-    ca, bundle, phase, ca_write = _ca_state(ref, spec, ca_secret, now=now, rolled=rolled)
+    ca, signer, bundle, phase, ca_write = _ca_state(ref, spec, ca_secret, now=now, rolled=rolled)
     if ca_write is not None:
         writes.append(ca_write)
     trusted = certs.split_bundle(bundle)
@@ -107,11 +107,6 @@ def plan_tls(
                 continue
         if not reason:
             continue
-        # During "trust" nothing new is signed by the new CA yet: peers that were not restarted
-        # yet would not accept it.
-        signer = ca
-        if phase == PHASE_TRUST and ca_secret is not None and "previous.crt" in ca_secret.data:
-            signer = certs.KeyPair(ca_secret.data["previous.crt"], ca_secret.data["previous.key"])
         pair = certs.issue(signer, leaf.common_name, days=days.certificate_validity_days, dns_names=leaf.dns,
                            ip_addresses=leaf.ips, server=leaf.server, client=leaf.client, now=now)
         writes.append(SecretWrite(leaf.secret, leaf.component,
@@ -122,14 +117,18 @@ def plan_tls(
 
 def _ca_state(
     ref: ClusterRef, spec: ClusterSpec, cur: SecretContent | None, *, now: dt.datetime, rolled: bool
-) -> tuple[certs.KeyPair, bytes, str, SecretWrite | None]:
+) -> tuple[certs.KeyPair, certs.KeyPair, bytes, str, SecretWrite | None]:
+    """(CA, the CA that signs new leaves, trust bundle, phase, the CA Secret to write).
+
+    During "trust" new leaves are still signed by the old CA: members not restarted yet
+    would not accept the new one."""
     t = spec.tls
     # A CA must outlive every leaf it signs: replace it before a fresh leaf would outlive it.
     ca_renew = dt.timedelta(days=t.certificate_validity_days + t.renew_before_days)
     if cur is None or "tls.crt" not in cur.data or "tls.key" not in cur.data:
         pair = certs.new_ca(f"{ref.name} etcd CA", t.ca_validity_days, now=now)
         data = {"tls.crt": pair.cert_pem, "tls.key": pair.key_pem, "ca.crt": pair.cert_pem}
-        return pair, pair.cert_pem, PHASE_STEADY, SecretWrite(
+        return pair, pair, pair.cert_pem, PHASE_STEADY, SecretWrite(
             ref.ca_secret, "ca", data, "Opaque", "created", {ANNOTATION_CA_ROTATION: PHASE_STEADY})
     pair = certs.KeyPair(cur.data["tls.crt"], cur.data["tls.key"])
     bundle = cur.data.get("ca.crt", pair.cert_pem)
@@ -139,18 +138,21 @@ def _ca_state(
         bundle = new.cert_pem + pair.cert_pem
         data = {"tls.crt": new.cert_pem, "tls.key": new.key_pem, "ca.crt": bundle,
                 "previous.crt": pair.cert_pem, "previous.key": pair.key_pem}
-        return new, bundle, PHASE_TRUST, SecretWrite(
+        return new, pair, bundle, PHASE_TRUST, SecretWrite(
             ref.ca_secret, "ca", data, "Opaque", "CA rotation: trusting the new CA", {ANNOTATION_CA_ROTATION: PHASE_TRUST})
+    if phase == PHASE_TRUST and not rolled and "previous.crt" in cur.data:
+        previous = certs.KeyPair(cur.data["previous.crt"], cur.data["previous.key"])
+        return pair, previous, bundle, phase, None
     if phase == PHASE_TRUST and rolled:
-        return pair, bundle, PHASE_ISSUE, SecretWrite(
+        return pair, pair, bundle, PHASE_ISSUE, SecretWrite(
             ref.ca_secret, "ca", dict(cur.data), "Opaque", "CA rotation: issuing from the new CA",
             {ANNOTATION_CA_ROTATION: PHASE_ISSUE})
     if phase == PHASE_ISSUE and rolled:
         data = {k: v for k, v in cur.data.items() if not k.startswith("previous.")}
         data["ca.crt"] = pair.cert_pem
-        return pair, pair.cert_pem, PHASE_STEADY, SecretWrite(
+        return pair, pair, pair.cert_pem, PHASE_STEADY, SecretWrite(
             ref.ca_secret, "ca", data, "Opaque", "CA rotation: done, old CA dropped", {ANNOTATION_CA_ROTATION: PHASE_STEADY})
-    return pair, bundle, phase, None
+    return pair, pair, bundle, phase, None
 
 
 def tls_hash(contents: list[Mapping[str, bytes] | None]) -> str:
