@@ -119,6 +119,10 @@ def test_pending_overlay_within_and_across_txns_of_one_batch(node: Node):
     t1.put(b"p", b"1")
     t1.put(b"base", b"1")
     assert kv.range(b"p").kvs == []  # readers see the last finished revision until end()
+    assert [x.key for x in kv.range(b"\x00", b"\x00").kvs] == [b"base"]
+    assert kv.range(b"\x00", b"\x00", count_only=True).count == 1
+    assert kv.range_meta(b"\x00", b"\x00") == [(2, 2, 1)]
+    assert t1.range(b"\x00", b"\x00", count_only=True).count == 2  # the txn sees its own
     t1.end()
     assert node.backend.get(bk.KEY, rv.to_bytes(rv.pack(3))) is None  # not on disk yet
     assert kv.range(b"p").kvs[0].value == b"1"  # ... but readable

@@ -146,13 +146,17 @@ def _last_at_or_below(revs: list[int], at_main: int) -> int:
 
 
 class Index:
-    """All keys' KeyIndex, by key and in key order (for range scans)."""
+    """All keys' KeyIndex, by key and in key order (for range scans at any revision), plus the
+    keys that exist now in key order: reads at the latest revision (Kubernetes' lists and
+    counts) walk only those, and count them by bisection."""
 
-    __slots__ = ("by_key", "_sorted")
+    __slots__ = ("by_key", "_sorted", "live")
 
     def __init__(self) -> None:
         self.by_key: dict[bytes, KeyIndex] = {}
         self._sorted = SortedList()
+        # Keys whose open generation is not empty; kept by the writer (created / deleted).
+        self.live = SortedList()
 
     def __len__(self) -> int:
         return len(self.by_key)
@@ -167,6 +171,11 @@ class Index:
             self._sorted.add(key)
         return ki
 
+    def resort(self) -> None:
+        """Rebuild the key orders after keys were added to `by_key` directly (bulk load)."""
+        self._sorted = SortedList(self.by_key)
+        self.live = SortedList(k for k, ki in self.by_key.items() if ki.revs)
+
     def remove(self, key: bytes) -> None:
         if self.by_key.pop(key, None) is not None:
             self._sorted.remove(key)
@@ -178,6 +187,23 @@ class Index:
                 return iter(())
             return self._sorted.irange(key, end, (True, False))
         return self._sorted.irange(key, None)
+
+    def live_keys(self, key: bytes, end: bytes) -> Iterator[bytes]:
+        """Keys that exist now in [key, end) (end b'': no upper bound), in order."""
+        if end:
+            if end <= key:
+                return iter(())
+            return self.live.irange(key, end, (True, False))
+        return self.live.irange(key, None)
+
+    def live_count(self, key: bytes, end: bytes) -> int:
+        live = self.live
+        lo = live.bisect_left(key)
+        if not end:
+            return len(live) - lo
+        if end <= key:
+            return 0
+        return live.bisect_left(end) - lo
 
     def keys_after(self, key: bytes | None) -> Iterator[bytes]:
         """Keys strictly after `key` (all keys when None), in order; for resumable walks."""

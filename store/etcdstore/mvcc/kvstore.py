@@ -122,36 +122,56 @@ class ReadView:
             raise errors.COMPACTED
         return cur, rev
 
-    def _revs(self, key: bytes, range_end: bytes | None, at: int) -> list[int]:
+    def _latest(self) -> bool:
+        """Whether the index's live-key order describes this view's revision (it always has
+        every change made so far, so not for the store while a txn with changes is open)."""
+        txn = self._s._txn
+        return txn is None or txn is self or not txn._events
+
+    def _revs(
+        self, key: bytes, range_end: bytes | None, at: int, cur: int, limit: int, count_only: bool = False
+    ) -> tuple[list[int], int]:
+        """(revisions of the first `limit` keys (<= 0: all; none if count_only) of the range
+        alive at `at`, how many keys of the range are alive at `at`)."""
         index = self._s._index
         end = _end(range_end)
         if end is None:
             ki = index.by_key.get(key)
             if ki is None:
-                return []
+                return [], 0
             got = ki.get(at)
-            return [] if got is None else [got[0]]
+            return ([], 0) if got is None else ([got[0]], 1)
         by_key = index.by_key
+        if at == cur and self._latest():
+            count = index.live_count(key, end)
+            if count_only:
+                return [], count
+            keys = index.live_keys(key, end)
+            if 0 < limit < count:
+                keys = islice(keys, limit)
+            return [by_key[k].revs[-1] for k in keys], count
         out = []
         append = out.append
         for k in index.keys(key, end):
             ki = by_key[k]
             revs = ki.revs
             if revs and revs[-1] >> _SUB_BITS <= at:
-                append(revs[-1])  # alive, unchanged since `at`: the common case
+                append(revs[-1])  # alive, unchanged since `at`
             elif revs or ki.past:
                 got = ki.get(at)
                 if got is not None:
                     append(got[0])
-        return out
+        count = len(out)
+        if count_only:
+            return [], count
+        if 0 < limit < count:
+            del out[limit:]
+        return out, count
 
     def range_raw(self, key: bytes, end: bytes | None = None, rev: int = 0, limit: int = 0) -> RangeResult:
         """Like `range` with kvs as serialized KeyValue bytes (no parsing; for building responses)."""
         cur, at = self._at(rev)
-        revs = self._revs(key, end, at)
-        count = len(revs)
-        if 0 < limit < count:
-            revs = revs[:limit]
+        revs, count = self._revs(key, end, at, cur, limit)
         read = self._s._read
         return RangeResult([read(r) for r in revs], count, cur)
 
@@ -163,12 +183,9 @@ class ReadView:
         Raises FUTURE_REV / COMPACTED.
         """
         cur, at = self._at(rev)
-        revs = self._revs(key, end, at)
-        count = len(revs)
+        revs, count = self._revs(key, end, at, cur, limit, count_only)
         if count_only:
             return RangeResult([], count, cur)
-        if 0 < limit < count:
-            revs = revs[:limit]
         read = self._s._read
         parse = _KeyValue.FromString
         return RangeResult([parse(read(r)) for r in revs], count, cur)
@@ -204,7 +221,12 @@ class ReadView:
         index = self._s._index
         at = self.rev
         end = _end(end)
-        keys: Iterator[bytes] = iter((key,)) if end is None else index.keys(key, end)
+        if end is None:
+            keys: Iterator[bytes] = iter((key,))
+        elif self._latest():
+            keys = index.live_keys(key, end)
+        else:
+            keys = index.keys(key, end)
         by_key = index.by_key
         out = []
         for k in keys:
@@ -329,17 +351,21 @@ class KVStore(ReadView):
                 if ki is None:
                     # Its earlier revisions were compacted: keep the tombstone indexed so that
                     # the next compaction removes it.
-                    index.get_or_create(key).restore_tombstone(rev)
+                    ki = by_key[key] = KeyIndex(key)
+                    ki.restore_tombstone(rev)
                 else:
                     ki.tombstone(rev)
             else:
                 kv = parse(v)
-                ki = by_key.get(kv.key)
+                key = kv.key
+                ki = by_key.get(key)
                 if ki is None:
-                    index.get_or_create(kv.key).restore(rv.pack(kv.create_revision), rev, kv.version, kv.lease)
+                    ki = by_key[key] = KeyIndex(key)
+                    ki.restore(rv.pack(kv.create_revision), rev, kv.version, kv.lease)
                 else:
                     ki.put(rev, kv.lease)
             last_main = rev >> _SUB_BITS
+        index.resort()  # key order once at the end: cheaper than one insertion per key
         # Compaction may have removed the newest revisions (tombstones) at or below the
         # compaction revision: revisions must never go back, so floor at it.
         self._current = max(last_main, finished_main, scheduled_main, 1)
@@ -633,6 +659,7 @@ class WriteTxn(ReadView):
             kv.create_revision = main
             kv.version = 1
             old_lease = 0
+            s._index.live.add(key)
             if ki.past is not None and s.prev_kv_in_events:
                 _prev_at(s, ki, self._begin, ev)
         kv.mod_revision = main
@@ -661,7 +688,7 @@ class WriteTxn(ReadView):
             targets = [ki] if ki is not None and ki.revs else []
         else:
             by_key = index.by_key
-            targets = [ki for ki in (by_key[k] for k in index.keys(key, end)) if ki.revs]
+            targets = [by_key[k] for k in index.live_keys(key, end)]
         for ki in targets:
             self._delete(ki)
         if targets or self._events:
@@ -689,6 +716,7 @@ class WriteTxn(ReadView):
         s._pending[rb] = data
         lease = ki.lease
         ki.tombstone(rev)
+        s._index.live.remove(key)
         self._events.append(ev)
         if lease and self._lessor is not None:
             self._lessor.detach(lease, key)
