@@ -194,3 +194,24 @@ class Etcd:
             self.proc.kill()
             self.proc.wait()
         self.log.close()
+
+
+def _crc32c_table() -> list[int]:
+    table = []
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        table.append(c)
+    return table
+
+
+_CRC32C = _crc32c_table()
+
+
+def crc32c(data: bytes, value: int = 0) -> int:
+    """CRC-32C (Castagnoli), zlib.crc32's calling convention; slow, for tests only."""
+    c = value ^ 0xFFFFFFFF
+    for b in data:
+        c = _CRC32C[(c ^ b) & 0xFF] ^ (c >> 8)
+    return c ^ 0xFFFFFFFF

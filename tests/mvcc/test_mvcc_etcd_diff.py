@@ -7,6 +7,7 @@ import asyncio
 import random
 from typing import Any
 
+import grpc
 import pytest
 
 from etcdstore import errors
@@ -370,3 +371,48 @@ async def test_watch_events_match_etcd(pair):
             assert [e.SerializeToString() for e in ours] == [e.SerializeToString() for e in theirs]
     finally:
         ws.close()
+
+
+def test_hash_kv_counts_the_entries_etcd_counts(pair):
+    """With etcd's checksum (CRC-32C) our HashKV is etcd's, at every revision, around compactions."""
+    from mvcc_support import crc32c
+
+    etcd, node = pair
+    same = lambda req: check_same(etcd, node, req)  # noqa: E731
+
+    def ours(rev: int) -> tuple[int, int]:
+        for result in node.kv._hash_kv_steps(rev, 1 << 62, crc=crc32c):
+            if result is not None:
+                return result[0], result[1]
+        raise AssertionError
+
+    def compare(rev: int) -> None:
+        try:
+            theirs = etcd.maintenance.HashKV(pb.HashKVRequest(revision=rev), timeout=10)
+        except grpc.RpcError as e:
+            with pytest.raises(errors.EtcdError) as mine:
+                ours(rev)
+            assert (mine.value.code, mine.value.message) == (e.code(), e.details())
+            return
+        assert ours(rev) == (theirs.hash, theirs.compact_revision), rev
+
+    rnd = random.Random(21)
+    for i in range(40):
+        k = b"h/%d" % rnd.randrange(6)
+        if rnd.random() < 0.25:
+            same(pb.DeleteRangeRequest(key=k))
+        else:
+            same(_put(k, b"v%d" % i))
+    cur = same(_rng(b"h/")).header.revision
+    for rev in (0, 1, 5, cur // 2, cur, cur + 1, -2):
+        compare(rev)
+    same(pb.CompactionRequest(revision=cur // 2))
+    for rev in (0, cur // 2 - 1, cur // 2, cur // 2 + 1, cur - 3, cur):
+        compare(rev)
+    same(pb.DeleteRangeRequest(key=b"h/", range_end=b"h0"))  # nothing alive any more
+    cur = same(_rng(b"h/")).header.revision
+    # etcd then hashes whatever is still on disk at or below the compaction: wait for its
+    # physical compaction to finish so that this is well defined
+    same(pb.CompactionRequest(revision=cur - 1, physical=True))
+    for rev in (0, cur - 1, cur):
+        compare(rev)

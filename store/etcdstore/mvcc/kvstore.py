@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from itertools import islice
 from typing import Final
 
@@ -508,7 +508,9 @@ class KVStore(ReadView):
 
     # -- hashes ----------------------------------------------------------------------------
 
-    def _hash_kv_steps(self, rev: int, chunk: int) -> Iterator[tuple[int, int, int] | None]:
+    def _hash_kv_steps(
+        self, rev: int, chunk: int, crc: Callable[[bytes, int], int] = zlib.crc32
+    ) -> Iterator[tuple[int, int, int] | None]:
         """hash_kv in steps: yields None after every `chunk` entries (the caller may let other
         work run; revisions are immutable and new ones are above `rev`), then the result."""
         compact = self._compact
@@ -516,40 +518,44 @@ class KVStore(ReadView):
             raise errors.COMPACTED
         if rev > self._current:
             raise errors.FUTURE_REV
-        if rev <= 0:
+        if rev == 0:
             rev = self._current
-        crc = zlib.crc32
-        h = crc(b"key")
+        h = crc(b"key", 0)
+        if rev < 0:
+            yield h, compact, rev  # etcd hashes nothing for a negative revision
+            return
         by_key = self._index.by_key
+        # etcd 3.4's HashByRev: at or below the compaction revision only each key's newest
+        # revision at `rev` counts (so the hash does not depend on how far the deletion of
+        # compacted revisions has got); if no key is alive at `rev`, what compaction keeps.
+        keep_at = rev
+        alive = rev == self._current and len(self._index.live) > 0  # the cheap common answer
+        if compact > 0 and not alive and not any(ki.get(rev) is not None for ki in by_key.values()):
+            keep_at = compact
         from_bytes = rv.from_bytes
         is_tomb = rv.is_tombstone
         end = rv.main_bytes(rev + 1)
         start = b""
         while True:
             n = 0
-            last = None
+            last = b""
             for k, v in self._b.items(KEY, start, end):
                 n += 1
                 last = k
                 r = from_bytes(k)
-                main = r >> _SUB_BITS
-                if main <= compact:
-                    # Below the compaction only what it keeps counts, whether or not the
-                    # rest has been deleted from disk yet.
+                if r >> _SUB_BITS <= compact:
                     if is_tomb(k):
-                        if main != compact:
-                            continue
-                    else:
-                        ki = by_key.get(key_of_value(v))
-                        got = None if ki is None else ki.get(compact)
-                        if got is None or got[0] != r:
-                            continue
+                        continue
+                    ki = by_key.get(key_of_value(v))
+                    got = None if ki is None else ki.get(keep_at)
+                    if got is None or got[0] != r:
+                        continue
                 h = crc(v, crc(k, h))
                 if n >= chunk:
                     break
             if n < chunk:
                 break
-            start = last + b"\x00"  # type: ignore[operator]
+            start = last + b"\x00"
             yield None
         # Revisions of the open batch are not on disk yet (they sort after everything there).
         for k in sorted(self._pending):
@@ -558,9 +564,10 @@ class KVStore(ReadView):
         yield h, compact, rev
 
     def hash_kv(self, rev: int = 0) -> tuple[int, int, int]:
-        """(hash, compact_revision, hash_revision): CRC-32 of the MVCC history up to `rev`
-        (0: current) as compaction defines it, independent of how far the physical deletion of
-        compacted revisions has got, so members with the same history agree.
+        """(hash, compact_revision, hash_revision) as etcd 3.4's HashKV: a CRC-32 of the KEY
+        entries up to `rev` (0: current) that etcd counts (the same entries, so with CRC-32C
+        it would be etcd's very hash; zlib's CRC-32 is what we have). Members with the same
+        history agree whatever their progress in deleting compacted revisions.
         Raises COMPACTED (0 < rev <= compact revision) / FUTURE_REV."""
         for result in self._hash_kv_steps(rev, 1 << 62):
             if result is not None:
