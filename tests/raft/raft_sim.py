@@ -31,7 +31,7 @@ import random
 import struct
 import zlib
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from etcdstore.raft import codec
 from etcdstore.raft.errors import ProposalDropped
@@ -137,6 +137,8 @@ class Checker:
         prev = self.leader_of_term.setdefault(term, node_id)
         if prev != node_id:
             self.fail(f"two leaders in term {term}: {prev} and {node_id}")
+        if node_id not in raft.trk.voters:
+            self.fail(f"node {node_id} leads term {term} but is not a voter in its configuration")
         # Leader completeness: every entry known committed is in the new leader's log.
         log = raft.log
         first = log.first_index()
@@ -302,13 +304,14 @@ class Host:
             return True
         early = rd.can_send_early and rd.messages and rng.random() < sim.params.early_send
         if early:
+            sim.early_sends += 1
             self._send(rd)
             if sim.crash_point():
                 self.crash()  # a leader's appends are out, its own copy is lost
                 return True
         self._persist(rd)
         if sim.crash_point():
-            self.crash()
+            self.crash()  # durable, but nothing sent or applied
             return True
         if not early:
             self._send(rd)
@@ -358,6 +361,7 @@ class Host:
             checker.on_snapshot(self.id, index, h)
             self.sm_index, self.sm_hash = index, h
             self.conf_state = meta.conf_state
+            sim.snapshots_installed += 1
             sim.trace(f"{self.id} installed snapshot {index}")
         node = self.node
         assert node is not None
@@ -458,7 +462,9 @@ class Stats:
     conf_changes: int = 0
     crashes: int = 0
     transfers: int = 0
-    events: list[str] = field(default_factory=list)
+    snapshots_installed: int = 0
+    early_sends: int = 0
+    crash_points: int = 0
 
 
 class Sim:
@@ -480,8 +486,11 @@ class Sim:
         self.proposal_seq = 0
         self.read_seq = 0
         self.crashes = 0
+        self.crash_points = 0
         self.transfers = 0
         self.conf_changes = 0
+        self.snapshots_installed = 0
+        self.early_sends = 0
         self.faults_on = True
 
     # -- tracing --------------------------------------------------------------------------------------
@@ -494,7 +503,10 @@ class Sim:
 
     # -- helpers ---------------------------------------------------------------------------------------
     def crash_point(self) -> bool:
-        return self.faults_on and self.now > 3 and self.rng.random() < self.params.p_crash_point
+        if self.faults_on and self.now > 3 and self.rng.random() < self.params.p_crash_point:
+            self.crash_points += 1
+            return True
+        return False
 
     def live(self) -> list[Host]:
         return [h for h in self.hosts.values() if h.node is not None]
@@ -683,6 +695,9 @@ class Sim:
             conf_changes=self.conf_changes,
             crashes=self.crashes,
             transfers=self.transfers,
+            snapshots_installed=self.snapshots_installed,
+            early_sends=self.early_sends,
+            crash_points=self.crash_points,
         )
 
     def heal_and_check_liveness(self) -> None:

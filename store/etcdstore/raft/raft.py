@@ -766,7 +766,9 @@ class Raft:
         my_resp = PRE_VOTE_RESP if self.role == PRE_CANDIDATE else VOTE_RESP
         if t == my_resp:
             result = self._poll(m.frm, not m.reject)
-            if result == VoteResult.WON:
+            if result == VoteResult.WON and not self.promotable():
+                self.become_follower(self.term, NONE)  # defensive: never lead while not a voter
+            elif result == VoteResult.WON:
                 if self.role == PRE_CANDIDATE:
                     self._campaign(_ELECTION)
                 else:
@@ -886,6 +888,10 @@ class Raft:
         pr = self.trk.progress.get(self.id)
         self.is_learner = pr is not None and pr.is_learner
         if self.role != LEADER:
+            if self.role != FOLLOWER and (pr is None or self.is_learner):
+                # Removed or demoted mid-campaign (the commit index can move while campaigning,
+                # see _learn_commit): stop, we may not lead.
+                self.become_follower(self.term, NONE)
             return cs
         if pr is None or self.is_learner:
             self._step_down_after_removal()
