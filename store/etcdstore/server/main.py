@@ -10,6 +10,7 @@ import grpc
 from aiohttp import web
 
 from etcdstore import errors, logs
+from etcdstore.api.auth import AuthService
 from etcdstore.api.cluster import ClusterService
 from etcdstore.api.election import ElectionService
 from etcdstore.api.http import add_base_routes
@@ -19,6 +20,7 @@ from etcdstore.api.lock import LockService
 from etcdstore.api.maintenance import MaintenanceService
 from etcdstore.api.mux import ClientPortMux
 from etcdstore.api.watch import WatchService
+from etcdstore.auth import install as install_auth
 from etcdstore.config import ConfigError, ServerConfig
 from etcdstore.proto.etcdserverpb import rpc_pb2_grpc
 from etcdstore.proto.v3electionpb import v3election_pb2_grpc
@@ -48,6 +50,7 @@ class Member:
         listen = [(u.host, u.port) for u in cfg.listen_peer_urls]
         s = EtcdServer(cfg, transport_factory=lambda srv: PeerTransport(srv, listen))
         self.server = s
+        auth = install_auth(s)  # before start: replayed entries need the auth apply handlers
         await s.start()
         options = [
             ("grpc.max_receive_message_length", cfg.max_request_bytes + _GRPC_OVERHEAD),
@@ -63,6 +66,7 @@ class Member:
         rpc_pb2_grpc.add_LeaseServicer_to_server(LeaseService(s), server)
         rpc_pb2_grpc.add_MaintenanceServicer_to_server(MaintenanceService(s), server)
         rpc_pb2_grpc.add_ClusterServicer_to_server(ClusterService(s), server)
+        rpc_pb2_grpc.add_AuthServicer_to_server(AuthService(s), server)
         v3lock_pb2_grpc.add_LockServicer_to_server(LockService(s), server)
         v3election_pb2_grpc.add_ElectionServicer_to_server(ElectionService(s), server)
         grpc_port = server.add_insecure_port("127.0.0.1:0")
@@ -75,6 +79,7 @@ class Member:
         await runner.setup()
         self.runners.append(runner)
         self.mux = ClientPortMux(("127.0.0.1", grpc_port), runner.server)
+        auth.peer_identity = self.mux.identity_for_peer
         for url in cfg.listen_client_urls:
             port = await self.mux.listen(url.host, url.port)
             self.client_ports.append(port)
