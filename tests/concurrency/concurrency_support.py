@@ -18,13 +18,19 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import grpc
-
 from etcdstore.proto.etcdserverpb import rpc_pb2, rpc_pb2_grpc
 from etcdstore.proto.v3electionpb import v3election_pb2_grpc
 from etcdstore.proto.v3lockpb import v3lock_pb2_grpc
 from procs import ETCDCTL_BIN
 
 CTL_ENV = dict(os.environ, ETCDCTL_API="3")
+
+
+def is_deadline_error(code: grpc.StatusCode, details: str) -> bool:
+    """A call whose deadline passed. etcd's server sometimes answers first, with its own
+    context's error as a plain error: Unknown, "context deadline exceeded"."""
+    return code == grpc.StatusCode.DEADLINE_EXCEEDED or (
+        code == grpc.StatusCode.UNKNOWN and details == "context deadline exceeded")
 
 
 class Ctl:
@@ -60,7 +66,7 @@ class Ctl:
             left = deadline - loop.time()
             try:
                 line = await self.readline(max(left, 0.01))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise AssertionError(f"etcdctl {' '.join(self.args)}: no matching line in {timeout}s; "
                                      f"got {self.lines}") from None
             if line is None:
@@ -74,7 +80,7 @@ class Ctl:
         """True if the process printed nothing and kept running for `seconds`."""
         try:
             await self.readline(seconds)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return self.proc.returncode is None
         return False  # it printed a line, or its output ended
 

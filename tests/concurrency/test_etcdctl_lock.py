@@ -110,7 +110,9 @@ async def _run(*argv: str, env: dict[str, str] | None = None) -> None:
     assert proc.returncode == 0, f"{argv} failed: {err.decode()}"
 
 
-async def test_concurrent_etcdctl_lock_loops_are_exclusive_and_fenced(server: Cluster, tmp_path: Path) -> None:
+async def test_concurrent_etcdctl_lock_loops_are_exclusive_and_fenced(
+    server: Cluster, tmp_path: Path
+) -> None:
     ep = server.endpoints[0]
     d = tmp_path / "shared"
     script = _shared_state(d)

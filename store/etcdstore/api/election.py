@@ -63,7 +63,9 @@ async def proclaim(s: EtcdServer, context: grpc.aio.ServicerContext, key: bytes,
     return resp
 
 
-async def resign(s: EtcdServer, context: grpc.aio.ServicerContext, key: bytes, rev: int) -> rpc_pb2.TxnResponse:
+async def resign(
+    s: EtcdServer, context: grpc.aio.ServicerContext, key: bytes, rev: int
+) -> rpc_pb2.TxnResponse:
     """Delete `key` if it still has create revision `rev` (a later term of the key is left alone)."""
     delete = rpc_pb2.RequestOp(request_delete_range=rpc_pb2.DeleteRangeRequest(key=key))
     txn = rpc_pb2.TxnRequest(compare=[create_revision_is(key, rev)], success=[delete])

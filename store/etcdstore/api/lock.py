@@ -141,8 +141,8 @@ async def linearizable_range(s: EtcdServer, context: Any, req: rpc_pb2.RangeRequ
 
 def top_by_create(prefix: bytes, order: int, max_create_revision: int = 0) -> rpc_pb2.RangeRequest:
     """clientv3's WithFirstCreate/WithLastCreate on a prefix: the key created first (last)."""
-    return rpc_pb2.RangeRequest(key=prefix, range_end=prefix_end(prefix), sort_target=_CREATE, sort_order=order,
-                                limit=1, max_create_revision=max_create_revision)
+    return rpc_pb2.RangeRequest(key=prefix, range_end=prefix_end(prefix), sort_target=_CREATE,
+                                sort_order=order, limit=1, max_create_revision=max_create_revision)
 
 
 def first_created(prefix: bytes) -> rpc_pb2.RangeRequest:
@@ -185,7 +185,9 @@ async def propose_delete(s: EtcdServer, context: Any, key: bytes) -> rpc_pb2.Del
 
 
 @contextlib.contextmanager
-def watching(s: EtcdServer, context: Any, key: bytes, end: bytes | None, start_rev: int) -> Iterator[WatchStream]:
+def watching(
+    s: EtcdServer, context: Any, key: bytes, end: bytes | None, start_rev: int
+) -> Iterator[WatchStream]:
     """One watcher on a stream of its own (so nothing of an earlier watcher is left in its buffer)."""
     s.authorize_watch(context, key, end or b"")
     ws = s.watchable.new_stream()
@@ -214,7 +216,9 @@ async def wait_delete(s: EtcdServer, context: Any, key: bytes, rev: int) -> None
                     return
 
 
-async def wait_deletes(s: EtcdServer, context: Any, prefix: bytes, max_create_rev: int) -> rpc_pb2.ResponseHeader:
+async def wait_deletes(
+    s: EtcdServer, context: Any, prefix: bytes, max_create_rev: int
+) -> rpc_pb2.ResponseHeader:
     """Until no key under `prefix` has a create revision <= max_create_rev (etcd's waitDeletes):
     wait for the newest such key to go, then look again. Returns the header of the last read."""
     req = top_by_create(prefix, _DESCEND, max_create_rev)
@@ -259,7 +263,9 @@ class LockService(v3lock_pb2_grpc.LockServicer):
         self._cleanup = Background()
 
     @recipe_unary
-    async def Lock(self, request: v3lock_pb2.LockRequest, context: grpc.aio.ServicerContext) -> v3lock_pb2.LockResponse:
+    async def Lock(
+        self, request: v3lock_pb2.LockRequest, context: grpc.aio.ServicerContext
+    ) -> v3lock_pb2.LockResponse:
         s = self.s
         lease = await session_lease(s, request.lease)
         prefix = request.name + b"/"
@@ -273,7 +279,10 @@ class LockService(v3lock_pb2_grpc.LockServicer):
             failure=[get_op(rpc_pb2.RangeRequest(key=key)), owner],
         )
         resp = await propose_txn(s, context, txn)
-        my_rev = resp.header.revision if resp.succeeded else resp.responses[0].response_range.kvs[0].create_revision
+        if resp.succeeded:
+            my_rev = resp.header.revision
+        else:
+            my_rev = resp.responses[0].response_range.kvs[0].create_revision
         holder = resp.responses[1].response_range.kvs
         if not holder or holder[0].create_revision == my_rev:
             return v3lock_pb2.LockResponse(header=resp.header, key=key)
