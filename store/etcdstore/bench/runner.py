@@ -118,6 +118,8 @@ def _process_main(cfg: BenchConfig, share: WorkerShare, ready: Any, results: Any
     install_uvloop()
     try:
         results.put((share.index, asyncio.run(run_share(cfg, share, wait_go))))
+    except (RuntimeError, ValueError, OSError) as e:  # expected failures: one line
+        results.put((share.index, f"{type(e).__name__}: {e}"))
     except BaseException:  # noqa: BLE001 - reported to the parent, which fails the run
         results.put((share.index, traceback.format_exc()))
 
@@ -164,7 +166,7 @@ def run(cfg: BenchConfig) -> Summary:
                     raise RuntimeError("benchmark workers did not finish in time")
                 continue
             if isinstance(res, str):
-                raise RuntimeError(f"benchmark worker {index} failed:\n{res}")
+                raise RuntimeError(f"benchmark worker {index} failed: {res}")
             collected[index] = res
     finally:
         for p in procs:
@@ -182,6 +184,6 @@ def _check_failures(results: Any, collected: dict[int, WorkerResult], procs: lis
             raise RuntimeError("a benchmark worker process died while getting ready") from None
         return
     if isinstance(res, str):
-        raise RuntimeError(f"benchmark worker {index} failed:\n{res}")
+        raise RuntimeError(f"benchmark worker {index} failed: {res}")
     collected[index] = res
 

@@ -209,7 +209,11 @@ async def run_share(cfg: BenchConfig, share: WorkerShare, wait_go: Callable[[], 
     channels = [make_channel(eps[(share.conn_offset + i) % len(eps)], cfg.tls) for i in range(share.conns)]
     try:
         # Fail fast on a wrong or dead endpoint instead of hanging in gRPC's reconnect loop.
-        await asyncio.wait_for(asyncio.gather(*(ch.channel_ready() for ch in channels)), max(cfg.timeout, 1.0))
+        limit = max(cfg.timeout, 1.0)
+        try:
+            await asyncio.wait_for(asyncio.gather(*(ch.channel_ready() for ch in channels)), limit)
+        except asyncio.TimeoutError:
+            raise RuntimeError(f"could not connect to {', '.join(eps)} within {limit:g}s") from None
         calls = [ch.unary_unary(_PATHS[cfg.workload], request_serializer=None, response_deserializer=None)
                  for ch in channels]
         reqs = _Requests(cfg, rng)
