@@ -12,6 +12,8 @@ from aiohttp import web
 from etcdstore import errors, logs
 from etcdstore.api.auth import AuthService
 from etcdstore.api.cluster import ClusterService
+from etcdstore.api.gateway import add_gateway_routes
+from etcdstore.api.v2.http import add_v2_routes
 from etcdstore.api.election import ElectionService
 from etcdstore.api.http import add_base_routes
 from etcdstore.api.kv import KVService
@@ -75,6 +77,9 @@ class Member:
 
         app = web.Application(client_max_size=cfg.max_request_bytes + _GRPC_OVERHEAD)
         add_base_routes(app, s)
+        if cfg.enable_grpc_gateway:
+            add_gateway_routes(app, f"127.0.0.1:{grpc_port}")
+        add_v2_routes(app, s, enabled=cfg.enable_v2)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         self.runners.append(runner)

@@ -1,0 +1,684 @@
+"""etcd's JSON gateway (grpc-gateway v1.9 as etcd 3.4 serves it) on the client port.
+
+Every `POST /v3/...` route of etcd's rpc.proto, v3lock.proto and v3election.proto is served
+the way etcd does it: as a gRPC client of the member's own gRPC server, so authentication,
+errors and semantics are exactly the gRPC ones. `/v3beta/...` is an alias of `/v3/...`.
+
+JSON mapping (Go's jsonpb with OrigName): proto field names, int64/uint64 as strings, bytes
+as standard base64, enums by name, default values omitted. Request bodies are read with Go's
+rules: the first JSON value only, unknown fields ignored, field names or their camelCase
+forms, numbers or strings for integers; bad input is answered with Go's error text.
+
+Responses: unary -> the message (200) or `{"error","message","code"}` with the HTTP status
+grpc-gateway maps the gRPC code to; streams (watch, lease keepalive, snapshot, observe) ->
+newline-delimited `{"result": ...}` objects, a failure as `{"error": {grpc_code, http_code,
+message, http_status}}`. The `Authorization` header carries the auth token; headers named
+`Grpc-Metadata-*` become gRPC metadata; `Grpc-Timeout` sets the call deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import codecs
+import contextlib
+import re
+from collections.abc import Callable
+from urllib.parse import quote
+from typing import Any, NamedTuple
+
+import grpc
+from aiohttp import web
+from google.protobuf import descriptor as _d
+from google.protobuf.message import Message
+
+from etcdstore.api.v2.gojson import GoJSONError, b64decode, decode_one, decode_whole, dumps, kind_of
+from etcdstore.logs import get_logger
+from etcdstore.proto.etcdserverpb import rpc_pb2 as pb
+from etcdstore.proto.v3electionpb import v3election_pb2 as epb
+from etcdstore.proto.v3lockpb import v3lock_pb2 as lpb
+
+log = get_logger("etcdstore.gateway")
+
+UNARY, SERVER_STREAM, BIDI = 0, 1, 2
+
+
+class Route(NamedTuple):
+    method: str  # the gRPC method path
+    request: type[Message]
+    response: type[Message]
+    kind: int
+
+
+def _routes() -> dict[str, Route]:
+    kv, lease, cluster, maint, auth = ("etcdserverpb." + s for s in ("KV", "Lease", "Cluster", "Maintenance", "Auth"))
+    table: list[tuple[str, str, str, type, type, int]] = [
+        ("/v3/kv/range", kv, "Range", pb.RangeRequest, pb.RangeResponse, UNARY),
+        ("/v3/kv/put", kv, "Put", pb.PutRequest, pb.PutResponse, UNARY),
+        ("/v3/kv/deleterange", kv, "DeleteRange", pb.DeleteRangeRequest, pb.DeleteRangeResponse, UNARY),
+        ("/v3/kv/txn", kv, "Txn", pb.TxnRequest, pb.TxnResponse, UNARY),
+        ("/v3/kv/compaction", kv, "Compact", pb.CompactionRequest, pb.CompactionResponse, UNARY),
+        ("/v3/watch", "etcdserverpb.Watch", "Watch", pb.WatchRequest, pb.WatchResponse, BIDI),
+        ("/v3/lease/grant", lease, "LeaseGrant", pb.LeaseGrantRequest, pb.LeaseGrantResponse, UNARY),
+        ("/v3/lease/revoke", lease, "LeaseRevoke", pb.LeaseRevokeRequest, pb.LeaseRevokeResponse, UNARY),
+        ("/v3/kv/lease/revoke", lease, "LeaseRevoke", pb.LeaseRevokeRequest, pb.LeaseRevokeResponse, UNARY),
+        ("/v3/lease/keepalive", lease, "LeaseKeepAlive", pb.LeaseKeepAliveRequest, pb.LeaseKeepAliveResponse, BIDI),
+        ("/v3/lease/timetolive", lease, "LeaseTimeToLive", pb.LeaseTimeToLiveRequest, pb.LeaseTimeToLiveResponse,
+         UNARY),
+        ("/v3/kv/lease/timetolive", lease, "LeaseTimeToLive", pb.LeaseTimeToLiveRequest,
+         pb.LeaseTimeToLiveResponse, UNARY),
+        ("/v3/lease/leases", lease, "LeaseLeases", pb.LeaseLeasesRequest, pb.LeaseLeasesResponse, UNARY),
+        ("/v3/kv/lease/leases", lease, "LeaseLeases", pb.LeaseLeasesRequest, pb.LeaseLeasesResponse, UNARY),
+        ("/v3/cluster/member/add", cluster, "MemberAdd", pb.MemberAddRequest, pb.MemberAddResponse, UNARY),
+        ("/v3/cluster/member/remove", cluster, "MemberRemove", pb.MemberRemoveRequest, pb.MemberRemoveResponse,
+         UNARY),
+        ("/v3/cluster/member/update", cluster, "MemberUpdate", pb.MemberUpdateRequest, pb.MemberUpdateResponse,
+         UNARY),
+        ("/v3/cluster/member/list", cluster, "MemberList", pb.MemberListRequest, pb.MemberListResponse, UNARY),
+        ("/v3/cluster/member/promote", cluster, "MemberPromote", pb.MemberPromoteRequest,
+         pb.MemberPromoteResponse, UNARY),
+        ("/v3/maintenance/alarm", maint, "Alarm", pb.AlarmRequest, pb.AlarmResponse, UNARY),
+        ("/v3/maintenance/status", maint, "Status", pb.StatusRequest, pb.StatusResponse, UNARY),
+        ("/v3/maintenance/defragment", maint, "Defragment", pb.DefragmentRequest, pb.DefragmentResponse, UNARY),
+        # Hash and HashKV share this path in rpc.proto; grpc-gateway matches the first, Hash.
+        ("/v3/maintenance/hash", maint, "Hash", pb.HashRequest, pb.HashResponse, UNARY),
+        ("/v3/maintenance/snapshot", maint, "Snapshot", pb.SnapshotRequest, pb.SnapshotResponse, SERVER_STREAM),
+        ("/v3/maintenance/transfer-leadership", maint, "MoveLeader", pb.MoveLeaderRequest, pb.MoveLeaderResponse,
+         UNARY),
+        ("/v3/auth/enable", auth, "AuthEnable", pb.AuthEnableRequest, pb.AuthEnableResponse, UNARY),
+        ("/v3/auth/disable", auth, "AuthDisable", pb.AuthDisableRequest, pb.AuthDisableResponse, UNARY),
+        ("/v3/auth/authenticate", auth, "Authenticate", pb.AuthenticateRequest, pb.AuthenticateResponse, UNARY),
+        ("/v3/auth/user/add", auth, "UserAdd", pb.AuthUserAddRequest, pb.AuthUserAddResponse, UNARY),
+        ("/v3/auth/user/get", auth, "UserGet", pb.AuthUserGetRequest, pb.AuthUserGetResponse, UNARY),
+        ("/v3/auth/user/list", auth, "UserList", pb.AuthUserListRequest, pb.AuthUserListResponse, UNARY),
+        ("/v3/auth/user/delete", auth, "UserDelete", pb.AuthUserDeleteRequest, pb.AuthUserDeleteResponse, UNARY),
+        ("/v3/auth/user/changepw", auth, "UserChangePassword", pb.AuthUserChangePasswordRequest,
+         pb.AuthUserChangePasswordResponse, UNARY),
+        ("/v3/auth/user/grant", auth, "UserGrantRole", pb.AuthUserGrantRoleRequest, pb.AuthUserGrantRoleResponse,
+         UNARY),
+        ("/v3/auth/user/revoke", auth, "UserRevokeRole", pb.AuthUserRevokeRoleRequest,
+         pb.AuthUserRevokeRoleResponse, UNARY),
+        ("/v3/auth/role/add", auth, "RoleAdd", pb.AuthRoleAddRequest, pb.AuthRoleAddResponse, UNARY),
+        ("/v3/auth/role/get", auth, "RoleGet", pb.AuthRoleGetRequest, pb.AuthRoleGetResponse, UNARY),
+        ("/v3/auth/role/list", auth, "RoleList", pb.AuthRoleListRequest, pb.AuthRoleListResponse, UNARY),
+        ("/v3/auth/role/delete", auth, "RoleDelete", pb.AuthRoleDeleteRequest, pb.AuthRoleDeleteResponse, UNARY),
+        ("/v3/auth/role/grant", auth, "RoleGrantPermission", pb.AuthRoleGrantPermissionRequest,
+         pb.AuthRoleGrantPermissionResponse, UNARY),
+        ("/v3/auth/role/revoke", auth, "RoleRevokePermission", pb.AuthRoleRevokePermissionRequest,
+         pb.AuthRoleRevokePermissionResponse, UNARY),
+        ("/v3/lock/lock", "v3lockpb.Lock", "Lock", lpb.LockRequest, lpb.LockResponse, UNARY),
+        ("/v3/lock/unlock", "v3lockpb.Lock", "Unlock", lpb.UnlockRequest, lpb.UnlockResponse, UNARY),
+        ("/v3/election/campaign", "v3electionpb.Election", "Campaign", epb.CampaignRequest, epb.CampaignResponse,
+         UNARY),
+        ("/v3/election/proclaim", "v3electionpb.Election", "Proclaim", epb.ProclaimRequest, epb.ProclaimResponse,
+         UNARY),
+        ("/v3/election/leader", "v3electionpb.Election", "Leader", epb.LeaderRequest, epb.LeaderResponse, UNARY),
+        ("/v3/election/observe", "v3electionpb.Election", "Observe", epb.LeaderRequest, epb.LeaderResponse,
+         SERVER_STREAM),
+        ("/v3/election/resign", "v3electionpb.Election", "Resign", epb.ResignRequest, epb.ResignResponse, UNARY),
+    ]
+    return {path: Route(f"/{svc}/{m}", req, resp, kind) for path, svc, m, req, resp, kind in table}
+
+
+ROUTES = _routes()
+
+# grpc-gateway's HTTPStatusFromCode (v1.9).
+_HTTP_STATUS = {
+    grpc.StatusCode.OK: 200, grpc.StatusCode.CANCELLED: 408, grpc.StatusCode.UNKNOWN: 500,
+    grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.DEADLINE_EXCEEDED: 504, grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409, grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.UNAUTHENTICATED: 401, grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.FAILED_PRECONDITION: 412, grpc.StatusCode.ABORTED: 409, grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNIMPLEMENTED: 501, grpc.StatusCode.INTERNAL: 500, grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DATA_LOSS: 500,
+}
+_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+            408: "Request Timeout", 409: "Conflict", 412: "Precondition Failed", 429: "Too Many Requests",
+            500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable",
+            504: "Gateway Timeout"}
+
+# grpc-core words a too-large message differently from grpc-go; clients see grpc-go's text.
+_TOO_LARGE = re.compile(r"[Rr]eceived message larger than max \((\d+) vs\. (\d+)\)")
+# Bodies beyond this are refused before decoding (etcd's own gRPC limit refuses them anyway).
+_MAX_BODY = 256 * 1024 * 1024
+
+
+# -- JSON <-> protobuf (Go's jsonpb, OrigName, EmitDefaults off) ----------------------------------------
+
+_INT64 = {_d.FieldDescriptor.TYPE_INT64, _d.FieldDescriptor.TYPE_SINT64, _d.FieldDescriptor.TYPE_SFIXED64}
+_UINT64 = {_d.FieldDescriptor.TYPE_UINT64, _d.FieldDescriptor.TYPE_FIXED64}
+_INT32 = {_d.FieldDescriptor.TYPE_INT32, _d.FieldDescriptor.TYPE_SINT32, _d.FieldDescriptor.TYPE_SFIXED32}
+_UINT32 = {_d.FieldDescriptor.TYPE_UINT32, _d.FieldDescriptor.TYPE_FIXED32}
+_INT_RANGE = {"int64": (-(1 << 63), (1 << 63) - 1), "uint64": (0, (1 << 64) - 1),
+              "int32": (-(1 << 31), (1 << 31) - 1), "uint32": (0, (1 << 32) - 1)}
+
+
+def _int_kind(fd: _d.FieldDescriptor) -> str | None:
+    t = fd.type
+    if t in _INT64:
+        return "int64"
+    if t in _UINT64:
+        return "uint64"
+    if t in _INT32:
+        return "int32"
+    if t in _UINT32:
+        return "uint32"
+    return None
+
+
+def _go_enum_name(enum: _d.EnumDescriptor) -> str:
+    """The Go type name of a proto enum: package.Outer_Inner (what jsonpb's errors name)."""
+    pkg = enum.file.package
+    return pkg + "." + enum.full_name[len(pkg) + 1 :].replace(".", "_")
+
+
+def _type_error(value: Any, go_type: str) -> GoJSONError:
+    return GoJSONError(f"json: cannot unmarshal {kind_of(value)} into Go value of type {go_type}")
+
+
+def _to_int(value: Any, kind: str) -> int:
+    """A JSON number, or a string holding one, as jsonpb reads integer fields."""
+    if isinstance(value, str):
+        # jsonpb strips the quotes and decodes what is inside as JSON.
+        inner = decode_whole(value)
+        if isinstance(inner, str):
+            raise _type_error(inner, kind)
+        value = inner
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _type_error(value, kind)
+    lo, hi = _INT_RANGE[kind]
+    if isinstance(value, float) or not lo <= value <= hi:
+        literal = getattr(value, "literal", None) or str(value)
+        raise GoJSONError(f"json: cannot unmarshal number {literal} into Go value of type {kind}")
+    return value
+
+
+def _fill(msg: Message, obj: Any) -> None:
+    if not isinstance(obj, dict):
+        raise _type_error(obj, "map[string]json.RawMessage")
+    # jsonpb walks the message's fields in order (so the first bad field decides the error).
+    for fd in msg.DESCRIPTOR.fields:
+        if fd.name in obj:
+            raw = obj[fd.name]
+        elif fd.json_name in obj:
+            raw = obj[fd.json_name]
+        else:
+            continue
+        if raw is None:
+            continue
+        if fd.is_repeated:
+            if not isinstance(raw, list):
+                raise _type_error(raw, "[]json.RawMessage")
+            target = getattr(msg, fd.name)
+            for item in raw:
+                if fd.type == _d.FieldDescriptor.TYPE_MESSAGE:
+                    _fill(target.add(), {} if item is None else item)
+                elif item is not None:
+                    target.append(_scalar(fd, item))
+        elif fd.type == _d.FieldDescriptor.TYPE_MESSAGE:
+            sub = getattr(msg, fd.name)
+            sub.SetInParent()
+            _fill(sub, raw)
+        else:
+            setattr(msg, fd.name, _scalar(fd, raw))
+
+
+def _scalar(fd: _d.FieldDescriptor, raw: Any) -> Any:
+    t = fd.type
+    if t == _d.FieldDescriptor.TYPE_BYTES:
+        if not isinstance(raw, str):
+            raise _type_error(raw, "[]uint8")
+        return b64decode(raw)
+    if t == _d.FieldDescriptor.TYPE_STRING:
+        if not isinstance(raw, str):
+            raise _type_error(raw, "string")
+        return raw
+    if t == _d.FieldDescriptor.TYPE_BOOL:
+        if not isinstance(raw, bool):
+            raise _type_error(raw, "bool")
+        return raw
+    if t == _d.FieldDescriptor.TYPE_ENUM:
+        go_name = _go_enum_name(fd.enum_type)
+        if isinstance(raw, str):
+            v = fd.enum_type.values_by_name.get(raw)
+            if v is None:
+                raise GoJSONError(f'unknown value "{raw}" for enum {go_name}')
+            return v.number
+        if isinstance(raw, bool) or not isinstance(raw, (int, float)):
+            raise _type_error(raw, go_name)
+        if isinstance(raw, float) or not -(1 << 31) <= raw < (1 << 31):
+            raise GoJSONError(f"json: cannot unmarshal number {getattr(raw, 'literal', raw)} into Go value of type "
+                              f"{go_name}")
+        return raw
+    kind = _int_kind(fd)
+    if kind is not None:
+        return _to_int(raw, kind)
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)):
+        raise _type_error(raw, "float64")
+    return float(raw)
+
+
+def decode_message(cls: type[Message], value: Any) -> Message:
+    """A request message from a decoded JSON value (jsonpb's Unmarshal); GoJSONError if refused."""
+    msg = cls()
+    if value is not None:
+        _fill(msg, value)
+    return msg
+
+
+_Conv = Callable[[Any], Any]
+_CONVERTERS: dict[_d.FieldDescriptor, tuple[str, _Conv, bool]] = {}
+
+
+def _b64(v: bytes) -> str:
+    return base64.b64encode(v).decode("ascii")
+
+
+def _converter(fd: _d.FieldDescriptor) -> tuple[str, _Conv, bool]:
+    conv = _CONVERTERS.get(fd)
+    if conv is not None:
+        return conv
+    t = fd.type
+    fn: _Conv
+    if t == _d.FieldDescriptor.TYPE_MESSAGE:
+        fn = message_to_dict
+    elif t == _d.FieldDescriptor.TYPE_BYTES:
+        fn = _b64
+    elif t == _d.FieldDescriptor.TYPE_ENUM:
+        values = fd.enum_type.values_by_number
+
+        def fn(v: int, values: Any = values) -> Any:
+            ev = values.get(v)
+            return ev.name if ev is not None else v
+    elif t in _INT64 or t in _UINT64:
+        fn = str
+    else:
+        fn = _identity
+    conv = (fd.name, fn, fd.is_repeated)
+    _CONVERTERS[fd] = conv
+    return conv
+
+
+def _identity(v: Any) -> Any:
+    return v
+
+
+def message_to_dict(msg: Message) -> dict[str, Any]:
+    """jsonpb's marshalling: set (non-default) fields in field-number order."""
+    out: dict[str, Any] = {}
+    for fd, value in msg.ListFields():
+        name, fn, repeated = _converter(fd)
+        out[name] = [fn(v) for v in value] if repeated else fn(value)
+    return out
+
+
+# -- HTTP side ------------------------------------------------------------------------------------------
+
+_JSON = "application/json"
+
+
+def _grpc_error_body(code: grpc.StatusCode, message: str) -> tuple[int, str]:
+    message = _go_message(code, message)
+    body = dumps({"error": message, "message": message, "code": code.value[0]})
+    return _HTTP_STATUS.get(code, 500), body
+
+
+def _go_message(code: grpc.StatusCode, message: str) -> str:
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        m = _TOO_LARGE.search(message)
+        if m:
+            return f"grpc: received message larger than max ({m.group(1)} vs. {m.group(2)})"
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED and message == "Deadline Exceeded":
+        return "context deadline exceeded"
+    return message
+
+
+def error_response(code: grpc.StatusCode, message: str) -> web.Response:
+    status, body = _grpc_error_body(code, message)
+    return web.Response(status=status, text=body, content_type=_JSON)
+
+
+def _stream_error_chunk(code: grpc.StatusCode, message: str) -> tuple[int, bytes]:
+    message = _go_message(code, message)
+    status = _HTTP_STATUS.get(code, 500)
+    chunk = {"error": {"grpc_code": code.value[0], "http_code": status, "message": message,
+                       "http_status": _REASONS.get(status, "")}}
+    return status, dumps(chunk).encode()
+
+
+def _plain(status: int, text: str) -> web.Response:
+    # Go's http.Error: text/plain, nosniff, the text plus a newline.
+    return web.Response(status=status, text=text + "\n", content_type="text/plain", charset="utf-8",
+                        headers={"X-Content-Type-Options": "nosniff"})
+
+
+_TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+
+
+def _call_options(request: web.Request) -> tuple[list[tuple[str, str]], float | None]:
+    """gRPC metadata and deadline from the HTTP headers, as grpc-gateway's AnnotateContext."""
+    md: list[tuple[str, str]] = []
+    token = None
+    has_token_md = False
+    timeout = None
+    for key, value in request.headers.items():
+        lk = key.lower()
+        if lk == "authorization":
+            token = value
+            md.append(("authorization", value))
+        elif lk.startswith("grpc-metadata-"):
+            name = lk[len("grpc-metadata-"):]
+            if name and not name.endswith("-bin"):
+                md.append((name, value))
+                has_token_md = has_token_md or name == "token"
+        elif lk == "grpc-timeout" and value[-1:] in _TIMEOUT_UNITS and value[:-1].isdigit():
+            timeout = int(value[:-1]) * _TIMEOUT_UNITS[value[-1]]
+    if token is not None and not has_token_md:
+        # etcd reads the "token" key first and falls back to "authorization"; an auth layer
+        # that only knows "token" gets the same answer this way.
+        md.append(("token", token))
+    return md, timeout
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _read_body(request: web.Request) -> str:
+    chunks = []
+    size = 0
+    while True:
+        chunk = await request.content.readany()
+        if not chunk:
+            break
+        size += len(chunk)
+        if size > _MAX_BODY:
+            raise _BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
+def _decode_first(route: Route, text: str) -> Message:
+    """grpc-gateway's unary decode: the first JSON value of the body; an empty body is an empty request."""
+    try:
+        value, _ = decode_one(text)
+    except EOFError:
+        return route.request()
+    return decode_message(route.request, value)
+
+
+class Gateway:
+    """The /v3 routes; a gRPC client of this member's gRPC server at `target`."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self._channel: grpc.aio.Channel | None = None
+        self._calls: dict[str, Any] = {}
+
+    def _call(self, route: Route) -> Any:
+        if self._channel is None:
+            self._channel = grpc.aio.insecure_channel(self.target, options=[
+                ("grpc.max_receive_message_length", -1),
+                ("grpc.max_send_message_length", -1),
+            ])
+        mc = self._calls.get(route.method)
+        if mc is None:
+            ch = self._channel
+            ser = route.request.SerializeToString
+            de = route.response.FromString
+            if route.kind == UNARY:
+                mc = ch.unary_unary(route.method, request_serializer=ser, response_deserializer=de)
+            elif route.kind == SERVER_STREAM:
+                mc = ch.unary_stream(route.method, request_serializer=ser, response_deserializer=de)
+            else:
+                mc = ch.stream_stream(route.method, request_serializer=ser, response_deserializer=de)
+            self._calls[route.method] = mc
+        return mc
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        redirect = unclean_path_redirect(request)
+        if redirect is not None:
+            return redirect
+        path = request.path
+        if path.startswith("/v3beta/"):
+            path = "/v3/" + path[len("/v3beta/"):]
+        route = ROUTES.get(path)
+        if route is None:
+            return _plain(404, "Not Found")
+        if request.method != "POST":
+            return _plain(405, "Method Not Allowed")
+        md, timeout = _call_options(request)
+        if route.kind == BIDI:
+            return await self._bidi(request, route, md, timeout)
+        try:
+            text = await _read_body(request)
+        except _BodyTooLarge:
+            return error_response(grpc.StatusCode.RESOURCE_EXHAUSTED, "grpc: received message larger than max")
+        try:
+            msg = _decode_first(route, text)
+        except GoJSONError as e:
+            return error_response(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        if route.kind == SERVER_STREAM:
+            call = self._call(route)(msg, metadata=md, timeout=timeout)
+            return await _forward_stream(request, call)
+        try:
+            resp = await self._call(route)(msg, metadata=md, timeout=timeout)
+        except grpc.aio.AioRpcError as e:
+            return error_response(e.code(), e.details() or "")
+        return web.Response(text=dumps(message_to_dict(resp)), content_type=_JSON,
+                            headers={"Grpc-Metadata-Content-Type": "application/grpc"})
+
+    async def _bidi(self, request: web.Request, route: Route, md: list, timeout: float | None) -> web.StreamResponse:
+        """Watch and LeaseKeepAlive: the body is a stream of JSON requests sent as they arrive."""
+        reader = _JSONStreamReader(request)
+        try:
+            first = await reader.next(route.request)
+        except GoJSONError as e:
+            # grpc-gateway passes the raw decode error on: gRPC code Unknown.
+            return error_response(grpc.StatusCode.UNKNOWN, str(e))
+        call = self._call(route)(metadata=md, timeout=timeout)
+        # etcd keeps a watch stream serving after the request body ends; a keepalive stream
+        # ends once its requests are answered (the server returns on the client's half-close).
+        half_close = route.kind == BIDI and route.request is not pb.WatchRequest
+
+        async def pump() -> None:
+            try:
+                msg = first
+                while msg is not None:
+                    await call.write(msg)
+                    msg = await reader.next(route.request)
+            except (GoJSONError, asyncio.CancelledError):
+                pass  # grpc-gateway stops forwarding at the first bad request
+            except (grpc.aio.AioRpcError, grpc.aio.UsageError, ConnectionError):
+                return
+            if half_close:
+                with contextlib.suppress(grpc.aio.AioRpcError, grpc.aio.UsageError):
+                    await call.done_writing()
+
+        sender = asyncio.get_running_loop().create_task(pump())
+        try:
+            return await _forward_stream(request, call)
+        finally:
+            sender.cancel()
+            call.cancel()
+
+
+class _JSONStreamReader:
+    """Consecutive JSON values from a request body that may still be arriving."""
+
+    def __init__(self, request: web.Request) -> None:
+        self.request = request
+        self.buf = ""
+        self.utf8 = codecs.getincrementaldecoder("utf-8")("replace")
+        self.eof = False
+        self.size = 0
+
+    async def next(self, cls: type[Message]) -> Message | None:
+        while True:
+            try:
+                value, end = decode_one(self.buf)
+            except EOFError:
+                self.buf = ""
+                if self.eof:
+                    return None
+            except GoJSONError as e:
+                if self.eof or str(e) != "unexpected EOF":
+                    raise
+            else:
+                # A bare number that ends the buffer may continue in the next chunk.
+                number = isinstance(value, (int, float)) and not isinstance(value, bool)
+                if self.eof or end < len(self.buf) or not number:
+                    self.buf = self.buf[end:]
+                    return decode_message(cls, value)
+            chunk = await self.request.content.readany()
+            if not chunk:
+                self.eof = True
+                self.buf += self.utf8.decode(b"", final=True)
+                continue
+            self.size += len(chunk)
+            if self.size > _MAX_BODY:
+                raise GoJSONError("http: request body too large")
+            self.buf += self.utf8.decode(chunk)
+
+
+async def _forward_stream(request: web.Request, call: Any) -> web.StreamResponse:
+    """grpc-gateway's ForwardResponseStream: headers go out with the first message; each message
+    is `{"result": ...}` plus a newline; an error ends the stream with an error chunk."""
+    resp: web.StreamResponse | None = None
+    closed = client_gone(request)
+    try:
+        while True:
+            read = asyncio.ensure_future(call.read())
+            done, _ = await asyncio.wait({read, closed}, return_when=asyncio.FIRST_COMPLETED)
+            if read not in done:
+                read.cancel()
+                call.cancel()
+                break
+            try:
+                msg = read.result()
+            except grpc.aio.AioRpcError as e:
+                status, chunk = _stream_error_chunk(e.code(), e.details() or "")
+                if resp is None:
+                    resp = _stream_response(status, with_md=False)
+                    await resp.prepare(request)
+                with contextlib.suppress(ConnectionError):
+                    await resp.write(chunk)
+                break
+            if msg is grpc.aio.EOF:
+                break
+            if resp is None:
+                resp = _stream_response(200, with_md=True)
+                await resp.prepare(request)
+            try:
+                await resp.write(dumps({"result": message_to_dict(msg)}).encode() + b"\n")
+            except ConnectionError:
+                call.cancel()
+                break
+    except asyncio.CancelledError:
+        call.cancel()
+        raise
+    finally:
+        closed.cancel()
+    if resp is None:
+        resp = _stream_response(200, with_md=True)
+        await resp.prepare(request)
+    with contextlib.suppress(ConnectionError):
+        await resp.write_eof()
+    return resp
+
+
+def _stream_response(status: int, with_md: bool) -> web.StreamResponse:
+    resp = web.StreamResponse(status=status)
+    resp.content_type = _JSON
+    if with_md:
+        resp.headers["Grpc-Metadata-Content-Type"] = "application/grpc"
+    resp.enable_chunked_encoding()
+    return resp
+
+
+def client_gone(request: web.Request, interval: float = 0.5) -> asyncio.Future[None]:
+    """Resolves when the HTTP client has closed its connection (long streams end then)."""
+
+    async def watch() -> None:
+        while True:
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                return
+            await asyncio.sleep(interval)
+
+    return asyncio.ensure_future(watch())
+
+
+def _clean_path(p: str) -> str:
+    """Go's ServeMux cleanPath: path.Clean, keeping a trailing slash."""
+    parts: list[str] = []
+    for part in p.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if parts:
+                parts.pop()
+            continue
+        parts.append(part)
+    out = "/" + "/".join(parts)
+    if p.endswith("/") and out != "/":
+        out += "/"
+    return out
+
+
+def unclean_path_redirect(request: web.Request) -> web.Response | None:
+    """Go's ServeMux answers a path with "//", "." or ".." elements with a 301 to the clean one."""
+    path = request.path
+    clean = _clean_path(path)
+    if clean == path:
+        return None
+    location = quote(clean)
+    query = request.raw_path.partition("?")[2]
+    if query:
+        location += "?" + query
+    if request.method in ("GET", "HEAD"):
+        return web.Response(status=301, text=f'<a href="{location}">Moved Permanently</a>.\n\n',
+                            content_type="text/html", charset="utf-8", headers={"Location": location})
+    return web.Response(status=301, headers={"Location": location})
+
+
+# -- CORS (etcd's default --cors '*') -----------------------------------------------------------------
+
+_CORS = {
+    "Access-Control-Allow-Methods": "POST, GET, OPTIONS, PUT, DELETE",
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Headers": "accept, content-type, authorization",
+}
+
+
+@web.middleware
+async def cors_middleware(request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
+    """etcd's accessController: CORS headers on every client-port response; OPTIONS answers 200."""
+    if request.method == "OPTIONS":
+        return web.Response(status=200, headers=_CORS)
+    return await handler(request)
+
+
+async def _cors_headers(request: web.Request, response: web.StreamResponse) -> None:
+    for k, v in _CORS.items():
+        response.headers.setdefault(k, v)
+
+
+def add_gateway_routes(app: web.Application, grpc_target: str) -> Gateway:
+    """Mount the gateway (and etcd's CORS behaviour) on the client port's aiohttp app."""
+    gw = Gateway(grpc_target)
+    app.router.add_route("*", "/v3/{tail:.*}", gw.handle)
+    app.router.add_route("*", "/v3beta/{tail:.*}", gw.handle)
+    app.middlewares.append(cors_middleware)
+    app.on_response_prepare.append(_cors_headers)
+
+    async def close(_: web.Application) -> None:
+        await gw.close()
+
+    app.on_cleanup.append(close)
+    return gw
