@@ -9,7 +9,6 @@ verification costs far more than the rest of a request.
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Any
 
@@ -21,7 +20,7 @@ from cryptography.x509 import load_pem_x509_certificate
 
 from etcdstore import errors
 from etcdstore.auth.tokens import INVALID_AUTH_OPTS, AuthInfo
-from etcdstore.config import ConfigError
+from etcdstore.config import ConfigError, parse_duration
 
 _DEFAULT_TTL = 300.0
 _KNOWN_OPTIONS = {"sign-method", "pub-key", "priv-key", "ttl"}
@@ -49,7 +48,7 @@ class JWTTokens:
         ttl = _DEFAULT_TTL
         try:
             if opts.get("ttl"):
-                ttl = parse_go_duration(opts["ttl"])
+                ttl = parse_duration(opts["ttl"])
             pub = _read(opts.get("pub-key", ""))
             priv = _read(opts.get("priv-key", ""))
         except (ValueError, OSError):
@@ -152,29 +151,3 @@ def _mismatch(mine: Any, given: Any) -> bool:
         return a.e != b.e and a.n != b.n
     a, b = mine.public_numbers(), given.public_numbers()
     return a.curve.name != b.curve.name and a.x != b.x and a.y != b.y
-
-
-_DURATION = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
-_UNIT = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_go_duration(text: str) -> float:
-    """Seconds in a Go duration string ("5m", "1h30m", "1.5s", "300ms"); ValueError if malformed."""
-    s = text.strip()
-    sign = 1.0
-    if s[:1] in "+-" and s:
-        sign = -1.0 if s[0] == "-" else 1.0
-        s = s[1:]
-    if s == "0":
-        return 0.0
-    if not s:
-        raise ValueError(f"invalid duration {text!r}")
-    total, pos = 0.0, 0
-    for m in _DURATION.finditer(s):
-        if m.start() != pos:
-            raise ValueError(f"invalid duration {text!r}")
-        total += float(m.group(1)) * _UNIT[m.group(2)]
-        pos = m.end()
-    if pos != len(s):
-        raise ValueError(f"invalid duration {text!r}")
-    return sign * total
