@@ -244,8 +244,12 @@ class EtcdMember:
                 self.kill()
 
     def pause(self) -> None:
+        """SIGSTOP, returning once the kernel reports the process stopped (state T)."""
         assert self.proc is not None
         os.kill(self.proc.pid, signal.SIGSTOP)
+        deadline = time.monotonic() + 5
+        while _proc_state(self.proc.pid) not in ("T", "t") and time.monotonic() < deadline:
+            time.sleep(0.001)
 
     def resume(self) -> None:
         assert self.proc is not None
@@ -278,6 +282,14 @@ class EtcdMember:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+
+def _proc_state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "?"
 
 
 class EtcdStartError(RuntimeError):
