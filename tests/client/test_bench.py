@@ -92,3 +92,16 @@ def test_unreachable_endpoint_fails_cleanly(capsys) -> None:
 
     assert main(["put", "--endpoints", f"127.0.0.1:{free_port()}", "--total", "10", "--timeout", "1"]) == 1
     assert "failed" in capsys.readouterr().out
+
+
+@pytest.mark.etcd
+def test_rate_cap_and_tls(etcd_tls, tls_files, tmp_path: Path) -> None:
+    out_json = tmp_path / "r.jsonl"
+    ep = etcd_tls.members[0].client_url  # https://
+    tls = ["--cacert", str(tls_files.ca), "--cert", str(tls_files.client_cert), "--key", str(tls_files.client_key)]
+    assert main(["put", "--endpoints", ep, "--clients", "2", "--total", "100", "--rate", "200",
+                 "--json", str(out_json), *tls]) == 0
+    r = json.loads(out_json.read_text())
+    assert r["ops"] == 100 and r["errors"] == {}
+    assert 150 < r["ops_per_s"] <= 215  # paced: 100 requests at 200/s take ~0.5 s
+    assert main(["put", "--endpoints", ep, "--total", "5", "--timeout", "2"]) == 1  # no certs: refused
