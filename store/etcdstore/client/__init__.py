@@ -22,7 +22,8 @@ Construction
     without a token. require_leader sends `hasleader: true` (fail fast when the member has no
     leader). timeout is the per-call deadline in seconds (None: none); it does not bound
     streams (watch, observe, snapshot, keepalive) nor lock()/campaign(), which take their own.
-    Use `async with` or `await client.close()`.
+    Use `async with` or `await client.close()`. A client belongs to the event loop it is first
+    used in (gRPC channels are bound to it); construction itself does no I/O.
 
 Connections and failover
     One gRPC channel per endpoint, made on first use. Calls go to the current endpoint. On
