@@ -8,6 +8,8 @@ so that "healthy" means "this member answers as itself".
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -19,6 +21,7 @@ from etcdoperator.model import EtcdView, MemberState
 from etcdoperator.naming import CLIENT_PORT, PEER_PORT, ClusterRef
 
 CALL_TIMEOUT = 3.0
+log = logging.getLogger(__name__)
 _ALARM_NAMES = {1: "NOSPACE", 2: "CORRUPT"}
 
 
@@ -105,6 +108,7 @@ class Members:
             except EtcdError as e:
                 return None, e.message
 
+        t0 = time.monotonic()
         results = await asyncio.gather(*(status(k, list(m.clientURLs)) for k, m in zip(ordinals_of, raw)))
         members: list[MemberState] = []
         leaders: list[int] = []
@@ -138,12 +142,15 @@ class Members:
         if listing.header.cluster_id:
             cluster_ids.add(listing.header.cluster_id)
         leader_id = max(set(leaders), key=leaders.count) if leaders else None
+        t1 = time.monotonic()
         alarms: tuple[str, ...] = ()
         try:
             resp = await client.alarm_list()
             alarms = tuple(f"{_ALARM_NAMES.get(a.alarm, a.alarm)} on {a.memberID:x}" for a in resp.alarms)
         except EtcdError:
             pass
+        log.debug("[%s/%s] observe: status %.2fs alarms %.2fs", self.ref.namespace, self.ref.name, t1 - t0,
+                  time.monotonic() - t1)
         return EtcdView(
             reachable=True,
             members=tuple(members),

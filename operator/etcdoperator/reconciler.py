@@ -97,8 +97,11 @@ class ClusterReconciler:
         try:
             tls_contents = await self._ensure_tls(spec, rolled=False)
             members = await self._members_for(spec, tls_contents)
+            t_tls = time.monotonic()
             kube_view, sts = await self._observe_kube(spec)
+            t_kube = time.monotonic()
             etcd_view = await self._observe_etcd(members, kube_view)
+            t_etcd = time.monotonic()
             obs = Observed(spec=spec, kube=kube_view, etcd=etcd_view, spec_errors=tuple(spec_errors), generation=generation)
             plan = planner.plan(obs, ref, self.settings.planner)
             tls_hash = tlsplan.tls_hash([tls_contents.get(n) for n in self._mounted_secrets(spec)])
@@ -109,7 +112,11 @@ class ClusterReconciler:
                     tls_hash = tlsplan.tls_hash([tls_contents.get(n) for n in self._mounted_secrets(spec)])
             if not spec_errors and not spec.paused:
                 await self._ensure_objects(spec, plan, sts, etcd_view, tls_hash)
+                t_objects = time.monotonic()
                 await self._act(body, spec, plan, members, etcd_view, kube_view)
+                log.debug("[%s/%s] step %s: tls %.2fs kube %.2fs etcd %.2fs objects %.2fs act %.2fs", ref.namespace,
+                          ref.name, plan.action.kind, t_tls - started, t_kube - t_tls, t_etcd - t_kube,
+                          t_objects - t_etcd, time.monotonic() - t_objects)
             error = None
         except (ApiError, EtcdError, OSError) as e:
             metrics.RECONCILE_ERRORS.labels(ref.namespace, ref.name).inc()

@@ -114,21 +114,39 @@ class ApiServer(kmock.KubernetesEmulator):
             return None
         return copy.deepcopy(self.objects[key].raw)
 
-    def list_objects(self, resource: str, namespace: str | None = None, selector: str | None = None) -> list[dict]:
+    def list_objects(self, resource: str, namespace: str | None = None, selector: str | None = None,
+                     *, copy_: bool = True) -> list[dict]:
+        """Objects as stored; with copy_=False the caller promises not to modify them."""
         res = kmock.resource(resource)
         out = []
         for (r, ns, _), obj in list(self.objects.items()):
             if r == res and not obj.deleted and (namespace is None or ns == namespace):
                 raw = obj.raw
                 if selector_matches(selector, raw.get("metadata", {}).get("labels")):
-                    out.append(copy.deepcopy(raw))
+                    out.append(copy.deepcopy(raw) if copy_ else raw)
         return out
 
-    def all_objects(self) -> list[tuple[Any, dict[str, Any]]]:
-        return [(r, copy.deepcopy(o.raw)) for (r, _, _), o in list(self.objects.items()) if not o.deleted]
+    def all_objects(self, *, skip: tuple[str, ...] = ("events",)) -> list[tuple[Any, dict[str, Any]]]:
+        """Every live object (not copied: read-only)."""
+        return [(r, o.raw) for (r, _, _), o in list(self.objects.items()) if not o.deleted and r.plural not in skip]
 
     # -- admission -----------------------------------------------------------------------------
+    def _forget(self, request: kmock.Request) -> None:
+        for i in range(len(self._requests) - 1, -1, -1):
+            if self._requests[i] is request:
+                del self._requests[i]
+                return
+
     async def _handle(self, request: kmock.Request) -> Any:
+        # KMock keeps every request for assertions and matches each new one against views over
+        # all of them: O(requests) per request. Tests here assert on objects, not requests, so a
+        # request is forgotten once served (watch streams stay listed while they stream).
+        try:
+            return await self._handle_admitted(request)
+        finally:
+            self._forget(request)
+
+    async def _handle_admitted(self, request: kmock.Request) -> Any:
         if request.resource is None or request.action not in _MUTATIONS:
             return await super()._handle(request)
         async with self._mutex:
@@ -138,10 +156,12 @@ class ApiServer(kmock.KubernetesEmulator):
                 return await self._render_error(e)
             if admitted is not request:
                 # KMock's views are lists of the requests it has seen: swap in the admitted one.
-                for i in range(len(self._requests) - 1, -1, -1):
-                    if self._requests[i] is request:
-                        self._requests[i] = admitted
-                        break
+                self._forget(request)
+                self._requests.append(admitted)
+                try:
+                    return await super()._handle(admitted)
+                finally:
+                    self._forget(admitted)
             return await super()._handle(admitted)
 
     def _invalid(self, message: str) -> kmock.KubernetesError:

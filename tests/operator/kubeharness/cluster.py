@@ -75,6 +75,7 @@ class Harness:
         self._task: asyncio.Task[None] | None = None
         self._log = open(root / "harness.log", "a", buffering=1)
         self.errors: list[str] = []
+        self._rounds = 0
 
     def log(self, text: str) -> None:
         self._log.write(f"{time.strftime('%H:%M:%S')} {text}\n")
@@ -129,9 +130,11 @@ class Harness:
             await asyncio.sleep(SYNC_PERIOD)
 
     async def sync(self) -> None:
+        self._rounds += 1
         await self.sync_statefulsets()
         await self.sync_jobs()
-        await self.sync_garbage()
+        if self._rounds % 5 == 0:
+            await self.sync_garbage()
         await self.sync_claims()
         await self.kubelet.sync()
         self.sync_services()
@@ -151,7 +154,7 @@ class Harness:
 
     # -- StatefulSets -------------------------------------------------------------------------
     async def sync_statefulsets(self) -> None:
-        for sts in self.api.list_objects("apps/v1/statefulsets"):
+        for sts in self.api.list_objects("apps/v1/statefulsets", copy_=False):
             meta, spec = sts["metadata"], sts["spec"]
             if meta.get("deletionTimestamp"):
                 continue
@@ -161,7 +164,7 @@ class Harness:
             ports = [int(p["containerPort"]) for c in tmpl["spec"]["containers"] for p in c.get("ports") or []]
             self.addresses.ensure_statefulset(ns, name, spec["serviceName"], ports)
             replicas = int(spec.get("replicas") or 0)
-            pods = {p["metadata"]["name"]: p for p in self.api.list_objects("v1/pods", ns) if _owned_by(p, meta["uid"])}
+            pods = {p["metadata"]["name"]: p for p in self.api.list_objects("v1/pods", ns, copy_=False) if _owned_by(p, meta["uid"])}
             claims_tpl = spec.get("volumeClaimTemplates") or []
             policy = spec.get("persistentVolumeClaimRetentionPolicy") or {}
             for k in range(replicas):
@@ -208,13 +211,13 @@ class Harness:
                     self.log(f"statefulset {ns}/{name}: deleted pod {pod_name} (scale down)")
             if policy.get("whenScaled") == "Delete":
                 for t in claims_tpl:
-                    for c in self.api.list_objects("v1/persistentvolumeclaims", ns):
+                    for c in self.api.list_objects("v1/persistentvolumeclaims", ns, copy_=False):
                         cname = c["metadata"]["name"]
                         prefix = f"{t['metadata']['name']}-{name}-"
                         if cname.startswith(prefix) and cname[len(prefix):].isdigit() and int(cname[len(prefix):]) >= replicas \
                                 and self.api.get_object("v1/pods", ns, f"{name}-{cname[len(prefix):]}") is None:
                             await self.delete("v1/persistentvolumeclaims", ns, cname)
-            live = [p for p in self.api.list_objects("v1/pods", ns) if _owned_by(p, meta["uid"])]
+            live = [p for p in self.api.list_objects("v1/pods", ns, copy_=False) if _owned_by(p, meta["uid"])]
             ready = [p for p in live if any(c.get("type") == "Ready" and c.get("status") == "True"
                                             for c in (p.get("status") or {}).get("conditions") or [])]
             updated = [p for p in live if p["metadata"]["labels"].get("controller-revision-hash") == revision]
@@ -235,14 +238,14 @@ class Harness:
 
     # -- Jobs ---------------------------------------------------------------------------------
     async def sync_jobs(self) -> None:
-        for job in self.api.list_objects("batch/v1/jobs"):
+        for job in self.api.list_objects("batch/v1/jobs", copy_=False):
             meta, spec = job["metadata"], job["spec"]
             st = job.get("status") or {}
             if meta.get("deletionTimestamp") or int(st.get("succeeded") or 0) > 0 or any(
                     c.get("type") == "Failed" and c.get("status") == "True" for c in st.get("conditions") or []):
                 continue
             ns = meta["namespace"]
-            pods = [p for p in self.api.list_objects("v1/pods", ns) if _owned_by(p, meta["uid"])]
+            pods = [p for p in self.api.list_objects("v1/pods", ns, copy_=False) if _owned_by(p, meta["uid"])]
             phases = [(p.get("status") or {}).get("phase") for p in pods]
             succeeded = phases.count("Succeeded")
             failed = phases.count("Failed")
@@ -289,25 +292,25 @@ class Harness:
                     await self.delete(resource, ns, o["metadata"]["name"])
 
     async def sync_claims(self) -> None:
-        for c in self.api.list_objects("v1/persistentvolumeclaims"):
+        for c in self.api.list_objects("v1/persistentvolumeclaims", copy_=False):
             meta = c["metadata"]
             if not meta.get("deletionTimestamp") or PVC_FINALIZER not in (meta.get("finalizers") or []):
                 continue
             in_use = any(v.get("persistentVolumeClaim", {}).get("claimName") == meta["name"]
-                         for p in self.api.list_objects("v1/pods", meta["namespace"])
+                         for p in self.api.list_objects("v1/pods", meta["namespace"], copy_=False)
                          for v in p["spec"].get("volumes") or [])
             if not in_use:
                 await self.remove_finalizer("v1/persistentvolumeclaims", meta["namespace"], meta["name"], PVC_FINALIZER)
 
     def sync_services(self) -> None:
-        for svc in self.api.list_objects("v1/services"):
+        for svc in self.api.list_objects("v1/services", copy_=False):
             meta, spec = svc["metadata"], svc["spec"]
             selector = spec.get("selector") or {}
             if spec.get("clusterIP") == "None" or not selector:
                 continue
             ns = meta["namespace"]
             ready = []
-            for p in self.api.list_objects("v1/pods", ns):
+            for p in self.api.list_objects("v1/pods", ns, copy_=False):
                 labels = p["metadata"].get("labels") or {}
                 if p["metadata"].get("deletionTimestamp") or not all(labels.get(k) == v for k, v in selector.items()):
                     continue

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import copy
 import datetime as dt
 import os
 import re
@@ -457,7 +458,7 @@ class Kubelet:
 
     async def sync(self) -> None:
         api = self.harness.api
-        pods = api.list_objects("v1/pods")
+        pods = api.list_objects("v1/pods", copy_=False)
         by_uid = {p["metadata"]["uid"]: p for p in pods}
         for p in pods:
             meta = p["metadata"]
@@ -472,7 +473,7 @@ class Kubelet:
             if rt is None:
                 if p.get("status", {}).get("phase") in ("Succeeded", "Failed"):
                     continue
-                rt = PodRuntime(self, p)
+                rt = PodRuntime(self, copy.deepcopy(p))
                 self.pods[meta["uid"]] = rt
                 rt.start()
             else:
@@ -482,7 +483,7 @@ class Kubelet:
                 rt = self.pods.pop(uid)
                 await rt.stop(0)
                 shutil.rmtree(rt.dir, ignore_errors=True)
-        live_claims = {c["metadata"]["uid"] for c in api.list_objects("v1/persistentvolumeclaims")}
+        live_claims = {c["metadata"]["uid"] for c in api.list_objects("v1/persistentvolumeclaims", copy_=False)}
         for uid in list(self._claims):
             if uid not in live_claims:  # the claim is gone: so is its volume
                 shutil.rmtree(self._claims.pop(uid), ignore_errors=True)
