@@ -60,6 +60,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--name", required=True, help="backup name (file name without extension)")
     p.add_argument("--keep", type=int, default=0, help="keep this many backups of this kind (0: all)")
     p.add_argument("--result-file", default=None)
+    p.add_argument("--location-base", default=None,
+                   help="report locations as this URL + key (e.g. pvc://claim/dir instead of a mount path)")
     add_location_args(p)
     return p
 
@@ -100,7 +102,7 @@ async def take_backup(args: argparse.Namespace) -> dict[str, Any]:
         "revision": status.header.revision,
         "size": size,
         "sha256": sha,
-        "location": store.describe(key),
+        "location": f"{args.location_base.rstrip('/')}/{key}" if args.location_base else store.describe(key),
         "memberID": f"{status.header.member_id:x}",
         "version": status.version,
     }
