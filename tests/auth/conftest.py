@@ -1,0 +1,6 @@
+"""Auth tests import their helpers (authprocs.py) by module name."""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
