@@ -23,6 +23,7 @@ import base64
 import codecs
 import contextlib
 import re
+import time
 from collections.abc import Callable
 from urllib.parse import quote
 from typing import Any, NamedTuple
@@ -356,7 +357,8 @@ _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1
 
 
 def _call_options(request: web.Request) -> tuple[list[tuple[str, str]], float | None]:
-    """gRPC metadata and deadline from the HTTP headers, as grpc-gateway's AnnotateContext."""
+    """gRPC metadata and deadline (monotonic clock) from the HTTP headers, as grpc-gateway's
+    AnnotateContext."""
     md: list[tuple[str, str]] = []
     token = None
     has_token_md = False
@@ -372,12 +374,16 @@ def _call_options(request: web.Request) -> tuple[list[tuple[str, str]], float | 
                 md.append((name, value))
                 has_token_md = has_token_md or name == "token"
         elif lk == "grpc-timeout" and value[-1:] in _TIMEOUT_UNITS and value[:-1].isdigit():
-            timeout = int(value[:-1]) * _TIMEOUT_UNITS[value[-1]]
+            timeout = time.monotonic() + int(value[:-1]) * _TIMEOUT_UNITS[value[-1]]
     if token is not None and not has_token_md:
         # etcd reads the "token" key first and falls back to "authorization"; an auth layer
         # that only knows "token" gets the same answer this way.
         md.append(("token", token))
     return md, timeout
+
+
+def _remaining(deadline: float | None) -> float | None:
+    return None if deadline is None else deadline - time.monotonic()
 
 
 class _BodyTooLarge(Exception):
@@ -452,9 +458,9 @@ class Gateway:
             return _plain(404, "Not Found")
         if request.method != "POST":
             return _plain(405, "Method Not Allowed")
-        md, timeout = _call_options(request)
+        md, deadline = _call_options(request)
         if route.kind == BIDI:
-            return await self._bidi(request, route, md, timeout)
+            return await self._bidi(request, route, md, deadline)
         try:
             text = await _read_body(request)
         except _BodyTooLarge:
@@ -463,6 +469,9 @@ class Gateway:
             msg = _decode_first(route, text)
         except GoJSONError as e:
             return error_response(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        timeout = _remaining(deadline)
+        if timeout is not None and timeout <= 0:
+            return error_response(grpc.StatusCode.DEADLINE_EXCEEDED, "context deadline exceeded")
         if route.kind == SERVER_STREAM:
             call = self._call(route)(msg, metadata=md, timeout=timeout)
             return await _forward_stream(request, call)
@@ -473,7 +482,7 @@ class Gateway:
         return web.Response(text=dumps(message_to_dict(resp)), content_type=_JSON,
                             headers={"Grpc-Metadata-Content-Type": "application/grpc"})
 
-    async def _bidi(self, request: web.Request, route: Route, md: list, timeout: float | None) -> web.StreamResponse:
+    async def _bidi(self, request: web.Request, route: Route, md: list, deadline: float | None) -> web.StreamResponse:
         """Watch and LeaseKeepAlive: the body is a stream of JSON requests sent as they arrive."""
         reader = _JSONStreamReader(request)
         try:
@@ -481,6 +490,9 @@ class Gateway:
         except GoJSONError as e:
             # grpc-gateway passes the raw decode error on: gRPC code Unknown.
             return error_response(grpc.StatusCode.UNKNOWN, str(e))
+        timeout = _remaining(deadline)
+        if timeout is not None and timeout <= 0:
+            return error_response(grpc.StatusCode.DEADLINE_EXCEEDED, "context deadline exceeded")
         call = self._call(route)(metadata=md, timeout=timeout)
         # etcd keeps a watch stream serving after the request body ends; a keepalive stream
         # ends once its requests are answered (the server returns on the client's half-close).
@@ -502,7 +514,9 @@ class Gateway:
 
         sender = asyncio.get_running_loop().create_task(pump())
         try:
-            return await _forward_stream(request, call)
+            # With an empty body grpc-gateway never waits for the response headers, so none
+            # of the server's metadata is forwarded.
+            return await _forward_stream(request, call, with_md=first is not None)
         finally:
             sender.cancel()
             call.cancel()
@@ -546,7 +560,7 @@ class _JSONStreamReader:
             self.buf += self.utf8.decode(chunk)
 
 
-async def _forward_stream(request: web.Request, call: Any) -> web.StreamResponse:
+async def _forward_stream(request: web.Request, call: Any, with_md: bool = True) -> web.StreamResponse:
     """grpc-gateway's ForwardResponseStream: headers go out with the first message; each message
     is `{"result": ...}` plus a newline; an error ends the stream with an error chunk."""
     resp: web.StreamResponse | None = None
@@ -572,7 +586,7 @@ async def _forward_stream(request: web.Request, call: Any) -> web.StreamResponse
             if msg is grpc.aio.EOF:
                 break
             if resp is None:
-                resp = _stream_response(200, with_md=True)
+                resp = _stream_response(200, with_md=with_md)
                 await resp.prepare(request)
             try:
                 await resp.write(dumps({"result": message_to_dict(msg)}).encode() + b"\n")
@@ -585,7 +599,7 @@ async def _forward_stream(request: web.Request, call: Any) -> web.StreamResponse
     finally:
         closed.cancel()
     if resp is None:
-        resp = _stream_response(200, with_md=True)
+        resp = _stream_response(200, with_md=with_md)
         await resp.prepare(request)
     with contextlib.suppress(ConnectionError):
         await resp.write_eof()
