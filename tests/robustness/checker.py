@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import itertools
 import json
 import sys
 import time
@@ -189,74 +190,95 @@ class _Attribution:
                 owner[kv] = o.id
         if dup_values:
             rep.add("history", f"{len(dup_values)} values written by several operations (generator bug)")
-        lease_keys: dict[int, set[bytes]] = defaultdict(set)
-        for o in ops:
-            for r in (*o.success, *o.failure):
-                if r.kind == PUT and r.lease:
-                    lease_keys[r.lease].add(r.key)
         by_header: dict[int, list[Operation]] = defaultdict(list)
-        may_delete: dict[bytes, list[Operation]] = defaultdict(list)  # unknown ops that may delete key
+        unknown_deleters: list[Operation] = []  # unknown-outcome operations that may delete keys
         for o in ops:
             if o.status == OK and o.revision:
                 by_header[o.revision].append(o)
-            if o.status == UNKNOWN:
-                if o.kind == LEASE_REVOKE:
-                    for k in lease_keys.get(o.lease, ()):
-                        may_delete[k].append(o)
-                elif o.kind == TXN:
-                    for r in (*o.success, *o.failure):
-                        if r.kind == DELETE:
-                            may_delete[r.key].append(o)
+            if o.status == UNKNOWN and (o.kind == LEASE_REVOKE or _delete_keys(o)):
+                unknown_deleters.append(o)
         self.by_rev = _group_by_revision(log)
         self._ret_revs, self._ret_suffix = _tightened_returns(
             [(o.revision, o.ret) for o in ops if o.status == OK and o.revision]
         )
-        for rev, evs in self.by_rev.items():
-            puts = [e for e in evs if e.type == PUT]
-            owners = set()
-            for e in puts:
-                oid = owner.get((e.kv.key, e.kv.value))
-                if oid is None:
-                    rep.add(
-                        "phantom write",
-                        f"revision {rev}: {e.kv.key!r}={e.kv.value!r} was written by no operation",
-                    )
-                else:
-                    owners.add(oid)
-            if len(owners) > 1:
-                rep.add("atomicity", f"revision {rev} holds writes of operations {sorted(owners)}")
+        # the highest revision returned before each time: nothing invoked later applies at or below it
+        done = sorted((o.ret, o.revision) for o in ops if o.status == OK and o.revision)
+        self._done_times = [t for t, _ in done]
+        self._done_max = list(itertools.accumulate((r for _, r in done), max))
+        # replaying the log tells which keys each lease holds at every revision, so a revoke is
+        # matched only where exactly its keys were deleted
+        attached: dict[int, set[bytes]] = defaultdict(set)
+        key_lease: dict[bytes, int] = {}
+        for rev in sorted(self.by_rev):
+            evs = self.by_rev[rev]
+            self._match(rev, evs, owner, by_header, unknown_deleters, attached)
+            for e in evs:
+                old = key_lease.pop(e.kv.key, 0)
+                if old:
+                    attached[old].discard(e.kv.key)
+                if e.type == PUT and e.kv.lease:
+                    key_lease[e.kv.key] = e.kv.lease
+                    attached[e.kv.lease].add(e.kv.key)
+
+    def _match(
+        self,
+        rev: int,
+        evs: list[Event],
+        owner: dict[tuple[bytes, bytes], int],
+        by_header: dict[int, list[Operation]],
+        unknown_deleters: list[Operation],
+        attached: dict[int, set[bytes]],
+    ) -> None:
+        rep = self.rep
+        owners = set()
+        for e in evs:
+            if e.type != PUT:
                 continue
-            if owners:
-                self._attribute(owners.pop(), rev, evs)
-                continue
-            # delete-only revision: the acknowledged delete answered with this revision, or the one
-            # operation that could have done it; several candidates stay unattributed (and open)
-            keys = {e.kv.key for e in evs}
-            definite = [o for o in by_header.get(rev, ()) if self._deleted_something(o)]
-            if len(definite) == 1:
-                self._attribute(definite[0].id, rev, evs)
-                continue
-            if len(definite) > 1:
-                rep.add("atomicity", f"revision {rev} claimed by deletes {[o.id for o in definite]}")
-                continue
-            cands = [
-                o
-                for o in by_header.get(rev, ())
-                if o.kind == LEASE_REVOKE and lease_keys.get(o.lease, set()) & keys
-            ]
-            seen = {o.id for o in cands}
-            for k in sorted(keys):
-                for o in may_delete.get(k, ()):
-                    if o.id not in self.rev_of and o.id not in seen and o.invoke <= self._latest_invoke(rev):
-                        cands.append(o)
-                        seen.add(o.id)
-            if len(cands) == 1:
-                self._attribute(cands[0].id, rev, evs)
-            elif not cands:
-                rep.add("phantom write", f"revision {rev}: deletes {sorted(keys)} by no operation")
+            oid = owner.get((e.kv.key, e.kv.value))
+            if oid is None:
+                rep.add("phantom write", f"revision {rev}: {e.kv.key!r}={e.kv.value!r} written by no operation")
             else:
-                for k in keys:
-                    self.unattributed_deletes[k].append(rev)
+                owners.add(oid)
+        if len(owners) > 1:
+            rep.add("atomicity", f"revision {rev} holds writes of operations {sorted(owners)}")
+            return
+        if owners:
+            self._attribute(owners.pop(), rev, evs)
+            return
+        # delete-only revision: the acknowledged delete answered with this revision, or the one
+        # operation that could have deleted exactly these keys; several candidates stay open
+        keys = {e.kv.key for e in evs}
+        definite = [o for o in by_header.get(rev, ()) if self._deleted_something(o)]
+        if len(definite) > 1:
+            rep.add("atomicity", f"revision {rev} claimed by deletes {[o.id for o in definite]}")
+            return
+        if definite:
+            self._attribute(definite[0].id, rev, evs)
+            return
+
+        def fits(o: Operation) -> bool:
+            if o.kind == LEASE_REVOKE:
+                return attached.get(o.lease) == keys
+            return keys <= _delete_keys(o)
+
+        cands = [o for o in by_header.get(rev, ()) if o.kind == LEASE_REVOKE and fits(o)]
+        latest = self._latest_invoke(rev)
+        cands += [
+            o
+            for o in unknown_deleters
+            if o.id not in self.rev_of and o.invoke <= latest and self._floor_at(o.invoke) < rev and fits(o)
+        ]
+        if len(cands) == 1:
+            self._attribute(cands[0].id, rev, evs)
+        elif not cands:
+            rep.add("phantom write", f"revision {rev}: deletes {sorted(keys)} by no operation")
+        else:
+            for k in keys:
+                self.unattributed_deletes[k].append(rev)
+
+    def _floor_at(self, t: int) -> int:
+        i = bisect.bisect_left(self._done_times, t)
+        return self._done_max[i - 1] if i else 0
 
     def _latest_invoke(self, rev: int) -> int:
         """An operation applied at `rev` was invoked before the first return of a revision >= rev."""
@@ -323,6 +345,10 @@ class _Attribution:
         return None
 
 
+def _delete_keys(o: Operation) -> set[bytes]:
+    return {r.key for r in (*o.success, *o.failure) if r.kind == DELETE} if o.kind == TXN else set()
+
+
 def _wrote(o: Operation) -> bool:
     """An acknowledged operation that must have produced events."""
     if o.status != OK or o.kind != TXN:
@@ -366,6 +392,11 @@ def check(history: History, *, budget: int = 2_000_000) -> Report:
             )
 
     # patch indeterminate operations
+    lease_keys: dict[int, set[bytes]] = defaultdict(set)
+    for o in ops:
+        for r in (*o.success, *o.failure):
+            if r.kind == PUT and r.lease:
+                lease_keys[r.lease].add(r.key)
     revs, suffix = _tightened_returns([(o.revision, o.ret) for o in ops if o.status == OK and o.revision])
     patched: list[Operation] = []
     for o in ops:
@@ -379,11 +410,11 @@ def check(history: History, *, budget: int = 2_000_000) -> Report:
             patched.append(dataclasses.replace(o, revision=rev, ret=max(ret, o.invoke), succeeded=branch))
             rep.indeterminate_applied += 1
             continue
-        can_delete = o.kind == LEASE_REVOKE or any(r.kind == DELETE for r in (*o.success, *o.failure))
-        keys = {r.key for r in (*o.success, *o.failure)}
+        can_delete = o.kind == LEASE_REVOKE or bool(_delete_keys(o))
+        keys = lease_keys.get(o.lease, set()) if o.kind == LEASE_REVOKE else _delete_keys(o)
         if o.kind == TXN and all(r.kind == GET for r in (*o.success, *o.failure)):
             rep.indeterminate_dropped += 1  # a read that never answered: no effect, nothing observed
-        elif can_delete and (o.kind == LEASE_REVOKE or any(att.unattributed_deletes.get(k) for k in keys)):
+        elif can_delete and any(att.unattributed_deletes.get(k) for k in keys):
             patched.append(o)  # may be one of the deletes the log could not attribute
             rep.indeterminate_open += 1
         elif o.kind in (TXN, LEASE_REVOKE):
@@ -393,7 +424,7 @@ def check(history: History, *, budget: int = 2_000_000) -> Report:
 
     # leases
     revoked_at: dict[int, list[Operation]] = defaultdict(list)
-    for o in patched:
+    for o in ops:
         if o.kind == LEASE_REVOKE and o.status in (OK, UNKNOWN):
             revoked_at[o.lease].append(o)
     for o in patched:

@@ -68,7 +68,6 @@ class Step:
         self.cmps = cmps  # (ki, target, op, operand)
         self.succ = succ  # (kind, ki, a, b): GET obs / PUT value,lease / DEL deleted|-1 / REVOKE lease
         self.fail = fail
-        self.keys = sorted({c[0] for c in cmps} | {r[1] for r in succ} | {r[1] for r in fail})
 
     def __repr__(self) -> str:
         return f"Step(op={self.op_id}, rev={self.revision}, outcome={self.outcome})"

@@ -53,5 +53,5 @@ async def test_smoke_run_kill_and_partition(target, tmp_path):
     assert r.ok, format_result(r)
     assert sorted(f.split("(", 1)[0] for f in r.faults) == ["kill", "partition"]
     ops = r.report.operations
-    assert ops["ok"] > 600, ops  # the run really did something
+    assert ops["ok"] > 300, ops  # the run really did something (a floor that holds on a loaded machine)
     assert r.report.watch_events > 0 and r.report.log_events > 200
