@@ -26,7 +26,7 @@ from etcdstore.raft.storage import MemoryStorage
 MT = MessageType
 
 
-def config(node_id: int, **kw) -> Config:  # noqa: ANN003
+def config(node_id: int, **kw) -> Config:
     kw.setdefault("election_tick", 10)
     kw.setdefault("heartbeat_tick", 1)
     kw.setdefault("check_quorum", False)
@@ -36,7 +36,7 @@ def config(node_id: int, **kw) -> Config:  # noqa: ANN003
 
 
 def new_raft(node_id: int, voters: Iterable[int], learners: Iterable[int] = (), storage: MemoryStorage | None = None,
-             **kw) -> Raft:  # noqa: ANN003
+             **kw) -> Raft:
     if storage is None:
         storage = MemoryStorage(ConfState(list(voters), list(learners)))
     return Raft(config(node_id, **kw), storage)
@@ -79,7 +79,7 @@ def storage_with(entries: list[Entry], voters: Iterable[int], hs: HardState | No
     return st
 
 
-def msg(type: MessageType, frm: int = 0, to: int = 0, **kw) -> Message:  # noqa: ANN003
+def msg(type: MessageType, frm: int = 0, to: int = 0, **kw) -> Message:
     return Message(type, to=to, frm=frm, **kw)
 
 
@@ -87,7 +87,7 @@ class Cluster:
     """A synchronous in-memory network of RawNodes with per-link filtering."""
 
     def __init__(self, voters: Iterable[int], learners: Iterable[int] = (), bootstrap: bool = True,
-                 **cfg) -> None:  # noqa: ANN003
+                 **cfg) -> None:
         self.cfg = cfg
         self.voters = list(voters)
         self.storages: dict[int, MemoryStorage] = {}
@@ -113,7 +113,7 @@ class Cluster:
         self.stabilize()
 
     # -- topology ------------------------------------------------------------------------------------
-    def add_node(self, node_id: int, **cfg) -> RawNode:  # noqa: ANN003
+    def add_node(self, node_id: int, **cfg) -> RawNode:
         """A brand-new member process (empty storage) that will learn everything from the leader."""
         st = MemoryStorage()
         self.storages[node_id] = st
@@ -137,7 +137,7 @@ class Cluster:
     def crash(self, node_id: int) -> None:
         del self.nodes[node_id]
 
-    def restart(self, node_id: int, **cfg) -> RawNode:  # noqa: ANN003
+    def restart(self, node_id: int, **cfg) -> RawNode:
         st = self.storages[node_id]
         applied = st.snapshot().metadata.index
         node = RawNode(config(node_id, applied=applied, **{**self.cfg, **cfg}), st)

@@ -26,6 +26,7 @@ committed and applied by every member within a bounded number of ticks.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import random
 import struct
@@ -133,7 +134,7 @@ class Checker:
     def fail(self, msg: str) -> None:
         raise SimFailure(msg)
 
-    def on_leader(self, node_id: int, term: int, raft) -> None:  # noqa: ANN001
+    def on_leader(self, node_id: int, term: int, raft) -> None:
         prev = self.leader_of_term.setdefault(term, node_id)
         if prev != node_id:
             self.fail(f"two leaders in term {term}: {prev} and {node_id}")
@@ -169,7 +170,7 @@ class Checker:
                               f"term {prev_term} here and term {old[2]} elsewhere")
             prev_term = e.term
 
-    def on_commit(self, node_id: int, raft) -> None:  # noqa: ANN001
+    def on_commit(self, node_id: int, raft) -> None:
         log = raft.log
         c = log.committed
         if c <= self.max_committed:
@@ -374,7 +375,8 @@ class Host:
             if e.type == EntryType.CONF_CHANGE:
                 cc = codec.decode_conf_change(e.data)
                 self.conf_state = node.apply_conf_change(cc)
-                sim.trace(f"{self.id} applied {cc!r} at {e.index} -> {self.conf_state!r}")
+                if sim.tracing:
+                    sim.trace(f"{self.id} applied {cc!r} at {e.index} -> {self.conf_state!r}")
             elif e.data.startswith(b"mark"):
                 sim.marks_applied.setdefault(e.data, set()).add(self.id)
         if rd.read_states:
@@ -409,16 +411,19 @@ class Network:
         sim = self.sim
         rng = sim.rng
         p = sim.params
-        if self.blocked(m.frm, m.to) or (self.lossy and rng.random() < p.drop):
-            sim.trace(f"drop {m!r}")
+        group = self.group
+        lossy = self.lossy
+        if (group and group.get(m.frm, 0) != group.get(m.to, 0)) or (lossy and rng.random() < p.drop):
+            if sim.tracing:
+                sim.trace(f"drop {m!r}")
             self._dropped(m)
             return
         data = codec.encode_message(m)
-        copies = 2 if self.lossy and rng.random() < p.dup else 1
+        copies = 2 if lossy and p.dup and rng.random() < p.dup else 1
+        span = p.max_delay + 1 if lossy else 2
         for _ in range(copies):
-            delay = int(rng.random() * (p.max_delay + 1 if self.lossy else 2))
             self.seq += 1
-            heapq.heappush(self.queue, (sim.now + delay, rng.random(), self.seq, m.frm, m.to, data))
+            heapq.heappush(self.queue, (sim.now + int(rng.random() * span), rng.random(), self.seq, m.frm, m.to, data))
 
     def _dropped(self, m: Message) -> None:
         sender = self.sim.hosts.get(m.frm)
@@ -438,7 +443,8 @@ class Network:
             dest = sim.hosts.get(to)
             m = codec.decode_message(data)
             if dest is None or dest.node is None or self.blocked(frm, to):
-                sim.trace(f"lost {m!r}")
+                if sim.tracing:
+                    sim.trace(f"lost {m!r}")
                 self._dropped(m)  # the transport notices a failed stream
                 continue
             dest.node.step(m)
@@ -476,6 +482,7 @@ class Sim:
         self.checker = Checker()
         self.net = Network(self)
         self._trace: deque[str] | None = deque(maxlen=400) if trace else None
+        self.tracing = trace
         ids = tuple(range(1, self.params.nodes + 1))
         self.hosts: dict[int, Host] = {}
         for i in ids:
@@ -552,7 +559,8 @@ class Sim:
         try:
             h.node.propose_batch(datas)
         except ProposalDropped as exc:
-            self.trace(f"proposal at {h.id} dropped: {exc}")
+            if self.tracing:
+                self.trace(f"proposal at {h.id} dropped: {exc}")
         h.observe()
 
     def read(self) -> None:
@@ -738,12 +746,10 @@ def run_seed(seed: int, params: Params | None = None) -> Stats:
     """Run one seed; on failure re-run it with tracing and raise with the tail of the trace."""
     try:
         return Sim(seed, params=params).run()
-    except Exception as exc:  # noqa: BLE001 - any crash of the core is a finding too
+    except Exception as exc:
         sim = Sim(seed, trace=True, params=params)
-        try:
+        with contextlib.suppress(Exception):  # the same failure again, now with a trace
             sim.run()
-        except Exception:  # noqa: BLE001
-            pass
         tail = "\n    ".join(sim.trace_tail())
         raise SimFailure(f"seed {seed} failed: {type(exc).__name__}: {exc}\n  rerun: {rerun_hint(seed)}\n"
                          f"  params: {sim.params}\n  trace tail:\n    {tail}") from exc

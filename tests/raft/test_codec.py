@@ -3,7 +3,6 @@
 import random
 
 import pytest
-
 from etcdstore.raft import codec
 from etcdstore.raft.errors import CodecError
 from etcdstore.raft.records import (

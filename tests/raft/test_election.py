@@ -3,9 +3,8 @@
 import random
 
 import pytest
-from raft_helpers import MT, Cluster, ents, make_leader, msg, new_raft, persist, read_messages, storage_with
-
 from etcdstore.raft.records import NONE, HardState, Role
+from raft_helpers import MT, Cluster, ents, make_leader, msg, new_raft, persist, read_messages, storage_with
 
 
 def test_starts_as_follower_with_no_leader():
@@ -37,8 +36,7 @@ def test_lower_term_messages_are_ignored_or_answered_with_our_term():
     r.become_follower(5, 2)
     r.step(msg(MT.VOTE, frm=3, to=1, term=4, index=10, log_term=4))
     assert read_messages(r) == [] and r.vote == NONE and r.term == 5
-    # With CheckQuorum (or PreVote) a stale leader's append gets our term back so it steps down.
-    r.check_quorum = True
+    # A stale leader's append gets our term back so it steps down.
     r.step(msg(MT.APP, frm=3, to=1, term=4))
     [out] = read_messages(r)
     assert (out.type, out.to, out.term) == (MT.APP_RESP, 3, 5)

@@ -1,11 +1,10 @@
 """Single-step membership changes, applied when the host applies the committed entry."""
 
 import pytest
-from raft_helpers import MT, Cluster, ents, make_leader, msg, new_raft, persist, read_messages, storage_with
-
 from etcdstore.raft import codec
 from etcdstore.raft.errors import ProposalDropped
 from etcdstore.raft.records import ConfChange, ConfChangeType, ConfState, Entry, EntryType, HardState, Role
+from raft_helpers import MT, Cluster, make_leader, msg, new_raft, persist, read_messages, storage_with
 
 ADD, ADD_LEARNER, REMOVE, UPDATE = (ConfChangeType.ADD_NODE, ConfChangeType.ADD_LEARNER_NODE,
                                     ConfChangeType.REMOVE_NODE, ConfChangeType.UPDATE_NODE)
@@ -71,7 +70,7 @@ def test_remove_voter_shrinks_the_quorum():
 def test_removing_a_silent_voter_lets_pending_entries_commit():
     r = new_raft(1, [1, 2])
     make_leader(r)
-    ack = lambda idx: r.step(msg(MT.APP_RESP, frm=2, to=1, term=r.term, index=idx))  # noqa: E731
+    ack = lambda idx: r.step(msg(MT.APP_RESP, frm=2, to=1, term=r.term, index=idx))
     r.step(msg(MT.PROP, frm=1, entries=[Entry(type=EntryType.CONF_CHANGE,
                                               data=codec.encode_conf_change(ConfChange(REMOVE, 2)))]))
     r.propose_local([b"after"])

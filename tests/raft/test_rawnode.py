@@ -3,14 +3,13 @@
 import random
 
 import pytest
-from raft_helpers import MT, Cluster, config, msg
-
 from etcdstore.raft import codec
 from etcdstore.raft.errors import ConfigError, ProposalDropped, RaftError
 from etcdstore.raft.raft import Config
 from etcdstore.raft.rawnode import RawNode
 from etcdstore.raft.records import ConfChange, ConfChangeType, ConfState, EntryType, HardState, Role
 from etcdstore.raft.storage import MemoryStorage
+from raft_helpers import MT, Cluster, config, msg
 
 
 def test_bootstrap_first_ready_carries_membership_entries():

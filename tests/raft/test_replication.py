@@ -1,12 +1,22 @@
 """Log replication: commit rules, conflicts, flow control, batching, backtracking, limits."""
 
 import pytest
-from raft_helpers import MT, Cluster, config, ents, make_leader, msg, new_raft, persist, read_messages, storage_with
-
 from etcdstore.raft.errors import ProposalDropped
 from etcdstore.raft.progress import ProgressState
-from etcdstore.raft.records import NONE, Entry, HardState, Role
 from etcdstore.raft.rawnode import RawNode
+from etcdstore.raft.records import NONE, Entry, HardState, Role
+from raft_helpers import (
+    MT,
+    Cluster,
+    config,
+    ents,
+    make_leader,
+    msg,
+    new_raft,
+    persist,
+    read_messages,
+    storage_with,
+)
 
 
 def appends(msgs, to=None):
@@ -292,7 +302,7 @@ def test_followers_do_not_respond_before_persisting():
     c.nodes[1].propose(b"x")
     rd1 = c.nodes[1].ready()
     assert rd1.can_send_early  # a leader in its durable term may send before persisting
-    app = [m for m in rd1.messages if m.type == MT.APP][0]
+    app = next(m for m in rd1.messages if m.type == MT.APP)
     c.nodes[2].step(app)
     rd2 = c.nodes[2].ready()
     assert [e.data for e in rd2.entries] == [b"x"] and rd2.must_sync

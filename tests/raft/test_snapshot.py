@@ -1,10 +1,9 @@
 """Snapshots: sending when entries are compacted, installing, reporting, stale snapshots."""
 
-from raft_helpers import MT, Cluster, ents, make_leader, msg, new_raft, read_messages, storage_with
-
 from etcdstore.raft.progress import ProgressState
 from etcdstore.raft.records import ConfState, HardState, Role, Snapshot, SnapshotMetadata
 from etcdstore.raft.storage import MemoryStorage
+from raft_helpers import MT, Cluster, ents, make_leader, msg, new_raft, read_messages, storage_with
 
 
 def compacted_leader(last: int = 11, snap_at: int = 10):

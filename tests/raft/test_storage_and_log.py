@@ -1,12 +1,11 @@
 """MemoryStorage, size-limited slicing, and the RaftLog (unstable tail + storage)."""
 
 import pytest
-from raft_helpers import ents, storage_with
-
 from etcdstore.raft.errors import CompactedError, RaftError, SnapshotOutOfDate, UnavailableError
 from etcdstore.raft.log import RaftLog
 from etcdstore.raft.records import ConfState, Entry, Snapshot, SnapshotMetadata
 from etcdstore.raft.storage import MemoryStorage, slice_within
+from raft_helpers import ents, storage_with
 
 
 def sized(n: int, size: int, term: int = 1) -> list[Entry]:
@@ -19,7 +18,7 @@ def test_memory_storage_append_truncates_conflicting_suffix():
     st.append(ents(1, 1, 2, 2))
     assert (st.first_index(), st.last_index()) == (1, 4)
     st.append([Entry(3, 3), Entry(3, 4), Entry(3, 5)])
-    assert [st.term(i) for i in range(0, 6)] == [0, 1, 1, 3, 3, 3]
+    assert [st.term(i) for i in range(6)] == [0, 1, 1, 3, 3, 3]
     with pytest.raises(UnavailableError, match="missing log entry"):
         st.append([Entry(3, 9)])
 

@@ -1,10 +1,9 @@
 """Leadership transfer and ReadIndex (safe mode)."""
 
 import pytest
-from raft_helpers import MT, Cluster, make_leader, msg, new_raft, persist, read_messages
-
 from etcdstore.raft.errors import ProposalDropped, ReadIndexDropped
 from etcdstore.raft.records import Entry, ReadState, Role
+from raft_helpers import MT, Cluster, make_leader, msg, new_raft, persist, read_messages
 
 
 # -- leadership transfer -----------------------------------------------------------------------------

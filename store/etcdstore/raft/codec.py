@@ -160,7 +160,7 @@ def _get_entries(r: _Reader) -> list[Entry]:
         raise CodecError(f"entry count {count} exceeds the remaining {len(r.buf) - r.pos} bytes")
     buf, pos, unpack_from, size = r.buf, r.pos, _ENTRY.unpack_from, _ENTRY.size
     end = len(buf)
-    out = []
+    out: list[Entry] = []
     append = out.append
     types = _ENTRY_TYPE_BY_VALUE
     ntypes = len(types)

@@ -17,7 +17,7 @@ from etcdstore.raft.storage import Storage, payload_size, slice_within
 class Unstable:
     """Entries not yet durable, from index `offset`, optionally preceded by a snapshot."""
 
-    __slots__ = ("snapshot", "entries", "offset")
+    __slots__ = ("entries", "offset", "snapshot")
 
     def __init__(self, offset: int) -> None:
         self.snapshot: Snapshot | None = None
@@ -81,7 +81,7 @@ class Unstable:
 
 
 class RaftLog:
-    __slots__ = ("storage", "unstable", "committed", "applied", "max_next_ents_size")
+    __slots__ = ("applied", "committed", "max_next_ents_size", "storage", "unstable")
 
     def __init__(self, storage: Storage, max_next_ents_size: int | None) -> None:
         self.storage = storage

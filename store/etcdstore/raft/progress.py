@@ -60,8 +60,16 @@ class Inflights:
 
 
 class Progress:
-    __slots__ = ("match", "next", "state", "pending_snapshot", "recent_active", "probe_sent", "inflights",
-                 "is_learner")
+    __slots__ = (
+        "inflights",
+        "is_learner",
+        "match",
+        "next",
+        "pending_snapshot",
+        "probe_sent",
+        "recent_active",
+        "state",
+    )
 
     def __init__(self, next_index: int, max_inflight: int, is_learner: bool = False, match: int = 0) -> None:
         self.match = match
@@ -104,8 +112,7 @@ class Progress:
             self.match = n
             self.probe_sent = False
             updated = True
-        if self.next < n + 1:
-            self.next = n + 1
+        self.next = max(self.next, n + 1)
         return updated
 
     def maybe_decr_to(self, rejected: int, match_hint: int) -> bool:
@@ -143,7 +150,7 @@ class Progress:
 class ProgressTracker:
     """Membership plus per-member progress and votes."""
 
-    __slots__ = ("voters", "learners", "progress", "votes", "max_inflight")
+    __slots__ = ("learners", "max_inflight", "progress", "voters", "votes")
 
     def __init__(self, max_inflight: int) -> None:
         self.voters: set[int] = set()
@@ -153,7 +160,7 @@ class ProgressTracker:
         self.max_inflight = max_inflight
 
     def conf_state(self) -> ConfState:
-        return ConfState(self.voters, self.learners)
+        return ConfState(sorted(self.voters), sorted(self.learners))
 
     def quorum(self) -> int:
         return len(self.voters) // 2 + 1

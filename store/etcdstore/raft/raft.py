@@ -219,7 +219,7 @@ class Raft:
             return True
         return self._send_snapshot(to, pr)
 
-    def _send_snapshot(self, to: int, pr) -> bool:  # noqa: ANN001 - Progress
+    def _send_snapshot(self, to: int, pr) -> bool:
         if not pr.recent_active:
             return False  # do not ship a snapshot to a peer that may be down
         try:
@@ -469,10 +469,13 @@ class Raft:
                 self.become_follower(term, NONE)
         elif term < self.term:
             t = m.type
-            if (self.check_quorum or self.pre_vote) and (t == HEARTBEAT or t == APP):
+            if t == HEARTBEAT or t == APP:
                 # A leader of an older term is still around (we may have advanced our term
-                # while partitioned). Tell it our term so it steps down; with CheckQuorum or
-                # PreVote this is the only way our higher term becomes known.
+                # while partitioned). Tell it our term so it steps down, as the Raft paper's
+                # AppendEntries reply does. etcd answers only with CheckQuorum or PreVote,
+                # relying otherwise on our own vote requests to spread the term; but a node
+                # that cannot campaign (it believes it was removed, yet a stale leader
+                # re-added it) would then leave that leader stuck forever.
                 self.send(Message(APP_RESP, m.frm))
             elif t == PRE_VOTE:
                 # Answer, or a lagging pre-candidate could wait forever for responses.
@@ -576,7 +579,7 @@ class Raft:
             if pid != me:
                 p.recent_active = False
 
-    def _handle_append_response(self, m: Message, pr) -> None:  # noqa: ANN001 - Progress
+    def _handle_append_response(self, m: Message, pr) -> None:
         pr.recent_active = True
         log = self.log
         if m.reject:
@@ -613,7 +616,7 @@ class Raft:
         if frm == self.lead_transferee and pr.match == log.last_index():
             self.send(Message(TIMEOUT_NOW, frm))
 
-    def _handle_heartbeat_response(self, m: Message, pr) -> None:  # noqa: ANN001 - Progress
+    def _handle_heartbeat_response(self, m: Message, pr) -> None:
         pr.recent_active = True
         pr.probe_sent = False
         if pr.state == REPLICATE and pr.inflights.full():

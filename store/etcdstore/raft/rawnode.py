@@ -71,15 +71,15 @@ class Ready:
     """One batch of work for the host; fields listed in the order they must be handled."""
 
     __slots__ = (
+        "can_send_early",
+        "committed_entries",
         "entries",
         "hard_state",
-        "snapshot",
         "messages",
-        "committed_entries",
-        "read_states",
-        "soft_state",
         "must_sync",
-        "can_send_early",
+        "read_states",
+        "snapshot",
+        "soft_state",
     )
 
     def __init__(
@@ -151,7 +151,7 @@ class Status:
 
 
 class RawNode:
-    __slots__ = ("raft", "_prev_soft", "_prev_hard", "_outstanding")
+    __slots__ = ("_outstanding", "_prev_hard", "_prev_soft", "raft")
 
     def __init__(self, config: Config, storage: Storage) -> None:
         """Start (or restart) a node from whatever `storage` holds."""

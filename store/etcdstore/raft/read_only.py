@@ -11,7 +11,7 @@ from etcdstore.raft.records import Message
 
 
 class ReadIndexStatus:
-    __slots__ = ("request", "index", "acks")
+    __slots__ = ("acks", "index", "request")
 
     def __init__(self, request: Message, index: int) -> None:
         self.request = request

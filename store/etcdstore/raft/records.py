@@ -73,7 +73,7 @@ NONE: Final = 0  # "no node": no leader known, no vote cast
 
 
 class Entry:
-    __slots__ = ("term", "index", "type", "data")
+    __slots__ = ("data", "index", "term", "type")
 
     def __init__(self, term: int = 0, index: int = 0, type: int = EntryType.NORMAL, data: bytes = b"") -> None:
         self.term = term
@@ -100,7 +100,7 @@ class Entry:
 class HardState:
     """What must be durable before any message that depends on it leaves the node."""
 
-    __slots__ = ("term", "vote", "commit")
+    __slots__ = ("commit", "term", "vote")
 
     def __init__(self, term: int = 0, vote: int = NONE, commit: int = 0) -> None:
         self.term = term
@@ -127,7 +127,7 @@ class HardState:
 class ConfState:
     """Membership: voters and learners (disjoint), each a sorted tuple of node ids."""
 
-    __slots__ = ("voters", "learners")
+    __slots__ = ("learners", "voters")
 
     def __init__(self, voters: tuple[int, ...] | list[int] = (), learners: tuple[int, ...] | list[int] = ()) -> None:
         self.voters = tuple(sorted(voters))
@@ -143,7 +143,7 @@ class ConfState:
 
 
 class SnapshotMetadata:
-    __slots__ = ("index", "term", "conf_state")
+    __slots__ = ("conf_state", "index", "term")
 
     def __init__(self, index: int = 0, term: int = 0, conf_state: ConfState | None = None) -> None:
         self.index = index
@@ -167,7 +167,7 @@ class SnapshotMetadata:
 class Snapshot:
     """A state-machine image at `metadata.index`; `data` is opaque to Raft."""
 
-    __slots__ = ("metadata", "data")
+    __slots__ = ("data", "metadata")
 
     def __init__(self, metadata: SnapshotMetadata | None = None, data: bytes = b"") -> None:
         self.metadata = metadata if metadata is not None else SnapshotMetadata()
@@ -188,7 +188,7 @@ class Snapshot:
 class ConfChange:
     """A single-step membership change. `context` is opaque to Raft (etcd puts the member there)."""
 
-    __slots__ = ("type", "node_id", "context")
+    __slots__ = ("context", "node_id", "type")
 
     def __init__(self, type: int, node_id: int, context: bytes = b"") -> None:
         self.type = type
@@ -249,18 +249,18 @@ class Message:
     """One Raft message. `term` 0 marks a local message (or a forwarded proposal/read)."""
 
     __slots__ = (
-        "type",
-        "to",
-        "frm",
-        "term",
-        "log_term",
-        "index",
-        "entries",
         "commit",
+        "context",
+        "entries",
+        "frm",
+        "index",
+        "log_term",
         "reject",
         "reject_hint",
         "snapshot",
-        "context",
+        "term",
+        "to",
+        "type",
     )
 
     def __init__(
