@@ -88,3 +88,6 @@ def setup(level: str = "info", stream: Any = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(_LEVELS[level])
+    # Libraries' own debug output (gRPC's event-loop notices) is noise in a member's log.
+    for noisy in ("grpc", "asyncio", "aiohttp"):
+        logging.getLogger(noisy).setLevel(max(_LEVELS[level], logging.INFO))

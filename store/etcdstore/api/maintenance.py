@@ -44,7 +44,7 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
         s = self.s
         gate(s, context)
         s.authorize_admin(context)
-        h, compact_rev, hash_rev = s.kv.hash_kv(request.revision)
+        h, compact_rev, hash_rev = await s.kv.hash_kv_async(request.revision)
         return rpc_pb2.HashKVResponse(header=s.header(), hash=h, compact_revision=compact_rev, hash_revision=hash_rev)
 
     @unary

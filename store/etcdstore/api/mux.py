@@ -44,7 +44,10 @@ class _Pump(asyncio.Protocol):
         transport.set_write_buffer_limits(high=_HIGH_WATER)  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:
-        self.peer.write(data)  # type: ignore[union-attr]
+        peer = self.peer
+        if peer is None or peer.is_closing():
+            return  # the other side is gone; connection_lost closes this one too
+        peer.write(data)
 
     def eof_received(self) -> bool:
         if self.peer is not None and self.peer.can_write_eof():
@@ -75,6 +78,7 @@ class _Sniffer(asyncio.Protocol):
         self.buf = b""
         self.transport: asyncio.Transport | None = None
         self.decided = False
+        self.lost = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -95,7 +99,7 @@ class _Sniffer(asyncio.Protocol):
             self._to_http()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        pass
+        self.lost = True  # the client left while we were still deciding or dialling
 
     def _to_http(self) -> None:
         transport = self.transport
@@ -116,6 +120,9 @@ class _Sniffer(asyncio.Protocol):
             log.warning("client port: gRPC listener unreachable: %s", e)
             front.close()
             return
+        if self.lost or front.is_closing():
+            back.close()
+            return
         identity = self.mux.pending_identity(front)
         local_port = back.get_extra_info("sockname")[1]
         if identity is not None:
@@ -128,9 +135,6 @@ class _Sniffer(asyncio.Protocol):
         front_proto.transport = front
         front.set_write_buffer_limits(high=_HIGH_WATER)
         front.set_protocol(front_proto)
-        if front.is_closing():
-            back.close()
-            return
         if self.buf:
             back.write(self.buf)
             self.buf = b""

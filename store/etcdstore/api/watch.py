@@ -71,7 +71,7 @@ class _Session:
                                       raft_term=s.term)
 
     def control(self, resp: rpc_pb2.WatchResponse) -> None:
-        self.ws._put(resp)  # type: ignore[arg-type]  # in order with the events already buffered
+        self.ws.put_control(resp)  # in order with the events already buffered
 
     async def read(self, requests: AsyncIterator[rpc_pb2.WatchRequest]) -> None:
         try:

@@ -119,6 +119,7 @@ class EtcdServer:
         self._received_snapshots: dict[int, str] = {}
         self.metrics_hook: Callable[[str, float], None] | None = None
         self._size_sampled_at = 0.0
+        self._leader_elected_at = 0.0
         self._db_size = 0
         self._nospace_raising = False
 
@@ -311,11 +312,12 @@ class EtcdServer:
         fut = self._waiters.register(req_id)
         self._proposals.append(data)
         self._kick()
+        start = time.monotonic()
         try:
             result = await asyncio.wait_for(fut, timeout or self.request_timeout)
         except asyncio.TimeoutError:
             self._waiters.forget(req_id)
-            raise (errors.TIMEOUT_DUE_TO_LEADER_FAIL if self.leader_id == 0 else errors.TIMEOUT) from None
+            raise self._timeout_error(start) from None
         if isinstance(result, errors.EtcdError):
             raise result
         return result
@@ -325,14 +327,32 @@ class EtcdServer:
         fut = self._waiters.register(req_id)
         self._conf_proposals.append(ConfChange(cc_type, member.id, _conf_context(req_id, member)))
         self._kick()
+        start = time.monotonic()
         try:
             result = await asyncio.wait_for(fut, timeout or self.request_timeout)
         except asyncio.TimeoutError:
             self._waiters.forget(req_id)
-            raise errors.TIMEOUT from None
+            raise self._timeout_error(start) from None
         if isinstance(result, errors.EtcdError):
             raise result
         return result
+
+    def _timeout_error(self, start: float) -> errors.EtcdError:
+        """Which "timed out" etcd would report for a proposal made at `start` (its parseProposeCtxErr)."""
+        elected = self._leader_elected_at
+        if elected - 2 * self.cfg.election_timeout_ms / 1000.0 < start < elected:
+            return errors.TIMEOUT_DUE_TO_LEADER_FAIL
+        leader = self.leader_id
+        if leader == 0 or self.transport is None:
+            return errors.TIMEOUT
+        if leader == self.member_id:
+            voters = [v for v in self.membership.voters() if v != self.member_id]
+            connected = sum(1 for v in voters if 0 < self.transport.active_since(v) <= start)
+            if connected + 1 < len(self.membership.voters()) // 2 + 1:
+                return errors.TIMEOUT_DUE_TO_CONNECTION_LOST
+        elif not 0 < self.transport.active_since(leader) <= start:
+            return errors.TIMEOUT_DUE_TO_CONNECTION_LOST
+        return errors.TIMEOUT
 
     async def read_index(self, timeout: float | None = None) -> None:
         """Linearizable read barrier: returns once this member has applied everything committed
@@ -494,6 +514,7 @@ class EtcdServer:
         if ss.leader != self.leader_id:
             if ss.leader != 0:
                 self.leader_changes += 1
+                self._leader_elected_at = time.monotonic()
             log.info("leader changed", leader=f"{ss.leader:x}", member_id=f"{self.member_id:x}")
         self.leader_id = ss.leader
         self.role = ss.role
@@ -614,6 +635,9 @@ class EtcdServer:
         if self.applied_index - self._snapshot_index < self.cfg.snapshot_count:
             return
         index = self.applied_index
+        if index <= self.raft_storage.snapshot().metadata.index:
+            self._snapshot_index = self.raft_storage.snapshot().metadata.index
+            return
         self.raft_storage.create_snapshot(index, self.applied_term)
         compact_to = index - self.cfg.snapshot_catchup_entries
         if compact_to > self.raft_storage.first_index():
@@ -641,6 +665,7 @@ class EtcdServer:
             _unlink(stale)
         self._received_snapshots.clear()
         self._load_state_machine(path)
+        self._snapshot_index = snap.metadata.index
         log.info("installed snapshot from leader", index=self.applied_index, revision=self.kv.current_revision)
 
     def _resume_snapshot_install(self) -> None:

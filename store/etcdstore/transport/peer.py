@@ -57,8 +57,11 @@ _GRPC_OPTIONS = [
     ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
+    # Redial a peer quickly (etcd retries every 100 ms): a member that just started must hear
+    # the votes and appends meant for it at once, not after a long backoff.
+    ("grpc.initial_reconnect_backoff_ms", 50),
+    ("grpc.min_reconnect_backoff_ms", 50),
+    ("grpc.max_reconnect_backoff_ms", 250),
 ]
 # The peer server must accept the senders' keepalive pings on idle streams (a follower's
 # streams to non-leaders carry nothing for long stretches); gRPC's default policy answers
@@ -68,6 +71,10 @@ _SERVER_OPTIONS = _GRPC_OPTIONS + [
     ("grpc.http2.max_ping_strikes", 0),
 ]
 CLUSTER_MISMATCH = "cluster ID mismatch"
+# Traced at debug level: elections are where timing problems show.
+_ELECTION_MESSAGES = frozenset({MessageType.VOTE, MessageType.VOTE_RESP, MessageType.PRE_VOTE,
+                                MessageType.PRE_VOTE_RESP, MessageType.TIMEOUT_NOW, MessageType.READ_INDEX,
+                                MessageType.READ_INDEX_RESP})
 MEMBER_REMOVED = "member removed"
 
 
@@ -103,6 +110,46 @@ def _target(url: str) -> str:
     return url.split("://", 1)[-1].rstrip("/")
 
 
+class _Frames:
+    """The request stream of one Raft call: batches of queued messages, as they come.
+
+    One per call, retired when its call ends: gRPC consumes a request iterator in a task of
+    its own that can outlive a failed call, and a stale consumer must not take messages off
+    the queue (they would go into a dead call and be lost). A plain async iterator rather than
+    a generator, so that cancelling gRPC's task never races a generator's aclose().
+    """
+
+    __slots__ = ("peer", "generation")
+
+    def __init__(self, peer: _Peer) -> None:
+        self.peer = peer
+        self.generation = peer.generation
+
+    def __aiter__(self) -> _Frames:
+        return self
+
+    async def __anext__(self) -> bytes:
+        p = self.peer
+        while True:
+            if self.generation != p.generation:
+                raise StopAsyncIteration
+            if not p.queue:
+                p.wake.clear()
+                await p.wake.wait()
+                continue
+            batch: list[Message] = []
+            size = 0
+            while p.queue and size < MAX_FRAME_BYTES:
+                m = p.queue.popleft()
+                if m.type == MessageType.SNAP:
+                    p.t.start_snapshot(p, m)
+                    continue
+                batch.append(m)
+                size += 64 + sum(len(e.data) for e in m.entries)
+            if batch:
+                return encode_frame(batch)
+
+
 class _Peer:
     """One remote member: its URLs, an outbound queue and the task that drains it."""
 
@@ -115,6 +162,7 @@ class _Peer:
         self.channel: grpc.aio.Channel | None = None
         self.channel_url = ""
         self.active_since = 0.0  # monotonic time the current stream started (0: down)
+        self.generation = 0  # bumped when a call ends: retires its request iterator
         self.task = asyncio.get_running_loop().create_task(self._run(), name=f"peer-{peer_id:x}")
         self.dropped = 0
 
@@ -144,22 +192,8 @@ class _Peer:
             ch, self.channel = self.channel, None
             asyncio.get_running_loop().create_task(ch.close())
 
-    async def _frames(self) -> AsyncIterator[bytes]:
-        while True:
-            if not self.queue:
-                self.wake.clear()
-                await self.wake.wait()
-            batch: list[Message] = []
-            size = 0
-            while self.queue and size < MAX_FRAME_BYTES:
-                m = self.queue.popleft()
-                if m.type == MessageType.SNAP:
-                    self.t.start_snapshot(self, m)
-                    continue
-                batch.append(m)
-                size += 64 + sum(len(e.data) for e in m.entries)
-            if batch:
-                yield encode_frame(batch)
+    def frames(self) -> _Frames:
+        return _Frames(self)
 
     async def _run(self) -> None:
         backoff = 0.05
@@ -169,7 +203,7 @@ class _Peer:
                     f"/{SERVICE}/Raft", request_serializer=_ident, response_deserializer=_ident
                 )
                 self.active_since = time.monotonic()
-                await call(self._frames(), metadata=self.t.metadata())
+                await call(self.frames(), metadata=self.t.metadata())
                 backoff = 0.05
             except asyncio.CancelledError:
                 raise
@@ -182,9 +216,12 @@ class _Peer:
             except Exception as e:  # never let one peer's failure kill the member
                 self.active_since = 0.0
                 log.warn("peer sender failed", peer=f"{self.id:x}", exc_info=e)
+            finally:
+                self.generation += 1
+                self.wake.set()  # let the retired iterator's consumer see it is done
             self.t.server.report_unreachable(self.id)
             await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 1.0)
+            backoff = min(backoff * 2, 0.25)
 
     async def close(self) -> None:
         self.task.cancel()
@@ -284,7 +321,10 @@ class PeerTransport:
 
     def send(self, msgs: list[Message]) -> None:
         peers = self.peers
+        trace = log.enabled("debug")
         for m in msgs:
+            if trace and m.type in _ELECTION_MESSAGES:
+                log.debug("raft send", raft_message=repr(m))
             peer = peers.get(m.to)
             if peer is None:
                 self.server.report_unreachable(m.to)
@@ -362,6 +402,7 @@ class PeerTransport:
                           remote=dict(context.invocation_metadata() or ()).get("cluster-id", ""))
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, refusal)
         step = self.server.step
+        trace = log.enabled("debug")
         async for frame in request_iterator:
             try:
                 msgs = decode_frame(frame)
@@ -369,6 +410,8 @@ class PeerTransport:
                 log.warn("dropping undecodable peer frame", peer=f"{frm:x}", error=str(e))
                 continue
             for m in msgs:
+                if trace and m.type in _ELECTION_MESSAGES:
+                    log.debug("raft recv", raft_message=repr(m))
                 step(m)
         return b""
 
