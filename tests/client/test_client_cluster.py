@@ -208,3 +208,26 @@ async def test_require_leader_fails_fast_without_quorum(etcd3) -> None:
             await asyncio.sleep(0.2)
         else:
             pytest.fail("never saw etcdserver: no leader")
+
+
+async def test_keepalive_survives_losing_its_member(etcd3) -> None:
+    async with Client(etcd3.endpoints, timeout=10) as c:
+        g = await c.lease_grant(5)
+        keeper = await c.lease_keepalive(g.ID)
+        etcd3.members[0].kill()  # the keeper's stream was on m0
+        await asyncio.sleep(8)  # longer than the TTL: only a reopened stream keeps it alive
+        assert keeper.alive and keeper.error is None
+        assert c.endpoints[0] != etcd3.endpoints[0]  # it moved on to another member
+        ttl = await c.lease_time_to_live(g.ID)
+        assert ttl.TTL > 0
+        await keeper.close()
+
+
+async def test_require_leader_watch_is_canceled_without_leader(etcd3) -> None:
+    async with Client(etcd3.endpoints[:1], timeout=5, require_leader=True) as c:
+        w = await c.watch("k")
+        etcd3.members[1].kill()
+        etcd3.members[2].kill()
+        with pytest.raises(EtcdError) as e:
+            await asyncio.wait_for(w.__anext__(), 20)
+        assert e.value == errors.NO_LEADER
