@@ -9,6 +9,8 @@ Raw gRPC calls cover what etcdctl cannot send: unknown and expired tokens, refus
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -23,6 +25,7 @@ pytestmark = [pytest.mark.etcd, pytest.mark.skipif(not have_etcd(), reason="need
 ROOT = ("--user", "root:rootpw")
 ALICE = ("--user", "alice", "--password", "apw")
 FLAGS = ["--bcrypt-cost", "4"]
+SNAPSHOT_FILE = os.path.join(tempfile.gettempdir(), f"auth-diff-{os.getpid()}.db")  # refused: never written
 
 SESSION: list[Step] = [
     # --- set-up, auth still off ---
@@ -115,6 +118,7 @@ SESSION: list[Step] = [
     step("auth", "disable", *ALICE),
     step("defrag", *ALICE),
     step("endpoint", "hashkv", *ALICE),
+    step("snapshot", "save", SNAPSHOT_FILE, *ALICE),
     step("compaction", "2", *ALICE),
     step("alarm", "list", *ALICE),
     # --- root manages; changes take effect at once ---
@@ -243,7 +247,6 @@ def _shape(x: object) -> object:
 
 if __name__ == "__main__":  # print etcd's side of the session (for reading what it covers)
     import sys
-    import tempfile
 
     with Cluster.start(Path(tempfile.mkdtemp()), 1, binary=sys.argv[1] if len(sys.argv) > 1 else "etcd",
                        extra_args=FLAGS) as c:

@@ -21,8 +21,10 @@ from etcdstore.config import ConfigError
 
 _LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _PREFIX_LEN = 16
-# etcd sweeps expired simple tokens once a second; we sweep lazily at most this often.
+# etcd sweeps expired simple tokens once a second; we sweep lazily at most this often, and
+# extend a token's life on use at this granularity too.
 _SWEEP_EVERY = 1.0
+_RESOLUTION = 1.0
 
 # auth: errors etcd reports at start-up for a bad --auth-token (etcdserver refuses to start).
 INVALID_AUTH_OPTS = "auth: invalid auth options"
@@ -63,6 +65,7 @@ class SimpleTokens:
 
     def __init__(self, ttl_seconds: float) -> None:
         self.ttl = ttl_seconds if ttl_seconds > 0 else 300.0
+        self._slack = min(_RESOLUTION, self.ttl / 4)
         self._users: dict[str, str] = {}  # token -> user
         self._deadline: dict[str, float] = {}  # token -> monotonic expiry
         self._enabled = False
@@ -86,11 +89,13 @@ class SimpleTokens:
         if user is None:
             return None
         now = time.monotonic()
-        if now > self._deadline[token]:
+        deadline = self._deadline[token]
+        if now > deadline:
             del self._users[token]
             del self._deadline[token]
             return None
-        self._deadline[token] = now + self.ttl  # each use extends the token's life
+        if deadline - now < self.ttl - self._slack:
+            self._deadline[token] = now + self.ttl  # each use extends the token's life
         # A simple token carries no revision: it is checked against the store as it is now.
         return AuthInfo(user, revision)
 
