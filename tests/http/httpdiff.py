@@ -132,7 +132,7 @@ async def fetch(session: aiohttp.ClientSession, method: str, url: str, **kw: Any
         return Reply(r.status, r.content_type, dict(r.headers), text, body, lines)
 
 
-HEADERS_COMPARED = ("X-Etcd-Index", "X-Raft-Index", "X-Raft-Term", "X-Etcd-Cluster-Id", "Allow",
+HEADERS_COMPARED = ("Content-Type", "X-Etcd-Index", "X-Raft-Index", "X-Raft-Term", "X-Etcd-Cluster-Id", "Allow",
                     "Access-Control-Allow-Origin", "Grpc-Metadata-Content-Type", "Location")
 
 

@@ -73,7 +73,8 @@ BAD_BODIES = [
     '{"key":"Zm9v","sort_order":true}', '{"key":"Zm9v","sort_order":7}', '{"key":"Zm9v","sort_order":"7"}',
     '{"key":"Zm9v","sort_order":"NOPE"}', '{"Key":"Zm9v"}', '{"key":"Zm9v","bogus":{"deep":[1,2]}}',
     '{"key":"Zm9v","range_end":null}', '{"key":"Zm9v","key":"YQ=="}', "\ufeff{}", '{"key":"\\u0041\\u00"}',
-    '{"key":"Zm9v","limit":-1}', '{"key":"Zm9v","revision":"-5"}',
+    '{"key":"Zm9v","limit":-1}', '{"key":"Zm9v","revision":"-5"}', "[" * 10000, "[" * 10001,
+    '{"key":"\xe9t\xe9"}', '{"key":"Zm9v","range_end":"\u00ff"}',
 ]
 
 

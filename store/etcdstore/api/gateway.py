@@ -316,6 +316,7 @@ def message_to_dict(msg: Message) -> dict[str, Any]:
 # -- HTTP side ------------------------------------------------------------------------------------------
 
 _JSON = "application/json"
+_UNARY_HEADERS = {"Content-Type": _JSON, "Grpc-Metadata-Content-Type": "application/grpc"}
 
 
 def _grpc_error_body(code: grpc.StatusCode, message: str) -> tuple[int, str]:
@@ -336,7 +337,7 @@ def _go_message(code: grpc.StatusCode, message: str) -> str:
 
 def error_response(code: grpc.StatusCode, message: str) -> web.Response:
     status, body = _grpc_error_body(code, message)
-    return web.Response(status=status, text=body, content_type=_JSON)
+    return web.Response(status=status, body=body.encode(), headers={"Content-Type": _JSON})
 
 
 def _stream_error_chunk(code: grpc.StatusCode, message: str) -> tuple[int, bytes]:
@@ -479,8 +480,7 @@ class Gateway:
             resp = await self._call(route)(msg, metadata=md, timeout=timeout)
         except grpc.aio.AioRpcError as e:
             return error_response(e.code(), e.details() or "")
-        return web.Response(text=dumps(message_to_dict(resp)), content_type=_JSON,
-                            headers={"Grpc-Metadata-Content-Type": "application/grpc"})
+        return web.Response(body=dumps(message_to_dict(resp)).encode(), headers=_UNARY_HEADERS)
 
     async def _bidi(self, request: web.Request, route: Route, md: list, deadline: float | None) -> web.StreamResponse:
         """Watch and LeaseKeepAlive: the body is a stream of JSON requests sent as they arrive."""

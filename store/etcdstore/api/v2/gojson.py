@@ -49,6 +49,8 @@ def _no_constants(name: str) -> Any:
 _decoder = json.JSONDecoder(parse_float=GoNumber, parse_constant=_no_constants)
 _WS = " \t\n\r"
 
+_TOO_DEEP = "exceeded max depth"
+_MAX_DEPTH = 10000  # Go's maxNestingDepth
 EOF_STREAM = "unexpected EOF"  # json.Decoder on a truncated stream
 EOF_WHOLE = "unexpected end of JSON input"  # json.Unmarshal on truncated input
 
@@ -66,21 +68,22 @@ def decode_one(text: str, pos: int = 0) -> tuple[Any, int]:
         raise EOFError
     try:
         return _decoder.raw_decode(text, pos)
-    except ValueError:
+    except (ValueError, RecursionError):
         pass
+    # Deeper than Python's recursion allows yet valid for Go: rare enough to refuse.
     msg = scan_error(text, pos, whole=False)
-    raise GoJSONError(msg or "invalid JSON")
+    raise GoJSONError(msg or _TOO_DEEP)
 
 
 def decode_whole(text: str) -> Any:
     """`text` as exactly one JSON value, as Go's json.Unmarshal reads it."""
     try:
         value, end = _decoder.raw_decode(text.lstrip(_WS))
-    except ValueError:
+    except (ValueError, RecursionError):
         value, end = None, -1
     if end >= 0 and not text.lstrip(_WS)[end:].strip(_WS):
         return value
-    raise GoJSONError(scan_error(text, 0, whole=True) or EOF_WHOLE)
+    raise GoJSONError(scan_error(text, 0, whole=True) or _TOO_DEEP)
 
 
 def kind_of(value: Any) -> str:
@@ -147,6 +150,8 @@ def scan_error(text: str, pos: int, whole: bool) -> str | None:
             if expect == _VALUE_OR_CLOSE and c == "]":
                 stack.pop()
                 i += 1
+            elif (c == "{" or c == "[") and len(stack) >= _MAX_DEPTH:
+                return f"invalid character {quote_char(c)} exceeded max depth"
             elif c == "{":
                 stack.append("o")
                 expect = _KEY_OR_CLOSE

@@ -204,15 +204,24 @@ def _not_allowed(methods: str) -> web.Response:
     return _go_text(405, "Method Not Allowed", {"Allow": methods})
 
 
+def json_response(doc: Any, status: int = 200, headers: dict[str, str] | None = None,
+                  newline: bool = False) -> web.Response:
+    """application/json exactly (no charset parameter, as etcd sends it)."""
+    h = {"Content-Type": "application/json"}
+    if headers:
+        h.update(headers)
+    body = dumps(doc) + ("\n" if newline else "")
+    return web.Response(status=status, body=body.encode(), headers=h)
+
+
 def _json(status: int, doc: Any, headers: dict[str, str]) -> web.Response:
     # Go's json.Encoder ends each document with a newline.
-    return web.Response(status=status, text=dumps(doc) + "\n", content_type="application/json", headers=headers)
+    return json_response(doc, status, headers, newline=True)
 
 
 def _http_error(status: int, message: str, headers: dict[str, str]) -> web.Response:
     # etcd's httptypes.HTTPError: {"message": ...} without a trailing newline.
-    return web.Response(status=status, text=dumps({"message": message}), content_type="application/json",
-                        headers=headers)
+    return json_response({"message": message}, status, headers)
 
 
 def _v2_error(e: V2Error, headers: dict[str, str]) -> web.Response:
@@ -231,6 +240,17 @@ class V2API:
         self.watcher = Watcher(server, self.store.stats)
         self.started = time.time_ns()
         self._leader_seen: tuple[int, int] = (0, 0)  # (leader ID, when this member first saw it)
+
+    def _note_leader(self) -> None:
+        leader = self.s.leader_id
+        if self._leader_seen[0] != leader:
+            self._leader_seen = (leader, time.time_ns())
+
+    async def track_leader(self) -> None:
+        """Notes when this member first saw each leader (/v2/stats/self reports its uptime)."""
+        while True:
+            self._note_leader()
+            await asyncio.sleep(0.1)
 
     def _cluster_header(self) -> dict[str, str]:
         return {"X-Etcd-Cluster-Id": f"{self.s.cluster_id:x}"}
@@ -350,7 +370,7 @@ class V2API:
                 return urls
             return await self._add_member(urls, hdr)
         if sub == "":
-            return _go_text(405, "Method Not Allowed")
+            return _go_text(405, "Method Not Allowed", hdr)
         try:
             mid = int(sub, 16)
             if not 0 <= mid < 1 << 64:
@@ -440,16 +460,14 @@ class V2API:
     async def stats_store(self, request: web.Request) -> web.StreamResponse:
         if request.method != "GET":
             return _not_allowed("GET")
-        return web.Response(text=dumps(self.store.stats.to_dict()), content_type="application/json")
+        return json_response(self.store.stats.to_dict())
 
     async def stats_self(self, request: web.Request) -> web.StreamResponse:
         if request.method != "GET":
             return _not_allowed("GET")
         s = self.s
-        leader = s.leader_id
-        if self._leader_seen[0] != leader:
-            self._leader_seen = (leader, time.time_ns())
-        since = self._leader_seen[1]
+        self._note_leader()
+        leader, since = self._leader_seen
         doc = {
             "name": s.cfg.name,
             "id": f"{s.member_id:x}",
@@ -461,7 +479,7 @@ class V2API:
             "recvAppendRequestCnt": 0,
             "sendAppendRequestCnt": 0,
         }
-        return web.Response(text=dumps(doc), content_type="application/json")
+        return json_response(doc)
 
     async def stats_leader(self, request: web.Request) -> web.StreamResponse:
         if request.method != "GET":
@@ -477,8 +495,7 @@ class V2API:
             }
             for mid in sorted(s.membership.members) if mid != s.member_id
         }
-        return web.Response(text=dumps({"leader": f"{s.member_id:x}", "followers": followers}),
-                            content_type="application/json")
+        return json_response({"leader": f"{s.member_id:x}", "followers": followers})
 
 
 _STATES = {Role.LEADER: "StateLeader", Role.FOLLOWER: "StateFollower", Role.CANDIDATE: "StateCandidate",
@@ -544,6 +561,17 @@ def add_v2_routes(app: web.Application, server: Any, enabled: bool) -> V2API | N
     app.router.add_route("*", "/v2/stats/store", api.stats_store)
     app.router.add_route("*", "/v2/stats/self", api.stats_self)
     app.router.add_route("*", "/v2/stats/leader", api.stats_leader)
+    tasks: list[asyncio.Task] = []
+
+    async def start(_: web.Application) -> None:
+        tasks.append(asyncio.get_running_loop().create_task(api.track_leader()))
+
+    async def stop(_: web.Application) -> None:
+        for t in tasks:
+            t.cancel()
+
+    app.on_startup.append(start)
+    app.on_cleanup.append(stop)
 
     async def not_found(request: web.Request) -> web.Response:
         return go_not_found()
