@@ -57,6 +57,7 @@ async def test_write_with_unknown_outcome_is_raised_not_retried(etcd3) -> None:
 
 async def test_write_to_refused_endpoint_moves_on(etcd3) -> None:
     etcd3.members[0].kill()
+    etcd3.wait_leader()  # m0 may have led: a write would wait out the election
     async with Client(etcd3.endpoints, timeout=5) as c:
         r = await c.put("x", "1")
         assert r.header.revision > 1
