@@ -119,9 +119,16 @@ async def reconcile_loop(body: kopf.Body, name: str, namespace: str, uid: str, s
         STATE.wakers.pop((namespace, name), None)
 
 
+_SEEN_GENERATION: dict[tuple[str, str], tuple[Any, Any]] = {}
+
+
 @kopf.on.event(crd.GROUP, crd.VERSION, crd.CLUSTER_PLURAL)
-def cluster_changed(name: str, namespace: str, **_: Any) -> None:
-    STATE.wake(namespace, name)
+def cluster_changed(name: str, namespace: str, meta: kopf.Meta, **_: Any) -> None:
+    """Wake the loop on spec changes and deletion, not on its own status writes (no feedback loop)."""
+    seen = (meta.get("generation"), meta.get("deletionTimestamp"))
+    if _SEEN_GENERATION.get((namespace, name)) != seen:
+        _SEEN_GENERATION[(namespace, name)] = seen
+        STATE.wake(namespace, name)
 
 
 @kopf.on.event("", "v1", "pods", labels=_MEMBER_LABELS)

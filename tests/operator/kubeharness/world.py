@@ -215,5 +215,11 @@ class World:
             members = st.get("members") or []
             good = (avail and prog and st.get("readyReplicas") == replicas and len(members) == replicas
                     and all(m.get("healthy") and not m.get("learner") for m in members))
-            return st if good else None
+            # The status can predate a pod restart: also require every member pod to be Ready now.
+            pods = self.pods(name, ns)
+            ready = len(pods) == replicas and all(
+                not p["metadata"].get("deletionTimestamp") and any(
+                    c.get("type") == "Ready" and c.get("status") == "True"
+                    for c in (p.get("status") or {}).get("conditions") or []) for p in pods.values())
+            return st if good and ready else None
         return await self.wait_for(f"{name} Available with {replicas} members", ok, timeout)

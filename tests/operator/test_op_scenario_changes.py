@@ -1,0 +1,115 @@
+"""Integration: TLS, rolling changes (followers first, leader last), refused version skips, pause."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from etcdstore.client import TLSConfig
+from etcdstore.errors import EtcdError
+
+pytestmark = pytest.mark.etcd
+
+
+def revisions(world, name: str) -> dict[str, str]:
+    return {n: p["metadata"]["labels"]["controller-revision-hash"] for n, p in world.pods(name).items()}
+
+
+def secret_files(world, secret: str, directory) -> dict[str, str]:
+    obj = world.api.get_object("v1/secrets", "default", secret)
+    paths = {}
+    for key, value in obj["data"].items():
+        path = directory / f"{secret}-{key}"
+        path.write_bytes(base64.b64decode(value))
+        paths[key] = str(path)
+    return paths
+
+
+def restarts_in_order(world, name: str) -> list[str]:
+    events = sorted(world.events(name), key=lambda e: e["metadata"]["name"])
+    return [e["message"] for e in events if e["reason"] in ("MemberRestarted", "LeaderMoved")]
+
+
+async def test_auto_tls_refuses_clients_without_certificates_and_rolls_new_certificates(world, tmp_path):
+    await world.operator.start()
+    await world.create_cluster("sec", {"replicas": 3, "tls": {"client": {"mode": "auto"}, "peer": {"mode": "auto"}}})
+    await world.wait_available("sec", 3)
+    client_files = secret_files(world, "sec-client-tls", tmp_path)
+    with_cert = TLSConfig(ca_file=client_files["ca.crt"], cert_file=client_files["tls.crt"],
+                          key_file=client_files["tls.key"])
+    async with world.client("sec", tls=with_cert) as c:
+        await c.put("secret", "s3cr3t")
+        members = (await c.member_list()).members
+        assert all(u.startswith("https://") for m in members for u in list(m.peerURLs) + list(m.clientURLs))
+    # a client with the CA but no certificate of its own is refused...
+    async with world.client("sec", tls=TLSConfig(ca_file=client_files["ca.crt"])) as c:
+        with pytest.raises(EtcdError):
+            await c.get("secret")
+    # ...and so is a plaintext client
+    async with world.client("sec") as c:
+        with pytest.raises(EtcdError):
+            await c.get("secret")
+
+    # new certificates (here: the server Secret is lost and re-issued) roll the members one at a time
+    before = revisions(world, "sec")
+    old_cert = world.api.get_object("v1/secrets", "default", "sec-server-tls")["data"]["tls.crt"]
+    await world.harness.delete("v1/secrets", "default", "sec-server-tls")
+    await world.wait_for("every member restarted on the new certificate",
+                         lambda: (r := revisions(world, "sec")) and len(r) == 3
+                         and all(r[p] != before[p] for p in before), timeout=120)
+    await world.wait_available("sec", 3)
+    assert world.api.get_object("v1/secrets", "default", "sec-server-tls")["data"]["tls.crt"] != old_cert
+    order = restarts_in_order(world, "sec")
+    restarted = [m for m in order if m.startswith("restarting")]
+    assert len(restarted) == 3
+    assert any(m.startswith("moved leadership") for m in order[:order.index(restarted[-1])]), order
+    async with world.client("sec", tls=with_cert) as c:
+        assert (await c.get("secret")).kvs[0].value == b"s3cr3t"
+
+
+async def test_rolling_option_change_refused_version_skip_and_pause(world):
+    await world.operator.start()
+    await world.create_cluster("roll", {"replicas": 3})
+    await world.wait_available("roll", 3)
+    async with world.client("roll") as c:
+        await c.put("a", "1")
+    ids = {m["name"]: m["id"] for m in world.status("roll")["members"]}
+
+    # an option change restarts followers first, then the leader after moving leadership away
+    leader_before = world.status("roll")["leader"]
+    before = revisions(world, "roll")
+    await world.patch_spec("roll", {"options": {"snapshotCount": 5000}})
+    await world.wait_for("all members restarted with the new flags",
+                         lambda: (r := revisions(world, "roll")) and len(r) == 3
+                         and all(r[p] != before[p] for p in before), timeout=120)
+    await world.wait_available("roll", 3)
+    order = restarts_in_order(world, "roll")
+    restarted = [m.split()[1] for m in order if m.startswith("restarting")]
+    assert len(restarted) == 3 and restarted[-1] == leader_before, order
+    assert any(m.startswith(f"moved leadership from {leader_before}") for m in order), order
+    assert {m["name"]: m["id"] for m in world.status("roll")["members"]} == ids
+    sts = world.api.get_object("apps/v1/statefulsets", "default", "roll")
+    assert "--snapshot-count=5000" in sts["spec"]["template"]["spec"]["containers"][0]["args"]
+
+    # skipping a minor version is refused and reported; nothing restarts
+    template_before = sts["spec"]["template"]
+    revs = revisions(world, "roll")
+    await world.patch_spec("roll", {"version": "3.6.0"})
+    await world.wait_for("version skip refused", lambda: world.condition("roll", "Degraded").get("reason")
+                         == "VersionChangeRefused")
+    assert "3.4.23 -> 3.6.0" in world.condition("roll", "Degraded")["message"]
+    assert world.status("roll")["targetVersion"] == "3.4.23"
+    assert world.api.get_object("apps/v1/statefulsets", "default", "roll")["spec"]["template"] == template_before
+    assert revisions(world, "roll") == revs
+    await world.patch_spec("roll", {"version": "3.4.23"})
+    await world.wait_for("refusal cleared", lambda: world.condition("roll", "Degraded").get("status") == "False")
+
+    # paused: a scale change waits until unpaused
+    await world.patch_spec("roll", {"paused": True, "replicas": 1})
+    await world.wait_for("paused", lambda: world.status("roll").get("phase") == "Paused")
+    assert len(world.status("roll")["members"]) == 3
+    await world.patch_spec("roll", {"paused": False})
+    await world.wait_available("roll", 1)
+    async with world.client("roll") as c:
+        assert (await c.get("a")).kvs[0].value == b"1"
