@@ -18,8 +18,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from httpdiff import Differ  # noqa: E402
-from procs import Cluster, have_etcd  # noqa: E402
+from httpdiff import Differ
+from procs import Cluster, have_etcd
 
 
 def start(tmp: Path, binary: str, *extra: str, size: int = 1) -> Cluster:

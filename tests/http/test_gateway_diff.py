@@ -83,8 +83,9 @@ async def test_request_body_decoding(v3: Differ, body: str) -> None:
     await v3.same("POST", "/v3/kv/range", data=body.encode())
 
 
-@pytest.mark.parametrize("body", ['{"compare":5}', '{"compare":[5]}', '{"compare":[{"key":"YQ==","target":"VALUE",'
-                                  '"value":5}]}', '{"success":[{"request_put":{"key":"YQ==","lease":"x"}}]}',
+@pytest.mark.parametrize("body", ['{"compare":5}', '{"compare":[5]}',
+                                  '{"compare":[{"key":"YQ==","target":"VALUE","value":5}]}',
+                                  '{"success":[{"request_put":{"key":"YQ==","lease":"x"}}]}',
                                   '{"compare":[{"target":"BOGUS"}]}'])
 async def test_nested_body_decoding(v3: Differ, body: str) -> None:
     await v3.same("POST", "/v3/kv/txn", data=body.encode())
@@ -146,7 +147,7 @@ async def test_watch_stream(v3: Differ) -> None:
     for w in watches.values():
         w.close()
     # two watchers on one stream: each revision reaches each watcher in its own message
-    key = lambda d: (d["result"]["header"]["revision"], d["result"].get("watch_id", "0"))  # noqa: E731
+    key = lambda d: (d["result"]["header"]["revision"], d["result"].get("watch_id", "0"))
     v3.compare(_lines(sorted(events["ours"], key=key)), _lines(sorted(events["etcd"], key=key)), "events")
 
 
@@ -156,8 +157,8 @@ async def test_watch_history_progress_and_errors(v3: Differ) -> None:
     await v3.same("POST", "/v3/kv/put", json={"key": b64("h"), "value": b64("2")})
     streams = {}
     for who in ("ours", "etcd"):
-        body = ('{"create_request":{"key":"%s","start_revision":"%d"}}{"cancel_request":{"watch_id":"77"}}'
-                % (b64("h"), rev[who])).encode()
+        body = (f'{{"create_request":{{"key":"{b64("h")}","start_revision":"{rev[who]}"}}}}'
+                '{"cancel_request":{"watch_id":"77"}}').encode()
         streams[who] = await open_stream(v3.session, "POST", v3.urls[who] + "/v3/watch", data=body)
     got = {who: await read_lines(w, 2) for who, w in streams.items()}
     for w in streams.values():
@@ -272,7 +273,7 @@ async def test_auth_flow(v3: Differ) -> None:
     await v3.same("POST", "/v3/auth/authenticate", json={"name": "u1", "password": "p"})
     for st in v3.state.values():
         st["u1"] = st["last"].json["token"]
-    root = lambda st: {"Authorization": st["root"]}  # noqa: E731
+    root = lambda st: {"Authorization": st["root"]}
     await v3.same("POST", "/v3/kv/put", json={"key": b64("a1"), "value": b64("v")}, headers=root)
     await v3.same("POST", "/v3/kv/range", json={"key": b64("a1")}, headers=lambda st: {"Authorization": st["u1"]})
     await v3.same("POST", "/v3/kv/range", json={"key": b64("z")}, headers=lambda st: {"Authorization": st["u1"]})

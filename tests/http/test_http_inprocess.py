@@ -11,11 +11,10 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from httpdiff import fetch, open_stream, read_lines
-from procs import free_port
-
 from etcdstore.config import parse_args
 from etcdstore.server.main import Member
+from httpdiff import fetch, open_stream, read_lines
+from procs import free_port
 
 
 @pytest.fixture

@@ -24,18 +24,18 @@ GATEWAY_GUIDE = [
     """curl -L http://localhost:2379/v3/kv/put -X POST -d '{"key": "Zm9v", "value": "YmFy"}'""",
     """curl -L http://localhost:2379/v3/kv/range -X POST -d '{"key": "Zm9v"}'""",
     """curl -L http://localhost:2379/v3/kv/range -X POST -d '{"key": "Zm9v", "range_end": "Zm9w"}'""",
-    """curl -L http://localhost:2379/v3/kv/txn -X POST -d '{"compare":[{"target":"CREATE","key":"Zm9v","""
-    """"createRevision":"2"}],"success":[{"requestPut":{"key":"Zm9v","value":"YmFy"}}]}'""",
-    """curl -L http://localhost:2379/v3/kv/txn -X POST -d '{"compare":[{"version":"4","result":"EQUAL","""
-    """"target":"VERSION","key":"Zm9v"}],"success":[{"requestRange":{"key":"Zm9v"}}]}'""",
+    ("""curl -L http://localhost:2379/v3/kv/txn -X POST -d '{"compare":[{"target":"CREATE","key":"Zm9v","""
+     """"createRevision":"2"}],"success":[{"requestPut":{"key":"Zm9v","value":"YmFy"}}]}'"""),
+    ("""curl -L http://localhost:2379/v3/kv/txn -X POST -d '{"compare":[{"version":"4","result":"EQUAL","""
+     """"target":"VERSION","key":"Zm9v"}],"success":[{"requestRange":{"key":"Zm9v"}}]}'"""),
     """curl -L http://localhost:2379/v3/auth/user/add -X POST -d '{"name": "root", "password": "pass"}'""",
     """curl -L http://localhost:2379/v3/auth/role/add -X POST -d '{"name": "root"}'""",
     """curl -L http://localhost:2379/v3/auth/user/grant -X POST -d '{"user": "root", "role": "root"}'""",
     """curl -L http://localhost:2379/v3/auth/enable -X POST -d '{}'""",
     """curl -L http://localhost:2379/v3/auth/authenticate -X POST -d '{"name": "root", "password": "pass"}'""",
     # the guide's header has a space before the colon: both servers refuse that request line
-    """curl -s -o /dev/null -w '%{http_code}' -L http://localhost:2379/v3/kv/put """
-    """-H 'Authorization : sssvIpwfnLAcWAQH.9' -X POST -d '{"key": "Zm9v", "value": "YmFy"}'""",
+    ("""curl -s -o /dev/null -w '%{http_code}' -L http://localhost:2379/v3/kv/put """
+     """-H 'Authorization : sssvIpwfnLAcWAQH.9' -X POST -d '{"key": "Zm9v", "value": "YmFy"}'"""),
 ]
 
 
@@ -47,9 +47,9 @@ def run(cmd: str, base: str) -> str:
 def test_gateway_guide_examples(pair: dict[str, str]) -> None:
     labels = {who: Labels() for who in pair}
     # the guide's watch example, started first in the background
-    watchers = {who: subprocess.Popen(shlex.split(
-        """curl -N %s/v3/watch -X POST -d '{"create_request": {"key":"Zm9v"} }'""" % base),
-        stdout=subprocess.PIPE, text=True) for who, base in pair.items()}
+    watch = """curl -N http://localhost:2379/v3/watch -X POST -d '{"create_request": {"key":"Zm9v"} }'"""
+    watchers = {who: subprocess.Popen(shlex.split(watch.replace("http://localhost:2379", base)),
+                                      stdout=subprocess.PIPE, text=True) for who, base in pair.items()}
     try:
         time.sleep(0.5)
         for cmd in GATEWAY_GUIDE:
@@ -62,10 +62,11 @@ def test_gateway_guide_examples(pair: dict[str, str]) -> None:
             assert "error" not in docs["ours"], (cmd, out["ours"])
         token = {who: json.loads(run(GATEWAY_GUIDE[-2], base))["token"] for who, base in pair.items()}
         for who, base in pair.items():
-            put = """curl -L %s/v3/kv/put -H 'Authorization: %s' -X POST -d '{"key": "Zm9v", "value": "YmFy"}'"""
-            assert "header" in json.loads(run(put % (base, token[who]), base))
-            off = """curl -L %s/v3/auth/disable -H 'Authorization: %s' -X POST -d '{}'"""
-            assert "header" in json.loads(run(off % (base, token[who]), base))
+            put = ("curl -L http://localhost:2379/v3/kv/put -H 'Authorization: TOKEN' -X POST "
+                   """-d '{"key": "Zm9v", "value": "YmFy"}'""")
+            assert "header" in json.loads(run(put.replace("TOKEN", token[who]), base))
+            off = "curl -L http://localhost:2379/v3/auth/disable -H 'Authorization: TOKEN' -X POST -d '{}'"
+            assert "header" in json.loads(run(off.replace("TOKEN", token[who]), base))
     finally:
         for w in watchers.values():
             w.terminate()

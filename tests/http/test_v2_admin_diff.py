@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -49,7 +50,7 @@ async def test_member_requests_refused(v2: Differ) -> None:
     # a peer URL already in use
     for who, st in v2.state.items():
         st["peer"] = (await v2.one(who, "GET", "/v2/members")).json["members"][0]["peerURLs"][0]
-    await v2.same("POST", "/v2/members", data=lambda st: '{"peerURLs":["%s"]}' % st["peer"], headers=JSON)
+    await v2.same("POST", "/v2/members", data=lambda st: json.dumps({"peerURLs": [st["peer"]]}), headers=JSON)
     await v2.same("DELETE", "/v2/members/zz")
     await v2.same("DELETE", "/v2/members/123")
     await v2.same("DELETE", "/v2/members")

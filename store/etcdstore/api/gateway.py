@@ -25,8 +25,8 @@ import contextlib
 import re
 import time
 from collections.abc import Callable
-from urllib.parse import quote
 from typing import Any, NamedTuple
+from urllib.parse import quote
 
 import grpc
 from aiohttp import web

@@ -72,7 +72,7 @@ _STATUS = {
 class V2Error(Exception):
     """A v2 error as the client sees it: {"errorCode", "message", "cause", "index"}."""
 
-    __slots__ = ("code", "cause", "index")
+    __slots__ = ("cause", "code", "index")
 
     def __init__(self, code: int, cause: str = "", index: int = 0) -> None:
         super().__init__(f"{MESSAGES.get(code, '')} ({cause})")

@@ -19,10 +19,10 @@ from typing import Any
 __all__ = [
     "GoJSONError",
     "GoNumber",
+    "b64decode",
     "decode_one",
     "decode_whole",
     "dumps",
-    "b64decode",
     "kind_of",
 ]
 
@@ -36,7 +36,7 @@ class GoNumber(float):
 
     __slots__ = ("literal",)
 
-    def __new__(cls, literal: str) -> GoNumber:
+    def __new__(cls, literal: str) -> GoNumber:  # noqa: PYI034
         obj = super().__new__(cls, literal)
         obj.literal = literal
         return obj
@@ -116,9 +116,9 @@ def quote_char(c: str) -> str:
     if c in special:
         return "'" + special[c] + "'"
     if o < 0x20 or o == 0x7F:
-        return "'\\x%02x'" % o
+        return f"'\\x{o:02x}'"
     if 0x80 <= o <= 0xA0 or o == 0xAD:
-        return "'\\u%04x'" % o
+        return f"'\\u{o:04x}'"
     return "'" + c + "'"
 
 

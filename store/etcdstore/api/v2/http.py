@@ -144,8 +144,24 @@ def go_clean(p: str) -> str:
 
 
 class KeyRequest:
-    __slots__ = ("method", "path", "value", "dir", "prev_value", "prev_index", "prev_exist", "wait", "since",
-                 "recursive", "sorted", "quorum", "stream", "refresh", "expire", "no_value_on_success")
+    __slots__ = (
+        "dir",
+        "expire",
+        "method",
+        "no_value_on_success",
+        "path",
+        "prev_exist",
+        "prev_index",
+        "prev_value",
+        "quorum",
+        "recursive",
+        "refresh",
+        "since",
+        "sorted",
+        "stream",
+        "value",
+        "wait",
+    )
 
 
 def parse_key_request(method: str, url_path: str, form: dict[str, list[str]]) -> KeyRequest:

@@ -98,8 +98,18 @@ def is_hidden_name(path: str) -> bool:
 class Node:
     """One v2 node as read from a v3 KeyValue (indexes resolved)."""
 
-    __slots__ = ("path", "dir", "value", "created", "modified", "own_exp", "own_lease", "lease", "inh_exp",
-                 "mod_revision")
+    __slots__ = (
+        "created",
+        "dir",
+        "inh_exp",
+        "lease",
+        "mod_revision",
+        "modified",
+        "own_exp",
+        "own_lease",
+        "path",
+        "value",
+    )
 
     def __init__(self, path: str, is_dir: bool, value: str, created: int, modified: int, own_exp: int = 0,
                  own_lease: int = 0, lease: int = 0, inh_exp: int = 0, mod_revision: int = 0) -> None:

@@ -58,7 +58,7 @@ _EQUAL, _LESS = _C.EQUAL, _C.LESS
 class Result:
     """A successful v2 operation: the event (as JSON-ready dict) and the store index after it."""
 
-    __slots__ = ("event", "index", "created")
+    __slots__ = ("created", "event", "index")
 
     def __init__(self, event: dict[str, Any], index: int, created: bool = False) -> None:
         self.event = event
@@ -69,7 +69,7 @@ class Result:
 class _Plan:
     """What one attempt of a write decided: the Txn, and how to describe its outcome."""
 
-    __slots__ = ("compares", "ops", "finish", "drop_leases", "needs_lease")
+    __slots__ = ("compares", "drop_leases", "finish", "needs_lease", "ops")
 
     def __init__(self) -> None:
         self.compares: list[pb.Compare] = []

@@ -33,14 +33,15 @@ from etcdstore.proto.mvccpb import kv_pb2
 
 _PUT = kv_pb2.Event.PUT
 _DELETE = kv_pb2.Event.DELETE
-_CACHE_SIZE = 4096
+_CACHE_REVISIONS = 1024
+_CACHE_BYTES = 16 << 20  # converted events hold values: bound the memory too
 _DELETES = ("delete", "compareAndDelete", "expire")
 
 
 class V2Event:
     """One v2 event: its JSON document and what watchers match it on."""
 
-    __slots__ = ("doc", "key", "refresh", "deletes_dir")
+    __slots__ = ("deletes_dir", "doc", "key", "refresh")
 
     def __init__(self, doc: dict[str, Any], key: str, refresh: bool, deletes_dir: bool) -> None:
         self.doc = doc
@@ -69,7 +70,8 @@ class Watcher:
     def __init__(self, server: Any, stats: StoreStats) -> None:
         self.s = server
         self.stats = stats
-        self._cache: OrderedDict[int, V2Event | None] = OrderedDict()
+        self._cache: OrderedDict[int, tuple[V2Event | None, int]] = OrderedDict()
+        self._cache_bytes = 0
 
     def start(self, since: int) -> tuple[int, int]:
         """(store index now, the revision to watch from); raises Event index cleared."""
@@ -108,13 +110,18 @@ class Watcher:
             ws.close()
 
     def _event(self, rev: int, evs: list[kv_pb2.Event]) -> V2Event | None:
+        """The v2 event of a revision, converted once for all watchers (a bounded cache)."""
         cache = self._cache
-        if rev in cache:
-            return cache[rev]
+        hit = cache.get(rev)
+        if hit is not None:
+            return hit[0]
         ev = self._convert(rev, evs)
-        cache[rev] = ev
-        if len(cache) > _CACHE_SIZE:
-            cache.popitem(last=False)
+        size = 256 + sum(len(e.kv.value) + len(e.prev_kv.value) for e in evs)
+        cache[rev] = (ev, size)
+        self._cache_bytes += size
+        while cache and (len(cache) > _CACHE_REVISIONS or self._cache_bytes > _CACHE_BYTES):
+            _, (_, old) = cache.popitem(last=False)
+            self._cache_bytes -= old
         return ev
 
     def _convert(self, rev: int, evs: list[kv_pb2.Event]) -> V2Event | None:
