@@ -236,7 +236,7 @@ class _Attribution:
                 continue
             oid = owner.get((e.kv.key, e.kv.value))
             if oid is None:
-                rep.add("phantom write", f"revision {rev}: {e.kv.key!r}={e.kv.value!r} written by no operation")
+                rep.add("phantom write", f"revision {rev}: {e.kv.key!r}={e.kv.value!r} not written by any op")
             else:
                 owners.add(oid)
         if len(owners) > 1:

@@ -41,22 +41,25 @@ CHUNK = 65536
 QUEUE_CHUNKS = 64
 
 
-def _hex_addr(port: int) -> str:
-    return f"0100007F:{port:04X}"  # 127.0.0.1 as /proc/net/tcp writes it (little-endian address)
+def _hex_addrs(port: int) -> tuple[str, str]:
+    """127.0.0.1:port as /proc/net/tcp and /proc/net/tcp6 write it (dual-stack sockets dialing an
+    IPv4 address show up in tcp6 as ::ffff:127.0.0.1, in 32-bit little-endian words)."""
+    return f"0100007F:{port:04X}", f"0000000000000000FFFF00000100007F:{port:04X}"
 
 
 def socket_inode(local_port: int, remote_port: int) -> int | None:
-    """Inode of the loopback socket 127.0.0.1:local_port -> 127.0.0.1:remote_port."""
-    local, remote = _hex_addr(local_port), _hex_addr(remote_port)
-    try:
-        with open("/proc/net/tcp") as f:
-            next(f)
-            for line in f:
-                parts = line.split()
-                if parts[1] == local and parts[2] == remote:
-                    return int(parts[9])
-    except OSError:
-        return None
+    """Inode of the loopback socket 127.0.0.1:local_port -> 127.0.0.1:remote_port (0: closed)."""
+    for path, i in (("/proc/net/tcp", 0), ("/proc/net/tcp6", 1)):
+        local, remote = _hex_addrs(local_port)[i], _hex_addrs(remote_port)[i]
+        try:
+            with open(path) as f:
+                next(f)
+                for line in f:
+                    parts = line.split()
+                    if parts[1] == local and parts[2] == remote:
+                        return int(parts[9])
+        except OSError:
+            continue
     return None
 
 
@@ -125,12 +128,24 @@ class Rules:
         return d
 
 
+class _Link:
+    """The two ends of one proxied connection: the member it goes to, and the one that dialed
+    (None until /proc says who)."""
+
+    __slots__ = ("dialer", "member")
+
+    def __init__(self, member: str) -> None:
+        self.member = member
+        self.dialer: str | None = None
+
+
 class Proxy:
     def __init__(self) -> None:
         self.rules = Rules()
         self.pids: dict[str, int] = {}
         self.rnd = random.Random(int(os.environ.get("NETPROXY_SEED", "0")) or None)
-        self.stats = {"connections": 0, "unidentified": 0, "closed_early": 0, "bytes": 0}
+        counters = ("connections", "unidentified", "closed_early", "upstream_refused", "bytes")
+        self.stats = dict.fromkeys(counters, 0)
         self.servers: dict[str, asyncio.base_events.Server] = {}
         self.conns: set[asyncio.Task[None]] = set()
         self.unidentified: list[str] = []
@@ -147,7 +162,7 @@ class Proxy:
 
         self.servers[member] = await asyncio.start_server(handle, HOST, port, reuse_address=True)
 
-    async def _identify(self, peer_port: int, listen_port: int) -> str | None:
+    async def _identify(self, link: _Link, peer_port: int, listen_port: int) -> None:
         loop = asyncio.get_running_loop()
         inode = None
         for _ in range(5):
@@ -155,39 +170,51 @@ class Proxy:
             if inode:
                 who = await loop.run_in_executor(None, owner, inode, dict(self.pids))
                 if who:
-                    return who
+                    link.dialer = who
+                    self.rules.changed.set()  # pumps waiting on an unattributed link re-check
+                    self.rules.changed = asyncio.Event()
+                    return
             await asyncio.sleep(0.02)
         if not inode:  # no live socket (inode 0 = already closed by the dialer): nothing to attribute
             self.stats["closed_early"] += 1
-            return None
+            return
         self.stats["unidentified"] += 1
         self.unidentified.append(f"port {peer_port} -> {listen_port}: inode {inode}, pids {self.pids}")
         del self.unidentified[:-10]
-        return None
 
     async def _connection(
         self, member: str, port: int, target: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
+        # Bytes flow at once; the dialer is identified alongside. (gRPC clients give a connection
+        # attempt as little as their minimum reconnect backoff, 50 ms for etcdstore's peers, to
+        # produce the server's SETTINGS frame: waiting for /proc before forwarding loses that race.)
         self.stats["connections"] += 1
-        src = await self._identify(writer.get_extra_info("peername")[1], port)
+        link = _Link(member)
+        ident = asyncio.create_task(self._identify(link, writer.get_extra_info("peername")[1], port))
         try:
             up_reader, up_writer = await asyncio.open_connection(HOST, target)
-        except OSError:
+        except OSError:  # the member is down: the dialer sees its connection closed
+            self.stats["upstream_refused"] += 1
+            ident.cancel()
             writer.close()
             return
-        a = asyncio.create_task(self._pump(reader, up_writer, src, member))
-        b = asyncio.create_task(self._pump(up_reader, writer, member, src))
-        done, pending = await asyncio.wait({a, b}, return_when=asyncio.FIRST_COMPLETED)
-        for t in pending:
+        a = asyncio.create_task(self._pump(reader, up_writer, link, outbound=True))
+        b = asyncio.create_task(self._pump(up_reader, writer, link, outbound=False))
+        await asyncio.wait({a, b}, return_when=asyncio.FIRST_COMPLETED)
+        for t in (a, b, ident):
             t.cancel()
         for w in (writer, up_writer):
             w.close()
 
     async def _pump(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, src: str | None, dst: str | None
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, link: _Link, *, outbound: bool
     ) -> None:
         queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue(QUEUE_CHUNKS)
         loop = asyncio.get_running_loop()
+        rules = self.rules
+
+        def ends() -> tuple[str | None, str | None]:
+            return (link.dialer, link.member) if outbound else (link.member, link.dialer)
 
         async def read() -> None:
             last = 0.0
@@ -199,7 +226,7 @@ class Proxy:
                 if not data:
                     await queue.put((0.0, b""))
                     return
-                due = max(loop.time() + self.rules.hold(src, dst, self.rnd), last)
+                due = max(loop.time() + rules.hold(*ends(), self.rnd), last)
                 last = due
                 await queue.put((due, data))
 
@@ -209,13 +236,13 @@ class Proxy:
                 due, data = await queue.get()
                 if not data:
                     break
-                while self.rules.blocked(src, dst):
-                    await self.rules.changed.wait()
+                while rules.blocked(*ends()):
+                    await rules.changed.wait()
                 wait = due - loop.time()
                 if wait > 0:
                     await asyncio.sleep(wait)
-                while self.rules.blocked(src, dst):  # cut off while the chunk was held back
-                    await self.rules.changed.wait()
+                while rules.blocked(*ends()):  # cut off while the chunk was held back
+                    await rules.changed.wait()
                 writer.write(data)
                 self.stats["bytes"] += len(data)
                 await writer.drain()
