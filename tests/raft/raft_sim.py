@@ -124,7 +124,11 @@ class Checker:
         self.leader_of_term: dict[int, int] = {}
         # (index, term) -> (type, data, term of the previous entry) for every persisted entry
         self.entries: dict[tuple[int, int], tuple[int, bytes, int]] = {}
-        self.committed_term: dict[int, int] = {}  # index -> term, for every index known committed
+        self.committed_term: dict[int, int] = {}  # index -> entry term, for every index known committed
+        # index -> term of the leader seen committing it. Leader completeness speaks of
+        # leaders of later terms only: a leader of an older term can legitimately be
+        # elected after the commit (its vote grants were delayed in the network).
+        self.commit_at: dict[int, int] = {}
         self.max_committed = 0
         self.applied: dict[int, tuple[int, bytes]] = {}  # index -> (term, data)
         self.chain: dict[int, int] = {}  # index -> state-machine hash after applying it
@@ -140,15 +144,19 @@ class Checker:
             self.fail(f"two leaders in term {term}: {prev} and {node_id}")
         if node_id not in raft.trk.voters:
             self.fail(f"node {node_id} leads term {term} but is not a voter in its configuration")
-        # Leader completeness: every entry known committed is in the new leader's log.
+        # Leader completeness: every entry committed in an earlier term is in its log.
         log = raft.log
         first = log.first_index()
         last = log.last_index()
-        if last < self.max_committed:
-            self.fail(f"leader {node_id} (term {term}) has last index {last} < committed index {self.max_committed}")
-        for i, t in self.committed_term.items():
-            if i >= first and log.term(i) != t:
-                self.fail(f"leader {node_id} (term {term}) lacks committed entry {i} (term {t}); has term {log.term(i)}")
+        committed_term = self.committed_term
+        for i, at in self.commit_at.items():
+            if at >= term:
+                continue
+            if i > last:
+                self.fail(f"leader {node_id} (term {term}) has last index {last} < index {i} committed in term {at}")
+            if i >= first and log.term(i) != committed_term[i]:
+                self.fail(f"leader {node_id} (term {term}) lacks entry {i} (term {committed_term[i]}) committed in "
+                          f"term {at}; has term {log.term(i)}")
 
     def on_persisted(self, node_id: int, storage: MemoryStorage, entries: list[Entry]) -> None:
         prev_term = None
@@ -170,22 +178,21 @@ class Checker:
                               f"term {prev_term} here and term {old[2]} elsewhere")
             prev_term = e.term
 
-    def on_commit(self, node_id: int, raft) -> None:
+    def on_commit(self, node_id: int, raft, since: int) -> None:  # noqa: ANN001
+        """`raft`'s commit index moved past `since`: every node must agree on those entries."""
         log = raft.log
         c = log.committed
-        if c <= self.max_committed:
-            # Still check the newest index we can see agrees.
-            t = self.committed_term.get(c)
-            if t is not None and c >= log.first_index() and log.term(c) != t:
-                self.fail(f"node {node_id} commit index {c} has term {log.term(c)}, committed term is {t}")
-            return
-        lo = max(self.max_committed + 1, log.first_index())
-        for i in range(lo, c + 1):
+        leader_term = raft.term if raft.role == Role.LEADER else 0
+        committed_term, commit_at = self.committed_term, self.commit_at
+        for i in range(max(since + 1, log.first_index()), c + 1):
             t = log.term(i)
-            old = self.committed_term.setdefault(i, t)
+            old = committed_term.setdefault(i, t)
             if old != t:
                 self.fail(f"node {node_id} committed index {i} with term {t}, earlier committed with term {old}")
-        self.max_committed = c
+            if leader_term and i not in commit_at:
+                commit_at[i] = leader_term
+        if c > self.max_committed:
+            self.max_committed = c
 
     def on_apply(self, node_id: int, e: Entry, sm_hash: int) -> None:
         rec = (e.term, e.data)
@@ -290,8 +297,8 @@ class Host:
         self.last_role = role
         self.last_term = r.term
         if r.log.committed != self.last_commit:
+            self.sim.checker.on_commit(self.id, r, self.last_commit)
             self.last_commit = r.log.committed
-            self.sim.checker.on_commit(self.id, r)
 
     def handle_ready(self) -> bool:
         node = self.node

@@ -89,6 +89,23 @@ def test_checker_catches_a_commit_rule_without_a_majority(monkeypatch):
     assert found is not None, "committing without a majority went unnoticed"
 
 
+def test_checker_catches_a_leader_counting_entries_it_has_not_persisted(monkeypatch):
+    # etcd 3.4's rule: the leader counts itself as soon as it appends. Combined with sending
+    # appends before persisting them (which the sim does when a Ready allows it), a crash
+    # loses entries that were already reported committed.
+    monkeypatch.setattr(RaftLog, "persisted_index", lambda self: self.last_index())
+    real = raft_module.Raft.propose_local
+
+    def propose_and_count_self(self, datas):
+        real(self, datas)
+        self._self_ack()
+
+    monkeypatch.setattr(raft_module.Raft, "propose_local", propose_and_count_self)
+    found = _first_failing_seed(400)
+    assert found is not None, "counting unpersisted entries went unnoticed"
+    assert "committed" in found[1]
+
+
 def test_checker_catches_reads_served_without_confirming_leadership(monkeypatch):
     def lease_free_read(self, m):  # answer from our commit index without a heartbeat round
         self._answer_read(m, self.log.committed)

@@ -109,7 +109,7 @@ class Cluster:
             proposed += batch
             self.pump()
             rounds += 1
-            if time.process_time() > deadline:
+            if rounds & 15 == 0 and time.process_time() > deadline:  # (the clock read is a syscall)
                 break
         cpu, wall = time.process_time() - c0, time.perf_counter() - t0
         committed = leader.commit_index - start_commit

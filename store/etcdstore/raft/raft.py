@@ -33,7 +33,7 @@ from etcdstore.raft.errors import (
     StorageError,
 )
 from etcdstore.raft.log import RaftLog
-from etcdstore.raft.progress import PROBE, REPLICATE, SNAPSHOT, ProgressTracker, VoteResult
+from etcdstore.raft.progress import PROBE, REPLICATE, SNAPSHOT, Progress, ProgressTracker, VoteResult
 from etcdstore.raft.read_only import ReadOnly
 from etcdstore.raft.records import (
     NONE,
@@ -219,7 +219,7 @@ class Raft:
             return True
         return self._send_snapshot(to, pr)
 
-    def _send_snapshot(self, to: int, pr) -> bool:
+    def _send_snapshot(self, to: int, pr: Progress) -> bool:
         if not pr.recent_active:
             return False  # do not ship a snapshot to a peer that may be down
         try:
@@ -579,7 +579,7 @@ class Raft:
             if pid != me:
                 p.recent_active = False
 
-    def _handle_append_response(self, m: Message, pr) -> None:
+    def _handle_append_response(self, m: Message, pr: Progress) -> None:
         pr.recent_active = True
         log = self.log
         if m.reject:
@@ -616,7 +616,7 @@ class Raft:
         if frm == self.lead_transferee and pr.match == log.last_index():
             self.send(Message(TIMEOUT_NOW, frm))
 
-    def _handle_heartbeat_response(self, m: Message, pr) -> None:
+    def _handle_heartbeat_response(self, m: Message, pr: Progress) -> None:
         pr.recent_active = True
         pr.probe_sent = False
         if pr.state == REPLICATE and pr.inflights.full():

@@ -23,8 +23,12 @@ The host contract (one thread at a time; nothing here blocks or does I/O):
    d. call `advance(rd)`.
    Steps may be taken between `ready()` and `advance()`; `ready()` may not be called
    again before `advance()`.
-3. After sending a snapshot message report the outcome with `report_snapshot(id, ok)`;
-   report peers that could not be reached with `report_unreachable(id)`.
+3. A SNAP message carries `storage.snapshot()`. Before sending it the host should replace
+   it by a snapshot of its state machine at its current applied index (index, term and
+   membership of that index), as etcd's server does: a follower ignores a snapshot whose
+   membership does not include it (one taken before it was added). Report the outcome of
+   every snapshot sent with `report_snapshot(id, ok)` (until then the follower gets
+   nothing else), and peers that could not be reached with `report_unreachable(id)`.
 4. Log compaction is the host's: record a snapshot of the state machine at an applied
    index in storage, then compact storage up to at most that index.
 
