@@ -161,20 +161,21 @@ class Members:
         )
 
     # -- membership (through the client of the last observation) ----------------------------
-    def _current(self) -> Client:
+    def current(self) -> Client:
+        """The client of the last observation."""
         if self._client is None:
             raise RuntimeError("observe() first")
         return self._client
 
     async def add_learner(self, ordinal: int) -> int:
-        resp = await self._current().member_add([self.peer_url(ordinal)], learner=True)
+        resp = await self.current().member_add([self.peer_url(ordinal)], learner=True)
         return resp.member.ID
 
     async def promote(self, member_id: int) -> None:
-        await self._current().member_promote(member_id)
+        await self.current().member_promote(member_id)
 
     async def remove(self, member_id: int) -> None:
-        await self._current().member_remove(member_id)
+        await self.current().member_remove(member_id)
 
     async def move_leader(self, leader_ordinal: int, target_id: int) -> None:
-        await self._current().at(self.client_url(leader_ordinal)).move_leader(target_id)
+        await self.current().at(self.client_url(leader_ordinal)).move_leader(target_id)

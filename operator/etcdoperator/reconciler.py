@@ -114,6 +114,8 @@ class ClusterReconciler:
                 await self._ensure_objects(spec, plan, sts, etcd_view, tls_hash)
                 t_objects = time.monotonic()
                 await self._act(body, spec, plan, members, etcd_view, kube_view)
+                if spec.auth is not None and isinstance(plan.action, planner.Converged):
+                    await self._ensure_auth(body, members)
                 log.debug("[%s/%s] step %s: tls %.2fs kube %.2fs etcd %.2fs objects %.2fs act %.2fs", ref.namespace,
                           ref.name, plan.action.kind, t_tls - started, t_kube - t_tls, t_etcd - t_kube,
                           t_objects - t_etcd, time.monotonic() - t_objects)
@@ -381,6 +383,31 @@ class ClusterReconciler:
             await events.post(self.kube, body, "MemberRestarted", f"restarting {ref.pod(a.ordinal)} for a new template")
         else:  # pragma: no cover - every action is handled above
             raise AssertionError(f"unhandled action {a!r}")
+
+    async def _ensure_auth(self, body: Mapping[str, Any], members: Members) -> None:
+        """Authentication on, with user root (role root) and the password from the Secret.
+
+        A password changed in the Secret later is not applied (etcd needs the old one to change it):
+        use `etcdctl user passwd root` and update the Secret to match."""
+        password = members.creds.password
+        if not password:
+            raise OSError(f"root password Secret {self.ref.name}: missing or empty")
+        client = members.current()
+        try:
+            await client.authenticate("root", password)
+            return  # enabled, and the password works
+        except EtcdError as e:
+            if e != etcd_errors.AUTH_NOT_ENABLED:
+                raise
+        try:
+            await client.user_add("root", password)
+        except EtcdError as e:
+            if e != etcd_errors.USER_ALREADY_EXIST:
+                raise
+            await client.user_change_password("root", password)
+        await client.user_grant_role("root", "root")
+        await client.auth_enable()
+        await events.post(self.kube, body, "AuthEnabled", "authentication enabled for user root")
 
     async def _member_call(self, op: str, coro: Any) -> Any:
         ref = self.ref

@@ -79,6 +79,15 @@ async def test_create_write_scale_up_and_down_then_delete(world):
     reasons = event_reasons(world, "alpha")
     assert reasons.count("MemberRemoved") == 2 and reasons.count("VolumeDeleted") == 2
 
+    # Prometheus metrics and kopf's liveness endpoint
+    metrics = await world.operator.metrics()
+    ops = {line.split("{")[1].split("}")[0]: float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+           if line.startswith("etcdoperator_member_operations_total{")}
+    assert ops['cluster="alpha",namespace="default",operation="member-add",result="ok"'] == 4
+    assert ops['cluster="alpha",namespace="default",operation="member-remove",result="ok"'] == 2
+    assert 'etcdoperator_reconciles_total{action="Converged",cluster="alpha",namespace="default"}' in metrics
+    assert await world.operator.alive()
+
     # delete: finalizer removes the volumes, owned objects are garbage-collected, members stop
     await world.harness.delete("etcdstore.io/v1alpha1/etcdclusters", "default", "alpha")
     await world.wait_for("everything cleaned up", lambda: world.cluster("alpha") is None and not world.claims("alpha")

@@ -113,3 +113,34 @@ async def test_rolling_option_change_refused_version_skip_and_pause(world):
     await world.wait_available("roll", 1)
     async with world.client("roll") as c:
         assert (await c.get("a")).kvs[0].value == b"1"
+
+
+async def test_authentication_with_root_password_from_a_secret(world):
+    await world.apply("v1/secrets", {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "root-pw"},
+                                     "data": {"password": base64.b64encode(b"hunter2").decode()}})
+    await world.apply("v1/persistentvolumeclaims", {
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "bk"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}})
+    await world.operator.start()
+    await world.create_cluster("locked", {"replicas": 1, "auth": {"rootPasswordSecret": {"name": "root-pw"}},
+                                          "backup": {"destination": {"pvc": {"claimName": "bk"}}}})
+    await world.wait_available("locked", 1)
+    await world.wait_for("auth enabled", lambda: any(e["reason"] == "AuthEnabled" for e in world.events("locked")))
+    async with world.client("locked") as c:
+        with pytest.raises(EtcdError):
+            await c.put("k", "v")  # no credentials
+    async with world.client("locked", user="root", password="wrong") as c:
+        with pytest.raises(EtcdError):
+            await c.put("k", "v")
+    async with world.client("locked", user="root", password="hunter2") as c:
+        await c.put("k", "v")
+    # the operator keeps working with the credentials (and so do its backup Jobs)
+    await world.patch_spec("locked", {"replicas": 2})
+    await world.wait_available("locked", 2)
+    await world.apply("etcdstore.io/v1alpha1/etcdbackups", {"apiVersion": "etcdstore.io/v1alpha1", "kind": "EtcdBackup",
+                                                           "metadata": {"name": "b1"}, "spec": {"clusterName": "locked"}})
+    done = await world.wait_for("backup with auth", lambda: (world.api.get_object(
+        "etcdstore.io/v1alpha1/etcdbackups", "default", "b1") or {}).get("status", {}).get("phase") in ("Succeeded", "Failed")
+        and world.api.get_object("etcdstore.io/v1alpha1/etcdbackups", "default", "b1"), timeout=60)
+    assert done["status"]["phase"] == "Succeeded", done["status"]
+    assert done["status"]["location"] == "pvc://bk/default/locked/on-demand/b1.db"

@@ -19,6 +19,7 @@ import kmock
 
 from etcdoperator import crd
 from etcdstore.client import Client, TLSConfig
+from kubeharness.addresses import free_port
 from kubeharness.apiserver import ApiServer
 from kubeharness.cluster import Harness
 
@@ -43,6 +44,8 @@ class OperatorProcess:
         self.proc: asyncio.subprocess.Process | None = None
         self.log = world.root / "operator.log"
         self.starts = 0
+        self.metrics_port = free_port()
+        self.liveness_port = free_port()
 
     async def start(self, **extra_env: str) -> None:
         assert self.proc is None or self.proc.returncode is not None
@@ -65,6 +68,7 @@ class OperatorProcess:
             f.write(f"\n===== operator start #{self.starts} {time.strftime('%H:%M:%S')} {extra_env}\n".encode())
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "etcdoperator", "run", "--all-namespaces", "--standalone", "--verbose",
+                f"--metrics-port={self.metrics_port}", f"--liveness=http://127.0.0.1:{self.liveness_port}/healthz",
                 stdout=f, stderr=asyncio.subprocess.STDOUT, env=env, cwd=str(self.world.root))
 
     async def wait_exit(self, timeout: float) -> int:
@@ -84,6 +88,21 @@ class OperatorProcess:
         except asyncio.TimeoutError:
             self.proc.kill()
             await self.proc.wait()
+
+    async def metrics(self) -> str:
+        import aiohttp
+
+        async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{self.metrics_port}/metrics") as r:
+            return await r.text()
+
+    async def alive(self) -> bool:
+        import aiohttp
+
+        try:
+            async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{self.liveness_port}/healthz") as r:
+                return r.status == 200
+        except aiohttp.ClientError:
+            return False
 
     def tail(self, lines: int = 60) -> str:
         if not self.log.exists():
