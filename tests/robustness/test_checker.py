@@ -363,3 +363,54 @@ def test_checker_is_fast_on_a_large_history():
     assert rep.ok, rep.format()
     assert rep.operations.total() == 30_000 and rep.lin_partitions >= 25  # unknown revokes may merge keys
     assert took < 30, f"{took:.1f} s"
+
+
+# -- watch checker on hand-made streams -----------------------------------------------------------
+
+
+def _events(n: int) -> list[Event]:
+    return [Event(PUT, KV(b"k", b"v%d" % r, 2, r, r - 1, 0)) for r in range(2, n + 2)]
+
+
+def _session(start: int, events: list[Event], endpoint: str = "m1"):
+    from .history import WatchResponse, WatchSession
+
+    s = WatchSession(endpoint, b"k", b"", start, [WatchResponse(0, start, (), created=True)])
+    s.responses += [WatchResponse(1, e.revision, (e,)) for e in events]
+    return s
+
+
+def _watch_anomalies(sessions, log, acked=None):
+    from .history import Watcher
+    from .watchcheck import check_watchers
+
+    return check_watchers([Watcher(0, sessions)], log, acked).anomalies
+
+
+def test_watch_resumed_stream_is_clean():
+    log = _events(10)
+    assert _watch_anomalies([_session(2, log[:4]), _session(6, log[4:], "m2")], log, [(b"k", 5)]) == []
+
+
+def test_watch_going_back_across_reconnect_is_caught():
+    log = _events(10)
+    # the second member replays revision 5 although the first already delivered it
+    out = _watch_anomalies([_session(2, log[:4]), _session(6, log[3:], "m2")], log)
+    assert any("went back" in m for m in out)
+
+
+def test_watch_gap_across_reconnect_and_missing_acked_write_are_caught():
+    log = _events(10)
+    out = _watch_anomalies([_session(2, log[:4]), _session(8, log[6:], "m2")], log)
+    assert any("gap" in m for m in out)
+    # inside one stream: an event skipped, which was an acknowledged write
+    out = _watch_anomalies([_session(2, log[:3] + log[4:])], log, [(b"k", 5)])
+    assert any("missing" in m for m in out) and any("acknowledged write" in m for m in out)
+
+
+def test_watch_out_of_order_and_altered_events_are_caught():
+    log = _events(6)
+    swapped = [log[0], log[2], log[1], *log[3:]]
+    assert any("out of order" in m for m in _watch_anomalies([_session(2, swapped)], log))
+    altered = [*log[:2], Event(PUT, log[2].kv._replace(value=b"other")), *log[3:]]
+    assert any("not in the log" in m for m in _watch_anomalies([_session(2, altered)], log))
