@@ -9,9 +9,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import grpc
-from procs import ETCDCTL_BIN, etcdctl
-
 from etcdstore.proto.etcdserverpb import rpc_pb2, rpc_pb2_grpc
+from procs import ETCDCTL_BIN, etcdctl
 
 _HEX_ID = re.compile(r"\b[0-9a-f]{16}\b")
 
@@ -42,7 +41,7 @@ def run(endpoint: str, s: Step) -> tuple[int | str, list[str], list[str]]:
     if s.watch:
         cmd = [ETCDCTL_BIN, "--endpoints", endpoint, "--command-timeout", "10s", *s.args]
         try:
-            out = subprocess.run(cmd, capture_output=True, timeout=2.5, env={"ETCDCTL_API": "3"})
+            out = subprocess.run(cmd, capture_output=True, timeout=2.5, env={"ETCDCTL_API": "3"}, check=False)
             return out.returncode, _normalise(out.stdout.decode(), endpoint), _normalise(out.stderr.decode(), endpoint)
         except subprocess.TimeoutExpired as e:  # still watching: that is the expected outcome
             return ("watching", _normalise((e.stdout or b"").decode(), endpoint),

@@ -26,7 +26,7 @@ class PKI:
         self.dir = directory
         directory.mkdir(parents=True, exist_ok=True)
         self._ca_key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         self._ca = (
             x509.CertificateBuilder().subject_name(_name("test-ca")).issuer_name(_name("test-ca"))
             .public_key(self._ca_key.public_key()).serial_number(x509.random_serial_number())
@@ -43,7 +43,7 @@ class PKI:
     def issue(self, cn: str, *, server: bool = False) -> tuple[str, str]:
         """(cert path, key path) for a certificate with this CN, usable for client and server auth."""
         key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         builder = (
             x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(self._ca.subject)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())

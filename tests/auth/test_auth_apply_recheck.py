@@ -13,8 +13,6 @@ import base64
 from pathlib import Path
 
 import pytest
-from procs import free_port
-
 from etcdstore import errors
 from etcdstore.auth import hooks_of
 from etcdstore.auth.apply import Authenticated, encode_authenticate
@@ -25,6 +23,7 @@ from etcdstore.proto.etcdserverpb import rpc_pb2
 from etcdstore.server import kv_apply
 from etcdstore.server.main import Member
 from etcdstore.server.requests import Kind
+from procs import free_port
 
 
 @pytest.fixture

@@ -16,9 +16,8 @@ import pytest
 from authprocs import authenticate, call, watch_create
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from procs import Cluster, have_etcd
-
 from etcdstore.proto.etcdserverpb import rpc_pb2
+from procs import Cluster, have_etcd
 
 OK = "OK"
 

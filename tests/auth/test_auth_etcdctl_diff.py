@@ -16,9 +16,8 @@ from pathlib import Path
 
 import pytest
 from authprocs import Step, authenticate, call, run_script, step, watch, watch_create
-from procs import Cluster, have_etcd
-
 from etcdstore.proto.etcdserverpb import rpc_pb2
+from procs import Cluster, have_etcd
 
 pytestmark = [pytest.mark.etcd, pytest.mark.skipif(not have_etcd(), reason="needs etcd 3.4 binaries")]
 

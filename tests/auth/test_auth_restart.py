@@ -6,9 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from authprocs import authenticate, call
-from procs import Cluster, etcdctl
-
 from etcdstore.proto.etcdserverpb import rpc_pb2
+from procs import Cluster, etcdctl
 
 ROOT = ("--user", "root:rootpw")
 

@@ -8,7 +8,6 @@ import itertools
 from pathlib import Path
 
 import pytest
-
 from etcdstore import errors
 from etcdstore.auth.apply import AuthApplier, Authenticated, encode_authenticate
 from etcdstore.auth.passwords import check_password, hash_password

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-
 from etcdstore import errors
 from etcdstore.auth.jwt_token import VERIFY_ONLY, JWTTokens
 from etcdstore.auth.tokens import SimpleTokens, decompose_options, new_provider

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 class Authenticated:
     """The outcome of an applied Authenticate: the simple token, or what a JWT must carry."""
 
-    __slots__ = ("user", "revision", "token")
+    __slots__ = ("revision", "token", "user")
 
     def __init__(self, user: str, revision: int, token: str) -> None:
         self.user = user

@@ -246,5 +246,5 @@ def install(server: EtcdServer) -> AuthHooks:
 def hooks_of(server: EtcdServer) -> AuthHooks:
     auth: Any = server.auth
     if not isinstance(auth, AuthHooks):
-        raise RuntimeError("auth is not installed on this server")
+        raise TypeError("auth is not installed on this server")
     return auth

@@ -30,7 +30,7 @@ _FROM_KEY = b"\x00"
 class Intervals:
     """A union of half-open key intervals [start, end); `end is None` means +infinity."""
 
-    __slots__ = ("starts", "ends")
+    __slots__ = ("ends", "starts")
 
     def __init__(self, spans: Iterable[tuple[bytes, bytes | None]] = ()) -> None:
         merged: list[tuple[bytes, bytes | None]] = []

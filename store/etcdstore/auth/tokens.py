@@ -33,7 +33,7 @@ INVALID_AUTH_OPTS = "auth: invalid auth options"
 class AuthInfo:
     """The user a request acts as, and the auth revision its credentials were checked at."""
 
-    __slots__ = ("user", "revision")
+    __slots__ = ("revision", "user")
 
     def __init__(self, user: str, revision: int) -> None:
         self.user = user
