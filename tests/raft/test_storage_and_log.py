@@ -240,3 +240,9 @@ def test_term_and_bounds_do_not_scan_the_log(monkeypatch):
     assert touched == 3  # one storage lookup per stored index asked (0 is the dummy), nothing else
     assert big.find_conflict_by_term(n + 1, 50) == 50_000
     assert touched < 3 + 40
+
+
+def test_append_with_a_gap_is_refused():
+    log = new_log(ents(1, 1))
+    with pytest.raises(RaftError, match="gap"):
+        log.append([Entry(1, 5)])

@@ -24,29 +24,6 @@ class Unstable:
         self.entries: list[Entry] = []
         self.offset = offset
 
-    def maybe_first_index(self) -> int | None:
-        return self.snapshot.metadata.index + 1 if self.snapshot is not None else None
-
-    def maybe_last_index(self) -> int | None:
-        if self.entries:
-            return self.offset + len(self.entries) - 1
-        if self.snapshot is not None:
-            return self.snapshot.metadata.index
-        return None
-
-    def maybe_term(self, i: int) -> int | None:
-        k = i - self.offset
-        if k < 0:
-            snap = self.snapshot
-            if snap is not None and snap.metadata.index == i:
-                return snap.metadata.term
-            return None
-        if k < len(self.entries):
-            return self.entries[k].term
-        if k == 0 and self.snapshot is not None:  # empty entries, offset = snapshot + 1
-            return None
-        return None
-
     def stable_to(self, i: int, t: int) -> bool:
         """Entries up to `i` (of term `t`) are durable; False if that entry was replaced since."""
         k = i - self.offset
@@ -75,9 +52,11 @@ class Unstable:
             # shadowed and the host truncates them when it persists these.
             self.offset = after
             self.entries = list(ents)
-        else:
+        elif k < len(self.entries):
             del self.entries[k:]
             self.entries.extend(ents)
+        else:
+            raise RaftError(f"log gap: appending index {after} after {self.offset + len(self.entries) - 1}")
 
 
 class RaftLog:

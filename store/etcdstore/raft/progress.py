@@ -214,6 +214,3 @@ class ProgressTracker:
         progress = self.progress
         active = sum(1 for v in self.voters if progress[v].recent_active)
         return active >= self.quorum()
-
-    def sorted_ids(self) -> list[int]:
-        return sorted(self.progress)
