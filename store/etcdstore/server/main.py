@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 
@@ -24,6 +25,7 @@ from etcdstore.api.mux import ClientPortMux
 from etcdstore.api.watch import WatchService
 from etcdstore.auth import install as install_auth
 from etcdstore.config import ConfigError, ServerConfig
+from etcdstore.security.tls import PeerTLS, ReloadingServerTLS, TLSFiles, self_signed
 from etcdstore.proto.etcdserverpb import rpc_pb2_grpc
 from etcdstore.proto.v3electionpb import v3election_pb2_grpc
 from etcdstore.proto.v3lockpb import v3lock_pb2_grpc
@@ -49,8 +51,10 @@ class Member:
 
     async def start(self) -> None:
         cfg = self.cfg
+        client_tls, peer_tls = build_tls(cfg)
         listen = [(u.host, u.port) for u in cfg.listen_peer_urls]
-        s = EtcdServer(cfg, transport_factory=lambda srv: PeerTransport(srv, listen))
+        s = EtcdServer(cfg, transport_factory=lambda srv: PeerTransport(srv, listen, tls=peer_tls),
+                       peer_tls=peer_tls)
         self.server = s
         auth = install_auth(s)  # before start: replayed entries need the auth apply handlers
         await s.start()
@@ -86,7 +90,9 @@ class Member:
         self.mux = ClientPortMux(("127.0.0.1", grpc_port), runner.server)
         auth.peer_identity = self.mux.identity_for_peer
         for url in cfg.listen_client_urls:
-            port = await self.mux.listen(url.host, url.port)
+            if url.tls and client_tls is None:
+                raise ConfigError(f"--listen-client-urls {url} needs --cert-file/--key-file or --auto-tls")
+            port = await self.mux.listen(url.host, url.port, client_tls.listener_context() if url.tls else None)
             self.client_ports.append(port)
             log.info("serving client traffic", address=f"{url.host}:{port}")
         for url in cfg.listen_metrics_urls:
@@ -94,7 +100,8 @@ class Member:
             add_base_routes(mapp, s)
             mrunner = web.AppRunner(mapp, access_log=None)
             await mrunner.setup()
-            await web.TCPSite(mrunner, url.host, url.port).start()
+            ssl_ctx = client_tls.context() if (url.tls and client_tls is not None) else None
+            await web.TCPSite(mrunner, url.host, url.port, ssl_context=ssl_ctx).start()
             self.runners.append(mrunner)
             log.info("serving metrics", address=f"{url.host}:{url.port}")
 
@@ -107,6 +114,24 @@ class Member:
             await runner.cleanup()
         if self.server is not None:
             await self.server.stop()
+
+
+def build_tls(cfg: ServerConfig) -> tuple[ReloadingServerTLS | None, PeerTLS | None]:
+    """Client and peer TLS from the flags (explicit files win over --auto-tls, as in etcd)."""
+    client = peer = None
+    if cfg.cert_file and cfg.key_file:
+        client = ReloadingServerTLS(TLSFiles(cfg.cert_file, cfg.key_file, cfg.trusted_ca_file, cfg.client_cert_auth))
+    elif cfg.auto_tls:
+        hosts = [u.host for u in cfg.listen_client_urls + cfg.advertise_client_urls]
+        files = self_signed(os.path.join(cfg.data_dir, "fixtures", "client"), hosts, name=cfg.name)
+        client = ReloadingServerTLS(files)
+    if cfg.peer_cert_file and cfg.peer_key_file:
+        peer = PeerTLS(TLSFiles(cfg.peer_cert_file, cfg.peer_key_file, cfg.peer_trusted_ca_file,
+                                cfg.peer_client_cert_auth))
+    elif cfg.peer_auto_tls:
+        hosts = [u.host for u in cfg.listen_peer_urls + cfg.initial_advertise_peer_urls]
+        peer = PeerTLS(self_signed(os.path.join(cfg.data_dir, "fixtures", "peer"), hosts, name=cfg.name))
+    return client, peer
 
 
 async def _serve(cfg: ServerConfig) -> int:

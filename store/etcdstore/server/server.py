@@ -62,8 +62,10 @@ _MAX_PROPOSALS_PER_READY = 4096
 
 
 class EtcdServer:
-    def __init__(self, cfg: ServerConfig, transport_factory: Callable[[EtcdServer], Any] | None = None) -> None:
+    def __init__(self, cfg: ServerConfig, transport_factory: Callable[[EtcdServer], Any] | None = None,
+                 peer_tls: Any = None) -> None:
         self.cfg = cfg
+        self.peer_tls = peer_tls
         self.member_dir = os.path.join(cfg.data_dir, "member")
         os.makedirs(self.member_dir, exist_ok=True)
         try:
@@ -180,7 +182,7 @@ class EtcdServer:
         with an empty log and let the leader send it everything (etcd's "existing" state)."""
         mine = sorted(str(u) for u in self.cfg.initial_advertise_peer_urls)
         peer_urls = [u for urls in initial.values() for u in urls if u not in mine]
-        info = _fetch_cluster_sync(peer_urls, self.cfg)
+        info = _fetch_cluster_sync(peer_urls, self.peer_tls)
         me = None
         for doc in info["members"]:
             if sorted(doc.get("peerURLs", [])) == mine:
@@ -982,7 +984,7 @@ def _unlink(path: str) -> None:
         pass
 
 
-def _fetch_cluster_sync(urls: list[str], cfg: ServerConfig) -> dict:
+def _fetch_cluster_sync(urls: list[str], peer_tls: Any) -> dict:
     """Ask the peers listed in --initial-cluster for the cluster (blocking; start-up only)."""
     import grpc
 
@@ -992,8 +994,19 @@ def _fetch_cluster_sync(urls: list[str], cfg: ServerConfig) -> dict:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         for url in urls:
-            target = url.split("://", 1)[-1]
-            with grpc.insecure_channel(target) as ch:
+            target = url.split("://", 1)[-1].rstrip("/")
+            try:
+                if url.startswith("https://"):
+                    if peer_tls is None:
+                        raise ConfigError(f"peer {url} uses https but no peer TLS is configured")
+                    creds, options = peer_tls.channel_credentials(url)
+                    ch = grpc.secure_channel(target, creds, options=options)
+                else:
+                    ch = grpc.insecure_channel(target)
+            except OSError as e:
+                last = e
+                continue
+            with ch:
                 call = ch.unary_unary(f"/{SERVICE}/Cluster", request_serializer=lambda b: b,
                                       response_deserializer=lambda b: b)
                 try:

@@ -39,6 +39,7 @@ from etcdstore.raft import codec
 from etcdstore.raft.records import Message, MessageType
 
 if TYPE_CHECKING:
+    from etcdstore.security.tls import PeerTLS
     from etcdstore.server.membership import Membership
     from etcdstore.server.server import EtcdServer
 
@@ -179,12 +180,16 @@ class _Peer:
             self.urls = list(urls)
             self._close_channel()
 
-    def get_channel(self) -> grpc.aio.Channel:
+    async def get_channel(self) -> grpc.aio.Channel:
         if self.channel is None or self.channel_url not in self.urls:
             self._close_channel()
             url = self.urls[0]
+            channel = await self.t.make_channel(url)
+            if self.channel is not None:  # another caller won the race
+                await channel.close()
+                return self.channel
             self.channel_url = url
-            self.channel = self.t.make_channel(url)
+            self.channel = channel
         return self.channel
 
     def _close_channel(self) -> None:
@@ -199,7 +204,7 @@ class _Peer:
         backoff = 0.05
         while True:
             try:
-                call = self.get_channel().stream_unary(
+                call = (await self.get_channel()).stream_unary(
                     f"/{SERVICE}/Raft", request_serializer=_ident, response_deserializer=_ident
                 )
                 self.active_since = time.monotonic()
@@ -242,16 +247,14 @@ class PeerTransport:
         server: EtcdServer,
         listen: list[tuple[str, int]],
         *,
-        server_credentials: Callable[[], grpc.ServerCredentials | None] = lambda: None,
-        channel_credentials: Callable[[str], grpc.ChannelCredentials | None] = lambda url: None,
+        tls: PeerTLS | None = None,
     ) -> None:
         self.server = server
         self.listen = listen
         self.peers: dict[int, _Peer] = {}
         self.extra_urls: dict[int, list[str]] = {}  # peers known before membership is applied
         self._grpc: grpc.aio.Server | None = None
-        self._server_credentials = server_credentials
-        self._channel_credentials = channel_credentials
+        self.tls = tls
         self.bound_ports: list[int] = []
         self._snapshots_in_flight: set[int] = set()
 
@@ -266,7 +269,7 @@ class PeerTransport:
             "Forward": grpc.unary_unary_rpc_method_handler(self._on_forward, _ident, _ident),
         }
         srv.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-        creds = self._server_credentials()
+        creds = self.tls.server_credentials() if self.tls is not None else None
         for host, port in self.listen:
             addr = f"{host}:{port}"
             bound = srv.add_secure_port(addr, creds) if creds is not None else srv.add_insecure_port(addr)
@@ -284,10 +287,13 @@ class PeerTransport:
         if self._grpc is not None:
             await self._grpc.stop(grace=0.2)
 
-    def make_channel(self, url: str) -> grpc.aio.Channel:
-        creds = self._channel_credentials(url) if url.startswith("https://") else None
-        if creds is not None:
-            return grpc.aio.secure_channel(_target(url), creds, options=_GRPC_OPTIONS)
+    async def make_channel(self, url: str) -> grpc.aio.Channel:
+        if url.startswith("https://"):
+            if self.tls is None:
+                raise ConnectionError(f"peer {url} uses https but this member has no peer TLS configured")
+            # Off the loop: pinning a self-signed peer certificate dials the peer first.
+            creds, options = await asyncio.to_thread(self.tls.channel_credentials, url)
+            return grpc.aio.secure_channel(_target(url), creds, options=_GRPC_OPTIONS + options)
         return grpc.aio.insecure_channel(_target(url), options=_GRPC_OPTIONS)
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
@@ -358,7 +364,7 @@ class PeerTransport:
                             break
                         yield blob
 
-            call = peer.get_channel().stream_unary(
+            call = (await peer.get_channel()).stream_unary(
                 f"/{SERVICE}/Snapshot", request_serializer=_ident, response_deserializer=_ident
             )
             await call(chunks(), metadata=self.metadata(), timeout=600)
@@ -479,8 +485,8 @@ class PeerTransport:
         peer = self.peers.get(leader)
         if peer is None:
             raise errors.NO_LEADER
-        call = peer.get_channel().unary_unary(f"/{SERVICE}/Forward", request_serializer=_ident,
-                                              response_deserializer=_ident)
+        call = (await peer.get_channel()).unary_unary(f"/{SERVICE}/Forward", request_serializer=_ident,
+                                                      response_deserializer=_ident)
         try:
             raw = await call(json.dumps(doc).encode(), metadata=self.metadata(),
                              timeout=self.server.request_timeout)
@@ -521,19 +527,3 @@ class PeerTransport:
             log.error("peer refused us: cluster ID mismatch (a member of another cluster?)",
                       cluster_id=f"{self.server.cluster_id:x}")
         return False
-
-
-async def fetch_cluster(urls: list[str], channel_factory: Callable[[str], grpc.aio.Channel],
-                        timeout: float = 5.0) -> dict:
-    """Ask the given peers for the cluster ID and members (used by a member joining a cluster)."""
-    last: Exception | None = None
-    for url in urls:
-        ch = channel_factory(url)
-        try:
-            call = ch.unary_unary(f"/{SERVICE}/Cluster", request_serializer=_ident, response_deserializer=_ident)
-            return json.loads(await call(b"", timeout=timeout))
-        except grpc.aio.AioRpcError as e:
-            last = e
-        finally:
-            await ch.close()
-    raise ConnectionError(f"could not reach any peer of the cluster at {', '.join(urls)}: {last}")
