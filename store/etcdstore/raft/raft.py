@@ -239,11 +239,12 @@ class Raft:
 
     def bcast_append(self) -> None:
         me = self.id
+        last = self.log.last_index()
         for pid, pr in self.trk.progress.items():
             if pid != me and self.maybe_send_append(pid, True) and pr.state == REPLICATE:
                 # Pipeline the rest of a large batch now (flow control permitting) rather
                 # than one message per round trip.
-                while self.maybe_send_append(pid, False):
+                while pr.next <= last and self.maybe_send_append(pid, False):
                     pass
 
     def bcast_heartbeat(self, ctx: bytes | None = None) -> None:
@@ -611,7 +612,8 @@ class Raft:
         elif old_paused:
             self.send_append(frm)  # it may be missing our latest commit index
         # Flow control may allow several more appends now.
-        while self.maybe_send_append(frm, False):
+        last = log.last_index()
+        while pr.next <= last and self.maybe_send_append(frm, False):
             pass
         if frm == self.lead_transferee and pr.match == log.last_index():
             self.send(Message(TIMEOUT_NOW, frm))
