@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from etcdstore import ETCD_VERSION, errors
+from etcdstore import ETCD_VERSION, errors, metrics
 from etcdstore.logs import get_logger
 
 if TYPE_CHECKING:
@@ -50,7 +50,10 @@ def add_base_routes(app: web.Application, s: EtcdServer, registry: object | None
         exclude = set(request.query.getall("exclude", []))
         ok, reason = await check_health(s, exclude)
         if not ok:
+            metrics.HEALTH_FAILURES.inc()
             log.warn("/health error", reason=reason)
+        else:
+            metrics.HEALTH_SUCCESS.inc()
         return _health_response(ok)
 
     async def livez(request: web.Request) -> web.Response:
@@ -64,7 +67,7 @@ def add_base_routes(app: web.Application, s: EtcdServer, registry: object | None
     async def version(request: web.Request) -> web.Response:
         return web.json_response({"etcdserver": ETCD_VERSION, "etcdcluster": ETCD_VERSION.rsplit(".", 1)[0] + ".0"})
 
-    async def metrics(request: web.Request) -> web.Response:
+    async def metrics_handler(request: web.Request) -> web.Response:
         data = generate_latest(registry) if registry is not None else generate_latest()
         return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -72,4 +75,4 @@ def add_base_routes(app: web.Application, s: EtcdServer, registry: object | None
     app.router.add_get("/livez", livez)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/version", version)
-    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/metrics", metrics_handler)

@@ -10,7 +10,7 @@ import sys
 import grpc
 from aiohttp import web
 
-from etcdstore import errors, logs
+from etcdstore import errors, logs, metrics
 from etcdstore.api.auth import AuthService
 from etcdstore.api.cluster import ClusterService
 from etcdstore.api.gateway import add_gateway_routes
@@ -56,6 +56,7 @@ class Member:
         s = EtcdServer(cfg, transport_factory=lambda srv: PeerTransport(srv, listen, tls=peer_tls),
                        peer_tls=peer_tls)
         self.server = s
+        metrics.install(s)
         auth = install_auth(s)  # before start: replayed entries need the auth apply handlers
         await s.start()
         options = [

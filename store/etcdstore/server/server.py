@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from etcdstore import ETCD_VERSION, errors
+from etcdstore import ETCD_VERSION, errors, metrics
 from etcdstore.config import ConfigError, ServerConfig, check_bootstrap
 from etcdstore.lease.lessor import Lessor, min_lease_ttl
 from etcdstore.logs import get_logger
@@ -319,6 +319,7 @@ class EtcdServer:
             result = await asyncio.wait_for(fut, timeout or self.request_timeout)
         except asyncio.TimeoutError:
             self._waiters.forget(req_id)
+            metrics.PROPOSALS_FAILED.inc()
             raise self._timeout_error(start) from None
         if isinstance(result, errors.EtcdError):
             raise result
@@ -334,6 +335,7 @@ class EtcdServer:
             result = await asyncio.wait_for(fut, timeout or self.request_timeout)
         except asyncio.TimeoutError:
             self._waiters.forget(req_id)
+            metrics.PROPOSALS_FAILED.inc()
             raise self._timeout_error(start) from None
         if isinstance(result, errors.EtcdError):
             raise result
@@ -494,9 +496,7 @@ class EtcdServer:
         if rd.snapshot is not None:
             self._mark_snapshot_install(rd.snapshot)
         if rd.entries or rd.hard_state is not None or rd.snapshot is not None:
-            await asyncio.get_running_loop().run_in_executor(
-                self._disk, self.raft_storage.save, rd.entries, rd.hard_state, rd.snapshot, rd.must_sync
-            )
+            await asyncio.get_running_loop().run_in_executor(self._disk, self._persist, rd)
         if rd.snapshot is not None:
             self._install_snapshot(rd.snapshot)
         if not early and rd.messages and self.transport is not None:
@@ -511,11 +511,22 @@ class EtcdServer:
                         fut.set_result(rs.index)
         self._maybe_snapshot()
 
+    def _persist(self, rd: Any) -> None:
+        """Runs on the disk thread: the Ready's entries, hard state and snapshot, synced."""
+        t = time.perf_counter()
+        self.raft_storage.save(rd.entries, rd.hard_state, rd.snapshot, rd.must_sync)
+        if rd.must_sync:
+            metrics.WAL_FSYNC.observe(time.perf_counter() - t)
+
+    def pending_proposals(self) -> int:
+        return len(self._waiters)
+
     def _on_soft_state(self, ss: Any) -> None:
         was_leader = self.role == Role.LEADER
         if ss.leader != self.leader_id:
             if ss.leader != 0:
                 self.leader_changes += 1
+                metrics.LEADER_CHANGES.inc()
                 self._leader_elected_at = time.monotonic()
             log.info("leader changed", leader=f"{ss.leader:x}", member_id=f"{self.member_id:x}")
         self.leader_id = ss.leader
@@ -561,7 +572,9 @@ class EtcdServer:
         self.applied_index = last.index
         self.applied_term = last.term
         self.kv.set_consistent_index(batch, last.index, last.term)
+        t = time.perf_counter()
         self.backend.write(batch, sync=False)
+        metrics.BACKEND_COMMIT.observe(time.perf_counter() - t)
         self.kv.batch_written()
         events = applier.events
         applier.events = []

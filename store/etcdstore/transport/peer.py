@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from etcdstore import errors
+from etcdstore import errors, metrics
 from etcdstore.logs import get_logger
 from etcdstore.raft import codec
 from etcdstore.raft.records import Message, MessageType
@@ -165,6 +165,7 @@ class _Peer:
         self.active_since = 0.0  # monotonic time the current stream started (0: down)
         self.generation = 0  # bumped when a call ends: retires its request iterator
         self.task = asyncio.get_running_loop().create_task(self._run(), name=f"peer-{peer_id:x}")
+        self.prober = asyncio.get_running_loop().create_task(self._probe(), name=f"probe-{peer_id:x}")
         self.dropped = 0
 
     def send(self, m: Message) -> None:
@@ -228,7 +229,22 @@ class _Peer:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 0.25)
 
+    async def _probe(self) -> None:
+        """Measure the round trip to this peer every few seconds (etcd's peer RTT metric)."""
+        rtt = metrics.PEER_RTT.labels(f"{self.id:x}")
+        while True:
+            await asyncio.sleep(5)
+            try:
+                call = (await self.get_channel()).unary_unary(f"/{SERVICE}/Ping", request_serializer=_ident,
+                                                              response_deserializer=_ident)
+                t = time.perf_counter()
+                await call(b"ping", timeout=2)
+                rtt.observe(time.perf_counter() - t)
+            except (grpc.aio.AioRpcError, OSError, ConnectionError):
+                metrics.PEER_SENT_FAILURES.labels(f"{self.id:x}").inc()
+
     async def close(self) -> None:
+        self.prober.cancel()
         self.task.cancel()
         try:
             await self.task
@@ -267,6 +283,7 @@ class PeerTransport:
             "Snapshot": grpc.stream_unary_rpc_method_handler(self._on_snapshot, _ident, _ident),
             "Cluster": grpc.unary_unary_rpc_method_handler(self._on_cluster, _ident, _ident),
             "Forward": grpc.unary_unary_rpc_method_handler(self._on_forward, _ident, _ident),
+            "Ping": grpc.unary_unary_rpc_method_handler(self._on_ping, _ident, _ident),
         }
         srv.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
         creds = self.tls.server_credentials() if self.tls is not None else None
@@ -445,6 +462,9 @@ class PeerTransport:
                 pass
             raise
         return b"ok"
+
+    async def _on_ping(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return request
 
     async def _on_cluster(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         s = self.server
