@@ -16,6 +16,7 @@ from etcdstore.auth.perms import READ, READWRITE, WRITE, Intervals, UserPermissi
 from etcdstore.proto.authpb import auth_pb2
 
 KEYS = [b"", b"\x00", b"a", b"a\x00", b"ab", b"b", b"b\x00", b"c", b"z", b"\xff"]
+TYPES = [READ, WRITE, READWRITE, 7]  # 7: not a permission type (grants nothing)
 
 
 # ---- etcd's model ---------------------------------------------------------------------------------
@@ -80,7 +81,7 @@ def test_agrees_with_etcd_model_on_random_permission_sets() -> None:
     queries = [(k, e) for k in KEYS for e in [b"", b"\x00", *KEYS[1:]]]
     checked = 0
     for _ in range(400):
-        perms = [_perm(rng.choice([READ, WRITE, READWRITE]), rng.choice(KEYS), rng.choice([b"", b"\x00", *KEYS]))
+        perms = [_perm(rng.choice(TYPES), rng.choice(KEYS), rng.choice([b"", b"\x00", *KEYS]))
                  for _ in range(rng.randint(0, 5))]
         mine = UserPermissions([_role(*perms[:2]), _role(*perms[2:])])  # split over two roles
         for (key, end), want in itertools.product(queries, (READ, WRITE)):

@@ -108,7 +108,9 @@ class AuthService(rpc_pb2_grpc.AuthServicer):
     async def UserAdd(self, request: rpc_pb2.AuthUserAddRequest,
                       context: grpc.aio.ServicerContext) -> rpc_pb2.AuthUserAddResponse:
         gate(self.s, context)
-        if not request.options.no_password:
+        if request.options.no_password:
+            request.password = ""  # unused, and kept out of the log
+        else:
             await self._hash_into(context, request)
         return await self._propose(context, Kind.AUTH_USER_ADD, request)
 

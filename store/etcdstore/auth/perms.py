@@ -95,10 +95,11 @@ class UserPermissions:
                 span = permission_span(perm)
                 if span is None:
                     continue
-                if perm.permType != WRITE:
+                t = perm.permType
+                if t == READ or t == READWRITE:
                     reads.append(span)
-                if perm.permType != READ:
-                    writes.append(span)
+                if t == WRITE or t == READWRITE:
+                    writes.append(span)  # (an unknown type grants nothing, as in etcd)
         self.read = Intervals(reads)
         self.write = Intervals(writes)
 
