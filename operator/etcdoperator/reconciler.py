@@ -67,6 +67,15 @@ class StepResult:
         return self.error is None and self.plan.action.mutating
 
 
+def _strip(value: Any) -> Any:
+    """Compare claim templates without the fields an API server adds (status, volumeMode...)."""
+    if isinstance(value, list):
+        return [_strip(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _strip(v) for k, v in value.items() if k not in ("status", "volumeMode", "creationTimestamp")}
+    return value
+
+
 def _b64(data: Mapping[str, str] | None) -> dict[str, bytes]:
     return {k: base64.b64decode(v) for k, v in (data or {}).items()}
 
@@ -78,6 +87,7 @@ class ClusterReconciler:
         self.ref = ref
         self._members: Members | None = None
         self._members_key: object = None
+        self._warned: set[str] = set()
 
     async def close(self) -> None:
         if self._members is not None:
@@ -297,6 +307,15 @@ class ClusterReconciler:
             return
         if plan.version is not None and plan.version.refused:
             return  # keep the running template: the requested version change was refused
+        # A StatefulSet's identity fields cannot change; keep the live ones (storage is immutable
+        # in the CRD too, this covers API servers without CEL).
+        live_spec = sts.get("spec") or {}
+        for field in ("volumeClaimTemplates", "selector", "serviceName", "podManagementPolicy"):
+            if field in live_spec and _strip(desired["spec"].get(field)) != _strip(live_spec.get(field)):
+                desired["spec"][field] = live_spec[field]
+                if field not in self._warned:
+                    self._warned.add(field)
+                    log.warning("[%s/%s] not changing immutable StatefulSet field %s", ref.namespace, ref.name, field)
         await self.kube.apply(desired)
 
     # -- actions -----------------------------------------------------------------------------

@@ -249,6 +249,13 @@ class ApiServer(kmock.KubernetesEmulator):
         # DELETE: KMock marks objects with finalizers (deletionTimestamp) and removes the others.
         return request
 
+    async def _serve_version(self, request: kmock.Request) -> Any:
+        # KMock 0.8 names the core group version "/v1"; clients (client-go, helm) need "v1".
+        result = await super()._serve_version(request)
+        if isinstance(result, dict) and result.get("groupVersion") == "/v1":
+            result["groupVersion"] = "v1"
+        return result
+
     # -- reads with label selectors -----------------------------------------------------------
     async def _serve_list(self, request: kmock.Request) -> Any:
         result = await super()._serve_list(request)
