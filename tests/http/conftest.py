@@ -18,16 +18,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from httpdiff import Differ
-from procs import Cluster, have_etcd
-
-
-def start(tmp: Path, binary: str, *extra: str, size: int = 1) -> Cluster:
-    return Cluster.start(tmp, size, binary=binary, extra_args=list(extra))
-
-
-def url(c: Cluster, i: int = 0) -> str:
-    return "http://" + c.members[i].endpoint
+from httpdiff import Differ, start, url
+from procs import have_etcd
 
 
 @pytest.fixture(scope="module")

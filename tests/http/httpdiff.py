@@ -13,10 +13,22 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import yarl
+from procs import Cluster
+
+
+def start(tmp: Path, binary: str, *extra: str, size: int = 1) -> Cluster:
+    """A cluster of `binary` ("etcdstore" or "etcd") with extra flags, on free ports under tmp."""
+    return Cluster.start(tmp, size, binary=binary, extra_args=list(extra))
+
+
+def url(c: Cluster, i: int = 0) -> str:
+    return "http://" + c.members[i].endpoint
+
 
 # v2: integer fields that are store indexes.
 V2_INDEX_FIELDS = {"modifiedIndex", "createdIndex", "index"}

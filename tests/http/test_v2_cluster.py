@@ -12,8 +12,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from conftest import start, url
-from httpdiff import fetch, finish, open_stream
+from httpdiff import fetch, finish, open_stream, start, url
 from procs import Cluster
 
 K = "/v2/keys"

@@ -7,8 +7,7 @@ from collections.abc import Iterator
 
 import aiohttp
 import pytest
-from conftest import start, url
-from httpdiff import Differ, fetch
+from httpdiff import Differ, fetch, start, url
 from procs import have_etcd
 
 pytestmark = pytest.mark.etcd

@@ -354,6 +354,8 @@ def _plain(status: int, text: str) -> web.Response:
                         headers={"X-Content-Type-Options": "nosniff"})
 
 
+_MD_KEY = re.compile(r"[0-9a-z_.-]+")
+_MD_VALUE = re.compile(r"[\x20-\x7e]*")
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 
 
@@ -366,12 +368,14 @@ def _call_options(request: web.Request) -> tuple[list[tuple[str, str]], float | 
     timeout = None
     for key, value in request.headers.items():
         lk = key.lower()
+        if not _MD_VALUE.fullmatch(value):
+            continue  # not representable as gRPC metadata
         if lk == "authorization":
             token = value
             md.append(("authorization", value))
         elif lk.startswith("grpc-metadata-"):
             name = lk[len("grpc-metadata-"):]
-            if name and not name.endswith("-bin"):
+            if _MD_KEY.fullmatch(name) and not name.endswith("-bin"):
                 md.append((name, value))
                 has_token_md = has_token_md or name == "token"
         elif lk == "grpc-timeout" and value[-1:] in _TIMEOUT_UNITS and value[:-1].isdigit():
@@ -448,6 +452,15 @@ class Gateway:
             self._channel = None
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        try:
+            return await self._handle(request)
+        except (asyncio.CancelledError, ConnectionError):
+            raise
+        except Exception as e:  # a bug must not look like a gRPC answer, nor take the port down
+            log.error("gateway request failed", path=request.path, exc_info=e)
+            return error_response(grpc.StatusCode.UNKNOWN, f"gateway: internal error ({type(e).__name__})")
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
         redirect = unclean_path_redirect(request)
         if redirect is not None:
             return redirect
