@@ -139,9 +139,12 @@ class V2Store:
         exist. Raises Not a directory if an ancestor is a file."""
         node = self.lookup(path)
         chain: list[tuple[str, Node | None]] = []
+        missing = False  # below a missing directory nothing exists (no orphans are ever stored)
         for a in ancestors(path):
-            n = self.lookup(a) if chain == [] or chain[-1][1] is not None else None
-            if n is not None and not n.dir:
+            n = None if missing else self.lookup(a)
+            if n is None:
+                missing = True
+            elif not n.dir:
                 raise V2Error(v2e.NOT_DIR, a, rev)
             chain.append((a, n))
         return node, chain
