@@ -211,6 +211,15 @@ def test_tokens_and_watches_over_raw_grpc_match_etcd(pair: tuple[str, str]) -> N
             for key, end in ((b"r/1", b""), (b"r/", b"r0"), (b"s", b""), (b"r/", b"\x00")):
                 w = watch_create(ep, key, end, token)
                 r.append((w.created, w.canceled, w.cancel_reason, w.watch_id if w.canceled else "id"))
+        # Revoking a lease deletes its keys: allowed only with write permission on all of them.
+        r.append(("lease", [
+            call(ep, "Lease", "LeaseGrant", rpc_pb2.LeaseGrantRequest(ID=777, TTL=60), token=root)[0],
+            call(ep, "Lease", "LeaseGrant", rpc_pb2.LeaseGrantRequest(ID=778, TTL=60), token=root)[0],
+            call(ep, "KV", "Put", rpc_pb2.PutRequest(key=b"s/1", value=b"v", lease=777), token=root)[0],
+            call(ep, "Lease", "LeaseRevoke", rpc_pb2.LeaseRevokeRequest(ID=777), token=user),
+            call(ep, "Lease", "LeaseRevoke", rpc_pb2.LeaseRevokeRequest(ID=778), token=user)[0],
+            call(ep, "Lease", "LeaseRevoke", rpc_pb2.LeaseRevokeRequest(ID=777), token=root)[0],
+        ]))
         r.append(call(ep, "Auth", "Authenticate", rpc_pb2.AuthenticateRequest(name="u", password="bad")))
         r.append(call(ep, "Auth", "Authenticate", rpc_pb2.AuthenticateRequest(name="", password="")))
         r.append(call(ep, "Auth", "UserGet", rpc_pb2.AuthUserGetRequest(name="u"), token=user))
@@ -230,6 +239,7 @@ def test_tokens_and_watches_over_raw_grpc_match_etcd(pair: tuple[str, str]) -> N
     diffs = [f"#{i}: etcd {a} / etcdstore {b}" for i, (a, b) in enumerate(zip(*normalised)) if a != b]
     assert not diffs, "\n".join(diffs)
     assert ("UNAUTHENTICATED", "etcdserver: invalid auth token") in normalised[0]
+    assert ("lease", ["OK", "OK", "OK", ("PERMISSION_DENIED", "etcdserver: permission denied"), "OK", "OK"]) in etcd_r
 
 
 def _shape(x: object) -> object:
