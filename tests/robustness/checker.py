@@ -70,6 +70,7 @@ class Report:
     watch_events: int = 0
     log_events: int = 0
     seconds: float = 0.0
+    cpu_seconds: float = 0.0  # the checker's own CPU time: comparable on a loaded machine
 
     def add(self, kind: str, msg: str, limit: int = 20) -> None:
         lst = self.anomalies.setdefault(kind, [])
@@ -105,6 +106,7 @@ class Report:
             f"watch             {self.watch_sessions} sessions, {self.watch_events} events",
             f"linearizability   {self.lin_partitions} partitions (largest {self.largest_partition} ops), "
             f"{self.lin_steps} search steps, {self.lin_seconds:.2f} s, undecided {self.lin_undecided}",
+            f"check took        {self.seconds:.2f} s ({self.cpu_seconds:.2f} s CPU)",
             f"lost writes       {self.lost_writes}",
             f"anomalies         {self.anomaly_count()}",
         ]
@@ -371,6 +373,7 @@ def _tightened_returns(items: list[tuple[int, int]]) -> tuple[list[int], list[in
 
 def check(history: History, *, budget: int = 2_000_000) -> Report:
     t0 = time.perf_counter()
+    c0 = time.process_time()
     rep = Report()
     ops = history.operations
     for o in ops:
@@ -486,6 +489,7 @@ def check(history: History, *, budget: int = 2_000_000) -> Report:
 
     _check_final(history, log, att, ops, rep)
     rep.seconds = time.perf_counter() - t0
+    rep.cpu_seconds = time.process_time() - c0
     return rep
 
 
