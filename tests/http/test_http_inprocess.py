@@ -7,18 +7,22 @@ from __future__ import annotations
 import asyncio
 import base64
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import aiohttp
 import pytest
+import pytest_asyncio
 from etcdstore.config import parse_args
 from etcdstore.server.main import Member
 from httpdiff import fetch, open_stream, read_lines
 from procs import free_port
 
+# One member for the module: a process can host one Member at a time (metrics registry).
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-@pytest.fixture
-async def member(tmp_path: Path) -> AsyncIterator[tuple[Member, str]]:
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def member(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tuple[Member, str]]:
+    tmp_path = tmp_path_factory.mktemp("inproc")
     client, peer = free_port(), free_port()
     cfg = parse_args([
         "--name", "n1", "--data-dir", str(tmp_path / "n1"),
