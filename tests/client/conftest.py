@@ -56,7 +56,9 @@ def tls_files(tmp_path: Path) -> TLSFiles:
 
 @pytest.fixture
 def etcd_tls(tmp_path: Path, tls_files: TLSFiles, request: pytest.FixtureRequest) -> Iterator[EtcdCluster]:
-    with EtcdCluster.start(tmp_path / "etcd-tls", 1, tls=tls_files, extra_args=_extra_args(request)) as cluster:
+    with EtcdCluster.start(
+        tmp_path / "etcd-tls", 1, tls=tls_files, extra_args=_extra_args(request)
+    ) as cluster:
         yield cluster
 
 

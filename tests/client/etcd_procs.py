@@ -98,9 +98,15 @@ def make_tls_files(directory: Path, *, client_cn: str = "client") -> TLSFiles:
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-                encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -167,7 +173,7 @@ class EtcdMember:
 
     @property
     def endpoint(self) -> str:
-        """"host:port" of the client port (what Client() takes)."""
+        """ "host:port" of the client port (what Client() takes)."""
         return f"{HOST}:{self.client_port}"
 
     @property
@@ -185,23 +191,37 @@ class EtcdMember:
     def command(self) -> list[str]:
         args = [
             ETCD_BIN,
-            "--name", self.name,
-            "--data-dir", str(self.data_dir),
-            "--listen-client-urls", self.client_url,
-            "--advertise-client-urls", self.client_url,
-            "--listen-peer-urls", self.peer_url,
-            "--initial-advertise-peer-urls", self.peer_url,
-            "--initial-cluster", self.initial_cluster or f"{self.name}={self.peer_url}",
-            "--initial-cluster-state", self.cluster_state,
-            "--initial-cluster-token", self.cluster_token or "tok",
-            "--logger", "zap",
-            "--log-outputs", "stderr",
+            "--name",
+            self.name,
+            "--data-dir",
+            str(self.data_dir),
+            "--listen-client-urls",
+            self.client_url,
+            "--advertise-client-urls",
+            self.client_url,
+            "--listen-peer-urls",
+            self.peer_url,
+            "--initial-advertise-peer-urls",
+            self.peer_url,
+            "--initial-cluster",
+            self.initial_cluster or f"{self.name}={self.peer_url}",
+            "--initial-cluster-state",
+            self.cluster_state,
+            "--initial-cluster-token",
+            self.cluster_token or "tok",
+            "--logger",
+            "zap",
+            "--log-outputs",
+            "stderr",
         ]
         if self.tls:
             args += [
-                "--cert-file", str(self.tls.server_cert),
-                "--key-file", str(self.tls.server_key),
-                "--trusted-ca-file", str(self.tls.ca),
+                "--cert-file",
+                str(self.tls.server_cert),
+                "--key-file",
+                str(self.tls.server_key),
+                "--trusted-ca-file",
+                str(self.tls.ca),
                 "--client-cert-auth",
             ]
         return args + self.extra_args

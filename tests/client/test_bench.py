@@ -20,8 +20,9 @@ def test_wire_bytes_equal_protobuf() -> None:
     for s in (False, True):
         assert wire.range_request(k, s) == rpc_pb2.RangeRequest(key=k, serializable=s).SerializeToString()
     puts = [(wire.key_bytes(i, 8), v) for i in range(3)]
-    expected = rpc_pb2.TxnRequest(success=[rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=a, value=b))
-                                           for a, b in puts])
+    expected = rpc_pb2.TxnRequest(
+        success=[rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=a, value=b)) for a, b in puts]
+    )
     assert wire.txn_put_request(puts) == expected.SerializeToString()
     create = rpc_pb2.WatchRequest(create_request=rpc_pb2.WatchCreateRequest(key=b"wb/", range_end=b"wb0"))
     assert wire.watch_create_request(b"wb/", b"wb0") == create.SerializeToString()
@@ -45,8 +46,24 @@ def test_shares_and_percentiles() -> None:
 def test_put_and_range_runs_hit_the_server(etcd, capsys, tmp_path: Path) -> None:
     ep = etcd.endpoints[0]
     out_json = tmp_path / "r.jsonl"
-    assert main(["put", "--endpoints", ep, "--clients", "1,4", "--total", "200", "--key-space", "50",
-                 "--json", str(out_json)]) == 0
+    assert (
+        main(
+            [
+                "put",
+                "--endpoints",
+                ep,
+                "--clients",
+                "1,4",
+                "--total",
+                "200",
+                "--key-space",
+                "50",
+                "--json",
+                str(out_json),
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "workload=put" in text and "p99 ms" in text
     rows = [json.loads(line) for line in out_json.read_text().splitlines()]
@@ -58,8 +75,28 @@ def test_put_and_range_runs_hit_the_server(etcd, capsys, tmp_path: Path) -> None
     keys = etcdctl([ep], "get", "", "--from-key", "--keys-only").split()
     assert 0 < len(keys) <= 50
 
-    assert main(["range", "--endpoints", ep, "--clients", "8", "--total", "300", "--key-space", "300",
-                 "--consistency", "s", "--procs", "2", "--json", str(out_json)]) == 0
+    assert (
+        main(
+            [
+                "range",
+                "--endpoints",
+                ep,
+                "--clients",
+                "8",
+                "--total",
+                "300",
+                "--key-space",
+                "300",
+                "--consistency",
+                "s",
+                "--procs",
+                "2",
+                "--json",
+                str(out_json),
+            ]
+        )
+        == 0
+    )
     last = json.loads(out_json.read_text().splitlines()[-1])
     assert (last["workload"], last["procs"], last["ops"], last["errors"]) == ("range", 2, 300, {})
     assert "range-s" in capsys.readouterr().out
@@ -71,18 +108,56 @@ def test_put_and_range_runs_hit_the_server(etcd, capsys, tmp_path: Path) -> None
 def test_txn_watch_and_compare(etcd, capsys, tmp_path: Path) -> None:
     ep = etcd.endpoints[0]
     out_json = tmp_path / "r.jsonl"
-    assert main(["txn", "--endpoints", ep, "--clients", "4", "--total", "100", "--txn-ops", "3",
-                 "--json", str(out_json)]) == 0
+    assert (
+        main(
+            [
+                "txn",
+                "--endpoints",
+                ep,
+                "--clients",
+                "4",
+                "--total",
+                "100",
+                "--txn-ops",
+                "3",
+                "--json",
+                str(out_json),
+            ]
+        )
+        == 0
+    )
     rev = json.loads(etcdctl([ep], "endpoint", "status", "-w", "json"))[0]["Status"]["header"]["revision"]
     assert rev == 101  # one revision per txn
-    assert main(["watch", "--endpoints", ep, "--clients", "2", "--total", "100", "--watchers", "6",
-                 "--watch-streams", "2", "--json", str(out_json)]) == 0
+    assert (
+        main(
+            [
+                "watch",
+                "--endpoints",
+                ep,
+                "--clients",
+                "2",
+                "--total",
+                "100",
+                "--watchers",
+                "6",
+                "--watch-streams",
+                "2",
+                "--json",
+                str(out_json),
+            ]
+        )
+        == 0
+    )
     w = json.loads(out_json.read_text().splitlines()[-1])
     assert w["ops"] == 100 and w["events"] == w["events_expected"] == 600  # every watcher saw every put
     assert w["event_latency_ms"]["p50"] > 0 and w["events_per_s"] > 0
     capsys.readouterr()
-    assert main(["put", "--compare", f"etcd={ep}", "--compare", f"again={ep}", "--clients", "2",
-                 "--total", "50"]) == 0
+    assert (
+        main(
+            ["put", "--compare", f"etcd={ep}", "--compare", f"again={ep}", "--clients", "2", "--total", "50"]
+        )
+        == 0
+    )
     table = capsys.readouterr().out
     assert "etcd ops/s" in table and "again ops/s" in table and "again/etcd" in table
 
@@ -98,9 +173,33 @@ def test_unreachable_endpoint_fails_cleanly(capsys) -> None:
 def test_rate_cap_and_tls(etcd_tls, tls_files, tmp_path: Path) -> None:
     out_json = tmp_path / "r.jsonl"
     ep = etcd_tls.members[0].client_url  # https://
-    tls = ["--cacert", str(tls_files.ca), "--cert", str(tls_files.client_cert), "--key", str(tls_files.client_key)]
-    assert main(["put", "--endpoints", ep, "--clients", "2", "--total", "100", "--rate", "200",
-                 "--json", str(out_json), *tls]) == 0
+    tls = [
+        "--cacert",
+        str(tls_files.ca),
+        "--cert",
+        str(tls_files.client_cert),
+        "--key",
+        str(tls_files.client_key),
+    ]
+    assert (
+        main(
+            [
+                "put",
+                "--endpoints",
+                ep,
+                "--clients",
+                "2",
+                "--total",
+                "100",
+                "--rate",
+                "200",
+                "--json",
+                str(out_json),
+                *tls,
+            ]
+        )
+        == 0
+    )
     r = json.loads(out_json.read_text())
     assert r["ops"] == 100 and r["errors"] == {}
     assert 150 < r["ops_per_s"] <= 215  # paced: 100 requests at 200/s take ~0.5 s

@@ -29,7 +29,10 @@ async def setup_users(c: Client) -> None:
 
 async def test_users_roles_permissions_and_enforcement(etcd) -> None:
     eps = etcd.endpoints
-    async with Client(eps, timeout=10) as admin, Client(eps, user="root", password="rootpw", timeout=10) as root:
+    async with (
+        Client(eps, timeout=10) as admin,
+        Client(eps, user="root", password="rootpw", timeout=10) as root,
+    ):
         await raises(admin.auth_enable(), errors.ROOT_USER_NOT_EXIST)
         await setup_users(admin)
         await raises(admin.user_add("alice", "x"), errors.USER_ALREADY_EXIST)

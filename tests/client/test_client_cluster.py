@@ -157,9 +157,7 @@ async def test_real_learner_joins_and_is_promoted(etcd3) -> None:
             await c.put(f"d{i}", "x")
         m3 = etcd3.new_member("m3")
         added = await c.member_add([m3.peer_url], learner=True)
-        m3.initial_cluster = ",".join(
-            f"{m.name or 'm3'}={m.peerURLs[0]}" for m in added.members
-        )
+        m3.initial_cluster = ",".join(f"{m.name or 'm3'}={m.peerURLs[0]}" for m in added.members)
         m3.spawn()
         etcd3.members.append(m3)
         for _ in range(100):

@@ -112,11 +112,15 @@ async def test_txn_compare_branches_and_nesting(client: Client) -> None:
     assert r.responses[1].response_range.kvs[0].value == b"2"
     assert r.responses[0].response_put.header.revision == rev + 1  # one txn, one revision
     assert (await client.get("u")).kvs[0].mod_revision == rev + 1
-    r = await client.txn([Compare.value("t") != "2"], [Op.delete("t")], [Op.get("t"), Op.delete("u", prev_kv=True)])
+    r = await client.txn(
+        [Compare.value("t") != "2"], [Op.delete("t")], [Op.get("t"), Op.delete("u", prev_kv=True)]
+    )
     assert not r.succeeded
     assert r.responses[0].response_range.kvs[0].value == b"2"
     assert r.responses[1].response_delete_range.prev_kvs[0].key == b"u"
-    r = await client.txn([Compare.create_revision("absent") == 0, Compare.lease("t") == 0, Compare.mod_revision("t") < 10**6])
+    r = await client.txn(
+        [Compare.create_revision("absent") == 0, Compare.lease("t") == 0, Compare.mod_revision("t") < 10**6]
+    )
     assert r.succeeded and not r.responses
     r = await client.txn([Compare.version("t", prefix=True) > 5])
     assert not r.succeeded

@@ -73,8 +73,20 @@ async def test_snapshot_save_matches_and_restores(client: Client, etcd: EtcdClus
     assert st["totalKey"] >= 100
     # A member restored from it serves the data (etcdctl checks the hash while restoring).
     r0 = EtcdMember("r0", tmp_path / "restored" / "r0.etcd", free_port(), free_port())
-    etcdctl([], "snapshot", "restore", str(path), "--data-dir", str(r0.data_dir), "--name", "r0",
-            "--initial-cluster", f"r0={r0.peer_url}", "--initial-advertise-peer-urls", r0.peer_url)
+    etcdctl(
+        [],
+        "snapshot",
+        "restore",
+        str(path),
+        "--data-dir",
+        str(r0.data_dir),
+        "--name",
+        "r0",
+        "--initial-cluster",
+        f"r0={r0.peer_url}",
+        "--initial-advertise-peer-urls",
+        r0.peer_url,
+    )
     r0.spawn()
     try:
         wait_serving([r0])

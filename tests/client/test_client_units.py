@@ -45,7 +45,12 @@ def test_parse_endpoints() -> None:
 
 def test_compare_builders() -> None:
     c = Compare.mod_revision("k") == 5
-    assert (c.result, c.target, c.key, c.mod_revision) == (rpc_pb2.Compare.EQUAL, rpc_pb2.Compare.MOD, b"k", 5)
+    assert (c.result, c.target, c.key, c.mod_revision) == (
+        rpc_pb2.Compare.EQUAL,
+        rpc_pb2.Compare.MOD,
+        b"k",
+        5,
+    )
     c = Compare.version("k") == 0  # a zero operand is still sent (oneof presence)
     assert c.WhichOneof("target_union") == "version"
     assert c.SerializeToString() == rpc_pb2.Compare(key=b"k", version=0).SerializeToString()
@@ -66,12 +71,19 @@ def test_txn_read_only_detection() -> None:
 
 
 def test_cancel_reason_mapping() -> None:
-    e = error_from_reason("rpc error: code = PermissionDenied desc = etcdserver: permission denied",
-                          grpc.StatusCode.UNKNOWN)
+    e = error_from_reason(
+        "rpc error: code = PermissionDenied desc = etcdserver: permission denied", grpc.StatusCode.UNKNOWN
+    )
     assert e == errors.PERMISSION_DENIED
-    e = error_from_reason("rpc error: code = Unauthenticated desc = etcdserver: invalid auth token",
-                          grpc.StatusCode.UNKNOWN)
+    e = error_from_reason(
+        "rpc error: code = Unauthenticated desc = etcdserver: invalid auth token", grpc.StatusCode.UNKNOWN
+    )
     assert e == errors.INVALID_AUTH_TOKEN
-    assert error_from_reason("etcdserver: mvcc: required revision has been compacted",
-                             grpc.StatusCode.UNKNOWN) == errors.COMPACTED
-    assert error_from_reason("odd", grpc.StatusCode.FAILED_PRECONDITION).code == grpc.StatusCode.FAILED_PRECONDITION
+    assert (
+        error_from_reason("etcdserver: mvcc: required revision has been compacted", grpc.StatusCode.UNKNOWN)
+        == errors.COMPACTED
+    )
+    assert (
+        error_from_reason("odd", grpc.StatusCode.FAILED_PRECONDITION).code
+        == grpc.StatusCode.FAILED_PRECONDITION
+    )

@@ -28,10 +28,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("workload", choices=WORKLOADS)
     p.add_argument("--endpoints", default="127.0.0.1:2379", help="comma-separated host:port list")
-    p.add_argument("--compare", action="append", default=[], metavar="LABEL=EP1,EP2",
-                   help="run the same workload against each labeled endpoint set (repeat); one table")
+    p.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="LABEL=EP1,EP2",
+        help="run the same workload against each labeled endpoint set (repeat); one table",
+    )
     p.add_argument("--clients", default="1", help="concurrent clients; a comma list runs each in turn")
-    p.add_argument("--conns", type=int, default=0, help="gRPC connections in all (default: 1 per 100 clients)")
+    p.add_argument(
+        "--conns", type=int, default=0, help="gRPC connections in all (default: 1 per 100 clients)"
+    )
     p.add_argument("--procs", type=int, default=1, help="processes the clients are spread over")
     amount = p.add_mutually_exclusive_group()
     amount.add_argument("--total", type=int, default=0, help="requests in all")
@@ -39,13 +46,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--key-size", type=int, default=8)
     p.add_argument("--val-size", type=int, default=256)
     p.add_argument("--key-space", type=int, default=10_000, help="number of distinct keys")
-    p.add_argument("--consistency", choices=("l", "s"), default="l", help="range: linearizable or serializable")
+    p.add_argument(
+        "--consistency", choices=("l", "s"), default="l", help="range: linearizable or serializable"
+    )
     p.add_argument("--txn-ops", type=int, default=1, help="txn: puts per transaction")
     p.add_argument("--rate", type=float, default=0.0, help="cap on requests/s in all (0: no cap)")
     p.add_argument("--watchers", type=int, default=100, help="watch: watchers on the benchmark prefix")
     p.add_argument("--watch-streams", type=int, default=10, help="watch: gRPC streams the watchers share")
-    p.add_argument("--prefill", action=argparse.BooleanOptionalAction, default=None,
-                   help="write the whole key space first (default: on for range)")
+    p.add_argument(
+        "--prefill",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="write the whole key space first (default: on for range)",
+    )
     p.add_argument("--timeout", type=float, default=10.0, help="per-request deadline, seconds")
     p.add_argument("--cacert", help="TLS: CA file")
     p.add_argument("--cert", help="TLS: client certificate")
@@ -75,13 +88,29 @@ def configs(args: argparse.Namespace) -> list[BenchConfig]:
         for label, eps in _endpoint_sets(args):
             # No process without clients (watch processes also carry watchers).
             procs = max(1, args.procs if args.workload == "watch" else min(args.procs, n))
-            out.append(BenchConfig(
-                workload=args.workload, endpoints=eps, clients=n, conns=args.conns, procs=procs,
-                total=args.total, duration=args.duration, key_size=args.key_size, val_size=args.val_size,
-                key_space=args.key_space, consistency=args.consistency, txn_ops=args.txn_ops, rate=args.rate,
-                watchers=args.watchers, watch_streams=args.watch_streams, prefill=prefill,
-                timeout=args.timeout, tls=tls, label=label,
-            ))
+            out.append(
+                BenchConfig(
+                    workload=args.workload,
+                    endpoints=eps,
+                    clients=n,
+                    conns=args.conns,
+                    procs=procs,
+                    total=args.total,
+                    duration=args.duration,
+                    key_size=args.key_size,
+                    val_size=args.val_size,
+                    key_space=args.key_space,
+                    consistency=args.consistency,
+                    txn_ops=args.txn_ops,
+                    rate=args.rate,
+                    watchers=args.watchers,
+                    watch_streams=args.watch_streams,
+                    prefill=prefill,
+                    timeout=args.timeout,
+                    tls=tls,
+                    label=label,
+                )
+            )
     return out
 
 
@@ -102,16 +131,39 @@ def print_table(results: list[Summary], out: TextIO) -> None:
     labels = list(dict.fromkeys(r.cfg.label for r in results))
     watch = any(r.cfg.workload == "watch" for r in results)
     if labels == [""]:
-        head = ["workload", "clients", "conns", "procs", "ops", "errors", "ops/s", "p50 ms", "p90 ms",
-                "p99 ms", "max ms", "client cpu"]
+        head = [
+            "workload",
+            "clients",
+            "conns",
+            "procs",
+            "ops",
+            "errors",
+            "ops/s",
+            "p50 ms",
+            "p90 ms",
+            "p99 ms",
+            "max ms",
+            "client cpu",
+        ]
         if watch:
             head += ["events", "events/s", "ev p50 ms", "ev p99 ms"]
         rows = []
         for r in results:
             lat = r.latency_ms
-            row = [_name(r.cfg), str(r.cfg.clients), str(r.cfg.effective_conns), str(r.cfg.procs), str(r.ops),
-                   str(sum(r.errors.values())), _fmt(r.throughput, 1), _fmt(lat.get("p50")), _fmt(lat.get("p90")),
-                   _fmt(lat.get("p99")), _fmt(lat.get("max")), _fmt(r.client_cpu)]
+            row = [
+                _name(r.cfg),
+                str(r.cfg.clients),
+                str(r.cfg.effective_conns),
+                str(r.cfg.procs),
+                str(r.ops),
+                str(sum(r.errors.values())),
+                _fmt(r.throughput, 1),
+                _fmt(lat.get("p50")),
+                _fmt(lat.get("p90")),
+                _fmt(lat.get("p99")),
+                _fmt(lat.get("max")),
+                _fmt(r.client_cpu),
+            ]
             if watch:
                 ev = r.event_latency_ms
                 row += [str(r.events), _fmt(r.event_throughput, 1), _fmt(ev.get("p50")), _fmt(ev.get("p99"))]
@@ -130,8 +182,16 @@ def print_table(results: list[Summary], out: TextIO) -> None:
             row = [name, str(clients)]
             for label in labels:
                 r = group.get(label)
-                row += ([_fmt(r.throughput, 1), _fmt(r.latency_ms.get("p50")), _fmt(r.latency_ms.get("p99")),
-                         str(sum(r.errors.values()))] if r else ["-"] * 4)
+                row += (
+                    [
+                        _fmt(r.throughput, 1),
+                        _fmt(r.latency_ms.get("p50")),
+                        _fmt(r.latency_ms.get("p99")),
+                        str(sum(r.errors.values())),
+                    ]
+                    if r
+                    else ["-"] * 4
+                )
             if len(labels) == 2:
                 a, b = group.get(labels[0]), group.get(labels[1])
                 row.append(_fmt(b.throughput / a.throughput, 2) if a and b and a.throughput else "-")
@@ -141,7 +201,9 @@ def print_table(results: list[Summary], out: TextIO) -> None:
     print(line, file=out)
     print("-" * len(line), file=out)
     for row in rows:
-        print("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))), file=out)
+        print(
+            "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))), file=out
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

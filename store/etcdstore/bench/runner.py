@@ -34,12 +34,21 @@ class Summary:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "label": self.cfg.label, "workload": self.cfg.workload, "clients": self.cfg.clients,
-            "conns": self.cfg.effective_conns, "procs": self.cfg.procs, "config": self.cfg.describe(),
-            "ops": self.ops, "errors": self.errors, "elapsed_s": round(self.elapsed, 3),
-            "ops_per_s": round(self.throughput, 1), "latency_ms": self.latency_ms, "events": self.events,
+            "label": self.cfg.label,
+            "workload": self.cfg.workload,
+            "clients": self.cfg.clients,
+            "conns": self.cfg.effective_conns,
+            "procs": self.cfg.procs,
+            "config": self.cfg.describe(),
+            "ops": self.ops,
+            "errors": self.errors,
+            "elapsed_s": round(self.elapsed, 3),
+            "ops_per_s": round(self.throughput, 1),
+            "latency_ms": self.latency_ms,
+            "events": self.events,
             "events_expected": self.cfg.watchers * self.ops if self.cfg.workload == "watch" else 0,
-            "events_per_s": round(self.event_throughput, 1), "event_latency_ms": self.event_latency_ms,
+            "events_per_s": round(self.event_throughput, 1),
+            "event_latency_ms": self.event_latency_ms,
             "client_cpu_cores": round(self.client_cpu, 2),
         }
 
@@ -53,7 +62,13 @@ def percentiles(samples: array) -> dict[str, float]:
     def at(q: float) -> float:
         return s[min(n - 1, int(q * n))] * 1000.0
 
-    return {"p50": at(0.50), "p90": at(0.90), "p99": at(0.99), "max": s[-1] * 1000.0, "mean": sum(s) / n * 1000.0}
+    return {
+        "p50": at(0.50),
+        "p90": at(0.90),
+        "p99": at(0.99),
+        "max": s[-1] * 1000.0,
+        "mean": sum(s) / n * 1000.0,
+    }
 
 
 def merge(cfg: BenchConfig, results: list[WorkerResult]) -> Summary:
@@ -89,7 +104,9 @@ async def prefill(cfg: BenchConfig) -> None:
 
         async def one(keys: range) -> None:
             async with sem:
-                await txn(wire.txn_put_request([(wire.key_bytes(i, cfg.key_size), value) for i in keys]), timeout=60)
+                await txn(
+                    wire.txn_put_request([(wire.key_bytes(i, cfg.key_size), value) for i in keys]), timeout=60
+                )
 
         await asyncio.gather(*(one(b) for b in batches))
     finally:
@@ -109,7 +126,9 @@ def _in_process(cfg: BenchConfig, share: WorkerShare) -> WorkerResult:
     return asyncio.run(main())
 
 
-def _process_main(cfg: BenchConfig, share: WorkerShare, ready: Any, results: Any, go: Any, start_at: Any) -> None:
+def _process_main(
+    cfg: BenchConfig, share: WorkerShare, ready: Any, results: Any, go: Any, start_at: Any
+) -> None:
     async def wait_go() -> float:
         ready.put(share.index)
         await asyncio.get_running_loop().run_in_executor(None, go.wait)
@@ -135,8 +154,10 @@ def run(cfg: BenchConfig) -> Summary:
     ctx = mp.get_context("spawn")
     ready, results, go = ctx.Queue(), ctx.Queue(), ctx.Event()
     start_at = ctx.Value("d", 0.0)
-    procs = [ctx.Process(target=_process_main, args=(cfg, p, ready, results, go, start_at), daemon=True)
-             for p in parts]
+    procs = [
+        ctx.Process(target=_process_main, args=(cfg, p, ready, results, go, start_at), daemon=True)
+        for p in parts
+    ]
     for p in procs:
         p.start()
     collected: dict[int, WorkerResult] = {}
@@ -186,4 +207,3 @@ def _check_failures(results: Any, collected: dict[int, WorkerResult], procs: lis
     if isinstance(res, str):
         raise RuntimeError(f"benchmark worker {index} failed: {res}")
     collected[index] = res
-

@@ -73,7 +73,8 @@ class _Requests:
             if cfg.val_size < 8:
                 raise ValueError("watch needs --val-size >= 8 (the value carries a timestamp)")
             self.key_fields = [
-                wire.field_bytes(1, wire.key_bytes(i, cfg.key_size, WATCH_PREFIX)) for i in range(cfg.key_space)
+                wire.field_bytes(1, wire.key_bytes(i, cfg.key_size, WATCH_PREFIX))
+                for i in range(cfg.key_space)
             ]
             self.value_head = wire.varint(2 << 3 | 2) + wire.varint(cfg.val_size)
             self.value_pad = self.value[8:]
@@ -99,7 +100,9 @@ class _Requests:
             return lambda: fields[int(rnd() * space)] + head + _pack_ts(now()) + pad
         if cfg.workload == "txn":
             ops, value, ks = min(cfg.txn_ops, space), self.value, cfg.key_size
-            return lambda: wire.txn_put_request([(wire.key_bytes(i, ks), value) for i in rng.sample(range(space), ops)])
+            return lambda: wire.txn_put_request(
+                [(wire.key_bytes(i, ks), value) for i in rng.sample(range(space), ops)]
+            )
         return lambda: self._build(int(rnd() * space))
 
 
@@ -149,8 +152,10 @@ class _WatchSide:
         self.lat = array("d")
         self.calls: list[Any] = []
         self.tasks: list[asyncio.Task[None]] = []
-        self.per_stream = [share.watchers // share.watch_streams + (i < share.watchers % share.watch_streams)
-                           for i in range(share.watch_streams)]
+        self.per_stream = [
+            share.watchers // share.watch_streams + (i < share.watchers % share.watch_streams)
+            for i in range(share.watch_streams)
+        ]
         self.channels = channels
 
     async def start(self) -> None:
@@ -202,7 +207,9 @@ class _WatchSide:
         await asyncio.gather(*self.tasks, return_exceptions=True)
 
 
-async def run_share(cfg: BenchConfig, share: WorkerShare, wait_go: Callable[[], Awaitable[float]]) -> WorkerResult:
+async def run_share(
+    cfg: BenchConfig, share: WorkerShare, wait_go: Callable[[], Awaitable[float]]
+) -> WorkerResult:
     """Connect, get ready, wait for the common start, run, report."""
     rng = random.Random(share.seed)
     eps = cfg.endpoints
@@ -214,8 +221,10 @@ async def run_share(cfg: BenchConfig, share: WorkerShare, wait_go: Callable[[], 
             await asyncio.wait_for(asyncio.gather(*(ch.channel_ready() for ch in channels)), limit)
         except asyncio.TimeoutError:
             raise RuntimeError(f"could not connect to {', '.join(eps)} within {limit:g}s") from None
-        calls = [ch.unary_unary(_PATHS[cfg.workload], request_serializer=None, response_deserializer=None)
-                 for ch in channels]
+        calls = [
+            ch.unary_unary(_PATHS[cfg.workload], request_serializer=None, response_deserializer=None)
+            for ch in channels
+        ]
         reqs = _Requests(cfg, rng)
         watch = _WatchSide(channels, share, cfg) if share.watchers else None
         if watch:
@@ -230,10 +239,12 @@ async def run_share(cfg: BenchConfig, share: WorkerShare, wait_go: Callable[[], 
         cpu0 = _cpu()
         start = time.monotonic()
         stop_at = start + cfg.duration if not share.total else float("inf")
-        await asyncio.gather(*(
-            _client_loop(calls[i % len(calls)], pick, budget, stop_at, interval, cfg.timeout, lat, errors)
-            for i in range(share.clients)
-        ))
+        await asyncio.gather(
+            *(
+                _client_loop(calls[i % len(calls)], pick, budget, stop_at, interval, cfg.timeout, lat, errors)
+                for i in range(share.clients)
+            )
+        )
         end = time.monotonic()
         result = WorkerResult(ops=len(lat), errors=errors, latencies=lat.tobytes(), start=start, end=end)
         if watch:

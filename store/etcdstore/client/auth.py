@@ -8,11 +8,28 @@ from etcdstore.client.transport import Transport
 from etcdstore.proto.authpb import auth_pb2
 from etcdstore.proto.etcdserverpb import rpc_pb2
 
-_M = {name: method(f"Auth.{name}") for name in (
-    "AuthEnable", "AuthDisable", "AuthStatus", "Authenticate", "UserAdd", "UserGet", "UserList",
-    "UserDelete", "UserChangePassword", "UserGrantRole", "UserRevokeRole", "RoleAdd", "RoleGet",
-    "RoleList", "RoleDelete", "RoleGrantPermission", "RoleRevokePermission",
-)}
+_M = {
+    name: method(f"Auth.{name}")
+    for name in (
+        "AuthEnable",
+        "AuthDisable",
+        "AuthStatus",
+        "Authenticate",
+        "UserAdd",
+        "UserGet",
+        "UserList",
+        "UserDelete",
+        "UserChangePassword",
+        "UserGrantRole",
+        "UserRevokeRole",
+        "RoleAdd",
+        "RoleGet",
+        "RoleList",
+        "RoleDelete",
+        "RoleGrantPermission",
+        "RoleRevokePermission",
+    )
+}
 
 
 class AuthMixin(Transport):

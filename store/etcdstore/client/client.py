@@ -48,7 +48,9 @@ class Client(KVMixin, LeaseMixin, ClusterMixin, MaintenanceMixin, AuthMixin, Con
         """A view of this client pinned to one member: no failover. Use it for per-member calls
         (status, hash_kv, defragment, alarms, snapshot, move_leader). `endpoint` need not be one
         of the client's endpoints (e.g. a client URL from member_list)."""
-        return self._view(pinned=self._endpoint(endpoint), timeout=self._timeout, require_leader=self._require_leader)
+        return self._view(
+            pinned=self._endpoint(endpoint), timeout=self._timeout, require_leader=self._require_leader
+        )
 
     def with_options(self, *, timeout: float | None = _UNSET, require_leader: bool | None = None) -> Client:
         """A view with another per-call timeout and/or leader requirement (sharing connections)."""

@@ -40,7 +40,9 @@ class ConcurrencyMixin(Transport):
         req = v3election_pb2.CampaignRequest(name=to_bytes(name), lease=lease, value=to_bytes(value))
         return await self._call(_CAMPAIGN, req, idempotent=False, timeout=timeout)
 
-    async def proclaim(self, leader: v3election_pb2.LeaderKey, value: Bytes) -> v3election_pb2.ProclaimResponse:
+    async def proclaim(
+        self, leader: v3election_pb2.LeaderKey, value: Bytes
+    ) -> v3election_pb2.ProclaimResponse:
         """Publish a new value as the current leader."""
         req = v3election_pb2.ProclaimRequest(leader=leader, value=to_bytes(value))
         return await self._call(_PROCLAIM, req, idempotent=False)

@@ -55,10 +55,21 @@ class KVMixin(Transport):
     ) -> rpc_pb2.RangeResponse:
         """Range: one key, [key, range_end), every key with this prefix, or every key >= key."""
         req = range_request(
-            key, range_end=range_end, prefix=prefix, from_key=from_key, limit=limit, revision=revision,
-            sort_order=sort_order, sort_target=sort_target, serializable=serializable, keys_only=keys_only,
-            count_only=count_only, min_mod_revision=min_mod_revision, max_mod_revision=max_mod_revision,
-            min_create_revision=min_create_revision, max_create_revision=max_create_revision,
+            key,
+            range_end=range_end,
+            prefix=prefix,
+            from_key=from_key,
+            limit=limit,
+            revision=revision,
+            sort_order=sort_order,
+            sort_target=sort_target,
+            serializable=serializable,
+            keys_only=keys_only,
+            count_only=count_only,
+            min_mod_revision=min_mod_revision,
+            max_mod_revision=max_mod_revision,
+            min_create_revision=min_create_revision,
+            max_create_revision=max_create_revision,
         )
         return await self._call(_RANGE, req, idempotent=True)
 

@@ -22,7 +22,9 @@ KEEPALIVE = method("Lease.LeaseKeepAlive")
 _RETRY_DELAY = 0.25  # between attempts to reopen a broken stream while the lease may still live
 
 
-async def keepalive_exchange(call: Any, lease_id: int, timeout: float | None) -> rpc_pb2.LeaseKeepAliveResponse:
+async def keepalive_exchange(
+    call: Any, lease_id: int, timeout: float | None
+) -> rpc_pb2.LeaseKeepAliveResponse:
     """Send one keepalive on an open stream and read its answer; TTL <= 0 means the lease is gone."""
     try:
         await call.write(rpc_pb2.LeaseKeepAliveRequest(ID=lease_id))
@@ -45,7 +47,9 @@ class LeaseKeeper:
     close() only stops refreshing; the lease then expires on its own (use Client.lease_revoke
     to end it at once)."""
 
-    def __init__(self, transport: Transport, lease_id: int, on_lost: Callable[[LeaseKeeper], Any] | None) -> None:
+    def __init__(
+        self, transport: Transport, lease_id: int, on_lost: Callable[[LeaseKeeper], Any] | None
+    ) -> None:
         self._transport = transport
         self.id = lease_id
         self.ttl = 0  # as last granted by the server, in seconds

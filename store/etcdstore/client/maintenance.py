@@ -46,9 +46,13 @@ class MaintenanceMixin(Transport):
         req = rpc_pb2.AlarmRequest(action=rpc_pb2.AlarmRequest.GET)
         return await self._call(_ALARM, req, idempotent=True)
 
-    async def alarm_disarm(self, member_id: int = 0, alarm: AlarmType = AlarmType.NONE) -> rpc_pb2.AlarmResponse:
+    async def alarm_disarm(
+        self, member_id: int = 0, alarm: AlarmType = AlarmType.NONE
+    ) -> rpc_pb2.AlarmResponse:
         """Deactivate `alarm` on `member_id` (etcd: 0/NONE match nothing; pass the pair from alarm_list)."""
-        req = rpc_pb2.AlarmRequest(action=rpc_pb2.AlarmRequest.DEACTIVATE, memberID=member_id, alarm=int(alarm))
+        req = rpc_pb2.AlarmRequest(
+            action=rpc_pb2.AlarmRequest.DEACTIVATE, memberID=member_id, alarm=int(alarm)
+        )
         return await self._call(_ALARM, req, idempotent=False)
 
     async def alarm_activate(self, member_id: int, alarm: AlarmType) -> rpc_pb2.AlarmResponse:

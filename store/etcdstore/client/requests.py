@@ -130,7 +130,9 @@ def delete_request(
     prev_kv: bool = False,
 ) -> rpc_pb2.DeleteRangeRequest:
     k = to_bytes(key)
-    return rpc_pb2.DeleteRangeRequest(key=k, range_end=range_end_for(k, range_end, prefix, from_key), prev_kv=prev_kv)
+    return rpc_pb2.DeleteRangeRequest(
+        key=k, range_end=range_end_for(k, range_end, prefix, from_key), prev_kv=prev_kv
+    )
 
 
 def txn_request(
@@ -205,7 +207,9 @@ class Compare:
         return Compare._target(_C.VERSION, "version", key, range_end, prefix)
 
     @staticmethod
-    def create_revision(key: Bytes, *, range_end: Bytes | None = None, prefix: bool = False) -> _CompareTarget:
+    def create_revision(
+        key: Bytes, *, range_end: Bytes | None = None, prefix: bool = False
+    ) -> _CompareTarget:
         return Compare._target(_C.CREATE, "create_revision", key, range_end, prefix)
 
     @staticmethod

@@ -14,7 +14,9 @@ from etcdstore.errors import EtcdError
 # them apart from etcd's "etcdserver:" table; callers compare them like any EtcdError.
 CLIENT_CLOSED = EtcdError(grpc.StatusCode.CANCELLED, "etcdclient: client is closed")
 WATCH_STREAM_CLOSED = EtcdError(grpc.StatusCode.UNAVAILABLE, "etcdclient: watch stream closed by server")
-KEEPALIVE_STREAM_CLOSED = EtcdError(grpc.StatusCode.UNAVAILABLE, "etcdclient: keepalive stream closed by server")
+KEEPALIVE_STREAM_CLOSED = EtcdError(
+    grpc.StatusCode.UNAVAILABLE, "etcdclient: keepalive stream closed by server"
+)
 
 # gRPC core's pick-first policy fails an RPC with this text when no connection to the target
 # exists (refused, unreachable, TLS handshake failed): the request never left this process.
@@ -36,9 +38,7 @@ def to_etcd_error(err: grpc.RpcError) -> EtcdError:
 
 
 # Go's names of the gRPC codes, as they appear in a formatted status ("rpc error: code = ...").
-_GO_CODES = {
-    "".join(part.capitalize() for part in c.name.split("_")): c for c in grpc.StatusCode
-}
+_GO_CODES = {"".join(part.capitalize() for part in c.name.split("_")): c for c in grpc.StatusCode}
 _GO_CODES["Canceled"] = grpc.StatusCode.CANCELLED
 _GO_STATUS = re.compile(r"^rpc error: code = (\w+) desc = (.*)$", re.DOTALL)
 

@@ -136,7 +136,9 @@ class Transport:
                 return
             request = rpc_pb2.AuthenticateRequest(name=sh.user or "", password=sh.password or "")
             try:
-                resp = await self._call_once(_AUTHENTICATE, request, idempotent=True, timeout=_UNSET, token=False)
+                resp = await self._call_once(
+                    _AUTHENTICATE, request, idempotent=True, timeout=_UNSET, token=False
+                )
                 sh.token = resp.token
             except EtcdError as e:
                 if e != errors.AUTH_NOT_ENABLED:
@@ -147,7 +149,9 @@ class Transport:
 
     # -- calls -------------------------------------------------------------------------------
 
-    async def _call(self, m: Method, request: Any, *, idempotent: bool, timeout: float | None = _UNSET) -> Any:
+    async def _call(
+        self, m: Method, request: Any, *, idempotent: bool, timeout: float | None = _UNSET
+    ) -> Any:
         """One unary RPC with failover (see the module docstring) and one token refresh."""
         sh = self._shared
         await self._ensure_token()
@@ -187,7 +191,9 @@ class Transport:
                     # Every endpoint said UNAVAILABLE (e.g. all followers during an election):
                     # go round again after a pause, while the deadline allows.
                     pause = min(_ROUND_PAUSE * attempt // n, _MAX_ROUND_PAUSE)
-                    if attempt // n >= _MAX_ROUNDS or (deadline is not None and deadline - loop.time() <= pause):
+                    if attempt // n >= _MAX_ROUNDS or (
+                        deadline is not None and deadline - loop.time() <= pause
+                    ):
                         raise to_etcd_error(e) from None
                     await asyncio.sleep(pause)
 
