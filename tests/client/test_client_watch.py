@@ -167,3 +167,18 @@ async def test_watch_revision_is_future_ok_and_errors_map(client: Client) -> Non
     await client.put("fut", "2")
     assert [e.kv.value for e in await collect(w, 1)] == [b"2"]
     assert errors.WATCH_CANCELED.code.name == "CANCELLED"
+
+
+async def test_many_watchers_each_see_every_event_once_in_order(client: Client) -> None:
+    watchers = [await client.watch("m/", prefix=True) for _ in range(40)]
+    assert len(client._shared.watch_streams) == 1  # all on one gRPC stream
+
+    async def writer(i: int) -> list[int]:
+        return [(await client.put(f"m/{i}/{j}", str(j))).header.revision for j in range(40)]
+
+    collectors = [asyncio.create_task(collect(w, 400, timeout=30)) for w in watchers]
+    revs = sorted(r for rs in await asyncio.gather(*(writer(i) for i in range(10))) for r in rs)
+    for task in collectors:
+        assert [e.kv.mod_revision for e in await task] == revs  # complete, ordered, no duplicates
+    await asyncio.gather(*(w.cancel() for w in watchers))
+    assert client._shared.watch_streams == {}
