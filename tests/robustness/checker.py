@@ -194,6 +194,7 @@ class _Attribution:
             rep.add("history", f"{len(dup_values)} values written by several operations (generator bug)")
         by_header: dict[int, list[Operation]] = defaultdict(list)
         unknown_deleters: list[Operation] = []  # unknown-outcome operations that may delete keys
+        self.acked_revokes = [o for o in ops if o.kind == LEASE_REVOKE and o.status == OK]
         for o in ops:
             if o.status == OK and o.revision:
                 by_header[o.revision].append(o)
@@ -263,13 +264,19 @@ class _Attribution:
                 return attached.get(o.lease) == keys
             return keys <= _delete_keys(o)
 
-        cands = [o for o in by_header.get(rev, ()) if o.kind == LEASE_REVOKE and fits(o)]
         latest = self._latest_invoke(rev)
-        cands += [
-            o
-            for o in unknown_deleters
-            if o.id not in self.rev_of and o.invoke <= latest and self._floor_at(o.invoke) < rev and fits(o)
-        ]
+
+        def possible(o: Operation) -> bool:  # not matched yet, and its time window admits `rev`
+            return (
+                o.id not in self.rev_of and o.invoke <= latest and self._floor_at(o.invoke) < rev and fits(o)
+            )
+
+        cands = [o for o in by_header.get(rev, ()) if o.kind == LEASE_REVOKE and fits(o)]
+        cands += [o for o in unknown_deleters if possible(o)]
+        if not cands:
+            # an acknowledged revoke that deleted exactly these keys but answered another revision:
+            # attributing it reports the wrong header revision rather than a phantom delete
+            cands = [o for o in self.acked_revokes if possible(o)]
         if len(cands) == 1:
             self._attribute(cands[0].id, rev, evs)
         elif not cands:

@@ -330,6 +330,13 @@ def _mutants(seed: int):
         for m in h.logs:
             h.logs[m] = [e for e in h.logs[m] if not (e.type == PUT and e.kv.value == second.value)]
         yield "half-applied transaction", {"atomicity", "lost write"}, h
+    # a revoke that deleted keys answers a later header revision than its deletes have
+    h = copy.deepcopy(base)
+    deleted_by = checker._Attribution(h.operations, h.log(), checker.Report()).rev_of
+    revokes = [o for o in h.operations if o.label == "lease_revoke" and o.status == OK and o.id in deleted_by]
+    if revokes:
+        rnd.choice(revokes).revision += 1
+        yield "revoke header revision", {"revision"}, h
     # members disagree on the log
     h = copy.deepcopy(base)
     h.logs["m2"] = h.logs["m2"][:-1]
