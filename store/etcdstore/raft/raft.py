@@ -266,6 +266,8 @@ class Raft:
 
     def on_applied(self, index: int, entries: list[Entry]) -> None:
         self.log.applied_to(index)
+        if self.self_removal_index and index >= self.self_removal_index:
+            self.self_removal_index = 0  # applied and we still lead: it was a no-op for us
         if self.uncommitted_size and entries:
             self.uncommitted_size = max(0, self.uncommitted_size - payload_size(entries))
 
@@ -356,23 +358,6 @@ class Raft:
     # -- ticks ----------------------------------------------------------------------------------------
     def tick(self) -> None:
         self._tick()
-
-    def _removes_self(self, cc: ConfChange) -> bool:
-        return cc.node_id == self.id and cc.type in (confchange.REMOVE_NODE, confchange.ADD_LEARNER_NODE)
-
-    def _find_self_removal(self, lo: int, hi: int) -> int:
-        """Index of the last entry in [lo, hi] that removes or demotes us (0 if none)."""
-        if hi < lo:
-            return 0
-        found = 0
-        for e in self.log.slice(max(lo, self.log.first_index()), hi + 1, None):
-            if e.type == CONF_CHANGE:
-                try:
-                    if self._removes_self(decode_conf_change(e.data)):
-                        found = e.index
-                except CodecError:
-                    pass
-        return found
 
     def _tick_election(self) -> None:
         self.election_elapsed += 1
@@ -901,8 +886,6 @@ class Raft:
         if pr is None or self.is_learner:
             self._step_down_after_removal()
             return cs
-        if self.self_removal_index and self.log.applied >= self.self_removal_index:
-            self.self_removal_index = 0  # it turned out a no-op: we are still a voter
         if self._maybe_commit():
             self.bcast_append()
         else:
@@ -913,6 +896,23 @@ class Raft:
         if self.lead_transferee != NONE and self.lead_transferee not in self.trk.progress:
             self.lead_transferee = NONE
         return cs
+
+    def _removes_self(self, cc: ConfChange) -> bool:
+        return cc.node_id == self.id and cc.type in (confchange.REMOVE_NODE, confchange.ADD_LEARNER_NODE)
+
+    def _find_self_removal(self, lo: int, hi: int) -> int:
+        """Index of the last entry in [lo, hi] that removes or demotes us (0 if none)."""
+        if hi < lo:
+            return 0
+        found = 0
+        for e in self.log.slice(max(lo, self.log.first_index()), hi + 1, None):
+            if e.type == CONF_CHANGE:
+                try:
+                    if self._removes_self(decode_conf_change(e.data)):
+                        found = e.index
+                except CodecError:
+                    pass
+        return found
 
     def _step_down_after_removal(self) -> None:
         """We lead but are no longer a voter. Tell everyone our commit index, hand leadership
