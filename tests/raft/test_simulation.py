@@ -44,9 +44,9 @@ def test_one_seed() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("first", range(SEEDS, SEEDS + 20_000, 1000), ids=lambda f: f"seeds_{f}")
+@pytest.mark.parametrize("first", range(SEEDS, SEEDS + 20_000, 500), ids=lambda f: f"seeds_{f}")
 def test_simulation_more_seeds(first: int) -> None:
-    for seed in range(first, first + 1000):
+    for seed in range(first, first + 500):
         run_seed(seed)
 
 
