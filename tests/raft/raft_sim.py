@@ -51,7 +51,7 @@ from etcdstore.raft.records import (
 from etcdstore.raft.storage import MemoryStorage
 
 _SNAP_DATA = struct.Struct("<QI")
-TEST_FILE = "tests/raft/test_simulation.py"
+TEST_FILE = "tests/raft/test_raft_simulation.py"
 
 
 def rerun_hint(seed: int) -> str:

@@ -3,7 +3,7 @@
 The default run covers seeds 0..RAFT_SIM_SEEDS-1 (2000) in blocks of 50; a failure names
 its seed and a command that reruns it alone:
 
-    RAFT_SIM_SEED=<seed> .venv/bin/python -m pytest tests/raft/test_simulation.py::test_one_seed -x
+    RAFT_SIM_SEED=<seed> .venv/bin/python -m pytest tests/raft/test_raft_simulation.py::test_one_seed -x
 
 Longer stress runs are marked slow (excluded by tests/run).
 """
