@@ -471,7 +471,6 @@ class Stats:
     leaders: int = 0
     committed: int = 0
     reads: int = 0
-    snapshots_sent: int = 0
     conf_changes: int = 0
     crashes: int = 0
     transfers: int = 0
