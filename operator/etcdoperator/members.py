@@ -82,45 +82,58 @@ class Members:
             self._client = None
 
     # -- observation -------------------------------------------------------------------------
+    async def _status(self, client: Client, url: str | None):
+        if url is None:
+            return None, "no client URL"
+        try:
+            return await client.at(url).status(), None
+        except EtcdError as e:
+            return None, e.message
+
     async def observe(self, ordinals: Iterable[int]) -> EtcdView:
+        """Status from every member endpoint, then the member list from the leader.
+
+        The leader's list is authoritative; a member that restarted may serve an older one for a
+        while, and acting on that (a member "missing") would be a wrong repair.
+        """
         ords = sorted(set(ordinals)) or [0]
         client = self.client(ords)
+        t0 = time.monotonic()
+        by_ord = dict(zip(ords, await asyncio.gather(*(self._status(client, self.client_url(k)) for k in ords))))
+        votes = [st.leader for st, _ in by_ord.values() if st is not None and st.leader]
+        leader_id = max(set(votes), key=votes.count) if votes else None
+        sources = sorted(
+            (k for k, (st, _) in by_ord.items() if st is not None and not getattr(st, "isLearner", False)),
+            key=lambda k: by_ord[k][0].header.member_id != leader_id)
         listing = None
-        errors: list[str] = []
-        for k in ords:
+        errors = [f"{self.ref.pod(k)}: {err}" for k, (st, err) in by_ord.items() if st is None]
+        for k in sources:
             try:
                 listing = await client.at(self.client_url(k)).member_list()
                 break
             except EtcdError as e:
                 errors.append(f"{self.ref.pod(k)}: {e.message}")
         if listing is None:
-            return EtcdView(reachable=False, error="; ".join(errors) or "no endpoints")
+            return EtcdView(reachable=False, error="; ".join(errors) or "no member answers")
         candidates = range(0, max(ords + [9]) + 8)
         raw = list(listing.members)
         ordinals_of = [self.ordinal_of(m.name, m.peerURLs, candidates) for m in raw]
-
-        async def status(ordinal: int | None, client_urls: list[str]):
-            url = self.client_url(ordinal) if ordinal is not None else (client_urls[0] if client_urls else None)
-            if url is None:
-                return None, "no client URL"
-            try:
-                return await client.at(url).status(), None
-            except EtcdError as e:
-                return None, e.message
-
-        t0 = time.monotonic()
-        results = await asyncio.gather(*(status(k, list(m.clientURLs)) for k, m in zip(ordinals_of, raw)))
+        # Members outside the observed ordinals (or not ours) are asked at their advertised URL.
+        extra = await asyncio.gather(*(
+            self._status(client, m.clientURLs[0] if m.clientURLs else None)
+            for m, k in zip(raw, ordinals_of) if k is None or k not in by_ord))
+        extra_it = iter(extra)
+        t1 = time.monotonic()
         members: list[MemberState] = []
-        leaders: list[int] = []
         cluster_ids: set[int] = set()
-        for m, k, (st, err) in zip(raw, ordinals_of, results):
+        listed = {m.ID for m in raw}
+        for m, k in zip(raw, ordinals_of):
+            st, err = by_ord[k] if k is not None and k in by_ord else next(extra_it)
             healthy = st is not None and st.header.member_id == m.ID
-            errs = tuple(st.errors) if st is not None else ((err,) if err else ())
-            if st is not None:
-                if st.leader:
-                    leaders.append(st.leader)
-                if st.header.cluster_id:
-                    cluster_ids.add(st.header.cluster_id)
+            if not healthy:
+                st = None  # that endpoint answered as someone else: nothing it says is about m
+            if st is not None and st.header.cluster_id:
+                cluster_ids.add(st.header.cluster_id)
             members.append(
                 MemberState(
                     id=m.ID,
@@ -135,29 +148,33 @@ class Members:
                     raft_applied_index=getattr(st, "raftAppliedIndex", None) if st is not None else None,
                     version=st.version if st is not None else None,
                     db_size=st.dbSize if st is not None else None,
-                    errors=errs,
+                    errors=tuple(st.errors) if st is not None else ((err,) if err else ()),
                     cluster_id=st.header.cluster_id if st is not None else None,
                 )
             )
         if listing.header.cluster_id:
             cluster_ids.add(listing.header.cluster_id)
-        leader_id = max(set(leaders), key=leaders.count) if leaders else None
-        t1 = time.monotonic()
+        # A pod answering, in this cluster, as a member the list does not have: the list is stale
+        # or the member is being removed; either way membership must not change now.
+        unlisted = tuple(sorted(
+            k for k, (st, _) in by_ord.items()
+            if st is not None and st.header.member_id not in listed and st.header.cluster_id in cluster_ids))
         alarms: tuple[str, ...] = ()
         try:
             resp = await client.alarm_list()
             alarms = tuple(f"{_ALARM_NAMES.get(a.alarm, a.alarm)} on {a.memberID:x}" for a in resp.alarms)
         except EtcdError:
             pass
-        log.debug("[%s/%s] observe: status %.2fs alarms %.2fs", self.ref.namespace, self.ref.name, t1 - t0,
+        log.debug("[%s/%s] observe: status+list %.2fs alarms %.2fs", self.ref.namespace, self.ref.name, t1 - t0,
                   time.monotonic() - t1)
         return EtcdView(
             reachable=True,
             members=tuple(members),
-            leader_id=leader_id,
+            leader_id=leader_id if leader_id in listed else None,
             cluster_id=next(iter(cluster_ids)) if len(cluster_ids) == 1 else None,
             split_brain=len(cluster_ids) > 1,
             alarms=alarms,
+            unlisted=unlisted,
         )
 
     # -- membership (through the client of the last observation) ----------------------------

@@ -92,6 +92,7 @@ class EtcdView:
     error: str | None = None
     split_brain: bool = False  # members answered with different cluster IDs
     alarms: tuple[str, ...] = ()
+    unlisted: tuple[int, ...] = ()  # ordinals whose pod answers as a member missing from the list
 
     def by_ordinal(self) -> dict[int, MemberState]:
         return {m.ordinal: m for m in self.members if m.ordinal is not None}

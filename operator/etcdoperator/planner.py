@@ -359,6 +359,10 @@ def _decide(ctx: _Ctx) -> tuple[Action, str | None, str]:
         if k not in by_ord and k != target:
             return ClearJoining(k), None, f"dropping an abandoned join of {ref.pod(k)}"
     if target is not None:
+        if target in etcd.unlisted:
+            msg = f"{ref.pod(target)} answers as a member the member list does not have; waiting"
+            ctx.degraded.append(("MembershipInconsistent", msg))
+            return _wait(why, msg, why)
         if etcd.learners:
             return _wait(why, "waiting for the current learner", why)
         if unhealthy:

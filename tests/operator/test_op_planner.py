@@ -371,3 +371,11 @@ def test_safety_invariants_hold_for_random_states():
 def test_initial_cluster_names_members_by_ordinal(k):
     view = etcd(member(k, started=False, learner=True), member(k + 1))
     assert P.initial_cluster(REF, view.members) == f"c-{k}={peer(k)},c-{k + 1}={peer(k + 1)}"
+
+
+def test_no_re_add_while_the_pod_still_answers_as_an_unlisted_member():
+    """A stale member list (or a member being removed) must never trigger a replacement."""
+    view = etcd(member(0), member(2))
+    stale = EtcdView(reachable=True, members=view.members, leader_id=view.leader_id, cluster_id=1, unlisted=(1,))
+    p = P.plan(obs(view=stale, replicas=3, pod_map=pods(0, 1, 2), pvc_map=pvcs({0: "100", 1: "101", 2: "102"})), REF)
+    assert isinstance(p.action, P.Wait) and "MembershipInconsistent" in dict(p.degraded)
