@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from etcdstore.client import Client, TLSConfig
+from etcdstore.client.requests import AlarmType
+from etcdstore import errors as etcd_errors
 from etcdstore.errors import EtcdError
 
 from etcdoperator import addressing
@@ -160,9 +162,11 @@ class Members:
             k for k, (st, _) in by_ord.items()
             if st is not None and st.header.member_id not in listed and st.header.cluster_id in cluster_ids))
         alarms: tuple[str, ...] = ()
+        nospace = False
         try:
             resp = await client.alarm_list()
             alarms = tuple(f"{_ALARM_NAMES.get(a.alarm, a.alarm)} on {a.memberID:x}" for a in resp.alarms)
+            nospace = any(a.alarm == AlarmType.NOSPACE for a in resp.alarms)
         except EtcdError:
             pass
         log.debug("[%s/%s] observe: status+list %.2fs alarms %.2fs", self.ref.namespace, self.ref.name, t1 - t0,
@@ -174,6 +178,7 @@ class Members:
             cluster_id=next(iter(cluster_ids)) if len(cluster_ids) == 1 else None,
             split_brain=len(cluster_ids) > 1,
             alarms=alarms,
+            nospace=nospace,
             unlisted=unlisted,
         )
 
@@ -196,3 +201,19 @@ class Members:
 
     async def move_leader(self, leader_ordinal: int, target_id: int) -> None:
         await self.current().at(self.client_url(leader_ordinal)).move_leader(target_id)
+
+    async def recover_space(self, order: list[int]) -> int:
+        """NOSPACE recovery as etcd documents it: compact to the current revision, defragment every
+        member (`order`: followers first, the leader last), then disarm. Returns the revision."""
+        client = self.current()
+        revision = (await client.status()).header.revision
+        try:
+            await client.compact(revision, physical=True)
+        except EtcdError as e:
+            if e != etcd_errors.COMPACTED:
+                raise
+        for k in order:
+            await client.at(self.client_url(k)).with_options(timeout=120).defragment()
+        for a in (await client.alarm_list()).alarms:
+            await client.alarm_disarm(a.memberID, AlarmType(a.alarm))
+        return revision

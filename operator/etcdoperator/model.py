@@ -92,6 +92,7 @@ class EtcdView:
     error: str | None = None
     split_brain: bool = False  # members answered with different cluster IDs
     alarms: tuple[str, ...] = ()
+    nospace: bool = False  # a NOSPACE alarm is raised: writes are refused cluster-wide
     unlisted: tuple[int, ...] = ()  # ordinals whose pod answers as a member missing from the list
 
     def by_ordinal(self) -> dict[int, MemberState]:

@@ -124,6 +124,13 @@ class RemoveMember(Action):
 
 
 @dataclass(frozen=True, slots=True)
+class RecoverSpace(Action):
+    """NOSPACE: compact, defragment each member (`order`: followers first, leader last), disarm."""
+
+    order: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class DeletePVC(Action):
     ordinal: int
 
@@ -294,6 +301,15 @@ def _decide(ctx: _Ctx) -> tuple[Action, str | None, str]:
         ctx.degraded.append(("MemberUnhealthy", f"member {_label(ref, m)} is not healthy"))
     if etcd.alarms:
         ctx.degraded.append(("Alarm", ", ".join(etcd.alarms)))
+
+    # -- out of space: every write fails until the alarm is disarmed --------------------------
+    if etcd.nospace:
+        if unhealthy or etcd.learners or any(m.ordinal is None for m in etcd.members):
+            return _wait("NoSpace", "NOSPACE alarm: waiting for every member to be healthy to defragment", "NoSpace")
+        leader = etcd.leader_id
+        order = tuple(sorted((m.ordinal for m in etcd.voters if m.id != leader and m.ordinal is not None), reverse=True)
+                      + [m.ordinal for m in etcd.voters if m.id == leader and m.ordinal is not None])
+        return RecoverSpace(order), "NoSpace", "NOSPACE alarm: compacting, defragmenting and disarming"
 
     # -- a learner in progress ---------------------------------------------------------------
     learners = sorted(etcd.learners, key=lambda m: (m.ordinal is None, m.ordinal or 0))

@@ -393,6 +393,10 @@ class ClusterReconciler:
             await events.post(self.kube, body, "MemberRemoved", f"removed member {who} ({a.member_id:x}): {a.why}",
                               warning=a.why in ("DataLost", "Corrupted"))
             failpoints.hit("after-member-remove")
+        elif isinstance(a, planner.RecoverSpace):
+            revision = await self._member_call("recover-space", members.recover_space(list(a.order)))
+            await events.post(self.kube, body, "SpaceRecovered", f"NOSPACE alarm: compacted at revision {revision}, "
+                              f"defragmented {', '.join(ref.pod(k) for k in a.order)}, alarm disarmed", warning=True)
         elif isinstance(a, planner.DeletePVC):
             await self.kube.delete(PVCS, ns, ref.pvc(a.ordinal))
             await events.post(self.kube, body, "VolumeDeleted", f"deleted volume {ref.pvc(a.ordinal)} of a removed member")

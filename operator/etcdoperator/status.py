@@ -16,6 +16,7 @@ _PHASE_BY_PROGRESS = {
     "RollingUpdate": "Updating",
     "ReplacingMember": "Repairing",
     "Recovering": "Repairing",
+    "NoSpace": "Repairing",
 }
 
 

@@ -379,3 +379,14 @@ def test_no_re_add_while_the_pod_still_answers_as_an_unlisted_member():
     stale = EtcdView(reachable=True, members=view.members, leader_id=view.leader_id, cluster_id=1, unlisted=(1,))
     p = P.plan(obs(view=stale, replicas=3, pod_map=pods(0, 1, 2), pvc_map=pvcs({0: "100", 1: "101", 2: "102"})), REF)
     assert isinstance(p.action, P.Wait) and "MembershipInconsistent" in dict(p.degraded)
+
+
+def test_nospace_alarm_defragments_followers_first_leader_last():
+    view, pm, vm = healthy_cluster(3, leader=1)
+    nospace = EtcdView(reachable=True, members=view.members, leader_id=view.leader_id, cluster_id=1,
+                       alarms=("NOSPACE on 101",), nospace=True)
+    p = P.plan(obs(view=nospace, replicas=3, pod_map=pm, pvc_map=vm), REF)
+    assert p.action == P.RecoverSpace((2, 0, 1))
+    sick = EtcdView(reachable=True, members=(member(0), member(1), member(2, healthy=False)), leader_id=0x101,
+                    cluster_id=1, nospace=True)
+    assert isinstance(decide(obs(view=sick, replicas=3, pod_map=pm, pvc_map=vm)), P.Wait)

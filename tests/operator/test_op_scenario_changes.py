@@ -144,3 +144,26 @@ async def test_authentication_with_root_password_from_a_secret(world):
         and world.api.get_object("etcdstore.io/v1alpha1/etcdbackups", "default", "b1"), timeout=60)
     assert done["status"]["phase"] == "Succeeded", done["status"]
     assert done["status"]["location"] == "pvc://bk/default/locked/on-demand/b1.db"
+
+
+async def test_nospace_alarm_is_recovered(world):
+    from etcdstore import errors
+
+    await world.operator.start()
+    await world.create_cluster("full", {"replicas": 3, "options": {"quotaBackendBytes": 2 * 1024 * 1024}})
+    await world.wait_available("full", 3)
+    blob = b"x" * (256 * 1024)
+    async with world.client("full") as c:
+        with pytest.raises(EtcdError) as exc:
+            for _ in range(64):  # overwrite one key: history fills the backend
+                await c.put("big", blob)
+        assert exc.value == errors.NO_SPACE
+    recovered = await world.wait_for("space recovered",
+                                     lambda: [e for e in world.events("full") if e["reason"] == "SpaceRecovered"],
+                                     timeout=90)
+    assert "defragmented" in recovered[0]["message"]
+    await world.wait_for("alarm gone", lambda: world.condition("full", "Degraded").get("status") == "False")
+    async with world.client("full") as c:
+        assert not (await c.alarm_list()).alarms
+        await c.put("small", "works again")
+        assert (await c.get("big")).kvs[0].value == blob
