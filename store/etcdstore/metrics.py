@@ -147,12 +147,14 @@ class ServerCollector(Collector):
                                   "failures (likely overloaded from slow disk).", value=0)
 
 
-_installed: set[int] = set()
+_collector: list[ServerCollector] = []
 
 
 def install(server: EtcdServer) -> None:
-    """Register the scrape-time collector for this member (once per process)."""
-    if id(server) in _installed:
-        return
-    _installed.add(id(server))
-    REGISTRY.register(ServerCollector(server))
+    """Point the scrape-time collector at this member (one member per process in production;
+    tests that start several in one process see the latest)."""
+    if _collector:
+        REGISTRY.unregister(_collector.pop())
+    c = ServerCollector(server)
+    REGISTRY.register(c)
+    _collector.append(c)

@@ -176,8 +176,6 @@ async def test_watch_history_progress_and_errors(v3: Differ) -> None:
     await v3.same("POST", "/v3/watch", data=b"{bad")
 
 
-@pytest.mark.xfail(strict=True, reason="api/watch.py sends the store revision in the header of a compacted "
-                   "watcher's cancel; etcd 3.4 leaves it 0 (reported to the lead)")
 async def test_watch_compacted(v3: Differ) -> None:
     for i in range(3):
         await v3.same("POST", "/v3/kv/put", json={"key": b64("cw"), "value": b64(str(i))})
@@ -206,8 +204,6 @@ async def test_maintenance_and_cluster(v3: Differ) -> None:
     await v3.same("POST", "/v3/cluster/member/add", json={"peerURLs": ["not a url"]})
 
 
-@pytest.mark.xfail(strict=True, reason="api/maintenance.py answers Alarm and Defragment with a header; "
-                   "etcd 3.4 sends none (reported to the lead)")
 async def test_alarm_and_defragment_bodies(v3: Differ) -> None:
     await v3.same("POST", "/v3/maintenance/alarm", json={})
     await v3.same("POST", "/v3/maintenance/alarm", json={"action": "GET"})

@@ -59,7 +59,7 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
     ) -> rpc_pb2.MemberAddResponse:
         s = self.s
         gate(s, context)
-        s.authorize_admin(context)
+        s.authorize_admin(context, "MemberAdd")
         urls = _check_urls(list(request.peerURLs))
         mid = member_id(urls, s.cfg.initial_cluster_token, int(time.time()))
         member = Member(id=mid, peer_urls=sorted(urls), is_learner=request.isLearner)
@@ -77,7 +77,7 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
     ) -> rpc_pb2.MemberRemoveResponse:
         s = self.s
         gate(s, context)
-        s.authorize_admin(context)
+        s.authorize_admin(context, "MemberRemove")
         s.membership.check_remove(request.ID)
         s.check_can_remove(request.ID)
         members = await s.propose_conf_change(ConfChangeType.REMOVE_NODE, Member(id=request.ID))
@@ -89,7 +89,7 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
     ) -> rpc_pb2.MemberUpdateResponse:
         s = self.s
         gate(s, context)
-        s.authorize_admin(context)
+        s.authorize_admin(context, "MemberUpdate")
         urls = _check_urls(list(request.peerURLs))
         s.membership.check_update(request.ID, urls)
         current = s.membership.get(request.ID)
@@ -105,6 +105,6 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
     ) -> rpc_pb2.MemberPromoteResponse:
         s = self.s
         gate(s, context)
-        s.authorize_admin(context)
+        s.authorize_admin(context, "MemberPromote")
         members = await s.promote_member(request.ID)
         return rpc_pb2.MemberPromoteResponse(header=_header(s), members=members)

@@ -65,7 +65,9 @@ def add_base_routes(app: web.Application, s: EtcdServer, registry: object | None
         return web.Response(text="ok" if ok else f"not ready: {reason}", status=200 if ok else 503)
 
     async def version(request: web.Request) -> web.Response:
-        return web.json_response({"etcdserver": ETCD_VERSION, "etcdcluster": ETCD_VERSION.rsplit(".", 1)[0] + ".0"})
+        body = json.dumps({"etcdserver": ETCD_VERSION, "etcdcluster": ETCD_VERSION.rsplit(".", 1)[0] + ".0"},
+                          separators=(",", ":"))
+        return web.Response(body=body.encode(), headers={"Content-Type": "application/json"})
 
     async def metrics_handler(request: web.Request) -> web.Response:
         data = generate_latest(registry) if registry is not None else generate_latest()

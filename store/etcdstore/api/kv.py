@@ -75,7 +75,7 @@ class KVService(rpc_pb2_grpc.KVServicer):
     ) -> rpc_pb2.CompactionResponse:
         s = self.s
         gate(s, context)
-        s.authorize_admin(context)
+        s.authorize_admin(context, "Compact")
         resp = await s.propose(Kind.COMPACTION, request.SerializeToString())
         if request.physical:
             await s.wait_compaction_done()

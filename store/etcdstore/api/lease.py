@@ -29,11 +29,12 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
     ) -> rpc_pb2.LeaseGrantResponse:
         s = self.s
         gate(s, context)
+        user, rev = s.credentials(context)  # an invalid token is refused, as for every Raft request
         s.check_quota(_LEASE_OVERHEAD)
         if request.ID == 0:
             # The server picks the ID before proposing, so every member grants the same one.
             request.ID = s.new_request_id() & _MAX_ID
-        return await s.propose(Kind.LEASE_GRANT, request.SerializeToString())
+        return await s.propose(Kind.LEASE_GRANT, request.SerializeToString(), user=user, auth_revision=rev)
 
     @unary
     async def LeaseRevoke(
@@ -42,7 +43,8 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
         s = self.s
         gate(s, context)
         s.authorize_lease_revoke(context, request.ID)
-        return await s.propose(Kind.LEASE_REVOKE, request.SerializeToString())
+        user, rev = s.credentials(context)
+        return await s.propose(Kind.LEASE_REVOKE, request.SerializeToString(), user=user, auth_revision=rev)
 
     async def LeaseKeepAlive(
         self, request_iterator: AsyncIterator[rpc_pb2.LeaseKeepAliveRequest], context: grpc.aio.ServicerContext

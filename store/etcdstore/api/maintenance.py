@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from etcdstore import ETCD_VERSION, errors
+from etcdstore import errors
 from etcdstore.api.common import abort_with, gate, log, unary
 from etcdstore.proto.etcdserverpb import rpc_pb2, rpc_pb2_grpc
 from etcdstore.server.requests import Kind
@@ -36,14 +36,14 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
     async def Hash(self, request: rpc_pb2.HashRequest, context: grpc.aio.ServicerContext) -> rpc_pb2.HashResponse:
         s = self.s
         gate(s, context)
-        s.authorize_admin(context)
+        s.authorize_admin(context, "Hash")
         return rpc_pb2.HashResponse(header=s.header(), hash=s.kv.hash())
 
     @unary
     async def HashKV(self, request: rpc_pb2.HashKVRequest, context: grpc.aio.ServicerContext) -> rpc_pb2.HashKVResponse:
         s = self.s
         gate(s, context)
-        s.authorize_admin(context)
+        s.authorize_admin(context, "HashKV")
         h, compact_rev, hash_rev = await s.kv.hash_kv_async(request.revision)
         return rpc_pb2.HashKVResponse(header=s.header(), hash=h, compact_revision=compact_rev, hash_revision=hash_rev)
 
@@ -53,9 +53,9 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
     ) -> rpc_pb2.DefragmentResponse:
         s = self.s
         gate(s, context)
-        s.authorize_admin(context)
+        s.authorize_admin(context, "Defragment")
         await asyncio.get_running_loop().run_in_executor(None, s.backend.defragment)
-        return rpc_pb2.DefragmentResponse(header=s.header())
+        return rpc_pb2.DefragmentResponse()  # etcd 3.4 fills no header here
 
     async def Snapshot(
         self, request: rpc_pb2.SnapshotRequest, context: grpc.aio.ServicerContext
@@ -63,7 +63,7 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
         s = self.s
         try:
             gate(s, context)
-            s.authorize_admin(context)
+            s.authorize_admin(context, "Snapshot")
             path = await make_snapshot_file(s)
         except errors.EtcdError as e:
             await abort_with(context, e)
@@ -71,15 +71,14 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
         try:
             total = os.path.getsize(path)
             sent = 0
-            header = s.header()
             with open(path, "rb") as f:
                 while True:
                     blob = f.read(SNAPSHOT_CHUNK)
                     if not blob:
                         break
                     sent += len(blob)
-                    yield rpc_pb2.SnapshotResponse(header=header, remaining_bytes=total - sent, blob=blob,
-                                                   version=ETCD_VERSION)
+                    # etcd 3.4 sends neither a header nor the 3.6 version field with the chunks.
+                    yield rpc_pb2.SnapshotResponse(remaining_bytes=total - sent, blob=blob)
         finally:
             os.unlink(path)
 
@@ -87,10 +86,11 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
     async def Alarm(self, request: rpc_pb2.AlarmRequest, context: grpc.aio.ServicerContext) -> rpc_pb2.AlarmResponse:
         s = self.s
         gate(s, context)
-        s.authorize_admin(context)
+        s.authorize_admin(context, "Alarm")
         resp = await s.propose(Kind.ALARM, request.SerializeToString())
         if request.action == rpc_pb2.AlarmRequest.DEACTIVATE:
             s.alarm_deactivated()
+        resp.ClearField("header")  # etcd 3.4's alarm replies carry no header
         return resp
 
     @unary
@@ -99,7 +99,7 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
     ) -> rpc_pb2.MoveLeaderResponse:
         s = self.s
         gate(s, context)
-        s.authorize_admin(context)
+        s.authorize_admin(context, "MoveLeader")
         await s.move_leader(request.targetID)
         return rpc_pb2.MoveLeaderResponse(header=s.header())
 

@@ -89,9 +89,9 @@ class _Session:
             pass  # the client went away
         except Exception as e:
             log.warn("watch stream reader failed", exc_info=e)
-        finally:
-            # The client closed its side (or broke): end the response stream too.
             self.ws.close()
+        # A client that only half-closes keeps receiving events, as etcd does; the stream ends
+        # when the call does (the Watch handler closes the watch stream then).
 
     def create(self, creq: rpc_pb2.WatchCreateRequest) -> None:
         rev = self.ws.revision
@@ -144,7 +144,9 @@ class _Session:
             self._progress_pending = False
 
     def convert(self, resp: WatchResponse) -> list[rpc_pb2.WatchResponse]:
-        out = rpc_pb2.WatchResponse(header=self.header(resp.revision), watch_id=resp.watch_id,
+        # etcd's compaction cancel carries no revision in its header.
+        revision = 0 if resp.compact_revision else resp.revision
+        out = rpc_pb2.WatchResponse(header=self.header(revision), watch_id=resp.watch_id,
                                     compact_revision=resp.compact_revision, canceled=resp.canceled)
         if resp.events:
             out.events.extend(resp.events)

@@ -56,6 +56,7 @@ class Applier:
         }
         # Auth requests are handled by the auth store when it is present.
         self.events: list = []
+        self.index = 0  # Raft index of the entry being applied (auth's simple tokens use it)
 
     def register(self, kind: int, handler: Callable[[Batch, Request], Any]) -> None:
         self._handlers[kind] = handler
@@ -119,6 +120,9 @@ class Applier:
 
     def _lease_revoke(self, batch: Batch, req: Request) -> Any:
         r = rpc_pb2.LeaseRevokeRequest.FromString(req.payload)
+        lease = self.s.lessor.lookup(r.ID)
+        if lease is not None:
+            self.s.check_lease_revoke_at_apply(req, sorted(lease.keys))
         keys = self.s.lessor.revoke(batch, r.ID)
         if keys:
             # All of the lease's keys go in one revision.

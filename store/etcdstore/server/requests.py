@@ -22,6 +22,7 @@ from enum import IntEnum
 _HEADER = struct.Struct(">BBQ")
 _AUTH = struct.Struct(">QH")
 HAS_AUTH = 0x01
+SYSTEM = 0x02  # the member's own request (lease expiry, v2 emulation): not subject to v3 auth
 
 
 class Kind(IntEnum):
@@ -55,19 +56,22 @@ class Kind(IntEnum):
 
 
 class Request:
-    __slots__ = ("kind", "id", "payload", "user", "auth_revision")
+    __slots__ = ("kind", "id", "payload", "user", "auth_revision", "system")
 
-    def __init__(self, kind: int, req_id: int, payload: bytes, user: str = "", auth_revision: int = 0) -> None:
+    def __init__(self, kind: int, req_id: int, payload: bytes, user: str = "", auth_revision: int = 0,
+                 system: bool = False) -> None:
         self.kind = kind
         self.id = req_id
         self.payload = payload
         self.user = user
         self.auth_revision = auth_revision
+        self.system = system
 
 
-def encode(kind: int, req_id: int, payload: bytes, user: str = "", auth_revision: int = 0) -> bytes:
+def encode(kind: int, req_id: int, payload: bytes, user: str = "", auth_revision: int = 0,
+           system: bool = False) -> bytes:
     if not user:
-        return _HEADER.pack(kind, 0, req_id) + payload
+        return _HEADER.pack(kind, SYSTEM if system else 0, req_id) + payload
     name = user.encode()
     return _HEADER.pack(kind, HAS_AUTH, req_id) + _AUTH.pack(auth_revision, len(name)) + name + payload
 
@@ -89,7 +93,7 @@ def decode(data: bytes) -> Request:
         pos += _AUTH.size
         user = data[pos : pos + n].decode()
         pos += n
-    return Request(kind, req_id, data[pos:], user, auth_revision)
+    return Request(kind, req_id, data[pos:], user, auth_revision, bool(flags & SYSTEM))
 
 
 class IDGenerator:

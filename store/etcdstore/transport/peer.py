@@ -289,9 +289,12 @@ class PeerTransport:
         creds = self.tls.server_credentials() if self.tls is not None else None
         for host, port in self.listen:
             addr = f"{host}:{port}"
-            bound = srv.add_secure_port(addr, creds) if creds is not None else srv.add_insecure_port(addr)
+            try:
+                bound = srv.add_secure_port(addr, creds) if creds is not None else srv.add_insecure_port(addr)
+            except RuntimeError:  # gRPC's way of saying the address is taken
+                bound = 0
             if bound == 0:
-                raise OSError(f"cannot listen for peers on {addr}")
+                raise OSError(f"cannot listen for peers on {addr}: address already in use or not available")
             self.bound_ports.append(bound)
         await srv.start()
         self._grpc = srv

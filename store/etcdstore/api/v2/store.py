@@ -494,7 +494,7 @@ class V2Store:
                 try:
                     s.check_quota(sum(len(op.request_put.value) + 256 for op in plan.ops
                                       if op.HasField("request_put")))
-                    resp = await s.propose(Kind.TXN, pb.TxnRequest(compare=plan.compares,
+                    resp = await s.propose(Kind.TXN, system=True, payload=pb.TxnRequest(compare=plan.compares,
                                                                    success=plan.ops).SerializeToString())
                 except errors.EtcdError as e:
                     if e == errors.LEASE_NOT_FOUND:
@@ -522,7 +522,8 @@ class V2Store:
         lease_id = self.s.new_request_id() & _MAX_ID
         ttl = max(1, -(-(expire - now) // _NS))
         try:
-            await self.s.propose(Kind.LEASE_GRANT, pb.LeaseGrantRequest(ID=lease_id, TTL=ttl).SerializeToString())
+            await self.s.propose(Kind.LEASE_GRANT, pb.LeaseGrantRequest(ID=lease_id, TTL=ttl).SerializeToString(),
+                                 system=True)
         except errors.EtcdError as e:
             raise V2Error(v2e.RAFT_INTERNAL, e.message, 0) from None
         return lease_id
@@ -535,7 +536,8 @@ class V2Store:
         async def revoke() -> None:
             for lease_id in leases:
                 try:
-                    await self.s.propose(Kind.LEASE_REVOKE, pb.LeaseRevokeRequest(ID=lease_id).SerializeToString())
+                    await self.s.propose(Kind.LEASE_REVOKE, pb.LeaseRevokeRequest(ID=lease_id).SerializeToString(),
+                                         system=True)
                 except errors.EtcdError:
                     pass  # already expired, or the member is stopping: it expires by itself
 
