@@ -36,16 +36,12 @@ ETCDCTL_BIN = shutil.which("etcdctl") or "/usr/bin/etcdctl"
 HOST = "127.0.0.1"
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGKILL it when the test process dies, however it dies,
-    so no orphaned etcd keeps ports and CPU on a shared machine (Linux prctl). The signal
-    follows the spawning *thread*: spawn from a long-lived thread (tests use the main one)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+# Wrap etcd in `setpriv --pdeathsig KILL` (util-linux, always on Debian): the kernel kills it
+# when the test process dies, however it dies, so no orphaned etcd keeps ports and CPU on a
+# shared machine. (Not a preexec_fn: Python code between fork and exec next to gRPC's threads
+# crashed the child.) The signal follows the spawning *thread*: spawn from the main thread.
+_SETPRIV = shutil.which("setpriv")
+_DIE_WITH_PARENT = [_SETPRIV, "--pdeathsig", "KILL", "--"] if _SETPRIV else []
 
 
 def free_port() -> int:
@@ -233,11 +229,10 @@ class EtcdMember:
         try:
             # Own session: a SIGINT to pytest does not hit etcd first, and signals target only it.
             self.proc = subprocess.Popen(
-                self.command(),
+                _DIE_WITH_PARENT + self.command(),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
             )
         finally:
             log.close()
