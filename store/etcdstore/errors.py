@@ -45,6 +45,8 @@ DUPLICATE_KEY = EtcdError(_C.INVALID_ARGUMENT, "etcdserver: duplicate key given 
 COMPACTED = EtcdError(_C.OUT_OF_RANGE, "etcdserver: mvcc: required revision has been compacted")
 FUTURE_REV = EtcdError(_C.OUT_OF_RANGE, "etcdserver: mvcc: required revision is a future revision")
 NO_SPACE = EtcdError(_C.RESOURCE_EXHAUSTED, "etcdserver: mvcc: database space exceeded")
+# etcd 3.5's answer to an unknown sort order or target (etcd 3.4 crashes on them).
+INVALID_SORT_OPTION = EtcdError(_C.INVALID_ARGUMENT, "etcdserver: invalid sort option")
 
 # Lease
 LEASE_NOT_FOUND = EtcdError(_C.NOT_FOUND, "etcdserver: requested lease not found")

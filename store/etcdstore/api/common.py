@@ -41,6 +41,9 @@ def gate(server: EtcdServer, context: grpc.aio.ServicerContext, *, learner_ok: b
         raise errors.NOT_SUPPORTED_FOR_LEARNER
 
 
+# etcd lets gRPC frames exceed --max-request-bytes by this much before gRPC refuses them.
+GRPC_OVERHEAD = 512 * 1024
+
 # gRPC service name of each servicer class (for the grpc_server_* metrics' labels).
 _SERVICES = {"KVService": "etcdserverpb.KV", "WatchService": "etcdserverpb.Watch",
              "LeaseService": "etcdserverpb.Lease", "ClusterService": "etcdserverpb.Cluster",
@@ -63,6 +66,15 @@ def unary(fn: Callable[..., Any]) -> Callable[..., Any]:
         t = perf()
         code = "OK"
         try:
+            if type(request) is _Undecodable:
+                raise errors.EtcdError(grpc.StatusCode.INTERNAL,
+                                       f"grpc: error unmarshalling request: {request.reason}")
+            size = request.ByteSize()
+            limit = self.s.cfg.max_request_bytes + GRPC_OVERHEAD
+            if size > limit:
+                # grpc-go's own check in etcd, with its words (gRPC-core's would differ).
+                raise errors.EtcdError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                       f"grpc: received message larger than max ({size} vs. {limit})")
             return await fn(self, request, context)
         except errors.EtcdError as e:
             code = e.code.name
@@ -91,3 +103,75 @@ _CODE_NAMES.update({"OK": "OK", "CANCELLED": "Canceled", "INTERNAL": "Internal",
 
 async def abort_with(context: grpc.aio.ServicerContext, e: errors.EtcdError) -> None:
     await context.abort(e.code, e.message)
+
+
+class _Undecodable:
+    """Stands in for a request whose bytes did not decode; the service answers as grpc-go would."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def ByteSize(self) -> int:  # noqa: N802 - protobuf's name; the size check runs first
+        return 0
+
+
+def _safe(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def decode(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as e:  # protobuf's DecodeError, or anything a hostile frame causes
+            return _Undecodable(str(e))
+
+    return decode
+
+
+class _Capture:
+    """Receives what a generated add_*Servicer_to_server registers."""
+
+    def __init__(self) -> None:
+        self.services: list[tuple[str, dict]] = []
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        pass
+
+    def add_registered_method_handlers(self, service: str, handlers: dict) -> None:
+        self.services.append((service, handlers))
+
+
+def register_service(server: grpc.aio.Server, add_to_server: Callable[[Any, Any], None], servicer: Any) -> None:
+    """Register a servicer like the generated helper does, but with request decoding that turns a
+    malformed message into grpc-go's INTERNAL "error unmarshalling request" (see `unary`)."""
+    capture = _Capture()
+    add_to_server(servicer, capture)
+    for service, handlers in capture.services:
+        safe = {name: h._replace(request_deserializer=_safe(h.request_deserializer)) for name, h in handlers.items()}
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, safe),))
+        server.add_registered_method_handlers(service, safe)
+
+
+class _UnknownMethods(grpc.GenericRpcHandler):
+    """Last in line: answers unknown services and methods with grpc-go's words."""
+
+    def __init__(self, services: set[str]) -> None:
+        self.services = services
+
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        service, _, method = details.method.lstrip("/").rpartition("/")
+        if service in self.services:
+            message = f"unknown method {method} for service {service}"
+        else:
+            message = f"unknown service {service}"
+
+        async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, message)
+
+        return grpc.unary_unary_rpc_method_handler(refuse, lambda b: b, lambda b: b)
+
+
+def unknown_method_handler(services: set[str]) -> grpc.GenericRpcHandler:
+    return _UnknownMethods(services)

@@ -21,6 +21,7 @@ from etcdstore.api.kv import KVService
 from etcdstore.api.lease import LeaseService
 from etcdstore.api.lock import LockService
 from etcdstore.api.maintenance import MaintenanceService
+from etcdstore.api.common import register_service, unknown_method_handler
 from etcdstore.api.mux import ClientPortMux
 from etcdstore.api.watch import WatchService
 from etcdstore.auth import install as install_auth
@@ -60,7 +61,9 @@ class Member:
         auth = install_auth(s)  # before start: replayed entries need the auth apply handlers
         await s.start()
         options = [
-            ("grpc.max_receive_message_length", cfg.max_request_bytes + _GRPC_OVERHEAD),
+            # The etcd-sized limit is checked by the services (with grpc-go's message); gRPC-core's
+            # own limit only stops absurd frames.
+            ("grpc.max_receive_message_length", max(64 << 20, 2 * (cfg.max_request_bytes + _GRPC_OVERHEAD))),
             ("grpc.max_send_message_length", 2**31 - 1),
             ("grpc.max_concurrent_streams", 2**31 - 1),
             ("grpc.so_reuseport", 0),
@@ -68,14 +71,17 @@ class Member:
             ("grpc.http2.min_ping_interval_without_data_ms", 5000),
         ]
         server = grpc.aio.server(options=options)
-        rpc_pb2_grpc.add_KVServicer_to_server(KVService(s), server)
-        rpc_pb2_grpc.add_WatchServicer_to_server(WatchService(s), server)
-        rpc_pb2_grpc.add_LeaseServicer_to_server(LeaseService(s), server)
-        rpc_pb2_grpc.add_MaintenanceServicer_to_server(MaintenanceService(s), server)
-        rpc_pb2_grpc.add_ClusterServicer_to_server(ClusterService(s), server)
-        rpc_pb2_grpc.add_AuthServicer_to_server(AuthService(s), server)
-        v3lock_pb2_grpc.add_LockServicer_to_server(LockService(s), server)
-        v3election_pb2_grpc.add_ElectionServicer_to_server(ElectionService(s), server)
+        register_service(server, rpc_pb2_grpc.add_KVServicer_to_server, KVService(s))
+        register_service(server, rpc_pb2_grpc.add_WatchServicer_to_server, WatchService(s))
+        register_service(server, rpc_pb2_grpc.add_LeaseServicer_to_server, LeaseService(s))
+        register_service(server, rpc_pb2_grpc.add_MaintenanceServicer_to_server, MaintenanceService(s))
+        register_service(server, rpc_pb2_grpc.add_ClusterServicer_to_server, ClusterService(s))
+        register_service(server, rpc_pb2_grpc.add_AuthServicer_to_server, AuthService(s))
+        register_service(server, v3lock_pb2_grpc.add_LockServicer_to_server, LockService(s))
+        register_service(server, v3election_pb2_grpc.add_ElectionServicer_to_server, ElectionService(s))
+        server.add_generic_rpc_handlers((unknown_method_handler({
+            "etcdserverpb.KV", "etcdserverpb.Watch", "etcdserverpb.Lease", "etcdserverpb.Maintenance",
+            "etcdserverpb.Cluster", "etcdserverpb.Auth", "v3lockpb.Lock", "v3electionpb.Election"}),))
         grpc_port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         self.grpc = server

@@ -59,6 +59,7 @@ MEMBER_ID_KEY = b"memberID"
 # Leases whose revoke the leader proposes per expiry check (etcd: leaseRevokeRate / 2).
 _REVOKE_PER_CHECK = 500
 _MAX_PROPOSALS_PER_READY = 4096
+_ENTRY_OVERHEAD = 16  # what etcd's InternalRaftRequest adds around a request (header and field tags)
 # Group commit window under load (ETCDSTORE_GROUP_COMMIT_US tunes it; 0 turns it off).
 _GROUP_COMMIT_DELAY = float(os.environ.get("ETCDSTORE_GROUP_COMMIT_US", "1000")) / 1e6
 _GROUP_COMMIT_MIN_RATE = 300.0  # proposals/s above which a member counts as busy
@@ -317,9 +318,10 @@ class EtcdServer:
         if self.removed:
             raise errors.STOPPED
         req_id = self._id_gen.next()
-        data = rq.encode(kind, req_id, payload, user, auth_revision, system=system)
-        if len(data) > self.cfg.max_request_bytes + 1024:
+        # etcd refuses a request whose Raft entry (the request plus a small header) is over the limit.
+        if len(payload) + _ENTRY_OVERHEAD > self.cfg.max_request_bytes:
             raise errors.REQUEST_TOO_LARGE
+        data = rq.encode(kind, req_id, payload, user, auth_revision, system=system)
         fut = self._waiters.register(req_id)
         self._proposals.append(data)
         self._kick()
