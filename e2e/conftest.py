@@ -37,7 +37,7 @@ class Kubectl:
 
     def __call__(self, *args: str, input: str | None = None, check: bool = True) -> str:
         cmd = ["kubectl", f"--kubeconfig={self.kubeconfig}", f"--namespace={self.namespace}", *args]
-        p = subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=300)
+        p = subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=300, check=False)
         if check and p.returncode != 0:
             raise AssertionError(f"{' '.join(cmd)}: {p.stderr}")
         return p.stdout

@@ -75,7 +75,7 @@ def apply_retention(store: ObjectStore, directory: str, keep: int) -> list[str]:
     """Delete all but the newest `keep` backups in `directory`; returns the deleted names."""
     if keep <= 0:
         return []
-    names = sorted({Path(k).stem for k in store.list(directory) if k.endswith(".json") or k.endswith(".db")})
+    names = sorted({Path(k).stem for k in store.list(directory) if k.endswith((".json", ".db"))})
     doomed = names[:-keep]
     for name in doomed:
         store.delete(f"{directory}/{name}.db")
@@ -93,7 +93,7 @@ async def take_backup(args: argparse.Namespace) -> dict[str, Any]:
             size, sha = await client.snapshot_save(path)
         key = f"{directory}/{args.name}.db"
         store.put_file(key, path, sha256=sha)
-    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     meta = {
         "cluster": args.cluster,
         "name": args.name,
@@ -117,7 +117,7 @@ def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     try:
         result = asyncio.run(take_backup(args))
-    except Exception as e:  # the message is the Job's result: keep it short and readable
+    except Exception as e:  # noqa: BLE001  (any failure becomes the Job's result message)
         msg = json.dumps({"error": f"{type(e).__name__}: {e}"[:900]})
         print(msg, file=sys.stderr)
         if args.result_file:

@@ -21,7 +21,8 @@ import hashlib
 import json
 import logging
 import os
-from typing import TYPE_CHECKING, Any, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import kopf
 from croniter import croniter
@@ -41,14 +42,14 @@ KEEP_FINISHED_JOBS = 3
 
 
 def _iso(t: dt.datetime) -> str:
-    return t.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_time(text: str | None) -> dt.datetime | None:
     if not text:
         return None
     try:
-        return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return dt.datetime.fromisoformat(text)  # 3.11 reads the Z suffix
     except ValueError:
         return None
 
@@ -57,7 +58,7 @@ def latest_due(schedule: str, now: dt.datetime, since: dt.datetime | None) -> dt
     """The newest cron time <= now that is later than `since` (None: nothing due)."""
     prev = croniter(schedule, now).get_prev(dt.datetime)
     if prev.tzinfo is None:
-        prev = prev.replace(tzinfo=dt.timezone.utc)
+        prev = prev.replace(tzinfo=dt.UTC)
     if since is not None and prev <= since:
         return None
     return prev
@@ -71,11 +72,11 @@ def _short(name: str, limit: int) -> str:
 
 
 def scheduled_job_name(ref: ClusterRef, due: dt.datetime) -> str:
-    return f"{_short(ref.name, 40)}-backup-{due.astimezone(dt.timezone.utc):%Y%m%d-%H%M%S}"
+    return f"{_short(ref.name, 40)}-backup-{due.astimezone(dt.UTC):%Y%m%d-%H%M%S}"
 
 
 def scheduled_backup_name(ref: ClusterRef, due: dt.datetime) -> str:
-    return f"{ref.name}-{due.astimezone(dt.timezone.utc):%Y%m%dT%H%M%SZ}"
+    return f"{ref.name}-{due.astimezone(dt.UTC):%Y%m%dT%H%M%SZ}"
 
 
 def job_finished(job: Mapping[str, Any]) -> bool | None:
@@ -149,7 +150,7 @@ async def collect_scheduled(kube: Kube, ref: ClusterRef, cluster: Mapping[str, A
             await kube.delete(JOBS, ref.namespace, job["metadata"]["name"])
 
 
-async def schedule_tick(kube: Kube, state: "OperatorState", cluster: Mapping[str, Any], *,
+async def schedule_tick(kube: Kube, state: OperatorState, cluster: Mapping[str, Any], *,
                         now: dt.datetime | None = None) -> str | None:
     """One tick of the scheduler for one cluster; returns the Job created, if any."""
     meta = cluster["metadata"]
@@ -159,7 +160,7 @@ async def schedule_tick(kube: Kube, state: "OperatorState", cluster: Mapping[str
     b = spec.backup
     if b is None or not b.schedule or b.suspend or spec.paused:
         return None
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     status = cluster.get("status") or {}
     available = any(c.get("type") == "Available" and c.get("status") == "True" for c in status.get("conditions") or [])
     if not available:
@@ -186,7 +187,7 @@ def on_demand_job_name(backup_name: str) -> str:
     return f"{_short(backup_name, 50)}-backup"
 
 
-def register(state: "OperatorState") -> None:
+def register(state: OperatorState) -> None:
     tick = float(os.environ.get("ETCDOPERATOR_BACKUP_TICK", "10"))
 
     @kopf.timer(crd.GROUP, crd.VERSION, crd.CLUSTER_PLURAL, interval=tick, initial_delay=min(tick, 5.0),
@@ -222,7 +223,7 @@ def register(state: "OperatorState") -> None:
             if e.status != 409:
                 raise
         patch.status.update({"phase": "Running", "jobName": job_name,
-                             "startTime": _iso(dt.datetime.now(dt.timezone.utc))})
+                             "startTime": _iso(dt.datetime.now(dt.UTC))})
         await events.post(kube, body, "BackupStarted", f"backing up {req.cluster_name} to {dest.describe()}")
 
     @kopf.timer(crd.GROUP, crd.VERSION, crd.BACKUP_PLURAL, interval=max(tick / 2, 0.5),
@@ -240,7 +241,7 @@ def register(state: "OperatorState") -> None:
         if ok is None:
             return
         result = await job_result(kube, namespace, job_name)
-        now = _iso(dt.datetime.now(dt.timezone.utc))
+        now = _iso(dt.datetime.now(dt.UTC))
         new: dict[str, Any] = {"phase": "Succeeded" if ok else "Failed", "completionTime": now}
         if ok:
             new.update({k: result[k] for k in ("time", "revision", "size", "sha256", "location") if k in result})

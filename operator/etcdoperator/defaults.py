@@ -27,9 +27,9 @@ def apply_defaults(schema: dict[str, Any], value: Any) -> Any:
                 out[key] = apply_defaults(sub, out[key])
         extra = schema.get("additionalProperties")
         if isinstance(extra, dict):
-            for key in out:
-                if key not in props and out[key] is not None:
-                    out[key] = apply_defaults(extra, out[key])
+            for key, item in list(out.items()):
+                if key not in props and item is not None:
+                    out[key] = apply_defaults(extra, item)
         return out
     if isinstance(value, list):
         items = schema.get("items")

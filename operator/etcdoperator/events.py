@@ -5,7 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from etcdoperator.kube import EVENTS, ApiError, Kube
 
@@ -14,7 +15,7 @@ COMPONENT = "etcd-operator"
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 async def post(kube: Kube, obj: Mapping[str, Any], reason: str, message: str, *, warning: bool = False) -> None:

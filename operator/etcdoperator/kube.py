@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import aiohttp
 
@@ -90,7 +91,7 @@ class Kube:
         self._session: aiohttp.ClientSession | None = None
 
     @classmethod
-    def from_connection_info(cls, info: Any) -> "Kube":
+    def from_connection_info(cls, info: Any) -> Kube:
         """From a kopf.ConnectionInfo."""
         ctx = info.as_ssl_context() if info.server.startswith("https") else None
         return cls(info.server, headers=info.as_http_headers(), ssl_context=ctx)
@@ -121,7 +122,7 @@ class Kube:
                             err = {}
                         raise ApiError(resp.status, str(err.get("reason", resp.reason)), str(err.get("message", text)))
                     return json.loads(text) if text else None
-            except (aiohttp.ClientConnectionError, asyncio.TimeoutError):
+            except (TimeoutError, aiohttp.ClientConnectionError):
                 if attempt == 2:
                     raise
                 await asyncio.sleep(0.2 * (attempt + 1))

@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
+from etcdstore import errors as etcd_errors
 from etcdstore.client import Client, TLSConfig
 from etcdstore.client.requests import AlarmType
-from etcdstore import errors as etcd_errors
 from etcdstore.errors import EtcdError
 
 from etcdoperator import addressing
@@ -117,7 +117,7 @@ class Members:
                 errors.append(f"{self.ref.pod(k)}: {e.message}")
         if listing is None:
             return EtcdView(reachable=False, error="; ".join(errors) or "no member answers")
-        candidates = range(0, max(ords + [9]) + 8)
+        candidates = range(max(ords + [9]) + 8)
         raw = list(listing.members)
         ordinals_of = [self.ordinal_of(m.name, m.peerURLs, candidates) for m in raw]
         # Members outside the observed ordinals (or not ours) are asked at their advertised URL.

@@ -6,8 +6,8 @@ an operator restarted at any point decides from these alone).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 from etcdoperator.spec import ClusterSpec
 

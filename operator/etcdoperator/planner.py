@@ -421,9 +421,9 @@ def _learner_step(ctx: _Ctx, learner: MemberState, k: int) -> tuple[Action, str 
     if not learner.started or not learner.healthy:
         return _wait(why, f"waiting for learner {ref.pod(k)} to start", why)
     leader = ctx.obs.etcd.leader
-    if leader is not None and leader.raft_index and learner.raft_index is not None:
-        if learner.raft_index < ctx.cfg.promote_min_progress * leader.raft_index:
-            return _wait(why, f"learner {ref.pod(k)} is catching up ({learner.raft_index}/{leader.raft_index})", why)
+    if (leader is not None and leader.raft_index and learner.raft_index is not None
+            and learner.raft_index < ctx.cfg.promote_min_progress * leader.raft_index):
+        return _wait(why, f"learner {ref.pod(k)} is catching up ({learner.raft_index}/{leader.raft_index})", why)
     return Promote(learner.id, k), why, f"promoting {ref.pod(k)}"
 
 

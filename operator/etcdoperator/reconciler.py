@@ -11,9 +11,10 @@ import datetime as dt
 import logging
 import os
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from etcdstore import errors as etcd_errors
 from etcdstore.client import TLSConfig
@@ -38,7 +39,12 @@ from etcdoperator.kube import (
 )
 from etcdoperator.members import Credentials, Members
 from etcdoperator.model import BootstrapState, EtcdView, KubeView, Observed, PodState, PVCState
-from etcdoperator.naming import ANNOTATION_MEMBER_ID, ANNOTATION_MEMBERSHIP_TIME, ANNOTATION_TLS_HASH, ClusterRef
+from etcdoperator.naming import (
+    ANNOTATION_MEMBER_ID,
+    ANNOTATION_MEMBERSHIP_TIME,
+    ANNOTATION_TLS_HASH,
+    ClusterRef,
+)
 from etcdoperator.spec import ClusterSpec, parse_cluster_spec, validate_cluster_spec
 from etcdoperator.status import build_status
 
@@ -46,14 +52,14 @@ log = logging.getLogger(__name__)
 
 
 def now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True, slots=True)
 class Settings:
     images: Images
     secrets_dir: Path
-    planner: planner.PlannerConfig = planner.PlannerConfig()
+    planner: planner.PlannerConfig = field(default_factory=planner.PlannerConfig)
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +180,7 @@ class ClusterReconciler:
             obj = await self.kube.get(SECRETS, ref.namespace, name)
             existing[name] = None if obj is None else tlsplan.SecretContent(
                 _b64(obj.get("data")), dict(obj.get("metadata", {}).get("annotations") or {}))
-        writes = tlsplan.plan_tls(ref, spec, existing, now=dt.datetime.now(dt.timezone.utc), rolled=rolled)
+        writes = tlsplan.plan_tls(ref, spec, existing, now=dt.datetime.now(dt.UTC), rolled=rolled)
         for w in writes:
             await self.kube.apply(tls_secret(ref, w), last_applied=False)
             existing[w.name] = tlsplan.SecretContent(dict(w.data), dict(w.annotations))
@@ -310,12 +316,12 @@ class ClusterReconciler:
         # A StatefulSet's identity fields cannot change; keep the live ones (storage is immutable
         # in the CRD too, this covers API servers without CEL).
         live_spec = sts.get("spec") or {}
-        for field in ("volumeClaimTemplates", "selector", "serviceName", "podManagementPolicy"):
-            if field in live_spec and _strip(desired["spec"].get(field)) != _strip(live_spec.get(field)):
-                desired["spec"][field] = live_spec[field]
-                if field not in self._warned:
-                    self._warned.add(field)
-                    log.warning("[%s/%s] not changing immutable StatefulSet field %s", ref.namespace, ref.name, field)
+        for key in ("volumeClaimTemplates", "selector", "serviceName", "podManagementPolicy"):
+            if key in live_spec and _strip(desired["spec"].get(key)) != _strip(live_spec.get(key)):
+                desired["spec"][key] = live_spec[key]
+                if key not in self._warned:
+                    self._warned.add(key)
+                    log.warning("[%s/%s] not changing immutable StatefulSet field %s", ref.namespace, ref.name, key)
         await self.kube.apply(desired)
 
     # -- actions -----------------------------------------------------------------------------
@@ -405,7 +411,7 @@ class ClusterReconciler:
             await self.kube.delete(PODS, ns, ref.pod(a.ordinal))
             await events.post(self.kube, body, "MemberRestarted", f"restarting {ref.pod(a.ordinal)} for a new template")
         else:  # pragma: no cover - every action is handled above
-            raise AssertionError(f"unhandled action {a!r}")
+            raise AssertionError(f"unhandled action {a!r}")  # noqa: TRY004
 
     async def _ensure_auth(self, body: Mapping[str, Any], members: Members) -> None:
         """Authentication on, with user root (role root) and the password from the Secret.
@@ -414,7 +420,7 @@ class ClusterReconciler:
         use `etcdctl user passwd root` and update the Secret to match."""
         password = members.creds.password
         if not password:
-            raise OSError(f"root password Secret {self.ref.name}: missing or empty")
+            raise OSError(f"root password Secret of {self.ref.name}: missing or empty")
         client = members.current()
         try:
             await client.authenticate("root", password)

@@ -7,8 +7,9 @@ CRD states as CEL (which only a real API server evaluates) are checked again in
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from croniter import croniter
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 from etcdoperator import certs
 from etcdoperator.naming import ANNOTATION_CA_ROTATION, ClusterRef

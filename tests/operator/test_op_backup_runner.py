@@ -3,14 +3,12 @@ against a real etcd 3.4, a directory and an S3-compatible server (moto)."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import subprocess
 import sys
 
 import pytest
-
 from etcdoperator.backup_runner import apply_retention, backup_dir
 from etcdoperator.objectstore import DirectoryStore
 from etcdstore.client import Client
@@ -22,7 +20,7 @@ pytestmark = pytest.mark.etcd
 
 def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "etcdoperator", *args], capture_output=True, text=True, env=env,
-                          timeout=120)
+                          timeout=120, check=False)
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import datetime as dt
 
 import kubernetes_validate
 import pytest
-
 from etcdoperator import tlsplan
 from etcdoperator.build.backupjob import backup_job
 from etcdoperator.build.bootstrap import bootstrap_configmap, decode_joining, encode_joining
@@ -173,7 +172,7 @@ def test_backup_job(name, dest):
 
 def test_tls_secrets_validate():
     spec = parse_cluster_spec(SPECS["tls-auto"])
-    writes = tlsplan.plan_tls(REF, spec, {}, now=dt.datetime.now(dt.timezone.utc), rolled=False)
+    writes = tlsplan.plan_tls(REF, spec, {}, now=dt.datetime.now(dt.UTC), rolled=False)
     assert {w.name for w in writes} == {"orders-ca", "orders-server-tls", "orders-client-tls", "orders-peer-tls"}
     for w in writes:
         _validate(tls_secret(REF, w))

@@ -18,7 +18,6 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
-
 from etcdoperator import crd
 from kubeharness.apiserver import ApiServer
 
@@ -113,7 +112,7 @@ async def test_helm_install_renders_valid_objects(values, tmp_path):
     kinds = {k for k, _ in objects}
     assert {"customresourcedefinitions", "serviceaccounts", "clusterroles", "clusterrolebindings", "deployments"} <= kinds
     assert ("services", "rel-etcd-operator-metrics") in objects or values.get("metrics") == {"enabled": False}
-    for (_, _), obj in objects.items():
+    for obj in objects.values():
         clean = {k: v for k, v in obj.items() if k != "status"}
         clean["metadata"] = {k: v for k, v in obj["metadata"].items()
                              if k not in ("uid", "resourceVersion", "generation", "creationTimestamp")}

@@ -8,7 +8,6 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
-
 from etcdoperator import crd, manifests
 from etcdoperator.spec import parse_cluster_spec, validate_cluster_spec
 from kubeharness.crdschema import default_and_validate, structural_errors, version_schema

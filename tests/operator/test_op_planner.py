@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 
 import pytest
-
 from etcdoperator import planner as P
 from etcdoperator.model import BootstrapState, EtcdView, KubeView, MemberState, Observed, PodState, PVCState
 from etcdoperator.naming import ClusterRef
@@ -117,7 +116,7 @@ def test_scale_up_prepares_then_adds_one_learner():
 def test_learner_gets_its_pod_then_volume_then_promotion():
     lrn = member(1, id=0x999, learner=True, started=False)
     view = etcd(member(0), lrn)
-    base = dict(view=view, joining={1: frozenset()})
+    base = {"view": view, "joining": {1: frozenset()}}
     assert decide(obs(**base, replicas=1, pod_map=pods(0), pvc_map=pvcs({0: "100"}))) == P.ScaleStatefulSet(2)
     a = decide(obs(**base, replicas=2, pod_map=pods(0, 1), pvc_map=pvcs({0: "100", 1: None})))
     assert a == P.AdoptHolder(1, "999")

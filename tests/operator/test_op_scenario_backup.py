@@ -7,7 +7,6 @@ import hashlib
 import json
 
 import pytest
-
 from kubeharness.s3 import ACCESS_KEY, SECRET_KEY, MotoS3
 
 pytestmark = pytest.mark.etcd
@@ -44,7 +43,7 @@ async def test_scheduled_backups_to_a_volume_with_retention_then_restore(world):
             await c.put(f"orders/{i:02d}", f"order-{i}")
 
     root = claim_dir(world, "backups") / "etcd" / "default" / "src" / "scheduled"
-    succeeded = lambda: [e for e in world.events("src") if e["reason"] == "BackupSucceeded"]  # noqa: E731
+    succeeded = lambda: [e for e in world.events("src") if e["reason"] == "BackupSucceeded"]
     await world.wait_for("four scheduled backups", lambda: len(succeeded()) >= 4, timeout=90)
     files = sorted(p.name for p in root.iterdir())
     assert len([f for f in files if f.endswith(".db")]) == 2, files  # retention: newest 2
@@ -55,7 +54,7 @@ async def test_scheduled_backups_to_a_volume_with_retention_then_restore(world):
     recorded = claim_dir(world, "backups") / last["location"][len("pvc://backups/"):]
     assert recorded.exists(), "the last successful backup is kept by retention"
     assert hashlib.sha256(recorded.read_bytes()).hexdigest() == last["sha256"]
-    newest = root / sorted(f for f in files if f.endswith(".db"))[-1]
+    newest = root / max(f for f in files if f.endswith(".db"))
     assert world.status("src")["lastScheduledBackup"]
     await world.wait_for("finished backup jobs pruned", lambda: len(scheduled_jobs(world, "src")) <= 4)
 

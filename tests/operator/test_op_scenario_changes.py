@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 
 import pytest
-
 from etcdstore.client import TLSConfig
 from etcdstore.errors import EtcdError
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 
 from cryptography import x509
-
 from etcdoperator import certs, tlsplan
 from etcdoperator.naming import ANNOTATION_CA_ROTATION, ClusterRef
 from etcdoperator.spec import parse_cluster_spec
@@ -13,7 +12,7 @@ from etcdoperator.spec import parse_cluster_spec
 REF = ClusterRef("ns", "c", "uid")
 SPEC = parse_cluster_spec({"tls": {"client": {"mode": "auto"}, "peer": {"mode": "auto"},
                                    "auto": {"caValidityDays": 400, "certificateValidityDays": 90, "renewBeforeDays": 30}}})
-T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 
 def apply(existing, writes):

@@ -23,7 +23,8 @@ import itertools
 import random
 import string
 import uuid
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import attrs
 import jsonpatch
@@ -38,7 +39,7 @@ _MUTATIONS = (kmock.action.CREATE, kmock.action.UPDATE, kmock.action.DELETE)
 
 
 def now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def merge_diff(old: Any, new: Any) -> Any:
@@ -211,7 +212,7 @@ class ApiServer(kmock.KubernetesEmulator):
             except (jsonpatch.JsonPatchConflict, jsonpatch.JsonPatchTestFailed, jsonpatch.JsonPointerException) as e:
                 raise kmock.KubernetesError(status=422, reason="Invalid", message=f"the patch does not apply: {e}")
             patched = copy.deepcopy(dict(patched))
-            info = self.resources[res] if res in self.resources else None
+            info = self.resources.get(res)
             has_status = info is not None and "status" in info.subresources
             sub = request.subresource
             new = copy.deepcopy(old)

@@ -73,7 +73,7 @@ class Harness:
         self.kubelet = Kubelet(self, root, self.addresses, binaries, env)
         self.http: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
-        self._log = open(root / "harness.log", "a", buffering=1)
+        self._log = open(root / "harness.log", "a", buffering=1)  # noqa: SIM115  (open for the harness's life)
         self.errors: list[str] = []
         self._rounds = 0
 
@@ -124,7 +124,7 @@ class Harness:
                 await self.sync()
             except asyncio.CancelledError:
                 raise
-            except Exception as e:  # keep running; tests look at harness.errors
+            except Exception as e:  # noqa: BLE001  (keep running; tests look at harness.errors)
                 self.errors.append(repr(e))
                 self.log(f"sync error: {e!r}")
             await asyncio.sleep(SYNC_PERIOD)
@@ -145,7 +145,7 @@ class Harness:
             self._task.cancel()
             try:
                 await self._task
-            except (asyncio.CancelledError, Exception):
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001, S110  (shutting down)
                 pass
         await self.kubelet.close()
         if self.http is not None:

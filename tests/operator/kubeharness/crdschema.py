@@ -12,7 +12,6 @@ import copy
 from typing import Any
 
 import jsonschema
-
 from etcdoperator.defaults import apply_defaults
 
 _FORBIDDEN = ("$ref", "definitions", "dependencies", "additionalItems", "patternProperties", "$schema", "id")

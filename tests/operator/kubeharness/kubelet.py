@@ -43,7 +43,7 @@ _VAR = re.compile(r"\$\((?P<name>[A-Za-z_][A-Za-z0-9_]*)\)")
 
 
 def now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class NotReadyYet(Exception):
@@ -67,7 +67,7 @@ class ContainerRun:
 
 
 class PodRuntime:
-    def __init__(self, kubelet: "Kubelet", pod: dict[str, Any]) -> None:
+    def __init__(self, kubelet: Kubelet, pod: dict[str, Any]) -> None:
         self.kubelet = kubelet
         meta = pod["metadata"]
         self.namespace: str = meta["namespace"]
@@ -252,7 +252,7 @@ class PodRuntime:
             await asyncio.gather(*(self._supervise(c, volumes, policy) for c in self.containers))
         except asyncio.CancelledError:
             raise
-        except Exception as e:  # a harness bug must be visible, not a silently dead pod
+        except Exception as e:  # noqa: BLE001  (a harness bug must be visible, not a silently dead pod)
             self.phase, self.reason = "Failed", f"harness error: {type(e).__name__}: {e}"
             self.kubelet.harness.log(f"pod {self.namespace}/{self.name}: {self.reason}")
             await self.push_status()
@@ -267,7 +267,7 @@ class PodRuntime:
         run.message_file = mounts[c.get("terminationMessagePath") or "/dev/termination-log"]
         run.message_file.unlink(missing_ok=True)
         run.log = self.dir / f"{c['name']}.log"
-        with open(run.log, "ab") as logf:
+        with open(run.log, "ab") as logf:  # noqa: ASYNC230  (a local file, opened once per start)
             logf.write(f"\n=== {now_iso()} {' '.join(argv)}\n".encode())
             logf.flush()
             proc = await asyncio.create_subprocess_exec(*argv, stdout=logf, stderr=asyncio.subprocess.STDOUT,
@@ -370,7 +370,7 @@ class PodRuntime:
                 _, w = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 2.0)
                 w.close()
                 return True
-        except (OSError, asyncio.TimeoutError, aiohttp.ClientError):
+        except (TimeoutError, OSError, aiohttp.ClientError):
             return False
         return True  # exec probes are not run by the harness
 
@@ -383,14 +383,14 @@ class PodRuntime:
         for p in procs:
             try:
                 await asyncio.wait_for(p.wait(), max(deadline - time.monotonic(), 0.05))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 _signal(p, signal.SIGKILL)
                 await p.wait()
         if self.task is not None:
             self.task.cancel()
             try:
                 await self.task
-            except (asyncio.CancelledError, Exception):
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001, S110  (stopping)
                 pass
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
@@ -438,7 +438,7 @@ def _signal(proc: asyncio.subprocess.Process, sig: int) -> None:
 
 
 class Kubelet:
-    def __init__(self, harness: "Harness", root: Path, addresses: AddressBook, binaries: dict[str, list[str]],
+    def __init__(self, harness: Harness, root: Path, addresses: AddressBook, binaries: dict[str, list[str]],
                  base_env: dict[str, str]) -> None:
         self.harness = harness
         self.root = root

@@ -12,13 +12,14 @@ import shutil
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Self
 
 import kmock
-
 from etcdoperator import crd
 from etcdstore.client import Client, TLSConfig
+
 from kubeharness.addresses import free_port
 from kubeharness.apiserver import ApiServer
 from kubeharness.cluster import Harness
@@ -39,7 +40,7 @@ def member_binaries(member_binary: str) -> dict[str, list[str]]:
 
 
 class OperatorProcess:
-    def __init__(self, world: "World") -> None:
+    def __init__(self, world: World) -> None:
         self.world = world
         self.proc: asyncio.subprocess.Process | None = None
         self.log = world.root / "operator.log"
@@ -64,7 +65,7 @@ class OperatorProcess:
         })
         env.update(extra_env)
         self.starts += 1
-        with open(self.log, "ab") as f:
+        with open(self.log, "ab") as f:  # noqa: ASYNC230  (a local file, opened once per start)
             f.write(f"\n===== operator start #{self.starts} {time.strftime('%H:%M:%S')} {extra_env}\n".encode())
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "etcdoperator", "run", "--all-namespaces", "--standalone", "--verbose",
@@ -85,7 +86,7 @@ class OperatorProcess:
         self.proc.send_signal(signal.SIGTERM)
         try:
             await asyncio.wait_for(self.proc.wait(), 15)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.proc.kill()
             await self.proc.wait()
 
@@ -130,7 +131,7 @@ class World:
         self.operator: OperatorProcess | None = None  # type: ignore[assignment]
         self.kubeconfig = root / "kubeconfig"
 
-    async def __aenter__(self) -> "World":
+    async def __aenter__(self) -> Self:
         await self.api.__aenter__()
         await self.server.__aenter__()
         url = str(self.server.url).rstrip("/")
@@ -145,7 +146,7 @@ class World:
         self.operator = OperatorProcess(self)
         return self
 
-    async def __aexit__(self, *exc: Any) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         if self.operator is not None:
             await self.operator.stop()
         if self.harness is not None:
