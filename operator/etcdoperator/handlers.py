@@ -105,8 +105,12 @@ async def reconcile_loop(body: kopf.Body, name: str, namespace: str, uid: str, s
             wake.clear()
             if body.metadata.get("deletionTimestamp"):
                 break
-            result = await rec.step(copy.deepcopy(dict(body)))
-            delay = STATE.busy_interval if result.busy else STATE.error_interval if result.error else STATE.idle_interval
+            try:
+                result = await rec.step(copy.deepcopy(dict(body)))
+                delay = STATE.busy_interval if result.busy else STATE.error_interval if result.error else STATE.idle_interval
+            except Exception:
+                log.exception("[%s/%s] reconcile step crashed", namespace, name)
+                delay = STATE.error_interval
             waiter = asyncio.ensure_future(wake.wait())
             stopper = asyncio.ensure_future(stopped.wait())
             try:

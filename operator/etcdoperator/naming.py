@@ -30,7 +30,6 @@ ANNOTATION_TLS_HASH = "etcdstore.io/tls-hash"  # on the pod template: rolls memb
 ANNOTATION_MEMBERSHIP_TIME = "etcdstore.io/membership-updated"  # on the bootstrap ConfigMap
 ANNOTATION_SCHEDULED_TIME = "etcdstore.io/scheduled-time"  # on scheduled backup Jobs
 ANNOTATION_CA_ROTATION = "etcdstore.io/ca-rotation"
-BOOTSTRAP_MARK = "bootstrap"  # the seed's PVC before its member ID is known
 MANAGED_BY = "etcd-operator"
 FINALIZER = "etcdstore.io/cleanup"
 

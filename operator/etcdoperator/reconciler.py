@@ -104,8 +104,11 @@ class ClusterReconciler:
         started = time.monotonic()
         ref = self.ref
         raw_spec = body.get("spec") or {}
-        spec_errors = validate_cluster_spec(raw_spec)
-        spec = parse_cluster_spec(raw_spec)
+        try:
+            spec_errors = validate_cluster_spec(raw_spec)
+            spec = parse_cluster_spec(raw_spec)
+        except (KeyError, TypeError, ValueError) as e:  # only an API server without the CRD schema lets these in
+            spec_errors, spec = [f"malformed spec: {type(e).__name__}: {e}"], ClusterSpec()
         generation = int(body.get("metadata", {}).get("generation") or 0)
         prev_status = body.get("status") or {}
         obs: Observed | None = None

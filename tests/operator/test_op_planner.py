@@ -389,3 +389,13 @@ def test_nospace_alarm_defragments_followers_first_leader_last():
     sick = EtcdView(reachable=True, members=(member(0), member(1), member(2, healthy=False)), leader_id=0x101,
                     cluster_id=1, nospace=True)
     assert isinstance(decide(obs(view=sick, replicas=3, pod_map=pm, pvc_map=vm)), P.Wait)
+
+
+def test_malformed_spec_is_reported_not_fatal():
+    from etcdoperator.naming import ClusterRef as Ref
+    from etcdoperator.spec import validate_cluster_spec
+
+    assert validate_cluster_spec({"backup": {"schedule": "* * * * *", "destination": {}}})
+    with pytest.raises(KeyError):
+        parse_cluster_spec({"auth": {"rootPasswordSecret": {}}})  # the reconciler reports it as InvalidSpec
+    assert Ref("a", "b").ordinal_of("b-3") == 3 and Ref("a", "b").ordinal_of("bb-3") is None

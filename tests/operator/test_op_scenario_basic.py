@@ -63,8 +63,10 @@ async def test_create_write_scale_up_and_down_then_delete(world):
     reasons = event_reasons(world, "alpha")
     assert reasons.count("MemberAdded") == 4 and reasons.count("MemberPromoted") == 4
 
-    # 5 -> 3: highest ordinals removed, StatefulSet shrunk, their volumes deleted
-    await world.patch_spec("alpha", {"replicas": 3})
+    # 5 -> 3 through the scale subresource (kubectl scale): highest ordinals removed, StatefulSet
+    # shrunk, their volumes deleted
+    await world.harness.patch("etcdstore.io/v1alpha1/etcdclusters", "default", "alpha", {"spec": {"replicas": 3}},
+                              sub="scale")
     await world.wait_available("alpha", 3)
     await world.wait_for("volumes of removed members deleted",
                          lambda: sorted(world.claims("alpha")) == ["data-alpha-0", "data-alpha-1", "data-alpha-2"])
