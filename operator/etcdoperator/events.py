@@ -18,12 +18,12 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-async def post(kube: Kube, obj: Mapping[str, Any], reason: str, message: str, *, warning: bool = False) -> None:
-    """Best effort: an event that cannot be written is logged, never fatal."""
+def event_manifest(obj: Mapping[str, Any], reason: str, message: str, *, warning: bool = False) -> dict[str, Any]:
+    """A core/v1 Event about `obj` (pure)."""
     meta = obj.get("metadata", {})
     ns = meta.get("namespace")
     now = _now()
-    event = {
+    return {
         "apiVersion": "v1",
         "kind": "Event",
         "metadata": {"name": f"{meta.get('name')}.{time.time_ns():x}", "namespace": ns},
@@ -43,8 +43,14 @@ async def post(kube: Kube, obj: Mapping[str, Any], reason: str, message: str, *,
         "lastTimestamp": now,
         "count": 1,
     }
+
+
+async def post(kube: Kube, obj: Mapping[str, Any], reason: str, message: str, *, warning: bool = False) -> None:
+    """Best effort: an event that cannot be written is logged, never fatal."""
+    meta = obj.get("metadata", {})
+    ns = meta.get("namespace")
     log.log(logging.WARNING if warning else logging.INFO, "[%s/%s] %s: %s", ns, meta.get("name"), reason, message)
     try:
-        await kube.create(EVENTS, ns, event)
+        await kube.create(EVENTS, ns, event_manifest(obj, reason, message, warning=warning))
     except (ApiError, OSError) as e:
         log.warning("could not post event %s: %s", reason, e)

@@ -176,3 +176,13 @@ def test_tls_secrets_validate():
     assert {w.name for w in writes} == {"orders-ca", "orders-server-tls", "orders-client-tls", "orders-peer-tls"}
     for w in writes:
         _validate(tls_secret(REF, w))
+
+
+def test_event_validates():
+    from etcdoperator.events import event_manifest
+
+    body = {"apiVersion": "etcdstore.io/v1alpha1", "kind": "EtcdCluster",
+            "metadata": {"name": "orders", "namespace": "prod", "uid": REF.uid}}
+    ev = event_manifest(body, "MemberAdded", "added orders-3 as learner 1234" * 200, warning=True)
+    _validate(ev)
+    assert ev["type"] == "Warning" and len(ev["message"]) == 1024 and ev["involvedObject"]["uid"] == REF.uid
