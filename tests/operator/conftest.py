@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from kubeharness.world import World
+from kubeharness.world import VENV_BIN, World
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -25,8 +25,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def _engine(member: str) -> tuple[str, str]:
     if member == "etcdstore":
-        if shutil.which("etcdstore") is None:
-            pytest.skip("etcdstore is not on PATH: the store's server cannot be run as a member yet")
+        # on PATH, or installed next to this interpreter (the project's virtualenv)
+        if shutil.which("etcdstore", path=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}") is None:
+            pytest.skip("etcdstore is not on PATH: the store's server cannot be run as a member")
         return "etcdstore", "etcdstore"
     binary = shutil.which(member) or member
     if not os.path.exists(binary):
@@ -36,7 +37,8 @@ def _engine(member: str) -> tuple[str, str]:
 
 @pytest.fixture
 def member_engine(request: pytest.FixtureRequest) -> tuple[str, str]:
-    return _engine(request.config.getoption("--member-binary"))
+    """(engine, binary); tests may pin it with indirect parametrization."""
+    return _engine(getattr(request, "param", None) or request.config.getoption("--member-binary"))
 
 
 @pytest.fixture
