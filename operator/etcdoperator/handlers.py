@@ -43,6 +43,7 @@ class OperatorState:
             images=Images.from_env(),
             secrets_dir=Path(os.environ.get("ETCDOPERATOR_SECRETS_DIR", "/tmp/etcdoperator")),
             planner=PlannerConfig(crashloop_restarts=int(os.environ.get("ETCDOPERATOR_CRASHLOOP_RESTARTS", "5"))),
+            progress_deadline=_env_float("ETCDOPERATOR_PROGRESS_DEADLINE", 600.0),
         )
         self.busy_interval = _env_float("ETCDOPERATOR_BUSY_INTERVAL", 1.0)
         self.idle_interval = _env_float("ETCDOPERATOR_IDLE_INTERVAL", 15.0)

@@ -31,7 +31,6 @@ ANNOTATION_MEMBERSHIP_TIME = "etcdstore.io/membership-updated"  # on the bootstr
 ANNOTATION_SCHEDULED_TIME = "etcdstore.io/scheduled-time"  # on scheduled backup Jobs
 ANNOTATION_CA_ROTATION = "etcdstore.io/ca-rotation"
 MANAGED_BY = "etcd-operator"
-FINALIZER = "etcdstore.io/cleanup"
 
 _ORDINAL = re.compile(r"^(?P<base>.+)-(?P<ordinal>0|[1-9][0-9]*)$")
 

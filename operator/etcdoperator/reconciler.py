@@ -60,6 +60,7 @@ class Settings:
     images: Images
     secrets_dir: Path
     planner: planner.PlannerConfig = field(default_factory=planner.PlannerConfig)
+    progress_deadline: float = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +151,8 @@ class ClusterReconciler:
         metrics.RECONCILES.labels(ref.namespace, ref.name, plan.action.kind).inc()
         metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
         if obs is not None:
-            status = build_status(ref, obs, plan, prev_status, now=now_iso())
+            status = build_status(ref, obs, plan, prev_status, now=now_iso(),
+                                  progress_deadline=self.settings.progress_deadline)
             self._record_member_metrics(obs.etcd)
         else:
             status = {"message": f"reconcile error: {error}"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
@@ -36,7 +37,18 @@ def _condition(prev: Mapping[str, Mapping[str, Any]], ctype: str, status: bool, 
     }
 
 
-def build_status(ref: ClusterRef, obs: Observed, plan: Plan, prev: Mapping[str, Any], *, now: str) -> dict[str, Any]:
+def _age(since: str | None, now: str) -> float:
+    if not since:
+        return 0.0
+    try:
+        return (dt.datetime.fromisoformat(now) - dt.datetime.fromisoformat(since)).total_seconds()
+    except ValueError:
+        return 0.0
+
+
+def build_status(ref: ClusterRef, obs: Observed, plan: Plan, prev: Mapping[str, Any], *, now: str,
+                 progress_deadline: float = 600.0) -> dict[str, Any]:
+    """`progress_deadline`: seconds a change may stay in progress before it is reported as stuck."""
     etcd = obs.etcd
     voters = etcd.voters
     healthy_voters = [m for m in voters if m.healthy]
@@ -61,8 +73,15 @@ def build_status(ref: ClusterRef, obs: Observed, plan: Plan, prev: Mapping[str, 
         prog = (action.reason, action.message)
     else:
         prog = ("Converged", plan.message or "cluster matches its spec")
-    degraded = bool(plan.degraded)
-    deg = (plan.degraded[0][0], "; ".join(m for _, m in plan.degraded)) if degraded else ("AsExpected", "")
+    problems = list(plan.degraded)
+    if progressing:
+        old = prev_conds.get("Progressing") or {}
+        age = _age(old.get("lastTransitionTime"), now) if old.get("status") == "True" else 0.0
+        if age > progress_deadline:
+            problems.append(("ProgressDeadlineExceeded",
+                             f"in progress for {int(age)}s (deadline {int(progress_deadline)}s): {plan.message}"))
+    degraded = bool(problems)
+    deg = (problems[0][0], "; ".join(m for _, m in problems)) if degraded else ("AsExpected", "")
 
     if obs.spec.paused:
         phase = "Paused"
