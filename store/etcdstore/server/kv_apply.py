@@ -20,8 +20,8 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from etcdstore import errors
-from etcdstore.mvcc.kvstore import KVStore, ReadView, WriteTxn
 from etcdstore.mvcc.gosort import go_sort
+from etcdstore.mvcc.kvstore import KVStore, ReadView, WriteTxn
 from etcdstore.proto.etcdserverpb import rpc_pb2
 
 RangeRequest = rpc_pb2.RangeRequest

@@ -13,23 +13,23 @@ from aiohttp import web
 from etcdstore import errors, logs, metrics
 from etcdstore.api.auth import AuthService
 from etcdstore.api.cluster import ClusterService
-from etcdstore.api.gateway import add_gateway_routes
-from etcdstore.api.v2.http import add_v2_routes
+from etcdstore.api.common import register_service, unknown_method_handler
 from etcdstore.api.election import ElectionService
+from etcdstore.api.gateway import add_gateway_routes
 from etcdstore.api.http import add_base_routes
 from etcdstore.api.kv import KVService
 from etcdstore.api.lease import LeaseService
 from etcdstore.api.lock import LockService
 from etcdstore.api.maintenance import MaintenanceService
-from etcdstore.api.common import register_service, unknown_method_handler
 from etcdstore.api.mux import ClientPortMux
+from etcdstore.api.v2.http import add_v2_routes
 from etcdstore.api.watch import WatchService
 from etcdstore.auth import install as install_auth
 from etcdstore.config import ConfigError, ServerConfig
-from etcdstore.security.tls import PeerTLS, ReloadingServerTLS, TLSFiles, self_signed
 from etcdstore.proto.etcdserverpb import rpc_pb2_grpc
 from etcdstore.proto.v3electionpb import v3election_pb2_grpc
 from etcdstore.proto.v3lockpb import v3lock_pb2_grpc
+from etcdstore.security.tls import PeerTLS, ReloadingServerTLS, TLSFiles, self_signed
 from etcdstore.server.server import EtcdServer
 from etcdstore.transport.peer import PeerTransport
 

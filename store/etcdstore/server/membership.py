@@ -201,3 +201,12 @@ class Membership:
             m.members[mid] = Member(id=mid, name="", peer_urls=sorted(urls))
         m.cluster_id = cluster_id(m.members)
         return m
+
+
+def conf_context(req_id: int, member: Member) -> bytes:
+    """A conf change's context: the proposing request's ID (to find its waiter) and the member."""
+    return _ID.pack(req_id) + member.to_json()
+
+
+def parse_conf_context(ctx: bytes) -> tuple[int, Member]:
+    return _ID.unpack_from(ctx)[0], Member.from_json(ctx[8:])

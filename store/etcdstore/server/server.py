@@ -32,21 +32,24 @@ from collections.abc import Callable
 from typing import Any
 
 from etcdstore import ETCD_VERSION, errors, metrics
-from etcdstore.config import ConfigError, ServerConfig, check_bootstrap
+from etcdstore.config import ServerConfig
 from etcdstore.lease.lessor import Lessor, min_lease_ttl
 from etcdstore.logs import get_logger
 from etcdstore.mvcc.kvstore import KVStore
 from etcdstore.mvcc.watchable import WatchableStore
 from etcdstore.proto.etcdserverpb import rpc_pb2
-from etcdstore.raft import Config as RaftConfig
 from etcdstore.raft import RawNode
 from etcdstore.raft.errors import ProposalDropped
-from etcdstore.raft.records import ConfChange, ConfChangeType, EntryType, Message, MessageType, Role
-from etcdstore.raft import codec as raft_codec
+from etcdstore.raft.records import ConfChange, EntryType, Message, Role
 from etcdstore.server import requests as rq
 from etcdstore.server.alarms import Alarms
 from etcdstore.server.apply import Applier
-from etcdstore.server.membership import Member, Membership, member_id as derive_member_id
+from etcdstore.server.bootstrap import BootstrapMixin
+from etcdstore.server.guards import GuardsMixin
+from etcdstore.server.leases import LeaseOpsMixin
+from etcdstore.server.membership import Member, conf_context
+from etcdstore.server.membership_ops import MembershipOpsMixin
+from etcdstore.server.snapshots import SnapshotMixin
 from etcdstore.server.waiters import IndexWaiters, RequestWaiters
 from etcdstore.storage import backend as bk
 from etcdstore.storage.raftlog import RaftLogStorage
@@ -54,10 +57,6 @@ from etcdstore.storage.raftlog import RaftLogStorage
 log = get_logger("etcdstore.server")
 
 _U64 = struct.Struct(">Q")
-# Per-member identity lives with the Raft state, never in the replicated families a snapshot carries.
-MEMBER_ID_KEY = b"memberID"
-# Leases whose revoke the leader proposes per expiry check (etcd: leaseRevokeRate / 2).
-_REVOKE_PER_CHECK = 500
 _MAX_PROPOSALS_PER_READY = 4096
 _ENTRY_OVERHEAD = 16  # what etcd's InternalRaftRequest adds around a request (header and field tags)
 # Group commit window under load (ETCDSTORE_GROUP_COMMIT_US tunes it; 0 turns it off).
@@ -66,7 +65,7 @@ _GROUP_COMMIT_MIN_RATE = 300.0  # proposals/s above which a member counts as bus
 _GROUP_COMMIT_TARGET = 64  # enough queued: go at once
 
 
-class EtcdServer:
+class EtcdServer(BootstrapMixin, SnapshotMixin, MembershipOpsMixin, LeaseOpsMixin, GuardsMixin):
     def __init__(self, cfg: ServerConfig, transport_factory: Callable[[EtcdServer], Any] | None = None,
                  peer_tls: Any = None) -> None:
         self.cfg = cfg
@@ -134,83 +133,7 @@ class EtcdServer:
 
     # ---- bootstrap ----------------------------------------------------------------------------------
 
-    def _bootstrap(self) -> None:
-        cfg = self.cfg
-        raw_id = self.backend.get(bk.RAFT_STATE, MEMBER_ID_KEY)
-        raft_cfg_kw = dict(
-            election_tick=cfg.election_ticks,
-            heartbeat_tick=1,
-            check_quorum=True,
-            pre_vote=cfg.pre_vote,
-            max_size_per_msg=1024 * 1024,
-            max_inflight_msgs=512,
-            max_uncommitted_entries_size=1 << 30,
-        )
-        if raw_id is not None:
-            # Restart: the data dir decides; --initial-cluster* flags are ignored, as in etcd.
-            self.member_id = _U64.unpack(raw_id)[0]
-            self.membership = Membership.load(self.backend)
-            self.cluster_id = self.membership.cluster_id
-            self.node = RawNode(
-                RaftConfig(id=self.member_id, applied=self.applied_index, **raft_cfg_kw), self.raft_storage
-            )
-            log.info("restarting member", member_id=f"{self.member_id:x}", cluster_id=f"{self.cluster_id:x}",
-                     applied_index=self.applied_index, revision=self.kv.current_revision)
-            return
-        check_bootstrap(cfg)
-        initial = {name: [str(u) for u in urls] for name, urls in cfg.initial_cluster.items()}
-        if cfg.initial_cluster_state == "existing":
-            self._join_existing(initial, raft_cfg_kw)
-            return
-        membership = Membership.from_initial_cluster(initial, cfg.initial_cluster_token)
-        mine = derive_member_id([str(u) for u in cfg.initial_advertise_peer_urls], cfg.initial_cluster_token)
-        self.member_id = mine
-        self.cluster_id = membership.cluster_id
-        self.membership = Membership(membership.cluster_id)
-        names = {derive_member_id(urls, cfg.initial_cluster_token): name for name, urls in initial.items()}
-        batch = self.backend.batch()
-        batch.put(bk.RAFT_STATE, MEMBER_ID_KEY, _U64.pack(mine))
-        self.membership.save_all(batch)
-        self.backend.write(batch, sync=True)
-        contexts = {}
-        for mid in sorted(membership.members):
-            m = membership.members[mid]
-            m.name = names.get(mid, "")
-            contexts[mid] = _conf_context(0, m)
-        self.node = RawNode.bootstrap(
-            RaftConfig(id=mine, applied=0, **raft_cfg_kw), self.raft_storage, sorted(membership.members),
-            contexts=contexts,
-        )
-        log.info("starting a new cluster", member_id=f"{mine:x}", cluster_id=f"{self.cluster_id:x}",
-                 members=len(contexts))
 
-    def _join_existing(self, initial: dict[str, list[str]], raft_cfg_kw: dict) -> None:
-        """A new member of a running cluster: learn the cluster from its peers, then start Raft
-        with an empty log and let the leader send it everything (etcd's "existing" state)."""
-        mine = sorted(str(u) for u in self.cfg.initial_advertise_peer_urls)
-        peer_urls = [u for urls in initial.values() for u in urls if u not in mine]
-        info = _fetch_cluster_sync(peer_urls, self.peer_tls)
-        me = None
-        for doc in info["members"]:
-            if sorted(doc.get("peerURLs", [])) == mine:
-                me = int(doc["id"])
-        if me is None:
-            raise ConfigError(
-                f"member with peer URLs {','.join(mine)} is not in the cluster; add it first (member add)")
-        if me in set(info.get("removed", [])):
-            raise ConfigError(f"member {me:x} was removed from the cluster; it cannot rejoin")
-        self.member_id = me
-        self.cluster_id = int(info["clusterID"])
-        # Membership itself is rebuilt by applying the log; the fetched members only tell the
-        # transport where the peers are until then.
-        self.membership = Membership(self.cluster_id)
-        self.bootstrap_peers = {int(d["id"]): list(d.get("peerURLs", [])) for d in info["members"]}
-        batch = self.backend.batch()
-        batch.put(bk.RAFT_STATE, MEMBER_ID_KEY, _U64.pack(me))
-        self.membership.save_all(batch)
-        self.backend.write(batch, sync=True)
-        self.node = RawNode(RaftConfig(id=me, applied=0, **raft_cfg_kw), self.raft_storage)
-        log.info("joining an existing cluster", member_id=f"{me:x}", cluster_id=f"{self.cluster_id:x}")
 
     # ---- lifecycle ------------------------------------------------------------------------------------
 
@@ -339,7 +262,7 @@ class EtcdServer:
     async def propose_conf_change(self, cc_type: int, member: Member, timeout: float | None = None) -> Any:
         req_id = self._id_gen.next()
         fut = self._waiters.register(req_id)
-        self._conf_proposals.append(ConfChange(cc_type, member.id, _conf_context(req_id, member)))
+        self._conf_proposals.append(ConfChange(cc_type, member.id, conf_context(req_id, member)))
         self._kick()
         start = time.monotonic()
         try:
@@ -629,142 +552,17 @@ class EtcdServer:
                 waiters.resolve(req_id, result)
         self._applied.advance(self.applied_index)
 
-    def _apply_conf_change(self, node: RawNode, batch: bk.Batch, e: Any) -> tuple[int, Any] | None:
-        cc = raft_codec.decode_conf_change(e.data)
-        req_id, member = _parse_conf_context(cc.context)
-        result: Any
-        try:
-            self._validate_conf_change(cc, member)
-        except errors.EtcdError as err:
-            # Refused on every member alike; Raft still needs to hear the change is done.
-            node.apply_conf_change(ConfChange(cc.type, 0, b""))
-            return (req_id, err) if req_id else None
-        conf_state = node.apply_conf_change(cc)
-        self.raft_storage.set_conf_state(batch, conf_state)
-        if cc.type == ConfChangeType.ADD_NODE:
-            existing = self.membership.get(cc.node_id)
-            if existing is not None and existing.is_learner:
-                self.membership.promote(batch, cc.node_id)
-            else:
-                self.membership.add(batch, member)
-        elif cc.type == ConfChangeType.ADD_LEARNER_NODE:
-            member.is_learner = True
-            self.membership.add(batch, member)
-        elif cc.type == ConfChangeType.REMOVE_NODE:
-            self.membership.remove(batch, cc.node_id)
-            if cc.node_id == self.member_id:
-                # Like etcd, stop shortly after applying our own removal, so the commit of the
-                # change still reaches the others (a removed leader hands over first).
-                delay = max(1.0, self.cfg.election_timeout_ms / 1000.0)
-                asyncio.get_running_loop().call_later(delay, self.on_removed)
-        elif cc.type == ConfChangeType.UPDATE_NODE:
-            self.membership.update_peer_urls(batch, cc.node_id, member.peer_urls)
-        if self.transport is not None:
-            self.transport.update_members(self.membership)
-        members = [_member_pb(m) for m in self.membership.sorted_members()]
-        return (req_id, members) if req_id else None
 
-    def _validate_conf_change(self, cc: ConfChange, member: Member) -> None:
-        ms = self.membership
-        if cc.type == ConfChangeType.ADD_NODE:
-            existing = ms.get(cc.node_id)
-            if existing is not None and existing.is_learner:
-                return  # promotion
-            ms.check_add(member, max_learners=1 << 30)
-        elif cc.type == ConfChangeType.ADD_LEARNER_NODE:
-            ms.check_add(member, max_learners=1 << 30)
-        elif cc.type == ConfChangeType.REMOVE_NODE:
-            ms.check_remove(cc.node_id)
-        elif cc.type == ConfChangeType.UPDATE_NODE:
-            ms.check_update(cc.node_id, member.peer_urls)
 
     # ---- snapshots and log compaction ---------------------------------------------------------------------
 
-    def _maybe_snapshot(self) -> None:
-        if self.applied_index - self._snapshot_index < self.cfg.snapshot_count:
-            return
-        index = self.applied_index
-        if index <= self.raft_storage.snapshot().metadata.index:
-            self._snapshot_index = self.raft_storage.snapshot().metadata.index
-            return
-        self.raft_storage.create_snapshot(index, self.applied_term)
-        compact_to = index - self.cfg.snapshot_catchup_entries
-        if compact_to > self.raft_storage.first_index():
-            self.raft_storage.compact(compact_to)
-        self._snapshot_index = index
-        log.info("raft snapshot taken", index=index, compacted_to=max(compact_to, 0))
 
-    # A follower installs a leader's snapshot in three durable steps, so a crash at any point
-    # resumes correctly: (1) the received file is fsynced and a marker naming it is written,
-    # (2) Raft's log is replaced by the snapshot, (3) the state machine is loaded from the file
-    # and the marker cleared. A restart that finds the marker redoes (3) first.
-    _INSTALL_MARKER = b"installingSnapshot"
 
-    def _mark_snapshot_install(self, snap: Any) -> None:
-        path = self._received_snapshots.get(snap.metadata.index)
-        if path is None:
-            raise RuntimeError(f"no snapshot data received for index {snap.metadata.index}")
-        batch = self.backend.batch()
-        batch.put(bk.RAFT_STATE, self._INSTALL_MARKER, json.dumps({"path": path}).encode())
-        self.backend.write(batch, sync=True)
 
-    def _install_snapshot(self, snap: Any) -> None:
-        path = self._received_snapshots.pop(snap.metadata.index)
-        for stale in self._received_snapshots.values():
-            _unlink(stale)
-        self._received_snapshots.clear()
-        self._load_state_machine(path)
-        self._snapshot_index = snap.metadata.index
-        log.info("installed snapshot from leader", index=self.applied_index, revision=self.kv.current_revision)
 
-    def _resume_snapshot_install(self) -> None:
-        raw = self.backend.get(bk.RAFT_STATE, self._INSTALL_MARKER)
-        if raw is None:
-            return
-        path = json.loads(raw)["path"]
-        log.warn("resuming an interrupted snapshot install", path=path)
-        self._load_state_machine(path)
 
-    def _load_state_machine(self, path: str) -> None:
-        from etcdstore.snapshot import format as snapfmt
 
-        snapfmt.load_into(path, self.backend)
-        self.lessor = Lessor(self.backend, min_ttl=self.lessor.min_ttl)
-        self.kv = KVStore(self.backend, lessor=self.lessor)
-        self.alarms = Alarms(self.backend)
-        self.membership = Membership.load(self.backend)
-        if hasattr(self, "watchable"):
-            self.watchable.restore(self.kv)
-        self.applied_index = self.kv.consistent_index
-        self.applied_term = self.kv.consistent_term
-        if hasattr(self, "_applied"):
-            self._applied.advance(self.applied_index)
-        if self.auth is not None:
-            self.auth.reload()
-        batch = self.backend.batch()
-        batch.delete(bk.RAFT_STATE, self._INSTALL_MARKER)
-        self.backend.write(batch, sync=True)
-        _unlink(path)
-        if self.transport is not None:
-            self.transport.update_members(self.membership)
 
-    async def receive_snapshot(self, msg: Message, path: str) -> None:
-        """The transport stored a snapshot file from the leader: hand its message to Raft."""
-        from etcdstore.snapshot import format as snapfmt
-
-        await asyncio.get_running_loop().run_in_executor(None, snapfmt.verify, path)
-        self._received_snapshots[msg.snapshot.metadata.index] = path
-        self.step(msg)
-
-    async def snapshot_for_follower(self) -> tuple[str, Any]:
-        """A snapshot file of the current state and the Raft metadata describing exactly it."""
-        from etcdstore.api.maintenance import make_snapshot_file
-        from etcdstore.raft.records import SnapshotMetadata
-
-        # make_snapshot_file checkpoints synchronously first, so these values match its content.
-        meta = SnapshotMetadata(self.applied_index, self.applied_term, self.raft_storage.conf_state)
-        path = await make_snapshot_file(self)
-        return path, meta
 
     def report_unreachable(self, peer: int) -> None:
         self._reports.append(("unreachable", peer, False))
@@ -796,14 +594,6 @@ class EtcdServer:
         finally:
             self._compaction_pending = False
 
-    async def _lease_loop(self) -> None:
-        while True:
-            await asyncio.sleep(0.5)
-            if not self.is_leader:
-                continue
-            for lease_id in self.lessor.expired(_REVOKE_PER_CHECK):
-                payload = rpc_pb2.LeaseRevokeRequest(ID=lease_id).SerializeToString()
-                self._spawn_proposal(rq.Kind.LEASE_REVOKE, payload)
 
     def _spawn_proposal(self, kind: int, payload: bytes, done: Callable[[], None] | None = None) -> None:
         async def go() -> None:
@@ -854,184 +644,41 @@ class EtcdServer:
 
     # ---- quota ------------------------------------------------------------------------------------------------
 
-    def check_quota(self, cost: int) -> None:
-        """Refuse writes once the backend is over --quota-backend-bytes, raising NOSPACE (etcd's quota).
 
-        The check is a cheap estimate (the size is sampled at most every 100 ms); the alarm itself is
-        replicated, so every member refuses writes once it is raised.
-        """
-        if self.alarms.active(rpc_pb2.NOSPACE):
-            raise errors.NO_SPACE
-        now = time.monotonic()
-        if now - self._size_sampled_at > 0.1:
-            self._size_sampled_at = now
-            self._db_size = self.backend.size()
-        if self._db_size + cost >= self.cfg.quota_backend_bytes:
-            if not self._nospace_raising:
-                self._nospace_raising = True
-                payload = rpc_pb2.AlarmRequest(action=rpc_pb2.AlarmRequest.ACTIVATE, memberID=self.member_id,
-                                               alarm=rpc_pb2.NOSPACE).SerializeToString()
-                self._spawn_proposal(rq.Kind.ALARM, payload, done=self._nospace_raised)
-            raise errors.NO_SPACE
-
-    def _nospace_raised(self) -> None:
-        self._nospace_raising = False
 
     async def wait_compaction_done(self) -> None:
         while self._compaction_pending or self.kv.compaction_unfinished():
             await asyncio.sleep(0.01)
 
-    def alarm_deactivated(self) -> None:
-        """After a disarm, measure the backend afresh before judging the quota again."""
-        self._size_sampled_at = 0.0
-        self._nospace_raising = False
 
     def new_request_id(self) -> int:
         return self._id_gen.next()
 
     # ---- leases: leader-local, forwarded by followers ------------------------------------------------------------
 
-    async def wait_leader(self, timeout: float | None = None) -> int:
-        deadline = time.monotonic() + (timeout or self.request_timeout)
-        while self.leader_id == 0:
-            if time.monotonic() > deadline:
-                raise errors.NO_LEADER
-            await asyncio.sleep(self.cfg.tick_seconds)
-        return self.leader_id
 
-    async def lease_renew(self, lease_id: int) -> int:
-        while True:
-            if self.is_leader:
-                # A fresh leader first applies everything committed, so it knows every lease.
-                await self._applied.wait(self.raft_storage.hard_state.commit)
-                return self.lessor.renew(lease_id)
-            leader = await self.wait_leader()
-            if self.transport is None or leader == self.member_id:
-                await asyncio.sleep(self.cfg.tick_seconds)
-                continue
-            return await self.transport.forward_lease_renew(leader, lease_id)
 
-    async def lease_time_to_live(self, lease_id: int) -> tuple[int, int, list[bytes]]:
-        while True:
-            if self.is_leader:
-                await self._applied.wait(self.raft_storage.hard_state.commit)
-                return self.lessor.time_to_live(lease_id)
-            leader = await self.wait_leader()
-            if self.transport is None or leader == self.member_id:
-                await asyncio.sleep(self.cfg.tick_seconds)
-                continue
-            return await self.transport.forward_lease_ttl(leader, lease_id)
 
     # ---- membership changes --------------------------------------------------------------------------------------
 
-    def _started_voters(self, exclude: int = 0) -> tuple[int, int]:
-        members = [m for m in self.membership.members.values() if not m.is_learner and m.id != exclude]
-        return len(members), sum(1 for m in members if m.name)
 
-    def check_can_add_voter(self) -> None:
-        """etcd's strict reconfig check: adding a voter must not leave the started members short of quorum."""
-        if not self.cfg.strict_reconfig_check:
-            return
-        n, started = self._started_voters()
-        n += 1
-        if started == 1 and n == 2:
-            return
-        if started < n // 2 + 1:
-            raise errors.MEMBER_NOT_ENOUGH_STARTED
 
-    def check_can_remove(self, mid: int) -> None:
-        if not self.cfg.strict_reconfig_check:
-            return
-        m = self.membership.get(mid)
-        if m is None or m.is_learner:
-            return
-        n, started = self._started_voters(exclude=mid)
-        if started < n // 2 + 1:
-            raise errors.MEMBER_NOT_ENOUGH_STARTED
 
-    async def promote_member(self, mid: int) -> list:
-        self.membership.check_promote(mid)
-        while True:
-            if self.is_leader:
-                if not self._learner_ready(mid):
-                    raise errors.LEARNER_NOT_READY
-                m = self.membership.get(mid)
-                assert m is not None
-                return await self.propose_conf_change(ConfChangeType.ADD_NODE, Member(
-                    id=mid, name=m.name, peer_urls=m.peer_urls, client_urls=m.client_urls, is_learner=False))
-            leader = await self.wait_leader()
-            if self.transport is None or leader == self.member_id:
-                await asyncio.sleep(self.cfg.tick_seconds)
-                continue
-            return await self.transport.forward_promote(leader, mid)
 
-    def _learner_ready(self, mid: int) -> bool:
-        """etcd: a learner may be promoted once its log matches >= 90% of the leader's."""
-        progress = self.node.status().progress
-        pr = progress.get(mid)
-        if pr is None:
-            return False
-        leader_match = progress[self.member_id].match if self.member_id in progress else self.applied_index
-        return pr.match >= leader_match * 0.9
 
-    async def move_leader(self, target: int) -> None:
-        if not self.is_leader:
-            raise errors.NOT_LEADER
-        m = self.membership.get(target)
-        if m is None or m.is_learner:
-            raise errors.BAD_LEADER_TRANSFEREE
-        if target == self.member_id:
-            return
-        self.transfer_leadership(target)
-        deadline = time.monotonic() + self.request_timeout
-        while self.leader_id != target:
-            if time.monotonic() > deadline:
-                raise errors.TIMEOUT
-            await asyncio.sleep(self.cfg.tick_seconds)
 
     # ---- auth hooks (the auth layer replaces `self.auth`) --------------------------------------------------------
 
-    def authorize_watch(self, context: Any, key: bytes, range_end: bytes) -> None:
-        if self.auth is not None:
-            self.auth.authorize_watch(context, key, range_end)
 
-    def authorize_lease_revoke(self, context: Any, lease_id: int) -> None:
-        if self.auth is not None:
-            self.auth.authorize_lease_revoke(context, lease_id)
 
-    def authorize_range(self, context: Any, req: rpc_pb2.RangeRequest) -> None:
-        if self.auth is not None:
-            self.auth.authorize_range(context, req)
 
-    def authorize_put(self, context: Any, req: rpc_pb2.PutRequest) -> tuple[str, int]:
-        return self.auth.authorize_put(context, req) if self.auth is not None else ("", 0)
 
-    def authorize_delete(self, context: Any, req: rpc_pb2.DeleteRangeRequest) -> tuple[str, int]:
-        return self.auth.authorize_delete(context, req) if self.auth is not None else ("", 0)
 
-    def authorize_txn(self, context: Any, req: rpc_pb2.TxnRequest) -> tuple[str, int]:
-        return self.auth.authorize_txn(context, req) if self.auth is not None else ("", 0)
 
-    def authorize_admin(self, context: Any, rpc: str) -> tuple[str, int]:
-        return self.auth.authorize_admin(context, rpc) if self.auth is not None else ("", 0)
 
-    def credentials(self, context: Any) -> tuple[str, int]:
-        """(user, auth revision) of the caller; raises INVALID_AUTH_TOKEN for a bad token."""
-        return self.auth.credentials(context) if self.auth is not None else ("", 0)
 
-    def check_lease_revoke_at_apply(self, req: rq.Request, keys: list[bytes]) -> None:
-        """Revoking deletes the lease's keys: the caller must be allowed to write every one,
-        judged again in log order (the API-time check may be stale)."""
-        if self.auth is not None and not req.system and self.auth.store.enabled and keys:
-            self.auth.store.check_keys_writable(req.user, req.auth_revision, keys)
 
-    def check_permission_at_apply(self, req: rq.Request, op: str, key: bytes, range_end: bytes) -> None:
-        if self.auth is not None and not req.system:
-            self.auth.check_at_apply(req, op, key, range_end)
 
-    def check_txn_permission_at_apply(self, req: rq.Request, txn: rpc_pb2.TxnRequest) -> None:
-        if self.auth is not None and not req.system:
-            self.auth.check_txn_at_apply(req, txn)
 
 
 async def _with_deadline(fut: asyncio.Future, timeout: float) -> Any:
@@ -1058,54 +705,10 @@ async def _with_deadline(fut: asyncio.Future, timeout: float) -> Any:
         timer.cancel()
 
 
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
 
 
-def _fetch_cluster_sync(urls: list[str], peer_tls: Any) -> dict:
-    """Ask the peers listed in --initial-cluster for the cluster (blocking; start-up only)."""
-    import grpc
-
-    from etcdstore.transport.peer import SERVICE
-
-    last: Exception | None = None
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        for url in urls:
-            target = url.split("://", 1)[-1].rstrip("/")
-            try:
-                if url.startswith("https://"):
-                    if peer_tls is None:
-                        raise ConfigError(f"peer {url} uses https but no peer TLS is configured")
-                    creds, options = peer_tls.channel_credentials(url)
-                    ch = grpc.secure_channel(target, creds, options=options)
-                else:
-                    ch = grpc.insecure_channel(target)
-            except OSError as e:
-                last = e
-                continue
-            with ch:
-                call = ch.unary_unary(f"/{SERVICE}/Cluster", request_serializer=lambda b: b,
-                                      response_deserializer=lambda b: b)
-                try:
-                    return json.loads(call(b"", timeout=2))
-                except grpc.RpcError as e:
-                    last = e
-        time.sleep(0.5)
-    raise ConfigError(f"cannot fetch cluster info from peers {', '.join(urls)}: {last}")
 
 
-def _conf_context(req_id: int, member: Member) -> bytes:
-    return _U64.pack(req_id) + member.to_json()
 
 
-def _parse_conf_context(ctx: bytes) -> tuple[int, Member]:
-    return _U64.unpack_from(ctx)[0], Member.from_json(ctx[8:])
 
-
-def _member_pb(m: Member) -> rpc_pb2.Member:
-    return rpc_pb2.Member(ID=m.id, name=m.name, peerURLs=m.peer_urls, clientURLs=m.client_urls,
-                          isLearner=m.is_learner)

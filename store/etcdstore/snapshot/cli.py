@@ -19,8 +19,8 @@ import sys
 from etcdstore.config import parse_initial_cluster, parse_urls
 from etcdstore.raft import codec
 from etcdstore.raft.records import ConfState, HardState, SnapshotMetadata
+from etcdstore.server.bootstrap import MEMBER_ID_KEY
 from etcdstore.server.membership import Membership, member_id
-from etcdstore.server.server import MEMBER_ID_KEY
 from etcdstore.snapshot import format as snapfmt
 from etcdstore.storage import backend as bk
 from etcdstore.storage import raftlog
