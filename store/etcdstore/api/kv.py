@@ -6,7 +6,6 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from etcdstore import errors
 from etcdstore.api.common import gate, unary
 from etcdstore.proto.etcdserverpb import rpc_pb2, rpc_pb2_grpc
 from etcdstore.server import kv_apply
