@@ -54,6 +54,9 @@ class ServerConfig:
     name: str = DEFAULT_NAME
     data_dir: str = ""
     listen_client_urls: list[URL] = field(default_factory=list)
+    # etcd 3.5's split: when set, HTTP (health, metrics, gateway, v2) is served here only, and
+    # the client URLs serve gRPC alone (bound directly by gRPC, which is faster).
+    listen_client_http_urls: list[URL] = field(default_factory=list)
     advertise_client_urls: list[URL] = field(default_factory=list)
     listen_peer_urls: list[URL] = field(default_factory=list)
     initial_advertise_peer_urls: list[URL] = field(default_factory=list)
@@ -200,6 +203,7 @@ _FLAGS: dict[str, tuple[str, object]] = {
     "name": ("name", str),
     "data-dir": ("data_dir", str),
     "listen-client-urls": ("listen_client_urls", parse_urls),
+    "listen-client-http-urls": ("listen_client_http_urls", parse_urls),
     "advertise-client-urls": ("advertise_client_urls", parse_urls),
     "listen-peer-urls": ("listen_peer_urls", parse_urls),
     "initial-advertise-peer-urls": ("initial_advertise_peer_urls", parse_urls),
@@ -361,6 +365,7 @@ def _validate(cfg: ServerConfig, raw: dict[str, str]) -> None:
     if cfg.snapshot_count <= 0:
         cfg.snapshot_count = 100_000  # etcd resets a zero snapshot count to its default
     _bindable(cfg.listen_client_urls, "listen-client-urls")
+    _bindable(cfg.listen_client_http_urls, "listen-client-http-urls")
     _bindable(cfg.listen_peer_urls, "listen-peer-urls")
     _bindable(cfg.listen_metrics_urls, "listen-metrics-urls")
     for flag, has_https in (

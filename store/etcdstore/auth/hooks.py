@@ -63,8 +63,8 @@ class AuthHooks:
         self.store = store
         self.tokens = tokens
         self.client_cert_auth = bool(server.cfg.client_cert_auth)
-        # Set by the process wiring once the client port exists: gRPC peer -> verified cert CN.
-        self.peer_identity: Callable[[str], str | None] | None = None
+        # Set by the process wiring once the client port exists: gRPC call -> verified cert CN.
+        self.peer_identity: Callable[[grpc.aio.ServicerContext], str | None] | None = None
 
     # ---- credentials --------------------------------------------------------------------------
 
@@ -87,7 +87,7 @@ class AuthHooks:
             return info
         if self.client_cert_auth and self.peer_identity is not None and gateway is None:
             # The gateway proxies with its own client certificate: its CN must never count.
-            cn = self.peer_identity(context.peer())
+            cn = self.peer_identity(context)
             if cn:
                 return AuthInfo(cn, self.store.revision)
         return None

@@ -192,8 +192,9 @@ def server_name_of(pem: bytes) -> str:
     return cn[0].value if cn else ""
 
 
-class PeerTLS:
-    """TLS between members (gRPC credentials), following certificate rotation.
+class GrpcTLS:
+    """TLS for a gRPC server or channel (between members, or gRPC bound directly on a client
+    URL), following certificate rotation.
 
     With a trusted CA, peers verify each other against it. Without one (--peer-auto-tls,
     or certificates given without a CA), etcd skips verification; gRPC-Python cannot, so a
@@ -206,6 +207,7 @@ class PeerTLS:
         self.verify = bool(files.trusted_ca_file)
 
     def server_credentials(self):  # -> grpc.ServerCredentials
+        """Dynamic credentials: rotated files are picked up for new connections."""
         import grpc
 
         key, cert, ca = self.reloader.pem()
@@ -246,3 +248,16 @@ class PeerTLS:
                 options.append(("grpc.ssl_target_name_override", name))
         creds = grpc.ssl_channel_credentials(root_certificates=root, private_key=key, certificate_chain=cert)
         return creds, options
+
+
+# Members talk to each other with it.
+PeerTLS = GrpcTLS
+
+
+def cn_from_grpc_context(context) -> str | None:  # context: grpc.aio.ServicerContext
+    """The verified client certificate's CN of a call on a TLS gRPC port (etcd's AuthInfoFromTLS)."""
+    try:
+        names = context.auth_context().get("x509_common_name")
+    except Exception:  # no auth context on plaintext calls
+        return None
+    return names[0].decode() if names else None

@@ -29,7 +29,7 @@ from etcdstore.config import ConfigError, ServerConfig
 from etcdstore.proto.etcdserverpb import rpc_pb2_grpc
 from etcdstore.proto.v3electionpb import v3election_pb2_grpc
 from etcdstore.proto.v3lockpb import v3lock_pb2_grpc
-from etcdstore.security.tls import PeerTLS, ReloadingServerTLS, TLSFiles, self_signed
+from etcdstore.security.tls import GrpcTLS, PeerTLS, ReloadingServerTLS, TLSFiles, cn_from_grpc_context, self_signed
 from etcdstore.server.server import EtcdServer
 from etcdstore.transport.peer import PeerTransport
 
@@ -83,7 +83,6 @@ class Member:
             "etcdserverpb.KV", "etcdserverpb.Watch", "etcdserverpb.Lease", "etcdserverpb.Maintenance",
             "etcdserverpb.Cluster", "etcdserverpb.Auth", "v3lockpb.Lock", "v3electionpb.Election"}),))
         grpc_port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
         self.grpc = server
 
         app = web.Application(client_max_size=cfg.max_request_bytes + _GRPC_OVERHEAD)
@@ -94,14 +93,37 @@ class Member:
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         self.runners.append(runner)
-        self.mux = ClientPortMux(("127.0.0.1", grpc_port), runner.server)
-        auth.peer_identity = self.mux.identity_for_peer
-        for url in cfg.listen_client_urls:
+        for url in cfg.listen_client_urls + cfg.listen_client_http_urls:
             if url.tls and client_tls is None:
-                raise ConfigError(f"--listen-client-urls {url} needs --cert-file/--key-file or --auto-tls")
-            port = await self.mux.listen(url.host, url.port, client_tls.listener_context() if url.tls else None)
-            self.client_ports.append(port)
-            log.info("serving client traffic", address=f"{url.host}:{port}")
+                raise ConfigError(f"{url} needs --cert-file/--key-file or --auto-tls")
+        if cfg.listen_client_http_urls:
+            # etcd 3.5's split: gRPC alone on the client URLs, bound by gRPC itself (no relay),
+            # HTTP on its own URLs.
+            for url in cfg.listen_client_urls:
+                addr = f"{url.host}:{url.port}"
+                try:
+                    port = (server.add_secure_port(addr, GrpcTLS(client_tls.files).server_credentials())
+                            if url.tls else server.add_insecure_port(addr))
+                except RuntimeError:
+                    port = 0
+                if not port:
+                    raise OSError(f"cannot listen for clients on {addr}")
+                self.client_ports.append(port)
+                log.info("serving client gRPC traffic", address=addr)
+            auth.peer_identity = cn_from_grpc_context
+            for url in cfg.listen_client_http_urls:
+                ssl_ctx = client_tls.listener_context() if url.tls else None
+                await web.TCPSite(runner, url.host, url.port, ssl_context=ssl_ctx).start()
+                log.info("serving client HTTP traffic", address=f"{url.host}:{url.port}")
+        else:
+            self.mux = ClientPortMux(("127.0.0.1", grpc_port), runner.server)
+            mux = self.mux
+            auth.peer_identity = lambda context: mux.identity_for_peer(context.peer())
+            for url in cfg.listen_client_urls:
+                port = await mux.listen(url.host, url.port, client_tls.listener_context() if url.tls else None)
+                self.client_ports.append(port)
+                log.info("serving client traffic", address=f"{url.host}:{port}")
+        await server.start()
         for url in cfg.listen_metrics_urls:
             mapp = web.Application()
             add_base_routes(mapp, s)

@@ -7,7 +7,7 @@ to it through queues and wakes it:
     peer message  ---step()-----> inbound queue ---+--> drive loop: step/propose/tick
     ticker        ---tick()-----> tick counter ----+        |
                                                             v
-        Ready: persist entries + hard state (synced, off-loop) -> send messages ->
+        Ready: persist entries + hard state (synced) -> send messages ->
                apply committed entries (one backend batch + consistent index) ->
                resolve waiters, notify watchers -> serve read states -> advance
 
@@ -40,6 +40,7 @@ from etcdstore.mvcc.watchable import WatchableStore
 from etcdstore.proto.etcdserverpb import rpc_pb2
 from etcdstore.raft import RawNode
 from etcdstore.raft.errors import ProposalDropped
+from etcdstore.raft.storage import payload_size
 from etcdstore.raft.records import ConfChange, EntryType, Message, Role
 from etcdstore.server import requests as rq
 from etcdstore.server.alarms import Alarms
@@ -61,6 +62,7 @@ _MAX_PROPOSALS_PER_READY = 4096
 _ENTRY_OVERHEAD = 16  # what etcd's InternalRaftRequest adds around a request (header and field tags)
 # Group commit window under load (ETCDSTORE_GROUP_COMMIT_US tunes it; 0 turns it off).
 _GROUP_COMMIT_DELAY = float(os.environ.get("ETCDSTORE_GROUP_COMMIT_US", "1000")) / 1e6
+_INLINE_PERSIST_BYTES = 4 << 20
 _GROUP_COMMIT_MIN_RATE = 300.0  # proposals/s above which a member counts as busy
 _GROUP_COMMIT_TARGET = 64  # enough queued: go at once
 
@@ -447,7 +449,13 @@ class EtcdServer(BootstrapMixin, SnapshotMixin, MembershipOpsMixin, LeaseOpsMixi
         if rd.snapshot is not None:
             self._mark_snapshot_install(rd.snapshot)
         if rd.entries or rd.snapshot is not None or rd.must_sync:
-            await asyncio.get_running_loop().run_in_executor(self._disk, self._persist, rd)
+            # On the loop thread: while it is in fsync, new requests queue up in gRPC and join
+            # the next Ready (measured: as fast under load, faster alone than a thread hop).
+            # Snapshots and very large Readies go to the disk thread so the loop is not stalled.
+            if rd.snapshot is None and payload_size(rd.entries) < _INLINE_PERSIST_BYTES:
+                self._persist(rd)
+            else:
+                await asyncio.get_running_loop().run_in_executor(self._disk, self._persist, rd)
         elif rd.hard_state is not None:
             # Only the commit index moved: nothing to fsync (Raft recovers it), so no trip to
             # the disk thread; an unsynced write on the loop is a few microseconds.
@@ -467,7 +475,7 @@ class EtcdServer(BootstrapMixin, SnapshotMixin, MembershipOpsMixin, LeaseOpsMixi
         self._maybe_snapshot()
 
     def _persist(self, rd: Any) -> None:
-        """Runs on the disk thread: the Ready's entries, hard state and snapshot, synced."""
+        """Persist the Ready's snapshot, entries and hard state (synced when the Ready says so)."""
         t = time.perf_counter()
         self.raft_storage.save(rd.entries, rd.hard_state, rd.snapshot, rd.must_sync)
         if rd.must_sync:
