@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import urllib.error
 import urllib.request
 
@@ -25,5 +26,5 @@ def test_grpc_and_http_on_separate_urls(tmp_path):
                                     timeout=5) as r:
             assert b'"count":"1"' in r.read()
         # The gRPC-only port does not speak HTTP/1 any more.
-        with pytest.raises((urllib.error.URLError, ConnectionError, OSError)):
+        with pytest.raises((urllib.error.URLError, ConnectionError, OSError, http.client.HTTPException)):
             urllib.request.urlopen(f"http://{ep}/health", timeout=3).read()
