@@ -219,6 +219,10 @@ class _Peer:
                     return
                 if e.code() != grpc.StatusCode.CANCELLED:
                     log.debug("peer stream broken", peer=f"{self.id:x}", error=e.code().name)
+                if self.t.tls is not None and e.code() == grpc.StatusCode.UNAVAILABLE:
+                    # Credentials are read when a channel is made: redial with the current files
+                    # (and a fresh pin), or a peer that rolled to new certificates stays unreachable.
+                    self._close_channel()
             except Exception as e:  # never let one peer's failure kill the member
                 self.active_since = 0.0
                 log.warn("peer sender failed", peer=f"{self.id:x}", exc_info=e)
