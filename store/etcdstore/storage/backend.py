@@ -194,6 +194,14 @@ class Backend:
                 return
             self._db.write(batch._wb, self._sync if sync else self._nosync)
 
+    def sync_wal(self) -> None:
+        """Make every write so far durable (fsync the write-ahead log).
+
+        Unlike a synced `write`, rocksdict releases the GIL while this waits for the disk,
+        so the server calls it from a thread and keeps serving meanwhile.
+        """
+        self._db.flush_wal(True)
+
     # -- maintenance ----------------------------------------------------------------------
 
     def size(self) -> int:
