@@ -248,22 +248,17 @@ class EtcdServer(BootstrapMixin, SnapshotMixin, MembershipOpsMixin, LeaseOpsMixi
         fut = self._waiters.register(req_id)
         self._proposals.append(data)
         self._kick()
-        start = time.monotonic()
-        try:
-            result = await _with_deadline(fut, timeout or self.request_timeout)
-        except asyncio.TimeoutError:
-            self._waiters.forget(req_id)
-            metrics.PROPOSALS_FAILED.inc()
-            raise self._timeout_error(start) from None
-        if isinstance(result, errors.EtcdError):
-            raise result
-        return result
+        return await self._outcome(req_id, fut, timeout)
 
     async def propose_conf_change(self, cc_type: int, member: Member, timeout: float | None = None) -> Any:
         req_id = self._id_gen.next()
         fut = self._waiters.register(req_id)
         self._conf_proposals.append(ConfChange(cc_type, member.id, conf_context(req_id, member)))
         self._kick()
+        return await self._outcome(req_id, fut, timeout)
+
+    async def _outcome(self, req_id: int, fut: asyncio.Future, timeout: float | None) -> Any:
+        """Wait for a proposal to be applied here; its response, or its error raised."""
         start = time.monotonic()
         try:
             result = await _with_deadline(fut, timeout or self.request_timeout)
