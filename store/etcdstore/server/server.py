@@ -61,7 +61,6 @@ _MAX_PROPOSALS_PER_READY = 4096
 _ENTRY_OVERHEAD = 16  # what etcd's InternalRaftRequest adds around a request (header and field tags)
 # Group commit window under load (ETCDSTORE_GROUP_COMMIT_US tunes it; 0 turns it off).
 _GROUP_COMMIT_DELAY = float(os.environ.get("ETCDSTORE_GROUP_COMMIT_US", "1000")) / 1e6
-_GROUP_COMMIT_MIN_RATE = 300.0  # proposals/s above which a member counts as busy
 _GROUP_COMMIT_TARGET = 64  # enough queued: go at once
 
 
@@ -112,8 +111,7 @@ class EtcdServer(BootstrapMixin, SnapshotMixin, MembershipOpsMixin, LeaseOpsMixi
         self._read_seq = 0
         self._transfer_to = 0
         self._campaign_when_applied = False
-        self._rate_window = [time.monotonic(), 0]  # [window start, proposals since]
-        self._rate_busy = False
+        self._arrived_during_ready = 0  # proposals that queued while the last Ready was handled
         self._snapshot_index = self.raft_storage.snapshot().metadata.index
         self._compaction_pending = False
         self._disk = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="raft-disk")
@@ -348,19 +346,15 @@ class EtcdServer(BootstrapMixin, SnapshotMixin, MembershipOpsMixin, LeaseOpsMixi
                 rd = node.ready()
                 await self._handle_ready(node, rd)
                 node.advance(rd)
+                self._arrived_during_ready = len(self._proposals)
             self._check_read_timeouts(node)
 
     def _busy(self) -> bool:
-        """Whether waiting briefly for more proposals pays off: they have been arriving fast,
-        and other requests are in flight (a lone client is never made to wait)."""
-        if _GROUP_COMMIT_DELAY <= 0 or len(self._waiters) <= len(self._proposals):
-            return False
-        now = time.monotonic()
-        window = self._rate_window
-        if now - window[0] > 0.05:
-            self._rate_busy = window[1] >= _GROUP_COMMIT_MIN_RATE * (now - window[0])
-            window[0], window[1] = now, 0
-        return self._rate_busy and len(self._proposals) < _GROUP_COMMIT_TARGET
+        """Whether waiting briefly for more proposals pays off: requests kept arriving while the
+        last Ready was being handled. A lone sequential client cannot do that (its next request
+        waits for the previous answer), so it is never made to wait."""
+        return (_GROUP_COMMIT_DELAY > 0 and self._arrived_during_ready > 0
+                and len(self._proposals) < _GROUP_COMMIT_TARGET)
 
     def _feed(self, node: RawNode) -> None:
         if self._campaign_when_applied and self.applied_index >= node.commit_index:
@@ -386,7 +380,6 @@ class EtcdServer(BootstrapMixin, SnapshotMixin, MembershipOpsMixin, LeaseOpsMixi
                     log.warn("dropping raft message", type=getattr(m, "type", None), error=str(e))
         if self._proposals and self.leader_id != 0:
             batch = self._proposals[:_MAX_PROPOSALS_PER_READY]
-            self._rate_window[1] += len(batch)
             try:
                 node.propose_batch(batch)
             except ProposalDropped:
