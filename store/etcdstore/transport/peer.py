@@ -51,6 +51,7 @@ SERVICE = "etcdstore.peer.Peer"
 MAX_QUEUE_MESSAGES = 4096
 MAX_FRAME_BYTES = 8 << 20
 SNAPSHOT_CHUNK = 1 << 20
+CREDENTIALS_TIMEOUT = 10.0  # seconds to fetch a peer's certificate for pinning
 _GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", 64 << 20),
     ("grpc.max_send_message_length", 64 << 20),
@@ -164,6 +165,7 @@ class _Peer:
         self.channel_url = ""
         self.active_since = 0.0  # monotonic time the current stream started (0: down)
         self.generation = 0  # bumped when a call ends: retires its request iterator
+        self.closed = False
         self.task = asyncio.get_running_loop().create_task(self._run(), name=f"peer-{peer_id:x}")
         self.prober = asyncio.get_running_loop().create_task(self._probe(), name=f"probe-{peer_id:x}")
         self.dropped = 0
@@ -175,6 +177,10 @@ class _Peer:
             self.t.server.report_unreachable(self.id)
         self.queue.append(m)
         self.wake.set()
+        if self.task.done() and not self.closed:
+            # The sender must outlive any failure; a dead one would silently drop this peer's traffic.
+            log.warn("peer sender had stopped; restarting it", peer=f"{self.id:x}")
+            self.task = asyncio.get_running_loop().create_task(self._run(), name=f"peer-{self.id:x}")
 
     def update(self, urls: list[str]) -> None:
         if sorted(urls) != sorted(self.urls):
@@ -202,12 +208,20 @@ class _Peer:
         return _Frames(self)
 
     async def _run(self) -> None:
+        try:
+            await self._run_forever()
+        finally:
+            if not self.closed:
+                log.warn("peer sender stopped", peer=f"{self.id:x}")
+
+    async def _run_forever(self) -> None:
         backoff = 0.05
         while True:
             try:
                 call = (await self.get_channel()).stream_unary(
                     f"/{SERVICE}/Raft", request_serializer=_ident, response_deserializer=_ident
                 )
+                log.debug("peer stream starting", peer=f"{self.id:x}", url=self.channel_url)
                 self.active_since = time.monotonic()
                 await call(self.frames(), metadata=self.t.metadata())
                 backoff = 0.05
@@ -216,6 +230,7 @@ class _Peer:
             except grpc.aio.AioRpcError as e:
                 self.active_since = 0.0
                 if self.t.check_refusal(e):
+                    self.closed = True  # removed from the cluster: this member is stopping
                     return
                 if e.code() != grpc.StatusCode.CANCELLED:
                     log.debug("peer stream broken", peer=f"{self.id:x}", error=e.code().name)
@@ -248,6 +263,7 @@ class _Peer:
                 metrics.PEER_SENT_FAILURES.labels(f"{self.id:x}").inc()
 
     async def close(self) -> None:
+        self.closed = True
         self.prober.cancel()
         self.task.cancel()
         try:
@@ -316,7 +332,9 @@ class PeerTransport:
             if self.tls is None:
                 raise ConnectionError(f"peer {url} uses https but this member has no peer TLS configured")
             # Off the loop: pinning a self-signed peer certificate dials the peer first.
-            creds, options = await asyncio.to_thread(self.tls.channel_credentials, url)
+            # Bounded: a dial that never finishes must not stall this peer's sender for good.
+            creds, options = await asyncio.wait_for(
+                asyncio.to_thread(self.tls.channel_credentials, url), timeout=CREDENTIALS_TIMEOUT)
             return grpc.aio.secure_channel(_target(url), creds, options=_GRPC_OPTIONS + options)
         return grpc.aio.insecure_channel(_target(url), options=_GRPC_OPTIONS)
 
