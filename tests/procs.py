@@ -21,8 +21,9 @@ import subprocess
 import sys
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import ClassVar
 
 import grpc
 
@@ -74,6 +75,7 @@ class Member:
     proc: subprocess.Popen | None = None
     scheme: str = "http"
     tls_args: list[str] = field(default_factory=list)
+    spawn_prefix: ClassVar[list[str]] = []  # wraps the command (see EtcdMember)
 
     @property
     def endpoint(self) -> str:
@@ -110,7 +112,9 @@ class Member:
         assert not self.running, f"{self.name} already running"
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            # Own session: a SIGINT to pytest does not hit the member first, and signals target only it.
+            self.proc = subprocess.Popen(self.spawn_prefix + self.command(), stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
 
     @property
     def running(self) -> bool:
@@ -134,8 +138,12 @@ class Member:
                 self.kill()
 
     def pause(self) -> None:
+        """SIGSTOP, returning once the kernel reports the process stopped (state T)."""
         assert self.proc is not None
         os.kill(self.proc.pid, signal.SIGSTOP)
+        deadline = time.monotonic() + 5
+        while _proc_state(self.proc.pid) not in ("T", "t") and time.monotonic() < deadline:
+            time.sleep(0.001)
 
     def resume(self) -> None:
         assert self.proc is not None
@@ -148,8 +156,12 @@ class Member:
         if wait:
             wait_serving([self])
 
+    def channel(self) -> grpc.Channel:
+        return grpc.insecure_channel(self.endpoint)
+
     def status(self, timeout: float = 2.0) -> rpc_pb2.StatusResponse:
-        with grpc.insecure_channel(self.endpoint) as ch:
+        """Status straight from the generated stub (independent of the client under test)."""
+        with self.channel() as ch:
             return rpc_pb2_grpc.MaintenanceStub(ch).Status(rpc_pb2.StatusRequest(), timeout=timeout)
 
     def log_tail(self, lines: int = 40) -> str:
@@ -157,6 +169,14 @@ class Member:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+
+def _proc_state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "?"
 
 
 class StartError(RuntimeError):
@@ -187,12 +207,15 @@ class Cluster:
     base_dir: Path
     members: list[Member]
     binary: str
+    member_type: ClassVar[type[Member]] = Member
 
     @classmethod
     def start(cls, base_dir: Path, size: int = 1, *, binary: str = "etcdstore",
-              extra_args: list[str] | None = None, attempts: int = 3) -> Cluster:
+              extra_args: list[str] | None = None, attempts: int = 3, **member_opts: object) -> Cluster:
+        """Start `size` members and wait until they serve; retried on a lost port race.
+        `member_opts` go to every member (e.g. tls= for an EtcdMember)."""
         for attempt in range(attempts):
-            c = cls._spawn(base_dir / f"{binary}-{attempt}", size, binary, extra_args or [])
+            c = cls._spawn(base_dir / f"{binary}-{attempt}", size, binary, extra_args or [], member_opts)
             try:
                 wait_serving(c.members)
                 return c
@@ -204,11 +227,11 @@ class Cluster:
         raise AssertionError("unreachable")
 
     @classmethod
-    def _spawn(cls, base: Path, size: int, binary: str, extra: list[str]) -> Cluster:
+    def _spawn(cls, base: Path, size: int, binary: str, extra: list[str], opts: dict) -> Cluster:
         token = uuid.uuid4().hex[:12]
         members = [
-            Member(name=f"m{i}", data_dir=base / f"m{i}.etcd", client_port=free_port(), peer_port=free_port(),
-                   binary=binary, extra_args=list(extra), cluster_token=token)
+            cls.member_type(name=f"m{i}", data_dir=base / f"m{i}.etcd", client_port=free_port(),
+                            peer_port=free_port(), binary=binary, extra_args=list(extra), cluster_token=token, **opts)
             for i in range(size)
         ]
         initial = ",".join(f"{m.name}={m.peer_url}" for m in members)
@@ -237,9 +260,9 @@ class Cluster:
     def new_member(self, name: str) -> Member:
         """A not-yet-started member with fresh ports, to join this cluster after MemberAdd."""
         first = self.members[0]
-        return Member(name=name, data_dir=self.base_dir / f"{name}.etcd", client_port=free_port(),
-                      peer_port=free_port(), binary=self.binary, extra_args=list(first.extra_args),
-                      cluster_state="existing", cluster_token=first.cluster_token)
+        return replace(first, name=name, data_dir=self.base_dir / f"{name}.etcd", client_port=free_port(),
+                       peer_port=free_port(), extra_args=list(first.extra_args), initial_cluster="",
+                       cluster_state="existing", proc=None)
 
     def close(self) -> None:
         for m in self.members:

@@ -204,3 +204,27 @@ def test_rate_cap_and_tls(etcd_tls, tls_files, tmp_path: Path) -> None:
     assert r["ops"] == 100 and r["errors"] == {}
     assert 150 < r["ops_per_s"] <= 215  # paced: 100 requests at 200/s take ~0.5 s
     assert main(["put", "--endpoints", ep, "--total", "5", "--timeout", "2"]) == 1  # no certs: refused
+
+
+def test_grpc_floor_server_answers_the_bench(tmp_path: Path) -> None:
+    """The no-op server that measures grpcio's own cost serves Put and Range to the bench."""
+    import subprocess
+    import sys
+
+    from etcd_procs import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "etcdstore.bench.grpc_floor", "--port", str(port)],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert "no-op etcd KV gRPC server" in proc.stdout.readline()
+        out_json = tmp_path / "r.jsonl"
+        for workload in ("put", "range"):
+            args = [workload, "--endpoints", f"127.0.0.1:{port}", "--clients", "4", "--total", "200",
+                    "--json", str(out_json), "--no-prefill"]
+            assert main(args) == 0
+        rows = [json.loads(line) for line in out_json.read_text().splitlines()]
+        assert [(r["workload"], r["ops"], r["errors"]) for r in rows] == [("put", 200, {}), ("range", 200, {})]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
