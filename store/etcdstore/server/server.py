@@ -129,10 +129,6 @@ class EtcdServer(BootstrapMixin, SnapshotMixin, MembershipOpsMixin, LeaseOpsMixi
         self._db_size = 0
         self._nospace_raising = False
 
-    # ---- bootstrap ----------------------------------------------------------------------------------
-
-
-
     # ---- lifecycle ------------------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -539,15 +535,7 @@ class EtcdServer(BootstrapMixin, SnapshotMixin, MembershipOpsMixin, LeaseOpsMixi
         self._applied.advance(self.applied_index)
 
 
-
     # ---- snapshots and log compaction ---------------------------------------------------------------------
-
-
-
-
-
-
-
 
 
     def report_unreachable(self, peer: int) -> None:
@@ -631,7 +619,6 @@ class EtcdServer(BootstrapMixin, SnapshotMixin, MembershipOpsMixin, LeaseOpsMixi
     # ---- quota ------------------------------------------------------------------------------------------------
 
 
-
     async def wait_compaction_done(self) -> None:
         while self._compaction_pending or self.kv.compaction_unfinished():
             await asyncio.sleep(0.01)
@@ -643,28 +630,10 @@ class EtcdServer(BootstrapMixin, SnapshotMixin, MembershipOpsMixin, LeaseOpsMixi
     # ---- leases: leader-local, forwarded by followers ------------------------------------------------------------
 
 
-
-
     # ---- membership changes --------------------------------------------------------------------------------------
 
 
-
-
-
-
-
     # ---- auth hooks (the auth layer replaces `self.auth`) --------------------------------------------------------
-
-
-
-
-
-
-
-
-
-
-
 
 
 async def _with_deadline(fut: asyncio.Future, timeout: float) -> Any:
@@ -689,12 +658,3 @@ async def _with_deadline(fut: asyncio.Future, timeout: float) -> Any:
         raise
     finally:
         timer.cancel()
-
-
-
-
-
-
-
-
-
