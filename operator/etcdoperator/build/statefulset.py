@@ -79,18 +79,15 @@ def member_args(ref: ClusterRef, spec: ClusterSpec) -> list[str]:
         f"--listen-metrics-urls=http://0.0.0.0:{METRICS_PORT}",
     ]
     o = spec.options
-    if o.quota_backend_bytes is not None:
-        args.append(f"--quota-backend-bytes={o.quota_backend_bytes}")
-    if o.auto_compaction_mode is not None:
-        args.append(f"--auto-compaction-mode={o.auto_compaction_mode}")
-    if o.auto_compaction_retention is not None:
-        args.append(f"--auto-compaction-retention={o.auto_compaction_retention}")
-    if o.snapshot_count is not None:
-        args.append(f"--snapshot-count={o.snapshot_count}")
-    if o.heartbeat_interval_ms is not None:
-        args.append(f"--heartbeat-interval={o.heartbeat_interval_ms}")
-    if o.election_timeout_ms is not None:
-        args.append(f"--election-timeout={o.election_timeout_ms}")
+    options = (
+        ("quota-backend-bytes", o.quota_backend_bytes),
+        ("auto-compaction-mode", o.auto_compaction_mode),
+        ("auto-compaction-retention", o.auto_compaction_retention),
+        ("snapshot-count", o.snapshot_count),
+        ("heartbeat-interval", o.heartbeat_interval_ms),
+        ("election-timeout", o.election_timeout_ms),
+    )
+    args += [f"--{flag}={value}" for flag, value in options if value is not None]  # unset: the store's default
     if spec.tls.client.enabled:
         args += [
             f"--cert-file={SERVER_TLS_DIR}/tls.crt",
