@@ -51,6 +51,7 @@ SERVICE = "etcdstore.peer.Peer"
 MAX_QUEUE_MESSAGES = 4096
 MAX_FRAME_BYTES = 8 << 20
 SNAPSHOT_CHUNK = 1 << 20
+PROBE_INTERVAL = 5.0  # seconds between round-trip probes (and sender health checks)
 CREDENTIALS_TIMEOUT = 10.0  # seconds to fetch a peer's certificate for pinning
 _GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", 64 << 20),
@@ -251,16 +252,27 @@ class _Peer:
     async def _probe(self) -> None:
         """Measure the round trip to this peer every few seconds (etcd's peer RTT metric)."""
         rtt = metrics.PEER_RTT.labels(f"{self.id:x}")
+        streamless = 0  # probes in a row that reached the peer while the sender had no stream
         while True:
-            await asyncio.sleep(5)
+            await asyncio.sleep(PROBE_INTERVAL)
             try:
                 call = (await self.get_channel()).unary_unary(f"/{SERVICE}/Ping", request_serializer=_ident,
                                                               response_deserializer=_ident)
                 t = time.perf_counter()
                 await call(b"ping", timeout=2)
                 rtt.observe(time.perf_counter() - t)
-            except (grpc.aio.AioRpcError, OSError, ConnectionError):
+            except (grpc.aio.AioRpcError, OSError, ConnectionError, TimeoutError):
                 metrics.PEER_SENT_FAILURES.labels(f"{self.id:x}").inc()
+                streamless = 0
+                continue
+            # The peer answers, so the sender should hold a stream (it redials within 250 ms). Two
+            # probes without one mean it is stuck somewhere: start it over rather than stay mute.
+            streamless = streamless + 1 if self.active_since == 0.0 else 0
+            if streamless >= 2 and not self.closed:
+                log.warn("peer reachable but its sender has no stream; restarting the sender", peer=f"{self.id:x}")
+                streamless = 0
+                self.task.cancel()
+                self.task = asyncio.get_running_loop().create_task(self._run(), name=f"peer-{self.id:x}")
 
     async def close(self) -> None:
         self.closed = True
