@@ -88,19 +88,27 @@ async def test_messages_cross_in_order() -> None:
         await b.stop()
 
 
-async def test_a_sender_that_ended_is_restarted_by_the_next_send(monkeypatch: pytest.MonkeyPatch) -> None:
+def _first_sender_fails(monkeypatch: pytest.MonkeyPatch, how: str, probe_interval: float) -> list[int]:
+    """Make the first sender task of the process end at once ("ends") or hang before any stream
+    ("hangs"); later ones run normally. Returns a one-item list counting sender starts."""
     original = peer_mod._Peer._run_forever
-    calls = 0
+    calls = [0]
 
-    async def ends_once(self: Any) -> None:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            return  # as if the task had died without a word
+    async def failing_once(self: Any) -> None:
+        calls[0] += 1
+        if calls[0] == 1:
+            if how == "ends":
+                return  # as if the task had died without a word
+            await asyncio.Event().wait()  # never set: stuck before any stream starts
         await original(self)
 
-    monkeypatch.setattr(peer_mod, "PROBE_INTERVAL", 60.0)  # only the send path may notice
-    monkeypatch.setattr(peer_mod._Peer, "_run_forever", ends_once)
+    monkeypatch.setattr(peer_mod, "PROBE_INTERVAL", probe_interval)
+    monkeypatch.setattr(peer_mod._Peer, "_run_forever", failing_once)
+    return calls
+
+
+async def test_a_sender_that_ended_is_restarted_by_the_next_send(monkeypatch: pytest.MonkeyPatch) -> None:
+    _first_sender_fails(monkeypatch, "ends", probe_interval=60.0)  # only the send path may notice
     a, b, _, hb = await _pair()
     try:
         await asyncio.sleep(0.1)
@@ -113,24 +121,13 @@ async def test_a_sender_that_ended_is_restarted_by_the_next_send(monkeypatch: py
 
 
 async def test_a_stuck_sender_is_restarted_while_the_peer_answers_probes(monkeypatch: pytest.MonkeyPatch) -> None:
-    original = peer_mod._Peer._run_forever
-    calls = 0
-
-    async def hangs_once(self: Any) -> None:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            await asyncio.Event().wait()  # never set: stuck before any stream starts
-        await original(self)
-
-    monkeypatch.setattr(peer_mod, "PROBE_INTERVAL", 0.2)
-    monkeypatch.setattr(peer_mod._Peer, "_run_forever", hangs_once)
+    calls = _first_sender_fails(monkeypatch, "hangs", probe_interval=0.2)
     a, b, _, hb = await _pair()
     try:
         a.send([_heartbeat(9)])
         assert not await _delivered(hb, 9, 0.1)  # the stuck sender holds it
         assert await _delivered(hb, 9, 10)  # two good probes later the sender starts over
-        assert calls >= 2
+        assert calls[0] >= 2
     finally:
         await a.stop()
         await b.stop()
