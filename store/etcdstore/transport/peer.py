@@ -167,7 +167,7 @@ class _Peer:
         self.active_since = 0.0  # monotonic time the current stream started (0: down)
         self.generation = 0  # bumped when a call ends: retires its request iterator
         self.closed = False
-        self.task = asyncio.get_running_loop().create_task(self._run(), name=f"peer-{peer_id:x}")
+        self.task = self._start_sender()
         self.prober = asyncio.get_running_loop().create_task(self._probe(), name=f"probe-{peer_id:x}")
         self.dropped = 0
 
@@ -181,7 +181,10 @@ class _Peer:
         if self.task.done() and not self.closed:
             # The sender must outlive any failure; a dead one would silently drop this peer's traffic.
             log.warn("peer sender had stopped; restarting it", peer=f"{self.id:x}")
-            self.task = asyncio.get_running_loop().create_task(self._run(), name=f"peer-{self.id:x}")
+            self.task = self._start_sender()
+
+    def _start_sender(self) -> asyncio.Task:
+        return asyncio.get_running_loop().create_task(self._run(), name=f"peer-{self.id:x}")
 
     def update(self, urls: list[str]) -> None:
         if sorted(urls) != sorted(self.urls):
@@ -272,7 +275,7 @@ class _Peer:
                 log.warn("peer reachable but its sender has no stream; restarting the sender", peer=f"{self.id:x}")
                 streamless = 0
                 self.task.cancel()
-                self.task = asyncio.get_running_loop().create_task(self._run(), name=f"peer-{self.id:x}")
+                self.task = self._start_sender()
 
     async def close(self) -> None:
         self.closed = True
