@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import sys
@@ -163,6 +164,16 @@ def build_tls(cfg: ServerConfig) -> tuple[ReloadingServerTLS | None, PeerTLS | N
     return client, peer
 
 
+def _tune_gc() -> None:
+    """Every request allocates many short-lived objects, so the default gen-0 threshold (700)
+    runs a collection every few requests; startup's objects (modules, protobuf descriptors) are
+    long-lived and only make each full collection slower. Freeze those and collect less often
+    (measured: 3-member puts at 100 clients, +2-11%)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 50)
+
+
 async def _serve(cfg: ServerConfig) -> int:
     member = Member(cfg)
     loop = asyncio.get_running_loop()
@@ -176,6 +187,7 @@ async def _serve(cfg: ServerConfig) -> int:
         await member.stop()
         return 1
     assert member.server is not None and member.server.stopped is not None
+    _tune_gc()
     done, _ = await asyncio.wait([stop, member.server.stopped], return_when=asyncio.FIRST_COMPLETED)
     log.info("stopping member")
     await member.stop()

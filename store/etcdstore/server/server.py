@@ -40,7 +40,7 @@ from etcdstore.mvcc.watchable import WatchableStore
 from etcdstore.proto.etcdserverpb import rpc_pb2
 from etcdstore.raft import RawNode
 from etcdstore.raft.errors import ProposalDropped
-from etcdstore.raft.records import ConfChange, EntryType, Message, Role
+from etcdstore.raft.records import ConfChange, EntryType, Message, MessageType, Role
 from etcdstore.server import requests as rq
 from etcdstore.server.alarms import Alarms
 from etcdstore.server.apply import Applier
@@ -59,9 +59,13 @@ log = get_logger("etcdstore.server")
 _U64 = struct.Struct(">Q")
 _MAX_PROPOSALS_PER_READY = 4096
 _ENTRY_OVERHEAD = 16  # what etcd's InternalRaftRequest adds around a request (header and field tags)
-# Group commit window under load (ETCDSTORE_GROUP_COMMIT_US tunes it; 0 turns it off).
-_GROUP_COMMIT_DELAY = float(os.environ.get("ETCDSTORE_GROUP_COMMIT_US", "1000")) / 1e6
-_GROUP_COMMIT_TARGET = 64  # enough queued: go at once
+# Group commit under load (see _gather_proposals): wait in steps of _GROUP_COMMIT_STEP for more
+# proposals to join a Ready, at most _GROUP_COMMIT_MAX in all. ETCDSTORE_GROUP_COMMIT_US tunes the
+# step (0 turns group commit off), ETCDSTORE_GROUP_COMMIT_MAX_US the cap.
+_GROUP_COMMIT_STEP = float(os.environ.get("ETCDSTORE_GROUP_COMMIT_US", "1000")) / 1e6
+_GROUP_COMMIT_MAX = float(os.environ.get("ETCDSTORE_GROUP_COMMIT_MAX_US", "10000")) / 1e6
+_GROUP_COMMIT_TARGET = 128  # enough queued: go at once
+_GROUP_COMMIT_HEAVY = 16  # a Ready this full means steady load: wait the whole cap
 
 
 class EtcdServer(BootstrapMixin, SnapshotMixin, MembershipOpsMixin, LeaseOpsMixin, GuardsMixin):
@@ -112,6 +116,8 @@ class EtcdServer(BootstrapMixin, SnapshotMixin, MembershipOpsMixin, LeaseOpsMixi
         self._transfer_to = 0
         self._campaign_when_applied = False
         self._arrived_during_ready = 0  # proposals that queued while the last Ready was handled
+        self._forwarded = 0  # entries in MsgProp messages waiting in _inbound (a leader's followers' clients)
+        self._last_batch = 0  # proposals (own and forwarded) fed to Raft the last time there were any
         self._snapshot_index = self.raft_storage.snapshot().metadata.index
         self._compaction_pending = False
         self._disk = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="raft-disk")
@@ -222,6 +228,8 @@ class EtcdServer(BootstrapMixin, SnapshotMixin, MembershipOpsMixin, LeaseOpsMixi
     def step(self, msg: Message) -> None:
         """A message from a peer (called by the transport)."""
         self._inbound.append(msg)
+        if msg.type == MessageType.PROP:
+            self._forwarded += len(msg.entries)
         self._kick()
 
     async def propose(self, kind: int, payload: bytes, *, user: str = "", auth_revision: int = 0,
@@ -329,10 +337,8 @@ class EtcdServer(BootstrapMixin, SnapshotMixin, MembershipOpsMixin, LeaseOpsMixi
             if not actionable and not node.has_ready():
                 wake.clear()
                 await wake.wait()
-            elif self._proposals and self._busy():
-                # Group commit: under steady load, let more requests join this Ready, so one
-                # fsync and one apply batch serve many (idle members propose at once instead).
-                await asyncio.sleep(_GROUP_COMMIT_DELAY)
+            elif (self._proposals or self._forwarded) and self._busy():
+                await self._gather_proposals()
             else:
                 await asyncio.sleep(0)  # let client handlers run between Readies
             self._feed(node)
@@ -342,15 +348,34 @@ class EtcdServer(BootstrapMixin, SnapshotMixin, MembershipOpsMixin, LeaseOpsMixi
                 rd = node.ready()
                 await self._handle_ready(node, rd)
                 node.advance(rd)
-                self._arrived_during_ready = len(self._proposals)
+                self._arrived_during_ready = len(self._proposals) + self._forwarded
             self._check_read_timeouts(node)
 
     def _busy(self) -> bool:
         """Whether waiting briefly for more proposals pays off: requests kept arriving while the
         last Ready was being handled. A lone sequential client cannot do that (its next request
         waits for the previous answer), so it is never made to wait."""
-        return (_GROUP_COMMIT_DELAY > 0 and self._arrived_during_ready > 0
-                and len(self._proposals) < _GROUP_COMMIT_TARGET)
+        return (_GROUP_COMMIT_STEP > 0 and self._arrived_during_ready > 0
+                and len(self._proposals) + self._forwarded < _GROUP_COMMIT_TARGET)
+
+    async def _gather_proposals(self) -> None:
+        """Group commit: under steady load, let more requests join the next Ready, so that one
+        fsync, one replication round and one apply batch serve many. Each Ready costs the same
+        whatever it carries, and on a busy machine that fixed cost is what limits throughput.
+        Wait in short steps while requests keep arriving, up to a cap; stop as soon as a step
+        brings none (a few clients have all sent theirs and would only be delayed)."""
+        if _GROUP_COMMIT_STEP <= 0:
+            return
+        seen = len(self._proposals) + self._forwarded
+        heavy = self._last_batch >= _GROUP_COMMIT_HEAVY
+        waited = 0.0
+        while waited < _GROUP_COMMIT_MAX:
+            await asyncio.sleep(_GROUP_COMMIT_STEP)
+            waited += _GROUP_COMMIT_STEP
+            now = len(self._proposals) + self._forwarded
+            if (now == seen and not heavy) or now >= _GROUP_COMMIT_TARGET:
+                return
+            seen = now
 
     def _feed(self, node: RawNode) -> None:
         if self._campaign_when_applied and self.applied_index >= node.commit_index:
@@ -367,8 +392,10 @@ class EtcdServer(BootstrapMixin, SnapshotMixin, MembershipOpsMixin, LeaseOpsMixi
                     node.report_unreachable(peer)
                 else:
                     node.report_snapshot(peer, ok)
+        fed = self._forwarded
         if self._inbound:
             msgs, self._inbound = self._inbound, []
+            self._forwarded = 0
             for m in msgs:
                 try:
                     node.step(m)
@@ -384,6 +411,9 @@ class EtcdServer(BootstrapMixin, SnapshotMixin, MembershipOpsMixin, LeaseOpsMixi
                 pass
             else:
                 del self._proposals[: len(batch)]
+                fed += len(batch)
+        if fed:
+            self._last_batch = fed
         if self._conf_proposals and self.leader_id != 0:
             cc = self._conf_proposals[0]
             try:
