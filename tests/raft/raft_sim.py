@@ -31,6 +31,7 @@ import heapq
 import random
 import struct
 import zlib
+from typing import Any
 from collections import deque
 from dataclasses import dataclass
 
@@ -443,6 +444,20 @@ class Network:
 
     def deliver_due(self) -> int:
         sim = self.sim
+        # Half the time the due messages are stepped as one batch per node, as the server does
+        # (RawNode.begin_batch/end_batch: the leader's broadcasts are owed until the end).
+        batched: dict[int, Any] = {} if sim.rng.random() < 0.5 else None
+        try:
+            return self._deliver_due(batched)
+        finally:
+            for node in (batched or {}).values():
+                node.end_batch()
+            for h in list(sim.hosts.values()):
+                if batched and h.node is not None and h.id in batched:
+                    h.observe()
+
+    def _deliver_due(self, batched: dict[int, Any] | None) -> int:
+        sim = self.sim
         q = self.queue
         n = 0
         while q and q[0][0] <= sim.now:
@@ -454,6 +469,9 @@ class Network:
                     sim.trace(f"lost {m!r}")
                 self._dropped(m)  # the transport notices a failed stream
                 continue
+            if batched is not None and to not in batched:
+                dest.node.begin_batch()
+                batched[to] = dest.node
             dest.node.step(m)
             dest.observe()
             n += 1

@@ -120,3 +120,15 @@ async def test_a_real_member_delays_load_but_not_a_lone_client(tmp_path) -> None
         assert gathered, "a steady concurrent load should have been gathered into fewer Readies"
     finally:
         await s.stop()
+
+
+def test_other_requests_in_flight_count_as_load() -> None:
+    # A follower's Readies only forward proposals and take no time, so nothing "arrives during"
+    # them; its own requests still waiting on the leader are what tells it that it is busy.
+    def member(in_flight: int, queued: int = 1) -> SimpleNamespace:
+        return SimpleNamespace(_proposals=[b"p"] * queued, _forwarded=0, _arrived_during_ready=0,
+                               _waiters=[None] * in_flight)
+
+    assert EtcdServer._busy(member(in_flight=5)) is True
+    assert EtcdServer._busy(member(in_flight=1)) is False  # the one queued request is the only one
+    assert EtcdServer._busy(member(in_flight=300, queued=server_mod._GROUP_COMMIT_TARGET)) is False  # full: go

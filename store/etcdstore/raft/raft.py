@@ -129,6 +129,10 @@ class Raft:
         self.role = FOLLOWER
         self.is_learner = False
         self.msgs: list[Message] = []
+        # Inside a step batch (RawNode.begin_batch) broadcasts are owed, not sent: one at the end
+        # covers every entry and commit index the batch produced, instead of one MsgApp per event.
+        self.batching = False
+        self.bcast_owed = False
         self.read_states: list[ReadState] = []
         self.max_msg_size = config.max_size_per_msg
         self.max_uncommitted_size = config.max_uncommitted_entries_size
@@ -238,6 +242,9 @@ class Raft:
         self.msgs.append(Message(HEARTBEAT, to, self.id, self.term, commit=commit, context=ctx))
 
     def bcast_append(self) -> None:
+        if self.batching:
+            self.bcast_owed = True
+            return
         me = self.id
         last = self.log.last_index()
         for pid, pr in self.trk.progress.items():

@@ -249,6 +249,19 @@ class RawNode:
             return
         self.raft.step(message)
 
+    def begin_batch(self) -> None:
+        """Start stepping a batch of messages and proposals: the leader's appends and commit
+        updates are broadcast once, at end_batch, rather than once per message or proposal."""
+        self.raft.batching = True
+
+    def end_batch(self) -> None:
+        r = self.raft
+        r.batching = False
+        if r.bcast_owed:
+            r.bcast_owed = False
+            if r.role == Role.LEADER:  # a node that stepped down mid-batch owes nothing
+                r.bcast_append()
+
     def apply_conf_change(self, change: ConfChange) -> ConfState:
         return self.raft.apply_conf_change(change)
 
@@ -281,6 +294,8 @@ class RawNode:
         if self._outstanding is not None:
             raise RaftError("ready() called again before advance() of the previous Ready")
         r = self.raft
+        if r.batching:
+            raise RaftError("ready() called inside a step batch (end_batch first)")
         log = r.log
         entries = log.unstable_entries()
         committed = log.next_entries() if log.has_next_entries() else []

@@ -353,10 +353,14 @@ class EtcdServer(BootstrapMixin, SnapshotMixin, MembershipOpsMixin, LeaseOpsMixi
 
     def _busy(self) -> bool:
         """Whether waiting briefly for more proposals pays off: requests kept arriving while the
-        last Ready was being handled. A lone sequential client cannot do that (its next request
-        waits for the previous answer), so it is never made to wait."""
-        return (_GROUP_COMMIT_STEP > 0 and self._arrived_during_ready > 0
-                and len(self._proposals) + self._forwarded < _GROUP_COMMIT_TARGET)
+        last Ready was being handled, or other requests of ours are still in flight (a follower
+        only forwards its proposals, a Ready that takes no time, so the first test alone would
+        never hold it back and it would forward them a few at a time). A lone sequential client
+        passes neither test (its next request waits for the previous answer): it never waits."""
+        queued = len(self._proposals)
+        return (_GROUP_COMMIT_STEP > 0
+                and (self._arrived_during_ready > 0 or len(self._waiters) > queued)
+                and queued + self._forwarded < _GROUP_COMMIT_TARGET)
 
     async def _gather_proposals(self) -> None:
         """Group commit: under steady load, let more requests join the next Ready, so that one
@@ -392,36 +396,42 @@ class EtcdServer(BootstrapMixin, SnapshotMixin, MembershipOpsMixin, LeaseOpsMixi
                     node.report_unreachable(peer)
                 else:
                     node.report_snapshot(peer, ok)
-        fed = self._forwarded
-        if self._inbound:
-            msgs, self._inbound = self._inbound, []
-            self._forwarded = 0
-            for m in msgs:
+        # One broadcast for everything stepped and proposed here: otherwise a leader sends each
+        # follower a MsgApp per forwarded batch and per commit, and each is acked separately.
+        node.begin_batch()
+        try:
+            fed = self._forwarded
+            if self._inbound:
+                msgs, self._inbound = self._inbound, []
+                self._forwarded = 0
+                for m in msgs:
+                    try:
+                        node.step(m)
+                    except Exception as e:  # a malformed message must not kill the member
+                        log.warn("dropping raft message", type=getattr(m, "type", None), error=str(e))
+            if self._proposals and self.leader_id != 0:
+                batch = self._proposals[:_MAX_PROPOSALS_PER_READY]
                 try:
-                    node.step(m)
-                except Exception as e:  # a malformed message must not kill the member
-                    log.warn("dropping raft message", type=getattr(m, "type", None), error=str(e))
-        if self._proposals and self.leader_id != 0:
-            batch = self._proposals[:_MAX_PROPOSALS_PER_READY]
-            try:
-                node.propose_batch(batch)
-            except ProposalDropped:
-                # No leader right now or a transfer in progress: keep them queued; each client's
-                # own deadline bounds the wait, as etcd's blocking Propose does.
-                pass
-            else:
-                del self._proposals[: len(batch)]
-                fed += len(batch)
-        if fed:
-            self._last_batch = fed
-        if self._conf_proposals and self.leader_id != 0:
-            cc = self._conf_proposals[0]
-            try:
-                node.propose_conf_change(cc)
-            except ProposalDropped:
-                pass  # another change is pending; retried on the next pass
-            else:
-                self._conf_proposals.pop(0)
+                    node.propose_batch(batch)
+                except ProposalDropped:
+                    # No leader right now or a transfer in progress: keep them queued; each client's
+                    # own deadline bounds the wait, as etcd's blocking Propose does.
+                    pass
+                else:
+                    del self._proposals[: len(batch)]
+                    fed += len(batch)
+            if fed:
+                self._last_batch = fed
+            if self._conf_proposals and self.leader_id != 0:
+                cc = self._conf_proposals[0]
+                try:
+                    node.propose_conf_change(cc)
+                except ProposalDropped:
+                    pass  # another change is pending; retried on the next pass
+                else:
+                    self._conf_proposals.pop(0)
+        finally:
+            node.end_batch()
         if self._read_waiters and self.leader_id != 0:
             self._read_seq += 1
             ctx = _U64.pack(self._read_seq)
