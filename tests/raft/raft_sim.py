@@ -31,7 +31,6 @@ import heapq
 import random
 import struct
 import zlib
-from typing import Any
 from collections import deque
 from dataclasses import dataclass
 
@@ -446,17 +445,15 @@ class Network:
         sim = self.sim
         # Half the time the due messages are stepped as one batch per node, as the server does
         # (RawNode.begin_batch/end_batch: the leader's broadcasts are owed until the end).
-        batched: dict[int, Any] = {} if sim.rng.random() < 0.5 else None
+        # Ending a batch only sends the owed broadcast; each step was observed already.
+        batched: dict[int, RawNode] | None = {} if sim.rng.random() < 0.5 else None
         try:
             return self._deliver_due(batched)
         finally:
             for node in (batched or {}).values():
                 node.end_batch()
-            for h in list(sim.hosts.values()):
-                if batched and h.node is not None and h.id in batched:
-                    h.observe()
 
-    def _deliver_due(self, batched: dict[int, Any] | None) -> int:
+    def _deliver_due(self, batched: dict[int, RawNode] | None) -> int:
         sim = self.sim
         q = self.queue
         n = 0

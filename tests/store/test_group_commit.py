@@ -12,7 +12,6 @@ import random
 from types import SimpleNamespace
 
 import pytest
-
 from etcdstore.config import parse_args
 from etcdstore.proto.etcdserverpb import rpc_pb2
 from etcdstore.raft.records import Entry, Message, MessageType
@@ -23,8 +22,11 @@ from procs import free_port
 
 pytestmark = pytest.mark.skipif(server_mod._GROUP_COMMIT_STEP <= 0, reason="group commit turned off")
 
+
 def _member(last_batch: int, proposals: int = 1, forwarded: int = 0) -> SimpleNamespace:
-    return SimpleNamespace(_proposals=[b"p"] * proposals, _forwarded=forwarded, _last_batch=last_batch)
+    m = SimpleNamespace(_proposals=[b"p"] * proposals, _forwarded=forwarded, _last_batch=last_batch)
+    m._queued = lambda: EtcdServer._queued(m)
+    return m
 
 
 def _fake_sleep(monkeypatch: pytest.MonkeyPatch, member: SimpleNamespace, arrivals: list[int]) -> list[float]:

@@ -348,8 +348,12 @@ class EtcdServer(BootstrapMixin, SnapshotMixin, MembershipOpsMixin, LeaseOpsMixi
                 rd = node.ready()
                 await self._handle_ready(node, rd)
                 node.advance(rd)
-                self._arrived_during_ready = len(self._proposals) + self._forwarded
+                self._arrived_during_ready = self._queued()
             self._check_read_timeouts(node)
+
+    def _queued(self) -> int:
+        """Proposals waiting for the next Ready: this member's own and those forwarded to it."""
+        return len(self._proposals) + self._forwarded
 
     def _busy(self) -> bool:
         """Whether waiting briefly for more proposals pays off: requests kept arriving while the
@@ -370,13 +374,13 @@ class EtcdServer(BootstrapMixin, SnapshotMixin, MembershipOpsMixin, LeaseOpsMixi
         brings none (a few clients have all sent theirs and would only be delayed)."""
         if _GROUP_COMMIT_STEP <= 0:
             return
-        seen = len(self._proposals) + self._forwarded
+        seen = self._queued()
         heavy = self._last_batch >= _GROUP_COMMIT_HEAVY
         waited = 0.0
         while waited < _GROUP_COMMIT_MAX:
             await asyncio.sleep(_GROUP_COMMIT_STEP)
             waited += _GROUP_COMMIT_STEP
-            now = len(self._proposals) + self._forwarded
+            now = self._queued()
             if (now == seen and not heavy) or now >= _GROUP_COMMIT_TARGET:
                 return
             seen = now
