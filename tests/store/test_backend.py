@@ -69,3 +69,26 @@ def test_sizes_and_defragment(tmp_path):
     assert list(be.items(bk.KEY)) == []
     assert be.size_in_use() >= 0
     be.close()
+
+
+def test_prefix_scan_and_clear_reach_keys_with_high_bytes(tmp_path):
+    # Member IDs are random 64-bit numbers: 1 in 256 starts with 0xff, and a scan bounded by
+    # prefix + b"\xff" lost such a member on every restart.
+    be = Backend(tmp_path / "db")
+    b = be.batch()
+    high = [b"member/\xff" + bytes(7), b"member/\xff" * 3, b"member/\x00"]
+    for k in high + [b"membes", b"member0", b"removed/x"]:
+        b.put(bk.MEMBERS, k, b"v")
+    b.put(bk.AUTH_USERS, b"\xff" * 80, b"a user whose name is all high bytes")
+    b.put(bk.AUTH_USERS, b"alice", b"")
+    b.put(bk.KEY, b"other", b"family")
+    be.write(b, sync=False)
+    assert [k for k, _ in be.items_with_prefix(bk.MEMBERS, b"member/")] == sorted(high)
+    assert [k for k, _ in be.items_with_prefix(bk.MEMBERS, b"nothing/")] == []
+    b = be.batch()
+    be.clear_family(b, bk.AUTH_USERS)
+    be.clear_family(b, bk.LEASE)  # empty: nothing to do
+    be.write(b, sync=False)
+    assert list(be.items(bk.AUTH_USERS)) == []
+    assert [k for k, _ in be.items(bk.KEY)] == [b"other"]
+    be.close()

@@ -87,10 +87,10 @@ class Membership:
         raw = backend.get(bk.MEMBERS, CLUSTER_ID_KEY)
         if raw is not None:
             m.cluster_id = _ID.unpack(raw)[0]
-        for key, value in backend.items(bk.MEMBERS, MEMBER_PREFIX, MEMBER_PREFIX + b"\xff"):
+        for key, value in backend.items_with_prefix(bk.MEMBERS, MEMBER_PREFIX):
             member = Member.from_json(value)
             m.members[member.id] = member
-        for key, _ in backend.items(bk.MEMBERS, REMOVED_PREFIX, REMOVED_PREFIX + b"\xff"):
+        for key, _ in backend.items_with_prefix(bk.MEMBERS, REMOVED_PREFIX):
             m.removed.add(_ID.unpack(key[len(REMOVED_PREFIX):])[0])
         return m
 

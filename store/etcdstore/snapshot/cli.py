@@ -58,8 +58,8 @@ def restore(path: str, *, data_dir: str, name: str, initial_cluster: str, token:
             membership.members[member_id(us, token)].name = n
         mine = member_id(peer_urls, token)
         batch = be.batch()
-        batch.delete_range(bk.MEMBERS, b"", b"\xff" * 16)
-        batch.delete_range(bk.ALARM, b"", b"\xff" * 16)
+        be.clear_family(batch, bk.MEMBERS)
+        be.clear_family(batch, bk.ALARM)
         membership.save_all(batch)
         batch.put(bk.RAFT_STATE, MEMBER_ID_KEY, _U64.pack(mine))
         # Raft starts at a snapshot covering the initial membership: index N, term 1.

@@ -156,7 +156,7 @@ def load_into(path: str, target: bk.Backend, batch_bytes: int = 4 << 20) -> dict
     footer = verify(path)
     batch = target.batch()
     for cf in _FAMILIES:
-        batch.delete_range(cf, b"", b"\xff" * 64)
+        target.clear_family(batch, cf)
     size = 0
     for item in read_records(path):
         if isinstance(item, dict):

@@ -158,6 +158,16 @@ class Backend:
         """Iterate [start, end) in key order (or reverse order, from just below `end`)."""
         return _scan(self._cfs[cf].iter(), start, end, reverse)
 
+    def items_with_prefix(self, cf: str, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """Iterate the keys that start with `prefix`, in key order.
+
+        Not `items(prefix, prefix + b"\\xff")`: that bound drops keys whose next byte is 0xff.
+        """
+        for k, v in _scan(self._cfs[cf].iter(), prefix, None, False):
+            if not k.startswith(prefix):
+                return
+            yield k, v
+
     def checkpoint(self, dest: str | os.PathLike[str]) -> None:
         """Write a consistent point-in-time copy of the whole database to `dest` (hard links, fast).
 
@@ -182,6 +192,13 @@ class Backend:
 
     def batch(self) -> Batch:
         return Batch(self._handles)
+
+    def clear_family(self, batch: Batch, cf: str) -> None:
+        """Add to `batch` the deletion of every key now in `cf`, however long or high its bytes."""
+        it = self._cfs[cf].iter()
+        it.seek_to_last()
+        if it.valid():
+            batch.delete_range(cf, b"", it.key() + b"\x00")
 
     def write(self, batch: Batch, *, sync: bool) -> None:
         """Apply a batch atomically; with sync=True it (and everything before it) is on disk on return."""
