@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from etcdstore.server.membership import member_id
 from procs import Cluster, Member, etcdctl, free_port, have_etcd, wait_serving
 
 pytestmark = pytest.mark.skipif(not have_etcd(), reason="etcdctl 3.4 not installed")
@@ -38,14 +39,19 @@ def test_restore_a_backup_into_a_new_three_member_cluster(tmp_path):
     table = etcdstore("snapshot", "status", str(backup), "-w", "table").stdout
     assert "REVISION" in table and str(status["revision"]) in table
 
-    # Restore into three fresh data dirs, one per member of the new cluster.
+    # Restore into three fresh data dirs, one per member of the new cluster. The token is picked so
+    # that one member ID starts with byte 0xff: such a member once vanished from the member list
+    # when its data dir was reopened, and its restarted member never heard a leader.
     members = [Member(name=f"r{i}", data_dir=tmp_path / "new" / f"r{i}.etcd", client_port=free_port(),
-                      peer_port=free_port(), cluster_token="restored") for i in range(3)]
+                      peer_port=free_port()) for i in range(3)]
+    token = next(t for t in (f"restored-{n}" for n in range(100_000))
+                 if any(member_id([m.peer_url], t) >> 56 == 0xFF for m in members))
     initial = ",".join(f"{m.name}={m.peer_url}" for m in members)
     for m in members:
         m.initial_cluster = initial
+        m.cluster_token = token
         etcdstore("snapshot", "restore", str(backup), "--name", m.name, "--data-dir", str(m.data_dir),
-                  "--initial-cluster", initial, "--initial-cluster-token", "restored",
+                  "--initial-cluster", initial, "--initial-cluster-token", token,
                   "--initial-advertise-peer-urls", m.peer_url)
     # Restoring over an existing data dir is refused.
     again = etcdstore("snapshot", "restore", str(backup), "--name", "r0", "--data-dir", str(members[0].data_dir),
@@ -70,6 +76,7 @@ def test_restore_a_backup_into_a_new_three_member_cluster(tmp_path):
         assert restored["header"]["revision"] == source["header"]["revision"]
         members_now = json.loads(etcdctl(eps, "member", "list", "-w", "json").stdout)["members"]
         assert sorted(m["name"] for m in members_now) == ["r0", "r1", "r2"]
+        assert sorted(m["ID"] for m in members_now) == sorted(member_id([m.peer_url], token) for m in members)
         # New writes continue from the restored revision; every member agrees.
         etcdctl(eps, "put", "after", "restore")
         after = json.loads(etcdctl(eps, "get", "after", "-w", "json").stdout)
