@@ -50,6 +50,12 @@ class BootstrapMixin:
             )
             log.info("restarting member", member_id=f"{self.member_id:x}", cluster_id=f"{self.cluster_id:x}",
                      applied_index=self.applied_index, revision=self.kv.current_revision)
+            conf = self.raft_storage.initial_state()[1]
+            unknown = sorted((set(conf.voters) | set(conf.learners)) - set(self.membership.members))
+            if unknown:
+                # They would get no peer connection: say so rather than wait for a leader in silence.
+                log.error("the member list lacks members of the Raft configuration",
+                          missing=[f"{m:x}" for m in unknown])
             return
         check_bootstrap(cfg)
         initial = {name: [str(u) for u in urls] for name, urls in cfg.initial_cluster.items()}
