@@ -17,7 +17,8 @@ The leader sends its messages before persisting (Raft allows it: the leader coun
 entries toward commit only after they are durable).
 
 Linearizable reads use ReadIndex: concurrent reads share one read_index round; each waits
-until the applied index reaches the returned index, then reads the local store.
+until the applied index reaches the returned index, then reads the local store. One round is in
+flight at a time, as in etcd's read loop: reads that arrive meanwhile join the next one.
 """
 
 from __future__ import annotations
@@ -333,7 +334,8 @@ class EtcdServer(BootstrapMixin, SnapshotMixin, MembershipOpsMixin, LeaseOpsMixi
             # Proposals and reads can only be fed once a leader is known; until then they wait
             # (their own deadlines bound them) and only ticks and messages wake the loop.
             actionable = self._inbound or self._ticks or self._transfer_to or self._reports or (
-                self.leader_id != 0 and (self._proposals or self._conf_proposals or self._read_waiters))
+                self.leader_id != 0 and (self._proposals or self._conf_proposals
+                                         or (self._read_waiters and not self._read_inflight)))
             if not actionable and not node.has_ready():
                 wake.clear()
                 await wake.wait()
@@ -436,7 +438,9 @@ class EtcdServer(BootstrapMixin, SnapshotMixin, MembershipOpsMixin, LeaseOpsMixi
                     self._conf_proposals.pop(0)
         finally:
             node.end_batch()
-        if self._read_waiters and self.leader_id != 0:
+        if self._read_waiters and self.leader_id != 0 and not self._read_inflight:
+            # A round costs a heartbeat to every follower and their answers: under load one in
+            # flight, carrying every read that arrived meanwhile, serves more reads than many.
             self._read_seq += 1
             ctx = _U64.pack(self._read_seq)
             waiters, self._read_waiters = self._read_waiters, []
