@@ -29,10 +29,12 @@ class _Node:
 
 
 def _member() -> SimpleNamespace:
-    return SimpleNamespace(
+    m = SimpleNamespace(
         _campaign_when_applied=False, applied_index=0, leader_id=1, _ticks=0, _reports=[], _forwarded=0,
         _inbound=[], _proposals=[], _last_batch=0, _conf_proposals=[], _read_waiters=[], _read_seq=0,
         _read_inflight={}, _transfer_to=0)
+    m._read_round_due = lambda: EtcdServer._read_round_due(m)
+    return m
 
 
 async def test_reads_that_arrive_during_a_round_share_the_next_one() -> None:

@@ -335,7 +335,7 @@ class EtcdServer(BootstrapMixin, SnapshotMixin, MembershipOpsMixin, LeaseOpsMixi
             # (their own deadlines bound them) and only ticks and messages wake the loop.
             actionable = self._inbound or self._ticks or self._transfer_to or self._reports or (
                 self.leader_id != 0 and (self._proposals or self._conf_proposals
-                                         or (self._read_waiters and not self._read_inflight)))
+                                         or self._read_round_due()))
             if not actionable and not node.has_ready():
                 wake.clear()
                 await wake.wait()
@@ -356,6 +356,12 @@ class EtcdServer(BootstrapMixin, SnapshotMixin, MembershipOpsMixin, LeaseOpsMixi
     def _queued(self) -> int:
         """Proposals waiting for the next Ready: this member's own and those forwarded to it."""
         return len(self._proposals) + self._forwarded
+
+    def _read_round_due(self) -> bool:
+        """Reads wait and no read_index round is out. A round costs a heartbeat to every follower
+        and their answers: under load one in flight, carrying every read that arrived meanwhile,
+        serves more reads than many."""
+        return bool(self._read_waiters) and not self._read_inflight
 
     def _busy(self) -> bool:
         """Whether waiting briefly for more proposals pays off: requests kept arriving while the
@@ -438,9 +444,7 @@ class EtcdServer(BootstrapMixin, SnapshotMixin, MembershipOpsMixin, LeaseOpsMixi
                     self._conf_proposals.pop(0)
         finally:
             node.end_batch()
-        if self._read_waiters and self.leader_id != 0 and not self._read_inflight:
-            # A round costs a heartbeat to every follower and their answers: under load one in
-            # flight, carrying every read that arrived meanwhile, serves more reads than many.
+        if self.leader_id != 0 and self._read_round_due():
             self._read_seq += 1
             ctx = _U64.pack(self._read_seq)
             waiters, self._read_waiters = self._read_waiters, []
