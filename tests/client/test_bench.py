@@ -42,6 +42,34 @@ def test_shares_and_percentiles() -> None:
     assert (round(p["p50"]), round(p["p99"]), round(p["max"])) == (51, 100, 100)
 
 
+def test_repeat_interleaves_sets_and_reports_medians() -> None:
+    import io
+
+    from etcdstore.bench.cli import print_table, schedule
+    from etcdstore.bench.runner import Summary
+
+    cfgs = [BenchConfig("put", ("e",), clients=c, label=lab) for c in (1, 100) for lab in ("etcd", "ours")]
+    order = [(c.clients, c.label) for c in schedule(cfgs, 3)]
+    # Rounds alternate which set goes first, so run order and drift weigh on both alike.
+    assert order == [(1, "etcd"), (1, "ours"), (1, "ours"), (1, "etcd"), (1, "etcd"), (1, "ours"),
+                     (100, "etcd"), (100, "ours"), (100, "ours"), (100, "etcd"), (100, "etcd"), (100, "ours")]
+    assert len(schedule(cfgs, 1)) == 4
+
+    # Per-round ratios 0.5, 0.4, 0.6: median 0.50, range 0.40-0.60; each set's median run shown.
+    thr = {"etcd": [1000.0, 2000.0, 1500.0], "ours": [500.0, 800.0, 900.0]}
+    seen = {"etcd": 0, "ours": 0}
+    results = []
+    for c in schedule(cfgs[2:], 3):
+        k = seen[c.label]
+        seen[c.label] += 1
+        results.append(Summary(c, ops=1, throughput=thr[c.label][k], latency_ms={"p50": 1.0, "p99": 2.0}))
+    out = io.StringIO()
+    print_table(results, out)
+    row = out.getvalue().splitlines()[-1].split()
+    assert row[:3] == ["put", "100", "1500.0"] and row[6] == "800.0"
+    assert row[-2:] == ["0.50", "(0.40-0.60)"]
+
+
 @pytest.mark.etcd
 def test_put_and_range_runs_hit_the_server(etcd, capsys, tmp_path: Path) -> None:
     ep = etcd.endpoints[0]

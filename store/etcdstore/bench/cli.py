@@ -16,6 +16,7 @@ examples:
   etcdstore bench range --consistency s --clients 100 --conns 10 --procs 2 --key-space 10000
   etcdstore bench watch --watchers 100 --watch-streams 10 --clients 10 --total 20000
   etcdstore bench put --compare etcd=127.0.0.1:2379 --compare etcdstore=127.0.0.1:3379 --clients 1,100
+  etcdstore bench put --compare etcd=127.0.0.1:2379 --compare etcdstore=127.0.0.1:3379 --clients 100 --repeat 5
 """
 
 
@@ -64,6 +65,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cert", help="TLS: client certificate")
     p.add_argument("--key", help="TLS: client key")
     p.add_argument("--json", metavar="PATH", help="also append one JSON line per run to PATH")
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run each configuration N times, the --compare sets taking turns (first one first, then "
+        "last one first, ...); the table shows medians and the range of the per-round ratio",
+    )
     return p
 
 
@@ -112,6 +120,28 @@ def configs(args: argparse.Namespace) -> list[BenchConfig]:
                 )
             )
     return out
+
+
+def schedule(cfgs: list[BenchConfig], repeat: int) -> list[BenchConfig]:
+    """The order to run `cfgs` in, `repeat` rounds of each client count.
+
+    On a shared machine throughput drifts by tens of percent within minutes, so one run per set
+    compares moments as much as servers. Rounds interleave the sets and alternate which goes
+    first, so that drift and run order weigh on every set alike."""
+    groups: dict[int, list[BenchConfig]] = {}
+    for cfg in cfgs:
+        groups.setdefault(cfg.clients, []).append(cfg)
+    out: list[BenchConfig] = []
+    for group in groups.values():
+        for r in range(max(1, repeat)):
+            out.extend(group if r % 2 == 0 else reversed(group))
+    return out
+
+
+def _median(values: list[float]) -> float:
+    v = sorted(values)
+    n = len(v)
+    return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
 
 
 def _name(cfg: BenchConfig) -> str:
@@ -174,12 +204,15 @@ def print_table(results: list[Summary], out: TextIO) -> None:
             head += [f"{label} ops/s", f"{label} p50", f"{label} p99", f"{label} err"]
         if len(labels) == 2:
             head.append(f"{labels[1]}/{labels[0]}")
-        by_key: dict[tuple[str, int], dict[str, Summary]] = {}
+        # Each label's runs of a cell, in the order they ran: run k of every label is round k.
+        by_key: dict[tuple[str, int], dict[str, list[Summary]]] = {}
         for r in results:
-            by_key.setdefault((_name(r.cfg), r.cfg.clients), {})[r.cfg.label] = r
+            by_key.setdefault((_name(r.cfg), r.cfg.clients), {}).setdefault(r.cfg.label, []).append(r)
         rows = []
-        for (name, clients), group in by_key.items():
+        for (name, clients), runs in by_key.items():
             row = [name, str(clients)]
+            # A label's cell shows its median run (with an even count, the lower middle one).
+            group = {label: sorted(rs, key=lambda x: x.throughput)[(len(rs) - 1) // 2] for label, rs in runs.items()}
             for label in labels:
                 r = group.get(label)
                 row += (
@@ -193,8 +226,14 @@ def print_table(results: list[Summary], out: TextIO) -> None:
                     else ["-"] * 4
                 )
             if len(labels) == 2:
-                a, b = group.get(labels[0]), group.get(labels[1])
-                row.append(_fmt(b.throughput / a.throughput, 2) if a and b and a.throughput else "-")
+                pairs = zip(runs.get(labels[0], []), runs.get(labels[1], []))
+                ratios = [b.throughput / a.throughput for a, b in pairs if a.throughput]
+                if not ratios:
+                    row.append("-")
+                elif len(ratios) == 1:
+                    row.append(_fmt(ratios[0], 2))
+                else:  # the median of the rounds' ratios, and their range
+                    row.append(f"{_median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})")
             rows.append(row)
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
     line = "  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(head, widths)))
@@ -211,7 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     out = sys.stdout
     results: list[Summary] = []
     failed = False
-    for cfg in configs(args):
+    if args.repeat < 1:
+        raise SystemExit("--repeat wants a count of at least 1")
+    for cfg in schedule(configs(args), args.repeat):
         label = f"[{cfg.label}] " if cfg.label else ""
         print(f"# {label}{cfg.describe()}", file=out, flush=True)
         try:
