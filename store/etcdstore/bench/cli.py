@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from typing import TextIO
 
@@ -138,12 +139,6 @@ def schedule(cfgs: list[BenchConfig], repeat: int) -> list[BenchConfig]:
     return out
 
 
-def _median(values: list[float]) -> float:
-    v = sorted(values)
-    n = len(v)
-    return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
-
-
 def _name(cfg: BenchConfig) -> str:
     if cfg.workload == "range":
         return f"range-{cfg.consistency}"
@@ -233,7 +228,7 @@ def print_table(results: list[Summary], out: TextIO) -> None:
                 elif len(ratios) == 1:
                     row.append(_fmt(ratios[0], 2))
                 else:  # the median of the rounds' ratios, and their range
-                    row.append(f"{_median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})")
+                    row.append(f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})")
             rows.append(row)
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
     line = "  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(head, widths)))
