@@ -145,13 +145,17 @@ class _Capture:
 
 def register_service(server: grpc.aio.Server, add_to_server: Callable[[Any, Any], None], servicer: Any) -> None:
     """Register a servicer like the generated helper does, but with request decoding that turns a
-    malformed message into grpc-go's INTERNAL "error unmarshalling request" (see `unary`)."""
+    malformed message into grpc-go's INTERNAL "error unmarshalling request" (see `unary`).
+
+    Generic handlers only, on purpose: for every registered method grpc.aio's server keeps a
+    pending request task and runs `asyncio.wait` over all of them on each incoming call, so
+    registering our ~50 methods cost every request tens of microseconds of CPU (measured on
+    three members, puts at 100 clients: -50 µs per put, +10% puts/s without them)."""
     capture = _Capture()
     add_to_server(servicer, capture)
     for service, handlers in capture.services:
         safe = {name: h._replace(request_deserializer=_safe(h.request_deserializer)) for name, h in handlers.items()}
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, safe),))
-        server.add_registered_method_handlers(service, safe)
 
 
 class _UnknownMethods(grpc.GenericRpcHandler):
