@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 from etcdstore.config import parse_args
 from etcdstore.proto.etcdserverpb import rpc_pb2
-from etcdstore.raft.records import Entry, Message, MessageType
+from etcdstore.raft.records import Entry, Message, MessageType, Role
 from etcdstore.server import server as server_mod
 from etcdstore.server.requests import Kind
 from etcdstore.server.server import EtcdServer
@@ -24,7 +24,8 @@ pytestmark = pytest.mark.skipif(server_mod._GROUP_COMMIT_STEP <= 0, reason="grou
 
 
 def _member(last_batch: int, proposals: int = 1, forwarded: int = 0) -> SimpleNamespace:
-    m = SimpleNamespace(_proposals=[b"p"] * proposals, _forwarded=forwarded, _last_batch=last_batch)
+    m = SimpleNamespace(_proposals=[b"p"] * proposals, _forwarded=forwarded, _last_batch=last_batch,
+                        _answers=0, role=Role.LEADER)
     m._queued = lambda: EtcdServer._queued(m)
     return m
 
@@ -74,11 +75,91 @@ async def test_a_full_batch_goes_at_once(monkeypatch: pytest.MonkeyPatch) -> Non
 
 def test_forwarded_proposals_count_toward_the_batch() -> None:
     kicks: list[int] = []
-    m = SimpleNamespace(_inbound=[], _forwarded=0, _kick=lambda: kicks.append(1))
+    m = SimpleNamespace(_inbound=[], _forwarded=0, _answers=0, _kick=lambda: kicks.append(1))
     entries = [Entry(term=0, index=0, data=b"x") for _ in range(3)]
     EtcdServer.step(m, Message(MessageType.PROP, to=1, frm=2, entries=entries))
     EtcdServer.step(m, Message(MessageType.APP_RESP, to=1, frm=2, term=1))
-    assert m._forwarded == 3 and len(m._inbound) == 2 and len(kicks) == 2
+    assert m._forwarded == 3 and m._answers == 1 and len(m._inbound) == 2 and len(kicks) == 2
+
+
+async def test_a_gathering_leader_commits_what_answers_bring_without_ending_the_window(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Acks that arrive while proposals gather are stepped at the next step (their commit is
+    # applied and answered then); the window itself goes on for the proposals.
+    m = _member(last_batch=server_mod._GROUP_COMMIT_HEAVY)
+    early: list[int] = []
+
+    async def commit_early() -> None:
+        early.append(len(steps))
+        m._answers = 0
+
+    m._commit_early = commit_early
+    steps: list[float] = []
+
+    async def sleep(delay: float) -> None:
+        steps.append(delay)
+        if len(steps) == 3:
+            m._answers = 2  # two followers acked during the third step
+
+    monkeypatch.setattr(server_mod.asyncio, "sleep", sleep)
+    await EtcdServer._gather_proposals(m)
+    assert early == [3]
+    assert len(steps) == round(server_mod._GROUP_COMMIT_MAX / server_mod._GROUP_COMMIT_STEP)
+
+    # A follower never does this: its answers are for its leader's Readies, not its own.
+    f = _member(last_batch=server_mod._GROUP_COMMIT_HEAVY)
+    f.role = Role.FOLLOWER
+    f._answers = 1
+    f._commit_early = commit_early
+    early.clear()
+    steps.clear()
+    await EtcdServer._gather_proposals(f)
+    assert early == []
+
+
+class _Node:
+    """Records what the server does with a RawNode."""
+
+    def __init__(self) -> None:
+        self.log: list[str] = []
+        self.ready_pending = False
+
+    def begin_batch(self) -> None:
+        self.log.append("begin")
+
+    def end_batch(self) -> None:
+        self.log.append("end")
+
+    def step(self, m: Message) -> None:
+        self.log.append(f"step {m.type.name}")
+        self.ready_pending = True
+
+    def has_ready(self) -> bool:
+        return self.ready_pending
+
+    def ready(self) -> str:
+        self.ready_pending = False
+        return "rd"
+
+    def advance(self, rd: str) -> None:
+        self.log.append(f"advance {rd}")
+
+
+async def test_commit_early_steps_answers_and_keeps_forwarded_proposals() -> None:
+    node = _Node()
+    handled: list[str] = []
+
+    async def handle_ready(n: _Node, rd: str) -> None:
+        handled.append(rd)
+
+    prop = Message(MessageType.PROP, to=1, frm=2, entries=[Entry(term=0, index=0, data=b"x")])
+    m = SimpleNamespace(node=node, _answers=2, _handle_ready=handle_ready, _step_all=EtcdServer._step_all,
+                        _inbound=[Message(MessageType.APP_RESP, to=1, frm=2, term=1), prop,
+                                  Message(MessageType.HEARTBEAT_RESP, to=1, frm=3, term=1)])
+    await EtcdServer._commit_early(m)
+    assert m._inbound == [prop] and m._answers == 0
+    assert node.log == ["begin", "step APP_RESP", "step HEARTBEAT_RESP", "end", "advance rd"]
+    assert handled == ["rd"]
 
 
 async def test_a_real_member_delays_load_but_not_a_lone_client(tmp_path) -> None:
