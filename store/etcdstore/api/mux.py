@@ -4,15 +4,15 @@ etcd serves gRPC and HTTP/1 (health, metrics, the JSON gateway, the v2 API) on t
 client port. grpcio cannot share a port with an HTTP/1 server, so each accepted connection
 is classified by its first bytes:
 
-* the HTTP/2 connection preface ("PRI * HTTP/2.0...") -> relayed to the gRPC server's
-  private loopback listener (a thin byte pump; HTTP/2 multiplexes a client's requests
-  over one connection, so the relay cost is per chunk, not per connection);
+* the HTTP/2 connection preface ("PRI * HTTP/2.0...") -> handed, in-process, to the
+  gRPC server of `api.h2` (or, with no router given, relayed to grpcio's private loopback
+  listener: a thin byte pump);
 * anything else -> handed, in-process, to the aiohttp application.
 
 TLS is terminated here. A TLS listener's context switches each handshake to the freshest
-context (see security.tls), so rotated certificate files take effect without a restart. The relayed
-connection's local port identifies it to the gRPC side (`identity_for_peer`), which is how
-a verified client certificate's CN reaches the auth layer.
+context (see security.tls), so rotated certificate files take effect without a restart. An
+in-process gRPC connection carries its verified client certificate's CN itself; a relayed one is
+identified to the gRPC side by its local port (`identity_for_peer`).
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ import asyncio
 import logging
 import ssl
 from collections.abc import Callable
+
+from etcdstore.api.h2 import H2Connection, Router
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +94,10 @@ class _Sniffer(asyncio.Protocol):
             if n < 3:
                 return  # could still be either
             self.decided = True
-            asyncio.ensure_future(self._to_grpc())
+            if self.mux.router is not None:
+                self._to_h2()
+            else:
+                asyncio.ensure_future(self._to_grpc())
         else:
             self.decided = True
             self._to_http()
@@ -107,6 +112,18 @@ class _Sniffer(asyncio.Protocol):
         transport.set_protocol(proto)
         proto.connection_made(transport)
         proto.data_received(self.buf)
+
+    def _to_h2(self) -> None:
+        transport = self.transport
+        assert transport is not None
+        mux = self.mux
+        assert mux.router is not None
+        conn = H2Connection(mux.router, on_close=mux.connections.discard)
+        mux.connections.add(conn)
+        transport.set_protocol(conn)
+        conn.connection_made(transport)
+        conn.data_received(self.buf)
+        self.buf = b""
 
     async def _to_grpc(self) -> None:
         front = self.transport
@@ -142,7 +159,8 @@ class _Sniffer(asyncio.Protocol):
 class ClientPortMux:
     """Serves gRPC and HTTP/1 on one address.
 
-    grpc_address: where the gRPC server listens privately (host, port).
+    grpc_address: where the grpcio server listens privately (host, port); used when no `router`.
+    router: the method table of the in-process gRPC server (`api.h2`).
     http_protocol_factory: makes an asyncio Protocol for one HTTP/1 connection (aiohttp's
     `web.Server` instance is such a factory).
     Each listener may have TLS (an SSLContext; `ReloadingServerTLS.listener_context()` gives
@@ -153,8 +171,11 @@ class ClientPortMux:
         self,
         grpc_address: tuple[str, int],
         http_protocol_factory: Callable[[], asyncio.Protocol],
+        router: Router | None = None,
     ) -> None:
         self.grpc_address = grpc_address
+        self.router = router
+        self.connections: set[H2Connection] = set()
         self.http_protocol_factory = http_protocol_factory
         # local port of a relayed gRPC connection -> the client identity (cert CN)
         self.identities: dict[int, str] = {}
@@ -192,6 +213,9 @@ class ClientPortMux:
     async def close(self) -> None:
         for server in self._servers:
             server.close()
+        for conn in list(self.connections):
+            conn.close_with(0)
+        self.connections.clear()
         for server in self._servers:
             await server.wait_closed()
         self._servers.clear()

@@ -6,6 +6,7 @@ import asyncio
 import gc
 import os
 import signal
+import ssl
 import sys
 
 import grpc
@@ -14,9 +15,10 @@ from aiohttp import web
 from etcdstore import errors, logs, metrics
 from etcdstore.api.auth import AuthService
 from etcdstore.api.cluster import ClusterService
-from etcdstore.api.common import register_service, unknown_method_handler
+from etcdstore.api.common import service_handlers, unknown_method_handler
 from etcdstore.api.election import ElectionService
 from etcdstore.api.gateway import add_gateway_routes
+from etcdstore.api.h2 import H2Connection, Router
 from etcdstore.api.http import add_base_routes
 from etcdstore.api.kv import KVService
 from etcdstore.api.lease import LeaseService
@@ -50,6 +52,8 @@ class Member:
         self.mux: ClientPortMux | None = None
         self.runners: list[web.AppRunner] = []
         self.client_ports: list[int] = []
+        self.listeners: list[asyncio.base_events.Server] = []
+        self.h2_connections: set[H2Connection] = set()
 
     async def start(self) -> None:
         cfg = self.cfg
@@ -61,25 +65,35 @@ class Member:
         metrics.install(s)
         auth = install_auth(s)  # before start: replayed entries need the auth apply handlers
         await s.start()
+        max_message = max(64 << 20, 2 * (cfg.max_request_bytes + _GRPC_OVERHEAD))
         options = [
             # The etcd-sized limit is checked by the services (with grpc-go's message); gRPC-core's
             # own limit only stops absurd frames.
-            ("grpc.max_receive_message_length", max(64 << 20, 2 * (cfg.max_request_bytes + _GRPC_OVERHEAD))),
+            ("grpc.max_receive_message_length", max_message),
             ("grpc.max_send_message_length", 2**31 - 1),
             ("grpc.max_concurrent_streams", 2**31 - 1),
             ("grpc.so_reuseport", 0),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 5000),
         ]
+        # Clients are served by the in-process gRPC server (api.h2); grpcio's server stays on a
+        # private loopback port for the JSON gateway, and serves clients too with
+        # ETCDSTORE_GRPC_SERVER=grpcio (the earlier way, kept for comparison).
         server = grpc.aio.server(options=options)
-        register_service(server, rpc_pb2_grpc.add_KVServicer_to_server, KVService(s))
-        register_service(server, rpc_pb2_grpc.add_WatchServicer_to_server, WatchService(s))
-        register_service(server, rpc_pb2_grpc.add_LeaseServicer_to_server, LeaseService(s))
-        register_service(server, rpc_pb2_grpc.add_MaintenanceServicer_to_server, MaintenanceService(s))
-        register_service(server, rpc_pb2_grpc.add_ClusterServicer_to_server, ClusterService(s))
-        register_service(server, rpc_pb2_grpc.add_AuthServicer_to_server, AuthService(s))
-        register_service(server, v3lock_pb2_grpc.add_LockServicer_to_server, LockService(s))
-        register_service(server, v3election_pb2_grpc.add_ElectionServicer_to_server, ElectionService(s))
+        router = None if os.environ.get("ETCDSTORE_GRPC_SERVER") == "grpcio" else Router(max_message)
+        for add_to_server, servicer in (
+                (rpc_pb2_grpc.add_KVServicer_to_server, KVService(s)),
+                (rpc_pb2_grpc.add_WatchServicer_to_server, WatchService(s)),
+                (rpc_pb2_grpc.add_LeaseServicer_to_server, LeaseService(s)),
+                (rpc_pb2_grpc.add_MaintenanceServicer_to_server, MaintenanceService(s)),
+                (rpc_pb2_grpc.add_ClusterServicer_to_server, ClusterService(s)),
+                (rpc_pb2_grpc.add_AuthServicer_to_server, AuthService(s)),
+                (v3lock_pb2_grpc.add_LockServicer_to_server, LockService(s)),
+                (v3election_pb2_grpc.add_ElectionServicer_to_server, ElectionService(s))):
+            for service, handlers in service_handlers(add_to_server, servicer):
+                server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+                if router is not None:
+                    router.add(service, handlers)
         server.add_generic_rpc_handlers((unknown_method_handler({
             "etcdserverpb.KV", "etcdserverpb.Watch", "etcdserverpb.Lease", "etcdserverpb.Maintenance",
             "etcdserverpb.Cluster", "etcdserverpb.Auth", "v3lockpb.Lock", "v3electionpb.Election"}),))
@@ -102,11 +116,15 @@ class Member:
             # HTTP on its own URLs.
             for url in cfg.listen_client_urls:
                 addr = f"{url.host}:{url.port}"
-                try:
-                    port = (server.add_secure_port(addr, GrpcTLS(client_tls.files).server_credentials())
-                            if url.tls else server.add_insecure_port(addr))
-                except RuntimeError:
-                    port = 0
+                if router is not None:
+                    port = await self._listen_h2(router, url.host, url.port,
+                                                 client_tls.listener_context() if url.tls else None)
+                else:
+                    try:
+                        port = (server.add_secure_port(addr, GrpcTLS(client_tls.files).server_credentials())
+                                if url.tls else server.add_insecure_port(addr))
+                    except RuntimeError:
+                        port = 0
                 if not port:
                     raise OSError(f"cannot listen for clients on {addr}")
                 self.client_ports.append(port)
@@ -117,11 +135,15 @@ class Member:
                 await web.TCPSite(runner, url.host, url.port, ssl_context=ssl_ctx).start()
                 log.info("serving client HTTP traffic", address=f"{url.host}:{url.port}")
         else:
-            self.mux = ClientPortMux(("127.0.0.1", grpc_port), runner.server)
+            self.mux = ClientPortMux(("127.0.0.1", grpc_port), runner.server, router)
             mux = self.mux
-            auth.peer_identity = lambda context: mux.identity_for_peer(context.peer())
+            if router is not None:
+                auth.peer_identity = cn_from_grpc_context  # the call context carries the CN
+            else:
+                auth.peer_identity = lambda context: mux.identity_for_peer(context.peer())
             for url in cfg.listen_client_urls:
-                port = await mux.listen(url.host, url.port, client_tls.listener_context() if url.tls else None)
+                tls = client_tls.listener_context() if url.tls else None
+                port = await mux.listen(url.host, url.port, tls)
                 self.client_ports.append(port)
                 log.info("serving client traffic", address=f"{url.host}:{port}")
         await server.start()
@@ -135,7 +157,25 @@ class Member:
             self.runners.append(mrunner)
             log.info("serving metrics", address=f"{url.host}:{url.port}")
 
+    async def _listen_h2(self, router: Router, host: str, port: int, tls: ssl.SSLContext | None) -> int:
+        """A gRPC-only client listener (etcd 3.5's split ports) served by api.h2."""
+        loop = asyncio.get_running_loop()
+
+        def connection() -> H2Connection:
+            conn = H2Connection(router, on_close=self.h2_connections.discard)
+            self.h2_connections.add(conn)
+            return conn
+
+        listener = await loop.create_server(connection, host, port, reuse_address=True, backlog=4096, ssl=tls,
+                                            ssl_handshake_timeout=10 if tls else None)
+        self.listeners.append(listener)
+        return listener.sockets[0].getsockname()[1]
+
     async def stop(self) -> None:
+        for listener in self.listeners:
+            listener.close()
+        for conn in list(self.h2_connections):
+            conn.close_with(0)
         if self.mux is not None:
             await self.mux.close()
         if self.grpc is not None:

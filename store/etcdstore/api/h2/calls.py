@@ -1,0 +1,395 @@
+"""gRPC calls on HTTP/2 streams: routing, the servicer context, message framing, status.
+
+The servicers are the same ones grpc.aio serves (their `grpc.RpcMethodHandler`s, as the
+generated `add_*Servicer_to_server` registers them); `CallContext` offers the part of
+`grpc.aio.ServicerContext` they use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import collections
+import gzip
+import logging
+import struct
+import zlib
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from etcdstore.api.h2 import frames as f
+
+if TYPE_CHECKING:
+    from etcdstore.api.h2.connection import H2Connection, Stream
+
+log = logging.getLogger(__name__)
+
+_prefix = struct.Struct(">BI")
+_TIMEOUT_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
+# Headers that are HTTP/2 or gRPC transport, not the call's metadata.
+_TRANSPORT_HEADERS = frozenset({b"content-type", b"te", b"grpc-timeout", b"grpc-encoding",
+                                b"grpc-accept-encoding", b"grpc-message-type"})
+_DECOMPRESS: dict[bytes, Callable[[bytes], bytes]] = {b"gzip": gzip.decompress, b"deflate": zlib.decompress}
+_OK = f.trailers(0)
+
+
+def _status(code: grpc.StatusCode) -> int:
+    return code.value[0]
+
+
+class Router:
+    """Maps a call's `:path` to its method handler."""
+
+    def __init__(self, max_message: int) -> None:
+        self.methods: dict[bytes, grpc.RpcMethodHandler] = {}
+        self.services: set[str] = set()
+        self.max_message = max_message  # gRPC-level cap on one request message
+
+    def add(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        self.services.add(service)
+        for name, handler in handlers.items():
+            self.methods[f"/{service}/{name}".encode()] = handler
+
+    def open(self, conn: H2Connection, stream: Stream, headers: list[tuple[bytes, bytes]]) -> None:
+        """A new stream's request headers arrived: start (or refuse) its call."""
+        path = b""
+        method = b""
+        content_type = b""
+        timeout = b""
+        encoding = b""
+        metadata = []
+        for k, v in headers:
+            if k[:1] == b":":
+                if k == b":path":
+                    path = v
+                elif k == b":method":
+                    method = v
+            elif k in _TRANSPORT_HEADERS:
+                if k == b"content-type":
+                    content_type = v
+                elif k == b"grpc-timeout":
+                    timeout = v
+                elif k == b"grpc-encoding":
+                    encoding = v
+            else:
+                metadata.append(_metadatum(k, v))
+        if method != b"POST" or not content_type.startswith(b"application/grpc"):
+            stream.finish(f.trailers(_status(grpc.StatusCode.INTERNAL), "not a gRPC request"))
+            return
+        handler = self.methods.get(path)
+        if handler is None:
+            stream.finish(f.trailers(_status(grpc.StatusCode.UNIMPLEMENTED), self._unknown(path)))
+            return
+        decompress = None
+        if encoding and encoding != b"identity":
+            decompress = _DECOMPRESS.get(encoding)
+            if decompress is None:
+                message = f'grpc: Decompressor is not installed for grpc-encoding "{encoding.decode()}"'
+                stream.finish(f.trailers(_status(grpc.StatusCode.UNIMPLEMENTED), message))
+                return
+        ctx = CallContext(tuple(metadata), conn.peer, conn.identity)
+        call = Call(conn, stream, handler, ctx, self.max_message, decompress)
+        stream.call = call
+        if timeout:
+            call.set_deadline(timeout)
+        if handler.request_streaming:
+            call.start(None)
+        elif stream.remote_closed:  # HEADERS with END_STREAM: no request message at all
+            call.on_data(b"", True)
+
+    def _unknown(self, path: bytes) -> str:
+        service, _, method = path.decode("utf-8", "replace").lstrip("/").rpartition("/")
+        if service in self.services:
+            return f"unknown method {method} for service {service}"
+        return f"unknown service {service}"
+
+
+def _metadatum(k: bytes, v: bytes) -> tuple[str, Any]:
+    key = k.decode("ascii", "replace")
+    if key.endswith("-bin"):
+        try:
+            return key, base64.b64decode(v + b"=" * (-len(v) % 4))
+        except ValueError:
+            return key, v
+    return key, v.decode("utf-8", "replace")
+
+
+class CallContext:
+    """What the servicers use of `grpc.aio.ServicerContext`."""
+
+    __slots__ = ("_metadata", "_peer", "identity", "_code", "_details", "_deadline", "_cancelled")
+
+    def __init__(self, metadata: tuple[tuple[str, Any], ...], peer: str, identity: str | None) -> None:
+        self._metadata = metadata
+        self._peer = peer
+        self.identity = identity
+        self._code: grpc.StatusCode | None = None
+        self._details = ""
+        self._deadline: float | None = None
+        self._cancelled = False
+
+    def invocation_metadata(self) -> tuple[tuple[str, Any], ...]:
+        return self._metadata
+
+    def peer(self) -> str:
+        return self._peer
+
+    def auth_context(self) -> dict[str, list[bytes]]:
+        # What grpcio reports for a verified client certificate (see security.tls.cn_from_grpc_context).
+        return {"x509_common_name": [self.identity.encode()]} if self.identity else {}
+
+    async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata: Any = ()) -> None:
+        self._code = code
+        self._details = details
+        raise grpc.aio.AbortError(f"aborted with {code.name}")
+
+    def set_code(self, code: grpc.StatusCode) -> None:
+        self._code = code
+
+    def set_details(self, details: str) -> None:
+        self._details = details
+
+    def code(self) -> grpc.StatusCode | None:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+    def time_remaining(self) -> float | None:
+        if self._deadline is None:
+            return None
+        return max(0.0, self._deadline - asyncio.get_running_loop().time())
+
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def done(self) -> bool:
+        return self._cancelled
+
+
+class Call:
+    """One call: collects the request message(s), runs the handler, sends the answer."""
+
+    __slots__ = ("conn", "stream", "handler", "ctx", "max_message", "decompress", "task", "buf",
+                 "request", "inbox", "waiter", "ended", "timer", "deadline_hit", "finished")
+
+    def __init__(self, conn: H2Connection, stream: Stream, handler: grpc.RpcMethodHandler, ctx: CallContext,
+                 max_message: int, decompress: Callable[[bytes], bytes] | None) -> None:
+        self.conn = conn
+        self.stream = stream
+        self.handler = handler
+        self.ctx = ctx
+        self.max_message = max_message
+        self.decompress = decompress
+        self.task: asyncio.Task[None] | None = None
+        self.buf = b""
+        self.request: bytes | None = None
+        self.inbox: collections.deque[tuple[bytes, int]] | None = (
+            collections.deque() if handler.request_streaming else None)
+        self.waiter: asyncio.Future[None] | None = None
+        self.ended = False  # the client finished sending
+        self.timer: asyncio.TimerHandle | None = None
+        self.deadline_hit = False
+        self.finished = False  # the handler is done: later request bytes are only credited
+
+    # -- receiving --------------------------------------------------------------------------------
+
+    def on_data(self, payload: bytes, end: bool) -> None:
+        if self.finished:
+            self.conn.credit(None, len(payload))
+            return
+        buf = self.buf + payload if self.buf else payload
+        stream = self.stream
+        streaming = self.inbox is not None
+        if not streaming:
+            self.conn.credit(stream, len(payload))  # unary: consumed as it arrives (capped below)
+        while len(buf) >= 5:
+            flag, n = _prefix.unpack_from(buf)
+            if n > self.max_message:
+                self.fail(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"grpc: received message larger than max ({n} vs. {self.max_message})")
+                return
+            if len(buf) < 5 + n:
+                break
+            msg = buf[5:5 + n]
+            buf = buf[5 + n:]
+            if flag:
+                if self.decompress is None:
+                    self.fail(grpc.StatusCode.INTERNAL,
+                              "grpc: compressed flag set with identity or empty encoding")
+                    return
+                try:
+                    msg = self.decompress(msg)
+                except Exception as e:  # a corrupt body is the client's error, not ours
+                    self.fail(grpc.StatusCode.INTERNAL,
+                              f"grpc: failed to decompress the received message: {e}")
+                    return
+            if streaming:
+                self.inbox.append((msg, 5 + n))  # type: ignore[union-attr]
+            elif self.request is not None:
+                self.fail(grpc.StatusCode.UNIMPLEMENTED, "grpc: received more than one request message")
+                return
+            else:
+                self.request = msg
+        if len(buf) > self.max_message + 5:
+            self.fail(grpc.StatusCode.RESOURCE_EXHAUSTED, "grpc: received message larger than max")
+            return
+        self.buf = buf
+        if end:
+            self.ended = True
+        if streaming:
+            waiter = self.waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+        elif end:
+            if self.buf:
+                self.fail(grpc.StatusCode.INTERNAL, "grpc: request ended inside a message")
+            elif self.request is None:
+                self.fail(grpc.StatusCode.INTERNAL, "grpc: no request message")
+            elif self.task is None:
+                self.start(self.request)
+
+    async def _next(self) -> bytes:
+        """The next request message of a streaming call (raises StopAsyncIteration at its end)."""
+        inbox = self.inbox
+        assert inbox is not None
+        while not inbox:
+            if self.ended or self.stream.closed:
+                raise StopAsyncIteration
+            self.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+        msg, size = inbox.popleft()
+        self.conn.credit(self.stream, size)
+        return msg
+
+    # -- running ----------------------------------------------------------------------------------
+
+    def start(self, request: bytes | None) -> None:
+        self.task = self.conn.loop.create_task(self._run(request))
+
+    def set_deadline(self, value: bytes) -> None:
+        try:
+            seconds = int(value[:-1]) * _TIMEOUT_UNITS[value[-1:]]
+        except (ValueError, KeyError):
+            return
+        loop = self.conn.loop
+        self.ctx._deadline = loop.time() + seconds
+        self.timer = loop.call_later(seconds, self._deadline_passed)
+
+    def _deadline_passed(self) -> None:
+        self.timer = None
+        self.deadline_hit = True
+        if self.task is not None:
+            self.task.cancel()
+        else:
+            self.fail(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+
+    def cancel(self) -> None:
+        """The client reset the stream or went away."""
+        self.ctx._cancelled = True
+        if self.task is None:
+            self._release()
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.task is not None:
+            self.task.cancel()
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def fail(self, code: grpc.StatusCode, message: str) -> None:
+        """End the call with an error status now (the handler, if running, is stopped)."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        task = self.task
+        self.task = _DONE
+        if task is not None and task is not _DONE:
+            task.cancel()
+        else:
+            self._release()
+        self.stream.finish(f.trailers(_status(code), message))
+
+    async def _run(self, request: bytes | None) -> None:
+        h = self.handler
+        ctx = self.ctx
+        stream = self.stream
+        try:
+            if request is not None:
+                req = h.request_deserializer(request) if h.request_deserializer else request
+            else:
+                req = _Requests(self, h.request_deserializer)
+            serialize = h.response_serializer
+            if not h.response_streaming:
+                fn = h.unary_unary if h.unary_unary is not None else h.stream_unary
+                resp = await fn(req, ctx)
+                if ctx._code is not None and ctx._code != grpc.StatusCode.OK:
+                    stream.finish(f.trailers(_status(ctx._code), ctx._details))
+                else:
+                    data = serialize(resp) if serialize else resp
+                    stream.respond(f.grpc_message(data), _OK)
+            else:
+                fn = h.unary_stream if h.unary_stream is not None else h.stream_stream
+                async for resp in fn(req, ctx):
+                    stream.send(f.grpc_message(serialize(resp) if serialize else resp))
+                    if stream.pending_bytes >= 1 << 20 or self.conn.paused:
+                        await stream.wait_writable()
+                    if stream.closed:
+                        return
+                code = ctx._code or grpc.StatusCode.OK
+                stream.finish(f.trailers(_status(code), ctx._details if code != grpc.StatusCode.OK else ""))
+        except grpc.aio.AbortError:
+            stream.finish(f.trailers(_status(ctx._code or grpc.StatusCode.UNKNOWN), ctx._details))
+        except asyncio.CancelledError:
+            if self.deadline_hit:
+                stream.finish(f.trailers(_status(grpc.StatusCode.DEADLINE_EXCEEDED), "Deadline Exceeded"))
+        except Exception as e:  # a handler bug answers UNKNOWN, as grpcio does, and is logged
+            log.error("unexpected error in gRPC handler %s", type(h).__name__, exc_info=e)
+            stream.finish(f.trailers(_status(grpc.StatusCode.UNKNOWN), f"Unexpected {type(e)}: {e}"))
+        finally:
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
+            self._release()
+
+    def _release(self) -> None:
+        """Give back the connection window held by request bytes no one will read."""
+        self.finished = True
+        if self.inbox is None:  # unary: its bytes were credited as they came
+            self.buf = b""
+            return
+        unread = len(self.buf) + sum(size for _, size in self.inbox)
+        self.buf = b""
+        self.inbox.clear()
+        self.conn.credit(None, unread)
+
+
+class _Done:
+    def cancel(self) -> None:
+        pass
+
+
+_DONE: Any = _Done()
+
+
+class _Requests:
+    """The request iterator a streaming handler reads (grpc.aio hands it the same kind)."""
+
+    __slots__ = ("call", "deserialize")
+
+    def __init__(self, call: Call, deserialize: Callable[[bytes], Any] | None) -> None:
+        self.call = call
+        self.deserialize = deserialize
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self
+
+    async def __anext__(self) -> Any:
+        msg = await self.call._next()
+        return self.deserialize(msg) if self.deserialize else msg
