@@ -86,7 +86,8 @@ class Router:
         if encoding and encoding != b"identity":
             decompress = _DECOMPRESS.get(encoding)
             if decompress is None:
-                message = f'grpc: Decompressor is not installed for grpc-encoding "{encoding.decode()}"'
+                name = encoding.decode("latin-1")
+                message = f'grpc: Decompressor is not installed for grpc-encoding "{name}"'
                 stream.finish(f.trailers(_status(grpc.StatusCode.UNIMPLEMENTED), message))
                 return
         ctx = CallContext(tuple(metadata), conn.peer, conn.identity)
@@ -95,6 +96,7 @@ class Router:
         if timeout:
             call.set_deadline(timeout)
         if handler.request_streaming:
+            call.ended = stream.remote_closed  # HEADERS with END_STREAM: an empty request stream
             call.start(None)
         elif stream.remote_closed:  # HEADERS with END_STREAM: no request message at all
             call.on_data(b"", True)

@@ -34,6 +34,8 @@ STREAM_WINDOW = 4 << 20  # what we grant each stream (and advertise as SETTINGS_
 CONN_WINDOW = 16 << 20  # what we grant the connection
 _HIGH_WATER = 1 << 20  # a streaming writer waits while this much of its stream is unsent
 _LOW_WATER = 256 << 10
+MAX_HEADER_LIST = 64 << 10  # a call's metadata above this is refused (RESOURCE_EXHAUSTED), like grpcio's
+_RESOURCE_EXHAUSTED = 8
 
 
 class ConnectionError_(Exception):  # noqa: N801 - not the builtin ConnectionError
@@ -49,7 +51,7 @@ class Stream:
     """The server's side of one HTTP/2 stream (one gRPC call)."""
 
     __slots__ = ("id", "conn", "call", "send_window", "pending", "pending_bytes", "trailer",
-                 "headers_sent", "remote_closed", "closed", "unacked", "writable")
+                 "headers_sent", "remote_closed", "closed", "unacked", "writable", "recv_window")
 
     def __init__(self, conn: H2Connection, stream_id: int, send_window: int) -> None:
         self.id = stream_id
@@ -63,6 +65,7 @@ class Stream:
         self.remote_closed = False  # the client sent END_STREAM
         self.closed = False  # we finished the call or it was reset
         self.unacked = 0  # consumed bytes not yet credited with WINDOW_UPDATE
+        self.recv_window = STREAM_WINDOW  # what the client may still send on this stream
         self.writable: asyncio.Future[None] | None = None
 
     # -- sending (called by the call) -------------------------------------------------------------
@@ -203,8 +206,12 @@ class H2Connection(asyncio.Protocol):
         self._buf = b""
         self._preface = False
         self._decoder = Decoder()
+        # Decode big header lists whole (stopping midway would break the shared HPACK table for every
+        # stream) and refuse only the call that sent one (see _headers_complete).
+        self._decoder.max_header_list_size = 1 << 20
         self._cont: tuple[int, int, list[bytes]] | None = None  # headers awaiting CONTINUATION
         self._conn_unacked = 0
+        self._recv_window = CONN_WINDOW  # what the client may still send on the connection
         self._closed = False
 
     # -- asyncio.Protocol -------------------------------------------------------------------------
@@ -293,14 +300,23 @@ class H2Connection(asyncio.Protocol):
             raise ConnectionError_(f.PROTOCOL_ERROR, "DATA on stream 0")
         if flags & f.PADDED:
             payload = _unpad(payload)
+        self._recv_window -= length
+        if self._recv_window < 0:
+            raise ConnectionError_(f.FLOW_CONTROL_ERROR, "connection window exceeded")
         st = self.streams.get(sid)
+        if st is not None and not st.remote_closed:
+            st.recv_window -= length
+            if st.recv_window < 0:
+                self.credit(None, length)
+                self.reset_stream(st, f.FLOW_CONTROL_ERROR)
+                return
         if st is None or st.remote_closed:
             if sid > self.last_stream_id:
                 raise ConnectionError_(f.PROTOCOL_ERROR, "DATA on an idle stream")
             self.credit(None, length)  # a finished or reset stream: the bytes still count
             return
         if length != len(payload):
-            self.credit(None, length - len(payload))
+            self.credit(st, length - len(payload))
         if flags & f.END_STREAM:
             st.remote_closed = True
         call = st.call
@@ -345,6 +361,9 @@ class H2Connection(asyncio.Protocol):
         st = Stream(self, sid, self.peer_initial_window)
         st.remote_closed = end_stream
         self.streams[sid] = st
+        if sum(len(k) + len(v) + 32 for k, v in headers) > MAX_HEADER_LIST:
+            st.finish(f.trailers(_RESOURCE_EXHAUSTED, "grpc: received header list larger than max"))
+            return
         self.router.open(self, st, headers)
 
     def _on_control(self, ftype: int, flags: int, sid: int, payload: bytes) -> None:
@@ -441,12 +460,14 @@ class H2Connection(asyncio.Protocol):
         self._conn_unacked += n
         if self._conn_unacked >= CONN_WINDOW // 2:
             self.out.append(f.window_update(0, self._conn_unacked))
+            self._recv_window += self._conn_unacked
             self._conn_unacked = 0
             self.schedule_flush()
         if st is not None and not st.remote_closed and not st.closed:
             st.unacked += n
             if st.unacked >= STREAM_WINDOW // 2:
                 self.out.append(f.window_update(st.id, st.unacked))
+                st.recv_window += st.unacked
                 st.unacked = 0
                 self.schedule_flush()
 
