@@ -186,7 +186,7 @@ class Call:
         self.max_message = max_message
         self.decompress = decompress
         self.task: asyncio.Task[None] | None = None
-        self.buf = b""
+        self.buf = bytearray()
         self.request: bytes | None = None
         self.inbox: collections.deque[tuple[bytes, int]] | None = (
             collections.deque() if handler.request_streaming else None)
@@ -202,21 +202,23 @@ class Call:
         if self.finished:
             self.conn.credit(None, len(payload))
             return
-        buf = self.buf + payload if self.buf else payload
+        buf = self.buf  # a bytearray: appending is linear however many frames a message spans
+        buf += payload
+        pos = 0
         stream = self.stream
         streaming = self.inbox is not None
         if not streaming:
             self.conn.credit(stream, len(payload))  # unary: consumed as it arrives (capped below)
-        while len(buf) >= 5:
-            flag, n = _prefix.unpack_from(buf)
+        while len(buf) - pos >= 5:
+            flag, n = _prefix.unpack_from(buf, pos)
             if n > self.max_message:
                 self.fail(grpc.StatusCode.RESOURCE_EXHAUSTED,
                           f"grpc: received message larger than max ({n} vs. {self.max_message})")
                 return
-            if len(buf) < 5 + n:
+            if len(buf) - pos < 5 + n:
                 break
-            msg = buf[5:5 + n]
-            buf = buf[5 + n:]
+            msg = bytes(buf[pos + 5:pos + 5 + n])
+            pos += 5 + n
             if flag:
                 if self.decompress is None:
                     self.fail(grpc.StatusCode.INTERNAL,
@@ -235,10 +237,11 @@ class Call:
                 return
             else:
                 self.request = msg
+        if pos:
+            del buf[:pos]
         if len(buf) > self.max_message + 5:
             self.fail(grpc.StatusCode.RESOURCE_EXHAUSTED, "grpc: received message larger than max")
             return
-        self.buf = buf
         if end:
             self.ended = True
         if streaming:
@@ -364,10 +367,10 @@ class Call:
         """Give back the connection window held by request bytes no one will read."""
         self.finished = True
         if self.inbox is None:  # unary: its bytes were credited as they came
-            self.buf = b""
+            self.buf = bytearray()
             return
         unread = len(self.buf) + sum(size for _, size in self.inbox)
-        self.buf = b""
+        self.buf = bytearray()
         self.inbox.clear()
         self.conn.credit(None, unread)
 

@@ -290,6 +290,10 @@ class H2Connection(asyncio.Protocol):
         except ConnectionError_ as e:
             self.close_with(e.code, e.debug)
             return
+        except Exception:  # a bug of ours must end this connection cleanly, not the member
+            log.exception("client connection %s: unexpected error", self.peer)
+            self.close_with(f.INTERNAL_ERROR, "internal error")
+            return
         self._buf = buf[pos:] if pos < n else b""
         self.flush()
 
