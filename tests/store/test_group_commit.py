@@ -156,6 +156,7 @@ async def test_commit_early_steps_answers_and_keeps_forwarded_proposals() -> Non
     m = SimpleNamespace(node=node, _answers=2, _handle_ready=handle_ready, _step_all=EtcdServer._step_all,
                         _inbound=[Message(MessageType.APP_RESP, to=1, frm=2, term=1), prop,
                                   Message(MessageType.HEARTBEAT_RESP, to=1, frm=3, term=1)])
+    m._handle_one_ready = lambda n: EtcdServer._handle_one_ready(m, n)
     await EtcdServer._commit_early(m)
     assert m._inbound == [prop] and m._answers == 0
     assert node.log == ["begin", "step APP_RESP", "step HEARTBEAT_RESP", "end", "advance rd"]

@@ -22,7 +22,7 @@ import logging
 import ssl
 from collections.abc import Callable
 
-from etcdstore.api.h2 import H2Connection, Router
+from etcdstore.api.h2 import Connections, Router, certificate_cn
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +118,7 @@ class _Sniffer(asyncio.Protocol):
         assert transport is not None
         mux = self.mux
         assert mux.router is not None
-        conn = H2Connection(mux.router, on_close=mux.connections.discard)
-        mux.connections.add(conn)
+        conn = mux.connections.open(mux.router)
         transport.set_protocol(conn)
         conn.connection_made(transport)
         conn.data_received(self.buf)
@@ -139,7 +138,7 @@ class _Sniffer(asyncio.Protocol):
         if self.lost or front.is_closing():
             back.close()
             return
-        identity = self.mux.pending_identity(front)
+        identity = certificate_cn(front)
         local_port = back.get_extra_info("sockname")[1]
         if identity is not None:
             self.mux.identities[local_port] = identity
@@ -175,7 +174,7 @@ class ClientPortMux:
     ) -> None:
         self.grpc_address = grpc_address
         self.router = router
-        self.connections: set[H2Connection] = set()
+        self.connections = Connections()
         self.http_protocol_factory = http_protocol_factory
         # local port of a relayed gRPC connection -> the client identity (cert CN)
         self.identities: dict[int, str] = {}
@@ -199,23 +198,10 @@ class ClientPortMux:
             return None
         return self.identities.get(port)
 
-    @staticmethod
-    def pending_identity(transport: asyncio.Transport) -> str | None:
-        cert = transport.get_extra_info("peercert")
-        if not cert:
-            return None
-        for rdn in cert.get("subject", ()):
-            for key, value in rdn:
-                if key == "commonName":
-                    return value
-        return None
-
     async def close(self) -> None:
         for server in self._servers:
             server.close()
-        for conn in list(self.connections):
-            conn.close_with(0)
-        self.connections.clear()
+        self.connections.close_all()
         for server in self._servers:
             await server.wait_closed()
         self._servers.clear()

@@ -15,10 +15,10 @@ from aiohttp import web
 from etcdstore import errors, logs, metrics
 from etcdstore.api.auth import AuthService
 from etcdstore.api.cluster import ClusterService
-from etcdstore.api.common import service_handlers, unknown_method_handler
+from etcdstore.api.common import register_service, unknown_method_handler
 from etcdstore.api.election import ElectionService
 from etcdstore.api.gateway import add_gateway_routes
-from etcdstore.api.h2 import H2Connection, Router
+from etcdstore.api.h2 import Connections, Router
 from etcdstore.api.http import add_base_routes
 from etcdstore.api.kv import KVService
 from etcdstore.api.lease import LeaseService
@@ -53,7 +53,7 @@ class Member:
         self.runners: list[web.AppRunner] = []
         self.client_ports: list[int] = []
         self.listeners: list[asyncio.base_events.Server] = []
-        self.h2_connections: set[H2Connection] = set()
+        self.h2_connections = Connections()
 
     async def start(self) -> None:
         cfg = self.cfg
@@ -81,6 +81,7 @@ class Member:
         # ETCDSTORE_GRPC_SERVER=grpcio (the earlier way, kept for comparison).
         server = grpc.aio.server(options=options)
         router = None if os.environ.get("ETCDSTORE_GRPC_SERVER") == "grpcio" else Router(max_message)
+        services: set[str] = set()
         for add_to_server, servicer in (
                 (rpc_pb2_grpc.add_KVServicer_to_server, KVService(s)),
                 (rpc_pb2_grpc.add_WatchServicer_to_server, WatchService(s)),
@@ -90,13 +91,11 @@ class Member:
                 (rpc_pb2_grpc.add_AuthServicer_to_server, AuthService(s)),
                 (v3lock_pb2_grpc.add_LockServicer_to_server, LockService(s)),
                 (v3election_pb2_grpc.add_ElectionServicer_to_server, ElectionService(s))):
-            for service, handlers in service_handlers(add_to_server, servicer):
-                server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+            for service, handlers in register_service(server, add_to_server, servicer):
+                services.add(service)
                 if router is not None:
                     router.add(service, handlers)
-        server.add_generic_rpc_handlers((unknown_method_handler({
-            "etcdserverpb.KV", "etcdserverpb.Watch", "etcdserverpb.Lease", "etcdserverpb.Maintenance",
-            "etcdserverpb.Cluster", "etcdserverpb.Auth", "v3lockpb.Lock", "v3electionpb.Election"}),))
+        server.add_generic_rpc_handlers((unknown_method_handler(services),))
         grpc_port = server.add_insecure_port("127.0.0.1:0")
         self.grpc = server
 
@@ -161,12 +160,8 @@ class Member:
         """A gRPC-only client listener (etcd 3.5's split ports) served by api.h2."""
         loop = asyncio.get_running_loop()
 
-        def connection() -> H2Connection:
-            conn = H2Connection(router, on_close=self.h2_connections.discard)
-            self.h2_connections.add(conn)
-            return conn
-
-        listener = await loop.create_server(connection, host, port, reuse_address=True, backlog=4096, ssl=tls,
+        listener = await loop.create_server(lambda: self.h2_connections.open(router), host, port,
+                                            reuse_address=True, backlog=4096, ssl=tls,
                                             ssl_handshake_timeout=10 if tls else None)
         self.listeners.append(listener)
         return listener.sockets[0].getsockname()[1]
@@ -174,8 +169,7 @@ class Member:
     async def stop(self) -> None:
         for listener in self.listeners:
             listener.close()
-        for conn in list(self.h2_connections):
-            conn.close_with(0)
+        self.h2_connections.close_all()
         if self.mux is not None:
             await self.mux.close()
         if self.grpc is not None:

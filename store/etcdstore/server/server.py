@@ -349,10 +349,7 @@ class EtcdServer(BootstrapMixin, SnapshotMixin, MembershipOpsMixin, LeaseOpsMixi
             self._feed(node)
             # One Ready per turn, then back to the top, which yields: requests that arrived while
             # this Ready was on disk run their handlers and join the next one.
-            if node.has_ready():
-                rd = node.ready()
-                await self._handle_ready(node, rd)
-                node.advance(rd)
+            if await self._handle_one_ready(node):
                 self._arrived_during_ready = self._queued()
             self._check_read_timeouts(node)
 
@@ -416,10 +413,16 @@ class EtcdServer(BootstrapMixin, SnapshotMixin, MembershipOpsMixin, LeaseOpsMixi
             self._step_all(node, answers)
         finally:
             node.end_batch()
-        if node.has_ready():
-            rd = node.ready()
-            await self._handle_ready(node, rd)
-            node.advance(rd)
+        await self._handle_one_ready(node)
+
+    async def _handle_one_ready(self, node: RawNode) -> bool:
+        """Persist, send and apply the node's Ready, if it has one."""
+        if not node.has_ready():
+            return False
+        rd = node.ready()
+        await self._handle_ready(node, rd)
+        node.advance(rd)
+        return True
 
     @staticmethod
     def _step_all(node: RawNode, msgs: list[Message]) -> None:

@@ -80,7 +80,8 @@ class Router:
             return
         handler = self.methods.get(path)
         if handler is None:
-            stream.finish(f.trailers(_status(grpc.StatusCode.UNIMPLEMENTED), self._unknown(path)))
+            message = unknown_method_message(self.services, path.decode("utf-8", "replace"))
+            stream.finish(f.trailers(_status(grpc.StatusCode.UNIMPLEMENTED), message))
             return
         decompress = None
         if encoding and encoding != b"identity":
@@ -101,11 +102,13 @@ class Router:
         elif stream.remote_closed:  # HEADERS with END_STREAM: no request message at all
             call.on_data(b"", True)
 
-    def _unknown(self, path: bytes) -> str:
-        service, _, method = path.decode("utf-8", "replace").lstrip("/").rpartition("/")
-        if service in self.services:
-            return f"unknown method {method} for service {service}"
-        return f"unknown service {service}"
+
+def unknown_method_message(services: set[str], path: str) -> str:
+    """grpc-go's words for a call to a method ("/service/method") no one serves."""
+    service, _, method = path.lstrip("/").rpartition("/")
+    if service in services:
+        return f"unknown method {method} for service {service}"
+    return f"unknown service {service}"
 
 
 def _metadatum(k: bytes, v: bytes) -> tuple[str, Any]:
@@ -343,7 +346,7 @@ class Call:
                 fn = h.unary_stream if h.unary_stream is not None else h.stream_stream
                 async for resp in fn(req, ctx):
                     stream.send(f.grpc_message(serialize(resp) if serialize else resp))
-                    if stream.pending_bytes >= 1 << 20 or self.conn.paused:
+                    if stream.write_blocked():
                         await stream.wait_writable()
                     if stream.closed:
                         return

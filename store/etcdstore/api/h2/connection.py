@@ -81,7 +81,8 @@ class Stream:
             conn.send_window -= n
             out = conn.out
             sid = self.id
-            out.append(conn.response_headers_frame(sid) if not self.headers_sent else b"")
+            if not self.headers_sent:
+                out.append(conn.response_headers_frame(sid))
             out.append(f.frame(f.DATA, 0, sid, message))
             out.append(f.frame(f.HEADERS, f.END_HEADERS | f.END_STREAM, sid, trailer))
             self.headers_sent = True
@@ -152,10 +153,13 @@ class Stream:
                 waiter.set_result(None)
         conn.schedule_flush()
 
+    def write_blocked(self) -> bool:
+        """Too much of this stream is unsent, or the socket's buffer is full."""
+        return self.pending_bytes >= _HIGH_WATER or self.conn.paused
+
     async def wait_writable(self) -> None:
-        """Wait while too much of this stream is unsent (or the socket's buffer is full)."""
-        conn = self.conn
-        while not self.closed and (self.pending_bytes >= _HIGH_WATER or conn.paused):
+        """Wait while `write_blocked` (or until the stream is gone)."""
+        while not self.closed and self.write_blocked():
             if self.writable is None:
                 self.writable = asyncio.get_running_loop().create_future()
             await self.writable
@@ -219,7 +223,7 @@ class H2Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         if self.identity is None:
-            self.identity = _certificate_cn(transport)
+            self.identity = certificate_cn(transport)
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and peer:
             host = peer[0]
@@ -308,16 +312,15 @@ class H2Connection(asyncio.Protocol):
         if self._recv_window < 0:
             raise ConnectionError_(f.FLOW_CONTROL_ERROR, "connection window exceeded")
         st = self.streams.get(sid)
-        if st is not None and not st.remote_closed:
-            st.recv_window -= length
-            if st.recv_window < 0:
-                self.credit(None, length)
-                self.reset_stream(st, f.FLOW_CONTROL_ERROR)
-                return
         if st is None or st.remote_closed:
             if sid > self.last_stream_id:
                 raise ConnectionError_(f.PROTOCOL_ERROR, "DATA on an idle stream")
             self.credit(None, length)  # a finished or reset stream: the bytes still count
+            return
+        st.recv_window -= length
+        if st.recv_window < 0:
+            self.credit(None, length)
+            self.reset_stream(st, f.FLOW_CONTROL_ERROR)
             return
         if length != len(payload):
             self.credit(st, length - len(payload))
@@ -521,7 +524,21 @@ class H2Connection(asyncio.Protocol):
         self.flush()
 
 
-def _certificate_cn(transport: asyncio.BaseTransport) -> str | None:
+class Connections(set):
+    """The open connections of a listener, so that stopping the server can close them."""
+
+    def open(self, router: Router) -> H2Connection:
+        conn = H2Connection(router, on_close=self.discard)
+        self.add(conn)
+        return conn
+
+    def close_all(self) -> None:
+        for conn in list(self):
+            conn.close_with(f.NO_ERROR)
+        self.clear()
+
+
+def certificate_cn(transport: asyncio.BaseTransport) -> str | None:
     """The CN of the client's verified TLS certificate (none on plaintext or without a certificate)."""
     cert = transport.get_extra_info("peercert")
     for rdn in (cert or {}).get("subject", ()):
