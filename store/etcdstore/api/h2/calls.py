@@ -170,9 +170,6 @@ class CallContext:
     def cancelled(self) -> bool:
         return self._cancelled
 
-    def done(self) -> bool:
-        return self._cancelled
-
 
 class Call:
     """One call: collects the request message(s), runs the handler, sends the answer."""
@@ -316,12 +313,10 @@ class Call:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        task = self.task
-        self.task = _DONE
-        if task is not None and task is not _DONE:
-            task.cancel()
+        if self.task is not None:
+            self.task.cancel()  # its `finally` releases what it did not read
         else:
-            self._release()
+            self._release()  # marks the call finished: no handler will start
         self.stream.finish(f.trailers(_status(code), message))
 
     async def _run(self, request: bytes | None) -> None:
@@ -376,14 +371,6 @@ class Call:
         self.buf = bytearray()
         self.inbox.clear()
         self.conn.credit(None, unread)
-
-
-class _Done:
-    def cancel(self) -> None:
-        pass
-
-
-_DONE: Any = _Done()
 
 
 class _Requests:
