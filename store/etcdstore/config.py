@@ -96,6 +96,12 @@ class ServerConfig:
     # Watch progress notifications for watchers that asked for them (etcd: 10 minutes).
     watch_progress_notify_interval: float = 600.0
     force_new_cluster: bool = False
+    # Client gRPC server (api.h2): etcd 3.5's --max-concurrent-streams (0 or 2^32-1: no limit, as
+    # grpc-go) and etcd's keepalive policy (grpc-go's enforcement; durations in seconds).
+    max_concurrent_streams: int = 2**32 - 1
+    grpc_keepalive_min_time: float = 5.0
+    grpc_keepalive_interval: float = 2 * 3600.0
+    grpc_keepalive_timeout: float = 20.0
     # Flags accepted for compatibility with etcd deployments that have no effect here;
     # recorded so the server can log that it ignored them.
     ignored: dict[str, str] = field(default_factory=dict)
@@ -240,6 +246,10 @@ _FLAGS: dict[str, tuple[str, object]] = {
     "bcrypt-cost": ("bcrypt_cost", parse_uint),
     "experimental-watch-progress-notify-interval": ("watch_progress_notify_interval", parse_duration),
     "force-new-cluster": ("force_new_cluster", parse_bool),
+    "max-concurrent-streams": ("max_concurrent_streams", parse_uint),
+    "grpc-keepalive-min-time": ("grpc_keepalive_min_time", parse_duration),
+    "grpc-keepalive-interval": ("grpc_keepalive_interval", parse_duration),
+    "grpc-keepalive-timeout": ("grpc_keepalive_timeout", parse_duration),
 }
 _BOOL_FLAGS = {name for name, (_, parser) in _FLAGS.items() if parser is parse_bool}
 # Accepted so that etcd deployments start unchanged; they configure etcd internals we do not have.
@@ -256,9 +266,6 @@ _IGNORED_FLAGS = {
     "experimental-enable-lease-checkpoint-persist",
     "backend-batch-interval",
     "backend-batch-limit",
-    "grpc-keepalive-min-time",
-    "grpc-keepalive-interval",
-    "grpc-keepalive-timeout",
 }
 _IGNORED_BOOL_FLAGS = {"enable-pprof", "experimental-initial-corrupt-check", "experimental-enable-lease-checkpoint",
                        "experimental-enable-lease-checkpoint-persist"}
@@ -362,6 +369,10 @@ def _validate(cfg: ServerConfig, raw: dict[str, str]) -> None:
         raise ConfigError("--max-txn-ops must be > 0")
     if cfg.max_request_bytes <= 0:
         raise ConfigError("--max-request-bytes must be > 0")
+    if cfg.max_concurrent_streams > 2**32 - 1:
+        raise ConfigError(f"--max-concurrent-streams {cfg.max_concurrent_streams} is above 4294967295")
+    if cfg.max_concurrent_streams == 0:
+        cfg.max_concurrent_streams = 2**32 - 1  # grpc-go: 0 means no limit
     if cfg.snapshot_count <= 0:
         cfg.snapshot_count = 100_000  # etcd resets a zero snapshot count to its default
     _bindable(cfg.listen_client_urls, "listen-client-urls")

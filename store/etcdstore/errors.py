@@ -3,6 +3,11 @@
 Clients (etcdctl, clientv3, Kubernetes) match on the message text, so every layer
 raises one of these constants (or `EtcdError(code, message)` for a new one) and the
 API layer turns it into the gRPC status unchanged. Codes and messages follow etcd 3.4.
+
+A constant is a value, never raised itself: `raise errors.NO_SPACE()` raises a fresh
+exception equal to it (same code and message; `==`, `in` and dict lookups by the
+constant keep working). Raising the shared object would make every raise, from every
+task, write its traceback, cause and context into it, keeping the frames alive.
 """
 
 from __future__ import annotations
@@ -31,6 +36,10 @@ class EtcdError(Exception):
 
     def __repr__(self) -> str:
         return f"EtcdError({self.code.name}, {self.message!r})"
+
+    def __call__(self) -> EtcdError:
+        """A fresh exception equal to this one, to raise: `raise errors.TIMEOUT()`."""
+        return EtcdError(self.code, self.message)
 
 
 _C = StatusCode
@@ -119,5 +128,7 @@ _BY_MESSAGE = {e.message: e for e in list(globals().values()) if isinstance(e, E
 
 
 def from_message(message: str) -> EtcdError | None:
-    """The known error with this exact message (used by clients to map server errors back)."""
-    return _BY_MESSAGE.get(message)
+    """A fresh error equal to the known one with this exact message (used by clients to map
+    server errors back), or None."""
+    known = _BY_MESSAGE.get(message)
+    return known() if known is not None else None

@@ -140,7 +140,7 @@ class ServerCollector(Collector):
         yield GaugeMetricFamily("etcd_debugging_lease_total", "The number of leases.", value=len(s.lessor))
         stats = s.watchable.stats() if hasattr(s.watchable, "stats") else {}
         yield GaugeMetricFamily("etcd_debugging_mvcc_watcher_total", "Total number of watchers.",
-                                value=stats.get("watchers", 0))
+                                value=stats.get("synced", 0) + stats.get("unsynced", 0) + stats.get("victims", 0))
         yield GaugeMetricFamily("etcd_debugging_mvcc_slow_watcher_total", "Total number of unsynced slow watchers.",
                                 value=stats.get("unsynced", 0) + stats.get("victims", 0))
         yield CounterMetricFamily("etcd_server_heartbeat_send_failures", "The total number of leader heartbeat send "

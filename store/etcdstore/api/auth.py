@@ -93,7 +93,7 @@ class AuthService(rpc_pb2_grpc.AuthServicer):
         while True:
             hashed, checked_revision = st.password_hash_of(request.name)
             if not await loop.run_in_executor(None, check_password, request.password, hashed):
-                raise errors.AUTH_FAILED
+                raise errors.AUTH_FAILED()
             payload = encode_authenticate(request.name, tokens.gen_prefix())
             result: Authenticated = await s.propose(Kind.AUTHENTICATE, payload, user=user, auth_revision=rev)
             if checked_revision == st.revision:

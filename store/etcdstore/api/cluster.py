@@ -20,11 +20,11 @@ if TYPE_CHECKING:
 
 def _check_urls(urls: list[str]) -> list[str]:
     if not urls:
-        raise errors.MEMBER_BAD_URLS
+        raise errors.MEMBER_BAD_URLS()
     try:
         return [str(parse_url(u)) for u in urls]
     except ValueError:
-        raise errors.MEMBER_BAD_URLS from None
+        raise errors.MEMBER_BAD_URLS() from None
 
 
 def _header(s: EtcdServer) -> rpc_pb2.ResponseHeader:

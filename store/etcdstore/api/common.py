@@ -35,11 +35,11 @@ def gate(server: EtcdServer, context: grpc.aio.ServicerContext, *, learner_ok: b
     - a removed member stops serving.
     """
     if server.removed:
-        raise errors.STOPPED
+        raise errors.STOPPED()
     if server.leader_id == 0 and metadata_value(context, "hasleader") == "true":
-        raise errors.NO_LEADER
+        raise errors.NO_LEADER()
     if not learner_ok and server.is_learner:
-        raise errors.NOT_SUPPORTED_FOR_LEARNER
+        raise errors.NOT_SUPPORTED_FOR_LEARNER()
 
 
 # etcd lets gRPC frames exceed --max-request-bytes by this much before gRPC refuses them.

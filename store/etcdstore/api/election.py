@@ -59,7 +59,7 @@ async def proclaim(s: EtcdServer, context: grpc.aio.ServicerContext, key: bytes,
     txn = rpc_pb2.TxnRequest(compare=[create_revision_is(key, rev)], success=[put_op(key, value, lease)])
     resp = await propose_txn(s, context, txn)
     if not resp.succeeded:
-        raise ELECTION_NOT_LEADER
+        raise ELECTION_NOT_LEADER()
     return resp
 
 
@@ -122,7 +122,7 @@ class ElectionService(v3election_pb2_grpc.ElectionServicer):
         self, request: v3election_pb2.ProclaimRequest, context: grpc.aio.ServicerContext
     ) -> v3election_pb2.ProclaimResponse:
         if not request.HasField("leader"):
-            raise MISSING_LEADER_KEY
+            raise MISSING_LEADER_KEY()
         s = self.s
         leader = request.leader
         lease = await session_lease(s, leader.lease)
@@ -134,7 +134,7 @@ class ElectionService(v3election_pb2_grpc.ElectionServicer):
         self, request: v3election_pb2.ResignRequest, context: grpc.aio.ServicerContext
     ) -> v3election_pb2.ResignResponse:
         if not request.HasField("leader"):
-            raise MISSING_LEADER_KEY
+            raise MISSING_LEADER_KEY()
         s = self.s
         # etcd builds a session here too: a LeaderKey with lease 0 gets a (unused) new lease.
         await session_lease(s, request.leader.lease)
@@ -147,7 +147,7 @@ class ElectionService(v3election_pb2_grpc.ElectionServicer):
     ) -> v3election_pb2.LeaderResponse:
         resp = await linearizable_range(self.s, context, first_created(request.name + b"/"))
         if not resp.kvs:
-            raise ELECTION_NO_LEADER
+            raise ELECTION_NO_LEADER()
         return v3election_pb2.LeaderResponse(header=resp.header, kv=resp.kvs[0])
 
     async def Observe(

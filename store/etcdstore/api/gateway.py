@@ -1,8 +1,10 @@
 """etcd's JSON gateway (grpc-gateway v1.9 as etcd 3.4 serves it) on the client port.
 
 Every `POST /v3/...` route of etcd's rpc.proto, v3lock.proto and v3election.proto is served
-the way etcd does it: as a gRPC client of the member's own gRPC server, so authentication,
-errors and semantics are exactly the gRPC ones. `/v3beta/...` is an alias of `/v3/...`.
+by calling the member's gRPC method handlers in-process, with the servicer context the client
+gRPC server gives them (`api.h2.CallContext`), so authentication, errors and semantics are the
+gRPC ones. (etcd's gateway dials its own gRPC port; ours opens no socket: a private listener would
+be one no flag declares and no TLS rule guards.) `/v3beta/...` is an alias of `/v3/...`.
 
 JSON mapping (Go's jsonpb with OrigName): proto field names, int64/uint64 as strings, bytes
 as standard base64, enums by name, default values omitted. Request bodies are read with Go's
@@ -24,7 +26,7 @@ import codecs
 import contextlib
 import re
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, NamedTuple
 from urllib.parse import quote
 
@@ -33,6 +35,8 @@ from aiohttp import web
 from google.protobuf import descriptor as _d
 from google.protobuf.message import Message
 
+from etcdstore.api.h2 import CallContext, Router, certificate_cn
+from etcdstore.api.h2.calls import unknown_method_message
 from etcdstore.api.v2.gojson import GoJSONError, b64decode, decode_one, decode_whole, dumps, kind_of
 from etcdstore.logs import get_logger
 from etcdstore.proto.etcdserverpb import rpc_pb2 as pb
@@ -361,7 +365,8 @@ _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1
 
 def _call_options(request: web.Request) -> tuple[list[tuple[str, str]], float | None]:
     """gRPC metadata and deadline (monotonic clock) from the HTTP headers, as grpc-gateway's
-    AnnotateContext."""
+    AnnotateContext (standard headers as "grpcgateway-<name>": with "grpcgateway-accept" present
+    etcd ignores the connection's certificate CN, see auth.hooks)."""
     md: list[tuple[str, str]] = []
     token = None
     has_token_md = False
@@ -370,6 +375,8 @@ def _call_options(request: web.Request) -> tuple[list[tuple[str, str]], float | 
         lk = key.lower()
         if not _MD_VALUE.fullmatch(value):
             continue  # not representable as gRPC metadata
+        if lk in _PERMANENT_HEADERS:
+            md.append(("grpcgateway-" + lk, value))
         if lk == "authorization":
             token = value
             md.append(("authorization", value))
@@ -418,38 +425,49 @@ def _decode_first(route: Route, text: str) -> Message:
     return decode_message(route.request, value)
 
 
+class _Status(Exception):
+    """A call ended with a non-OK gRPC status."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(code, details)
+        self.code = code
+        self.details = details
+
+
+# grpc-gateway v1.9's isPermanentHTTPHeader: these request headers reach the service as
+# "grpcgateway-<name>" metadata (etcd's auth reads grpcgateway-accept, see auth.hooks).
+_PERMANENT_HEADERS = frozenset({
+    "accept", "accept-charset", "accept-language", "accept-ranges", "authorization", "cache-control",
+    "content-type", "cookie", "date", "expect", "from", "host", "if-match", "if-modified-since", "if-none-match",
+    "if-schedule-tag-match", "if-unmodified-since", "max-forwards", "origin", "pragma", "referer", "user-agent",
+    "via", "warning"})
+
+
 class Gateway:
-    """The /v3 routes; a gRPC client of this member's gRPC server at `target`."""
+    """The /v3 routes. Each request calls this member's gRPC method handlers in-process, the way
+    the client gRPC server (`api.h2`) does: the same `grpc.RpcMethodHandler`s (`Router.methods`)
+    and the same servicer context (`api.h2.CallContext`), carrying the caller's metadata (auth
+    token) and its verified TLS client-certificate CN. No socket lies between the gateway and the
+    services, so nothing but the client port's own listener (and its TLS rules) reaches them."""
 
-    def __init__(self, target: str) -> None:
-        self.target = target
-        self._channel: grpc.aio.Channel | None = None
-        self._calls: dict[str, Any] = {}
+    def __init__(self, router: Router) -> None:
+        self.router = router
 
-    def _call(self, route: Route) -> Any:
-        if self._channel is None:
-            self._channel = grpc.aio.insecure_channel(self.target, options=[
-                ("grpc.max_receive_message_length", -1),
-                ("grpc.max_send_message_length", -1),
-            ])
-        mc = self._calls.get(route.method)
-        if mc is None:
-            ch = self._channel
-            ser = route.request.SerializeToString
-            de = route.response.FromString
-            if route.kind == UNARY:
-                mc = ch.unary_unary(route.method, request_serializer=ser, response_deserializer=de)
-            elif route.kind == SERVER_STREAM:
-                mc = ch.unary_stream(route.method, request_serializer=ser, response_deserializer=de)
-            else:
-                mc = ch.stream_stream(route.method, request_serializer=ser, response_deserializer=de)
-            self._calls[route.method] = mc
-        return mc
-
-    async def close(self) -> None:
-        if self._channel is not None:
-            await self._channel.close()
-            self._channel = None
+    def _context(self, request: web.Request, md: list[tuple[str, str]], deadline: float | None) -> CallContext:
+        transport = request.transport
+        peer = ""
+        identity = None
+        if transport is not None:
+            identity = certificate_cn(transport)
+            addr = transport.get_extra_info("peername")
+            if isinstance(addr, tuple) and addr:
+                host = addr[0]
+                peer = f"ipv6:[{host}]:{addr[1]}" if ":" in host else f"ipv4:{host}:{addr[1]}"
+        ctx = CallContext(tuple(md), peer, identity)
+        if deadline is not None:
+            # CallContext keeps its deadline on the event loop's clock.
+            ctx._deadline = asyncio.get_running_loop().time() + (deadline - time.monotonic())
+        return ctx
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -473,8 +491,12 @@ class Gateway:
         if request.method != "POST":
             return _plain(405, "Method Not Allowed")
         md, deadline = _call_options(request)
+        handler = self.router.methods.get(route.method.encode())
+        if handler is None:  # every route's service is registered; kept for a member without one
+            return error_response(grpc.StatusCode.UNIMPLEMENTED,
+                                  unknown_method_message(self.router.services, route.method))
         if route.kind == BIDI:
-            return await self._bidi(request, route, md, deadline)
+            return await self._bidi(request, route, handler, md, deadline)
         try:
             text = await _read_body(request)
         except _BodyTooLarge:
@@ -486,17 +508,19 @@ class Gateway:
         timeout = _remaining(deadline)
         if timeout is not None and timeout <= 0:
             return error_response(grpc.StatusCode.DEADLINE_EXCEEDED, "context deadline exceeded")
+        ctx = self._context(request, md, deadline)
         if route.kind == SERVER_STREAM:
-            call = self._call(route)(msg, metadata=md, timeout=timeout)
-            return await _forward_stream(request, call)
+            return await _forward_stream(request, _invoke_stream(handler, msg, ctx), timeout)
         try:
-            resp = await self._call(route)(msg, metadata=md, timeout=timeout)
-        except grpc.aio.AioRpcError as e:
-            return error_response(e.code(), e.details() or "")
+            resp = await _invoke_unary(handler, msg, ctx, timeout)
+        except _Status as e:
+            return error_response(e.code, e.details)
         return web.Response(body=dumps(message_to_dict(resp)).encode(), headers=_UNARY_HEADERS)
 
-    async def _bidi(self, request: web.Request, route: Route, md: list, deadline: float | None) -> web.StreamResponse:
-        """Watch and LeaseKeepAlive: the body is a stream of JSON requests sent as they arrive."""
+    async def _bidi(self, request: web.Request, route: Route, handler: grpc.RpcMethodHandler, md: list,
+                    deadline: float | None) -> web.StreamResponse:
+        """Watch and LeaseKeepAlive: the body is a stream of JSON requests, handed to the service
+        as they arrive."""
         reader = _JSONStreamReader(request)
         try:
             first = await reader.next(route.request)
@@ -506,33 +530,100 @@ class Gateway:
         timeout = _remaining(deadline)
         if timeout is not None and timeout <= 0:
             return error_response(grpc.StatusCode.DEADLINE_EXCEEDED, "context deadline exceeded")
-        call = self._call(route)(metadata=md, timeout=timeout)
         # etcd keeps a watch stream serving after the request body ends; a keepalive stream
-        # ends once its requests are answered (the server returns on the client's half-close).
-        half_close = route.kind == BIDI and route.request is not pb.WatchRequest
+        # ends once its requests are answered (grpc-gateway half-closes, the server returns).
+        half_close = route.request is not pb.WatchRequest
+        requests = _BodyRequests(reader, route.request, first, half_close)
+        ctx = self._context(request, md, deadline)
+        # With an empty body grpc-gateway never waits for the response headers, so none of the
+        # server's metadata is forwarded.
+        return await _forward_stream(request, _invoke_stream(handler, requests, ctx), timeout,
+                                     with_md=first is not None)
 
-        async def pump() -> None:
-            try:
-                msg = first
-                while msg is not None:
-                    await call.write(msg)
-                    msg = await reader.next(route.request)
-            except (GoJSONError, asyncio.CancelledError):
-                pass  # grpc-gateway stops forwarding at the first bad request
-            except (grpc.aio.AioRpcError, grpc.aio.UsageError, ConnectionError):
-                return
-            if half_close:
-                with contextlib.suppress(grpc.aio.AioRpcError, grpc.aio.UsageError):
-                    await call.done_writing()
 
-        sender = asyncio.get_running_loop().create_task(pump())
+async def _invoke_unary(h: grpc.RpcMethodHandler, req: Message, ctx: CallContext,
+                        timeout: float | None) -> Message:
+    """Run a unary handler as the client gRPC server does (api.h2.calls.Call._run): an abort, a
+    status set on the context or an unexpected exception becomes a `_Status`."""
+    fn = h.unary_unary if h.unary_unary is not None else h.stream_unary
+    limit = asyncio.timeout(timeout)
+    try:
+        async with limit:
+            resp = await fn(req, ctx)
+    except grpc.aio.AbortError:
+        raise _Status(ctx._code or grpc.StatusCode.UNKNOWN, ctx._details) from None
+    except TimeoutError as e:
+        if not limit.expired():
+            raise _unexpected(h, e) from None
+        ctx._cancelled = True
+        raise _Status(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
+    except Exception as e:  # noqa: BLE001 - a handler bug answers UNKNOWN, as on the gRPC path
+        raise _unexpected(h, e) from None
+    if ctx._code is not None and ctx._code != grpc.StatusCode.OK:
+        raise _Status(ctx._code, ctx._details)
+    return resp
+
+
+async def _invoke_stream(h: grpc.RpcMethodHandler, req: Any, ctx: CallContext) -> AsyncIterator[Message]:
+    """A response-streaming handler's messages; its end status, if not OK, raises `_Status`."""
+    fn = h.unary_stream if h.unary_stream is not None else h.stream_stream
+    responses = fn(req, ctx)
+    try:
         try:
-            # With an empty body grpc-gateway never waits for the response headers, so none
-            # of the server's metadata is forwarded.
-            return await _forward_stream(request, call, with_md=first is not None)
-        finally:
-            sender.cancel()
-            call.cancel()
+            async for resp in responses:
+                yield resp
+        except grpc.aio.AbortError:
+            raise _Status(ctx._code or grpc.StatusCode.UNKNOWN, ctx._details) from None
+        except Exception as e:  # noqa: BLE001 - a handler bug answers UNKNOWN, as on the gRPC path
+            raise _unexpected(h, e) from None
+        code = ctx._code or grpc.StatusCode.OK
+        if code != grpc.StatusCode.OK:
+            raise _Status(code, ctx._details)
+    finally:
+        ctx._cancelled = True  # the call is over (grpcio reports a finished call's context so too)
+        await responses.aclose()
+
+
+def _unexpected(h: grpc.RpcMethodHandler, e: Exception) -> _Status:
+    # grpcio's (and api.h2's) answer to a handler bug: UNKNOWN with the exception; logged.
+    log.error("unexpected error in gRPC handler", exc_info=e)
+    return _Status(grpc.StatusCode.UNKNOWN, f"Unexpected {type(e)}: {e}")
+
+
+class _BodyRequests:
+    """The request stream a bidi handler reads: JSON values of the request body, decoded as they
+    arrive. grpc-gateway stops forwarding at the body's end or its first bad value; it then
+    half-closes a keepalive stream, while a watch stream's requests stay open until the call ends."""
+
+    __slots__ = ("cls", "first", "half_close", "reader")
+
+    def __init__(self, reader: _JSONStreamReader, cls: type[Message], first: Message | None,
+                 half_close: bool) -> None:
+        self.reader = reader
+        self.cls = cls
+        self.first = first
+        self.half_close = half_close
+
+    def __aiter__(self) -> AsyncIterator[Message]:
+        return self
+
+    async def __anext__(self) -> Message:
+        msg = self.first
+        if msg is not None:
+            self.first = None
+            return msg
+        if self.reader is not None:
+            try:
+                msg = await self.reader.next(self.cls)
+            except (GoJSONError, ConnectionError):
+                msg = None
+            if msg is not None:
+                return msg
+            self.reader = None  # type: ignore[assignment]
+        if self.half_close:
+            raise StopAsyncIteration
+        await asyncio.get_running_loop().create_future()  # until the call ends (cancelled then)
+        raise StopAsyncIteration
 
 
 class _JSONStreamReader:
@@ -573,30 +664,41 @@ class _JSONStreamReader:
             self.buf += self.utf8.decode(chunk)
 
 
-async def _forward_stream(request: web.Request, call: Any, with_md: bool = True) -> web.StreamResponse:
+async def _forward_stream(request: web.Request, responses: AsyncIterator[Message], timeout: float | None,
+                          with_md: bool = True) -> web.StreamResponse:
     """grpc-gateway's ForwardResponseStream: headers go out with the first message; each message
-    is `{"result": ...}` plus a newline; an error ends the stream with an error chunk."""
+    is `{"result": ...}` plus a newline; an error (or the deadline) ends the stream with an error
+    chunk; the call ends when the HTTP client goes away."""
     resp: web.StreamResponse | None = None
     closed = client_gone(request)
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout is None else loop.time() + timeout
+    read: asyncio.Future[Message] | None = None
     try:
         while True:
-            read = asyncio.ensure_future(call.read())
-            done, _ = await asyncio.wait({read, closed}, return_when=asyncio.FIRST_COMPLETED)
+            read = asyncio.ensure_future(anext(responses))
+            wait = None if deadline is None else max(0.0, deadline - loop.time())
+            done, _ = await asyncio.wait({read, closed}, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+            error: _Status | None = None
             if read not in done:
-                read.cancel()
-                call.cancel()
-                break
-            try:
-                msg = read.result()
-            except grpc.aio.AioRpcError as e:
-                status, chunk = _stream_error_chunk(e.code(), e.details() or "")
+                if closed in done:
+                    break
+                error = _Status(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+            else:
+                r, read = read, None
+                try:
+                    msg = r.result()
+                except StopAsyncIteration:
+                    break
+                except _Status as e:
+                    error = e
+            if error is not None:
+                status, chunk = _stream_error_chunk(error.code, error.details)
                 if resp is None:
                     resp = _stream_response(status, with_md=False)
                     await resp.prepare(request)
                 with contextlib.suppress(ConnectionError):
                     await resp.write(chunk)
-                break
-            if msg is grpc.aio.EOF:
                 break
             if resp is None:
                 resp = _stream_response(200, with_md=with_md)
@@ -604,13 +706,16 @@ async def _forward_stream(request: web.Request, call: Any, with_md: bool = True)
             try:
                 await resp.write(dumps({"result": message_to_dict(msg)}).encode() + b"\n")
             except ConnectionError:
-                call.cancel()
                 break
-    except asyncio.CancelledError:
-        call.cancel()
-        raise
     finally:
         closed.cancel()
+        if read is not None:  # stop the handler where it waits, then close it
+            read.cancel()
+            await asyncio.wait({read})
+            if not read.cancelled():
+                read.exception()  # retrieved: a late error of an abandoned call is not news
+        with contextlib.suppress(Exception):
+            await responses.aclose()  # type: ignore[attr-defined]
     if resp is None:
         resp = _stream_response(200, with_md=with_md)
         await resp.prepare(request)
@@ -696,16 +801,12 @@ async def _cors_headers(request: web.Request, response: web.StreamResponse) -> N
         response.headers.setdefault(k, v)
 
 
-def add_gateway_routes(app: web.Application, grpc_target: str) -> Gateway:
-    """Mount the gateway (and etcd's CORS behaviour) on the client port's aiohttp app."""
-    gw = Gateway(grpc_target)
+def add_gateway_routes(app: web.Application, router: Router) -> Gateway:
+    """Mount the gateway (and etcd's CORS behaviour) on the client port's aiohttp app; `router`
+    is the client gRPC server's method table, whose handlers the gateway calls in-process."""
+    gw = Gateway(router)
     app.router.add_route("*", "/v3/{tail:.*}", gw.handle)
     app.router.add_route("*", "/v3beta/{tail:.*}", gw.handle)
     app.middlewares.append(cors_middleware)
     app.on_response_prepare.append(_cors_headers)
-
-    async def close(_: web.Application) -> None:
-        await gw.close()
-
-    app.on_cleanup.append(close)
     return gw

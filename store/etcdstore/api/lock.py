@@ -208,9 +208,9 @@ async def wait_delete(s: EtcdServer, context: Any, key: bytes, rev: int) -> None
         while True:
             resp = await ws.recv()
             if resp is None:
-                raise LOST_WATCHER
+                raise LOST_WATCHER()
             if resp.compact_revision:
-                raise errors.COMPACTED
+                raise errors.COMPACTED()
             for ev in resp.events:
                 if ev.type == _DELETE:
                     return

@@ -1,18 +1,16 @@
 """The client port's front door: one listener for gRPC and HTTP/1, with optional TLS.
 
 etcd serves gRPC and HTTP/1 (health, metrics, the JSON gateway, the v2 API) on the same
-client port. grpcio cannot share a port with an HTTP/1 server, so each accepted connection
-is classified by its first bytes:
+client port. Each accepted connection is classified by its first bytes:
 
 * the HTTP/2 connection preface ("PRI * HTTP/2.0...") -> handed, in-process, to the
-  gRPC server of `api.h2` (or, with no router given, relayed to grpcio's private loopback
-  listener: a thin byte pump);
+  gRPC server of `api.h2`;
 * anything else -> handed, in-process, to the aiohttp application.
 
 TLS is terminated here. A TLS listener's context switches each handshake to the freshest
-context (see security.tls), so rotated certificate files take effect without a restart. An
-in-process gRPC connection carries its verified client certificate's CN itself; a relayed one is
-identified to the gRPC side by its local port (`identity_for_peer`).
+context (see security.tls), so rotated certificate files take effect without a restart. Both
+kinds of connection read their verified client certificate's CN from the TLS transport itself.
+There is no other listener: the JSON gateway calls the services in-process too.
 """
 
 from __future__ import annotations
@@ -22,53 +20,13 @@ import logging
 import ssl
 from collections.abc import Callable
 
-from etcdstore.api.h2 import Connections, Router, certificate_cn
+from etcdstore.api.h2 import Connections, Router
+from etcdstore.api.h2.limits import DEFAULT as H2_DEFAULT_LIMITS
+from etcdstore.api.h2.limits import Limits
 
 log = logging.getLogger(__name__)
 
 _H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-_HIGH_WATER = 4 * 1024 * 1024
-
-
-class _Pump(asyncio.Protocol):
-    """One direction-pair of the relay: bytes from `self` go to `peer` unchanged."""
-
-    __slots__ = ("transport", "peer", "_on_close")
-
-    def __init__(self, peer: asyncio.Transport | None = None, on_close: Callable[[], None] | None = None) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.peer = peer
-        self._on_close = on_close
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        transport.set_write_buffer_limits(high=_HIGH_WATER)  # type: ignore[attr-defined]
-
-    def data_received(self, data: bytes) -> None:
-        peer = self.peer
-        if peer is None or peer.is_closing():
-            return  # the other side is gone; connection_lost closes this one too
-        peer.write(data)
-
-    def eof_received(self) -> bool:
-        if self.peer is not None and self.peer.can_write_eof():
-            self.peer.write_eof()
-        return True
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.peer is not None:
-            self.peer.close()
-        if self._on_close is not None:
-            self._on_close()
-
-    # Backpressure: when our transport's buffer fills, stop reading from the peer.
-    def pause_writing(self) -> None:
-        if self.peer is not None:
-            self.peer.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self.peer is not None:
-            self.peer.resume_reading()
 
 
 class _Sniffer(asyncio.Protocol):
@@ -78,32 +36,31 @@ class _Sniffer(asyncio.Protocol):
         self.mux = mux
         self.buf = b""
         self.transport: asyncio.Transport | None = None
-        self.decided = False
-        self.lost = False
+        self.timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        if self.decided:  # bytes that arrive while the gRPC side is being dialled
-            self.buf += data
-            return
-        self.buf += data
-        n = min(len(self.buf), len(_H2_PREFACE))
-        if self.buf[:n] == _H2_PREFACE[:n]:
-            if n < 3:
-                return  # could still be either
-            self.decided = True
-            if self.mux.router is not None:
-                self._to_h2()
-            else:
-                asyncio.ensure_future(self._to_grpc())
-        else:
-            self.decided = True
-            self._to_http()
+        # A client that sends nothing is dropped like one that never finishes the HTTP/2 preface.
+        timeout = self.mux.connections.limits.preface_timeout
+        if timeout:
+            self.timer = asyncio.get_running_loop().call_later(timeout, transport.close)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True  # the client left while we were still deciding or dialling
+        if self.timer is not None:
+            self.timer.cancel()
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        n = min(len(self.buf), len(_H2_PREFACE))
+        if self.buf[:n] == _H2_PREFACE[:n] and n < 3:
+            return  # could still be either
+        if self.timer is not None:  # decided: the protocol's own timeouts take over
+            self.timer.cancel()
+            self.timer = None
+        if self.buf[:n] == _H2_PREFACE[:n]:
+            self._to_h2()
+        else:
+            self._to_http()
 
     def _to_http(self) -> None:
         transport = self.transport
@@ -117,48 +74,16 @@ class _Sniffer(asyncio.Protocol):
         transport = self.transport
         assert transport is not None
         mux = self.mux
-        assert mux.router is not None
         conn = mux.connections.open(mux.router)
         transport.set_protocol(conn)
         conn.connection_made(transport)
         conn.data_received(self.buf)
         self.buf = b""
 
-    async def _to_grpc(self) -> None:
-        front = self.transport
-        assert front is not None
-        loop = asyncio.get_running_loop()
-        back_proto = _Pump(front)
-        try:
-            back, _ = await loop.create_connection(lambda: back_proto, *self.mux.grpc_address)
-        except OSError as e:
-            log.warning("client port: gRPC listener unreachable: %s", e)
-            front.close()
-            return
-        if self.lost or front.is_closing():
-            back.close()
-            return
-        identity = certificate_cn(front)
-        local_port = back.get_extra_info("sockname")[1]
-        if identity is not None:
-            self.mux.identities[local_port] = identity
-
-        def forget() -> None:
-            self.mux.identities.pop(local_port, None)
-
-        front_proto = _Pump(back, forget)  # type: ignore[arg-type]
-        front_proto.transport = front
-        front.set_write_buffer_limits(high=_HIGH_WATER)
-        front.set_protocol(front_proto)
-        if self.buf:
-            back.write(self.buf)
-            self.buf = b""
-
 
 class ClientPortMux:
     """Serves gRPC and HTTP/1 on one address.
 
-    grpc_address: where the grpcio server listens privately (host, port); used when no `router`.
     router: the method table of the in-process gRPC server (`api.h2`).
     http_protocol_factory: makes an asyncio Protocol for one HTTP/1 connection (aiohttp's
     `web.Server` instance is such a factory).
@@ -166,18 +91,11 @@ class ClientPortMux:
     one that follows certificate rotation).
     """
 
-    def __init__(
-        self,
-        grpc_address: tuple[str, int],
-        http_protocol_factory: Callable[[], asyncio.Protocol],
-        router: Router | None = None,
-    ) -> None:
-        self.grpc_address = grpc_address
+    def __init__(self, http_protocol_factory: Callable[[], asyncio.Protocol], router: Router,
+                 limits: Limits = H2_DEFAULT_LIMITS) -> None:
         self.router = router
-        self.connections = Connections()
+        self.connections = Connections(limits)
         self.http_protocol_factory = http_protocol_factory
-        # local port of a relayed gRPC connection -> the client identity (cert CN)
-        self.identities: dict[int, str] = {}
         self._servers: list[asyncio.base_events.Server] = []
 
     async def listen(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> int:
@@ -190,18 +108,10 @@ class ClientPortMux:
         self._servers.append(server)
         return server.sockets[0].getsockname()[1]
 
-    def identity_for_peer(self, peer: str) -> str | None:
-        """The client-certificate CN of the connection gRPC reports as `peer` ("ipv4:127.0.0.1:PORT")."""
-        try:
-            port = int(peer.rsplit(":", 1)[1])
-        except (IndexError, ValueError):
-            return None
-        return self.identities.get(port)
-
     async def close(self) -> None:
         for server in self._servers:
             server.close()
-        self.connections.close_all()
+        await self.connections.shutdown()  # graceful: GOAWAY, calls in flight finish, then close
         for server in self._servers:
             await server.wait_closed()
         self._servers.clear()

@@ -49,7 +49,7 @@ def select_password(password: str, hashed_b64: str, cost: int) -> bytes:
     try:
         return base64.b64decode(hashed_b64, validate=True)
     except (binascii.Error, ValueError):
-        raise NO_PASSWORD_USER from None
+        raise NO_PASSWORD_USER() from None
 
 
 class AuthApplier:
@@ -95,10 +95,10 @@ class AuthApplier:
         name = doc["name"]
         st = self.store
         if not st.enabled:
-            raise errors.AUTH_NOT_ENABLED
+            raise errors.AUTH_NOT_ENABLED()
         user = st.users.get(name)
         if user is None or user.options.no_password:
-            raise errors.AUTH_FAILED
+            raise errors.AUTH_FAILED()
         token = ""
         if isinstance(st.tokens, SimpleTokens):
             # Every member remembers the token, so it is accepted wherever the client goes next.
@@ -109,9 +109,9 @@ class AuthApplier:
         r = rpc_pb2.AuthUserAddRequest.FromString(req.payload)
         no_password = r.options.no_password
         if not r.name:
-            raise errors.USER_EMPTY
+            raise errors.USER_EMPTY()
         if r.name in self.store.users:
-            raise errors.USER_ALREADY_EXIST
+            raise errors.USER_ALREADY_EXIST()
         hashed = b"" if no_password else select_password(r.password, r.hashedPassword, self.bcrypt_cost)
         self.store.user_add(batch, r.name, hashed, no_password)
         return rpc_pb2.AuthUserAddResponse(header=rpc_pb2.ResponseHeader())
@@ -125,7 +125,7 @@ class AuthApplier:
         r = rpc_pb2.AuthUserChangePasswordRequest.FromString(req.payload)
         user = self.store.users.get(r.name)
         if user is None:
-            raise errors.USER_NOT_FOUND
+            raise errors.USER_NOT_FOUND()
         hashed = b"" if user.options.no_password else select_password(r.password, r.hashedPassword,
                                                                        self.bcrypt_cost)
         self.store.user_change_password(batch, r.name, hashed)

@@ -83,7 +83,7 @@ class AuthHooks:
         if token is not None:
             info = self.tokens.info(token, self.store.revision)
             if info is None:
-                raise errors.INVALID_AUTH_TOKEN
+                raise errors.INVALID_AUTH_TOKEN()
             return info
         if self.client_cert_auth and self.peer_identity is not None and gateway is None:
             # The gateway proxies with its own client certificate: its CN must never count.
@@ -216,7 +216,7 @@ class AuthHooks:
 def _watch_refusal(e: errors.EtcdError) -> errors.EtcdError:
     """etcd puts the formatted Go gRPC status in the cancel reason of a refused watch."""
     if e not in _WATCH_REASONS:
-        e = errors.PERMISSION_DENIED
+        e = errors.PERMISSION_DENIED()
     return errors.EtcdError(e.code, f"rpc error: code = {_GO_CODE[e.code]} desc = {e.message}")
 
 

@@ -79,7 +79,7 @@ class JWTTokens:
 
     def sign(self, user: str, revision: int) -> str:
         if self._sign_key is None:
-            raise VERIFY_ONLY
+            raise VERIFY_ONLY()
         claims = {"exp": int(time.time() + self.ttl), "revision": revision, "username": user}
         return jwt.encode(claims, self._sign_key, algorithm=self.method)
 

@@ -90,9 +90,9 @@ class AuthStore:
             return
         root = self.users.get(ROOT)
         if root is None:
-            raise errors.ROOT_USER_NOT_EXIST
+            raise errors.ROOT_USER_NOT_EXIST()
         if ROOT not in root.roles:
-            raise errors.ROOT_ROLE_NOT_EXIST
+            raise errors.ROOT_ROLE_NOT_EXIST()
         batch.put(bk.AUTH, ENABLED_KEY, _ON)
         self.enabled = True
         self._perms = {}
@@ -112,9 +112,9 @@ class AuthStore:
 
     def user_add(self, batch: bk.Batch, name: str, hashed: bytes, no_password: bool) -> None:
         if not name:
-            raise errors.USER_EMPTY
+            raise errors.USER_EMPTY()
         if name in self.users:
-            raise errors.USER_ALREADY_EXIST
+            raise errors.USER_ALREADY_EXIST()
         user = auth_pb2.User(name=name.encode(), password=b"" if no_password else hashed)
         user.options.no_password = no_password
         user.options.SetInParent()  # etcd always stores the options message
@@ -123,9 +123,9 @@ class AuthStore:
 
     def user_delete(self, batch: bk.Batch, name: str) -> None:
         if self.enabled and name == ROOT:
-            raise errors.INVALID_AUTH_MGMT
+            raise errors.INVALID_AUTH_MGMT()
         if name not in self.users:
-            raise errors.USER_NOT_FOUND
+            raise errors.USER_NOT_FOUND()
         del self.users[name]
         batch.delete(bk.AUTH_USERS, name.encode())
         self._commit_revision(batch)
@@ -134,7 +134,7 @@ class AuthStore:
     def user_change_password(self, batch: bk.Batch, name: str, hashed: bytes) -> None:
         old = self.users.get(name)
         if old is None:
-            raise errors.USER_NOT_FOUND
+            raise errors.USER_NOT_FOUND()
         user = auth_pb2.User()
         user.CopyFrom(old)
         # A no-password user keeps having none (etcd 3.5).
@@ -146,9 +146,9 @@ class AuthStore:
     def user_grant_role(self, batch: bk.Batch, name: str, role: str) -> None:
         old = self.users.get(name)
         if old is None:
-            raise errors.USER_NOT_FOUND
+            raise errors.USER_NOT_FOUND()
         if role != ROOT and role not in self.roles:
-            raise errors.ROLE_NOT_FOUND
+            raise errors.ROLE_NOT_FOUND()
         if role in old.roles:
             return  # already granted: success, nothing changes
         user = auth_pb2.User()
@@ -161,19 +161,19 @@ class AuthStore:
 
     def user_revoke_role(self, batch: bk.Batch, name: str, role: str) -> None:
         if self.enabled and name == ROOT and role == ROOT:
-            raise errors.INVALID_AUTH_MGMT
+            raise errors.INVALID_AUTH_MGMT()
         old = self.users.get(name)
         if old is None:
-            raise errors.USER_NOT_FOUND
+            raise errors.USER_NOT_FOUND()
         if role not in old.roles:
-            raise errors.ROLE_NOT_GRANTED
+            raise errors.ROLE_NOT_GRANTED()
         self._put_user(batch, _without_role(old, role))
         self._commit_revision(batch)
 
     def user_get(self, name: str) -> list[str]:
         user = self.users.get(name)
         if user is None:
-            raise errors.USER_NOT_FOUND
+            raise errors.USER_NOT_FOUND()
         return list(user.roles)
 
     def user_list(self) -> list[str]:
@@ -183,17 +183,17 @@ class AuthStore:
 
     def role_add(self, batch: bk.Batch, name: str) -> None:
         if not name:
-            raise errors.ROLE_EMPTY
+            raise errors.ROLE_EMPTY()
         if name in self.roles:
-            raise errors.ROLE_ALREADY_EXIST
+            raise errors.ROLE_ALREADY_EXIST()
         self._put_role(batch, auth_pb2.Role(name=name.encode()))
         self._commit_revision(batch)
 
     def role_delete(self, batch: bk.Batch, name: str) -> None:
         if self.enabled and name == ROOT:
-            raise errors.INVALID_AUTH_MGMT
+            raise errors.INVALID_AUTH_MGMT()
         if name not in self.roles:
-            raise errors.ROLE_NOT_FOUND
+            raise errors.ROLE_NOT_FOUND()
         del self.roles[name]
         batch.delete(bk.AUTH_ROLES, name.encode())
         for user_name in self.user_list():
@@ -205,7 +205,7 @@ class AuthStore:
     def role_get(self, name: str) -> list[auth_pb2.Permission]:
         role = self.roles.get(name)
         if role is None:
-            raise errors.ROLE_NOT_FOUND
+            raise errors.ROLE_NOT_FOUND()
         return list(role.keyPermission)
 
     def role_list(self) -> list[str]:
@@ -214,7 +214,7 @@ class AuthStore:
     def role_grant_permission(self, batch: bk.Batch, name: str, perm: auth_pb2.Permission) -> None:
         old = self.roles.get(name)
         if old is None:
-            raise errors.ROLE_NOT_FOUND
+            raise errors.ROLE_NOT_FOUND()
         role = auth_pb2.Role()
         role.CopyFrom(old)
         perms = role.keyPermission
@@ -233,10 +233,10 @@ class AuthStore:
     def role_revoke_permission(self, batch: bk.Batch, name: str, key: bytes, range_end: bytes) -> None:
         old = self.roles.get(name)
         if old is None:
-            raise errors.ROLE_NOT_FOUND
+            raise errors.ROLE_NOT_FOUND()
         kept = [p for p in old.keyPermission if p.key != key or p.range_end != range_end]
         if len(kept) == len(old.keyPermission):
-            raise errors.PERMISSION_NOT_GRANTED
+            raise errors.PERMISSION_NOT_GRANTED()
         self._put_role(batch, auth_pb2.Role(name=old.name, keyPermission=kept))
         self._commit_revision(batch)
 
@@ -251,31 +251,31 @@ class AuthStore:
         if not self.enabled:
             return
         if not user:
-            raise errors.USER_EMPTY
+            raise errors.USER_EMPTY()
         u = self.users.get(user)
         if u is None:
-            raise errors.USER_NOT_FOUND
+            raise errors.USER_NOT_FOUND()
         if ROOT not in u.roles:
-            raise errors.PERMISSION_DENIED
+            raise errors.PERMISSION_DENIED()
 
     def check(self, user: str, revision: int, key: bytes, range_end: bytes, perm_type: int) -> None:
         """etcd's isOpPermitted for one key or range (call only while auth is enabled)."""
         if revision == 0:
-            raise errors.USER_EMPTY  # no credentials at all
+            raise errors.USER_EMPTY()  # no credentials at all
         if revision < self.revision:
-            raise errors.AUTH_OLD_REVISION
+            raise errors.AUTH_OLD_REVISION()
         perms = self._perms.get(user)
         if perms is None:
             perms = self._merged(user)
         if perms is _ALL:
             return
         if not perms.permits(key, range_end, perm_type):  # type: ignore[attr-defined]
-            raise errors.PERMISSION_DENIED
+            raise errors.PERMISSION_DENIED()
 
     def _merged(self, name: str) -> object:
         user = self.users.get(name)
         if user is None:
-            raise errors.PERMISSION_DENIED
+            raise errors.PERMISSION_DENIED()
         if ROOT in user.roles:
             perms: object = _ALL
         else:
@@ -319,12 +319,12 @@ class AuthStore:
     def password_hash_of(self, name: str) -> tuple[bytes, int]:
         """For Authenticate: the stored hash and the revision it was read at (etcd's CheckPassword)."""
         if not self.enabled:
-            raise errors.AUTH_NOT_ENABLED
+            raise errors.AUTH_NOT_ENABLED()
         user = self.users.get(name)
         if user is None:
-            raise errors.AUTH_FAILED
+            raise errors.AUTH_FAILED()
         if user.options.no_password:
-            raise NO_PASSWORD_USER
+            raise NO_PASSWORD_USER()
         return bytes(user.password), self.revision
 
 

@@ -85,11 +85,11 @@ class Lessor:
 
     def grant(self, batch: bk.Batch, lease_id: int, ttl: int) -> Lease:
         if lease_id == NO_LEASE:
-            raise errors.LEASE_NOT_FOUND
+            raise errors.LEASE_NOT_FOUND()
         if ttl > MAX_LEASE_TTL:
-            raise errors.LEASE_TTL_TOO_LARGE
+            raise errors.LEASE_TTL_TOO_LARGE()
         if lease_id in self._leases:
-            raise errors.LEASE_EXIST
+            raise errors.LEASE_EXIST()
         lease = Lease(lease_id, max(ttl, self.min_ttl))
         self._leases[lease_id] = lease
         self._persist(batch, lease)
@@ -101,7 +101,7 @@ class Lessor:
         """Forget the lease; returns its keys (sorted) for the caller to delete in the same revision."""
         lease = self._leases.pop(lease_id, None)
         if lease is None:
-            raise errors.LEASE_NOT_FOUND
+            raise errors.LEASE_NOT_FOUND()
         batch.delete(bk.LEASE, _KEY.pack(lease_id))
         return sorted(lease.keys)
 
@@ -151,9 +151,9 @@ class Lessor:
         """Keep-alive on the primary: restart the TTL; returns it. Raises LEASE_NOT_FOUND."""
         lease = self._leases.get(lease_id)
         if lease is None:
-            raise errors.LEASE_NOT_FOUND
+            raise errors.LEASE_NOT_FOUND()
         if not self._primary:
-            raise errors.NOT_LEADER
+            raise errors.NOT_LEADER()
         lease.remaining_ttl = 0  # a renewal supersedes any checkpoint
         self._refresh(lease, 0.0)
         return lease.ttl
@@ -183,7 +183,7 @@ class Lessor:
         """(remaining seconds, granted TTL, sorted keys); remaining as etcd computes it."""
         lease = self._leases.get(lease_id)
         if lease is None:
-            raise errors.LEASE_NOT_FOUND
+            raise errors.LEASE_NOT_FOUND()
         if lease.expiry == _FOREVER:
             remaining = lease.effective_ttl()
         else:

@@ -115,11 +115,11 @@ class ReadView:
     def _at(self, rev: int) -> tuple[int, int]:
         cur = self.rev
         if rev > cur:
-            raise errors.FUTURE_REV
+            raise errors.FUTURE_REV()
         if rev <= 0:
             rev = cur
         if rev < self._s._compact:
-            raise errors.COMPACTED
+            raise errors.COMPACTED()
         return cur, rev
 
     def _latest(self) -> bool:
@@ -436,9 +436,9 @@ class KVStore(ReadView):
         compact_step. Raises COMPACTED (rev <= last compaction) or FUTURE_REV.
         """
         if rev <= self._compact:
-            raise errors.COMPACTED
+            raise errors.COMPACTED()
         if rev > self._current:
-            raise errors.FUTURE_REV
+            raise errors.FUTURE_REV()
         batch.put(META, SCHEDULED_COMPACT_KEY, rv.main_bytes(rev))
         self._batch_open = True
         self._compact = rev
@@ -515,9 +515,9 @@ class KVStore(ReadView):
         work run; revisions are immutable and new ones are above `rev`), then the result."""
         compact = self._compact
         if 0 < rev <= compact:
-            raise errors.COMPACTED
+            raise errors.COMPACTED()
         if rev > self._current:
-            raise errors.FUTURE_REV
+            raise errors.FUTURE_REV()
         if rev == 0:
             rev = self._current
         h = crc(b"key", 0)

@@ -86,7 +86,7 @@ class Applier:
 
     def _put(self, batch: Batch, req: Request) -> Any:
         if self._nospace():
-            raise errors.NO_SPACE
+            raise errors.NO_SPACE()
         r = rpc_pb2.PutRequest.FromString(req.payload)
         self.s.check_permission_at_apply(req, "put", r.key, b"")
         return self._write(batch, lambda txn: kv_apply.put(txn, r, self.s.lessor))
@@ -99,7 +99,7 @@ class Applier:
     def _txn(self, batch: Batch, req: Request) -> Any:
         r = rpc_pb2.TxnRequest.FromString(req.payload)
         if self._nospace() and txn_has_writes(r):
-            raise errors.NO_SPACE
+            raise errors.NO_SPACE()
         self.s.check_txn_permission_at_apply(req, r)
         return self._write(batch, lambda txn: kv_apply.txn(txn, r, self.s.lessor))
 
@@ -113,7 +113,7 @@ class Applier:
 
     def _lease_grant(self, batch: Batch, req: Request) -> Any:
         if self._nospace():
-            raise errors.NO_SPACE
+            raise errors.NO_SPACE()
         r = rpc_pb2.LeaseGrantRequest.FromString(req.payload)
         lease = self.s.lessor.grant(batch, r.ID, r.TTL)
         return rpc_pb2.LeaseGrantResponse(ID=lease.id, TTL=lease.ttl)

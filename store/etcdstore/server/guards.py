@@ -21,7 +21,7 @@ class GuardsMixin:
         replicated, so every member refuses writes once it is raised.
         """
         if self.alarms.active(rpc_pb2.NOSPACE):
-            raise errors.NO_SPACE
+            raise errors.NO_SPACE()
         now = time.monotonic()
         if now - self._size_sampled_at > 0.1:
             self._size_sampled_at = now
@@ -32,7 +32,7 @@ class GuardsMixin:
                 payload = rpc_pb2.AlarmRequest(action=rpc_pb2.AlarmRequest.ACTIVATE, memberID=self.member_id,
                                                alarm=rpc_pb2.NOSPACE).SerializeToString()
                 self._spawn_proposal(rq.Kind.ALARM, payload, done=self._nospace_raised)
-            raise errors.NO_SPACE
+            raise errors.NO_SPACE()
 
     def _nospace_raised(self) -> None:
         self._nospace_raising = False

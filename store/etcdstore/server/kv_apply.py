@@ -174,7 +174,7 @@ def range(  # noqa: A001
 def put(txn: WriteTxn, req: rpc_pb2.PutRequest, lessor: LeaseLookup) -> rpc_pb2.PutResponse:
     """A Put request on its own (etcd's Put with no enclosing txn): the lease must exist."""
     if req.lease and not lessor.exists(req.lease):
-        raise errors.LEASE_NOT_FOUND
+        raise errors.LEASE_NOT_FOUND()
     return _put(txn, req, _PutResponse())
 
 
@@ -185,7 +185,7 @@ def _put(txn: WriteTxn, req: rpc_pb2.PutRequest, resp: rpc_pb2.PutResponse) -> r
         raw = txn.range_raw(req.key).kvs
         if not raw:
             if req.ignore_value or req.ignore_lease:
-                raise errors.KEY_NOT_FOUND  # they keep the previous value/lease: there must be one
+                raise errors.KEY_NOT_FOUND()  # they keep the previous value/lease: there must be one
         else:
             prev = resp.prev_kv
             prev.ParseFromString(raw[0])
@@ -313,17 +313,17 @@ def _check(view: ReadView, path: _Path, lessor: LeaseLookup | None, writes: bool
             if writes:
                 p = op.request_put
                 if (p.ignore_value or p.ignore_lease) and view.key_meta(p.key) is None:
-                    raise errors.KEY_NOT_FOUND
+                    raise errors.KEY_NOT_FOUND()
                 if p.lease and (lessor is None or not lessor.exists(p.lease)):
-                    raise errors.LEASE_NOT_FOUND
+                    raise errors.LEASE_NOT_FOUND()
         elif kind == "request_range":
             if range_err is None:
                 rev = op.request_range.revision
                 if rev != 0:
                     if rev > view.rev:
-                        range_err = errors.FUTURE_REV
+                        range_err = errors.FUTURE_REV()
                     elif rev < view.first_rev:
-                        range_err = errors.COMPACTED
+                        range_err = errors.COMPACTED()
         elif kind == "request_txn":
             err = _check(view, next(nested), lessor, writes)
             if range_err is None:
@@ -401,25 +401,25 @@ _SORT_TARGETS = frozenset(rpc_pb2.RangeRequest.SortTarget.values())
 
 def check_range(req: rpc_pb2.RangeRequest) -> None:
     if not req.key:
-        raise errors.EMPTY_KEY
+        raise errors.EMPTY_KEY()
     # etcd 3.4 treats an unknown sort order as "no sorting" (so do we), but panics on an unknown
     # sort target; for that we answer as etcd 3.5 does.
     if req.sort_target not in _SORT_TARGETS:
-        raise errors.INVALID_SORT_OPTION
+        raise errors.INVALID_SORT_OPTION()
 
 
 def check_put(req: rpc_pb2.PutRequest) -> None:
     if not req.key:
-        raise errors.EMPTY_KEY
+        raise errors.EMPTY_KEY()
     if req.ignore_value and req.value:
-        raise errors.VALUE_PROVIDED
+        raise errors.VALUE_PROVIDED()
     if req.ignore_lease and req.lease != 0:
-        raise errors.LEASE_PROVIDED
+        raise errors.LEASE_PROVIDED()
 
 
 def check_delete_range(req: rpc_pb2.DeleteRangeRequest) -> None:
     if not req.key:
-        raise errors.EMPTY_KEY
+        raise errors.EMPTY_KEY()
 
 
 def check_txn(req: rpc_pb2.TxnRequest, max_txn_ops: int = DEFAULT_MAX_TXN_OPS) -> None:
@@ -434,10 +434,10 @@ def _check_txn_request(req: rpc_pb2.TxnRequest, max_txn_ops: int) -> None:
     # left of the budget.
     opc = builtins.max(len(req.compare), len(req.success), len(req.failure))
     if opc > max_txn_ops:
-        raise errors.TOO_MANY_OPS
+        raise errors.TOO_MANY_OPS()
     for c in req.compare:
         if not c.key:
-            raise errors.EMPTY_KEY
+            raise errors.EMPTY_KEY()
     left = max_txn_ops - opc
     for ops in (req.success, req.failure):
         for op in ops:
@@ -451,7 +451,7 @@ def _check_txn_request(req: rpc_pb2.TxnRequest, max_txn_ops: int) -> None:
             elif kind == "request_txn":
                 _check_txn_request(op.request_txn, left)
             else:
-                raise errors.KEY_NOT_FOUND  # an empty op
+                raise errors.KEY_NOT_FOUND()  # an empty op
 
 
 # A delete's interval: (key, range_end or None for one key). A range_end is taken literally
@@ -490,13 +490,13 @@ def _check_intervals(ops: Sequence[rpc_pb2.RequestOp]) -> tuple[set[bytes], list
         puts_else, dels_else = _check_intervals(t.failure)
         for k in puts_then:
             if k in puts or _hits(dels, k):
-                raise errors.DUPLICATE_KEY
+                raise errors.DUPLICATE_KEY()
             puts.add(k)
         for k in puts_else:
             if k in puts and k not in puts_then:
-                raise errors.DUPLICATE_KEY
+                raise errors.DUPLICATE_KEY()
             if _hits(dels, k):
-                raise errors.DUPLICATE_KEY
+                raise errors.DUPLICATE_KEY()
             puts.add(k)
         dels.extend(dels_then)
         dels.extend(dels_else)
@@ -505,6 +505,6 @@ def _check_intervals(ops: Sequence[rpc_pb2.RequestOp]) -> tuple[set[bytes], list
             continue
         k = op.request_put.key
         if k in puts or _hits(dels, k):
-            raise errors.DUPLICATE_KEY
+            raise errors.DUPLICATE_KEY()
         puts.add(k)
     return puts, dels

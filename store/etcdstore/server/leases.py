@@ -21,7 +21,7 @@ class LeaseOpsMixin:
         deadline = time.monotonic() + (timeout or self.request_timeout)
         while self.leader_id == 0:
             if time.monotonic() > deadline:
-                raise errors.NO_LEADER
+                raise errors.NO_LEADER()
             await asyncio.sleep(self.cfg.tick_seconds)
         return self.leader_id
 

@@ -15,10 +15,11 @@ from aiohttp import web
 from etcdstore import errors, logs, metrics
 from etcdstore.api.auth import AuthService
 from etcdstore.api.cluster import ClusterService
-from etcdstore.api.common import register_service, unknown_method_handler
+from etcdstore.api.common import register_service, service_handlers, unknown_method_handler
 from etcdstore.api.election import ElectionService
 from etcdstore.api.gateway import add_gateway_routes
 from etcdstore.api.h2 import Connections, Router
+from etcdstore.api.h2.limits import Limits
 from etcdstore.api.http import add_base_routes
 from etcdstore.api.kv import KVService
 from etcdstore.api.lease import LeaseService
@@ -53,10 +54,15 @@ class Member:
         self.runners: list[web.AppRunner] = []
         self.client_ports: list[int] = []
         self.listeners: list[asyncio.base_events.Server] = []
-        self.h2_connections = Connections()
+        self.h2_limits = Limits.from_config(cfg)
+        self.h2_connections = Connections(self.h2_limits)
 
     async def start(self) -> None:
         cfg = self.cfg
+        use_grpcio = os.environ.get("ETCDSTORE_GRPC_SERVER") == "grpcio"
+        if use_grpcio and not cfg.listen_client_http_urls:
+            raise ConfigError("ETCDSTORE_GRPC_SERVER=grpcio needs --listen-client-http-urls (grpcio cannot share "
+                              "the client port with HTTP/1 but through a listener no flag declares)")
         client_tls, peer_tls = build_tls(cfg)
         listen = [(u.host, u.port) for u in cfg.listen_peer_urls]
         s = EtcdServer(cfg, transport_factory=lambda srv: PeerTransport(srv, listen, tls=peer_tls),
@@ -76,12 +82,15 @@ class Member:
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 5000),
         ]
-        # Clients are served by the in-process gRPC server (api.h2); grpcio's server stays on a
-        # private loopback port for the JSON gateway, and serves clients too with
-        # ETCDSTORE_GRPC_SERVER=grpcio (the earlier way, kept for comparison).
-        server = grpc.aio.server(options=options)
-        router = None if os.environ.get("ETCDSTORE_GRPC_SERVER") == "grpcio" else Router(max_message)
-        services: set[str] = set()
+        # Clients are served by the in-process gRPC server (api.h2) and the JSON gateway calls the
+        # same method handlers in-process: no listener but the declared ones. With
+        # ETCDSTORE_GRPC_SERVER=grpcio (the earlier way, kept for comparison) grpcio's server takes
+        # the gRPC clients instead, bound on the declared client URLs themselves; that needs etcd
+        # 3.5's split ports (--listen-client-http-urls), as grpcio cannot share a port with HTTP/1.
+        # api.h2 refuses a request message above etcd's gRPC limit (--max-request-bytes + 512 KiB)
+        # from its length prefix, as grpc-go does in etcd.
+        router = Router(self.h2_limits.max_recv_message)
+        server = grpc.aio.server(options=options) if use_grpcio else None
         for add_to_server, servicer in (
                 (rpc_pb2_grpc.add_KVServicer_to_server, KVService(s)),
                 (rpc_pb2_grpc.add_WatchServicer_to_server, WatchService(s)),
@@ -91,18 +100,21 @@ class Member:
                 (rpc_pb2_grpc.add_AuthServicer_to_server, AuthService(s)),
                 (v3lock_pb2_grpc.add_LockServicer_to_server, LockService(s)),
                 (v3election_pb2_grpc.add_ElectionServicer_to_server, ElectionService(s))):
-            for service, handlers in register_service(server, add_to_server, servicer):
-                services.add(service)
-                if router is not None:
-                    router.add(service, handlers)
-        server.add_generic_rpc_handlers((unknown_method_handler(services),))
-        grpc_port = server.add_insecure_port("127.0.0.1:0")
+            registered = (register_service(server, add_to_server, servicer) if server is not None
+                          else service_handlers(add_to_server, servicer))
+            for service, handlers in registered:
+                router.add(service, handlers)
+        if server is not None:
+            server.add_generic_rpc_handlers((unknown_method_handler(router.services),))
         self.grpc = server
+        # Both gRPC servers and the gateway identify a caller by its verified certificate's CN
+        # (api.h2.CallContext and grpcio report it the same way).
+        auth.peer_identity = cn_from_grpc_context
 
         app = web.Application(client_max_size=cfg.max_request_bytes + _GRPC_OVERHEAD)
         add_base_routes(app, s)
         if cfg.enable_grpc_gateway:
-            add_gateway_routes(app, f"127.0.0.1:{grpc_port}")
+            add_gateway_routes(app, router)
         add_v2_routes(app, s, enabled=cfg.enable_v2)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
@@ -115,7 +127,7 @@ class Member:
             # HTTP on its own URLs.
             for url in cfg.listen_client_urls:
                 addr = f"{url.host}:{url.port}"
-                if router is not None:
+                if server is None:
                     port = await self._listen_h2(router, url.host, url.port,
                                                  client_tls.listener_context() if url.tls else None)
                 else:
@@ -128,24 +140,20 @@ class Member:
                     raise OSError(f"cannot listen for clients on {addr}")
                 self.client_ports.append(port)
                 log.info("serving client gRPC traffic", address=addr)
-            auth.peer_identity = cn_from_grpc_context
             for url in cfg.listen_client_http_urls:
                 ssl_ctx = client_tls.listener_context() if url.tls else None
                 await web.TCPSite(runner, url.host, url.port, ssl_context=ssl_ctx).start()
                 log.info("serving client HTTP traffic", address=f"{url.host}:{url.port}")
         else:
-            self.mux = ClientPortMux(("127.0.0.1", grpc_port), runner.server, router)
+            self.mux = ClientPortMux(runner.server, router, self.h2_limits)
             mux = self.mux
-            if router is not None:
-                auth.peer_identity = cn_from_grpc_context  # the call context carries the CN
-            else:
-                auth.peer_identity = lambda context: mux.identity_for_peer(context.peer())
             for url in cfg.listen_client_urls:
                 tls = client_tls.listener_context() if url.tls else None
                 port = await mux.listen(url.host, url.port, tls)
                 self.client_ports.append(port)
                 log.info("serving client traffic", address=f"{url.host}:{port}")
-        await server.start()
+        if server is not None:
+            await server.start()
         for url in cfg.listen_metrics_urls:
             mapp = web.Application()
             add_base_routes(mapp, s)
@@ -169,7 +177,7 @@ class Member:
     async def stop(self) -> None:
         for listener in self.listeners:
             listener.close()
-        self.h2_connections.close_all()
+        await self.h2_connections.shutdown()  # GOAWAY, calls in flight finish (up to a deadline)
         if self.mux is not None:
             await self.mux.close()
         if self.grpc is not None:

@@ -123,32 +123,32 @@ class Membership:
 
     def check_add(self, member: Member, max_learners: int = 1) -> None:
         if member.id in self.removed or member.id in self.members:
-            raise errors.MEMBER_EXIST
+            raise errors.MEMBER_EXIST()
         urls = set(member.peer_urls)
         for m in self.members.values():
             if urls & set(m.peer_urls):
-                raise errors.PEER_URL_EXIST
+                raise errors.PEER_URL_EXIST()
         if member.is_learner and len(self.learners()) >= max_learners:
-            raise errors.TOO_MANY_LEARNERS
+            raise errors.TOO_MANY_LEARNERS()
 
     def check_remove(self, mid: int) -> None:
         if mid in self.removed or mid not in self.members:
-            raise errors.MEMBER_NOT_FOUND
+            raise errors.MEMBER_NOT_FOUND()
 
     def check_promote(self, mid: int) -> None:
         m = self.members.get(mid)
         if m is None or mid in self.removed:
-            raise errors.MEMBER_NOT_FOUND
+            raise errors.MEMBER_NOT_FOUND()
         if not m.is_learner:
-            raise errors.MEMBER_NOT_LEARNER
+            raise errors.MEMBER_NOT_LEARNER()
 
     def check_update(self, mid: int, peer_urls: list[str]) -> None:
         if mid in self.removed or mid not in self.members:
-            raise errors.MEMBER_NOT_FOUND
+            raise errors.MEMBER_NOT_FOUND()
         urls = set(peer_urls)
         for m in self.members.values():
             if m.id != mid and urls & set(m.peer_urls):
-                raise errors.PEER_URL_EXIST
+                raise errors.PEER_URL_EXIST()
 
     # -- changes, applied from committed entries -----------------------------------------------
 

@@ -83,7 +83,7 @@ class MembershipOpsMixin:
         if started == 1 and n == 2:
             return
         if started < n // 2 + 1:
-            raise errors.MEMBER_NOT_ENOUGH_STARTED
+            raise errors.MEMBER_NOT_ENOUGH_STARTED()
 
     def check_can_remove(self, mid: int) -> None:
         if not self.cfg.strict_reconfig_check:
@@ -93,14 +93,14 @@ class MembershipOpsMixin:
             return
         n, started = self._started_voters(exclude=mid)
         if started < n // 2 + 1:
-            raise errors.MEMBER_NOT_ENOUGH_STARTED
+            raise errors.MEMBER_NOT_ENOUGH_STARTED()
 
     async def promote_member(self, mid: int) -> list:
         self.membership.check_promote(mid)
         while True:
             if self.is_leader:
                 if not self._learner_ready(mid):
-                    raise errors.LEARNER_NOT_READY
+                    raise errors.LEARNER_NOT_READY()
                 m = self.membership.get(mid)
                 assert m is not None
                 return await self.propose_conf_change(ConfChangeType.ADD_NODE, Member(
@@ -122,17 +122,17 @@ class MembershipOpsMixin:
 
     async def move_leader(self, target: int) -> None:
         if not self.is_leader:
-            raise errors.NOT_LEADER
+            raise errors.NOT_LEADER()
         m = self.membership.get(target)
         if m is None or m.is_learner:
-            raise errors.BAD_LEADER_TRANSFEREE
+            raise errors.BAD_LEADER_TRANSFEREE()
         if target == self.member_id:
             return
         self.transfer_leadership(target)
         deadline = time.monotonic() + self.request_timeout
         while self.leader_id != target:
             if time.monotonic() > deadline:
-                raise errors.TIMEOUT
+                raise errors.TIMEOUT()
             await asyncio.sleep(self.cfg.tick_seconds)
 
 

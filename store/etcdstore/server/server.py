@@ -179,15 +179,15 @@ class EtcdServer(BootstrapMixin, SnapshotMixin, MembershipOpsMixin, LeaseOpsMixi
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._waiters.fail_all(errors.STOPPED)
-        self._applied.fail_all(errors.STOPPED)
+        self._waiters.fail_all(errors.STOPPED())
+        self._applied.fail_all(errors.STOPPED())
         for fut in self._read_waiters:
             if not fut.done():
-                fut.set_exception(errors.STOPPED)
+                fut.set_exception(errors.STOPPED())
         for _, waiters in self._read_inflight.values():
             for fut in waiters:
                 if not fut.done():
-                    fut.set_exception(errors.STOPPED)
+                    fut.set_exception(errors.STOPPED())
         if self.transport is not None:
             await self.transport.stop()
         self.watchable.close()
@@ -243,13 +243,13 @@ class EtcdServer(BootstrapMixin, SnapshotMixin, MembershipOpsMixin, LeaseOpsMixi
         `system` marks the member's own requests (lease expiry, the v2 API's emulation writes):
         v3 auth does not apply to them, as etcd's internal requests bypass it."""
         if self._stopping:
-            raise errors.STOPPED
+            raise errors.STOPPED()
         if self.removed:
-            raise errors.STOPPED
+            raise errors.STOPPED()
         req_id = self._id_gen.next()
         # etcd refuses a request whose Raft entry (the request plus a small header) is over the limit.
         if len(payload) + _ENTRY_OVERHEAD > self.cfg.max_request_bytes:
-            raise errors.REQUEST_TOO_LARGE
+            raise errors.REQUEST_TOO_LARGE()
         data = rq.encode(kind, req_id, payload, user, auth_revision, system=system)
         fut = self._waiters.register(req_id)
         self._proposals.append(data)
@@ -280,24 +280,24 @@ class EtcdServer(BootstrapMixin, SnapshotMixin, MembershipOpsMixin, LeaseOpsMixi
         """Which "timed out" etcd would report for a proposal made at `start` (its parseProposeCtxErr)."""
         elected = self._leader_elected_at
         if elected - 2 * self.cfg.election_timeout_ms / 1000.0 < start < elected:
-            return errors.TIMEOUT_DUE_TO_LEADER_FAIL
+            return errors.TIMEOUT_DUE_TO_LEADER_FAIL()
         leader = self.leader_id
         if leader == 0 or self.transport is None:
-            return errors.TIMEOUT
+            return errors.TIMEOUT()
         if leader == self.member_id:
             voters = [v for v in self.membership.voters() if v != self.member_id]
             connected = sum(1 for v in voters if 0 < self.transport.active_since(v) <= start)
             if connected + 1 < len(self.membership.voters()) // 2 + 1:
-                return errors.TIMEOUT_DUE_TO_CONNECTION_LOST
+                return errors.TIMEOUT_DUE_TO_CONNECTION_LOST()
         elif not 0 < self.transport.active_since(leader) <= start:
-            return errors.TIMEOUT_DUE_TO_CONNECTION_LOST
-        return errors.TIMEOUT
+            return errors.TIMEOUT_DUE_TO_CONNECTION_LOST()
+        return errors.TIMEOUT()
 
     async def read_index(self, timeout: float | None = None) -> None:
         """Linearizable read barrier: returns once this member has applied everything committed
         before the call (confirmed by the leader with a heartbeat quorum)."""
         if self._stopping:
-            raise errors.STOPPED
+            raise errors.STOPPED()
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._read_waiters.append(fut)
         self._kick()
@@ -306,7 +306,7 @@ class EtcdServer(BootstrapMixin, SnapshotMixin, MembershipOpsMixin, LeaseOpsMixi
             index = await _with_deadline(fut, deadline)
             await _with_deadline(self._applied.wait(index), deadline)
         except asyncio.TimeoutError:
-            raise errors.TIMEOUT from None
+            raise errors.TIMEOUT() from None
 
     def transfer_leadership(self, target: int) -> None:
         self._transfer_to = target

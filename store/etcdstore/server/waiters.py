@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import heapq
 import itertools
 from typing import Any
@@ -36,10 +37,12 @@ class RequestWaiters:
         self._futures.pop(req_id, None)
 
     def fail_all(self, error: BaseException) -> None:
+        """Fail every waiter, each with its own copy of `error` (one exception object raised in many
+        tasks would collect all their tracebacks)."""
         futures, self._futures = self._futures, {}
         for fut in futures.values():
             if not fut.done():
-                fut.set_exception(error)
+                fut.set_exception(copy.copy(error))
 
     def __len__(self) -> int:
         return len(self._futures)
@@ -72,7 +75,8 @@ class IndexWaiters:
                 fut.set_result(None)
 
     def fail_all(self, error: BaseException) -> None:
+        """Fail every waiter, each with its own copy of `error`."""
         heap, self._heap = self._heap, []
         for _, _, fut in heap:
             if not fut.done():
-                fut.set_exception(error)
+                fut.set_exception(copy.copy(error))

@@ -65,6 +65,10 @@ _GRPC_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 50),
     ("grpc.min_reconnect_backoff_ms", 50),
     ("grpc.max_reconnect_backoff_ms", 250),
+    # A peer's name is re-resolved when its connection breaks, but by default at most every 30 s:
+    # a member pod recreated with a new IP under the same DNS name would stay unreachable that
+    # long. 500 ms: it rejoins within about a second (tests/store/test_peer_dns.py).
+    ("grpc.dns_min_time_between_resolutions_ms", 500),
 ]
 # The peer server must accept the senders' keepalive pings on idle streams (a follower's
 # streams to non-leaders carry nothing for long stretches); gRPC's default policy answers
@@ -523,7 +527,7 @@ class PeerTransport:
         s = self.server
         try:
             if not s.is_leader:
-                raise errors.NOT_LEADER
+                raise errors.NOT_LEADER()
             op = doc["op"]
             if op == "lease_renew":
                 result: Any = {"ttl": await s.lease_renew(int(doc["id"]))}
@@ -544,7 +548,7 @@ class PeerTransport:
     async def _forward(self, leader: int, doc: dict) -> dict:
         peer = self.peers.get(leader)
         if peer is None:
-            raise errors.NO_LEADER
+            raise errors.NO_LEADER()
         call = (await peer.get_channel()).unary_unary(f"/{SERVICE}/Forward", request_serializer=_ident,
                                                       response_deserializer=_ident)
         try:
@@ -553,8 +557,8 @@ class PeerTransport:
         except grpc.aio.AioRpcError as e:
             self.check_refusal(e)
             if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                raise errors.TIMEOUT from None
-            raise errors.LEADER_CHANGED if e.code() == grpc.StatusCode.UNAVAILABLE else errors.TIMEOUT from None
+                raise errors.TIMEOUT() from None
+            raise errors.LEADER_CHANGED() if e.code() == grpc.StatusCode.UNAVAILABLE else errors.TIMEOUT() from None
         result = json.loads(raw)
         if "error" in result:
             known = errors.from_message(result["error"])

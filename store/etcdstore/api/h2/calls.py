@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from etcdstore.api.h2 import frames as f
+from etcdstore.api.h2.connection import _good_names, _good_values, check_field_name, check_field_value
 
 if TYPE_CHECKING:
     from etcdstore.api.h2.connection import H2Connection, Stream
@@ -33,6 +34,10 @@ _TRANSPORT_HEADERS = frozenset({b"content-type", b"te", b"grpc-timeout", b"grpc-
                                 b"grpc-accept-encoding", b"grpc-message-type"})
 _DECOMPRESS: dict[bytes, Callable[[bytes], bytes]] = {b"gzip": gzip.decompress, b"deflate": zlib.decompress}
 _OK = f.trailers(0)
+_RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+# Request pseudo-headers (RFC 9113 8.3.1), as bits; the first three are required.
+_PSEUDO = {b":method": 1, b":scheme": 2, b":path": 4, b":authority": 8}
+_REQUIRED = 7
 
 
 def _status(code: grpc.StatusCode) -> int:
@@ -53,28 +58,57 @@ class Router:
             self.methods[f"/{service}/{name}".encode()] = handler
 
     def open(self, conn: H2Connection, stream: Stream, headers: list[tuple[bytes, bytes]]) -> None:
-        """A new stream's request headers arrived: start (or refuse) its call."""
+        """A new stream's request headers arrived: check them (RFC 9113 8.2-8.3), start (or refuse) its call."""
         path = b""
         method = b""
         content_type = b""
         timeout = b""
         encoding = b""
         metadata = []
+        pseudo = 0
+        regular = False
+        size = 0
+        bad = None
+        good_names = _good_names
+        good_values = _good_values
         for k, v in headers:
+            size += len(k) + len(v) + 32
+            if v not in good_values and (bad := check_field_value(v)):
+                break
             if k[:1] == b":":
+                bit = _PSEUDO.get(k, 0)
+                if not bit or pseudo & bit or regular:
+                    bad = f"misplaced, repeated or unknown pseudo-header {k[:32]!r}"
+                    break
+                pseudo |= bit
                 if k == b":path":
                     path = v
                 elif k == b":method":
                     method = v
-            elif k in _TRANSPORT_HEADERS:
+                continue
+            regular = True
+            if k not in good_names and (bad := check_field_name(k)):
+                break
+            if k in _TRANSPORT_HEADERS:
                 if k == b"content-type":
                     content_type = v
                 elif k == b"grpc-timeout":
                     timeout = v
                 elif k == b"grpc-encoding":
                     encoding = v
+                elif k == b"te" and v != b"trailers":
+                    bad = "te other than trailers"
+                    break
             else:
-                metadata.append(_metadatum(k, v))
+                metadata.append((k, v))
+        if bad is None and (pseudo & _REQUIRED != _REQUIRED or not path):
+            bad = "missing :method, :scheme or :path"
+        if bad is not None:  # a malformed request: stream error PROTOCOL_ERROR (8.1.1)
+            conn.reset_stream(stream, f.PROTOCOL_ERROR)
+            return
+        if size > conn.limits.max_call_metadata:
+            stream.finish(f.trailers(_RESOURCE_EXHAUSTED, "grpc: received header list larger than max"))
+            return
         if method != b"POST" or not content_type.startswith(b"application/grpc"):
             stream.finish(f.trailers(_status(grpc.StatusCode.INTERNAL), "not a gRPC request"))
             return
@@ -91,7 +125,7 @@ class Router:
                 message = f'grpc: Decompressor is not installed for grpc-encoding "{name}"'
                 stream.finish(f.trailers(_status(grpc.StatusCode.UNIMPLEMENTED), message))
                 return
-        ctx = CallContext(tuple(metadata), conn.peer, conn.identity)
+        ctx = CallContext(tuple(_metadatum(k, v) for k, v in metadata), conn.peer, conn.identity)
         call = Call(conn, stream, handler, ctx, self.max_message, decompress)
         stream.call = call
         if timeout:
@@ -175,7 +209,8 @@ class Call:
     """One call: collects the request message(s), runs the handler, sends the answer."""
 
     __slots__ = ("conn", "stream", "handler", "ctx", "max_message", "decompress", "task", "buf",
-                 "request", "inbox", "waiter", "ended", "timer", "deadline_hit", "finished")
+                 "request", "inbox", "waiter", "ended", "timer", "deadline_hit", "finished", "held",
+                 "__weakref__")
 
     def __init__(self, conn: H2Connection, stream: Stream, handler: grpc.RpcMethodHandler, ctx: CallContext,
                  max_message: int, decompress: Callable[[bytes], bytes] | None) -> None:
@@ -195,30 +230,41 @@ class Call:
         self.timer: asyncio.TimerHandle | None = None
         self.deadline_hit = False
         self.finished = False  # the handler is done: later request bytes are only credited
+        self.held = 0  # request bytes received and not yet handed to the handler (conn.held's share)
 
     # -- receiving --------------------------------------------------------------------------------
 
     def on_data(self, payload: bytes, end: bool) -> None:
         if self.finished:
-            self.conn.credit(None, len(payload))
             return
+        conn = self.conn
+        n = len(payload)
+        if n:
+            self.held += n
+            conn.held += n
+            if conn.held > conn.limits.max_buffered_request_bytes:
+                self.fail(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          "grpc: too many request bytes buffered on this connection")
+                return
         buf = self.buf  # a bytearray: appending is linear however many frames a message spans
         buf += payload
         pos = 0
         stream = self.stream
         streaming = self.inbox is not None
         if not streaming:
-            self.conn.credit(stream, len(payload))  # unary: consumed as it arrives (capped below)
+            # Unary: the bytes go into a message whose length passed the check below, so they
+            # count as consumed: the stream's window comes back as they arrive.
+            conn.credit(stream, n)
         while len(buf) - pos >= 5:
-            flag, n = _prefix.unpack_from(buf, pos)
-            if n > self.max_message:
+            flag, size = _prefix.unpack_from(buf, pos)
+            if size > self.max_message:
                 self.fail(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                          f"grpc: received message larger than max ({n} vs. {self.max_message})")
+                          f"grpc: received message larger than max ({size} vs. {self.max_message})")
                 return
-            if len(buf) - pos < 5 + n:
+            if len(buf) - pos < 5 + size:
                 break
-            msg = bytes(buf[pos + 5:pos + 5 + n])
-            pos += 5 + n
+            msg = bytes(buf[pos + 5:pos + 5 + size])
+            pos += 5 + size
             if flag:
                 if self.decompress is None:
                     self.fail(grpc.StatusCode.INTERNAL,
@@ -231,7 +277,7 @@ class Call:
                               f"grpc: failed to decompress the received message: {e}")
                     return
             if streaming:
-                self.inbox.append((msg, 5 + n))  # type: ignore[union-attr]
+                self.inbox.append((msg, 5 + size))  # type: ignore[union-attr]
             elif self.request is not None:
                 self.fail(grpc.StatusCode.UNIMPLEMENTED, "grpc: received more than one request message")
                 return
@@ -254,7 +300,13 @@ class Call:
             elif self.request is None:
                 self.fail(grpc.StatusCode.INTERNAL, "grpc: no request message")
             elif self.task is None:
+                self._unhold(self.held)
                 self.start(self.request)
+
+    def _unhold(self, n: int) -> None:
+        """`n` held request bytes were handed to the handler (or dropped)."""
+        self.held -= n
+        self.conn.held -= n
 
     async def _next(self) -> bytes:
         """The next request message of a streaming call (raises StopAsyncIteration at its end)."""
@@ -269,6 +321,7 @@ class Call:
             finally:
                 self.waiter = None
         msg, size = inbox.popleft()
+        self._unhold(size)
         self.conn.credit(self.stream, size)
         return msg
 
@@ -362,15 +415,13 @@ class Call:
             self._release()
 
     def _release(self) -> None:
-        """Give back the connection window held by request bytes no one will read."""
+        """Drop the request bytes no one will read (their windows were or will not be needed)."""
         self.finished = True
-        if self.inbox is None:  # unary: its bytes were credited as they came
-            self.buf = bytearray()
-            return
-        unread = len(self.buf) + sum(size for _, size in self.inbox)
+        self._unhold(self.held)
         self.buf = bytearray()
-        self.inbox.clear()
-        self.conn.credit(None, unread)
+        self.request = None
+        if self.inbox is not None:
+            self.inbox.clear()
 
 
 class _Requests:

@@ -27,11 +27,13 @@ NO_ERROR = 0x0
 PROTOCOL_ERROR = 0x1
 INTERNAL_ERROR = 0x2
 FLOW_CONTROL_ERROR = 0x3
+SETTINGS_TIMEOUT = 0x4
 STREAM_CLOSED = 0x5
 FRAME_SIZE_ERROR = 0x6
 REFUSED_STREAM = 0x7
 CANCEL = 0x8
 COMPRESSION_ERROR = 0x9
+ENHANCE_YOUR_CALM = 0xB
 
 # Settings.
 S_HEADER_TABLE_SIZE = 0x1
@@ -67,6 +69,10 @@ def window_update(stream_id: int, increment: int) -> bytes:
 
 def rst_stream(stream_id: int, code: int) -> bytes:
     return frame(RST_STREAM, 0, stream_id, _u32.pack(code))
+
+
+def ping(payload: bytes, ack: bool = False) -> bytes:
+    return frame(PING, ACK if ack else 0, 0, payload)
 
 
 def goaway(last_stream_id: int, code: int, debug: bytes = b"") -> bytes:
