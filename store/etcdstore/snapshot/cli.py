@@ -1,5 +1,8 @@
 """`etcdstore snapshot restore|status`: build a member data dir from a snapshot, or describe one.
 
+Both read etcd's snapshot files (what `etcdctl snapshot save` stores from etcd 3.4 or from this
+store) and this store's own older format.
+
 Restore works as etcdutl's does: the state machine (keys with their revisions, leases, auth)
 comes from the snapshot; membership is replaced by the cluster given on the command line
 (fresh member and cluster IDs derived from --initial-cluster and --initial-cluster-token);
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import struct
@@ -21,6 +25,7 @@ from etcdstore.raft import codec
 from etcdstore.raft.records import ConfState, HardState, SnapshotMetadata
 from etcdstore.server.bootstrap import MEMBER_ID_KEY
 from etcdstore.server.membership import Membership, member_id
+from etcdstore.snapshot import etcdformat
 from etcdstore.snapshot import format as snapfmt
 from etcdstore.storage import backend as bk
 from etcdstore.storage import raftlog
@@ -35,8 +40,14 @@ class _Parser(argparse.ArgumentParser):
 
 
 def restore(path: str, *, data_dir: str, name: str, initial_cluster: str, token: str,
-            advertise_peer_urls: str) -> Membership:
-    footer = snapfmt.verify(path)
+            advertise_peer_urls: str, skip_hash_check: bool = False) -> Membership:
+    # Either etcd's snapshot (a bbolt database + sha256, what Maintenance.Snapshot streams and
+    # etcd 3.4 writes) or this store's own older format; both are checked before anything is written.
+    etcd_file = etcdformat.is_bbolt(path)
+    if etcd_file:
+        etcdformat.verify(path, skip_hash_check=skip_hash_check)
+    else:
+        snapfmt.verify(path)
     if os.path.exists(data_dir) and os.listdir(data_dir):
         raise FileExistsError(f"data-dir {data_dir!r} exists")
     cluster = parse_initial_cluster(initial_cluster)
@@ -51,7 +62,10 @@ def restore(path: str, *, data_dir: str, name: str, initial_cluster: str, token:
     os.makedirs(os.path.join(tmp, "member"))
     be = bk.Backend(os.path.join(tmp, "member", "db"))
     try:
-        snapfmt.load_into(path, be)
+        if etcd_file:
+            etcdformat.load_into(path, be, verified=True)
+        else:
+            snapfmt.load_into(path, be)
         urls = {n: [str(u) for u in us] for n, us in cluster.items()}
         membership = Membership.from_initial_cluster(urls, token)
         for n, us in urls.items():
@@ -80,20 +94,22 @@ def restore(path: str, *, data_dir: str, name: str, initial_cluster: str, token:
     if os.path.exists(data_dir):
         os.rmdir(data_dir)  # empty (checked above)
     os.replace(tmp, data_dir)
-    del footer
     return membership
 
 
 def _human(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if size < 1000 or unit == "TB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{n} B"
+    """go-humanize's Bytes, as etcdctl prints sizes (SI units, 3 significant digits below 10)."""
+    if n < 10:
+        return f"{n} B"
+    e = math.floor(math.log(n) / math.log(1000))
+    val = math.floor(n / 1000**e * 10 + 0.5) / 10
+    unit = ("B", "kB", "MB", "GB", "TB", "PB", "EB")[e]
+    return f"{val:.1f} {unit}" if val < 10 else f"{val:.0f} {unit}"
 
 
 def status(path: str) -> dict:
+    if etcdformat.is_bbolt(path):
+        return etcdformat.status(path)  # as etcdctl snapshot status computes it
     footer = snapfmt.verify(path)
     return {"hash": footer["hash"], "revision": footer["revision"], "totalKey": footer["totalKeys"],
             "totalSize": os.path.getsize(path)}
@@ -109,8 +125,8 @@ def main(argv: list[str]) -> int:
     r.add_argument("--initial-cluster", default=None)
     r.add_argument("--initial-cluster-token", default="etcd-cluster")
     r.add_argument("--initial-advertise-peer-urls", default="http://localhost:2380")
-    r.add_argument("--skip-hash-check", action="store_true", help="accepted for etcdutl compatibility; the "
-                   "checksum is always verified")
+    r.add_argument("--skip-hash-check", action="store_true", help="ignore the snapshot's sha256 (needed for a "
+                   "db file copied from a data dir); this store's own format is always verified")
     st = sub.add_parser("status", help="print hash, revision, total keys and size of a snapshot")
     st.add_argument("file")
     st.add_argument("-w", "--write-out", default="simple", choices=("simple", "table", "json"))
@@ -121,7 +137,8 @@ def main(argv: list[str]) -> int:
             cluster = args.initial_cluster or f"{args.name}={args.initial_advertise_peer_urls}"
             membership = restore(args.file, data_dir=data_dir, name=args.name, initial_cluster=cluster,
                                  token=args.initial_cluster_token,
-                                 advertise_peer_urls=args.initial_advertise_peer_urls)
+                                 advertise_peer_urls=args.initial_advertise_peer_urls,
+                                 skip_hash_check=args.skip_hash_check)
             for m in membership.sorted_members():
                 print(f"restored member {m.name} ({m.id:x}) of cluster {membership.cluster_id:x} -> {data_dir}"
                       if m.name == args.name else f"added member {m.name} ({m.id:x}) {','.join(m.peer_urls)}")
