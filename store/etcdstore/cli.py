@@ -4,6 +4,8 @@
     etcdstore snapshot restore FILE ...    build a member data dir from a snapshot (as etcdutl)
     etcdstore snapshot status FILE         hash, revision, total keys, size of a snapshot
     etcdstore bench put|range|txn|watch    drive any etcd endpoint and print throughput/latency
+    etcdstore grpc-proxy start [flags]     etcd's gRPC proxy: coalesced watches, range cache (etcd 3.4 flags)
+    etcdstore local-cluster [flags]        three members and a grpc-proxy on this machine (etcd's Procfile)
     etcdstore --version
 """
 
@@ -24,6 +26,17 @@ def main(argv: list[str] | None = None) -> int:
         from etcdstore.bench import main as bench_main
 
         return bench_main(argv[1:])
+    if argv and argv[0] in ("-h", "--help", "help"):
+        print(__doc__.strip() + "\n\nEach subcommand takes --help. A member's flags (as etcd's):\n", flush=True)
+        argv = ["--help"]
+    if argv and argv[0] == "grpc-proxy":
+        from etcdstore.proxy.server import main as proxy_main
+
+        return proxy_main(argv[1:])
+    if argv and argv[0] == "local-cluster":
+        from etcdstore.localcluster import main as local_cluster_main
+
+        return local_cluster_main(argv[1:])
     if argv and argv[0] in ("version", "--version", "-version"):
         print(f"etcdstore Version: {__version__}\netcd API Version: {ETCD_VERSION}")
         return 0
