@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from etcdstore import ETCD_VERSION as STORE_API_VERSION  # the etcd API version the store implements
+
 GROUP = "etcdstore.io"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -151,22 +153,30 @@ def cluster_spec_schema() -> Schema:
                 "type": "string",
                 "enum": ["etcdstore", "etcd"],
                 "default": "etcdstore",
-                "description": "What member pods run: this project's store or etcd itself.",
+                "description": "What member pods run: this project's store or etcd itself. Immutable (their data "
+                               "dirs differ).",
+                "x-kubernetes-validations": [{"rule": "self == oldSelf", "message": "engine is immutable"}],
             },
             "version": {
                 "type": "string",
                 "pattern": r"^[0-9]+\.[0-9]+\.[0-9]+$",
-                "default": "3.4.23",
-                "description": "etcd API version; changes roll one member at a time, minor skips are refused.",
+                "maxLength": 32,
+                "default": STORE_API_VERSION,
+                "description": "etcd version the members run; changes roll one member at a time, minor skips are "
+                               f"refused. engine etcdstore: the etcd API version of the store ({STORE_API_VERSION}), "
+                               "nothing else.",
             },
-            "image": {"type": "string", "minLength": 1, "description": "Member image (default: from engine and version)."},
+            "image": {"type": "string", "minLength": 1, "maxLength": 512,
+                      "description": "Member image (default: from engine and version). engine etcd: its tag names "
+                                     "spec.version (vX.Y.Z or X.Y.Z, optionally @sha256:...), so an image change "
+                                     "goes through the version rules."},
             "imagePullPolicy": {"type": "string", "enum": ["Always", "IfNotPresent", "Never"], "default": "IfNotPresent"},
             "imagePullSecrets": {"type": "array", "items": _obj({"name": _STRING}, required=["name"])},
             "paused": {"type": "boolean", "default": False, "description": "Stop all changes; status is still refreshed."},
             "storage": _obj(
                 {
-                    "size": {"type": "string", "pattern": _SIZE_PATTERN, "default": "1Gi"},
-                    "storageClassName": _STRING,
+                    "size": {"type": "string", "pattern": _SIZE_PATTERN, "default": "1Gi", "maxLength": 32},
+                    "storageClassName": {"type": "string", "maxLength": 253},
                     "ephemeral": {
                         "type": "boolean",
                         "default": False,
@@ -180,7 +190,14 @@ def cluster_spec_schema() -> Schema:
                     },
                 },
                 default={},
-                **{"x-kubernetes-validations": [{"rule": "self == oldSelf", "message": "storage is immutable"}]},
+                description="size may grow (member volumes are expanded where the StorageClass allows it; never "
+                            "shrunk); reclaimPolicy may change; the rest is immutable.",
+                **{"x-kubernetes-validations": [{
+                    "rule": "self.ephemeral == oldSelf.ephemeral && (has(self.storageClassName) ? "
+                            "(has(oldSelf.storageClassName) && self.storageClassName == oldSelf.storageClassName) : "
+                            "!has(oldSelf.storageClassName))",
+                    "message": "storage is immutable except size (to grow the volumes) and reclaimPolicy",
+                }]},
             ),
             "resources": _obj(
                 {
@@ -198,6 +215,13 @@ def cluster_spec_schema() -> Schema:
                     "topologySpreadConstraints": {"type": "array", "items": _FREE_OBJECT},
                     "priorityClassName": _STRING,
                     "serviceAccountName": _STRING,
+                    "startupTimeoutSeconds": {
+                        "type": "integer",
+                        "minimum": 10,
+                        "maximum": 86400,
+                        "description": "How long a member may take to start (replaying a large log) before its "
+                                       "liveness probe counts (default 600).",
+                    },
                 },
                 description="Overrides applied to every member pod.",
             ),
@@ -248,6 +272,15 @@ def cluster_spec_schema() -> Schema:
                     ),
                 },
                 default={},
+                description="TLS modes cannot change in place (members would stop understanding each other).",
+                **{
+                    "x-kubernetes-validations": [
+                        {
+                            "rule": "self.client.mode == oldSelf.client.mode && self.peer.mode == oldSelf.peer.mode",
+                            "message": "tls.client.mode and tls.peer.mode are immutable",
+                        }
+                    ]
+                },
             ),
             "auth": _obj(
                 {
@@ -286,7 +319,29 @@ def cluster_spec_schema() -> Schema:
                 **{"x-kubernetes-validations": [{"rule": "self == oldSelf", "message": "restore is immutable"}]},
             ),
         },
+        **{"x-kubernetes-validations": SPEC_RULES},
     )
+
+
+# Cross-field rules of the spec (CEL, evaluated by the API server; the operator checks the
+# non-transition ones again in spec.validate_cluster_spec).
+SPEC_RULES: list[Schema] = [
+    {
+        "rule": "has(oldSelf.restore) == has(self.restore)",
+        "message": "restore can only be set when the cluster is created, and not removed",
+    },
+    {
+        "rule": "self.engine != 'etcd' || !has(self.image) || self.image.endsWith(':v' + self.version)"
+                " || self.image.endsWith(':' + self.version) || self.image.contains(':v' + self.version + '@sha256:')"
+                " || self.image.contains(':' + self.version + '@sha256:')",
+        "message": "image must be tagged with spec.version (vX.Y.Z or X.Y.Z): change both together, so that the "
+                   "version rules (one minor at a time, no downgrade) apply to image changes",
+    },
+    {
+        "rule": f"self.engine != 'etcdstore' || self.version == '{STORE_API_VERSION}'",
+        "message": f"engine etcdstore implements etcd API {STORE_API_VERSION}: version must be {STORE_API_VERSION}",
+    },
+]
 
 
 def cluster_status_schema() -> Schema:
@@ -332,6 +387,8 @@ def cluster_status_schema() -> Schema:
             "certificatesNotAfter": {"type": "string", "format": "date-time"},
             "conditions": {"type": "array", "items": condition},
             "members": {"type": "array", "items": member},
+            "retainedVolumes": {"type": "array", "items": _STRING,
+                                "description": "Volumes of a previous EtcdCluster of this name in use (reclaimPolicy Retain)."},
             "lastSuccessfulBackup": backup_result_schema(),
         },
         # kopf keeps its own progress under status.kopf

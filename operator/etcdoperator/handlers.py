@@ -16,7 +16,7 @@ import kopf
 
 from etcdoperator import backups, crd, events
 from etcdoperator.build.common import Images
-from etcdoperator.kube import PVCS, Kube
+from etcdoperator.kube import PODS, PVCS, STATEFULSETS, Kube
 from etcdoperator.naming import LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY, ClusterRef
 from etcdoperator.planner import PlannerConfig
 from etcdoperator.reconciler import ClusterReconciler, Settings
@@ -39,6 +39,8 @@ class OperatorState:
         self.connection: Any = None
         self._kube: Kube | None = None
         self.wakers: dict[tuple[str, str], asyncio.Event] = {}
+        self.namespaces: list[str] = []  # served namespaces (empty: all), set by `etcdoperator run`
+        self.tasks: list[asyncio.Task[None]] = []
         self.settings = Settings(
             images=Images.from_env(),
             secrets_dir=Path(os.environ.get("ETCDOPERATOR_SECRETS_DIR", "/tmp/etcdoperator")),
@@ -91,6 +93,8 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 
 @kopf.on.cleanup()
 async def cleanup(**_: Any) -> None:
+    for t in STATE.tasks:
+        t.cancel()
     await STATE.close()
 
 
@@ -136,15 +140,35 @@ def cluster_changed(name: str, namespace: str, meta: kopf.Meta, **_: Any) -> Non
         STATE.wake(namespace, name)
 
 
-@kopf.on.event("", "v1", "pods", labels=_MEMBER_LABELS)
-def pod_changed(labels: kopf.Labels, namespace: str, **_: Any) -> None:
-    if labels.get(LABEL_COMPONENT) == "member":
-        STATE.wake(namespace, labels.get(LABEL_INSTANCE))
+# Member pods and StatefulSets wake their cluster's loop. They are watched with a label selector
+# the API server applies (kopf filters `labels=` on the client: every pod in the cluster would
+# reach the operator); one watch per resource per served namespace (all: one cluster-wide).
+WATCHED = ((PODS, {**_MEMBER_LABELS, LABEL_COMPONENT: "member"}), (STATEFULSETS, _MEMBER_LABELS))
 
 
-@kopf.on.event("apps", "v1", "statefulsets", labels=_MEMBER_LABELS)
-def statefulset_changed(labels: kopf.Labels, namespace: str, **_: Any) -> None:
-    STATE.wake(namespace, labels.get(LABEL_INSTANCE))
+async def watch_members(res: Any, namespace: str | None, labels: dict[str, str]) -> None:
+    while True:
+        try:
+            kube = STATE.kube()
+        except kopf.TemporaryError:  # not logged in yet
+            await asyncio.sleep(1.0)
+            continue
+        try:
+            async for event in kube.watch(res, namespace, labels=labels):
+                meta = (event.get("object") or {}).get("metadata") or {}
+                STATE.wake(meta.get("namespace"), (meta.get("labels") or {}).get(LABEL_INSTANCE))
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001  (reconnect on anything; the loops also poll)
+            log.warning("watch of %s%s failed, restarting: %s", res.plural, f" in {namespace}" if namespace else "", e)
+            await asyncio.sleep(2.0)
+
+
+@kopf.on.startup()
+async def start_watches(**_: Any) -> None:
+    for res, labels in WATCHED:
+        for ns in STATE.namespaces or [None]:
+            STATE.tasks.append(asyncio.create_task(watch_members(res, ns, labels), name=f"watch {res.plural} {ns}"))
 
 
 @kopf.on.delete(crd.GROUP, crd.VERSION, crd.CLUSTER_PLURAL)

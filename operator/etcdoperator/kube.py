@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -145,6 +145,44 @@ class Kube:
             items = [i for i in items if all((i.get("metadata", {}).get("labels") or {}).get(k) == v
                                              for k, v in labels.items())]
         return items
+
+    async def watch(self, res: Resource, namespace: str | None, *, labels: Mapping[str, str],
+                    timeout: int = 300) -> AsyncIterator[Body]:
+        """Events (ADDED/MODIFIED/DELETED, and SYNC for what exists at each (re)list) of the objects
+        matching `labels`, filtered by the API server (labelSelector): objects of no interest
+        never reach the operator. Resumes from the last resourceVersion; relists after 410 Gone."""
+        selector = ",".join(f"{k}={v}" for k, v in labels.items())
+        rv: str | None = None
+        while True:
+            if rv is None:
+                listing = await self._request("GET", res.path(namespace), params={"labelSelector": selector})
+                rv = str(((listing or {}).get("metadata") or {}).get("resourceVersion") or "")
+                for item in (listing or {}).get("items") or []:
+                    yield {"type": "SYNC", "object": item}
+            params = {"watch": "true", "labelSelector": selector, "allowWatchBookmarks": "true",
+                      "timeoutSeconds": str(timeout)}
+            if rv:
+                params["resourceVersion"] = rv
+            stream_timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=timeout + 30)
+            async with self._sess().get(self._server + res.path(namespace), params=params, ssl=self._ssl,
+                                        timeout=stream_timeout) as resp:
+                if resp.status == 410:
+                    rv = None
+                    continue
+                if resp.status >= 400:
+                    raise ApiError(resp.status, resp.reason or "", (await resp.text())[:500])
+                async for line in resp.content:
+                    if not line.strip():
+                        continue
+                    event = json.loads(line)
+                    obj = event.get("object") or {}
+                    if event.get("type") == "ERROR":
+                        if obj.get("code") == 410:
+                            rv = None
+                        break
+                    rv = str((obj.get("metadata") or {}).get("resourceVersion") or rv or "")
+                    if event.get("type") != "BOOKMARK":
+                        yield event
 
     async def create(self, res: Resource, namespace: str | None, body: Body) -> Body:
         return await self._request("POST", res.path(namespace), body=body)

@@ -18,13 +18,17 @@ from etcdstore.client import Client, TLSConfig
 from etcdstore.client.requests import AlarmType
 from etcdstore.errors import EtcdError
 
-from etcdoperator import addressing
+from etcdoperator import addressing, planner
 from etcdoperator.model import EtcdView, MemberState
 from etcdoperator.naming import CLIENT_PORT, PEER_PORT, ClusterRef
 
 CALL_TIMEOUT = 3.0
 log = logging.getLogger(__name__)
 _ALARM_NAMES = {1: "NOSPACE", 2: "CORRUPT"}
+
+
+class SpaceNotRecoverable(OSError):
+    """NOSPACE with live data that fills the quota: defragmenting would not help; nothing disarmed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +48,7 @@ class Members:
         self.creds = creds
         self._client: Client | None = None
         self._client_key: tuple[object, ...] | None = None
+        self._defragmented: dict[int, int] = {}  # ordinal -> revision at its last NOSPACE defragmentation
 
     # -- URLs --------------------------------------------------------------------------------
     def client_url(self, ordinal: int) -> str:
@@ -150,6 +155,7 @@ class Members:
                     raft_applied_index=getattr(st, "raftAppliedIndex", None) if st is not None else None,
                     version=st.version if st is not None else None,
                     db_size=st.dbSize if st is not None else None,
+                    db_size_in_use=(st.dbSizeInUse or None) if st is not None else None,
                     errors=tuple(st.errors) if st is not None else ((err,) if err else ()),
                     cluster_id=st.header.cluster_id if st is not None else None,
                 )
@@ -162,11 +168,12 @@ class Members:
             k for k, (st, _) in by_ord.items()
             if st is not None and st.header.member_id not in listed and st.header.cluster_id in cluster_ids))
         alarms: tuple[str, ...] = ()
-        nospace = False
+        nospace = corrupt = False
         try:
             resp = await client.alarm_list()
             alarms = tuple(f"{_ALARM_NAMES.get(a.alarm, a.alarm)} on {a.memberID:x}" for a in resp.alarms)
             nospace = any(a.alarm == AlarmType.NOSPACE for a in resp.alarms)
+            corrupt = any(a.alarm == AlarmType.CORRUPT for a in resp.alarms)
         except EtcdError:
             pass
         log.debug("[%s/%s] observe: status+list %.2fs alarms %.2fs", self.ref.namespace, self.ref.name, t1 - t0,
@@ -179,6 +186,7 @@ class Members:
             split_brain=len(cluster_ids) > 1,
             alarms=alarms,
             nospace=nospace,
+            corrupt=corrupt,
             unlisted=unlisted,
         )
 
@@ -202,9 +210,13 @@ class Members:
     async def move_leader(self, leader_ordinal: int, target_id: int) -> None:
         await self.current().at(self.client_url(leader_ordinal)).move_leader(target_id)
 
-    async def recover_space(self, order: list[int]) -> int:
-        """NOSPACE recovery as etcd documents it: compact to the current revision, defragment every
-        member (`order`: followers first, the leader last), then disarm. Returns the revision."""
+    async def recover_space(self, order: list[int], quota: int) -> int:
+        """NOSPACE recovery as etcd documents it - compact to the current revision, defragment every
+        member (`order`: followers first, the leader last), disarm - but NOSPACE is disarmed only if
+        the data left fits under the quota with headroom (`planner.space_recoverable`), never
+        CORRUPT. A member already defragmented at this revision (an earlier attempt that could not
+        free enough; writes are refused meanwhile, so the revision stays) is not defragmented again.
+        Returns the revision; raises SpaceNotRecoverable (nothing disarmed)."""
         client = self.current()
         revision = (await client.status()).header.revision
         try:
@@ -212,8 +224,20 @@ class Members:
         except EtcdError as e:
             if e != etcd_errors.COMPACTED:
                 raise
+        size = 0
         for k in order:
-            await client.at(self.client_url(k)).with_options(timeout=120).defragment()
+            member = client.at(self.client_url(k))
+            # dbSizeInUse is only updated by the backend's next commit (there may be none while
+            # writes are refused): defragmenting is what measures what the data takes.
+            if self._defragmented.get(k) != revision:
+                await member.with_options(timeout=120).defragment()
+                self._defragmented[k] = revision
+            size = max(size, (await member.status()).dbSize)
+        if not planner.space_recoverable(size, quota):
+            raise SpaceNotRecoverable(
+                f"NOSPACE: the data takes {size} bytes after compaction and defragmentation, quota {quota}: "
+                "raise options.quotaBackendBytes (and storage) or delete keys - the alarm stays armed")
         for a in (await client.alarm_list()).alarms:
-            await client.alarm_disarm(a.memberID, AlarmType(a.alarm))
+            if a.alarm == AlarmType.NOSPACE:
+                await client.alarm_disarm(a.memberID, AlarmType.NOSPACE)
         return revision

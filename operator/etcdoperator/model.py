@@ -22,8 +22,17 @@ class PodState:
     deleting: bool = False
     revision: str | None = None  # controller-revision-hash: which StatefulSet template it runs
     restarts: int = 0
-    waiting_reason: str | None = None  # e.g. CrashLoopBackOff
+    waiting_reason: str | None = None  # e.g. CrashLoopBackOff, ImagePullBackOff (first waiting container)
     member_id: str | None = None  # holder annotation (ephemeral storage keeps data in the pod)
+    gated: bool = False  # started through the member gate (it refuses an empty data dir without a ticket)
+    last_exit_reason: str | None = None  # the member container's last termination: Error, OOMKilled...
+    last_message: str | None = None  # ...and its termination message (or log tail)
+    role: str | None = None  # the role label the operator put on it: voter | learner
+
+    @property
+    def serving(self) -> bool:
+        """Running and ready: it serves clients and counts for the disruption budget."""
+        return self.ready and not self.deleting and self.phase == "Running"
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +42,7 @@ class PVCState:
     uid: str
     deleting: bool = False
     member_id: str | None = None  # holder annotation: the etcd member whose data this volume holds
+    size: int | None = None  # requested storage, bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +53,9 @@ class BootstrapState:
     initial_cluster: str
     token: str
     joining: Mapping[int, frozenset[str]] = field(default_factory=dict)  # ordinal -> uids that predate MemberAdd
+    # Join tickets: ordinal -> hex ID of the learner just added there. The member gate lets a pod
+    # start on an empty data dir only with a ticket for its own name (see gate.py).
+    tickets: Mapping[int, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +68,10 @@ class KubeView:
     pods: Mapping[int, PodState] = field(default_factory=dict)
     pvcs: Mapping[int, PVCState] = field(default_factory=dict)
     bootstrap: BootstrapState | None = None
+    # Objects of a previous EtcdCluster of the same name (another UID) still being deleted: wait.
+    foreign: tuple[str, ...] = ()
+    # Volumes labelled with another EtcdCluster's UID (kept by reclaimPolicy Retain): reported.
+    retained: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +88,7 @@ class MemberState:
     raft_applied_index: int | None = None
     version: str | None = None
     db_size: int | None = None
+    db_size_in_use: int | None = None
     errors: tuple[str, ...] = ()
     cluster_id: int | None = None
 
@@ -93,6 +111,7 @@ class EtcdView:
     split_brain: bool = False  # members answered with different cluster IDs
     alarms: tuple[str, ...] = ()
     nospace: bool = False  # a NOSPACE alarm is raised: writes are refused cluster-wide
+    corrupt: bool = False  # a CORRUPT alarm is raised: never disarmed by the operator
     unlisted: tuple[int, ...] = ()  # ordinals whose pod answers as a member missing from the list
 
     def by_ordinal(self) -> dict[int, MemberState]:

@@ -25,6 +25,9 @@ LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_COMPONENT = "app.kubernetes.io/component"
 LABEL_BACKUP_KIND = "etcdstore.io/backup-kind"  # scheduled | on-demand
 LABEL_BACKUP = "etcdstore.io/backup"  # the EtcdBackup a Job belongs to
+LABEL_ROLE = "etcdstore.io/role"  # on member pods, set by the operator: voter | learner
+LABEL_CLUSTER_UID = "etcdstore.io/cluster-uid"  # on member volumes: the EtcdCluster that made them
+RUN_AS = 65532  # uid and gid of every pod the operator makes (the images' non-root user)
 ANNOTATION_MEMBER_ID = "etcdstore.io/member-id"  # on member PVCs: which etcd member owns the data
 ANNOTATION_TLS_HASH = "etcdstore.io/tls-hash"  # on the pod template: rolls members when certs change
 ANNOTATION_MEMBERSHIP_TIME = "etcdstore.io/membership-updated"  # on the bootstrap ConfigMap
@@ -135,6 +138,10 @@ class ClusterRef:
     def member_selector(self) -> dict[str, str]:
         """Selects member pods only (the StatefulSet, Services and PodDisruptionBudget use it)."""
         return self.labels("member")
+
+    def voter_selector(self) -> dict[str, str]:
+        """Voting members only: what the client Service and the PodDisruptionBudget select."""
+        return {**self.member_selector(), LABEL_ROLE: "voter"}
 
     def member_selector_string(self) -> str:
         return ",".join(f"{k}={v}" for k, v in self.member_selector().items())

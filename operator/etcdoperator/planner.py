@@ -15,7 +15,13 @@ Safety rules encoded here:
     shrinks the StatefulSet and deletes the volume;
   * a volume that does not carry its member's ID (recreated, i.e. the data is gone) makes the
     member be removed and re-added with a fresh volume, while the rest keep quorum;
-  * rolling restarts take followers first and the leader last, after moving leadership.
+  * an empty data dir starts only as a member just added: every member pod starts through the
+    member gate (gate.py), which refuses an empty data dir unless the bootstrap ConfigMap holds a
+    join ticket for that pod, and tickets exist only for a learner that has never started, at
+    its own ordinal; a volume is recorded as a voter's only when its pod passed the gate;
+  * rolling restarts replace outdated members that are down first (when the rest keep quorum),
+    then followers, the leader last after moving leadership; a crash loop removes a member as
+    corrupted only on evidence that its data is bad.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from dataclasses import dataclass, field
 
 from etcdoperator.model import EtcdView, MemberState, Observed, PodState, PVCState
 from etcdoperator.naming import ClusterRef, quorum
+from etcdoperator.spec import effective_quota, parse_quantity
 from etcdoperator.versions import VersionDecision, decide_version
 
 # -- actions -----------------------------------------------------------------------------------
@@ -87,6 +94,25 @@ class PrepareJoin(Action):
 
 @dataclass(frozen=True, slots=True)
 class ClearJoining(Action):
+    """Drop the join record of `ordinal` (and its ticket)."""
+
+    ordinal: int
+
+
+@dataclass(frozen=True, slots=True)
+class IssueTicket(Action):
+    """Let pod `ordinal` start on an empty data dir as learner `member_id` (never started yet), and
+    record the pods/volumes that predate the ticket (`stale_uids`): they are replaced."""
+
+    ordinal: int
+    member_id: str
+    stale_uids: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class RevokeTicket(Action):
+    """A ticket that no longer names a never-started learner at its ordinal."""
+
     ordinal: int
 
 
@@ -125,14 +151,25 @@ class RemoveMember(Action):
 
 @dataclass(frozen=True, slots=True)
 class RecoverSpace(Action):
-    """NOSPACE: compact, defragment each member (`order`: followers first, leader last), disarm."""
+    """NOSPACE: compact, then - only if the data left fits under `quota` with headroom (see
+    `space_recoverable`) - defragment each member (`order`: followers first, leader last) and
+    disarm NOSPACE (never CORRUPT)."""
 
     order: tuple[int, ...]
+    quota: int
 
 
 @dataclass(frozen=True, slots=True)
 class DeletePVC(Action):
     ordinal: int
+
+
+@dataclass(frozen=True, slots=True)
+class ExpandVolume(Action):
+    """Grow member `ordinal`'s volume claim to `size` bytes (spec.storage.size grew)."""
+
+    ordinal: int
+    size: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +232,53 @@ def initial_cluster(ref: ClusterRef, members: tuple[MemberState, ...]) -> str:
     return ",".join(parts)
 
 
+CORRUPTION_SIGNATURES = (
+    # etcd 3.4/3.5 (bbolt, WAL, raft) and the store: messages a member dies with when its data is bad.
+    "corrupt",  # "corrupted", "CORRUPT", "database file ... corrupted"
+    "crc mismatch",
+    "checksum mismatch",
+    "checksum error",
+    "invalid database",
+    "file size too small",
+    "failed to recover v3 backend",
+    "failed to find database snapshot file",
+    "was the raft log corrupted, truncated, or lost",
+    "unexpected page type",
+    "malformed",
+)
+SPACE_HEADROOM = 0.8  # after recovery the data must use at most this share of the quota
+
+
+def data_corruption_evidence(message: str | None) -> bool:
+    """True when a member's last words say its data is bad (not a bad image, flag, or memory)."""
+    text = (message or "").lower()
+    return any(sig in text for sig in CORRUPTION_SIGNATURES)
+
+
+def space_recoverable(in_use: int, quota: int) -> bool:
+    """Defragmenting shrinks the file to what is in use: worth disarming NOSPACE only when that
+    leaves headroom under the quota (else the alarm is back at the next write)."""
+    return in_use <= SPACE_HEADROOM * quota
+
+
+def restart_keeps_quorum(etcd: EtcdView, member_id: int) -> bool:
+    """True when the healthy voters other than `member_id` are a quorum of all voters (restarting
+    it, or it being down, leaves the cluster writable)."""
+    voters = etcd.voters
+    if all(v.id != member_id for v in voters):
+        return True
+    healthy = sum(1 for v in voters if v.healthy and v.id != member_id)
+    return healthy >= quorum(len(voters))
+
+
+def pod_roles(etcd: EtcdView) -> dict[int, str]:
+    """The role label each member pod should carry: the client Service and the disruption budget
+    select voters only (a learner serves no clients and does not count for quorum)."""
+    if not etcd.reachable:
+        return {}
+    return {m.ordinal: "learner" if m.learner else "voter" for m in etcd.members if m.ordinal is not None}
+
+
 def removal_keeps_quorum(etcd: EtcdView, member_id: int) -> bool:
     """True when the voting members left after removing `member_id` still have a healthy quorum."""
     if all(v.id != member_id for v in etcd.voters):
@@ -249,8 +333,16 @@ def _decide(ctx: _Ctx) -> tuple[Action, str | None, str]:
     if spec.paused:
         return _wait("Paused", "spec.paused is set: no changes are made")
     boot = kube.bootstrap
+    if kube.foreign:
+        msg = (f"objects of a previous EtcdCluster (or StatefulSet) named {ref.name} are still being deleted: "
+               f"{', '.join(kube.foreign)}")
+        return _wait("Bootstrapping", msg, "Bootstrapping")
 
     if not etcd.reachable:
+        if boot is None and any(v.member_id for v in kube.pvcs.values()):
+            # Volumes with member data and no bootstrap ConfigMap (a cluster recreated under the same
+            # name over retained volumes): never bootstrap next to them; bring them back.
+            return WriteBootstrap(initial_cluster=""), "Recovering", "members with data exist: not bootstrapping"
         if boot is None and not kube.pods and not kube.pvcs:
             seed = ref.pod(0)
             return Bootstrap(), "Bootstrapping", f"starting seed member {seed}"
@@ -262,6 +354,13 @@ def _decide(ctx: _Ctx) -> tuple[Action, str | None, str]:
         want = max([k + 1 for k in kube.pvcs] + [1]) if not spec.storage.ephemeral else max(spec.replicas, 1)
         if kube.statefulset_replicas < want:
             return ScaleStatefulSet(want), "Recovering", "restarting members"
+        if kube.statefulset_synced and kube.update_revision:
+            # None answers: members on an outdated template that are not ready lose nothing by
+            # restarting, and a corrected spec (image, flags) must be able to reach them.
+            stuck = sorted((k for k, p in kube.pods.items() if p.revision and p.revision != kube.update_revision
+                            and not p.deleting and not p.ready), reverse=True)
+            if stuck:
+                return RestartMember(stuck[0]), "Recovering", f"restarting {ref.pod(stuck[0])} on the current template"
         msg = f"no member answers: {etcd.error or 'unreachable'}"
         ctx.degraded.append(("QuorumLost", msg))
         return _wait("Unreachable", msg)
@@ -295,12 +394,23 @@ def _decide(ctx: _Ctx) -> tuple[Action, str | None, str]:
         m = by_ord.get(k)
         if m is not None and m.started:
             return ClearJoining(k), None, f"{ref.pod(k)} has joined"
+    for k, mid in sorted(boot.tickets.items()):
+        m = by_ord.get(k)
+        if m is None or not m.learner or m.started or m.hex_id != mid:
+            return RevokeTicket(k), None, f"revoking the join ticket of {ref.pod(k)}"
 
     unhealthy = [m for m in etcd.voters if not m.healthy]
     for m in unhealthy:
         ctx.degraded.append(("MemberUnhealthy", f"member {_label(ref, m)} is not healthy"))
     if etcd.alarms:
         ctx.degraded.append(("Alarm", ", ".join(etcd.alarms)))
+
+    # -- a member's data differs from the others': a human must look -------------------------
+    if etcd.corrupt:
+        msg = ("CORRUPT alarm: a member's data differs from the others' (check with `etcdctl endpoint hashkv`); "
+               "the operator changes nothing and never disarms it")
+        ctx.degraded.append(("CorruptAlarm", msg))
+        return _wait("CorruptAlarm", msg)
 
     # -- out of space: every write fails until the alarm is disarmed --------------------------
     if etcd.nospace:
@@ -309,7 +419,8 @@ def _decide(ctx: _Ctx) -> tuple[Action, str | None, str]:
         leader = etcd.leader_id
         order = tuple(sorted((m.ordinal for m in etcd.voters if m.id != leader and m.ordinal is not None), reverse=True)
                       + [m.ordinal for m in etcd.voters if m.id == leader and m.ordinal is not None])
-        return RecoverSpace(order), "NoSpace", "NOSPACE alarm: compacting, defragmenting and disarming"
+        return (RecoverSpace(order, effective_quota(spec)), "NoSpace",
+                "NOSPACE alarm: compacting, then defragmenting and disarming if that frees space")
 
     # -- a learner in progress ---------------------------------------------------------------
     learners = sorted(etcd.learners, key=lambda m: (m.ordinal is None, m.ordinal or 0))
@@ -328,6 +439,11 @@ def _decide(ctx: _Ctx) -> tuple[Action, str | None, str]:
     want = max(ordinals) + 1 if ordinals else 1
     if kube.statefulset_replicas < want:
         return ScaleStatefulSet(want), "Recovering", f"StatefulSet must run {want} pods"
+
+    # -- outdated members that are down anyway: replaced first (a corrected spec must win) ------
+    step = _restart_outdated_down(ctx)
+    if step is not None:
+        return step
 
     # -- voting members whose data is gone ----------------------------------------------------
     for m in sorted(etcd.voters, key=lambda m: -(m.ordinal or 0)):
@@ -396,6 +512,18 @@ def _decide(ctx: _Ctx) -> tuple[Action, str | None, str]:
     step = _rolling_step(ctx)
     if step is not None:
         return step
+
+    # -- volume growth: last, so that a StorageClass refusing expansion blocks nothing else ----
+    if not spec.storage.ephemeral:
+        want_size = parse_quantity(spec.storage.size)
+        smaller = [k for k, v in sorted(kube.pvcs.items()) if v.size is not None and v.size < want_size and not v.deleting]
+        larger = [v.name for v in kube.pvcs.values() if v.size is not None and v.size > want_size and not v.deleting]
+        if larger:
+            ctx.degraded.append(("VolumeShrinkRefused", (f"storage.size {spec.storage.size} is smaller than volumes "
+                                                         f"{', '.join(sorted(larger))}: volumes never shrink")))
+        if smaller:
+            k = smaller[0]
+            return ExpandVolume(k, want_size), "Resizing", f"growing volume {kube.pvcs[k].name} to {spec.storage.size}"
     return Converged(), None, "cluster matches its spec"
 
 
@@ -405,6 +533,13 @@ def _learner_step(ctx: _Ctx, learner: MemberState, k: int) -> tuple[Action, str 
     assert boot is not None
     why = "Joining"
     pod, pvc = kube.pods.get(k), kube.pvcs.get(k)
+    if not learner.started and boot.tickets.get(k) != learner.hex_id:
+        # The ticket first, then every pod that predates it is replaced (it started without it).
+        stale = set(boot.joining.get(k, frozenset()))
+        if pod is not None and not pod.deleting:
+            stale.add(pod.uid)
+        return (IssueTicket(k, learner.hex_id, frozenset(stale)), why,
+                f"letting {ref.pod(k)} start as the new member {learner.hex_id}")
     stale = boot.joining.get(k, frozenset())
     stale_pod = pod is not None and not pod.deleting and pod.uid in stale
     stale_pvc = not spec.storage.ephemeral and pvc is not None and not pvc.deleting and pvc.uid in stale
@@ -419,6 +554,10 @@ def _learner_step(ctx: _Ctx, learner: MemberState, k: int) -> tuple[Action, str 
     if holder is not None and not holder.deleting and holder.member_id != learner.hex_id:
         return AdoptHolder(k, learner.hex_id), why, f"recording the volume of {ref.pod(k)}"
     if not learner.started or not learner.healthy:
+        if (pod is not None and not pod.deleting and kube.statefulset_synced and kube.update_revision
+                and pod.revision and pod.revision != kube.update_revision):
+            # A learner that cannot start (bad image, pending...) must not block correcting the spec.
+            return RestartMember(k), why, f"restarting learner {ref.pod(k)} on the current template"
         return _wait(why, f"waiting for learner {ref.pod(k)} to start", why)
     leader = ctx.obs.etcd.leader
     if (leader is not None and leader.raft_index and learner.raft_index is not None
@@ -434,8 +573,8 @@ def _data_step(ctx: _Ctx, m: MemberState) -> tuple[Action, str | None, str] | No
     holder = _holder(ctx, k)
     if holder is None or holder.deleting:
         return None  # the StatefulSet is bringing it back; nothing to decide yet
+    pod = kube.pods.get(k)
     if holder.member_id == m.hex_id:
-        pod = kube.pods.get(k)
         crashloop = (
             ctx.cfg.crashloop_restarts > 0
             and not m.healthy
@@ -445,9 +584,17 @@ def _data_step(ctx: _Ctx, m: MemberState) -> tuple[Action, str | None, str] | No
         )
         if not crashloop:
             return None
+        assert pod is not None
+        if not _corruption_proven(ctx, m, pod):
+            ctx.degraded.append(("MemberCrashLooping", (f"member {_label(ref, m)} keeps crashing "
+                                                        f"(last exit: {pod.last_exit_reason or 'unknown'}); not "
+                                                        "replacing it without evidence that its data is bad: "
+                                                        "see its logs")))
+            return None
         why, msg = "Corrupted", f"member {_label(ref, m)} keeps crashing on its data"
-    elif m.healthy:
-        # It serves as this member, so the volume does hold its data (e.g. annotation lost in a crash).
+    elif m.healthy and pod is not None and pod.gated and not pod.deleting and not holder.member_id:
+        # It serves as this member through the gate, which starts an empty data dir only as a new
+        # learner: so this volume holds this member's data (its annotation was lost).
         return AdoptHolder(k, m.hex_id), None, f"recording the volume of {_label(ref, m)}"
     else:
         why, msg = "DataLost", f"member {_label(ref, m)} lost its data"
@@ -460,6 +607,44 @@ def _data_step(ctx: _Ctx, m: MemberState) -> tuple[Action, str | None, str] | No
         return _wait("ReplaceBlocked", f"{msg}; waiting: replacing it now would lose quorum", "ReplacingMember")
     ctx.degraded.append((why, msg))
     return RemoveMember(m.id, k, why), "ReplacingMember", f"{msg}: removing it to re-add it fresh"
+
+
+def _corruption_proven(ctx: _Ctx, m: MemberState, pod: PodState) -> bool:
+    """A crash loop means bad data only if the template is proven (a healthy voter runs the same
+    revision), the pod runs it, memory was not the cause, and the member's last words say so."""
+    kube, etcd = ctx.obs.kube, ctx.obs.etcd
+    rev = kube.update_revision
+    if pod.last_exit_reason == "OOMKilled" or not rev or pod.revision != rev:
+        return False
+    proven = any(v.healthy and v.id != m.id and v.ordinal is not None and kube.pods.get(v.ordinal) is not None
+                 and kube.pods[v.ordinal].revision == rev for v in etcd.voters)
+    return proven and data_corruption_evidence(pod.last_message)
+
+
+def _restart_outdated_down(ctx: _Ctx) -> tuple[Action, str | None, str] | None:
+    """Outdated member pods that serve nothing (crash-looping, image pull errors, pending, not
+    ready) are recreated from the current template first, whenever the others keep quorum."""
+    ref, kube, etcd = ctx.ref, ctx.obs.kube, ctx.obs.etcd
+    rev = kube.update_revision
+    if not kube.statefulset_synced or not rev:
+        return None
+    by_ord = etcd.by_ordinal()
+    down = sorted((k for k, p in kube.pods.items()
+                   if k in by_ord and p.revision and p.revision != rev and not p.deleting
+                   and (not by_ord[k].healthy or (not p.serving and by_ord[k].id != etcd.leader_id))),
+                  reverse=True)
+    blocked = []
+    for k in down:
+        m = by_ord[k]
+        # Down (not answering as itself): restarting it takes nothing away. Answering but not
+        # ready: only while the others keep quorum.
+        if m.learner or not m.healthy or restart_keeps_quorum(etcd, m.id):
+            return RestartMember(k), "RollingUpdate", f"restarting {ref.pod(k)} first: outdated and not serving"
+        blocked.append(ref.pod(k))
+    if blocked:
+        ctx.degraded.append(("RollingUpdateBlocked", (f"outdated members {', '.join(blocked)} are down, and "
+                                                      "restarting them now would lose quorum")))
+    return None
 
 
 def _rolling_step(ctx: _Ctx) -> tuple[Action, str | None, str] | None:

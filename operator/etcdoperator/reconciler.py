@@ -20,13 +20,13 @@ from etcdstore import errors as etcd_errors
 from etcdstore.client import TLSConfig
 from etcdstore.errors import EtcdError
 
-from etcdoperator import events, failpoints, metrics, planner, tlsplan
+from etcdoperator import crd, events, failpoints, gate, metrics, planner, tlsplan
 from etcdoperator.build import bootstrap as bootstrap_build
 from etcdoperator.build.common import Images
 from etcdoperator.build.disruption import pod_disruption_budget
 from etcdoperator.build.secrets import tls_secret
 from etcdoperator.build.services import client_service, peer_service
-from etcdoperator.build.statefulset import statefulset, tls_secrets
+from etcdoperator.build.statefulset import GATE_CONTAINER, MEMBER_CONTAINER, statefulset, tls_secrets
 from etcdoperator.kube import (
     CONFIGMAPS,
     ETCDCLUSTERS,
@@ -43,9 +43,11 @@ from etcdoperator.naming import (
     ANNOTATION_MEMBER_ID,
     ANNOTATION_MEMBERSHIP_TIME,
     ANNOTATION_TLS_HASH,
+    LABEL_CLUSTER_UID,
+    LABEL_ROLE,
     ClusterRef,
 )
-from etcdoperator.spec import ClusterSpec, parse_cluster_spec, validate_cluster_spec
+from etcdoperator.spec import ClusterSpec, parse_cluster_spec, parse_quantity, validate_cluster_spec
 from etcdoperator.status import build_status
 
 log = logging.getLogger(__name__)
@@ -130,8 +132,11 @@ class ClusterReconciler:
                 if rolled:
                     tls_contents = await self._ensure_tls(spec, rolled=True)
                     tls_hash = tlsplan.tls_hash([tls_contents.get(n) for n in self._mounted_secrets(spec)])
-            if not spec_errors and not spec.paused:
-                await self._ensure_objects(spec, plan, sts, etcd_view, tls_hash)
+            if not spec_errors and not spec.paused and not kube_view.foreign:
+                boot = kube_view.bootstrap
+                await self._ensure_objects(spec, plan, sts, etcd_view, tls_hash,
+                                           restoring=boot is None or boot.state == "new")
+                await self._ensure_roles(kube_view, etcd_view)
                 t_objects = time.monotonic()
                 await self._act(body, spec, plan, members, etcd_view, kube_view)
                 if spec.auth is not None and isinstance(plan.action, planner.Converged):
@@ -237,49 +242,71 @@ class ClusterReconciler:
         return self._members
 
     # -- observation -------------------------------------------------------------------------
+    def _foreign(self, obj: Mapping[str, Any] | None) -> bool:
+        """Made for a previous EtcdCluster of this name (another UID), or on its way out."""
+        if obj is None:
+            return False
+        meta = obj.get("metadata") or {}
+        if meta.get("deletionTimestamp"):
+            return True
+        owners = [o for o in meta.get("ownerReferences") or [] if o.get("kind") == crd.CLUSTER_KIND]
+        return bool(self.ref.uid) and any(o.get("uid") != self.ref.uid for o in owners)
+
     async def _observe_kube(self, spec: ClusterSpec) -> tuple[KubeView, dict[str, Any] | None]:
         ref = self.ref
         ns = ref.namespace
+        foreign: list[str] = []
         sts = await self.kube.get(STATEFULSETS, ns, ref.statefulset)
+        if self._foreign(sts):
+            foreign.append(f"statefulset/{ref.statefulset}")
+            sts = None
+        sts_uid = (sts or {}).get("metadata", {}).get("uid")
         pods: dict[int, PodState] = {}
         for p in await self.kube.list(PODS, ns, labels=ref.member_selector()):
             meta = p.get("metadata", {})
             k = ref.ordinal_of(meta.get("name", ""))
             if k is None:
                 continue
-            st = p.get("status") or {}
-            ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in st.get("conditions") or [])
-            cstats = st.get("containerStatuses") or []
-            restarts = sum(int(c.get("restartCount") or 0) for c in cstats)
-            waiting = next(((c.get("state") or {}).get("waiting", {}).get("reason") for c in cstats
-                            if (c.get("state") or {}).get("waiting")), None)
-            pods[k] = PodState(
-                name=meta["name"], ordinal=k, uid=meta.get("uid", ""), phase=st.get("phase", "Pending"), ready=ready,
-                deleting=bool(meta.get("deletionTimestamp")),
-                revision=(meta.get("labels") or {}).get("controller-revision-hash"),
-                restarts=restarts, waiting_reason=waiting,
-                member_id=(meta.get("annotations") or {}).get(ANNOTATION_MEMBER_ID),
-            )
+            owner_uids = {o.get("uid") for o in meta.get("ownerReferences") or [] if o.get("kind") == "StatefulSet"}
+            if owner_uids and sts_uid not in owner_uids:
+                foreign.append(f"pod/{meta['name']}")  # a previous StatefulSet's pod, still terminating
+                continue
+            pods[k] = pod_state(k, p)
         pvcs: dict[int, PVCState] = {}
+        retained: list[str] = []
         if not spec.storage.ephemeral:
             for c in await self.kube.list(PVCS, ns, labels=ref.member_selector()):
                 meta = c.get("metadata", {})
                 k = ref.pvc_ordinal(meta.get("name", ""))
                 if k is None:
                     continue
+                owner = (meta.get("labels") or {}).get(LABEL_CLUSTER_UID)
+                if owner and ref.uid and owner != ref.uid and not meta.get("deletionTimestamp"):
+                    retained.append(meta["name"])
+                requested = (((c.get("spec") or {}).get("resources") or {}).get("requests") or {}).get("storage")
                 pvcs[k] = PVCState(name=meta["name"], ordinal=k, uid=meta.get("uid", ""),
                                    deleting=bool(meta.get("deletionTimestamp")),
-                                   member_id=(meta.get("annotations") or {}).get(ANNOTATION_MEMBER_ID))
+                                   member_id=(meta.get("annotations") or {}).get(ANNOTATION_MEMBER_ID),
+                                   size=parse_quantity(str(requested)) if requested else None)
         cm = await self.kube.get(CONFIGMAPS, ns, ref.bootstrap_configmap)
+        if self._foreign(cm):
+            foreign.append(f"configmap/{ref.bootstrap_configmap}")
+            cm = None
         boot = None
         if cm is not None:
             data = cm.get("data") or {}
+            tickets = {}
+            for name, mid in gate.parse_tickets(data.get(bootstrap_build.KEY_JOIN)).items():
+                k = ref.ordinal_of(name)
+                if k is not None:
+                    tickets[k] = mid
             boot = BootstrapState(
                 state=data.get(bootstrap_build.KEY_STATE, "new"),
                 initial_cluster=data.get(bootstrap_build.KEY_INITIAL_CLUSTER, ""),
                 token=data.get(bootstrap_build.KEY_TOKEN, ""),
                 joining=bootstrap_build.decode_joining(
                     (cm.get("metadata", {}).get("annotations") or {}).get(bootstrap_build.ANNOTATION_JOINING)),
+                tickets=tickets,
             )
         view = KubeView(
             statefulset_exists=sts is not None,
@@ -292,6 +319,8 @@ class ClusterReconciler:
             pods=pods,
             pvcs=pvcs,
             bootstrap=boot,
+            foreign=tuple(foreign),
+            retained=tuple(sorted(retained)),
         )
         return view, sts
 
@@ -303,7 +332,7 @@ class ClusterReconciler:
 
     # -- objects -----------------------------------------------------------------------------
     async def _ensure_objects(self, spec: ClusterSpec, plan: planner.Plan, sts: dict[str, Any] | None,
-                              etcd: EtcdView, tls_hash: str) -> None:
+                              etcd: EtcdView, tls_hash: str, *, restoring: bool = True) -> None:
         ref = self.ref
         await self.kube.apply(peer_service(ref))
         await self.kube.apply(client_service(ref))
@@ -311,8 +340,11 @@ class ClusterReconciler:
         await self.kube.apply(pod_disruption_budget(ref, voters))
         version = plan.version.target if plan.version is not None else spec.version
         replicas = int((sts or {}).get("spec", {}).get("replicas") or 0)
+        # The restore step exists only while the cluster bootstraps: once formed, no member pod
+        # refers to the backup volume or its credentials (the seed restarts once without it).
         desired = statefulset(ref, spec, images=self.settings.images, version=version, replicas=replicas,
-                              tls_hash=tls_hash if spec.tls.client.enabled or spec.tls.peer.enabled else "")
+                              tls_hash=tls_hash if spec.tls.client.enabled or spec.tls.peer.enabled else "",
+                              restoring=restoring)
         if sts is None:
             await self.kube.apply(desired)
             return
@@ -328,6 +360,13 @@ class ClusterReconciler:
                     self._warned.add(key)
                     log.warning("[%s/%s] not changing immutable StatefulSet field %s", ref.namespace, ref.name, key)
         await self.kube.apply(desired)
+
+    async def _ensure_roles(self, kube_view: KubeView, etcd: EtcdView) -> None:
+        """Label member pods voter/learner: the client Service and the PodDisruptionBudget select voters."""
+        for k, role in sorted(planner.pod_roles(etcd).items()):
+            pod = kube_view.pods.get(k)
+            if pod is not None and not pod.deleting and pod.role != role:
+                await self.kube.patch(PODS, self.ref.namespace, pod.name, {"metadata": {"labels": {LABEL_ROLE: role}}})
 
     # -- actions -----------------------------------------------------------------------------
     async def _act(self, body: Mapping[str, Any], spec: ClusterSpec, plan: planner.Plan, members: Members,
@@ -361,9 +400,24 @@ class ClusterReconciler:
             joining[a.ordinal] = a.stale_uids
             await self._patch_joining(joining)
         elif isinstance(a, planner.ClearJoining):
-            joining = dict(kube_view.bootstrap.joining) if kube_view.bootstrap else {}
+            boot = kube_view.bootstrap
+            joining = dict(boot.joining) if boot else {}
             joining.pop(a.ordinal, None)
-            await self._patch_joining(joining)
+            tickets = dict(boot.tickets) if boot else {}
+            tickets.pop(a.ordinal, None)
+            await self._patch_joining(joining, tickets=tickets)
+        elif isinstance(a, planner.IssueTicket):
+            boot = kube_view.bootstrap
+            joining = dict(boot.joining) if boot else {}
+            joining[a.ordinal] = a.stale_uids
+            tickets = dict(boot.tickets) if boot else {}
+            tickets[a.ordinal] = a.member_id
+            await self._patch_joining(joining, tickets=tickets)
+        elif isinstance(a, planner.RevokeTicket):
+            boot = kube_view.bootstrap
+            tickets = dict(boot.tickets) if boot else {}
+            tickets.pop(a.ordinal, None)
+            await self._patch_joining(dict(boot.joining) if boot else {}, tickets=tickets)
         elif isinstance(a, planner.AddLearner):
             try:
                 mid = await self._member_call("member-add", members.add_learner(a.ordinal))
@@ -405,13 +459,17 @@ class ClusterReconciler:
                               warning=a.why in ("DataLost", "Corrupted"))
             failpoints.hit("after-member-remove")
         elif isinstance(a, planner.RecoverSpace):
-            revision = await self._member_call("recover-space", members.recover_space(list(a.order)))
+            revision = await self._member_call("recover-space", members.recover_space(list(a.order), a.quota))
             await events.post(self.kube, body, "SpaceRecovered", f"NOSPACE alarm: compacted at revision {revision}, "
                               f"defragmented {', '.join(ref.pod(k) for k in a.order)}, alarm disarmed", warning=True)
         elif isinstance(a, planner.DeletePVC):
             await self.kube.delete(PVCS, ns, ref.pvc(a.ordinal))
             await events.post(self.kube, body, "VolumeDeleted", f"deleted volume {ref.pvc(a.ordinal)} of a removed member")
             failpoints.hit("after-pvc-delete")
+        elif isinstance(a, planner.ExpandVolume):
+            await self.kube.patch(PVCS, ns, ref.pvc(a.ordinal),
+                                  {"spec": {"resources": {"requests": {"storage": str(a.size)}}}})
+            await events.post(self.kube, body, "VolumeExpanding", f"growing {ref.pvc(a.ordinal)} to {a.size} bytes")
         elif isinstance(a, planner.RestartMember):
             await self.kube.delete(PODS, ns, ref.pod(a.ordinal))
             await events.post(self.kube, body, "MemberRestarted", f"restarting {ref.pod(a.ordinal)} for a new template")
@@ -472,7 +530,36 @@ class ClusterReconciler:
         await self.kube.patch(CONFIGMAPS, self.ref.namespace, self.ref.bootstrap_configmap,
                               {"data": data, "metadata": {"annotations": {ANNOTATION_MEMBERSHIP_TIME: now_iso()}}})
 
-    async def _patch_joining(self, joining: dict[int, frozenset[str]]) -> None:
-        await self.kube.patch(CONFIGMAPS, self.ref.namespace, self.ref.bootstrap_configmap,
-                              {"metadata": {"annotations": {
-                                  bootstrap_build.ANNOTATION_JOINING: bootstrap_build.encode_joining(joining)}}})
+    async def _patch_joining(self, joining: dict[int, frozenset[str]], *, tickets: dict[int, str] | None = None) -> None:
+        patch: dict[str, Any] = {"metadata": {"annotations": {
+            bootstrap_build.ANNOTATION_JOINING: bootstrap_build.encode_joining(joining)}}}
+        if tickets is not None:
+            patch["data"] = {bootstrap_build.KEY_JOIN: gate.format_tickets(
+                {self.ref.pod(k): mid for k, mid in tickets.items()})}
+        await self.kube.patch(CONFIGMAPS, self.ref.namespace, self.ref.bootstrap_configmap, patch)
+
+
+def pod_state(k: int, pod: Mapping[str, Any]) -> PodState:
+    """What the planner needs to know about one member pod."""
+    meta = pod.get("metadata", {})
+    st = pod.get("status") or {}
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in st.get("conditions") or [])
+    cstats = st.get("containerStatuses") or []
+    istats = st.get("initContainerStatuses") or []
+    restarts = sum(int(c.get("restartCount") or 0) for c in cstats)
+    waiting = next(((c.get("state") or {}).get("waiting", {}).get("reason") for c in cstats + istats
+                    if (c.get("state") or {}).get("waiting")), None)
+    member = next((c for c in cstats if c.get("name") == MEMBER_CONTAINER), cstats[0] if cstats else {})
+    term = (member.get("lastState") or {}).get("terminated") or (member.get("state") or {}).get("terminated") or {}
+    init_names = {c.get("name") for c in (pod.get("spec") or {}).get("initContainers") or []}
+    return PodState(
+        name=meta["name"], ordinal=k, uid=meta.get("uid", ""), phase=st.get("phase", "Pending"), ready=ready,
+        deleting=bool(meta.get("deletionTimestamp")),
+        revision=(meta.get("labels") or {}).get("controller-revision-hash"),
+        restarts=restarts, waiting_reason=waiting,
+        member_id=(meta.get("annotations") or {}).get(ANNOTATION_MEMBER_ID),
+        gated=GATE_CONTAINER in init_names,
+        last_exit_reason=term.get("reason"),
+        last_message=term.get("message"),
+        role=(meta.get("labels") or {}).get(LABEL_ROLE),
+    )

@@ -17,7 +17,7 @@ from etcdoperator import crd
 from etcdoperator.defaults import apply_defaults
 
 ENGINES = ("etcdstore", "etcd")
-DEFAULT_VERSION = "3.4.23"
+DEFAULT_VERSION = crd.STORE_API_VERSION
 _SPEC_SCHEMA = crd.cluster_spec_schema()
 _BACKUP_SPEC_SCHEMA = crd.backup_spec_schema()
 
@@ -68,6 +68,7 @@ class PodOverrides:
     topology_spread_constraints: tuple[Mapping[str, Any], ...] = ()
     priority_class_name: str | None = None
     service_account_name: str | None = None
+    startup_timeout_seconds: int = 600  # how long a member may take to start (replaying its log)
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +219,7 @@ def parse_cluster_spec(raw: Mapping[str, Any] | None) -> ClusterSpec:
             topology_spread_constraints=tuple(pod.get("topologySpreadConstraints") or ()),
             priority_class_name=pod.get("priorityClassName") or None,
             service_account_name=pod.get("serviceAccountName") or None,
+            startup_timeout_seconds=int(pod.get("startupTimeoutSeconds") or 600),
         ),
         options=StoreOptions(
             quota_backend_bytes=opt.get("quotaBackendBytes"),
@@ -276,6 +278,12 @@ def validate_cluster_spec(raw: Mapping[str, Any] | None) -> list[str]:
         schedule = (backup.get("schedule") or "").strip()
         if schedule and not cron_is_valid(schedule):
             errors.append(f"backup.schedule {schedule!r} is not a valid cron expression")
+    engine, version, image = s["engine"], s["version"], s.get("image")
+    if engine == "etcdstore" and version != crd.STORE_API_VERSION:
+        errors.append(f"engine etcdstore implements etcd API {crd.STORE_API_VERSION}: version must be "
+                      f"{crd.STORE_API_VERSION}, not {version}")
+    if engine == "etcd" and image and not image_names_version(image, version):
+        errors.append(f"image {image!r} must be tagged with version {version} (vX.Y.Z or X.Y.Z): change both together")
     restore = s.get("restore")
     if restore:
         src = restore.get("source") or {}
@@ -284,6 +292,49 @@ def validate_cluster_spec(raw: Mapping[str, Any] | None) -> list[str]:
         elif src.get("s3") and not src["s3"].get("key"):
             errors.append("restore.source.s3.key is required")
     return errors
+
+
+_QUANTITY_SUFFIX = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
+                    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+MiB = 2**20
+GiB = 2**30
+ETCD_DEFAULT_QUOTA = 2 * GiB  # etcd's own default (--quota-backend-bytes unset)
+MAX_QUOTA = 8 * GiB  # etcd's suggested maximum
+QUOTA_RESERVE = 512 * MiB  # WAL segments (5 x 64 MiB kept) and snapshot files
+
+
+def parse_quantity(text: str) -> int:
+    """A Kubernetes storage quantity ("1Gi", "500M", "1.5Gi") in bytes."""
+    text = text.strip()
+    for suffix in sorted(_QUANTITY_SUFFIX, key=len, reverse=True):
+        if suffix and text.endswith(suffix):
+            return int(float(text[: -len(suffix)]) * _QUANTITY_SUFFIX[suffix])
+    return int(float(text))
+
+
+def default_quota(storage: StorageSpec) -> int:
+    """The backend quota for a volume of `storage.size`: NOSPACE must fire before the disk fills.
+
+    Besides the backend file (up to the quota) a member's volume holds the WAL and snapshot files
+    (QUOTA_RESERVE) and, while it defragments or receives a snapshot, a second copy of the
+    backend: so the quota is half of what is left after the reserve (at least a quarter of the
+    volume, at most etcd's suggested 8 GiB). 1Gi -> 256 MiB, 10Gi -> 4.75 GiB, 20Gi+ -> 8 GiB.
+    An emptyDir has no size: etcd's default (2 GiB)."""
+    if storage.ephemeral:
+        return ETCD_DEFAULT_QUOTA
+    size = parse_quantity(storage.size)
+    quota = max(size // 4, (size - QUOTA_RESERVE) // 2)
+    return min(MAX_QUOTA, quota // MiB * MiB)
+
+
+def effective_quota(spec: ClusterSpec) -> int:
+    return spec.options.quota_backend_bytes or default_quota(spec.storage)
+
+
+def image_names_version(image: str, version: str) -> bool:
+    """The CRD's CEL rule for engine etcd: the image's tag is the version (a digest may follow)."""
+    name = image.split("@sha256:", 1)[0] if "@sha256:" in image else image
+    return name.endswith((f":v{version}", f":{version}"))
 
 
 def cron_is_valid(expr: str) -> bool:

@@ -19,6 +19,7 @@ _PHASE_BY_PROGRESS = {
     "ReplacingMember": "Repairing",
     "Recovering": "Repairing",
     "NoSpace": "Repairing",
+    "Resizing": "Updating",
 }
 
 
@@ -52,7 +53,8 @@ def build_status(ref: ClusterRef, obs: Observed, plan: Plan, prev: Mapping[str, 
     etcd = obs.etcd
     voters = etcd.voters
     healthy_voters = [m for m in voters if m.healthy]
-    available = etcd.reachable and bool(voters) and len(healthy_voters) >= quorum(len(voters))
+    quorate = etcd.reachable and bool(voters) and len(healthy_voters) >= quorum(len(voters))
+    available = quorate and etcd.leader is not None  # no leader: no member serves a write
     prev_conds = {c.get("type"): c for c in prev.get("conditions") or [] if isinstance(c, dict)}
     gen = obs.generation
 
@@ -60,6 +62,8 @@ def build_status(ref: ClusterRef, obs: Observed, plan: Plan, prev: Mapping[str, 
         avail = ("QuorumHealthy", f"{len(healthy_voters)}/{len(voters)} voting members healthy")
     elif plan.progressing == "Bootstrapping":
         avail = ("Bootstrapping", plan.message)
+    elif quorate:
+        avail = ("NoLeader", f"{len(healthy_voters)}/{len(voters)} voting members healthy, but no leader")
     elif etcd.reachable:
         avail = ("QuorumLost", f"only {len(healthy_voters)}/{len(voters)} voting members healthy")
     else:
@@ -140,4 +144,5 @@ def build_status(ref: ClusterRef, obs: Observed, plan: Plan, prev: Mapping[str, 
         status["currentVersion"] = version
     if plan.version is not None:
         status["targetVersion"] = plan.version.target
+    status["retainedVolumes"] = list(obs.kube.retained)
     return status

@@ -17,6 +17,7 @@ from etcdoperator.build.services import client_service, peer_service
 from etcdoperator.build.statefulset import statefulset
 from etcdoperator.naming import ClusterRef
 from etcdoperator.spec import parse_cluster_spec
+from podsecurity import restricted_violations
 
 K8S = ["1.30", "1.37"]
 REF = ClusterRef("prod", "orders", "0c1d2e3f-aaaa-bbbb-cccc-123456789abc")
@@ -129,13 +130,22 @@ def test_ephemeral_storage_uses_emptydir():
 def test_services_and_pdb():
     for svc in (peer_service(REF), client_service(REF)):
         _validate(svc)
-        assert svc["spec"]["selector"] == REF.member_selector()
+    assert peer_service(REF)["spec"]["selector"] == REF.member_selector()
     assert peer_service(REF)["spec"]["clusterIP"] == "None"
     assert peer_service(REF)["spec"]["publishNotReadyAddresses"] is True
-    for voters, want in ((1, 1), (2, 2), (3, 2), (4, 3), (5, 3), (7, 4)):
+    for voters, want in ((2, 2), (3, 2), (4, 3), (5, 3), (7, 4)):
         pdb = pod_disruption_budget(REF, voters)
         _validate(pdb)
-        assert pdb["spec"]["minAvailable"] == want
+        assert pdb["spec"]["minAvailable"] == want and "maxUnavailable" not in pdb["spec"]
+    # issue 14 item 9: one member must not block node drains forever; voters only
+    one = pod_disruption_budget(REF, 1)
+    _validate(one)
+    assert one["spec"]["maxUnavailable"] == 1 and "minAvailable" not in one["spec"]
+    for pdb in (one, pod_disruption_budget(REF, 3)):
+        assert pdb["spec"]["selector"]["matchLabels"] == {**REF.member_selector(), "etcdstore.io/role": "voter"}
+        assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    # learners are not behind the client Service (the peer Service keeps every member)
+    assert client_service(REF)["spec"]["selector"] == {**REF.member_selector(), "etcdstore.io/role": "voter"}
 
 
 def test_bootstrap_configmap():
@@ -143,7 +153,7 @@ def test_bootstrap_configmap():
     cm = bootstrap_configmap(REF, initial_cluster="orders-0=http://a:2380", state="new", token="t", joining=joining)
     _validate(cm)
     assert cm["data"] == {"initial-cluster": "orders-0=http://a:2380", "initial-cluster-state": "new",
-                          "initial-cluster-token": "t"}
+                          "initial-cluster-token": "t", "join": ""}
     assert decode_joining(cm["metadata"]["annotations"]["etcdstore.io/joining"]) == joining
     assert decode_joining(encode_joining({})) == {}
 
@@ -186,3 +196,129 @@ def test_event_validates():
     ev = event_manifest(body, "MemberAdded", "added orders-3 as learner 1234" * 200, warning=True)
     _validate(ev)
     assert ev["type"] == "Warning" and len(ev["message"]) == 1024 and ev["involvedObject"]["uid"] == REF.uid
+
+
+# -- issue 14 item 1: every pod the operator makes passes Pod Security `restricted` -------------
+
+def test_restricted_checker_catches_violations():
+    assert restricted_violations({"containers": [{"name": "c"}]})  # nothing set: many violations
+    bad = {"securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+           "containers": [{"name": "c", "securityContext": {"allowPrivilegeEscalation": False,
+                                                            "capabilities": {"drop": ["ALL"], "add": ["SYS_ADMIN"]}}}],
+           "volumes": [{"name": "h", "hostPath": {"path": "/"}}]}
+    text = "\n".join(restricted_violations(bad))
+    assert "SYS_ADMIN" in text and "hostPath" in text
+
+
+def _assert_restricted(pod_spec):
+    assert restricted_violations(pod_spec) == []
+    sc = pod_spec["securityContext"]
+    assert sc["runAsNonRoot"] is True and sc["runAsUser"] == 65532 and sc["runAsGroup"] == 65532
+    assert sc["fsGroup"] == 65532 and sc["fsGroupChangePolicy"] == "OnRootMismatch"
+    assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    for c in pod_spec["containers"] + pod_spec.get("initContainers", []):
+        assert c["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_member_pods_pass_pod_security_restricted(name):
+    spec = parse_cluster_spec(SPECS[name])
+    sts = statefulset(REF, spec, images=IMAGES, version=spec.version, replicas=3)
+    _assert_restricted(sts["spec"]["template"]["spec"])
+
+
+@pytest.mark.parametrize("name", ["minimal", "backup-auth", "tls-secret", "etcd-full"])
+def test_backup_job_passes_pod_security_restricted_and_gets_pull_secrets(name):
+    from etcdoperator.spec import destination_from
+
+    spec = parse_cluster_spec(SPECS[name])
+    job = backup_job(REF, spec, job_name="orders-backup-1", kind="scheduled", backup_name="orders-1",
+                     destination=destination_from({"pvc": {"claimName": "bk"}}), keep=5, images=IMAGES)
+    pod = job["spec"]["template"]["spec"]
+    _assert_restricted(pod)
+    if spec.image_pull_secrets:
+        assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+
+
+def test_operator_deployment_passes_pod_security_restricted():
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[2]
+    dep = next(d for d in yaml.safe_load_all((root / "deploy" / "operator.yaml").read_text()) if d)
+    assert restricted_violations(dep["spec"]["template"]["spec"]) == []
+    # the chart's Deployment takes both contexts from its values, as they are
+    values = yaml.safe_load((root / "charts" / "etcd-operator" / "values.yaml").read_text())
+    template = (root / "charts" / "etcd-operator" / "templates" / "deployment.yaml").read_text()
+    assert "toYaml .Values.podSecurityContext" in template and "toYaml .Values.securityContext" in template
+    pod = {"securityContext": values["podSecurityContext"],
+           "containers": [{"name": "operator", "securityContext": values["securityContext"]}],
+           "volumes": [{"name": "run", "emptyDir": {"medium": "Memory"}}, {"name": "tmp", "emptyDir": {}}]}
+    assert restricted_violations(pod) == []
+
+
+# -- issue 14 item 2: the member gate -------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["minimal", "restore-pvc", "ephemeral"])
+def test_every_member_starts_through_the_gate(name):
+    spec = parse_cluster_spec(SPECS[name])
+    pod = statefulset(REF, spec, images=IMAGES, version=spec.version, replicas=3)["spec"]["template"]["spec"]
+    inits = pod["initContainers"]
+    assert inits[-1]["name"] == "gate", "the gate runs last, after a restore filled the seed's data dir"
+    if spec.restore is not None:
+        assert [c["name"] for c in inits] == ["restore", "gate"]
+    gate = inits[-1]
+    assert gate["command"] == ["etcdoperator", "member-gate"] and gate["image"] == IMAGES.operator
+    assert "--data-dir=/var/lib/etcd/data" in gate["args"] and "--seed=orders-0" in gate["args"]
+    assert "--join=$(JOIN_TICKETS)" in gate["args"]
+    env = {e["name"]: e for e in gate["env"]}
+    assert env["JOIN_TICKETS"]["valueFrom"]["configMapKeyRef"] == {"name": "orders-bootstrap", "key": "join",
+                                                                   "optional": True}
+    assert gate["volumeMounts"] == [{"name": "data", "mountPath": "/var/lib/etcd", "readOnly": True}]
+
+
+# -- issue 14 items 6, 7, 9 -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("reclaim", ["Delete", "Retain"])
+def test_deleting_only_the_statefulset_keeps_member_volumes(reclaim):
+    spec = parse_cluster_spec({"storage": {"reclaimPolicy": reclaim}})
+    sts = statefulset(REF, spec, images=IMAGES, version=spec.version, replicas=3)
+    assert sts["spec"]["persistentVolumeClaimRetentionPolicy"] == {"whenDeleted": "Retain", "whenScaled": "Retain"}
+    labels = sts["spec"]["volumeClaimTemplates"][0]["metadata"]["labels"]
+    assert labels["etcdstore.io/cluster-uid"] == REF.uid
+
+
+def test_probes_readiness_ignores_nospace_and_startup_is_generous_and_configurable():
+    c = statefulset(REF, parse_cluster_spec({}), images=IMAGES, version="3.4.23",
+                    replicas=3)["spec"]["template"]["spec"]["containers"][0]
+    assert c["readinessProbe"]["httpGet"]["path"] == "/health?exclude=NOSPACE"
+    assert c["startupProbe"]["periodSeconds"] * c["startupProbe"]["failureThreshold"] >= 600
+    c = statefulset(REF, parse_cluster_spec({"pod": {"startupTimeoutSeconds": 3600}}), images=IMAGES,
+                    version="3.4.23", replicas=3)["spec"]["template"]["spec"]["containers"][0]
+    assert c["startupProbe"]["periodSeconds"] * c["startupProbe"]["failureThreshold"] == 3600
+
+
+@pytest.mark.parametrize(("spec", "flag"), [
+    ({}, "--quota-backend-bytes=268435456"),  # 1Gi volume: 256 MiB, NOSPACE long before the disk fills
+    ({"storage": {"size": "20Gi"}}, "--quota-backend-bytes=8589934592"),
+    ({"storage": {"size": "20Gi"}, "options": {"quotaBackendBytes": 1048576}}, "--quota-backend-bytes=1048576"),
+    ({"storage": {"ephemeral": True}}, "--quota-backend-bytes=2147483648"),
+])
+def test_default_quota_is_derived_from_the_volume(spec, flag):
+    c = statefulset(REF, parse_cluster_spec(spec), images=IMAGES, version="3.4.23",
+                    replicas=3)["spec"]["template"]["spec"]["containers"][0]
+    assert flag in c["args"]
+
+
+@pytest.mark.parametrize("name", ["restore-s3", "restore-pvc"])
+def test_restore_step_is_gone_once_the_cluster_has_formed(name):
+    """Issue 14 item 5 (part): after bootstrap no member pod refers to the backup volume or the S3
+    credentials (an RWO backup volume would pin members to one node; a deleted Secret would stop them)."""
+    spec = parse_cluster_spec(SPECS[name])
+    pod = statefulset(REF, spec, images=IMAGES, version=spec.version, replicas=1,
+                      restoring=False)["spec"]["template"]["spec"]
+    assert [c["name"] for c in pod["initContainers"]] == ["gate"]
+    assert not any("persistentVolumeClaim" in v for v in pod["volumes"])
+    text = str(pod)
+    assert "AWS_" not in text and "'s3'" not in text and "old" not in [v.get("name") for v in pod["volumes"]]

@@ -42,16 +42,94 @@ def test_deploy_manifests_are_valid_and_least_privilege():
     for rule in role["rules"]:
         assert "*" not in rule["verbs"] and "*" not in rule["resources"] and "*" not in rule.get("apiGroups", [])
     secrets = next(r for r in role["rules"] if "secrets" in r["resources"])
-    assert "delete" not in secrets["verbs"]
+    assert set(secrets["verbs"]) == {"get", "create", "patch"}
+    finalizers = next(r for r in role["rules"] if "etcdclusters/finalizers" in r["resources"])
+    assert "etcdbackups/finalizers" in finalizers["resources"] and finalizers["verbs"] == ["update"]
     kustom = yaml.safe_load((ROOT / "deploy" / "kustomization.yaml").read_text())
     for res in kustom["resources"]:
         assert (ROOT / "deploy" / res).exists(), res
 
 
+def _grants(rules: list[dict]) -> set[tuple[str, str, str]]:
+    """(apiGroup, resource, verb) triples: rule layouts differ, what they grant must not."""
+    return {(g, r, v) for rule in rules for g in rule.get("apiGroups", []) for r in rule["resources"]
+            for v in rule["verbs"]}
+
+
+def _chart_rules() -> tuple[list[dict], list[dict]]:
+    return (yaml.safe_load((CHART / "files" / "rules.yaml").read_text()),
+            yaml.safe_load((CHART / "files" / "cluster-rules.yaml").read_text()))
+
+
 def test_chart_rbac_rules_equal_deploy_rules():
     deploy_role = next(d for d in _docs(ROOT / "deploy" / "rbac.yaml") if d["kind"] == "ClusterRole")
-    chart_rules = yaml.safe_load((CHART / "files" / "rules.yaml").read_text())
-    assert _rules_key(chart_rules) == _rules_key(deploy_role["rules"])
+    namespaced, cluster = _chart_rules()
+    assert _grants(namespaced) | _grants(cluster) == _grants(deploy_role["rules"])
+    assert all(r["resources"] == ["customresourcedefinitions"] for r in cluster), "only cluster-scoped rules"
+
+
+# What the code calls (etcdoperator.kube verbs; `apply` is get + create + patch), and what kopf
+# needs for the resources it serves or watches (list, watch; patch for its annotations/finalizer).
+_RESOURCES = {"PODS": ("", "pods"), "SERVICES": ("", "services"), "CONFIGMAPS": ("", "configmaps"),
+              "SECRETS": ("", "secrets"), "PVCS": ("", "persistentvolumeclaims"), "EVENTS": ("", "events"),
+              "STATEFULSETS": ("apps", "statefulsets"), "JOBS": ("batch", "jobs"),
+              "PDBS": ("policy", "poddisruptionbudgets"), "ETCDCLUSTERS": ("etcdstore.io", "etcdclusters"),
+              "ETCDBACKUPS": ("etcdstore.io", "etcdbackups")}
+_APPLIED = {"peer_service": "SERVICES", "client_service": "SERVICES", "pod_disruption_budget": "PDBS",
+            "desired": "STATEFULSETS", "tls_secret": "SECRETS"}
+
+
+def _code_grants() -> set[tuple[str, str, str]]:
+    import re
+
+    used: set[tuple[str, str, str]] = set()
+    for path in (ROOT / "operator" / "etcdoperator").glob("*.py"):
+        text = path.read_text()
+        for verb, res, sub in re.findall(r"kube\.(get|list|create|patch|delete)\((\w+),[^\n]*?(sub=\"status\")?\)?$",
+                                         text, re.MULTILINE):
+            if res == "res":  # AdoptHolder: PODS (ephemeral storage) or PVCS
+                for r in ("PODS", "PVCS"):
+                    used.add((*_RESOURCES[r], verb))
+                continue
+            g, r = _RESOURCES[res]
+            used.add((g, r + ("/status" if sub else ""), verb))
+        for arg in re.findall(r"kube\.apply\((\w+)", text):
+            g, r = _RESOURCES[_APPLIED[arg]]
+            used |= {(g, r, "get"), (g, r, "create"), (g, r, "patch")}
+    for g, r in (("etcdstore.io", "etcdclusters"), ("etcdstore.io", "etcdbackups"), ("", "pods"),
+                 ("apps", "statefulsets"), ("apiextensions.k8s.io", "customresourcedefinitions")):
+        used |= {(g, r, "list"), (g, r, "watch")}  # kopf watches them
+    for r in ("etcdclusters", "etcdbackups"):
+        used |= {("etcdstore.io", r, "patch"), ("etcdstore.io", f"{r}/status", "patch"),
+                 ("etcdstore.io", f"{r}/finalizers", "update")}  # kopf; owner references (blockOwnerDeletion)
+    used.add(("events.k8s.io", "events", "create"))  # kopf posts through either group
+    return used
+
+
+def test_rbac_grants_exactly_what_the_code_uses():
+    """Issue 14 item 8: complete (every call is allowed) and least privilege (nothing else)."""
+    namespaced, cluster = _chart_rules()
+    granted = _grants(namespaced) | _grants(cluster)
+    used = _code_grants()
+    assert ("", "secrets", "get") in used and ("", "pods", "patch") in used and ("", "persistentvolumeclaims", "delete") in used
+    missing = used - granted
+    assert not missing, f"the code calls what RBAC does not grant: {sorted(missing)}"
+    # get on status subresources is what kubectl and kopf read; nothing else beyond the code
+    extra = {g for g in granted - used if not (g[1].endswith("/status") and g[2] == "get") and g[2] != "get"}
+    assert not extra, f"granted but never used: {sorted(extra)}"
+    assert not {("", "secrets", v) for v in ("list", "watch", "delete")} & granted
+
+
+def test_chart_grants_roles_in_watched_namespaces_not_a_cluster_role():
+    """Without Helm (the install test below renders it for real when helm-sdkpy is there): the
+    template puts the namespaced rules in a Role per watched namespace, and in the ClusterRole
+    only when every namespace is served."""
+    text = (CHART / "templates" / "rbac.yaml").read_text()
+    cluster_part, _, per_namespace = text.partition("{{- range .Values.watchNamespaces }}")
+    assert 'Files.Get "files/cluster-rules.yaml"' in cluster_part
+    assert '{{- if not .Values.watchNamespaces }}\n{{ .Files.Get "files/rules.yaml"' in cluster_part
+    assert "kind: Role\n" in per_namespace and "kind: RoleBinding" in per_namespace
+    assert "namespace: {{ . }}" in per_namespace and '$.Files.Get "files/rules.yaml"' in per_namespace
 
 
 def test_chart_metadata():
@@ -122,7 +200,14 @@ async def test_helm_install_renders_valid_objects(values, tmp_path):
         assert installed_crds[c["metadata"]["name"]]["spec"] == c["spec"]
     role = objects[("clusterroles", "rel-etcd-operator")]
     deploy_role = next(d for d in _docs(ROOT / "deploy" / "rbac.yaml") if d["kind"] == "ClusterRole")
-    assert _rules_key(role["rules"]) == _rules_key(deploy_role["rules"])
+    namespaced, cluster = _chart_rules()
+    if values.get("watchNamespaces"):
+        assert _grants(role["rules"]) == _grants(cluster)
+        roles = [o for (k, _), o in objects.items() if k == "roles"]
+        assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+        assert all(_grants(r["rules"]) == _grants(namespaced) for r in roles)
+    else:
+        assert _grants(role["rules"]) == _grants(deploy_role["rules"])
     dep = objects[("deployments", "rel-etcd-operator")]
     c = dep["spec"]["template"]["spec"]["containers"][0]
     assert c["command"] == ["etcdoperator", "run"]
@@ -135,3 +220,27 @@ async def test_helm_install_renders_valid_objects(values, tmp_path):
         assert "--all-namespaces" in c["args"] and "--metrics-port=9090" in c["args"]
         assert c["image"] == "etcd-operator:0.1.0" and env["ETCDOPERATOR_STORE_IMAGE"] == "etcdstore:0.1.0"
     assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"]["type"] == "Recreate"
+
+
+def test_image_names_agree_in_chart_manifests_and_defaults():
+    """Issue 14 item 12: one set of image names - the Helm values (with the chart's appVersion),
+    deploy/operator.yaml and the operator's own defaults say the same."""
+    from etcdoperator import __version__
+    from etcdoperator.build.common import Images
+
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["appVersion"] == __version__
+    tag = lambda v: v.get("tag") or chart["appVersion"]
+    d = Images.defaults()
+    assert f"{values['image']['repository']}:{tag(values['image'])}" == d.operator
+    assert f"{values['storeImage']['repository']}:{tag(values['storeImage'])}" == d.store
+    assert values["etcdImage"]["repository"] == d.etcd_repository
+    dep = next(x for x in _docs(ROOT / "deploy" / "operator.yaml") if x["kind"] == "Deployment")
+    c = dep["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert c["image"] == env["ETCDOPERATOR_IMAGE"] == d.operator
+    assert env["ETCDOPERATOR_STORE_IMAGE"] == d.store and env["ETCDOPERATOR_ETCD_IMAGE_REPOSITORY"] == d.etcd_repository
+    template = (CHART / "templates" / "deployment.yaml").read_text()
+    for name in ("ETCDOPERATOR_IMAGE", "ETCDOPERATOR_STORE_IMAGE", "ETCDOPERATOR_ETCD_IMAGE_REPOSITORY"):
+        assert f"name: {name}" in template

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from etcdoperator import crd, manifests
 from etcdoperator.spec import parse_cluster_spec, validate_cluster_spec
-from kubeharness.crdschema import default_and_validate, structural_errors, version_schema
+from kubeharness.crdschema import cel_errors, default_and_validate, structural_errors, version_schema
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = sorted((ROOT / "deploy" / "samples").glob("*.yaml"))
@@ -139,6 +139,8 @@ def test_rules_beyond_the_structural_schema_are_enforced_by_the_operator(case):
     body, errors = default_and_validate(crd.cluster_crd(), obj)
     assert errors == []
     assert validate_cluster_spec(body["spec"]), f"{case} passed the operator's checks"
+    if case != "bad-cron":  # cron syntax is the operator's alone
+        assert cel_errors(crd.cluster_crd(), body), f"{case} passed the CRD's CEL rules"
 
 
 def test_backup_crd_accepts_and_rejects():
@@ -148,3 +150,91 @@ def test_backup_crd_accepts_and_rejects():
     for bad in ({}, {"clusterName": "Bad_Name"}, {"clusterName": "c", "destination": {}}):
         obj = dict(ok, spec=bad)
         assert default_and_validate(crd.backup_crd(), obj)[1], bad
+
+
+# -- issue 14 item 4: CEL rules, evaluated (cel-python) as the API server would --------------------
+
+def _created(spec: dict) -> dict:
+    obj = _minimal()
+    obj["spec"] = copy.deepcopy(spec)
+    body, errors = default_and_validate(crd.cluster_crd(), obj)
+    assert errors == []
+    return body
+
+
+def _update_errors(old_spec: dict, new_spec: dict) -> list[str]:
+    old, new = _created(old_spec), _created(new_spec)
+    assert cel_errors(crd.cluster_crd(), old) == [], "the old object must be valid"
+    return cel_errors(crd.cluster_crd(), new, old)
+
+
+@pytest.mark.parametrize("path", SAMPLES, ids=lambda p: p.name)
+def test_samples_pass_the_cel_rules_on_create_and_unchanged_update(path):
+    for doc in _docs(path):
+        if doc.get("kind") in (crd.CLUSTER_KIND, crd.BACKUP_KIND):
+            body, _ = default_and_validate(_crd_for(doc["kind"]), doc)
+            assert cel_errors(_crd_for(doc["kind"]), body) == []
+            assert cel_errors(_crd_for(doc["kind"]), body, copy.deepcopy(body)) == []
+
+
+IMMUTABLE_UPDATES = {
+    "tls-client-mode": ({}, {"tls": {"client": {"mode": "auto"}}}, "tls.client.mode"),
+    "tls-peer-mode": ({"tls": {"peer": {"mode": "auto"}}}, {}, "tls.client.mode and tls.peer.mode"),
+    "tls-auto-to-secret": ({"tls": {"peer": {"mode": "auto"}}}, {"tls": {"peer": {"mode": "secret", "secretName": "p"}}},
+                           "immutable"),
+    "engine": ({"engine": "etcd"}, {}, "engine is immutable"),
+    "restore-added": ({}, {"restore": {"source": {"pvc": {"claimName": "a", "path": "x.db"}}}}, "restore can only"),
+    "restore-removed": ({"restore": {"source": {"pvc": {"claimName": "a", "path": "x.db"}}}}, {}, "restore can only"),
+    "restore-changed": ({"restore": {"source": {"pvc": {"claimName": "a", "path": "x.db"}}}},
+                        {"restore": {"source": {"pvc": {"claimName": "a", "path": "y.db"}}}}, "restore is immutable"),
+    "storage-class": ({}, {"storage": {"storageClassName": "fast"}}, "storage is immutable except size"),
+    "storage-class-changed": ({"storage": {"storageClassName": "a"}}, {"storage": {"storageClassName": "b"}},
+                              "storage is immutable except size"),
+    "storage-ephemeral": ({}, {"storage": {"ephemeral": True}}, "storage is immutable except size"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(IMMUTABLE_UPDATES), ids=str)
+def test_fields_that_cannot_change_in_place_are_refused_on_update(case):
+    old, new, fragment = IMMUTABLE_UPDATES[case]
+    errors = _update_errors(old, new)
+    assert any(fragment in e for e in errors), errors
+    assert _update_errors(old, copy.deepcopy(old)) == []  # the same spec again is fine
+
+
+def test_allowed_updates_pass():
+    assert _update_errors({"replicas": 3}, {"replicas": 5, "paused": True}) == []
+    assert _update_errors({"engine": "etcd", "version": "3.4.23"}, {"engine": "etcd", "version": "3.5.9"}) == []
+    assert _update_errors({"tls": {"client": {"mode": "auto"}}},
+                          {"tls": {"client": {"mode": "auto"}, "auto": {"renewBeforeDays": 10}}}) == []
+    # volumes grow (the operator expands the claims; it refuses to shrink them), reclaimPolicy may change
+    assert _update_errors({"storage": {"size": "1Gi", "storageClassName": "a"}},
+                          {"storage": {"size": "5Gi", "storageClassName": "a", "reclaimPolicy": "Retain"}}) == []
+
+
+@pytest.mark.parametrize(("image", "version", "ok"), [
+    ("quay.io/coreos/etcd:v3.5.9", "3.5.9", True),
+    ("registry.local:5000/etcd:3.5.9", "3.5.9", True),
+    ("quay.io/coreos/etcd:v3.5.9@sha256:" + "a" * 64, "3.5.9", True),
+    ("quay.io/coreos/etcd:v3.6.0", "3.4.23", False),  # the version rules cannot be bypassed with an image
+    ("quay.io/coreos/etcd@sha256:" + "a" * 64, "3.4.23", False),  # a bare digest says no version
+    ("quay.io/coreos/etcd:latest", "3.4.23", False),
+    ("registry.local:3.4.23/etcd:v3.6.0", "3.4.23", False),
+])
+def test_etcd_image_must_name_the_version(image, version, ok):
+    body = _created({"engine": "etcd", "version": version, "image": image})
+    assert (cel_errors(crd.cluster_crd(), body) == []) is ok
+    assert (validate_cluster_spec(body["spec"]) == []) is ok, "the operator checks the same rule"
+
+
+def test_etcdstore_version_is_its_api_version_or_rejected():
+    assert cel_errors(crd.cluster_crd(), _created({"engine": "etcdstore"})) == []
+    body = _created({"engine": "etcdstore", "version": "3.5.0"})
+    assert any("engine etcdstore" in e for e in cel_errors(crd.cluster_crd(), body))
+    assert any("engine etcdstore" in e for e in validate_cluster_spec(body["spec"]))
+    assert cel_errors(crd.cluster_crd(), _created({"engine": "etcdstore", "image": "mine/etcdstore:dev"})) == []
+
+
+def test_cel_rules_are_bounded_for_the_api_servers_cost_estimate():
+    spec = version_schema(crd.cluster_crd())["properties"]["spec"]["properties"]
+    assert spec["image"]["maxLength"] <= 1024 and spec["version"]["maxLength"] <= 64

@@ -30,7 +30,7 @@ def etcd(*members: MemberState, leader: int | None = 0) -> EtcdView:
     return EtcdView(reachable=True, members=tuple(members), leader_id=lid, cluster_id=1)
 
 
-def pods(*ks: int, ready: bool = True, rev: str = "r1", **kw) -> dict[int, PodState]:
+def pods(*ks: int, ready: bool = True, rev: str | None = "r1", **kw) -> dict[int, PodState]:
     return {k: PodState(name=f"c-{k}", ordinal=k, uid=f"pod-{k}", ready=ready, revision=rev, **kw) for k in ks}
 
 
@@ -44,12 +44,12 @@ def ic(view: EtcdView) -> str:
 
 def obs(spec: dict | None = None, *, view: EtcdView | None = None, replicas: int = 0, pod_map=None, pvc_map=None,
         state: str | None = "existing", joining=None, boot_ic: str | None = None, rev: str | None = "r1",
-        synced: bool = True, spec_errors=()) -> Observed:
+        synced: bool = True, spec_errors=(), tickets=None) -> Observed:
     view = view or EtcdView(reachable=False, error="down")
     boot = None
     if state is not None:
         boot = BootstrapState(state=state, initial_cluster=ic(view) if boot_ic is None else boot_ic, token="t",
-                              joining=joining or {})
+                              joining=joining or {}, tickets=tickets or {})
     kube = KubeView(statefulset_exists=replicas > 0, statefulset_replicas=replicas, update_revision=rev,
                     statefulset_synced=synced, pods=pod_map or {}, pvcs=pvc_map or {}, bootstrap=boot)
     return Observed(spec=parse_cluster_spec(spec or {"replicas": 3}), kube=kube, etcd=view, spec_errors=tuple(spec_errors))
@@ -116,7 +116,9 @@ def test_scale_up_prepares_then_adds_one_learner():
 def test_learner_gets_its_pod_then_volume_then_promotion():
     lrn = member(1, id=0x999, learner=True, started=False)
     view = etcd(member(0), lrn)
-    base = {"view": view, "joining": {1: frozenset()}}
+    a = decide(obs(view=view, joining={1: frozenset()}, replicas=1, pod_map=pods(0), pvc_map=pvcs({0: "100"})))
+    assert a == P.IssueTicket(1, "999", frozenset()), "the ticket comes before any pod of the learner"
+    base = {"view": view, "joining": {1: frozenset()}, "tickets": {1: "999"}}
     assert decide(obs(**base, replicas=1, pod_map=pods(0), pvc_map=pvcs({0: "100"}))) == P.ScaleStatefulSet(2)
     a = decide(obs(**base, replicas=2, pod_map=pods(0, 1), pvc_map=pvcs({0: "100", 1: None})))
     assert a == P.AdoptHolder(1, "999")
@@ -215,10 +217,44 @@ def test_member_with_a_fresh_volume_is_removed_to_be_re_added():
     assert "DataLost" in dict(p.degraded)
 
 
-def test_member_answering_as_itself_keeps_its_volume():
-    view, pm, _ = healthy_cluster(3)
+def test_member_answering_as_itself_through_the_gate_keeps_its_volume():
+    view, _, _ = healthy_cluster(3)
+    pm = pods(0, 1, 2, gated=True)
     a = decide(obs(view=view, replicas=3, pod_map=pm, pvc_map=pvcs({0: "100", 1: None, 2: "102"})))
     assert a == P.AdoptHolder(1, "101")
+
+
+def test_unrecorded_volume_of_an_ungated_member_is_data_lost_not_adopted():
+    """Issue 14 item 2: without the gate an empty volume may have started under the old ID and
+    answer Status as it: stamping it with that ID would hide the loss. It is replaced."""
+    view, pm, _ = healthy_cluster(3)
+    p = P.plan(obs(view=view, replicas=3, pod_map=pm, pvc_map=pvcs({0: "100", 1: None, 2: "102"})), REF)
+    assert p.action == P.RemoveMember(0x101, 1, "DataLost")
+
+
+def test_ticket_is_revoked_unless_it_names_a_never_started_learner_at_its_ordinal():
+    view, pm, vm = healthy_cluster(3)
+    for tickets in ({1: "101"}, {3: "abc"}):  # a voter's ordinal; an ordinal without a member
+        assert decide(obs(view=view, replicas=3, pod_map=pm, pvc_map=vm, tickets=tickets)) == \
+            P.RevokeTicket(next(iter(tickets)))
+    started = etcd(member(0), member(1), member(2, id=0x999, learner=True))
+    a = decide(obs(view=started, replicas=3, pod_map=pm, pvc_map=pvcs({0: "100", 1: "101", 2: "999"}),
+                   tickets={2: "999"}))
+    assert a == P.RevokeTicket(2)
+    pending = etcd(member(0), member(1), member(2, id=0x999, learner=True, started=False))
+    a = decide(obs(view=pending, replicas=3, pod_map=pm, pvc_map=pvcs({0: "100", 1: "101", 2: "999"}),
+                   tickets={2: "888"}))
+    assert a == P.RevokeTicket(2)
+
+
+def test_ticket_replaces_the_learners_pod_that_started_without_it():
+    view = etcd(member(0), member(1), member(2, id=0x999, learner=True, started=False))
+    a = decide(obs(view=view, replicas=3, pod_map=pods(0, 1, 2), pvc_map=pvcs({0: "100", 1: "101", 2: None}),
+                   joining={2: frozenset()}))
+    assert a == P.IssueTicket(2, "999", frozenset({"pod-2"}))
+    a = decide(obs(view=view, replicas=3, pod_map=pods(0, 1, 2), pvc_map=pvcs({0: "100", 1: "101", 2: None}),
+                   joining={2: frozenset({"pod-2"})}, tickets={2: "999"}))
+    assert a == P.DeleteStale(2, pod=True, pvc=False)
 
 
 def test_replacement_waits_for_quorum():
@@ -241,14 +277,45 @@ def test_hole_is_refilled_with_fresh_pod_and_volume():
     assert decide(obs(view=view, replicas=3, pod_map=pm, pvc_map=vm, joining=joining)) == P.AddLearner(1)
     view2 = etcd(member(0), member(1, id=0x777, learner=True, started=False), member(2))
     a = decide(obs(view=view2, replicas=3, pod_map=pm, pvc_map=vm, joining=joining))
+    assert a == P.IssueTicket(1, "777", frozenset({"pod-1", "pvc-1"}))
+    a = decide(obs(view=view2, replicas=3, pod_map=pm, pvc_map=vm, joining=joining, tickets={1: "777"}))
     assert a == P.DeleteStale(1, pod=True, pvc=True)
 
 
-def test_crashlooping_member_is_replaced():
+CORRUPT_LOG = "panic: tocommit(42) is out of range [lastIndex(0)]. Was the raft log corrupted, truncated, or lost?"
+
+
+def _crashing(rev: str = "r1", **kw) -> PodState:
+    base = {"restarts": 7, "waiting_reason": "CrashLoopBackOff", "last_exit_reason": "Error",
+            "last_message": CORRUPT_LOG, "revision": rev}
+    base.update(kw)
+    return PodState(name="c-1", ordinal=1, uid="p1", ready=False, **base)
+
+
+def test_crashlooping_member_with_bad_data_is_replaced():
     view = etcd(member(0), member(1, healthy=False), member(2))
-    pm = {**pods(0, 2), 1: PodState(name="c-1", ordinal=1, uid="p1", restarts=7, waiting_reason="CrashLoopBackOff")}
-    a = decide(obs(view=view, replicas=3, pod_map=pm, pvc_map=pvcs({0: "100", 1: "101", 2: "102"})))
-    assert a == P.RemoveMember(0x101, 1, "Corrupted")
+    pm = {**pods(0, 2), 1: _crashing()}
+    p = P.plan(obs(view=view, replicas=3, pod_map=pm, pvc_map=pvcs({0: "100", 1: "101", 2: "102"})), REF)
+    assert p.action == P.RemoveMember(0x101, 1, "Corrupted")
+
+
+@pytest.mark.parametrize("case", ["oom", "new-revision", "no-evidence", "template-unproven"])
+def test_crash_loop_is_not_called_corruption_without_evidence(case):
+    """Issue 14 item 3: never wipe a member's data for a bad image, a bad flag or memory."""
+    view = etcd(member(0), member(1, healthy=False), member(2))
+    pm = {**pods(0, 2), 1: _crashing()}
+    rev = "r1"
+    if case == "oom":
+        pm[1] = _crashing(last_exit_reason="OOMKilled", last_message="")
+    elif case == "new-revision":  # the others still run the previous template: the new one is suspect
+        pm = {**pods(0, 2, rev="r0"), 1: _crashing(rev="r1")}
+    elif case == "no-evidence":
+        pm[1] = _crashing(last_message="flag provided but not defined: -experimental-foo")
+    elif case == "template-unproven":  # only the crashing member runs the current template
+        pm = {**pods(0, 2, rev="r0"), 1: _crashing(rev="r1")}
+    p = P.plan(obs(view=view, replicas=3, pod_map=pm, pvc_map=pvcs({0: "100", 1: "101", 2: "102"}), rev=rev), REF)
+    assert not isinstance(p.action, P.RemoveMember), p.action
+    assert "MemberCrashLooping" in dict(p.degraded) or isinstance(p.action, P.RestartMember)
 
 
 # -- rolling changes ---------------------------------------------------------------------------
@@ -325,45 +392,90 @@ def _random_obs(rng: random.Random) -> Observed:
                               raft=rng.randint(0, 100)))
     leader = rng.choice([m.ordinal for m in members if not m.learner] or [None])
     view = etcd(*members, leader=leader) if members and rng.random() < 0.9 else EtcdView(reachable=False)
+    if view.reachable and rng.random() < 0.05:
+        view = EtcdView(reachable=True, members=view.members, leader_id=view.leader_id, cluster_id=1,
+                        nospace=rng.random() < 0.5, corrupt=rng.random() < 0.5, alarms=("X",))
     pm = {k: PodState(name=f"c-{k}", ordinal=k, uid=f"pod-{k}", ready=rng.random() < 0.8,
-                      revision=rng.choice(["r1", "r2"]), deleting=rng.random() < 0.1) for k in range(n + 1)
-          if rng.random() < 0.8}
+                      revision=rng.choice(["r1", "r2"]), deleting=rng.random() < 0.1, gated=rng.random() < 0.7,
+                      phase=rng.choice(["Running", "Running", "Pending"]),
+                      restarts=rng.choice([0, 0, 9]), waiting_reason=rng.choice([None, None, "CrashLoopBackOff",
+                                                                                  "ImagePullBackOff"]),
+                      last_exit_reason=rng.choice([None, "Error", "OOMKilled"]),
+                      last_message=rng.choice([None, "", CORRUPT_LOG]))
+          for k in range(n + 1) if rng.random() < 0.8}
     vm = {k: PVCState(name=f"data-c-{k}", ordinal=k, uid=f"pvc-{k}", deleting=rng.random() < 0.05,
                       member_id=rng.choice([None, f"{0x100 + k:x}", "dead"])) for k in range(n + 1) if rng.random() < 0.85}
     state = rng.choice([None, "new", "existing", "existing", "existing"])
     joining = {k: frozenset({f"pod-{k}"}) for k in range(n + 1) if rng.random() < 0.1}
+    tickets = {k: rng.choice([f"{0x100 + k:x}", "dead"]) for k in range(n + 1) if rng.random() < 0.15}
     return obs({"replicas": rng.randint(1, 7)}, view=view, replicas=rng.randint(0, n + 1), pod_map=pm, pvc_map=vm,
-               state=state, joining=joining, rev=rng.choice(["r1", "r2"]))
+               state=state, joining=joining, rev=rng.choice(["r1", "r2"]), tickets=tickets,
+               synced=rng.random() < 0.9)
+
+
+def _valid_ticket(e: EtcdView, k: int, mid: str) -> bool:
+    m = e.by_ordinal().get(k)
+    return m is not None and m.learner and not m.started and m.hex_id == mid
+
+
+# Actions that start a pod, change membership or delete data: none may happen while a ticket
+# could let an empty data dir start under a member ID that is not a never-started learner's.
+_STARTS_OR_CHANGES = (P.ScaleStatefulSet, P.DeleteStale, P.RestartMember, P.AddLearner, P.PrepareJoin, P.RemoveMember,
+                      P.Promote, P.DeletePVC, P.IssueTicket, P.MoveLeader, P.RecoverSpace, P.AdoptHolder)
 
 
 def test_safety_invariants_hold_for_random_states():
     rng = random.Random(20261121)
     seen: set[str] = set()
-    for _ in range(8000):
+    for _ in range(12000):
         o = _random_obs(rng)
         a = decide(o)
         seen.add(a.kind)
         e, kube = o.etcd, o.kube
+        by_ord = e.by_ordinal()
         if isinstance(a, P.Bootstrap):
             assert kube.bootstrap is None and not kube.pods and not kube.pvcs and not e.reachable
         if isinstance(a, P.AddLearner):
             assert e.reachable and not e.learners and all(v.healthy for v in e.voters)
-            assert a.ordinal not in e.by_ordinal()
+            assert a.ordinal not in by_ord
         if isinstance(a, P.RemoveMember):
             assert P.removal_keeps_quorum(e, a.member_id)
             assert a.member_id != e.leader_id or len(e.voters) == 1
         if isinstance(a, P.Promote):
             assert any(m.id == a.member_id and m.learner and m.healthy for m in e.members)
         if isinstance(a, (P.DeletePVC,)):
-            assert a.ordinal not in e.by_ordinal() and a.ordinal not in kube.pods
+            assert a.ordinal not in by_ord and a.ordinal not in kube.pods
         if isinstance(a, P.RestartMember):
-            assert not e.learners and all(v.healthy for v in e.voters)
+            m = by_ord.get(a.ordinal)
+            pod = kube.pods[a.ordinal]
+            if not e.reachable:  # nobody answers: only outdated pods that are not ready
+                assert not pod.ready and pod.revision != kube.update_revision
+            elif m is not None and not m.learner and m.healthy:
+                assert P.restart_keeps_quorum(e, m.id) or (not e.learners and all(v.healthy for v in e.voters))
         if isinstance(a, P.MarkFormed):
             assert e.reachable
         if isinstance(a, P.DeleteStale):
-            m = e.by_ordinal().get(a.ordinal)
+            m = by_ord.get(a.ordinal)
             assert m is not None and m.learner, "only a learner's data may be thrown away"
-    assert {"AddLearner", "RemoveMember", "Promote", "DeletePVC", "RestartMember", "MoveLeader"} <= seen
+        # -- issue 14 item 2: an empty data dir only ever starts as a member just added ---------
+        if isinstance(a, P.IssueTicket):
+            assert e.reachable and _valid_ticket(e, a.ordinal, a.member_id), "tickets name a never-started learner"
+            pod = kube.pods.get(a.ordinal)
+            assert pod is None or pod.deleting or pod.uid in a.stale_uids, "pods that predate the ticket are replaced"
+        if isinstance(a, P.AdoptHolder):
+            m = by_ord.get(a.ordinal)
+            assert m is not None and m.hex_id == a.member_id
+            if not m.learner and kube.bootstrap is not None and kube.bootstrap.state == "existing":
+                pod = kube.pods[a.ordinal]
+                assert m.healthy and pod.gated and not pod.deleting, "a voter's volume is recorded only through the gate"
+        boot = kube.bootstrap
+        if e.reachable and boot is not None and boot.state == "existing" and isinstance(a, _STARTS_OR_CHANGES):
+            bad = [k for k, mid in boot.tickets.items() if not _valid_ticket(e, k, mid)]
+            assert not bad, f"{a} while tickets {bad} are invalid"
+        if isinstance(a, P.RecoverSpace):
+            assert not e.corrupt
+    assert {"AddLearner", "RemoveMember", "Promote", "DeletePVC", "RestartMember", "MoveLeader", "IssueTicket",
+            "RevokeTicket", "AdoptHolder", "DeleteStale"} <= seen, seen
 
 
 @pytest.mark.parametrize("k", [0, 3])
@@ -385,7 +497,7 @@ def test_nospace_alarm_defragments_followers_first_leader_last():
     nospace = EtcdView(reachable=True, members=view.members, leader_id=view.leader_id, cluster_id=1,
                        alarms=("NOSPACE on 101",), nospace=True)
     p = P.plan(obs(view=nospace, replicas=3, pod_map=pm, pvc_map=vm), REF)
-    assert p.action == P.RecoverSpace((2, 0, 1))
+    assert p.action == P.RecoverSpace((2, 0, 1), 256 * 2**20)  # 1Gi volume: the derived quota
     sick = EtcdView(reachable=True, members=(member(0), member(1), member(2, healthy=False)), leader_id=0x101,
                     cluster_id=1, nospace=True)
     assert isinstance(decide(obs(view=sick, replicas=3, pod_map=pm, pvc_map=vm)), P.Wait)
@@ -399,3 +511,121 @@ def test_malformed_spec_is_reported_not_fatal():
     with pytest.raises(KeyError):
         parse_cluster_spec({"auth": {"rootPasswordSecret": {}}})  # the reconciler reports it as InvalidSpec
     assert Ref("a", "b").ordinal_of("b-3") == 3 and Ref("a", "b").ordinal_of("bb-3") is None
+
+
+# -- issue 14 item 7: space ----------------------------------------------------------------------
+
+def test_corrupt_alarm_stops_everything_and_is_never_disarmed():
+    view, pm, vm = healthy_cluster(3, leader=1)
+    both = EtcdView(reachable=True, members=view.members, leader_id=view.leader_id, cluster_id=1,
+                    alarms=("NOSPACE on 101", "CORRUPT on 102"), nospace=True, corrupt=True)
+    p = P.plan(obs(view=both, replicas=3, pod_map=pm, pvc_map=vm), REF)
+    assert isinstance(p.action, P.Wait) and "CorruptAlarm" in dict(p.degraded)
+
+
+def test_space_is_recovered_only_when_defragmentation_frees_enough():
+    quota = 100
+    assert P.space_recoverable(50, quota) and P.space_recoverable(80, quota)
+    assert not P.space_recoverable(81, quota) and not P.space_recoverable(100, quota)
+
+
+def test_recover_space_passes_the_users_quota():
+    view, pm, vm = healthy_cluster(1)
+    nospace = EtcdView(reachable=True, members=view.members, leader_id=view.leader_id, cluster_id=1, nospace=True)
+    a = decide(obs({"replicas": 1, "options": {"quotaBackendBytes": 4096}}, view=nospace, replicas=1, pod_map=pm,
+                   pvc_map=vm))
+    assert a == P.RecoverSpace((0,), 4096)
+
+
+# -- issue 14 item 3: rollouts that cannot wedge -------------------------------------------------
+
+@pytest.mark.parametrize("why", ["CrashLoopBackOff", "ImagePullBackOff", "Pending"])
+def test_outdated_member_that_is_down_is_replaced_first(why):
+    """A bad template (image, flag) rolled onto c-2; the spec is corrected (revision r3): c-2 is
+    recreated at once, without waiting for every member to be healthy."""
+    view = etcd(member(0), member(1), member(2, healthy=False), leader=0)
+    pm = pods(0, 1, rev="r1")
+    pm[2] = PodState(name="c-2", ordinal=2, uid="pod-2", ready=False, revision="r2",
+                     phase="Pending" if why == "Pending" else "Running",
+                     waiting_reason=None if why == "Pending" else why, restarts=9 if why == "CrashLoopBackOff" else 0)
+    a = decide(obs(view=view, replicas=3, pod_map=pm, pvc_map=pvcs({0: "100", 1: "101", 2: "102"}), rev="r3"))
+    assert a == P.RestartMember(2)
+
+
+def test_outdated_healthy_but_unready_member_is_not_restarted_when_quorum_would_go():
+    view = etcd(member(0), member(1, healthy=False), member(2), leader=0)
+    pm = {**pods(0, 1, rev="r3"), **pods(2, rev="r2", ready=False)}
+    pm[1] = PodState(name="c-1", ordinal=1, uid="pod-1", ready=False, revision="r3")
+    p = P.plan(obs(view=view, replicas=3, pod_map=pm, pvc_map=pvcs({0: "100", 1: "101", 2: "102"}), rev="r3"), REF)
+    assert p.action != P.RestartMember(2)
+    assert "RollingUpdateBlocked" in dict(p.degraded)
+
+
+def test_scale_up_waiting_on_an_unhealthy_member_does_not_block_the_fix():
+    view = etcd(member(0), member(1), member(2, healthy=False), leader=0)
+    pm = {**pods(0, 1, rev="r1"), **pods(2, rev="r2", ready=False)}
+    a = decide(obs({"replicas": 5}, view=view, replicas=3, pod_map=pm, pvc_map=pvcs({0: "100", 1: "101", 2: "102"}),
+                   rev="r3"))
+    assert a == P.RestartMember(2)
+
+
+def test_learner_that_cannot_start_is_restarted_on_the_corrected_template():
+    view = etcd(member(0), member(1), member(2, id=0x999, learner=True, started=False))
+    pm = {**pods(0, 1, rev="r1"), **pods(2, rev="r2", ready=False, waiting_reason="ImagePullBackOff")}
+    base = {"view": view, "replicas": 3, "pod_map": pm, "pvc_map": pvcs({0: "100", 1: "101", 2: "999"}),
+            "tickets": {2: "999"}}
+    assert isinstance(decide(obs(**base, rev="r2")), P.Wait)  # nothing to correct yet: wait for it
+    assert decide(obs(**base, rev="r3")) == P.RestartMember(2)
+
+
+def test_no_member_answers_outdated_pods_are_restarted_on_the_corrected_template():
+    pm = {**pods(0, 1, 2, rev="r2", ready=False)}
+    a = decide(obs(replicas=3, pod_map=pm, pvc_map=pvcs({0: "100", 1: "101", 2: "102"}), rev="r3"))
+    assert a == P.RestartMember(2)
+    assert isinstance(decide(obs(replicas=3, pod_map=pods(0, 1, 2, rev="r3", ready=False),
+                                 pvc_map=pvcs({0: "100", 1: "101", 2: "102"}), rev="r3")), P.Wait)
+
+
+# -- issue 14 item 9 / item 6 -------------------------------------------------------------------------
+
+def test_pod_roles_label_voters_and_learners():
+    view = etcd(member(0), member(1), member(2, learner=True, started=False))
+    assert P.pod_roles(view) == {0: "voter", 1: "voter", 2: "learner"}
+    assert P.pod_roles(EtcdView(reachable=False)) == {}
+
+
+def test_retained_volumes_with_data_are_brought_back_not_bootstrapped_next_to():
+    o = obs(state=None, pvc_map=pvcs({0: "100", 1: "101", 2: "102"}))
+    a = decide(o)
+    assert isinstance(a, P.WriteBootstrap)
+    o = obs(state="existing", boot_ic="", replicas=0, pvc_map=pvcs({0: "100", 1: "101", 2: "102"}))
+    assert decide(o) == P.ScaleStatefulSet(3)
+
+
+def test_objects_of_a_previous_cluster_of_the_same_name_are_waited_for():
+    from dataclasses import replace
+
+    o = obs(state=None)
+    o = replace(o, kube=replace(o.kube, foreign=("statefulset/c",)))
+    a = decide(o)
+    assert isinstance(a, P.Wait) and "previous EtcdCluster" in a.message
+
+
+# -- issue 14 item 7: growing storage expands the volumes --------------------------------------------
+
+def test_grown_storage_expands_volumes_one_at_a_time_last():
+    from dataclasses import replace
+
+    view, pm, vm = healthy_cluster(3)
+    gi = 2**30
+    vm = {k: replace(v, size=gi) for k, v in vm.items()}
+    assert isinstance(decide(obs(view=view, replicas=3, pod_map=pm, pvc_map=vm)), P.Converged)
+    grown = {"replicas": 3, "storage": {"size": "4Gi"}}
+    assert decide(obs(grown, view=view, replicas=3, pod_map=pm, pvc_map=vm)) == P.ExpandVolume(0, 4 * gi)
+    vm2 = {**vm, 0: replace(vm[0], size=4 * gi)}
+    assert decide(obs(grown, view=view, replicas=3, pod_map=pm, pvc_map=vm2)) == P.ExpandVolume(1, 4 * gi)
+    # a rolling change comes first: a StorageClass that refuses expansion must block nothing
+    a = decide(obs(grown, view=view, replicas=3, pod_map=pods(0, 1, 2, rev="r0"), pvc_map=vm, rev="r1"))
+    assert isinstance(a, (P.RestartMember, P.MoveLeader))
+    p = P.plan(obs({"replicas": 3, "storage": {"size": "512Mi"}}, view=view, replicas=3, pod_map=pm, pvc_map=vm), REF)
+    assert isinstance(p.action, P.Converged) and "VolumeShrinkRefused" in dict(p.degraded)

@@ -44,7 +44,11 @@ async def test_scheduled_backups_to_a_volume_with_retention_then_restore(world):
 
     root = claim_dir(world, "backups") / "etcd" / "default" / "src" / "scheduled"
     succeeded = lambda: [e for e in world.events("src") if e["reason"] == "BackupSucceeded"]
-    await world.wait_for("four scheduled backups", lambda: len(succeeded()) >= 4, timeout=90)
+    # Backups run from the moment the cluster is Available (also while it grows): wait for four,
+    # and for one taken after the writes.
+    after_writes = lambda: (world.status("src").get("lastSuccessfulBackup") or {}).get("revision", 0) >= 31
+    await world.wait_for("four scheduled backups, the last after the writes",
+                         lambda: len(succeeded()) >= 4 and after_writes(), timeout=90)
     files = sorted(p.name for p in root.iterdir())
     assert len([f for f in files if f.endswith(".db")]) == 2, files  # retention: newest 2
     assert len([f for f in files if f.endswith(".json")]) == 2

@@ -69,3 +69,21 @@ def test_paused_and_bootstrapping():
     boot = build_status(REF, obs(reachable=False), P.Plan(P.Wait("Bootstrapping", "seed"), progressing="Bootstrapping",
                                                           message="seed"), {}, now=T0)
     assert boot["phase"] == "Creating" and cond(boot, "Available")["reason"] == "Bootstrapping"
+
+
+def test_no_leader_is_not_available():
+    """Issue 14 item 9: a quorum of healthy voters without a leader serves no writes."""
+    view = EtcdView(reachable=True, members=(m(0), m(1), m(2)), leader_id=None, cluster_id=0xabc)
+    o = Observed(spec=parse_cluster_spec({"replicas": 3}), kube=KubeView(), etcd=view, generation=1)
+    st = build_status(REF, o, P.Plan(P.Converged()), {}, now=T0)
+    assert cond(st, "Available")["status"] == "False" and cond(st, "Available")["reason"] == "NoLeader"
+    assert st["leader"] is None
+
+
+def test_retained_volumes_are_reported():
+    from dataclasses import replace
+
+    o = obs(m(0), m(1), m(2))
+    o = replace(o, kube=replace(o.kube, retained=("data-c-0",)))
+    st = build_status(REF, o, P.Plan(P.Converged()), {}, now=T0)
+    assert st["retainedVolumes"] == ["data-c-0"]

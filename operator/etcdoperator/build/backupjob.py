@@ -8,7 +8,14 @@ location) comes back as the container's termination message.
 from __future__ import annotations
 
 from etcdoperator.build.common import Images, Manifest, metadata
-from etcdoperator.build.statefulset import location_args, location_env, location_volume, tls_secrets
+from etcdoperator.build.statefulset import (
+    container_security_context,
+    location_args,
+    location_env,
+    location_volume,
+    pod_security_context,
+    tls_secrets,
+)
 from etcdoperator.naming import (
     CLIENT_PORT,
     LABEL_BACKUP,
@@ -86,6 +93,9 @@ def backup_job(
                 "metadata": {"labels": labels},
                 "spec": {
                     "restartPolicy": "Never",
+                    "securityContext": pod_security_context(),
+                    **({"imagePullSecrets": [{"name": n} for n in spec.image_pull_secrets]}
+                       if spec.image_pull_secrets else {}),
                     "containers": [
                         {
                             "name": "backup",
@@ -97,6 +107,7 @@ def backup_job(
                             "volumeMounts": mounts,
                             "terminationMessagePath": TERMINATION_LOG,
                             "terminationMessagePolicy": "FallbackToLogsOnError",
+                            "securityContext": container_security_context(),
                         }
                     ],
                     "volumes": volumes,

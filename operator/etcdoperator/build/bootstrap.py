@@ -7,7 +7,7 @@ template never changes when membership does. Members with data ignore these flag
 from __future__ import annotations
 
 import json
-from typing import Mapping
+from collections.abc import Mapping
 
 from etcdoperator.build.common import Manifest, metadata
 from etcdoperator.naming import ANNOTATION_MEMBERSHIP_TIME, ClusterRef
@@ -15,6 +15,7 @@ from etcdoperator.naming import ANNOTATION_MEMBERSHIP_TIME, ClusterRef
 KEY_INITIAL_CLUSTER = "initial-cluster"
 KEY_STATE = "initial-cluster-state"
 KEY_TOKEN = "initial-cluster-token"
+KEY_JOIN = "join"  # join tickets: pod-name=member-hex-id,... (see etcdoperator.gate)
 ANNOTATION_JOINING = "etcdstore.io/joining"
 
 
@@ -39,7 +40,8 @@ def bootstrap_configmap(
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": metadata(ref, ref.bootstrap_configmap, "bootstrap", annotations=annotations),
-        "data": {KEY_INITIAL_CLUSTER: initial_cluster, KEY_STATE: state, KEY_TOKEN: token},
+        # KEY_JOIN is always there (empty: no tickets), so the gate's $(JOIN_TICKETS) always expands.
+        "data": {KEY_INITIAL_CLUSTER: initial_cluster, KEY_STATE: state, KEY_TOKEN: token, KEY_JOIN: ""},
     }
 
 

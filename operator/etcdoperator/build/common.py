@@ -11,23 +11,34 @@ from etcdoperator.naming import ClusterRef
 from etcdoperator.spec import ClusterSpec
 
 ETCD_IMAGE_REPOSITORY = "quay.io/coreos/etcd"
+OPERATOR_IMAGE_REPOSITORY = "etcd-operator"  # built from Dockerfile.operator
+STORE_IMAGE_REPOSITORY = "etcdstore"  # built from Dockerfile
 
 Manifest = dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
 class Images:
-    """Images the operator does not read from a spec: its own (for init and backup containers)
-    and our store's default. The Deployment sets them from the Helm values."""
+    """Images the operator does not read from a spec: its own (gate, restore and backup
+    containers), our store's default, and the repository of etcd's images (engine etcd: tag
+    v<version>). One place: the Deployment sets them from the Helm values (image, storeImage,
+    etcdImage) or deploy/operator.yaml; these defaults are the same (a test keeps them equal)."""
 
     operator: str
     store: str
+    etcd_repository: str = ETCD_IMAGE_REPOSITORY
 
     @classmethod
-    def from_env(cls) -> "Images":
+    def defaults(cls) -> Images:
+        return cls(operator=f"{OPERATOR_IMAGE_REPOSITORY}:{__version__}", store=f"{STORE_IMAGE_REPOSITORY}:{__version__}")
+
+    @classmethod
+    def from_env(cls) -> Images:
+        d = cls.defaults()
         return cls(
-            operator=os.environ.get("ETCDOPERATOR_IMAGE", f"etcd-operator:{__version__}"),
-            store=os.environ.get("ETCDOPERATOR_STORE_IMAGE", f"etcdstore:{__version__}"),
+            operator=os.environ.get("ETCDOPERATOR_IMAGE") or d.operator,
+            store=os.environ.get("ETCDOPERATOR_STORE_IMAGE") or d.store,
+            etcd_repository=os.environ.get("ETCDOPERATOR_ETCD_IMAGE_REPOSITORY") or d.etcd_repository,
         )
 
 
@@ -35,7 +46,7 @@ def member_image(spec: ClusterSpec, images: Images, version: str) -> str:
     if spec.image:
         return spec.image
     if spec.engine == "etcd":
-        return f"{ETCD_IMAGE_REPOSITORY}:v{version}"
+        return f"{images.etcd_repository}:v{version}"
     return images.store
 
 

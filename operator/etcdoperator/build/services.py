@@ -25,9 +25,10 @@ def peer_service(ref: ClusterRef) -> Manifest:
 
 
 def client_service(ref: ClusterRef) -> Manifest:
-    """What applications use: only ready members receive traffic."""
+    """What applications use (and backup Jobs): only ready voting members receive traffic -
+    a learner refuses most requests."""
     return _service(ref, ref.client_service, "client-service", {
         "type": "ClusterIP",
-        "selector": ref.member_selector(),
+        "selector": ref.voter_selector(),
         "ports": [_port("client", CLIENT_PORT), _port("metrics", METRICS_PORT)],
     })

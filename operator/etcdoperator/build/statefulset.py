@@ -4,6 +4,16 @@ Pod management is Parallel (the operator, not the StatefulSet, orders member sta
 update strategy is OnDelete (the operator restarts members itself: followers first, the leader
 last after moving leadership). The initial-cluster values come from the bootstrap ConfigMap
 through env vars, so membership changes never change the template.
+
+Every member starts through the member gate (an init container, `etcdoperator member-gate`):
+an empty data dir starts only as the seed while bootstrapping, or as a learner the operator has
+just added (a join ticket in the bootstrap ConfigMap) - never under an old member's ID.
+
+Every pod runs as uid/gid 65532, non-root, no privilege escalation, all capabilities dropped,
+seccomp RuntimeDefault (Pod Security `restricted`), with `fsGroup` 65532 so that a fresh volume
+(root-owned) is writable; `fsGroupChangePolicy: OnRootMismatch` keeps restarts of a member with a
+large data dir from walking it. This holds for `engine: etcd` too: the etcd images default to
+root, but etcd needs no privilege - only its data dir, which fsGroup makes its own.
 """
 
 from __future__ import annotations
@@ -11,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from etcdoperator.build.bootstrap import KEY_INITIAL_CLUSTER, KEY_STATE, KEY_TOKEN
+from etcdoperator.build.bootstrap import KEY_INITIAL_CLUSTER, KEY_JOIN, KEY_STATE, KEY_TOKEN
 from etcdoperator.build.common import Images, Manifest, member_command, member_image, metadata
 from etcdoperator.build.volumes import DATA_VOLUME, claim_template
 from etcdoperator.naming import (
@@ -22,12 +32,19 @@ from etcdoperator.naming import (
     DATA_MOUNT,
     METRICS_PORT,
     PEER_PORT,
+    RUN_AS,
     TLS_MOUNT,
     ClusterRef,
 )
-from etcdoperator.spec import ClusterSpec, Location
+from etcdoperator.spec import ClusterSpec, Location, effective_quota
 
 ANNOTATION_VERSION = "etcdstore.io/version"
+STARTUP_PERIOD = 10
+MEMBER_CONTAINER = "etcd"
+GATE_CONTAINER = "gate"
+RESTORE_CONTAINER = "restore"
+# Readiness: /health without NOSPACE (reads still work under the alarm; etcd 3.4+ and the store).
+READINESS_PATH = "/health?exclude=NOSPACE"
 SERVER_TLS_DIR = f"{TLS_MOUNT}/server"
 PEER_TLS_DIR = f"{TLS_MOUNT}/peer"
 
@@ -48,6 +65,22 @@ def tls_secrets(ref: ClusterRef, spec: ClusterSpec) -> TLSSecrets:
         peer=ref.peer_secret if p.mode == "auto" else p.secret_name if p.mode == "secret" else None,
         client=ref.client_secret if c.mode == "auto" else c.operator_secret_name if c.mode == "secret" else None,
     )
+
+
+def pod_security_context() -> Manifest:
+    """Pod Security `restricted`, and a fresh volume made writable for the member's uid."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS,
+        "runAsGroup": RUN_AS,
+        "fsGroup": RUN_AS,
+        "fsGroupChangePolicy": "OnRootMismatch",
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def container_security_context() -> Manifest:
+    return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
 
 
 def _env_from_bootstrap(ref: ClusterRef) -> list[Manifest]:
@@ -80,7 +113,7 @@ def member_args(ref: ClusterRef, spec: ClusterSpec) -> list[str]:
     ]
     o = spec.options
     options = (
-        ("quota-backend-bytes", o.quota_backend_bytes),
+        ("quota-backend-bytes", effective_quota(spec)),
         ("auto-compaction-mode", o.auto_compaction_mode),
         ("auto-compaction-retention", o.auto_compaction_retention),
         ("snapshot-count", o.snapshot_count),
@@ -159,15 +192,44 @@ def _restore_container(ref: ClusterRef, spec: ClusterSpec, images: Images) -> tu
         args.append(f"--sha256={spec.restore.sha256}")
     vols, mounts = location_volume(src, read_only=True)
     container = {
-        "name": "restore",
+        "name": RESTORE_CONTAINER,
         "image": images.operator,
         "imagePullPolicy": spec.image_pull_policy,
         "command": ["etcdoperator", "restore-member"],
         "args": args,
         "env": _env_from_bootstrap(ref) + location_env(src),
         "volumeMounts": [{"name": DATA_VOLUME, "mountPath": DATA_MOUNT}, *mounts],
+        "securityContext": container_security_context(),
     }
     return container, vols
+
+
+def _gate_container(ref: ClusterRef, spec: ClusterSpec, images: Images) -> Manifest:
+    """The member gate (etcdoperator.gate): refuses an empty data dir without a join ticket."""
+    return {
+        "name": GATE_CONTAINER,
+        "image": images.operator,
+        "imagePullPolicy": spec.image_pull_policy,
+        "command": ["etcdoperator", "member-gate"],
+        "args": [
+            f"--engine={spec.engine}",
+            f"--data-dir={DATA_DIR}",
+            "--name=$(POD_NAME)",
+            f"--seed={ref.pod(0)}",
+            "--initial-cluster-state=$(INITIAL_CLUSTER_STATE)",
+            "--join=$(JOIN_TICKETS)",
+        ],
+        "env": [
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "INITIAL_CLUSTER_STATE",
+             "valueFrom": {"configMapKeyRef": {"name": ref.bootstrap_configmap, "key": KEY_STATE}}},
+            {"name": "JOIN_TICKETS",
+             "valueFrom": {"configMapKeyRef": {"name": ref.bootstrap_configmap, "key": KEY_JOIN, "optional": True}}},
+        ],
+        "volumeMounts": [{"name": DATA_VOLUME, "mountPath": DATA_MOUNT, "readOnly": True}],
+        "securityContext": container_security_context(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
 
 
 def _default_affinity(ref: ClusterRef) -> Manifest:
@@ -194,7 +256,9 @@ def statefulset(
     version: str,
     replicas: int,
     tls_hash: str = "",
+    restoring: bool = True,
 ) -> Manifest:
+    """`restoring`: the cluster is still bootstrapping, so a spec.restore adds its init container."""
     secrets = tls_secrets(ref, spec)
     mounts: list[Manifest] = [{"name": DATA_VOLUME, "mountPath": DATA_MOUNT}]
     volumes: list[Manifest] = []
@@ -208,7 +272,7 @@ def statefulset(
         volumes.append({"name": DATA_VOLUME, "emptyDir": {}})
 
     container: Manifest = {
-        "name": "etcd",
+        "name": MEMBER_CONTAINER,
         "image": member_image(spec, images, version),
         "imagePullPolicy": spec.image_pull_policy,
         "command": member_command(spec),
@@ -219,33 +283,43 @@ def statefulset(
             {"name": "peer", "containerPort": PEER_PORT, "protocol": "TCP"},
             {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
         ],
-        # /health is false without a leader: such a member must not get client traffic...
+        # /health is false without a leader: such a member must not get client traffic (but a
+        # NOSPACE alarm does not stop reads: excluded)...
         "readinessProbe": {
-            "httpGet": {"path": "/health", "port": "metrics", "scheme": "HTTP"},
+            "httpGet": {"path": READINESS_PATH, "port": "metrics", "scheme": "HTTP"},
             "periodSeconds": 5,
             "timeoutSeconds": 3,
             "failureThreshold": 3,
         },
-        # ...but must not be restarted for it either (restarts do not bring quorum back).
+        # ...nor be restarted for it (restarts do not bring quorum back): liveness is "listening".
         "livenessProbe": {
             "tcpSocket": {"port": "metrics"},
-            "initialDelaySeconds": 10,
             "periodSeconds": 10,
             "failureThreshold": 6,
         },
+        # A member replaying a long log opens its metrics port only afterwards: liveness waits
+        # for this (generous, spec.pod.startupTimeoutSeconds).
+        "startupProbe": {
+            "tcpSocket": {"port": "metrics"},
+            "periodSeconds": STARTUP_PERIOD,
+            "failureThreshold": max(1, -(-spec.pod.startup_timeout_seconds // STARTUP_PERIOD)),
+        },
+        "securityContext": container_security_context(),
         "volumeMounts": mounts,
         "resources": dict(spec.resources),
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     pod_spec: Manifest = {
+        "securityContext": pod_security_context(),
+        "initContainers": [_gate_container(ref, spec, images)],
         "containers": [container],
         "volumes": volumes,
         "terminationGracePeriodSeconds": 30,
         "affinity": dict(spec.pod.affinity) if spec.pod.affinity else _default_affinity(ref),
     }
-    if spec.restore is not None:
+    if spec.restore is not None and restoring:
         init, init_vols = _restore_container(ref, spec, images)
-        pod_spec["initContainers"] = [init]
+        pod_spec["initContainers"].insert(0, init)  # restore fills the seed's data dir, then the gate
         volumes.extend(init_vols)
     if spec.pod.node_selector:
         pod_spec["nodeSelector"] = dict(spec.pod.node_selector)
@@ -276,9 +350,9 @@ def statefulset(
     }
     if not spec.storage.ephemeral:
         sts_spec["volumeClaimTemplates"] = [claim_template(ref, spec)]
-        policy = "Delete" if spec.storage.reclaim_policy == "Delete" else "Retain"
-        # Scale-down volumes are deleted by the operator, after MemberRemove and never before.
-        sts_spec["persistentVolumeClaimRetentionPolicy"] = {"whenDeleted": policy, "whenScaled": "Retain"}
+        # Volumes are the operator's to delete: after MemberRemove on scale-down, and by the
+        # cluster's finalizer (reclaimPolicy) - deleting only the StatefulSet keeps member data.
+        sts_spec["persistentVolumeClaimRetentionPolicy"] = {"whenDeleted": "Retain", "whenScaled": "Retain"}
     return {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",

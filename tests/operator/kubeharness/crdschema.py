@@ -2,8 +2,9 @@
 
 Defaulting is the operator's own `apply_defaults` (the same walk the API server does). Validation
 uses jsonschema on the openAPIV3Schema, strict about unknown fields (as `kubectl apply
---validate=strict`). CEL rules (x-kubernetes-validations) are NOT evaluated here; the operator
-checks the same rules itself (etcdoperator.spec.validate_cluster_spec).
+--validate=strict`). CEL rules (x-kubernetes-validations) are evaluated by `cel_errors` (cel-python),
+not by `default_and_validate`; the operator checks the non-transition rules itself too
+(etcdoperator.spec.validate_cluster_spec).
 """
 
 from __future__ import annotations
@@ -106,3 +107,40 @@ def default_and_validate(crd: dict[str, Any], obj: dict[str, Any], *, strict: bo
         where = "/".join(str(p) for p in e.absolute_path)
         errors.append(f"{where or '/'}: {e.message}")
     return body, errors
+
+
+def cel_errors(crd: dict[str, Any], obj: dict[str, Any], old: dict[str, Any] | None = None) -> list[str]:
+    """Evaluate the CRD's x-kubernetes-validations (CEL, with cel-python) on `obj` (already defaulted),
+    as the API server does on create (`old` None) or update: a rule is checked at every schema node
+    the object has; a transition rule (it names `oldSelf`) only where the old object has that node too."""
+    import celpy
+
+    env = celpy.Environment()
+    errors: list[str] = []
+
+    def walk(schema: dict[str, Any], new: Any, prev: Any, has_prev: bool, path: str) -> None:
+        for rule in schema.get("x-kubernetes-validations") or []:
+            text = rule["rule"]
+            transition = "oldSelf" in text
+            if transition and not has_prev:
+                continue
+            activation = {"self": celpy.json_to_cel(new)}
+            if transition:
+                activation["oldSelf"] = celpy.json_to_cel(prev)
+            try:
+                ok = env.program(env.compile(text)).evaluate(activation)
+            except celpy.CELEvalError as e:
+                errors.append(f"{path or '/'}: {rule.get('message', text)} (evaluation error: {e})")
+                continue
+            if isinstance(ok, celpy.CELEvalError):
+                errors.append(f"{path or '/'}: {rule.get('message', text)} (evaluation error: {ok})")
+            elif not bool(ok):
+                errors.append(f"{path or '/'}: {rule.get('message', text)}")
+        if isinstance(new, dict):
+            for key, sub in (schema.get("properties") or {}).items():
+                if key in new:
+                    p_has = has_prev and isinstance(prev, dict) and key in prev
+                    walk(sub, new[key], prev[key] if p_has else None, p_has, f"{path}/{key}")
+
+    walk(version_schema(crd), obj, old, old is not None, "")
+    return errors
