@@ -1,55 +1,67 @@
-"""Fixtures for the kind end-to-end suite (see e2e/run.sh). Without a cluster every test skips."""
+"""Fixtures of the end-to-end suite. One suite, two providers (see e2e/README.md):
+
+- `local`: the real control plane built from source (e2e/localkube) and the node agent that runs pods as
+  processes on this machine; pod IPs and ClusterIPs are loopback addresses the tests reach directly.
+- `kind`: a kind cluster with the images loaded; the tests reach pods and Services by port-forward.
+
+`e2e/run.sh --provider NAME` sets E2E=1, E2E_PROVIDER and E2E_KUBECONFIG and installs the operator. Outside
+run.sh (E2E unset) every test is skipped with that reason; once E2E is set, a provider that cannot be reached
+fails the run, it never turns into skips.
+"""
 
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-REQUIRED = ("docker", "kind", "kubectl", "helm")
-
-
-def _missing() -> str | None:
-    absent = [t for t in REQUIRED if shutil.which(t) is None]
-    if absent:
-        return f"needs {', '.join(absent)} (no container engine or Kubernetes on this machine); run e2e/run.sh elsewhere"
-    if not os.environ.get("E2E"):
-        return "E2E is not set: run the suite through e2e/run.sh, which creates the kind cluster"
-    kubeconfig = os.environ.get("E2E_KUBECONFIG")
-    if not kubeconfig or not os.path.exists(kubeconfig):
-        return "E2E_KUBECONFIG does not point at the kind cluster's kubeconfig"
-    return None
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))  # robustness/ (traffic and the linearizability checker)
+sys.path.insert(0, str(ROOT / "e2e"))
 
 
 def pytest_collection_modifyitems(config, items):
-    reason = _missing()
-    if reason:
-        for item in items:
-            item.add_marker(pytest.mark.skip(reason=reason))
+    if os.environ.get("E2E"):
+        return
+    skip = pytest.mark.skip(reason="E2E is not set: run the suite through e2e/run.sh --provider local|kind")
+    for item in items:
+        item.add_marker(skip)
 
 
-class Kubectl:
-    def __init__(self, kubeconfig: str, namespace: str) -> None:
-        self.kubeconfig = kubeconfig
-        self.namespace = namespace
+from e2elib import PROVIDERS, Kubectl, Provider, namespace_name  # noqa: E402
 
-    def __call__(self, *args: str, input: str | None = None, check: bool = True) -> str:
-        cmd = ["kubectl", f"--kubeconfig={self.kubeconfig}", f"--namespace={self.namespace}", *args]
-        p = subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=300, check=False)
-        if check and p.returncode != 0:
-            raise AssertionError(f"{' '.join(cmd)}: {p.stderr}")
-        return p.stdout
+
+@pytest.fixture(scope="session")
+def provider() -> Provider:
+    name = os.environ.get("E2E_PROVIDER", "")
+    kubeconfig = os.environ.get("E2E_KUBECONFIG", "")
+    if name not in PROVIDERS:
+        pytest.fail(f"E2E_PROVIDER={name!r}: expected one of {', '.join(PROVIDERS)}", pytrace=False)
+    if not kubeconfig or not os.path.exists(kubeconfig):
+        pytest.fail(f"E2E_KUBECONFIG={kubeconfig!r} does not name a kubeconfig", pytrace=False)
+    p = PROVIDERS[name](kubeconfig)
+    try:
+        p.check_reachable()
+    except RuntimeError as e:
+        pytest.fail(str(e), pytrace=False)
+    return p
 
 
 @pytest.fixture
-def kubectl(request):
-    ns = f"e2e-{request.node.name.replace('_', '-')[5:40].strip('-')}"
-    k = Kubectl(os.environ["E2E_KUBECONFIG"], ns)
-    k("create", "namespace", ns, check=False)
+def kubectl(request, provider) -> Iterator[Kubectl]:
+    """A namespace of the test's own, labelled to enforce Pod Security `restricted`."""
+    ns = namespace_name(request.node.name)
+    k = Kubectl(provider.kubeconfig, ns)
+    k.apply({"apiVersion": "v1", "kind": "Namespace",
+             "metadata": {"name": ns, "labels": {"pod-security.kubernetes.io/enforce": "restricted",
+                                                  "pod-security.kubernetes.io/enforce-version": "latest"}}})
     yield k
-    k("delete", "namespace", ns, "--wait=false", check=False)
+    if not os.environ.get("E2E_KEEP_NAMESPACES"):
+        k("delete", "etcdcluster,etcdbackup", "--all", "--wait=false", check=False)
+        k("delete", "namespace", ns, "--wait=false", check=False)
 
 
 @pytest.fixture

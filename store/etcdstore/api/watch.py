@@ -8,13 +8,14 @@ precedes its events and a cancel confirmation follows them, as in etcd.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import grpc
 
-from etcdstore import errors
-from etcdstore.api.common import abort_with, gate, log
+from etcdstore import errors, metrics
+from etcdstore.api.common import _CODE_NAMES, abort_with, gate, log, metadata_value
 from etcdstore.mvcc.watchable import PROGRESS_WATCH_ID, WatchError, WatchResponse, WatchStream
 from etcdstore.proto.etcdserverpb import rpc_pb2, rpc_pb2_grpc
 
@@ -22,6 +23,13 @@ if TYPE_CHECKING:
     from etcdstore.server.server import EtcdServer
 
 _INVALID_WATCH_ID = -1
+
+# etcd's maxNoLeaderCnt (etcdserver/api/v3rpc/interceptor.go): a stream opened with `hasleader: true`
+# metadata is cancelled with "etcdserver: no leader" once its member has seen no leader for this many
+# consecutive election timeouts. kube-apiserver opens every watch this way (clientv3.WithRequireLeader),
+# so that a member cut off from the cluster drops its watchers and they resume on another member
+# instead of silently receiving nothing.
+MAX_NO_LEADER_COUNT = 3
 
 
 class WatchService(rpc_pb2_grpc.WatchServicer):
@@ -31,15 +39,36 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
     async def Watch(
         self, request_iterator: AsyncIterator[rpc_pb2.WatchRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[rpc_pb2.WatchResponse]:
-        s = self.s
+        # Counted in grpc_server_* as grpc-go's prometheus interceptor counts etcd's bidi stream.
+        started, handling, handled = metrics.rpc_metrics("etcdserverpb.Watch", "Watch", "bidi_stream")
+        started.inc()
+        t = time.perf_counter()
+        code = "OK"
         try:
-            gate(s, context)
+            async for resp in self._watch(request_iterator, context):
+                yield resp
         except errors.EtcdError as e:
+            code = e.code.name
             await abort_with(context, e)
-            return
+        except (asyncio.CancelledError, GeneratorExit):
+            code = "CANCELLED"
+            raise
+        finally:
+            handling.observe(time.perf_counter() - t)
+            handled(_CODE_NAMES.get(code, code)).inc()
+
+    async def _watch(
+        self, request_iterator: AsyncIterator[rpc_pb2.WatchRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[rpc_pb2.WatchResponse]:
+        s = self.s
+        gate(s, context)
         ws = s.watchable.new_stream()
         session = _Session(s, ws, context)
-        reader = asyncio.get_running_loop().create_task(session.read(request_iterator))
+        loop = asyncio.get_running_loop()
+        reader = loop.create_task(session.read(request_iterator))
+        monitor = None
+        if metadata_value(context, "hasleader") == "true":
+            monitor = loop.create_task(_close_without_leader(s, ws, session))
         try:
             while True:
                 resp = await ws.recv()
@@ -52,7 +81,25 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
                     yield out
         finally:
             reader.cancel()
+            if monitor is not None:
+                monitor.cancel()
             ws.close()
+        if session.no_leader:
+            raise errors.EtcdError(errors.NO_LEADER.code, errors.NO_LEADER.message)
+
+
+async def _close_without_leader(s: EtcdServer, ws: WatchStream, session: _Session) -> None:
+    """etcd's monitorLeader: close the stream after MAX_NO_LEADER_COUNT election timeouts in a row
+    without a leader (the Watch handler then ends the call with "etcdserver: no leader")."""
+    interval = s.cfg.election_timeout_ms / 1000.0
+    missed = 0
+    while not ws.closed:
+        await asyncio.sleep(interval)
+        missed = missed + 1 if s.leader_id == 0 else 0
+        if missed >= MAX_NO_LEADER_COUNT:
+            session.no_leader = True
+            ws.close()
+            return
 
 
 class _Session:
@@ -64,6 +111,7 @@ class _Session:
         self.context = context
         self.fragment: set[int] = set()
         self._progress_pending = False
+        self.no_leader = False  # closed by _close_without_leader
 
     def header(self, revision: int) -> rpc_pb2.ResponseHeader:
         s = self.s
