@@ -27,10 +27,10 @@ if [ "$provider" = local ]; then
     bin=$(e2e/toolchain/build.sh)
     export PATH="$bin:$PATH"
     state=${E2E_STATE:-$(mktemp -d /tmp/e2e-local.XXXXXX)}
-    export E2E_KUBECONFIG="$state/admin.kubeconfig"
-    cleanup() { [ "${KEEP:-0}" = 1 ] || e2e/localkube.sh down --dir "$state"; }
+    cleanup() { [ "${KEEP:-0}" = 1 ] || e2e/localkube.sh down --workdir "$state"; }
     trap cleanup EXIT
-    e2e/localkube.sh up --dir "$state" --nodes "${E2E_NODES:-3}"
+    eval "$(e2e/localkube.sh up --workdir "$state" --nodes "${E2E_NODES:-3}" --service-cidr "${E2E_SERVICE_CIDR:-127.97.0.0/16}")"
+    export E2E_KUBECONFIG="$KUBECONFIG"
     pull=IfNotPresent
 else
     for tool in docker kind kubectl helm; do

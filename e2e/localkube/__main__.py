@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from .controlplane import PID_FILE, STATE_FILE, ControlPlane, attach, down, write_kubeconfig
+from .nodeagent import NodeAgent, stop_recorded
 from .pki import PKI
 from .procs import _start_time
 
@@ -36,12 +37,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--compaction-interval", default=None, help="kube-apiserver --etcd-compaction-interval")
     ap.add_argument("--service-cidr", default="127.96.0.0/16")
     ap.add_argument("--fresh", action="store_true", help="up: delete the work dir first")
+    ap.add_argument("--nodes", type=int, default=0,
+                    help="up: also start the node agent with this many Nodes (node-1..N) that run pods as processes")
     args = ap.parse_args(argv)
     workdir: Path = args.workdir.resolve()
 
     if args.command == "up":
         if (workdir / STATE_FILE).exists():
             print(f"localkube: stopping the control plane already recorded in {workdir}", file=sys.stderr)
+            stop_recorded(workdir / "nodeagent")
             down(workdir)
         if args.fresh:
             import shutil
@@ -52,9 +56,14 @@ def main(argv: list[str] | None = None) -> int:
         cp.start()
         print(f"localkube: {args.store} x{args.members}, kube-apiserver at {cp.server}, "
               f"up in {cp.startup_seconds:.1f} s", file=sys.stderr)
+        if args.nodes:
+            nodes = [f"node-{i}" for i in range(1, args.nodes + 1)]
+            NodeAgent(cp, nodes, workdir / "nodeagent", die_with_parent=False).start()
+            print(f"localkube: node agent running {', '.join(nodes)}", file=sys.stderr)
         print(f"export KUBECONFIG={shlex.quote(str(cp.kubeconfig))}")
         return 0
     if args.command == "down":
+        stop_recorded(workdir / "nodeagent")
         stopped = down(workdir)
         print(f"localkube: stopped {', '.join(stopped) or 'nothing'}", file=sys.stderr)
         return 0

@@ -128,11 +128,12 @@ def _tls_side(*, client: bool) -> Schema:
             "default": True,
             "description": "Refuse clients without a certificate signed by the CA.",
         }
-    rules = [{"rule": "self.mode != 'secret' || has(self.secretName)", "message": "secretName is required when mode is secret"}]
+    rules = [{"rule": "(has(self.mode) ? self.mode : 'none') != 'secret' || has(self.secretName)", "message": "secretName is required when mode is secret"}]
     if client:
         rules.append(
             {
-                "rule": "self.mode != 'secret' || !self.clientCertAuth || has(self.operatorSecretName)",
+                "rule": "(has(self.mode) ? self.mode : 'none') != 'secret' || (has(self.clientCertAuth) && !self.clientCertAuth)"
+                " || has(self.operatorSecretName)",
                 "message": "operatorSecretName is required when mode is secret and clientCertAuth is on",
             }
         )
@@ -193,7 +194,8 @@ def cluster_spec_schema() -> Schema:
                 description="size may grow (member volumes are expanded where the StorageClass allows it; never "
                             "shrunk); reclaimPolicy may change; the rest is immutable.",
                 **{"x-kubernetes-validations": [{
-                    "rule": "self.ephemeral == oldSelf.ephemeral && (has(self.storageClassName) ? "
+                    "rule": "(has(self.ephemeral) && self.ephemeral) == (has(oldSelf.ephemeral) && oldSelf.ephemeral) && "
+                            "(has(self.storageClassName) ? "
                             "(has(oldSelf.storageClassName) && self.storageClassName == oldSelf.storageClassName) : "
                             "!has(oldSelf.storageClassName))",
                     "message": "storage is immutable except size (to grow the volumes) and reclaimPolicy",
@@ -264,7 +266,8 @@ def cluster_spec_schema() -> Schema:
                         **{
                             "x-kubernetes-validations": [
                                 {
-                                    "rule": "self.renewBeforeDays < self.certificateValidityDays",
+                                    "rule": "(has(self.renewBeforeDays) ? self.renewBeforeDays : 30)"
+                                    " < (has(self.certificateValidityDays) ? self.certificateValidityDays : 365)",
                                     "message": "renewBeforeDays must be shorter than certificateValidityDays",
                                 }
                             ]
@@ -276,7 +279,10 @@ def cluster_spec_schema() -> Schema:
                 **{
                     "x-kubernetes-validations": [
                         {
-                            "rule": "self.client.mode == oldSelf.client.mode && self.peer.mode == oldSelf.peer.mode",
+                            "rule": "(has(self.client) && has(self.client.mode) ? self.client.mode : 'none')"
+                            " == (has(oldSelf.client) && has(oldSelf.client.mode) ? oldSelf.client.mode : 'none')"
+                            " && (has(self.peer) && has(self.peer.mode) ? self.peer.mode : 'none')"
+                            " == (has(oldSelf.peer) && has(oldSelf.peer.mode) ? oldSelf.peer.mode : 'none')",
                             "message": "tls.client.mode and tls.peer.mode are immutable",
                         }
                     ]
