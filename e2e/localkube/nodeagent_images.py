@@ -79,7 +79,7 @@ IMAGES: list[Image] = [
     # Dockerfile.operator: USER 65532:65532, ENTRYPOINT ["etcdoperator"], CMD run ...; etcdctl from Debian.
     Image("etcd-operator", entrypoint=("etcdoperator",),
           cmd=("run", "--all-namespaces", "--standalone", "--liveness=http://0.0.0.0:8080/healthz",
-               "--metrics-port=9090"),
+               "--metrics-port=9090", "--metrics-address=0.0.0.0"),
           uid=65532, gid=65532, home="/nonexistent", path=f"{VENV_BIN}:{SYSTEM_PATH}",
           env={"PYTHONUNBUFFERED": "1", "ETCDCTL_API": "3"},
           users=(("etcdoperator", 65532, 65532, "/nonexistent"),),

@@ -80,6 +80,7 @@ def _run(argv: list[str]) -> int:
     p.add_argument("--standalone", action="store_true", help="no kopf peering (run exactly one replica)")
     p.add_argument("--liveness", default=None, help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
     p.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus metrics on this port (0: off)")
+    p.add_argument("--metrics-address", default="0.0.0.0", help="address the metrics port listens on (default 0.0.0.0)")
     p.add_argument("--verbose", "-v", action="store_true")
     args = p.parse_args(argv)
 
@@ -103,7 +104,7 @@ def _run(argv: list[str]) -> int:
     logging.getLogger("etcdoperator").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     logging.getLogger("grpc").setLevel(logging.WARNING)
     if args.metrics_port:
-        start_http_server(args.metrics_port)
+        start_http_server(args.metrics_port, addr=args.metrics_address)
     kopf.run(
         standalone=args.standalone,
         clusterwide=not args.namespace,
