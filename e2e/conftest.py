@@ -31,7 +31,7 @@ def pytest_collection_modifyitems(config, items):
         item.add_marker(skip)
 
 
-from e2elib import PROVIDERS, Kubectl, Provider, namespace_name  # noqa: E402
+from e2elib import PROVIDERS, Kubectl, Provider, namespace_name, wait  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -55,6 +55,9 @@ def kubectl(request, provider) -> Iterator[Kubectl]:
     """A namespace of the test's own, labelled to enforce Pod Security `restricted`."""
     ns = namespace_name(request.node.name)
     k = Kubectl(provider.kubeconfig, ns)
+    # A namespace of the same name left terminating by an earlier run must be gone first.
+    wait(f"namespace {ns} from an earlier run deleted", lambda: "Terminating" not in k(
+        "get", "namespace", ns, "-o", "jsonpath={.status.phase}", "--ignore-not-found"), 600, 2.0)
     k.apply({"apiVersion": "v1", "kind": "Namespace",
              "metadata": {"name": ns, "labels": {"pod-security.kubernetes.io/enforce": "restricted",
                                                   "pod-security.kubernetes.io/enforce-version": "latest"}}})
