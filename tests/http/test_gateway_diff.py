@@ -211,7 +211,7 @@ async def test_alarm_and_defragment_bodies(v3: Differ) -> None:
 
 
 async def test_snapshot_stream(v3: Differ) -> None:
-    """The framing only: the snapshot format itself is the server's own, not bbolt's."""
+    """The framing only (the file format is compared with etcd's tools in tests/snapshot)."""
     ours, etcd = await v3.both("POST", "/v3/maintenance/snapshot", data=b"{}")
     for r in (ours, etcd):
         assert r.status == 200 and r.headers["Content-Type"] == "application/json"
