@@ -157,45 +157,33 @@ def encode_lease(lease_id: int, ttl: int, remaining: int) -> bytes:
     return out
 
 
+def _read_varint(data: bytes, i: int) -> tuple[int, int]:
+    """The unsigned varint at data[i:], and the index after it."""
+    n = shift = 0
+    while True:
+        b = data[i]
+        i += 1
+        n |= (b & 0x7F) << shift
+        shift += 7
+        if b < 0x80:
+            return n, i
+
+
 def decode_lease(data: bytes) -> tuple[int, int, int]:
     fields = {1: 0, 2: 0, 3: 0}
     i = 0
     while i < len(data):
-        tag = 0
-        shift = 0
-        while True:
-            b = data[i]
-            i += 1
-            tag |= (b & 0x7F) << shift
-            shift += 7
-            if b < 0x80:
-                break
+        tag, i = _read_varint(data, i)
         field, wire = tag >> 3, tag & 7
         if wire == 0:
-            n = 0
-            shift = 0
-            while True:
-                b = data[i]
-                i += 1
-                n |= (b & 0x7F) << shift
-                shift += 7
-                if b < 0x80:
-                    break
+            n, i = _read_varint(data, i)
             n &= 0xFFFFFFFFFFFFFFFF
             if n >= 1 << 63:
                 n -= 1 << 64
             if field in fields:
                 fields[field] = n
         elif wire == 2:
-            n = 0
-            shift = 0
-            while True:
-                b = data[i]
-                i += 1
-                n |= (b & 0x7F) << shift
-                shift += 7
-                if b < 0x80:
-                    break
+            n, i = _read_varint(data, i)
             i += n
         elif wire == 1:
             i += 8
