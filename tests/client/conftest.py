@@ -6,6 +6,11 @@
                 with --client-cert-auth
     client      Client(etcd.endpoints, timeout=10)
 Extra etcd flags for one test: @pytest.mark.etcd_args("--auth-token-ttl", "1").
+
+Both servers (tests of the client options, test_client_options.py / test_client_recipes.py):
+    server      "etcd" or "etcdstore" (parametrized: every test using it runs against both)
+    cluster1    a single member of `server`;  cluster3: three members of `server`
+    tls_cluster a single member of `server` serving https with --client-cert-auth
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from etcd_procs import ETCD_BIN, EtcdCluster, TLSFiles, make_tls_files
 from etcdstore.client import Client
+from procs import BINARIES
 
 
 def _require_etcd() -> None:
@@ -66,3 +72,36 @@ def etcd_tls(tmp_path: Path, tls_files: TLSFiles, request: pytest.FixtureRequest
 async def client(etcd: EtcdCluster) -> AsyncIterator[Client]:
     async with Client(etcd.endpoints, timeout=10) as c:
         yield c
+
+
+@pytest.fixture(params=BINARIES)
+def server(request: pytest.FixtureRequest) -> str:
+    if request.param == "etcd":
+        _require_etcd()
+    return request.param
+
+
+def _start(tmp_path: Path, request: pytest.FixtureRequest, server: str, size: int, **kw) -> EtcdCluster:
+    marker = request.node.get_closest_marker("etcd_args")
+    extra = list(marker.args) if marker else []
+    return EtcdCluster.start(tmp_path / f"{server}{size}", size, binary=server, extra_args=extra, **kw)
+
+
+@pytest.fixture
+def cluster1(tmp_path: Path, request: pytest.FixtureRequest, server: str) -> Iterator[EtcdCluster]:
+    with _start(tmp_path, request, server, 1) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def cluster3(tmp_path: Path, request: pytest.FixtureRequest, server: str) -> Iterator[EtcdCluster]:
+    with _start(tmp_path, request, server, 3) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def tls_cluster(
+    tmp_path: Path, request: pytest.FixtureRequest, server: str, tls_files: TLSFiles
+) -> Iterator[EtcdCluster]:
+    with _start(tmp_path, request, server, 1, tls=tls_files) as cluster:
+        yield cluster

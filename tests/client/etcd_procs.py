@@ -163,9 +163,10 @@ class EtcdCluster(Cluster):
     @classmethod
     def start(  # type: ignore[override]
         cls, base_dir: Path, size: int = 1, *, tls: TLSFiles | None = None,
-        extra_args: list[str] | None = None, attempts: int = 3,
+        extra_args: list[str] | None = None, attempts: int = 3, binary: str = "etcd",
     ) -> EtcdCluster:
-        cluster = super().start(base_dir, size, binary="etcd", extra_args=extra_args, attempts=attempts, tls=tls)
+        """`binary`: "etcd" (the real etcd 3.4) or "etcdstore" (ours), started with the same flags."""
+        cluster = super().start(base_dir, size, binary=binary, extra_args=extra_args, attempts=attempts, tls=tls)
         assert isinstance(cluster, EtcdCluster)
         return cluster
 

@@ -11,8 +11,11 @@
             async for resp in w:                  # WatchResponse
                 ...
 
-Construction
+Construction (each option next to its clientv3.Config name: docs/client.md)
     Client(endpoints, *, timeout=30.0, tls=None, user=None, password=None, require_leader=False,
+           dial_timeout=None, auto_sync_interval=None, health_check_interval=None,
+           keepalive_time=None, keepalive_timeout=None, permit_without_stream=False,
+           reject_old_cluster=False, max_call_send_size=None, max_call_recv_size=None,
            channel_options=())
     endpoints: a list or a comma-separated string of "host:port", "http://host:port" or
     "https://host:port" (https, or any tls= given, means TLS). tls=TLSConfig(ca_file, cert_file,
@@ -23,7 +26,14 @@ Construction
     leader). timeout is the per-call deadline in seconds (None: none); it does not bound
     streams (watch, observe, snapshot, keepalive) nor lock()/campaign(), which take their own.
     Use `async with` or `await client.close()`. A client belongs to the event loop it is first
-    used in (gRPC channels are bound to it); construction itself does no I/O.
+    used in (gRPC channels are bound to it); construction itself does no I/O. `async with`
+    awaits client.connect() when dial_timeout or reject_old_cluster is given (connected to some
+    endpoint within dial_timeout, else DEADLINE_EXCEEDED "context deadline exceeded"; cluster
+    at least 3.2, else "etcdclient: old cluster version"). auto_sync_interval: the endpoints
+    follow MemberList (also by hand: sync_endpoints(), set_endpoints()). keepalive_time /
+    keepalive_timeout / permit_without_stream: gRPC keepalive pings (a hung member fails its
+    calls and streams with UNAVAILABLE). max_call_send_size / max_call_recv_size: grpc's
+    client-side limits (RESOURCE_EXHAUSTED "CLIENT: Sent message larger than max (N vs. M)").
 
 Connections and failover
     One gRPC channel per endpoint, made on first use. Calls go to the current endpoint. On
@@ -33,7 +43,9 @@ Connections and failover
     a server (connection refused). Such calls go round all endpoints until their deadline
     (pausing 50 ms, 100 ms, ... up to 0.5 s between rounds; at most 20 rounds), so a read survives
     an election. Any other failure of a write (put, delete, txn with writes, compact,
-    lease_grant, member_*, ...) is raised at once: its outcome is unknown.
+    lease_grant, member_*, ...) is raised at once: its outcome is unknown. An endpoint that
+    failed is marked unhealthy for 5 s and tried last; endpoint_health() probes every endpoint
+    (as `etcdctl endpoint health`), and health_check_interval does so in the background.
     Views share the connections: `client.at(endpoint)` is pinned to one member with no
     failover and no retry (for per-member calls: status, hash_kv, hash, defragment, alarm_*, snapshot,
     move_leader); `client.with_options(timeout=, require_leader=)` changes options.
@@ -88,12 +100,22 @@ Methods (all async; each returns the protobuf response unwrapped; keys/values ar
     Election campaign(name, lease, value, *, timeout=None) -> CampaignResponse (.leader: LeaderKey),
             proclaim(leader, value), leader(name), observe(name) -> async iterator of
             LeaderResponse, resign(leader)
+    (Lock and Election above are etcd's server-side v3lock/v3election services.)
+
+Recipes and helpers (clientv3's packages)
+    etcdstore.client.recipes    Session, Mutex, Election (clientv3/concurrency, client-side)
+    etcdstore.client.stm        stm(client, apply, isolation=Isolation.SERIALIZABLE_SNAPSHOT)
+    etcdstore.client.namespace  Namespace(client, prefix) (clientv3/namespace)
+    etcdstore.client.mirror     Syncer(client, prefix, revision), mirror(src, dst, prefix)
 """
 
 from etcdstore.client.channels import Endpoint, TLSConfig
-from etcdstore.client.client import Client
+from etcdstore.client.client import MIN_CLUSTER_VERSION, Client, is_old_version
 from etcdstore.client.lease import LeaseKeeper
 from etcdstore.client.maintenance import DowngradeAction
+from etcdstore.client.mirror import Syncer, mirror
+from etcdstore.client.namespace import Namespace
+from etcdstore.client.recipes import Election, Mutex, Session
 from etcdstore.client.requests import (
     AlarmType,
     Compare,
@@ -104,27 +126,40 @@ from etcdstore.client.requests import (
     WatchFilter,
     prefix_end,
 )
-from etcdstore.client.rpc_errors import never_reached_server
+from etcdstore.client.rpc_errors import OLD_CLUSTER, never_reached_server
+from etcdstore.client.stm import STM, Isolation, stm
 from etcdstore.client.transport import DEFAULT_TIMEOUT
 from etcdstore.client.watch import Watcher
 from etcdstore.errors import EtcdError
 
 __all__ = [
     "DEFAULT_TIMEOUT",
+    "MIN_CLUSTER_VERSION",
+    "OLD_CLUSTER",
+    "STM",
     "AlarmType",
     "Client",
     "Compare",
     "DowngradeAction",
+    "Election",
     "Endpoint",
     "EtcdError",
+    "Isolation",
     "LeaseKeeper",
+    "Mutex",
+    "Namespace",
     "Op",
     "PermissionType",
+    "Session",
     "SortOrder",
     "SortTarget",
+    "Syncer",
     "TLSConfig",
     "WatchFilter",
     "Watcher",
+    "is_old_version",
+    "mirror",
     "never_reached_server",
     "prefix_end",
+    "stm",
 ]

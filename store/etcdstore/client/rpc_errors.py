@@ -17,6 +17,8 @@ WATCH_STREAM_CLOSED = EtcdError(grpc.StatusCode.UNAVAILABLE, "etcdclient: watch 
 KEEPALIVE_STREAM_CLOSED = EtcdError(
     grpc.StatusCode.UNAVAILABLE, "etcdclient: keepalive stream closed by server"
 )
+# RejectOldCluster: a member reported a version below 3.2 (clientv3's ErrOldCluster text).
+OLD_CLUSTER = EtcdError(grpc.StatusCode.FAILED_PRECONDITION, "etcdclient: old cluster version")
 
 # gRPC core's pick-first policy fails an RPC with this text when no connection to the target
 # exists (refused, unreachable, TLS handshake failed): the request never left this process.

@@ -10,6 +10,7 @@ failure of a write is raised, because its outcome is unknown. A pinned view neve
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -30,6 +31,9 @@ _UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 _MAX_ROUNDS = 20
 _ROUND_PAUSE = 0.05
 _MAX_ROUND_PAUSE = 0.5
+# How long an endpoint that failed stays at the back of the line (clientv3 3.3's health
+# balancer used 3 s..5 s); it is tried again at once when every endpoint is marked.
+UNHEALTHY_FOR = 5.0
 
 
 class Shared:
@@ -37,6 +41,7 @@ class Shared:
 
     __slots__ = (
         "auth_lock",
+        "background",
         "closed",
         "current",
         "endpoints",
@@ -45,6 +50,8 @@ class Shared:
         "pool",
         "token",
         "token_gen",
+        "unhealthy",
+        "unhealthy_for",
         "user",
         "watch_streams",
     )
@@ -68,6 +75,39 @@ class Shared:
         self.closed = False
         self.watch_streams: dict[Any, Any] = {}  # key -> watch.WatchStream
         self.keepers: set[Any] = set()  # lease.LeaseKeeper
+        # Endpoints that answered UNAVAILABLE (or failed a health check): target -> when. Calls
+        # try them last for `unhealthy_for` seconds; a success clears the mark.
+        self.unhealthy: dict[str, float] = {}
+        self.unhealthy_for = UNHEALTHY_FOR
+        self.background: list[asyncio.Task[None]] | None = None  # None: not started yet
+
+    def set_endpoints(self, endpoints: list[Endpoint]) -> None:
+        """Replace the endpoint list, keeping the current endpoint current if it is still there."""
+        if not endpoints:
+            raise ValueError("no endpoints given")
+        now = self.endpoints[self.current].target if self.endpoints else None
+        self.endpoints = list(endpoints)
+        targets = [e.target for e in self.endpoints]
+        self.current = targets.index(now) if now in targets else 0
+        for t in [t for t in self.unhealthy if t not in targets]:
+            del self.unhealthy[t]
+
+    def mark_unhealthy(self, ep: Endpoint) -> None:
+        """Only the client's own endpoints are marked (a pinned view may use any address)."""
+        if any(e.target == ep.target for e in self.endpoints):
+            self.unhealthy[ep.target] = time.monotonic()
+
+    def mark_healthy(self, ep: Endpoint) -> None:
+        self.unhealthy.pop(ep.target, None)
+
+    def is_unhealthy(self, ep: Endpoint) -> bool:
+        since = self.unhealthy.get(ep.target)
+        if since is None:
+            return False
+        if time.monotonic() - since >= self.unhealthy_for:
+            del self.unhealthy[ep.target]
+            return False
+        return True
 
 
 class Transport:
@@ -100,14 +140,25 @@ class Transport:
     def _candidates(self) -> list[Endpoint]:
         if self._pinned is not None:
             return [self._pinned]
-        eps = self._shared.endpoints
-        i = self._shared.current
-        return eps[i:] + eps[:i]
+        sh = self._shared
+        eps = sh.endpoints
+        i = sh.current
+        order = eps[i:] + eps[:i]
+        if sh.unhealthy:
+            # Healthy endpoints first, in rotation order; marked ones last.
+            order.sort(key=sh.is_unhealthy)
+        return order
 
     def _moved_off(self, ep: Endpoint) -> None:
         sh = self._shared
-        if self._pinned is None and sh.endpoints[sh.current] is ep:
-            sh.current = (sh.current + 1) % len(sh.endpoints)
+        sh.mark_unhealthy(ep)
+        if self._pinned is None and sh.endpoints[sh.current] == ep:
+            n = len(sh.endpoints)
+            for step in range(1, n + 1):
+                nxt = (sh.current + step) % n
+                if not sh.is_unhealthy(sh.endpoints[nxt]) or step == n:
+                    sh.current = nxt
+                    break
 
     def _endpoint(self, endpoint: str) -> Endpoint:
         return parse_endpoint(endpoint, tls=self._tls)
@@ -154,6 +205,8 @@ class Transport:
     ) -> Any:
         """One unary RPC with failover (see the module docstring) and one token refresh."""
         sh = self._shared
+        if sh.background is None:
+            self._start_background()
         await self._ensure_token()
         gen = sh.token_gen
         try:
@@ -181,7 +234,10 @@ class Transport:
             ep = candidates[attempt % n]
             remaining = None if deadline is None else max(deadline - loop.time(), 0.0)
             try:
-                return await sh.pool.get(ep).callable(m)(request, timeout=remaining, metadata=md)
+                resp = await sh.pool.get(ep).callable(m)(request, timeout=remaining, metadata=md)
+                if sh.unhealthy:
+                    sh.mark_healthy(ep)
+                return resp
             except grpc.aio.AioRpcError as e:
                 if self._pinned is not None or e.code() != _UNAVAILABLE or not (idempotent or never_sent(e)):
                     raise to_etcd_error(e) from None
@@ -238,6 +294,10 @@ class Transport:
                 raise err from None
             finally:
                 call.cancel()
+
+    def _start_background(self) -> None:
+        """Start the client's background tasks (auto-sync, health checks); the Client overrides it."""
+        self._shared.background = []
 
     async def _ensure_token(self) -> None:
         sh = self._shared
