@@ -3,7 +3,7 @@
     etcdoperator run [--namespace NS ... | --all-namespaces] [--standalone] [--liveness URL]
                      [--metrics-port PORT] [--verbose]        run the operator (kopf)
     etcdoperator backup ...                                   take one backup (backup Jobs run this)
-    etcdoperator restore-member ...                           seed a new cluster from a backup (init container)
+    etcdoperator restore-member fetch|finish ...              steps of the restore Job (seed from a backup)
     etcdoperator member-gate ...                              refuse an empty data dir without a join ticket (init container)
     etcdoperator manifests crds | sync [ROOT]                 print the CRDs / write them into the tree
     etcdoperator version

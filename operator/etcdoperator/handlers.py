@@ -76,7 +76,10 @@ _MEMBER_LABELS = {LABEL_MANAGED_BY: MANAGED_BY}
 
 @kopf.on.login()
 def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-    info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    # The `kubernetes` package's loaders (in-cluster service account, else the kubeconfig with
+    # exec/auth-provider plugins, e.g. cloud logins); kopf's own readers only if it is missing.
+    info = (kopf.login_via_client(**kwargs) or kopf.login_with_service_account(**kwargs)
+            or kopf.login_with_kubeconfig(**kwargs))
     STATE.connection = info
     return info
 

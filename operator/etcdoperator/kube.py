@@ -1,13 +1,35 @@
 """A thin asyncio Kubernetes REST client over aiohttp, with kopf's credentials.
 
-kopf logs in (service account in a pod, kubeconfig elsewhere) and hands us the same
-`kopf.ConnectionInfo`; we only need get/list/create/patch/delete on a handful of resources,
-plus "apply" (create, or a three-way merge patch against the last applied state, as kubectl).
+kopf logs in (through the `kubernetes` package's config loaders: service account in a pod,
+kubeconfig elsewhere, exec plugins included) and hands us the same `kopf.ConnectionInfo`; we only
+need get/list/watch/create/patch/delete on a handful of resources, plus server-side apply.
+
+Why not the `kubernetes` package's own client for the calls: it is synchronous (urllib3) and
+would block the operator's event loop (kopf, the etcd clients and the watches share it); its
+asyncio sibling is another dependency. It is used where it serves: loading the credentials.
+
+Server-side apply (`apply`): every object the operator owns is written as one apply
+configuration by one field manager, `etcd-operator`, with `force=true` - every field in that
+configuration is the operator's (the template, ports, selectors...). Fields it leaves out stay
+with whoever set them: a user's annotations, `kubectl rollout restart`'s template annotation,
+the API server's defaults. A field the operator writes on its own schedule has its own manager
+(`SIDE_FIELDS`): a StatefulSet's `spec.replicas` is applied by `etcd-operator-replicas` as the
+planner scales, and never by the main configuration (which would otherwise fight it, or drop
+it and let the API server default it to 1).
+
+Objects written by an operator before server-side apply (created and merge-patched with no
+field manager: kube-apiserver named it after aiohttp's User-Agent, `Python`, and the old
+three-way merge kept its last state in the `etcdstore.io/last-applied` annotation) are migrated
+the way `kubectl` migrates from client-side apply: the old manager's fields are moved into the
+new managers' sets (`legacy_upgrade_patch`, one JSON patch guarded by resourceVersion), then the
+configuration is applied again - so fields the new operator no longer sets, the annotation among
+them, are removed instead of being kept forever by a manager nobody speaks for.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import ssl
 from collections.abc import AsyncIterator, Mapping
@@ -16,8 +38,20 @@ from typing import Any
 
 import aiohttp
 
+from etcdoperator import __version__
+
 Body = dict[str, Any]
-ANNOTATION_LAST_APPLIED = "etcdstore.io/last-applied"
+ANNOTATION_LAST_APPLIED = "etcdstore.io/last-applied"  # the pre-server-side-apply operator's record
+FIELD_MANAGER = "etcd-operator"
+REPLICAS_MANAGER = "etcd-operator-replicas"
+# The pre-server-side-apply operator sent no fieldManager: kube-apiserver names such a writer after
+# the first word of its User-Agent, aiohttp's "Python/3.x aiohttp/3.x".
+LEGACY_MANAGERS = frozenset({"Python"})
+APPLY_PATCH = "application/apply-patch+yaml"
+# Fields of an applied kind that the main configuration leaves out: each has its own manager.
+SIDE_FIELDS: dict[tuple[str, str], dict[tuple[str, ...], str]] = {
+    ("apps/v1", "StatefulSet"): {("spec", "replicas"): REPLICAS_MANAGER},
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +119,7 @@ class Kube:
     def __init__(self, server: str, *, headers: Mapping[str, str] | None = None,
                  ssl_context: ssl.SSLContext | None = None, timeout: float = 30.0) -> None:
         self._server = server.rstrip("/")
-        self._headers = dict(headers or {})
+        self._headers = {"User-Agent": f"etcd-operator/{__version__}", **dict(headers or {})}
         self._ssl = ssl_context
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
@@ -95,6 +129,24 @@ class Kube:
         """From a kopf.ConnectionInfo."""
         ctx = info.as_ssl_context() if info.server.startswith("https") else None
         return cls(info.server, headers=info.as_http_headers(), ssl_context=ctx)
+
+    @classmethod
+    def from_kubeconfig(cls, path: str | None = None, *, context: str | None = None) -> Kube:
+        """From a kubeconfig, read by the `kubernetes` package (as the operator's login does):
+        client certificates, tokens, exec/auth-provider plugins. For tools and tests."""
+        from kubernetes import client as k8s_client
+        from kubernetes import config as k8s_config
+
+        cfg = k8s_client.Configuration()
+        k8s_config.load_kube_config(config_file=path, context=context, client_configuration=cfg)
+        ctx = ssl.create_default_context(cafile=cfg.ssl_ca_cert) if cfg.verify_ssl else ssl._create_unverified_context()
+        if cfg.cert_file:
+            ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
+        headers = {}
+        token = cfg.get_api_key_with_prefix("BearerToken") or cfg.get_api_key_with_prefix("authorization")
+        if token:
+            headers["Authorization"] = token if " " in token else f"Bearer {token}"
+        return cls(cfg.host, headers=headers, ssl_context=ctx if cfg.host.startswith("https") else None)
 
     async def close(self) -> None:
         if self._session is not None:
@@ -185,13 +237,14 @@ class Kube:
                         yield event
 
     async def create(self, res: Resource, namespace: str | None, body: Body) -> Body:
-        return await self._request("POST", res.path(namespace), body=body)
+        return await self._request("POST", res.path(namespace), body=body, params={"fieldManager": FIELD_MANAGER})
 
     async def patch(self, res: Resource, namespace: str | None, name: str, patch: Any, *, sub: str | None = None,
                     json_patch: bool = False) -> Body | None:
         ctype = "application/json-patch+json" if json_patch else "application/merge-patch+json"
         try:
-            return await self._request("PATCH", res.path(namespace, name, sub), body=patch, content_type=ctype)
+            return await self._request("PATCH", res.path(namespace, name, sub), body=patch, content_type=ctype,
+                                       params={"fieldManager": FIELD_MANAGER})
         except ApiError as e:
             if e.status == 404:
                 return None
@@ -210,60 +263,132 @@ class Kube:
                 return False
             raise
 
-    # -- apply -------------------------------------------------------------------------------
-    async def apply(self, desired: Body, *, last_applied: bool = True) -> tuple[Body, bool]:
-        """Create `desired`, or patch the live object towards it. Returns (object, changed).
+    # -- server-side apply -------------------------------------------------------------------
+    async def apply(self, desired: Body, *, manager: str = FIELD_MANAGER, force: bool = True) -> Body:
+        """Server-side apply `desired` as `manager` (creates it if missing); returns the object.
 
-        With `last_applied`, the desired state is recorded in an annotation and the patch is
-        three-way (keys dropped from the desired state are removed), as `kubectl apply` does.
-        Without it (Secrets: no key material in annotations) it is a plain merge patch.
-        """
+        An object last written by the pre-server-side-apply operator is migrated first (see the
+        module docstring), then applied again so that what it no longer sets is removed."""
         res = resource_of(desired)
         meta = desired["metadata"]
         ns, name = meta.get("namespace"), meta["name"]
-        body = json.loads(json.dumps(desired))
-        record = json.dumps(desired, sort_keys=True, separators=(",", ":"))
-        if last_applied:
-            body["metadata"].setdefault("annotations", {})[ANNOTATION_LAST_APPLIED] = record
-        live = await self.get(res, ns, name)
-        if live is None:
+        out = await self._apply(res, ns, name, desired, manager, force)
+        if manager != FIELD_MANAGER:
+            return out
+        upgrade = legacy_upgrade_patch(out or {}, manager=manager, now=_now())
+        if upgrade:
             try:
-                return await self.create(res, ns, body), True
+                await self._request("PATCH", res.path(ns, name), body=upgrade,
+                                    content_type="application/json-patch+json")
             except ApiError as e:
-                if e.status != 409:
+                if e.status not in (404, 409, 422):  # changed meanwhile: the next apply migrates
                     raise
-                live = await self.get(res, ns, name)
-                if live is None:
-                    raise
-        if last_applied:
-            prev_text = (live.get("metadata", {}).get("annotations") or {}).get(ANNOTATION_LAST_APPLIED)
-            if prev_text == record:
-                return live, False
-            prev = json.loads(prev_text) if prev_text else {}
-            patch = three_way_patch(live, prev, body)
+                return out
+            out = await self._apply(res, ns, name, desired, manager, force)
+        return out
+
+    async def _apply(self, res: Resource, ns: str | None, name: str, body: Body, manager: str, force: bool) -> Body:
+        params = {"fieldManager": manager, "force": "true" if force else "false"}
+        return await self._request("PATCH", res.path(ns, name), body=body, params=params, content_type=APPLY_PATCH)
+
+    async def apply_replicas(self, res: Resource, namespace: str, name: str, replicas: int, *,
+                             api_version: str, kind: str) -> Body | None:
+        """spec.replicas alone, as its own manager (REPLICAS_MANAGER). None if the object is gone."""
+        body = {"apiVersion": api_version, "kind": kind, "metadata": {"name": name, "namespace": namespace},
+                "spec": {"replicas": replicas}}
+        try:
+            return await self._apply(res, namespace, name, body, REPLICAS_MANAGER, True)
+        except ApiError as e:
+            if e.status == 404:
+                return None
+            raise
+
+
+def _now() -> str:
+    import datetime as dt
+
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _field_path(path: tuple[str, ...]) -> list[str]:
+    return [f"f:{p}" for p in path]
+
+
+def fields_owned(obj: Mapping[str, Any], manager: str, path: tuple[str, ...], *, operation: str = "Apply") -> bool:
+    """Whether `manager` (by `operation`) owns the field at `path` (e.g. ("spec", "replicas")).
+    True for an object without managedFields (an API server that does not track them)."""
+    entries = (obj.get("metadata") or {}).get("managedFields")
+    if not entries:
+        return True
+    for e in entries:
+        if e.get("manager") != manager or e.get("operation") != operation or e.get("subresource"):
+            continue
+        node: Any = e.get("fieldsV1") or {}
+        for step in _field_path(path):
+            node = node.get(step) if isinstance(node, dict) else None
+        if node is not None:
+            return True
+    return False
+
+
+def merge_fieldsets(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The union of two managedFields `fieldsV1` sets (trees of f:/k:/v:/i: keys)."""
+    out: dict[str, Any] = {k: v for k, v in (a or {}).items()}
+    for k, v in (b or {}).items():
+        out[k] = merge_fieldsets(out.get(k), v) if k in out else v
+    return out
+
+
+def _take(tree: dict[str, Any], path: list[str]) -> dict[str, Any] | None:
+    """Remove the subtree at `path` from `tree` (in place) and return it."""
+    node = tree
+    for step in path[:-1]:
+        nxt = node.get(step)
+        if not isinstance(nxt, dict):
+            return None
+        node = nxt
+    return node.pop(path[-1], None)
+
+
+def _put(tree: dict[str, Any], path: list[str], sub: dict[str, Any]) -> None:
+    node = tree
+    for step in path[:-1]:
+        node = node.setdefault(step, {})
+    node[path[-1]] = merge_fieldsets(node.get(path[-1]), sub)
+
+
+def legacy_upgrade_patch(live: Mapping[str, Any], *, manager: str = FIELD_MANAGER, now: str = "",
+                         legacy: frozenset[str] = LEGACY_MANAGERS) -> list[dict[str, Any]] | None:
+    """A JSON patch moving the fields owned by the pre-server-side-apply operator (Update entries
+    of a LEGACY_MANAGERS manager, not of a subresource) into `manager`'s Apply entry - and the
+    SIDE_FIELDS of the kind into their own managers' entries - guarded by resourceVersion.
+    None when there is nothing to migrate. (As `kubectl` upgrades client-side-applied objects.)"""
+    meta = live.get("metadata") or {}
+    entries = copy.deepcopy(list(meta.get("managedFields") or []))
+    old = [e for e in entries if e.get("manager") in legacy and e.get("operation") == "Update"
+           and not e.get("subresource")]
+    if not old:
+        return None
+    api_version = str(live.get("apiVersion") or "")
+    owned: dict[str, Any] = {}
+    for e in old:
+        owned = merge_fieldsets(owned, e.get("fieldsV1"))
+    moved: dict[str, dict[str, Any]] = {manager: owned}
+    for path, side in SIDE_FIELDS.get((api_version, str(live.get("kind") or "")), {}).items():
+        sub = _take(owned, _field_path(path))
+        if sub is not None:
+            tree = moved.setdefault(side, {})
+            _put(tree, _field_path(path), sub)
+    kept = [e for e in entries if not any(e is o for o in old)]
+    for name, tree in moved.items():
+        mine = next((e for e in kept if e.get("manager") == name and e.get("operation") == "Apply"
+                     and not e.get("subresource")), None)
+        if mine is None:
+            kept.append({"manager": name, "operation": "Apply", "apiVersion": api_version, "time": now,
+                         "fieldsType": "FieldsV1", "fieldsV1": tree})
         else:
-            patch = three_way_patch(live, {}, body)
-        if not patch:
-            return live, False
-        out = await self.patch(res, ns, name, patch)
-        return (out if out is not None else live), True
-
-
-def three_way_patch(live: Any, last: Any, desired: Any) -> Any:
-    """A JSON merge patch (RFC 7386) taking `live` to `desired`, deleting keys that `last` had
-    but `desired` dropped. Lists are replaced whole (merge-patch semantics)."""
-    patch: dict[str, Any] = {}
-    live = live if isinstance(live, dict) else {}
-    last = last if isinstance(last, dict) else {}
-    for key, want in desired.items():
-        have = live.get(key)
-        if isinstance(want, dict) and isinstance(have, dict):
-            sub = three_way_patch(have, last.get(key), want)
-            if sub:
-                patch[key] = sub
-        elif have != want:
-            patch[key] = want
-    for key in last:
-        if key not in desired and key in live:
-            patch[key] = None
-    return patch
+            mine["fieldsV1"] = merge_fieldsets(mine.get("fieldsV1"), tree)
+    return [
+        {"op": "test", "path": "/metadata/resourceVersion", "value": meta.get("resourceVersion")},
+        {"op": "replace", "path": "/metadata/managedFields", "value": kept},
+    ]

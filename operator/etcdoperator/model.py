@@ -72,6 +72,10 @@ class KubeView:
     foreign: tuple[str, ...] = ()
     # Volumes labelled with another EtcdCluster's UID (kept by reclaimPolicy Retain): reported.
     retained: tuple[str, ...] = ()
+    # spec.restore: the restore Job (None: absent; else Running | Complete | Failed: <reason>) and
+    # whether the seed's volume records a completed restore (build/restorejob.ANNOTATION_RESTORED).
+    restore_job: str | None = None
+    restored: bool = False
 
 
 @dataclass(frozen=True, slots=True)

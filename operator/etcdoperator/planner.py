@@ -180,6 +180,21 @@ class RestartMember(Action):
 
 
 @dataclass(frozen=True, slots=True)
+class RunRestore(Action):
+    """Create the seed's volume (if missing) and the one-shot restore Job (build/restorejob.py)."""
+
+
+@dataclass(frozen=True, slots=True)
+class MarkRestored(Action):
+    """The restore Job completed: record it on the seed's volume (then the seed bootstraps on it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteRestoreJob(Action):
+    """The cluster has formed: the restore Job (and its pod, with the backup volume) goes."""
+
+
+@dataclass(frozen=True, slots=True)
 class Wait(Action):
     reason: str
     message: str
@@ -343,9 +358,13 @@ def _decide(ctx: _Ctx) -> tuple[Action, str | None, str]:
             # Volumes with member data and no bootstrap ConfigMap (a cluster recreated under the same
             # name over retained volumes): never bootstrap next to them; bring them back.
             return WriteBootstrap(initial_cluster=""), "Recovering", "members with data exist: not bootstrapping"
-        if boot is None and not kube.pods and not kube.pvcs:
-            seed = ref.pod(0)
-            return Bootstrap(), "Bootstrapping", f"starting seed member {seed}"
+        if boot is None and spec.restore is not None:
+            step = _restore_step(ctx)
+            if step is not None:
+                return step
+        if boot is None and not kube.pods and all(k == 0 and kube.restored for k in kube.pvcs):
+            seed_pod = ref.pod(0)
+            return Bootstrap(), "Bootstrapping", f"starting seed member {seed_pod}"
         if boot is None or boot.state == "new":
             if kube.statefulset_replicas < 1:
                 return ScaleStatefulSet(1), "Bootstrapping", "starting the seed member"
@@ -387,6 +406,8 @@ def _decide(ctx: _Ctx) -> tuple[Action, str | None, str]:
         if seed is not None and holder is not None and not holder.deleting and holder.member_id != seed.hex_id:
             return AdoptHolder(0, seed.hex_id), "Bootstrapping", "recording the seed's volume"
         return MarkFormed(initial_cluster=ic), "Bootstrapping", "the seed has formed the cluster"
+    if kube.restore_job is not None:
+        return DeleteRestoreJob(), None, "the cluster has formed: deleting the restore Job"
     if boot.initial_cluster != ic:
         return SyncInitialCluster(initial_cluster=ic), None, "updating the initial cluster for joining members"
 
@@ -425,9 +446,9 @@ def _decide(ctx: _Ctx) -> tuple[Action, str | None, str]:
     # -- a learner in progress ---------------------------------------------------------------
     learners = sorted(etcd.learners, key=lambda m: (m.ordinal is None, m.ordinal or 0))
     for learner in learners:
-        k = learner.ordinal
-        if k is None:
+        if learner.ordinal is None:
             continue  # foreign learner: reported above, left alone
+        k = learner.ordinal
         if k >= spec.replicas:
             return RemoveMember(learner.id, k, "CancelJoin"), "ScalingDown", f"removing learner {ref.pod(k)}"
         step = _learner_step(ctx, learner, k)
@@ -459,10 +480,10 @@ def _decide(ctx: _Ctx) -> tuple[Action, str | None, str]:
     if extra:
         victim = extra[0]
         if victim.id == etcd.leader_id:
-            target = _transferee(etcd, exclude={m.id for m in extra})
-            if target is None:
+            successor = _transferee(etcd, exclude={m.id for m in extra})
+            if successor is None:
                 return _wait("ScalingDown", "no healthy member to take over leadership", "ScalingDown")
-            return MoveLeader(victim.id, target.id), "ScalingDown", f"moving leadership off {_label(ref, victim)}"
+            return MoveLeader(victim.id, successor.id), "ScalingDown", f"moving leadership off {_label(ref, victim)}"
         if not removal_keeps_quorum(etcd, victim.id):
             msg = f"removing {_label(ref, victim)} now would lose quorum; waiting for members to recover"
             ctx.degraded.append(("ScaleDownBlocked", msg))
@@ -475,9 +496,9 @@ def _decide(ctx: _Ctx) -> tuple[Action, str | None, str]:
     # -- volumes of members that no longer exist ---------------------------------------------
     if not spec.storage.ephemeral:
         for k in sorted(kube.pvcs, reverse=True):
-            pvc = kube.pvcs[k]
-            if k >= kube.statefulset_replicas and k not in by_ord and k not in kube.pods and not pvc.deleting:
-                return DeletePVC(k), "ScalingDown", f"deleting volume {pvc.name} of a removed member"
+            old_pvc = kube.pvcs[k]
+            if k >= kube.statefulset_replicas and k not in by_ord and k not in kube.pods and not old_pvc.deleting:
+                return DeletePVC(k), "ScalingDown", f"deleting volume {old_pvc.name} of a removed member"
 
     # -- holes and growth: one learner at a time, only when everyone is healthy --------------
     holes = [k for k in range(want) if k not in by_ord]
@@ -527,6 +548,30 @@ def _decide(ctx: _Ctx) -> tuple[Action, str | None, str]:
     return Converged(), None, "cluster matches its spec"
 
 
+def _restore_step(ctx: _Ctx) -> tuple[Action, str | None, str] | None:
+    """spec.restore before the first bootstrap: the seed's volume is filled by the restore Job
+    first; None when it is done (or cannot apply: then the ordinary bootstrap rules decide)."""
+    obs, ref = ctx.obs, ctx.ref
+    spec, kube = obs.spec, obs.kube
+    if kube.restored or kube.pods or any(v.member_id for v in kube.pvcs.values()):
+        return None  # done, or members/data exist already: never restore over them
+    if spec.storage.ephemeral:
+        msg = "spec.restore needs persistent storage (the restore Job fills the seed's volume)"
+        ctx.degraded.append(("RestoreNeedsVolume", msg))
+        return _wait("RestoreNeedsVolume", msg)
+    source = spec.restore.source.describe() if spec.restore is not None else ""
+    job = kube.restore_job
+    if job is None:
+        return RunRestore(), "Restoring", f"restoring {ref.pvc(0)} from {source}"
+    if job == "Complete":
+        return MarkRestored(), "Restoring", f"{ref.pvc(0)} restored from {source}"
+    if job.startswith("Failed"):
+        msg = f"the restore Job failed ({job}); fix spec.restore's source or delete the Job to retry"
+        ctx.degraded.append(("RestoreFailed", msg))
+        return _wait("RestoreFailed", msg)
+    return _wait("Restoring", f"waiting for the restore Job ({source})", "Restoring")
+
+
 def _learner_step(ctx: _Ctx, learner: MemberState, k: int) -> tuple[Action, str | None, str] | None:
     ref, kube, spec = ctx.ref, ctx.obs.kube, ctx.obs.spec
     boot = kube.bootstrap
@@ -535,10 +580,10 @@ def _learner_step(ctx: _Ctx, learner: MemberState, k: int) -> tuple[Action, str 
     pod, pvc = kube.pods.get(k), kube.pvcs.get(k)
     if not learner.started and boot.tickets.get(k) != learner.hex_id:
         # The ticket first, then every pod that predates it is replaced (it started without it).
-        stale = set(boot.joining.get(k, frozenset()))
+        stale_uids = set(boot.joining.get(k, frozenset()))
         if pod is not None and not pod.deleting:
-            stale.add(pod.uid)
-        return (IssueTicket(k, learner.hex_id, frozenset(stale)), why,
+            stale_uids.add(pod.uid)
+        return (IssueTicket(k, learner.hex_id, frozenset(stale_uids)), why,
                 f"letting {ref.pod(k)} start as the new member {learner.hex_id}")
     stale = boot.joining.get(k, frozenset())
     stale_pod = pod is not None and not pod.deleting and pod.uid in stale

@@ -22,6 +22,7 @@ from etcdstore.errors import EtcdError
 
 from etcdoperator import crd, events, failpoints, gate, metrics, planner, tlsplan
 from etcdoperator.build import bootstrap as bootstrap_build
+from etcdoperator.build import restorejob as restore_build
 from etcdoperator.build.common import Images
 from etcdoperator.build.disruption import pod_disruption_budget
 from etcdoperator.build.secrets import tls_secret
@@ -30,12 +31,15 @@ from etcdoperator.build.statefulset import GATE_CONTAINER, MEMBER_CONTAINER, sta
 from etcdoperator.kube import (
     CONFIGMAPS,
     ETCDCLUSTERS,
+    JOBS,
     PODS,
     PVCS,
+    REPLICAS_MANAGER,
     SECRETS,
     STATEFULSETS,
     ApiError,
     Kube,
+    fields_owned,
 )
 from etcdoperator.members import Credentials, Members
 from etcdoperator.model import BootstrapState, EtcdView, KubeView, Observed, PodState, PVCState
@@ -133,9 +137,7 @@ class ClusterReconciler:
                     tls_contents = await self._ensure_tls(spec, rolled=True)
                     tls_hash = tlsplan.tls_hash([tls_contents.get(n) for n in self._mounted_secrets(spec)])
             if not spec_errors and not spec.paused and not kube_view.foreign:
-                boot = kube_view.bootstrap
-                await self._ensure_objects(spec, plan, sts, etcd_view, tls_hash,
-                                           restoring=boot is None or boot.state == "new")
+                await self._ensure_objects(spec, plan, sts, etcd_view, tls_hash)
                 await self._ensure_roles(kube_view, etcd_view)
                 t_objects = time.monotonic()
                 await self._act(body, spec, plan, members, etcd_view, kube_view)
@@ -192,7 +194,7 @@ class ClusterReconciler:
                 _b64(obj.get("data")), dict(obj.get("metadata", {}).get("annotations") or {}))
         writes = tlsplan.plan_tls(ref, spec, existing, now=dt.datetime.now(dt.UTC), rolled=rolled)
         for w in writes:
-            await self.kube.apply(tls_secret(ref, w), last_applied=False)
+            await self.kube.apply(tls_secret(ref, w))
             existing[w.name] = tlsplan.SecretContent(dict(w.data), dict(w.annotations))
             log.info("[%s/%s] TLS secret %s: %s", ref.namespace, ref.name, w.name, w.reason)
         return {k: dict(v.data) for k, v in existing.items() if v is not None}
@@ -274,6 +276,7 @@ class ClusterReconciler:
             pods[k] = pod_state(k, p)
         pvcs: dict[int, PVCState] = {}
         retained: list[str] = []
+        restored = False
         if not spec.storage.ephemeral:
             for c in await self.kube.list(PVCS, ns, labels=ref.member_selector()):
                 meta = c.get("metadata", {})
@@ -288,6 +291,8 @@ class ClusterReconciler:
                                    deleting=bool(meta.get("deletionTimestamp")),
                                    member_id=(meta.get("annotations") or {}).get(ANNOTATION_MEMBER_ID),
                                    size=parse_quantity(str(requested)) if requested else None)
+                if k == 0 and restore_build.ANNOTATION_RESTORED in (meta.get("annotations") or {}):
+                    restored = True
         cm = await self.kube.get(CONFIGMAPS, ns, ref.bootstrap_configmap)
         if self._foreign(cm):
             foreign.append(f"configmap/{ref.bootstrap_configmap}")
@@ -308,6 +313,18 @@ class ClusterReconciler:
                     (cm.get("metadata", {}).get("annotations") or {}).get(bootstrap_build.ANNOTATION_JOINING)),
                 tickets=tickets,
             )
+        restore_job = None
+        if spec.restore is not None:
+            job = await self.kube.get(JOBS, ns, restore_build.restore_job_name(ref))
+            if self._foreign(job):
+                foreign.append(f"job/{restore_build.restore_job_name(ref)}")
+            elif job is not None:
+                conds = {c.get("type"): c for c in (job.get("status") or {}).get("conditions") or []
+                         if c.get("status") == "True"}
+                failed = conds.get("Failed")
+                restore_job = ("Complete" if "Complete" in conds else
+                               f"Failed: {failed.get('reason') or ''} {failed.get('message') or ''}".strip()
+                               if failed else "Running")
         view = KubeView(
             statefulset_exists=sts is not None,
             statefulset_replicas=int((sts or {}).get("spec", {}).get("replicas") or 0),
@@ -321,6 +338,8 @@ class ClusterReconciler:
             bootstrap=boot,
             foreign=tuple(foreign),
             retained=tuple(sorted(retained)),
+            restore_job=restore_job,
+            restored=restored,
         )
         return view, sts
 
@@ -332,7 +351,7 @@ class ClusterReconciler:
 
     # -- objects -----------------------------------------------------------------------------
     async def _ensure_objects(self, spec: ClusterSpec, plan: planner.Plan, sts: dict[str, Any] | None,
-                              etcd: EtcdView, tls_hash: str, *, restoring: bool = True) -> None:
+                              etcd: EtcdView, tls_hash: str) -> None:
         ref = self.ref
         await self.kube.apply(peer_service(ref))
         await self.kube.apply(client_service(ref))
@@ -340,13 +359,13 @@ class ClusterReconciler:
         await self.kube.apply(pod_disruption_budget(ref, voters))
         version = plan.version.target if plan.version is not None else spec.version
         replicas = int((sts or {}).get("spec", {}).get("replicas") or 0)
-        # The restore step exists only while the cluster bootstraps: once formed, no member pod
-        # refers to the backup volume or its credentials (the seed restarts once without it).
+        # spec.restore is done by a one-shot Job before the first member starts (RunRestore): the
+        # members' template never refers to the backup volume or its credentials.
         desired = statefulset(ref, spec, images=self.settings.images, version=version, replicas=replicas,
-                              tls_hash=tls_hash if spec.tls.client.enabled or spec.tls.peer.enabled else "",
-                              restoring=restoring)
+                              tls_hash=tls_hash if spec.tls.client.enabled or spec.tls.peer.enabled else "")
         if sts is None:
-            await self.kube.apply(desired)
+            await self.kube.apply(desired)  # created with spec.replicas (0 while bootstrapping)...
+            await self._scale(replicas)  # ...which then belongs to the replicas manager alone
             return
         if plan.version is not None and plan.version.refused:
             return  # keep the running template: the requested version change was refused
@@ -359,6 +378,12 @@ class ClusterReconciler:
                 if key not in self._warned:
                     self._warned.add(key)
                     log.warning("[%s/%s] not changing immutable StatefulSet field %s", ref.namespace, ref.name, key)
+        # spec.replicas is the planner's, applied by its own field manager (_scale): the template's
+        # configuration leaves it out - once that manager owns it, else it would be dropped and
+        # defaulted to 1 (a crash right after creation; a StatefulSet made by an older operator).
+        if not fields_owned(sts, REPLICAS_MANAGER, ("spec", "replicas")):
+            await self._scale(replicas)
+        desired["spec"].pop("replicas", None)
         await self.kube.apply(desired)
 
     async def _ensure_roles(self, kube_view: KubeView, etcd: EtcdView) -> None:
@@ -473,6 +498,20 @@ class ClusterReconciler:
         elif isinstance(a, planner.RestartMember):
             await self.kube.delete(PODS, ns, ref.pod(a.ordinal))
             await events.post(self.kube, body, "MemberRestarted", f"restarting {ref.pod(a.ordinal)} for a new template")
+        elif isinstance(a, planner.RunRestore):
+            if await self.kube.get(PVCS, ns, ref.pvc(0)) is None:
+                await self.kube.create(PVCS, ns, restore_build.seed_claim(ref, spec))
+            version = plan.version.target if plan.version is not None else spec.version
+            await self.kube.create(JOBS, ns, restore_build.restore_job(ref, spec, images=self.settings.images,
+                                                                       version=version))
+            await events.post(self.kube, body, "Restoring", f"restoring {ref.pvc(0)} with Job "
+                                                            f"{restore_build.restore_job_name(ref)}")
+        elif isinstance(a, planner.MarkRestored):
+            assert spec.restore is not None
+            await self.kube.patch(PVCS, ns, ref.pvc(0), {"metadata": {"annotations": {
+                restore_build.ANNOTATION_RESTORED: spec.restore.source.describe()}}})
+        elif isinstance(a, planner.DeleteRestoreJob):
+            await self.kube.delete(JOBS, ns, restore_build.restore_job_name(ref))
         else:  # pragma: no cover - every action is handled above
             raise AssertionError(f"unhandled action {a!r}")  # noqa: TRY004
 
@@ -512,7 +551,8 @@ class ClusterReconciler:
         return result
 
     async def _scale(self, replicas: int) -> None:
-        await self.kube.patch(STATEFULSETS, self.ref.namespace, self.ref.statefulset, {"spec": {"replicas": replicas}})
+        await self.kube.apply_replicas(STATEFULSETS, self.ref.namespace, self.ref.statefulset, replicas,
+                                       api_version=STATEFULSETS.api_version, kind="StatefulSet")
 
     async def _write_bootstrap(self, *, state: str, initial_cluster: str, joining: dict[int, frozenset[str]]) -> None:
         ref = self.ref

@@ -1,16 +1,18 @@
-"""`etcdoperator backup` and `etcdoperator restore-member` as the Jobs and init containers run them,
+"""`etcdoperator backup` and the restore Job's steps (`restore-member fetch|finish` around etcdctl) as the Jobs run them,
 against a real etcd 3.4, a directory and an S3-compatible server (moto)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 from etcdoperator.backup_runner import apply_retention, backup_dir
 from etcdoperator.objectstore import DirectoryStore
+from etcdoperator.restore_runner import restore_args, restore_tool
 from etcdstore.client import Client
 from kubeharness.etcdproc import EtcdProcess
 from kubeharness.s3 import ACCESS_KEY, SECRET_KEY, MotoS3
@@ -40,6 +42,24 @@ def sha256(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def restore_steps(volume, source: str, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The restore Job's three steps, in order, as its containers run them (build/restorejob.py):
+    fetch (operator image), the engine's own tool (etcd 3.4's etcdctl), finish. Stops at the first failure."""
+    data, scratch = volume / "data", volume / ".restore"
+    p = run_cli("restore-member", "fetch", f"--data-dir={data}", f"--scratch={scratch}", f"--source={source}", *extra,
+                env=env)
+    if p.returncode != 0:
+        return p
+    tool = restore_tool("etcd", "3.4.23")
+    assert tool == ["etcdctl", "snapshot", "restore"]
+    p = subprocess.run(tool + restore_args(snapshot=str(scratch / "snapshot.db"), name="r-0",
+                                           peer_url="http://127.0.0.1:2380", token="tok", data_dir=str(data)),
+                       capture_output=True, text=True, env=dict(os.environ, ETCDCTL_API="3"), timeout=60, check=False)
+    if p.returncode != 0:
+        return p
+    return run_cli("restore-member", "finish", f"--data-dir={data}", f"--scratch={scratch}")
+
+
 async def test_backup_to_directory_with_retention_and_restore(etcd, tmp_path):
     await fill(etcd.endpoint)
     dest = tmp_path / "backups"
@@ -61,22 +81,22 @@ async def test_backup_to_directory_with_retention_and_restore(etcd, tmp_path):
     assert meta["sha256"] == last["sha256"] and meta["revision"] == last["revision"]
     assert results[-1]["pruned"] == 1
 
-    # restore: only the seed, only while bootstrapping, only into an empty dir
-    data = tmp_path / "restored" / "data"
-    common = [f"--data-dir={data}", "--seed=r-0", "--initial-cluster=r-0=http://127.0.0.1:2380",
-              "--initial-cluster-token=tok", "--initial-advertise-peer-urls=http://127.0.0.1:2380",
-              f"--source=file://{snap}", "--engine=etcd"]
-    p = run_cli("restore-member", "--name=r-1", "--initial-cluster-state=new", *common)
-    assert p.returncode == 0 and "not the seed" in p.stdout and not data.exists()
-    p = run_cli("restore-member", "--name=r-0", "--initial-cluster-state=existing", *common)
-    assert p.returncode == 0 and "formed" in p.stdout and not data.exists()
-    p = run_cli("restore-member", "--name=r-0", "--initial-cluster-state=new", "--sha256=" + "0" * 64, *common)
+    # restore: the Job's steps into the seed's (empty) volume; the snapshot copy is removed after
+    volume = tmp_path / "restored"
+    data = volume / "data"
+    p = restore_steps(volume, f"file://{snap}", "--sha256=" + "0" * 64)
     assert p.returncode == 1 and "conflicting checksums" in p.stderr and not data.exists()
-    p = run_cli("restore-member", "--name=r-0", "--initial-cluster-state=new", *common)
+    # an attempt that died after the tool wrote part of the data dir: the retry starts over
+    (data / "member").mkdir(parents=True)
+    (data / "member" / "partial").write_text("x")
+    p = restore_steps(volume, f"file://{snap}")
     assert p.returncode == 0, p.stderr
+    assert (data / "member" / "snap" / "db").exists() and not (data / "member" / "partial").exists()
+    assert sorted(x.name for x in volume.iterdir()) == ["data"]  # nothing left behind
+    # a volume with data (not this restore's unfinished attempt) is never restored over
+    p = restore_steps(volume, f"file://{snap}")
+    assert p.returncode == 1 and "already holds data" in p.stderr
     assert (data / "member" / "snap" / "db").exists()
-    p = run_cli("restore-member", "--name=r-0", "--initial-cluster-state=new", *common)
-    assert p.returncode == 0 and "already holds data" in p.stdout
 
     restored = EtcdProcess(data, name="r-0")
     restored.start(initial_cluster=f"r-0={restored.peer_url}", token="tok")
@@ -98,12 +118,10 @@ async def test_corrupted_snapshot_is_refused(etcd, tmp_path):
     blob = bytearray(snap.read_bytes())
     blob[100] ^= 0xFF
     snap.write_bytes(bytes(blob))
-    data = tmp_path / "r" / "data"
-    p = run_cli("restore-member", "--name=r-0", "--seed=r-0", "--initial-cluster-state=new", f"--data-dir={data}",
-                "--initial-cluster=r-0=http://127.0.0.1:2380", "--initial-cluster-token=t",
-                "--initial-advertise-peer-urls=http://127.0.0.1:2380", f"--source=file://{snap}", "--engine=etcd")
+    p = restore_steps(tmp_path / "r", f"file://{snap}")
     assert p.returncode == 1 and "checksum mismatch" in p.stderr
-    assert not data.exists()
+    assert not (tmp_path / "r" / "data").exists()
+    assert not (tmp_path / "r" / ".restore" / "snapshot.db").exists()
 
 
 async def test_backup_to_s3_and_restore_from_s3(etcd, tmp_path):
@@ -124,14 +142,10 @@ async def test_backup_to_s3_and_restore_from_s3(etcd, tmp_path):
         head = s3.client().head_object(Bucket="backups", Key="team/prod/a/scheduled/a-3.db")
         meta = json.loads(s3.client().get_object(Bucket="backups", Key="team/prod/a/scheduled/a-3.json")["Body"].read())
         assert head["Metadata"]["sha256"] == meta["sha256"]
-        data = tmp_path / "r" / "data"
-        p = run_cli("restore-member", "--name=r-0", "--seed=r-0", "--initial-cluster-state=new", f"--data-dir={data}",
-                    "--initial-cluster=r-0=http://127.0.0.1:2380", "--initial-cluster-token=t",
-                    "--initial-advertise-peer-urls=http://127.0.0.1:2380",
-                    "--source=s3://backups/team/prod/a/scheduled/a-3.db", f"--s3-endpoint={s3.endpoint}",
-                    "--s3-path-style", "--engine=etcd", env=env)
+        p = restore_steps(tmp_path / "r", "s3://backups/team/prod/a/scheduled/a-3.db",
+                          f"--s3-endpoint={s3.endpoint}", "--s3-path-style", env=env)
         assert p.returncode == 0, p.stderr
-        assert (data / "member" / "snap" / "db").exists()
+        assert (tmp_path / "r" / "data" / "member" / "snap" / "db").exists()
     finally:
         s3.stop()
 

@@ -135,8 +135,15 @@ def test_chart_grants_roles_in_watched_namespaces_not_a_cluster_role():
 def test_chart_metadata():
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     assert chart["apiVersion"] == "v2" and chart["name"] == "etcd-operator"
-    assert sorted(p.name for p in (CHART / "crds").iterdir()) == sorted(f"{c['metadata']['name']}.yaml"
-                                                                       for c in crd.all_crds())
+    # The CRDs are templates (templates/crds.yaml renders files/crds/), so `helm upgrade` upgrades them; a crds/
+    # folder would be installed once and never upgraded, and would collide with the templates.
+    assert not (CHART / "crds").exists()
+    assert sorted(p.name for p in (CHART / "files" / "crds").iterdir()) == sorted(
+        f"{c['metadata']['name']}.yaml" for c in crd.all_crds())
+    template = (CHART / "templates" / "crds.yaml").read_text()
+    assert '.Files.Glob "files/crds/*.yaml"' in template and "helm.sh/resource-policy: keep" in template
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["crds"]["install"] is True and values["crds"]["keep"] is True
 
 
 try:

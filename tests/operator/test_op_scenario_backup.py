@@ -72,6 +72,13 @@ async def test_scheduled_backups_to_a_volume_with_retention_then_restore(world):
     })
     st = await world.wait_available("copy", 3)
     assert st["clusterID"] != world.status("src")["clusterID"]
+    # issue 14 item 5: the restore was a one-shot Job, gone once the cluster formed; no member
+    # pod refers to the backup volume, and the snapshot copy is not left on the seed's volume
+    await world.wait_for("restore Job deleted",
+                         lambda: world.api.get_object("batch/v1/jobs", "default", "copy-restore") is None)
+    for pod in world.pods("copy").values():
+        assert "backups" not in str(pod["spec"]), pod["metadata"]["name"]
+    assert not (claim_dir(world, "data-copy-0") / ".restore").exists()
     async with world.client("copy") as c:
         r = await c.get("orders/", prefix=True)
         assert len(r.kvs) >= 1 and all(kv.value.startswith(b"order-") for kv in r.kvs)

@@ -42,7 +42,6 @@ ANNOTATION_VERSION = "etcdstore.io/version"
 STARTUP_PERIOD = 10
 MEMBER_CONTAINER = "etcd"
 GATE_CONTAINER = "gate"
-RESTORE_CONTAINER = "restore"
 # Readiness: /health without NOSPACE (reads still work under the alarm; etcd 3.4+ and the store).
 READINESS_PATH = "/health?exclude=NOSPACE"
 SERVER_TLS_DIR = f"{TLS_MOUNT}/server"
@@ -173,37 +172,6 @@ def location_volume(loc: Location, *, read_only: bool) -> tuple[list[Manifest], 
     return [vol], [{"name": "backup", "mountPath": BACKUP_MOUNT, "readOnly": read_only}]
 
 
-def _restore_container(ref: ClusterRef, spec: ClusterSpec, images: Images) -> tuple[Manifest, list[Manifest]]:
-    assert spec.restore is not None
-    ps = "https" if spec.tls.peer.enabled else "http"
-    src = spec.restore.source
-    args = [
-        f"--engine={spec.engine}",
-        f"--data-dir={DATA_DIR}",
-        "--name=$(POD_NAME)",
-        f"--seed={ref.pod(0)}",
-        "--initial-cluster=$(INITIAL_CLUSTER)",
-        "--initial-cluster-state=$(INITIAL_CLUSTER_STATE)",
-        "--initial-cluster-token=$(INITIAL_CLUSTER_TOKEN)",
-        f"--initial-advertise-peer-urls={ps}://{ref.pod_host_template()}:{PEER_PORT}",
-        *location_args(src, is_source=True),
-    ]
-    if spec.restore.sha256:
-        args.append(f"--sha256={spec.restore.sha256}")
-    vols, mounts = location_volume(src, read_only=True)
-    container = {
-        "name": RESTORE_CONTAINER,
-        "image": images.operator,
-        "imagePullPolicy": spec.image_pull_policy,
-        "command": ["etcdoperator", "restore-member"],
-        "args": args,
-        "env": _env_from_bootstrap(ref) + location_env(src),
-        "volumeMounts": [{"name": DATA_VOLUME, "mountPath": DATA_MOUNT}, *mounts],
-        "securityContext": container_security_context(),
-    }
-    return container, vols
-
-
 def _gate_container(ref: ClusterRef, spec: ClusterSpec, images: Images) -> Manifest:
     """The member gate (etcdoperator.gate): refuses an empty data dir without a join ticket."""
     return {
@@ -256,9 +224,10 @@ def statefulset(
     version: str,
     replicas: int,
     tls_hash: str = "",
-    restoring: bool = True,
 ) -> Manifest:
-    """`restoring`: the cluster is still bootstrapping, so a spec.restore adds its init container."""
+    """The members' StatefulSet. spec.restore is not here: a one-shot Job (build/restorejob.py)
+    fills the seed's volume before the first member starts, so no member pod ever refers to the
+    backup volume or its credentials."""
     secrets = tls_secrets(ref, spec)
     mounts: list[Manifest] = [{"name": DATA_VOLUME, "mountPath": DATA_MOUNT}]
     volumes: list[Manifest] = []
@@ -317,10 +286,6 @@ def statefulset(
         "terminationGracePeriodSeconds": 30,
         "affinity": dict(spec.pod.affinity) if spec.pod.affinity else _default_affinity(ref),
     }
-    if spec.restore is not None and restoring:
-        init, init_vols = _restore_container(ref, spec, images)
-        pod_spec["initContainers"].insert(0, init)  # restore fills the seed's data dir, then the gate
-        volumes.extend(init_vols)
     if spec.pod.node_selector:
         pod_spec["nodeSelector"] = dict(spec.pod.node_selector)
     if spec.pod.tolerations:
