@@ -25,12 +25,7 @@ DURATION = 4.0
 RSS_GROWTH_LIMIT = 200 << 20
 
 # Known failures of the code under test, per (attack, assertion): the reason, from issue 18.
-KNOWN: dict[tuple[str, str], str] = {
-    ("huffman_literals", "availability"): "every ~60 KB block is Huffman-decoded in full (~40 ms of pure Python "
-                                          "each) before a size limit refuses it (HEAD: 1 MiB decoder limit; the "
-                                          "hardened api/h2: 128 KiB, and its per-turn budget counts wire bytes): "
-                                          "fails on both (docs/h2-abuse.md)",
-}
+KNOWN: dict[tuple[str, str], str] = {}
 SMOKE = ["rapid_reset", "continuation_flood", "huffman_literals", "ping_flood_noread", "settings_churn"]
 
 

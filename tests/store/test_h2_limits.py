@@ -14,6 +14,7 @@ import struct
 from collections.abc import AsyncIterator
 from typing import Any
 
+import grpc
 import pytest
 from etcdstore.api.h2 import H2Connection
 from etcdstore.api.h2 import frames as f
@@ -298,6 +299,16 @@ async def test_pseudo_headers_in_client_trailers_are_malformed(serve: Any) -> No
     assert await rst_of(raw, 1) == f.PROTOCOL_ERROR
 
 
+
+async def test_second_headers_without_end_stream_is_malformed(serve: Any) -> None:
+    # RFC 9113 8.1 (h2spec http2/8.1/1 cannot see it: its `GET /` is answered first).
+    srv = await serve()
+    raw = await srv.raw()
+    raw.request(1, path("Collect"), b"a", end=False)
+    raw.send(f.frame(f.HEADERS, f.END_HEADERS, 1, raw.encoder.encode([("x-trailer", "v")])))
+    assert await rst_of(raw, 1) == f.PROTOCOL_ERROR
+    await still_serves(raw, 3)
+
 # -- fairness ----------------------------------------------------------------------------------------
 
 
@@ -500,6 +511,51 @@ async def test_huffman_output_is_bounded_by_max_header_list_size(serve: Any) -> 
     raw.send(f.frame(f.HEADERS, 0, 1, parts[0]),
              *(f.frame(f.CONTINUATION, f.END_HEADERS if i == len(parts) - 1 else 0, 1, p)
                for i, p in enumerate(parts) if i))
+    assert (await goaway_of(raw))[1] == f.ENHANCE_YOUR_CALM
+
+
+async def test_header_decoding_is_bounded_per_loop_turn() -> None:
+    # A header block costs its compressed size against the turn's header budget (HPACK decoding is
+    # pure Python); a block over what is left is decoded, and its excess is a debt paid in turns.
+    conn, transport = fake_connection(header_bytes_per_turn=1000)
+    enc = Encoder()
+
+    def block(i: int, size: int) -> bytes:
+        return enc.encode([(":method", "POST"), (":scheme", "http"), (":path", path("Nope")),
+                           ("content-type", "application/grpc"), ("x-pad", chr(97 + i) * size)], huffman=False)
+
+    answered = lambda: transport.count(f.HEADERS, f.END_HEADERS | f.END_STREAM)
+    conn.data_received(f.PREFACE + f.settings_frame({}) + f.frame(f.SETTINGS, f.ACK, 0)
+                       + b"".join(f.frame(f.HEADERS, f.END_HEADERS | f.END_STREAM, 1 + 2 * i, block(i, 600))
+                                  for i in range(5)))
+    assert answered() == 2  # 2 x ~650 bytes: the second one overspends the 1000, the turn ends
+    assert not transport.reading
+    await until(lambda: answered() == 5)
+    await until(lambda: transport.reading)
+    # One block of 3 turns' worth: decoded, then the connection sits out turns without reading.
+    conn.data_received(f.frame(f.HEADERS, f.END_HEADERS | f.END_STREAM, 11, block(5, 3000)))
+    assert answered() == 6
+    assert not transport.reading
+    turns = 0
+    while not transport.reading:
+        await asyncio.sleep(0)
+        turns += 1
+        assert turns < 100
+    assert turns >= 2
+    conn.connection_lost(None)
+
+
+async def test_repeated_oversized_header_lists_get_enhance_your_calm(serve: Any) -> None:
+    # Each call refused for its metadata size spends 1 + size/1 KiB reset tokens: once, the call
+    # alone fails (RESOURCE_EXHAUSTED); a client that keeps doing it gets GOAWAY like a rapid resetter.
+    srv = await serve(max_call_metadata=1000, reset_burst=20, reset_rate=0.01)
+    raw = await srv.raw()
+    raw.request(1, path("Unary"), b"x", extra=[("x-big", "a" * 5000)])
+    resp = await raw.response(1)
+    assert resp.trailers.get("grpc-status") == str(grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]), resp
+    await still_serves(raw, 3)
+    for i in range(5):
+        raw.request(5 + 2 * i, path("Unary"), b"x", extra=[("x-big", chr(98 + i) * 5000)])
     assert (await goaway_of(raw))[1] == f.ENHANCE_YOUR_CALM
 
 

@@ -167,10 +167,6 @@ def _summary(results: dict[str, tuple[str, str]], ids: list[str]) -> str:
 
 
 @pytest.mark.timeout(1200)
-@pytest.mark.xfail(strict=True, reason="HEAD's api/h2 fails 32 cases beyond the exceptions (stream states, frame "
-                   "lengths, request header validation: issue 18 item 1); the hardened api/h2 of 2026-12-03 still "
-                   "fails http2/3.5/2 (api/mux.py answers a bad preface as HTTP/1) and http2/6.1/3 (bad padding "
-                   "on a closed stream ignored): docs/h2-abuse.md")
 def test_h2spec_etcdstore(h2spec: str, tmp_path: Path) -> None:
     with Cluster.start(tmp_path, 1, binary="etcdstore") as c:
         results = run_h2spec(h2spec, c.members[0].client_port, tmp_path / "h2spec.xml")
@@ -184,8 +180,6 @@ def test_h2spec_etcdstore(h2spec: str, tmp_path: Path) -> None:
 @pytest.mark.etcd
 @pytest.mark.timeout(1800)
 @pytest.mark.skipif(not have_etcd(), reason="real etcd 3.4 not installed")
-@pytest.mark.xfail(strict=True, reason="HEAD: 22 cases; the hardened api/h2 of 2026-12-03: http2/3.5/2 (api/mux.py) "
-                   "and http2/6.1/3, which etcd 3.4 passes (docs/h2-abuse.md)")
 def test_h2spec_etcdstore_fails_nothing_that_etcd_passes(h2spec: str, tmp_path: Path) -> None:
     """The same cases against real etcd 3.4 (which fails 63 of them, mostly on h2spec's `GET /`:
     docs/h2-abuse.md): whatever etcd passes, etcdstore passes too."""

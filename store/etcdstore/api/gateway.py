@@ -28,7 +28,6 @@ import re
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, NamedTuple
-from urllib.parse import quote
 
 import grpc
 from aiohttp import web
@@ -36,7 +35,8 @@ from google.protobuf import descriptor as _d
 from google.protobuf.message import Message
 
 from etcdstore.api.h2 import CallContext, Router, certificate_cn
-from etcdstore.api.h2.calls import unknown_method_message
+from etcdstore.api.h2.calls import end_status, error_status, handler_function, unknown_method_message
+from etcdstore.api.v2.gohttp import client_gone, unclean_path_redirect
 from etcdstore.api.v2.gojson import GoJSONError, b64decode, decode_one, decode_whole, dumps, kind_of
 from etcdstore.logs import get_logger
 from etcdstore.proto.etcdserverpb import rpc_pb2 as pb
@@ -543,51 +543,41 @@ class Gateway:
 
 async def _invoke_unary(h: grpc.RpcMethodHandler, req: Message, ctx: CallContext,
                         timeout: float | None) -> Message:
-    """Run a unary handler as the client gRPC server does (api.h2.calls.Call._run): an abort, a
-    status set on the context or an unexpected exception becomes a `_Status`."""
-    fn = h.unary_unary if h.unary_unary is not None else h.stream_unary
+    """Run a unary handler under the client gRPC server's call rules (api.h2.calls: handler_function,
+    error_status, end_status): an abort, a status set on the context or an unexpected exception
+    becomes a `_Status`."""
     limit = asyncio.timeout(timeout)
     try:
         async with limit:
-            resp = await fn(req, ctx)
-    except grpc.aio.AbortError:
-        raise _Status(ctx._code or grpc.StatusCode.UNKNOWN, ctx._details) from None
+            resp = await handler_function(h)(req, ctx)
     except TimeoutError as e:
         if not limit.expired():
-            raise _unexpected(h, e) from None
+            raise _Status(*error_status(h, e, ctx)) from None
         ctx._cancelled = True
         raise _Status(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
-    except Exception as e:  # noqa: BLE001 - a handler bug answers UNKNOWN, as on the gRPC path
-        raise _unexpected(h, e) from None
-    if ctx._code is not None and ctx._code != grpc.StatusCode.OK:
-        raise _Status(ctx._code, ctx._details)
+    except Exception as e:  # noqa: BLE001 - an abort, or a handler bug (UNKNOWN), as on the gRPC path
+        raise _Status(*error_status(h, e, ctx)) from None
+    failed = end_status(ctx)
+    if failed is not None:
+        raise _Status(*failed)
     return resp
 
 
 async def _invoke_stream(h: grpc.RpcMethodHandler, req: Any, ctx: CallContext) -> AsyncIterator[Message]:
     """A response-streaming handler's messages; its end status, if not OK, raises `_Status`."""
-    fn = h.unary_stream if h.unary_stream is not None else h.stream_stream
-    responses = fn(req, ctx)
+    responses = handler_function(h)(req, ctx)
     try:
         try:
             async for resp in responses:
                 yield resp
-        except grpc.aio.AbortError:
-            raise _Status(ctx._code or grpc.StatusCode.UNKNOWN, ctx._details) from None
-        except Exception as e:  # noqa: BLE001 - a handler bug answers UNKNOWN, as on the gRPC path
-            raise _unexpected(h, e) from None
-        code = ctx._code or grpc.StatusCode.OK
-        if code != grpc.StatusCode.OK:
-            raise _Status(code, ctx._details)
+        except Exception as e:  # noqa: BLE001 - an abort, or a handler bug (UNKNOWN), as on the gRPC path
+            raise _Status(*error_status(h, e, ctx)) from None
+        failed = end_status(ctx)
+        if failed is not None:
+            raise _Status(*failed)
     finally:
         ctx._cancelled = True  # the call is over (grpcio reports a finished call's context so too)
         await responses.aclose()
-
-
-def _unexpected(h: grpc.RpcMethodHandler, e: Exception) -> _Status:
-    # grpcio's (and api.h2's) answer to a handler bug: UNKNOWN with the exception; logged.
-    log.error("unexpected error in gRPC handler", exc_info=e)
-    return _Status(grpc.StatusCode.UNKNOWN, f"Unexpected {type(e)}: {e}")
 
 
 class _BodyRequests:
@@ -733,50 +723,7 @@ def _stream_response(status: int, with_md: bool) -> web.StreamResponse:
     return resp
 
 
-def client_gone(request: web.Request, interval: float = 0.5) -> asyncio.Future[None]:
-    """Resolves when the HTTP client has closed its connection (long streams end then)."""
-
-    async def watch() -> None:
-        while True:
-            transport = request.transport
-            if transport is None or transport.is_closing():
-                return
-            await asyncio.sleep(interval)
-
-    return asyncio.ensure_future(watch())
-
-
-def _clean_path(p: str) -> str:
-    """Go's ServeMux cleanPath: path.Clean, keeping a trailing slash."""
-    parts: list[str] = []
-    for part in p.split("/"):
-        if part in ("", "."):
-            continue
-        if part == "..":
-            if parts:
-                parts.pop()
-            continue
-        parts.append(part)
-    out = "/" + "/".join(parts)
-    if p.endswith("/") and out != "/":
-        out += "/"
-    return out
-
-
-def unclean_path_redirect(request: web.Request) -> web.Response | None:
-    """Go's ServeMux answers a path with "//", "." or ".." elements with a 301 to the clean one."""
-    path = request.path
-    clean = _clean_path(path)
-    if clean == path:
-        return None
-    location = quote(clean)
-    query = request.raw_path.partition("?")[2]
-    if query:
-        location += "?" + query
-    if request.method in ("GET", "HEAD"):
-        return web.Response(status=301, text=f'<a href="{location}">Moved Permanently</a>.\n\n',
-                            content_type="text/html", charset="utf-8", headers={"Location": location})
-    return web.Response(status=301, headers={"Location": location})
+# client_gone and unclean_path_redirect moved to api/v2/gohttp.py (the v2 API uses them too).
 
 
 # -- CORS (etcd's default --cors '*') -----------------------------------------------------------------

@@ -5,7 +5,11 @@ client port. Each accepted connection is classified by its first bytes:
 
 * the HTTP/2 connection preface ("PRI * HTTP/2.0...") -> handed, in-process, to the
   gRPC server of `api.h2`;
-* anything else -> handed, in-process, to the aiohttp application.
+* a first line that is an HTTP/1 request line (method, target, HTTP/major.minor) -> handed,
+  in-process, to the aiohttp application;
+* anything else (no such line within 4096 bytes) -> closed without a byte written, as etcd's
+  cmux does when no matcher matches (its HTTP1 matcher parses the request line and the HTTP
+  version; an invalid HTTP/2 preface must see the connection closed, RFC 9113 3.4).
 
 TLS is terminated here. A TLS listener's context switches each handshake to the freshest
 context (see security.tls), so rotated certificate files take effect without a restart. Both
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import ssl
 from collections.abc import Callable
 
@@ -27,6 +32,12 @@ from etcdstore.api.h2.limits import Limits
 log = logging.getLogger(__name__)
 
 _H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+# An HTTP/1 request line as cmux's HTTP1 matcher accepts it: "METHOD TARGET HTTP/1.y" (the first two
+# split at single spaces, the version as Go's http.ParseHTTPVersion reads it). cmux would also pass on
+# another major version, which Go's HTTP/1 server then refuses; here such a line is not HTTP/1 at all
+# (e.g. the start of an HTTP/2 preface whose tail is wrong), so it is closed too.
+_REQUEST_LINE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ [^ \r\n]+ HTTP/1\.\d{1,3}\r?\n")
+_MAX_FIRST_LINE = 4096  # cmux's maxHTTPRead
 
 
 class _Sniffer(asyncio.Protocol):
@@ -51,16 +62,36 @@ class _Sniffer(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
-        n = min(len(self.buf), len(_H2_PREFACE))
-        if self.buf[:n] == _H2_PREFACE[:n] and n < 3:
-            return  # could still be either
-        if self.timer is not None:  # decided: the protocol's own timeouts take over
+        buf = self.buf
+        n = min(len(buf), len(_H2_PREFACE))
+        if buf[:n] == _H2_PREFACE[:n]:
+            if n < 3:
+                return  # could still be either
+            self._decided()
+            self._to_h2()  # the HTTP/2 server checks the rest of the preface
+            return
+        end = buf.find(b"\n", 0, _MAX_FIRST_LINE)
+        if end < 0:
+            if len(buf) >= _MAX_FIRST_LINE:
+                self._refuse()
+            return  # the first line is not complete yet (the preface timer still runs)
+        self._decided()
+        if _REQUEST_LINE.match(buf, 0, end + 1):
+            self._to_http()
+        else:
+            self._refuse()
+
+    def _decided(self) -> None:
+        if self.timer is not None:  # the protocol's own timeouts take over
             self.timer.cancel()
             self.timer = None
-        if self.buf[:n] == _H2_PREFACE[:n]:
-            self._to_h2()
-        else:
-            self._to_http()
+
+    def _refuse(self) -> None:
+        """Neither HTTP/2 nor HTTP/1: closed, nothing written (cmux: no matcher matched)."""
+        self._decided()
+        self.buf = b""
+        if self.transport is not None:
+            self.transport.close()
 
     def _to_http(self) -> None:
         transport = self.transport

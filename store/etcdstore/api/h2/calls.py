@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from etcdstore.api.h2 import frames as f
-from etcdstore.api.h2.connection import _good_names, _good_values, check_field_name, check_field_value
+from etcdstore.api.h2.connection import _good_values, check_field_name, check_field_value
 
 if TYPE_CHECKING:
     from etcdstore.api.h2.connection import H2Connection, Stream
@@ -38,6 +38,15 @@ _RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
 # Request pseudo-headers (RFC 9113 8.3.1), as bits; the first three are required.
 _PSEUDO = {b":method": 1, b":scheme": 2, b":path": 4, b":authority": 8}
 _REQUIRED = 7
+# What Router.open does with a field, by name (one dict lookup per field): a pseudo-header's bit (1-8),
+# a transport header's code (16+), or 0 for a metadata name already seen valid (added as they are
+# seen, up to _NAME_KINDS_MAX; any other name is checked by check_field_name first).
+_CONTENT_TYPE, _GRPC_TIMEOUT, _GRPC_ENCODING, _TE, _OTHER_TRANSPORT = 16, 17, 18, 19, 20
+_NAME_KINDS: dict[bytes, int] = {
+    **_PSEUDO, b"content-type": _CONTENT_TYPE, b"grpc-timeout": _GRPC_TIMEOUT, b"grpc-encoding": _GRPC_ENCODING,
+    b"te": _TE, **{k: _OTHER_TRANSPORT for k in _TRANSPORT_HEADERS
+                   if k not in (b"content-type", b"grpc-timeout", b"grpc-encoding", b"te")}}
+_NAME_KINDS_MAX = 4096 + len(_NAME_KINDS)
 
 
 def _status(code: grpc.StatusCode) -> int:
@@ -69,38 +78,46 @@ class Router:
         regular = False
         size = 0
         bad = None
-        good_names = _good_names
         good_values = _good_values
+        kinds = _NAME_KINDS
         for k, v in headers:
             size += len(k) + len(v) + 32
             if v not in good_values and (bad := check_field_value(v)):
                 break
-            if k[:1] == b":":
-                bit = _PSEUDO.get(k, 0)
-                if not bit or pseudo & bit or regular:
-                    bad = f"misplaced, repeated or unknown pseudo-header {k[:32]!r}"
+            kind = kinds.get(k)
+            if kind is None:  # a name not seen before
+                if k[:1] == b":":
+                    bad = f"unknown pseudo-header {k[:32]!r}"
                     break
-                pseudo |= bit
-                if k == b":path":
-                    path = v
-                elif k == b":method":
-                    method = v
+                if bad := check_field_name(k):
+                    break
+                if len(kinds) < _NAME_KINDS_MAX:
+                    kinds[k] = 0
+                kind = 0
+            if kind < _CONTENT_TYPE:
+                if kind:  # a pseudo-header: each once, all before the regular fields
+                    if pseudo & kind or regular:
+                        bad = f"misplaced or repeated pseudo-header {k[:32]!r}"
+                        break
+                    pseudo |= kind
+                    if kind == 4:
+                        path = v
+                    elif kind == 1:
+                        method = v
+                    continue
+                regular = True
+                metadata.append((k, v))
                 continue
             regular = True
-            if k not in good_names and (bad := check_field_name(k)):
+            if kind == _CONTENT_TYPE:
+                content_type = v
+            elif kind == _GRPC_TIMEOUT:
+                timeout = v
+            elif kind == _GRPC_ENCODING:
+                encoding = v
+            elif kind == _TE and v != b"trailers":
+                bad = "te other than trailers"
                 break
-            if k in _TRANSPORT_HEADERS:
-                if k == b"content-type":
-                    content_type = v
-                elif k == b"grpc-timeout":
-                    timeout = v
-                elif k == b"grpc-encoding":
-                    encoding = v
-                elif k == b"te" and v != b"trailers":
-                    bad = "te other than trailers"
-                    break
-            else:
-                metadata.append((k, v))
         if bad is None and (pseudo & _REQUIRED != _REQUIRED or not path):
             bad = "missing :method, :scheme or :path"
         if bad is not None:  # a malformed request: stream error PROTOCOL_ERROR (8.1.1)
@@ -108,6 +125,7 @@ class Router:
             return
         if size > conn.limits.max_call_metadata:
             stream.finish(f.trailers(_RESOURCE_EXHAUSTED, "grpc: received header list larger than max"))
+            conn.refuse_oversized_header_list(size)  # may end the connection (GOAWAY ENHANCE_YOUR_CALM)
             return
         if method != b"POST" or not content_type.startswith(b"application/grpc"):
             stream.finish(f.trailers(_status(grpc.StatusCode.INTERNAL), "not a gRPC request"))
@@ -137,6 +155,34 @@ class Router:
             call.on_data(b"", True)
 
 
+# -- the call rules, shared with the JSON gateway (api/gateway.py), which runs the same handlers ------
+
+
+def handler_function(h: grpc.RpcMethodHandler) -> Callable[..., Any]:
+    """The function that serves `h`: a coroutine function for a unary response, an async generator
+    function for a streaming one (request streaming only changes what it is given)."""
+    if h.response_streaming:
+        return h.unary_stream if h.unary_stream is not None else h.stream_stream
+    return h.unary_unary if h.unary_unary is not None else h.stream_unary
+
+
+def error_status(h: grpc.RpcMethodHandler, e: Exception, ctx: CallContext) -> tuple[grpc.StatusCode, str]:
+    """The status a handler's exception answers, as grpcio's: `context.abort` -> the status it set
+    (UNKNOWN without one); anything else is a handler bug -> UNKNOWN with the exception, logged."""
+    if isinstance(e, grpc.aio.AbortError):
+        return ctx._code or grpc.StatusCode.UNKNOWN, ctx._details
+    log.error("unexpected error in gRPC handler %s", type(h).__name__, exc_info=e)
+    return grpc.StatusCode.UNKNOWN, f"Unexpected {type(e)}: {e}"
+
+
+def end_status(ctx: CallContext) -> tuple[grpc.StatusCode, str] | None:
+    """The error status a handler that returned set on its context (`set_code`), or None for OK."""
+    code = ctx._code
+    if code is None or code == grpc.StatusCode.OK:
+        return None
+    return code, ctx._details
+
+
 def unknown_method_message(services: set[str], path: str) -> str:
     """grpc-go's words for a call to a method ("/service/method") no one serves."""
     service, _, method = path.lstrip("/").rpartition("/")
@@ -158,7 +204,7 @@ def _metadatum(k: bytes, v: bytes) -> tuple[str, Any]:
 class CallContext:
     """What the servicers use of `grpc.aio.ServicerContext`."""
 
-    __slots__ = ("_metadata", "_peer", "identity", "_code", "_details", "_deadline", "_cancelled")
+    __slots__ = ("_cancelled", "_code", "_deadline", "_details", "_metadata", "_peer", "identity")
 
     def __init__(self, metadata: tuple[tuple[str, Any], ...], peer: str, identity: str | None) -> None:
         self._metadata = metadata
@@ -208,9 +254,25 @@ class CallContext:
 class Call:
     """One call: collects the request message(s), runs the handler, sends the answer."""
 
-    __slots__ = ("conn", "stream", "handler", "ctx", "max_message", "decompress", "task", "buf",
-                 "request", "inbox", "waiter", "ended", "timer", "deadline_hit", "finished", "held",
-                 "__weakref__")
+    __slots__ = (
+        "__weakref__",
+        "buf",
+        "conn",
+        "ctx",
+        "deadline_hit",
+        "decompress",
+        "ended",
+        "finished",
+        "handler",
+        "held",
+        "inbox",
+        "max_message",
+        "request",
+        "stream",
+        "task",
+        "timer",
+        "waiter",
+    )
 
     def __init__(self, conn: H2Connection, stream: Stream, handler: grpc.RpcMethodHandler, ctx: CallContext,
                  max_message: int, decompress: Callable[[bytes], bytes] | None) -> None:
@@ -272,7 +334,7 @@ class Call:
                     return
                 try:
                     msg = self.decompress(msg)
-                except Exception as e:  # a corrupt body is the client's error, not ours
+                except Exception as e:  # noqa: BLE001 - a corrupt body is the client's error, not ours
                     self.fail(grpc.StatusCode.INTERNAL,
                               f"grpc: failed to decompress the received message: {e}")
                     return
@@ -382,32 +444,30 @@ class Call:
             else:
                 req = _Requests(self, h.request_deserializer)
             serialize = h.response_serializer
+            fn = handler_function(h)
             if not h.response_streaming:
-                fn = h.unary_unary if h.unary_unary is not None else h.stream_unary
                 resp = await fn(req, ctx)
-                if ctx._code is not None and ctx._code != grpc.StatusCode.OK:
-                    stream.finish(f.trailers(_status(ctx._code), ctx._details))
+                failed = end_status(ctx)
+                if failed is not None:
+                    stream.finish(f.trailers(_status(failed[0]), failed[1]))
                 else:
                     data = serialize(resp) if serialize else resp
                     stream.respond(f.grpc_message(data), _OK)
             else:
-                fn = h.unary_stream if h.unary_stream is not None else h.stream_stream
                 async for resp in fn(req, ctx):
                     stream.send(f.grpc_message(serialize(resp) if serialize else resp))
                     if stream.write_blocked():
                         await stream.wait_writable()
                     if stream.closed:
                         return
-                code = ctx._code or grpc.StatusCode.OK
-                stream.finish(f.trailers(_status(code), ctx._details if code != grpc.StatusCode.OK else ""))
-        except grpc.aio.AbortError:
-            stream.finish(f.trailers(_status(ctx._code or grpc.StatusCode.UNKNOWN), ctx._details))
+                failed = end_status(ctx)
+                stream.finish(_OK if failed is None else f.trailers(_status(failed[0]), failed[1]))
         except asyncio.CancelledError:
             if self.deadline_hit:
                 stream.finish(f.trailers(_status(grpc.StatusCode.DEADLINE_EXCEEDED), "Deadline Exceeded"))
-        except Exception as e:  # a handler bug answers UNKNOWN, as grpcio does, and is logged
-            log.error("unexpected error in gRPC handler %s", type(h).__name__, exc_info=e)
-            stream.finish(f.trailers(_status(grpc.StatusCode.UNKNOWN), f"Unexpected {type(e)}: {e}"))
+        except Exception as e:  # noqa: BLE001 - an abort, or a handler bug (UNKNOWN, logged): error_status
+            code, details = error_status(h, e, ctx)
+            stream.finish(f.trailers(_status(code), details))
         finally:
             if self.timer is not None:
                 self.timer.cancel()

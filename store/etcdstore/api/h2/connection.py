@@ -12,7 +12,9 @@ loop work for it without bound (docs/h2.md has the design and every limit):
   its stream's state, its length and its stream id, answering with the RFC's stream or
   connection error;
 * a connection handles at most `Limits.frames_per_turn` frames / `bytes_per_turn` bytes per
-  loop turn, then stops reading until the next turn; it also stops reading while its transport's
+  loop turn, then stops reading until the next turn (header blocks, decoded in pure Python, have
+  their own budget, `header_bytes_per_turn`, whose overspending is paid by sitting out turns);
+  it also stops reading while its transport's
   output is backed up (the client does not read), so answers to a client's control frames can
   not pile up;
 * resources a client can make us hold are bounded: streams (SETTINGS_MAX_CONCURRENT_STREAMS),
@@ -138,7 +140,7 @@ class Stream:
         self.pending_bytes = 0
         self.trailer: bytes | None = None  # our closing header block, once the data before it is out
         self.headers_sent = False
-        self.state = transition(IDLE, RECV_HEADERS)
+        self.state = OPEN  # transition(IDLE, RECV_HEADERS), the one way a stream of ours begins
         self.unacked = 0  # consumed bytes not yet credited with WINDOW_UPDATE
         self.recv_window = conn.limits.stream_window  # what the client may still send on this stream
         self.writable: asyncio.Future[None] | None = None
@@ -358,6 +360,7 @@ class H2Connection(asyncio.Protocol):
         self._closed = False
         self._closing = None  # the transport close timer after a GOAWAY
         self._read_paused = 0  # why reading is paused: _BUDGET | _BACKLOG
+        self._hdr_credit = limits.header_bytes_per_turn  # header-block bytes this turn may still decode
         self._ctl_queued = 0  # control frames answered and not yet taken by the kernel
         self._recent: dict[int, int] = {}  # recently closed streams -> _ENDED / _WE_RESET
         self._recent_old: dict[int, int] = {}
@@ -461,13 +464,16 @@ class H2Connection(asyncio.Protocol):
         n = len(buf)
         unpack = f.HEAD.unpack_from
         handlers = _HANDLERS
-        frames_left = self.limits.frames_per_turn
-        bytes_left = self.limits.bytes_per_turn
+        limits = self.limits
+        frames_left = limits.frames_per_turn
+        bytes_left = limits.bytes_per_turn
+        if self._hdr_credit < limits.header_bytes_per_turn:  # a new turn (see _refill_header_credit)
+            self._refill_header_credit()
         try:
             while n - pos >= 9:
                 if self._closed:
                     return
-                if frames_left <= 0 or bytes_left <= 0 or self.paused:
+                if frames_left <= 0 or bytes_left <= 0 or self.paused or self._hdr_credit <= 0:
                     # This connection has had its share of the turn (or its client does not read):
                     # the rest waits, and so does the socket.
                     if not self.paused:
@@ -506,12 +512,19 @@ class H2Connection(asyncio.Protocol):
             self.close_with(f.INTERNAL_ERROR, "internal error")
             return
         self._buf = buf[pos:] if pos < n else b""
-        if self._ctl_queued:
-            self.flush()
-            if self._ctl_queued > self.limits.max_queued_control_frames:
-                self.close_with(f.ENHANCE_YOUR_CALM, "too many control frames queued")
-                return
-        self.flush()
+        if self._hdr_credit <= 0 and not self._read_paused & _BUDGET and not self._closed:
+            # Header decoding overspent this turn's budget: no reading until the debt is paid.
+            self._pause_reading(_BUDGET)
+            self.loop.call_soon(self._next_turn)
+        self.flush()  # (clears _ctl_queued once the kernel has taken every answer)
+        if self._ctl_queued > limits.max_queued_control_frames:
+            self.close_with(f.ENHANCE_YOUR_CALM, "too many control frames queued")
+
+    def _refill_header_credit(self) -> None:
+        """A new turn: the header-decoding budget grows by one turn's worth (a debt shrinks by it)."""
+        per_turn = self.limits.header_bytes_per_turn
+        credit = self._hdr_credit + per_turn
+        self._hdr_credit = min(credit, per_turn)
 
     def _next_turn(self) -> None:
         if self._closed:
@@ -519,6 +532,12 @@ class H2Connection(asyncio.Protocol):
         self._read_paused &= ~_BUDGET
         if self._buf:
             self._process()
+        elif self._hdr_credit <= 0:
+            self._refill_header_credit()
+            if self._hdr_credit <= 0:  # still in debt: sit out this turn too
+                self._pause_reading(_BUDGET)
+                self.loop.call_soon(self._next_turn)
+                return
         if not self._closed and not self._read_paused:
             self._resume_reading(0)
 
@@ -552,6 +571,8 @@ class H2Connection(asyncio.Protocol):
         if self._recv_window < 0:
             raise ConnectionError_(f.FLOW_CONTROL_ERROR, "connection window exceeded")
         self._credit_conn(length)  # the connection window comes back as bytes arrive (see above)
+        if flags & f.PADDED:  # the frame's own format first, whatever its stream's state (RFC 9113 6.1)
+            payload = _unpad(payload)
         st = self.streams.get(sid)
         if st is None:
             if sid > self.last_stream_id:
@@ -559,8 +580,6 @@ class H2Connection(asyncio.Protocol):
             if self._closed_kind(sid) == _WE_RESET:
                 return  # in flight when we reset it
             raise StreamError(f.STREAM_CLOSED, "DATA on a closed stream")
-        if flags & f.PADDED:
-            payload = _unpad(payload)
         st.recv_window -= length
         if st.recv_window < 0:
             raise StreamError(f.FLOW_CONTROL_ERROR, "stream window exceeded")
@@ -627,6 +646,7 @@ class H2Connection(asyncio.Protocol):
         self._cont_frames = 0
 
     def _decode(self, block: bytes) -> list[tuple[bytes, bytes]]:
+        self._hdr_credit -= len(block)  # the turn's header budget (see Limits.header_bytes_per_turn)
         try:
             return self._decoder.decode(block, raw=True)
         except OversizedHeaderListError:
@@ -748,7 +768,8 @@ class H2Connection(asyncio.Protocol):
             self.send_window += inc
             if self.send_window > f.MAX_WINDOW:
                 raise ConnectionError_(f.FLOW_CONTROL_ERROR, "connection window overflow")
-            self._drain_blocked()
+            if self.blocked:  # (grpc-go sends one after each call's answer: most find nothing blocked)
+                self._drain_blocked()
             return
         st = self.streams.get(sid)
         if st is None:
@@ -793,15 +814,19 @@ class H2Connection(asyncio.Protocol):
         self.out.append(frame)
         self._ctl_queued += 1
 
-    def _spend_reset_token(self) -> None:
+    def _spend_reset_token(self, cost: int = 1) -> None:
         """Rapid reset protection: a bucket of `reset_burst` tokens refilled at `reset_rate`/s."""
         now = self.loop.time()
         limits = self.limits
-        tokens = min(limits.reset_burst, self._reset_tokens + (now - self._reset_at) * limits.reset_rate) - 1
+        tokens = min(limits.reset_burst, self._reset_tokens + (now - self._reset_at) * limits.reset_rate) - cost
         self._reset_at = now
         self._reset_tokens = tokens
         if tokens < 0:
-            raise ConnectionError_(f.ENHANCE_YOUR_CALM, "too many streams reset")
+            raise ConnectionError_(f.ENHANCE_YOUR_CALM, "too many streams reset or refused")
+
+    def refuse_oversized_header_list(self, size: int) -> None:
+        """A call was refused for its header list's size: paid for like resets (GOAWAY past the burst)."""
+        self._spend_reset_token(1 + size // self.limits.oversized_header_cost_bytes)
 
     def _check_ping_policy(self) -> None:
         """grpc-go's keepalive enforcement, which etcd configures with --grpc-keepalive-min-time."""

@@ -36,6 +36,11 @@ class Limits:
     max_call_metadata: int = 64 << 10
     # CONTINUATION frames in one header block (CVE-2024-27316-like floods of empty ones).
     max_continuation_frames: int = 64
+    # A call refused because its metadata is over `max_call_metadata` spends reset tokens (below):
+    # one, plus one per this many bytes of its header list, so a client that keeps sending oversized
+    # header lists gets GOAWAY ENHANCE_YOUR_CALM as a rapid resetter does (each one cost an HPACK
+    # decode of up to `max_header_list_size`; a legit client meets the refusal once).
+    oversized_header_cost_bytes: int = 1024
     # -- flow control and buffers --------------------------------------------------------------
     stream_window: int = 4 << 20  # SETTINGS_INITIAL_WINDOW_SIZE we grant each stream
     conn_window: int = 16 << 20  # what we grant the connection
@@ -55,6 +60,12 @@ class Limits:
     # next turn): frames, and bytes of frames.
     frames_per_turn: int = 256
     bytes_per_turn: int = 256 << 10
+    # Header-block bytes (compressed, as received) HPACK-decoded per turn. Decoding is pure Python
+    # (Huffman: ~0.4-0.7 us per byte, about a hundred times the cost of a DATA byte), so header blocks
+    # have their own budget: a block larger than what is left is still decoded whole (HPACK state is
+    # the connection's), and the excess is a debt the connection pays by sitting out later turns
+    # without reading. Legit calls send tens of bytes per HEADERS (HPACK indexes repeated fields).
+    header_bytes_per_turn: int = 16 << 10
     # -- timeouts (seconds; 0 disables) --------------------------------------------------------
     preface_timeout: float = 10.0  # Go net/http2 prefaceTimeout: client preface + first SETTINGS
     settings_ack_timeout: float = 10.0  # our SETTINGS unacknowledged: GOAWAY SETTINGS_TIMEOUT
