@@ -1,19 +1,44 @@
-"""The `etcdstore` command.
-
-    etcdstore [etcd flags]                 run a member (flags and ETCD_* variables as etcd's)
-    etcdstore snapshot restore FILE ...    build a member data dir from a snapshot (as etcdutl)
-    etcdstore snapshot status FILE         hash, revision, total keys, size of a snapshot
-    etcdstore bench put|range|txn|watch    drive any etcd endpoint and print throughput/latency
-    etcdstore grpc-proxy start [flags]     etcd's gRPC proxy: coalesced watches, range cache (etcd 3.4 flags)
-    etcdstore local-cluster [flags]        three members and a grpc-proxy on this machine (etcd's Procfile)
-    etcdstore --version
-"""
+"""The `etcdstore` command: a member (etcd's flags), and the subcommands in USAGE."""
 
 from __future__ import annotations
 
 import sys
 
 from etcdstore import ETCD_VERSION, __version__
+
+USAGE = """\
+Usage:
+
+  etcdstore [flags]
+    Start an etcd-compatible member (flags and ETCD_* environment variables as etcd's; below).
+
+  etcdstore --version
+    Show the version of etcdstore and of the etcd API it serves.
+
+  etcdstore -h | --help
+    Show this help.
+
+  etcdstore snapshot restore FILE [flags]
+    Build a member's data dir from a snapshot (etcd's or etcdstore's), as etcdctl snapshot restore.
+
+  etcdstore snapshot status FILE
+    Show the hash, revision, total keys and size of a snapshot.
+
+  etcdstore grpc-proxy start [flags]
+    Run etcd's v3 gRPC L7 reverse proxy (coalesced watches, range cache; etcd 3.4's flags).
+
+  etcdstore local-cluster [flags]
+    Run three members and a grpc-proxy on this machine (etcd's Procfile), print the endpoints.
+
+  etcdstore bench put|range|txn|watch [flags]
+    Drive any etcd endpoint and print throughput and latency.
+
+  etcdstore bench compare [flags]
+    Real etcd 3.4 and etcdstore side by side, measured with etcd's own benchmark tool.
+
+Each subcommand takes --help. Environment variables etcdstore reads: docs/configuration.md.
+
+"""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,9 +51,11 @@ def main(argv: list[str] | None = None) -> int:
         from etcdstore.bench import main as bench_main
 
         return bench_main(argv[1:])
-    if argv and argv[0] in ("-h", "--help", "help"):
-        print(__doc__.strip() + "\n\nEach subcommand takes --help. A member's flags (as etcd's):\n", flush=True)
-        argv = ["--help"]
+    if argv and argv[0] in ("-h", "-help", "--help", "help"):
+        from etcdstore.config import flags_help
+
+        print(USAGE + flags_help(), end="", flush=True)
+        return 0
     if argv and argv[0] == "grpc-proxy":
         from etcdstore.proxy.server import main as proxy_main
 
@@ -51,6 +78,15 @@ def _serve(argv: list[str]) -> int:
     except ConfigError as e:
         print(f"etcdstore: error verifying flags, {e}. See 'etcdstore --help'.", file=sys.stderr)
         return 1
-    from etcdstore.server.main import run
+    # --discovery / --discovery-srv: the initial cluster, before the member starts.
+    from etcdstore import discovery, logs
+
+    logs.setup(cfg.log_level)
+    try:
+        discovery.resolve(cfg)
+    except ConfigError as e:
+        print(f"etcdstore: {e}", file=sys.stderr)
+        return 1
+    from etcdstore.member import run
 
     return run(cfg)

@@ -63,6 +63,12 @@ class ServerConfig:
     initial_cluster: dict[str, list[URL]] = field(default_factory=dict)
     initial_cluster_state: str = "new"
     initial_cluster_token: str = "etcd-cluster"
+    # Bootstrap by discovery (etcdstore.discovery turns these into initial_cluster before the start).
+    discovery: str = ""
+    discovery_fallback: str = "proxy"
+    discovery_proxy: str = ""
+    discovery_srv: str = ""
+    discovery_srv_name: str = ""
     snapshot_count: int = 100_000
     snapshot_catchup_entries: int = 5_000
     heartbeat_interval_ms: int = 100
@@ -191,6 +197,12 @@ def parse_initial_cluster(text: str) -> dict[str, list[URL]]:
     return cluster
 
 
+def parse_fallback(text: str) -> str:
+    if text not in ("proxy", "exit"):
+        raise ValueError("invalid value")
+    return text
+
+
 def _bindable(urls: list[URL], flag: str) -> None:
     # etcd binds only to IP addresses (or localhost), never to DNS names.
     for u in urls:
@@ -216,6 +228,11 @@ _FLAGS: dict[str, tuple[str, object]] = {
     "initial-cluster": ("initial_cluster", parse_initial_cluster),
     "initial-cluster-state": ("initial_cluster_state", str),
     "initial-cluster-token": ("initial_cluster_token", str),
+    "discovery": ("discovery", str),
+    "discovery-fallback": ("discovery_fallback", parse_fallback),
+    "discovery-proxy": ("discovery_proxy", str),
+    "discovery-srv": ("discovery_srv", str),
+    "discovery-srv-name": ("discovery_srv_name", str),
     "snapshot-count": ("snapshot_count", parse_uint),
     "experimental-snapshot-catchup-entries": ("snapshot_catchup_entries", parse_uint),
     "heartbeat-interval": ("heartbeat_interval_ms", parse_uint),
@@ -271,20 +288,209 @@ _IGNORED_BOOL_FLAGS = {"enable-pprof", "experimental-initial-corrupt-check", "ex
                        "experimental-enable-lease-checkpoint-persist"}
 
 
+# ---- help: every flag's group, shown default and description (etcd 3.4's `etcd --help` wording) ----
+
+_NO_EFFECT = " Accepted for etcd compatibility; no effect in etcdstore."
+GROUPS = ("Member", "Clustering", "Security", "Auth", "Profiling and Monitoring", "Logging",
+          "Experimental feature", "Unsafe feature")
+
+
+def _h(group: str, default: str, *text: str) -> tuple[str, str, str]:
+    return group, default, "".join(text)
+
+
+# flag -> (group, default as shown, description)
+FLAG_HELP: dict[str, tuple[str, str, str]] = {
+    # Member
+    "name": _h("Member", "default", "Human-readable name for this member."),
+    "data-dir": _h("Member", "${name}.etcd", "Path to the data directory."),
+    "snapshot-count": _h("Member", "100000", "Number of committed transactions to trigger a snapshot to disk."),
+    "heartbeat-interval": _h("Member", "100", "Time (in milliseconds) of a heartbeat interval."),
+    "election-timeout": _h("Member", "1000", "Time (in milliseconds) for an election to timeout. ",
+                         "See tuning documentation for details."),
+    "listen-peer-urls": _h("Member", DEFAULT_PEER_URL, "List of URLs to listen on for peer traffic."),
+    "listen-client-urls": _h("Member", DEFAULT_CLIENT_URL, "List of URLs to listen on for client traffic."),
+    "listen-client-http-urls": _h("Member", "", "List of URLs to listen on for HTTP client traffic (health, ",
+                                "metrics, JSON gateway, v2); when set, --listen-client-urls serve gRPC only ",
+                                "(etcd 3.5's flag)."),
+    "max-snapshots": _h("Member", "5", "Maximum number of snapshot files to retain (0 is unlimited)." + _NO_EFFECT),
+    "max-wals": _h("Member", "5", "Maximum number of wal files to retain (0 is unlimited)." + _NO_EFFECT),
+    "quota-backend-bytes": _h("Member", "0", "Raise alarms when backend size exceeds the given quota ",
+                            "(0 defaults to low space quota)."),
+    "backend-batch-interval": _h("Member", "", "BackendBatchInterval is the maximum time before commit the ",
+                               "backend transaction." + _NO_EFFECT),
+    "backend-batch-limit": _h("Member", "0", "BackendBatchLimit is the maximum operations before commit the ",
+                            "backend transaction." + _NO_EFFECT),
+    "max-txn-ops": _h("Member", "128", "Maximum number of operations permitted in a transaction."),
+    "max-request-bytes": _h("Member", "1572864", "Maximum client request size in bytes the server will accept."),
+    "max-concurrent-streams": _h("Member", "math.MaxUint32", "Maximum concurrent streams that each client can ",
+                               "open at a time."),
+    "grpc-keepalive-min-time": _h("Member", "5s", "Minimum duration interval that a client should wait before ",
+                                "pinging server."),
+    "grpc-keepalive-interval": _h("Member", "2h", "Frequency duration of server-to-client ping to check if a ",
+                                "connection is alive (0 to disable)."),
+    "grpc-keepalive-timeout": _h("Member", "20s", "Additional duration of wait before closing a non-responsive ",
+                               "connection (0 to disable)."),
+    # Clustering
+    "initial-advertise-peer-urls": _h("Clustering", DEFAULT_PEER_URL, "List of this member's peer URLs to ",
+                                    "advertise to the rest of the cluster."),
+    "initial-cluster": _h("Clustering", "default=" + DEFAULT_PEER_URL,
+                        "Initial cluster configuration for bootstrapping."),
+    "initial-cluster-state": _h("Clustering", "new", "Initial cluster state ('new' or 'existing')."),
+    "initial-cluster-token": _h("Clustering", "etcd-cluster", "Initial cluster token for the etcd cluster during ",
+                              "bootstrap. Specifying this can protect you from unintended cross-cluster ",
+                              "interaction when running multiple clusters."),
+    "advertise-client-urls": _h("Clustering", DEFAULT_CLIENT_URL, "List of this member's client URLs to ",
+                              "advertise to the public. The client URLs advertised should be accessible to ",
+                              "machines that talk to etcd cluster. etcd client libraries parse these URLs to ",
+                              "connect to the cluster."),
+    "discovery": _h("Clustering", "", "Discovery URL used to bootstrap the cluster."),
+    "discovery-fallback": _h("Clustering", "proxy", "Expected behavior ('exit' or 'proxy') when discovery ",
+                           "services fails. etcdstore has no v2 proxy: 'proxy' logs etcd's message and exits."),
+    "discovery-proxy": _h("Clustering", "", "HTTP proxy to use for traffic to discovery service."),
+    "discovery-srv": _h("Clustering", "", "DNS srv domain used to bootstrap the cluster."),
+    "discovery-srv-name": _h("Clustering", "", "Suffix to the dns srv name queried when bootstrapping."),
+    "strict-reconfig-check": _h("Clustering", "true", "Reject reconfiguration requests that would cause ",
+                              "quorum loss."),
+    "pre-vote": _h("Clustering", "true", "Enable to run an additional Raft election phase."),
+    "auto-compaction-retention": _h("Clustering", "0", "Auto compaction retention length. 0 means disable auto ",
+                                  "compaction."),
+    "auto-compaction-mode": _h("Clustering", "periodic", "Interpret 'auto-compaction-retention' one of: ",
+                             "periodic|revision. 'periodic' for duration based retention, defaulting to hours ",
+                             "if no time unit is provided (e.g. '5m'). 'revision' for revision number based ",
+                             "retention."),
+    "enable-v2": _h("Clustering", "false", "Accept etcd V2 client requests."),
+    "enable-grpc-gateway": _h("Clustering", "true", "Enable GRPC gateway (the JSON API under /v3/)."),
+    # Security
+    "cert-file": _h("Security", "", "Path to the client server TLS cert file."),
+    "key-file": _h("Security", "", "Path to the client server TLS key file."),
+    "client-cert-auth": _h("Security", "false", "Enable client cert authentication."),
+    "trusted-ca-file": _h("Security", "", "Path to the client server TLS trusted CA cert file."),
+    "auto-tls": _h("Security", "false", "Client TLS using generated certificates."),
+    "peer-cert-file": _h("Security", "", "Path to the peer server TLS cert file."),
+    "peer-key-file": _h("Security", "", "Path to the peer server TLS key file."),
+    "peer-client-cert-auth": _h("Security", "false", "Enable peer client cert authentication."),
+    "peer-trusted-ca-file": _h("Security", "", "Path to the peer server TLS trusted CA file."),
+    "peer-auto-tls": _h("Security", "false", "Peer TLS using self-generated certificates if --peer-key-file ",
+                      "and --peer-cert-file are not provided."),
+    # Auth
+    "auth-token": _h("Auth", "simple", "Specify a v3 authentication token type and its options ('simple' or ",
+                   "'jwt')."),
+    "bcrypt-cost": _h("Auth", "10", "Specify the cost / strength of the bcrypt algorithm for hashing auth ",
+                    "passwords. Valid values are between 4 and 31."),
+    "auth-token-ttl": _h("Auth", "300", "Time (in seconds) of the auth-token-ttl."),
+    # Profiling and Monitoring
+    "enable-pprof": _h("Profiling and Monitoring", "false", "Enable runtime profiling data via HTTP server. ",
+                     "Address is at client URL + \"/debug/pprof/\"." + _NO_EFFECT),
+    "metrics": _h("Profiling and Monitoring", "basic", "Set level of detail for exported metrics, specify ",
+                "'extensive' to include histogram metrics." + _NO_EFFECT),
+    "listen-metrics-urls": _h("Profiling and Monitoring", "", "List of URLs to listen on for the metrics and ",
+                            "health endpoints."),
+    # Logging
+    "logger": _h("Logging", "zap", "Specify 'zap' for structured logging or 'capnslog'. etcdstore always logs ",
+               "zap's JSON shape." + _NO_EFFECT),
+    "log-outputs": _h("Logging", "default", "Specify 'stdout' or 'stderr' to skip journald logging even when ",
+                    "running under systemd, or list of comma separated output targets. etcdstore logs to ",
+                    "stderr." + _NO_EFFECT),
+    "log-level": _h("Logging", "info", "Configures log level. Only supports debug, info, warn, error, panic, ",
+                  "or fatal."),
+    # Experimental feature
+    "experimental-initial-corrupt-check": _h("Experimental feature", "false", "Enable to check data corruption ",
+                                           "before serving any client/peer traffic." + _NO_EFFECT),
+    "experimental-corrupt-check-time": _h("Experimental feature", "0s", "Duration of time between cluster ",
+                                        "corruption check passes." + _NO_EFFECT),
+    "experimental-enable-lease-checkpoint": _h("Experimental feature", "false", "ExperimentalEnableLeaseCheckpoint ",
+                                             "enables primary lessor to persist lease remainingTTL to prevent ",
+                                             "indefinite auto-renewal of long lived leases." + _NO_EFFECT),
+    "experimental-enable-lease-checkpoint-persist": _h("Experimental feature", "false", "Enable persisting ",
+                                                     "remainingTTL to prevent indefinite auto-renewal of long ",
+                                                     "lived leases." + _NO_EFFECT),
+    "experimental-watch-progress-notify-interval": _h("Experimental feature", "10m", "Duration of periodical ",
+                                                    "watch progress notification."),
+    "experimental-snapshot-catchup-entries": _h("Experimental feature", "5000", "Number of entries for a slow ",
+                                              "follower to catch up after compacting the raft storage ",
+                                              "entries."),
+    # Unsafe feature
+    "force-new-cluster": _h("Unsafe feature", "false", "Force to create a new one-member cluster."),
+}
+
+
+def _wrap(text: str, indent: str, width: int = 100) -> str:
+    import textwrap
+
+    return textwrap.fill(text, width=width, initial_indent=indent, subsequent_indent=indent)
+
+
+def flags_help() -> str:
+    """The member flags by group, in etcd's `--help` layout."""
+    out: list[str] = []
+    for group in GROUPS:
+        out.append(f"{group}:")
+        for name, (g, default, text) in FLAG_HELP.items():
+            if g == group:
+                out.append(f"  --{name} '{default}'")
+                out.append(_wrap(text, "    "))
+        out.append("")
+    out.append("CAUTIOUS with unsafe flag! It may break the guarantees given by the consensus protocol!")
+    return "\n".join(out) + "\n"
+
+
+# Environment variables the store reads besides ETCD_<FLAG> (docs/configuration.md is generated from this).
+ENVIRONMENT: dict[str, str] = {
+    "ETCDSTORE_GROUP_COMMIT_US": "Group commit: microseconds a leader waits for more proposals before one Raft "
+                                 "round (default 1000; 0 turns group commit off).",
+    "ETCDSTORE_GROUP_COMMIT_MAX_US": "Group commit: the most microseconds one gathering waits in all (default "
+                                     "10000).",
+    "ETCDSTORE_GRPC_SERVER": "'grpcio' serves gRPC clients with grpcio's server instead of the built-in HTTP/2 "
+                             "server (needs --listen-client-http-urls); kept for comparison.",
+    "ETCDSTORE_BENCH_NO_UVLOOP": "`etcdstore bench`: when set, the load generator runs on plain asyncio "
+                                 "instead of uvloop.",
+    "ETCD_BENCHMARK_BIN": "`etcdstore bench compare`: the path of etcd's benchmark tool (skips the build).",
+    "ETCD_BENCHMARK_BUILD": "`etcdstore bench compare`: the script that builds etcd's benchmark tool when it "
+                            "is not cached.",
+    "XDG_CACHE_HOME": "`etcdstore bench compare`: where the built benchmark tool is cached (default ~/.cache).",
+}
+
+
+def flags_markdown() -> str:
+    """The flag and environment tables of docs/configuration.md (a test keeps the two equal)."""
+    out: list[str] = []
+    for group in GROUPS:
+        out += [f"### {group}", "", "| Flag | Environment | Default | Description |", "|---|---|---|---|"]
+        for name, (g, default, text) in FLAG_HELP.items():
+            if g == group:
+                env = "ETCD_" + name.upper().replace("-", "_")
+                shown = f"`{default}`" if default else ""
+                out.append(f"| `--{name}` | `{env}` | {shown} | {text.replace('|', '&#124;')} |")
+        out.append("")
+    out += ["### Environment variables (besides ETCD_*)", "", "| Variable | Meaning |", "|---|---|"]
+    out += [f"| `{k}` | {v} |" for k, v in ENVIRONMENT.items()]
+    return "\n".join(out) + "\n"
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # argparse would exit 2; we raise for exit 1
         raise ConfigError(message)
+
+    def format_help(self) -> str:
+        return ("Usage:\n\n  etcdstore [flags]\n    Start an etcd-compatible member. Every flag can also be "
+                "given as an ETCD_* environment variable\n    (--initial-cluster: ETCD_INITIAL_CLUSTER); a flag "
+                "wins over its variable.\n\n" + flags_help())
 
 
 def _build_parser() -> _Parser:
     p = _Parser(prog="etcdstore", add_help=True, allow_abbrev=False,
                 description="An etcd v3 compatible key-value store member. Flags are etcd's.")
+    groups = {g: p.add_argument_group(g) for g in GROUPS}
     for name in list(_FLAGS) + sorted(_IGNORED_FLAGS):
+        group, default, text = FLAG_HELP[name]
+        desc = f"{text} (default '{default}')" if default else text
         if name in _BOOL_FLAGS or name in _IGNORED_BOOL_FLAGS:
             # Go's flag package accepts "--flag" and "--flag=true|false".
-            p.add_argument(f"--{name}", nargs="?", const="true", default=None, metavar="BOOL")
+            groups[group].add_argument(f"--{name}", nargs="?", const="true", default=None, metavar="BOOL",
+                                       help=desc)
         else:
-            p.add_argument(f"--{name}", default=None)
+            groups[group].add_argument(f"--{name}", default=None, help=desc)
     p.add_argument("--version", action="store_true", help="print the version and exit")
     return p
 
@@ -331,8 +537,10 @@ def _apply_defaults(cfg: ServerConfig, raw: dict[str, str]) -> None:
     if "initial-advertise-peer-urls" not in raw:
         cfg.initial_advertise_peer_urls = [parse_url(DEFAULT_PEER_URL)]
     if "initial-cluster" not in raw:
-        # etcd's default: this member alone, at its advertised peer URLs.
-        cfg.initial_cluster = {cfg.name: list(cfg.initial_advertise_peer_urls)}
+        # etcd's default: this member alone, at its advertised peer URLs; none when a discovery
+        # flag is set (the discovery module fills it in).
+        discovering = cfg.discovery or cfg.discovery_srv or cfg.discovery_srv_name
+        cfg.initial_cluster = {} if discovering else {cfg.name: list(cfg.initial_advertise_peer_urls)}
     if cfg.quota_backend_bytes <= 0:
         cfg.quota_backend_bytes = DEFAULT_QUOTA_BYTES
     elif cfg.quota_backend_bytes > MAX_QUOTA_BYTES:
@@ -343,6 +551,14 @@ def _apply_defaults(cfg: ServerConfig, raw: dict[str, str]) -> None:
 def _validate(cfg: ServerConfig, raw: dict[str, str]) -> None:
     if cfg.initial_cluster_state not in ("new", "existing"):
         raise ConfigError(f'unexpected clusterState "{cfg.initial_cluster_state}"')
+    if sum(1 for v in (cfg.discovery, "initial-cluster" in raw, cfg.discovery_srv) if v) > 1:
+        raise ConfigError('multiple discovery or bootstrap flags are set. Choose one of "initial-cluster", '
+                          '"discovery" or "discovery-srv"')
+    if cfg.discovery:
+        try:
+            _ = urlsplit(cfg.discovery).port
+        except ValueError as e:
+            raise ConfigError(f'invalid value "{cfg.discovery}" for flag --discovery: {e}') from None
     if cfg.heartbeat_interval_ms <= 0:
         raise ConfigError(f"--heartbeat-interval must be >0 (set to {cfg.heartbeat_interval_ms}ms)")
     if cfg.election_timeout_ms <= 0:
