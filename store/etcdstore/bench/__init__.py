@@ -13,6 +13,9 @@ one request at a time; clients share --conns gRPC connections and are spread ove
 processes (uvloop), whose latency samples are merged. Requests are prebuilt bytes sent through
 raw gRPC callables. `--compare etcd=A --compare etcdstore=B` runs the same workloads on both
 and prints them side by side. `main(argv) -> int` is the entry point (`etcdstore bench`).
+
+`etcdstore bench compare` (compare.py) is separate: it starts real etcd 3.4 and etcdstore itself and
+measures both with etcd's own Go benchmark tool, alternating rounds (docs/performance.md).
 """
 
 from etcdstore.bench.cli import main

@@ -18,6 +18,7 @@ examples:
   etcdstore bench watch --watchers 100 --watch-streams 10 --clients 10 --total 20000
   etcdstore bench put --compare etcd=127.0.0.1:2379 --compare etcdstore=127.0.0.1:3379 --clients 1,100
   etcdstore bench put --compare etcd=127.0.0.1:2379 --compare etcdstore=127.0.0.1:3379 --clients 100 --repeat 5
+  etcdstore bench compare --rounds 5    # starts etcd 3.4 and etcdstore itself, measures with etcd's Go tool
 """
 
 
@@ -241,7 +242,12 @@ def print_table(results: list[Summary], out: TextIO) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "compare":  # etcd and etcdstore side by side with etcd's own Go benchmark tool
+        from etcdstore.bench.compare import main as compare_main
+
+        return compare_main(argv[1:])
+    args = _parser().parse_args(argv)
     out = sys.stdout
     results: list[Summary] = []
     failed = False

@@ -187,7 +187,7 @@ def run(cfg: BenchConfig) -> Summary:
                     raise RuntimeError("benchmark workers did not finish in time")
                 continue
             if isinstance(res, str):
-                raise RuntimeError(f"benchmark worker {index} failed: {res}")
+                raise RuntimeError(f"benchmark worker {index} failed: {res}")  # noqa: TRY004 - a worker reports its failure as text
             collected[index] = res
     finally:
         for p in procs:
@@ -205,5 +205,5 @@ def _check_failures(results: Any, collected: dict[int, WorkerResult], procs: lis
             raise RuntimeError("a benchmark worker process died while getting ready") from None
         return
     if isinstance(res, str):
-        raise RuntimeError(f"benchmark worker {index} failed: {res}")
+        raise RuntimeError(f"benchmark worker {index} failed: {res}")  # noqa: TRY004 - a worker reports its failure as text
     collected[index] = res

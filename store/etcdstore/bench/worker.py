@@ -66,9 +66,9 @@ class _Requests:
         self.value = rng.randbytes(cfg.val_size)
         size = cfg.key_space * (cfg.key_size + cfg.val_size + 8)
         self.prebuilt: list[bytes] | None = None
-        if cfg.workload in ("put", "range") or (cfg.workload == "txn" and cfg.txn_ops == 1):
-            if size <= _PREBUILD_LIMIT:
-                self.prebuilt = [self._build(i) for i in range(cfg.key_space)]
+        prebuildable = cfg.workload in ("put", "range") or (cfg.workload == "txn" and cfg.txn_ops == 1)
+        if prebuildable and size <= _PREBUILD_LIMIT:
+            self.prebuilt = [self._build(i) for i in range(cfg.key_space)]
         if cfg.workload == "watch":
             if cfg.val_size < 8:
                 raise ValueError("watch needs --val-size >= 8 (the value carries a timestamp)")
@@ -219,7 +219,7 @@ async def run_share(
         limit = max(cfg.timeout, 1.0)
         try:
             await asyncio.wait_for(asyncio.gather(*(ch.channel_ready() for ch in channels)), limit)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise RuntimeError(f"could not connect to {', '.join(eps)} within {limit:g}s") from None
         calls = [
             ch.unary_unary(_PATHS[cfg.workload], request_serializer=None, response_deserializer=None)
