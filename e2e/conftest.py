@@ -31,7 +31,7 @@ def pytest_collection_modifyitems(config, items):
         item.add_marker(skip)
 
 
-from e2elib import PROVIDERS, Kubectl, Provider, namespace_name, wait  # noqa: E402
+from e2elib import PROVIDERS, Kubectl, Provider, namespace_name, wait
 
 
 @pytest.fixture(scope="session")

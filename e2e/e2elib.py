@@ -170,6 +170,15 @@ def available(kubectl: Kubectl, name: str, replicas: int, timeout: float = 600.0
     return wait(f"{name} available with {replicas} members", check, timeout, 2.0)
 
 
+def members_gone(kubectl: Kubectl, name: str) -> bool:
+    """The cluster's StatefulSet and member pods are gone. Selecting on `app.kubernetes.io/instance` alone is not
+    enough: the pods of an on-demand backup's Job carry it too (component `backup`), and they belong to the
+    EtcdBackup, which outlives the cluster."""
+    return kubectl("get", "statefulset", name, "--ignore-not-found", "-o", "name").strip() == "" and kubectl(
+        "get", "pod", "-l", f"app.kubernetes.io/instance={name},app.kubernetes.io/component=member",
+        "-o", "name").strip() == ""
+
+
 def member_ids(status: dict) -> dict[str, str]:
     return {m["name"]: m["id"] for m in status.get("members") or []}
 
@@ -194,12 +203,24 @@ class DataCheck:
     members at that revision."""
 
     PREFIX = "e2e-data/"
+    # While a ContinuousClient runs, the batches are written through it (recorded in its history, under the
+    # traffic's key prefix), so that its checker accounts for every revision; see `write`.
+    RECORDED_PREFIX = "/rb/e2e-data/"
 
     def __init__(self, per_step: int = 20) -> None:
         self.per_step = per_step
         self.expected: dict[str, str] = {}
 
-    def write(self, endpoint: str, step: str) -> None:
+    def write(self, endpoint: str, step: str, recorder: ContinuousClient | None = None) -> None:
+        """With `recorder`, the puts are operations of the continuous client's history: its checker requires
+        every revision between the first and last it saw to hold one of its events (a put of another client
+        is a gap it cannot explain), and checks these puts for linearizability with the rest."""
+        if recorder is not None:
+            items = [(f"{self.RECORDED_PREFIX}{step}/{i:03d}", f"{step}-{i}") for i in range(self.per_step)]
+            recorder.put(endpoint, items)
+            self.expected.update(items)
+            return
+
         from etcdstore.client import Client
 
         async def put() -> None:
@@ -217,8 +238,10 @@ class DataCheck:
             async with Client([ep], timeout=15) as c:
                 status = await c.status()
                 rev = revision or status.header.revision
-                r = await c.get(self.PREFIX, prefix=True, serializable=True, revision=rev)
-                got = {kv.key.decode(): kv.value.decode() for kv in r.kvs}
+                got = {}
+                for prefix in (self.PREFIX, self.RECORDED_PREFIX):
+                    r = await c.get(prefix, prefix=True, serializable=True, revision=rev)
+                    got.update({kv.key.decode(): kv.value.decode() for kv in r.kvs})
                 h = (await c.hash_kv(rev)).hash if revision else None
                 return status.header.revision, got, h
 
@@ -262,6 +285,23 @@ class ContinuousClient:
 
     def stop(self) -> None:
         asyncio.run_coroutine_threadsafe(self.traffic.stop(), self.loop).result(120)
+
+    def put(self, endpoint: str, items: list[tuple[str, str]]) -> None:
+        """Puts `items` in order through `endpoint` as operations of the recorded history (one client of their
+        own); each must be acknowledged."""
+        from etcdstore.client import Client
+        from robustness.history import OK, PUT, TXN, Request
+        from robustness.traffic import execute
+
+        async def run() -> None:
+            async with Client([endpoint], timeout=15) as c:
+                for key, value in items:
+                    o = self.traffic._new(-100, TXN, "put")
+                    o.success = (Request(PUT, key.encode(), value=value.encode()),)
+                    await execute(c, o)
+                    if o.status != OK:
+                        raise AssertionError(f"put {key} ({o.status}): {o.error}")
+        asyncio.run_coroutine_threadsafe(run(), self.loop).result(120)
 
     def check(self, endpoints: dict[str, str]):
         from robustness import checker

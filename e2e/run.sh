@@ -7,8 +7,10 @@
 #   e2e/run.sh --provider local -m smoke        # the short form (tests/run runs it)
 #
 # Steps: start (or reach) the cluster; install the operator with the chart (helm lint, template, install);
-# run the suite; uninstall; install again with `kubectl apply -k deploy/` and run the smoke test on it;
-# delete it. A provider that cannot be reached fails the run.
+# helm upgrade to a copy of the chart whose CRD changed and back (e2e/helm-crd-upgrade.sh: the live CRD
+# changes, an EtcdCluster survives); run the suite; uninstall (the CRDs and that EtcdCluster are kept);
+# install again with `kubectl apply -k deploy/` and run the smoke test on it; delete it. A provider that
+# cannot be reached fails the run.
 # KEEP=1 keeps the cluster; E2E_MEMBER_ENGINE=etcd runs the EtcdClusters on etcd instead of etcdstore.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -55,15 +57,18 @@ h() { helm --kubeconfig "$E2E_KUBECONFIG" "$@"; }
 echo "e2e: installing the operator with Helm"
 h lint charts/etcd-operator
 h template etcd-operator charts/etcd-operator --namespace etcd-operator >/dev/null
-h install etcd-operator charts/etcd-operator --namespace etcd-operator --create-namespace --wait --timeout 5m \
-    --set image.tag="$TAG" --set storeImage.tag="$TAG" --set image.pullPolicy="$pull"
-.venv/bin/python -m pytest e2e -v -p no:cacheprovider -o addopts="" "$@"
+sets=(--set image.tag="$TAG" --set storeImage.tag="$TAG" --set image.pullPolicy="$pull")
+h install etcd-operator charts/etcd-operator --namespace etcd-operator --create-namespace --wait --timeout 5m "${sets[@]}"
+e2e/helm-crd-upgrade.sh upgrade etcd-operator "${sets[@]}"
+.venv/bin/python -m pytest e2e -v -p no:cacheprovider -o addopts="" --timeout="${E2E_TEST_TIMEOUT:-3600}" "$@"
 h uninstall etcd-operator --namespace etcd-operator --wait
 k wait --for=delete namespace/etcd-operator --timeout=0s 2>/dev/null || true
+e2e/helm-crd-upgrade.sh kept
 
 echo "e2e: installing the operator with kubectl apply -k deploy/"
 k apply -k deploy/
 k -n etcd-operator rollout status deployment/etcd-operator --timeout=300s
-.venv/bin/python -m pytest e2e -v -p no:cacheprovider -o addopts="" -m smoke
+.venv/bin/python -m pytest e2e -v -p no:cacheprovider -o addopts="" --timeout="${E2E_TEST_TIMEOUT:-3600}" -m smoke
+e2e/helm-crd-upgrade.sh cleanup
 k delete -k deploy/ --wait=true
 echo "e2e: provider $provider passed in $(( $(date +%s) - started )) s"

@@ -6,7 +6,7 @@ import contextlib
 import json
 
 import pytest
-from e2elib import DataCheck, available, etcd_cluster, member_endpoints, wait
+from e2elib import DataCheck, available, etcd_cluster, member_endpoints, members_gone, wait
 
 S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "e2e", "AWS_SECRET_ACCESS_KEY": "e2e-secret"}
 
@@ -58,8 +58,7 @@ def test_backup_and_restore(kubectl, provider, engine, destination, tmp_path):
         with provider.endpoint(kubectl, "svc/src-client") as ep:
             after.write(ep, "after-backup")
         kubectl("delete", "etcdcluster", "src")
-        wait("src deleted", lambda: kubectl("get", "statefulset,pod", "-l", "app.kubernetes.io/instance=src",
-                                            "-o", "name").strip() == "")
+        wait("src deleted", lambda: members_gone(kubectl, "src"))
 
         if destination == "pvc":
             source = {"pvc": {"claimName": "backups", "path": done["location"].split("pvc://backups/", 1)[1]}}

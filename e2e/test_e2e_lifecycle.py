@@ -13,7 +13,6 @@ import asyncio
 import json
 
 import pytest
-from etcdstore.client import Client
 from e2elib import (
     ContinuousClient,
     DataCheck,
@@ -24,6 +23,7 @@ from e2elib import (
     member_ids,
     wait,
 )
+from etcdstore.client import Client
 
 
 def pvcs(kubectl, name: str) -> list[str]:
@@ -31,10 +31,11 @@ def pvcs(kubectl, name: str) -> list[str]:
     return sorted(i["metadata"]["name"] for i in items if not i["metadata"].get("deletionTimestamp"))
 
 
-def step(kubectl, provider, data: DataCheck, name: str, label: str) -> None:
-    """Writes a batch named `label`, then checks every member holds everything acknowledged so far."""
+def step(kubectl, provider, data: DataCheck, name: str, label: str, recorder: ContinuousClient | None = None) -> None:
+    """Writes a batch named `label` (through `recorder` while one runs), then checks every member holds everything
+    acknowledged so far."""
     with provider.endpoint(kubectl, f"svc/{name}-client") as ep:
-        data.write(ep, label)
+        data.write(ep, label, recorder)
     with member_endpoints(provider, kubectl, name) as eps:
         data.verify(eps)
 
@@ -66,34 +67,38 @@ def test_lifecycle(kubectl, provider, engine):
         try:
             kubectl("scale", "etcdcluster", name, "--replicas=5")  # the scale subresource
             available(kubectl, name, 5)
-            step(kubectl, provider, data, name, "scaled-to-5")
+            step(kubectl, provider, data, name, "scaled-to-5", traffic)
 
             kubectl("scale", "etcdcluster", name, "--replicas=3")
             assert member_ids(available(kubectl, name, 3)) == first
             wait("removed members' volumes deleted", lambda: len(pvcs(kubectl, name)) == 3)
-            step(kubectl, provider, data, name, "scaled-to-3")
+            step(kubectl, provider, data, name, "scaled-to-3", traffic)
 
             kubectl("delete", "pod", f"{name}-1", "--wait=false")
             wait("pod replaced", lambda: not kubectl.json("pod", f"{name}-1")["metadata"].get("deletionTimestamp"))
             assert member_ids(available(kubectl, name, 3)) == first
-            step(kubectl, provider, data, name, "pod-deleted")
+            step(kubectl, provider, data, name, "pod-deleted", traffic)
 
             # A member whose volume is lost comes back under a new member ID (never its old identity with an
             # empty log), and nothing acknowledged is lost.
             lost = f"{name}-2"
             kubectl("delete", "pvc", f"data-{lost}", "--wait=false")
             kubectl("delete", "pod", lost, "--wait=false")
+            # The status says Available with the old members until the operator has seen the loss: wait for the
+            # member to change (it must come back under a new ID), then for the cluster to be whole again.
+            wait(f"{lost} replaced by a new member", lambda: member_ids(cluster_status(kubectl, name)).get(lost)
+                 not in (None, first[lost]), 600, 2.0)
             after = member_ids(available(kubectl, name, 3))
             assert after[lost] != first[lost], f"{lost} came back under its old ID with a new volume"
             assert {k: v for k, v in after.items() if k != lost} == {k: v for k, v in first.items() if k != lost}
-            step(kubectl, provider, data, name, "volume-lost")
+            step(kubectl, provider, data, name, "volume-lost", traffic)
 
             revision = kubectl.json("statefulset", name)["status"].get("updateRevision")
             kubectl("patch", "etcdcluster", name, "--type=merge", "-p",
                     json.dumps({"spec": {"options": {"snapshotCount": 5000}}}))
             wait("rolling change applied to every pod", lambda: _rolled(kubectl, name, revision), 600, 2.0)
             available(kubectl, name, 3)
-            step(kubectl, provider, data, name, "rolled")
+            step(kubectl, provider, data, name, "rolled", traffic)
         finally:
             traffic.stop()
         with member_endpoints(provider, kubectl, name) as eps:
@@ -106,7 +111,8 @@ def test_lifecycle(kubectl, provider, engine):
     again = member_ids(available(kubectl, name, 3))
     assert not set(again.values()) & (set(first.values()) | set(after.values())), "recreated under old IDs"
     with member_endpoints(provider, kubectl, name) as eps:
-        assert count_keys(next(iter(eps.values())), DataCheck.PREFIX) == 0, "the recreated cluster is not empty"
+        for prefix in (DataCheck.PREFIX, DataCheck.RECORDED_PREFIX):
+            assert count_keys(next(iter(eps.values())), prefix) == 0, "the recreated cluster is not empty"
     step(kubectl, provider, DataCheck(), name, "recreated")
 
 

@@ -26,6 +26,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, ClassVar
 
 import yaml
 
@@ -121,7 +122,7 @@ class Script:
         except subprocess.CalledProcessError as e:
             value, detail = f"FAILED: {normalise((e.stderr or e.stdout or str(e)).strip()[-300:])}", \
                 (e.stderr or "")[-2000:]
-        except Exception as e:  # a failed step is a result, and the next steps still run
+        except Exception as e:  # noqa: BLE001 - a failed step is a result, and the next steps still run
             value, detail = f"FAILED: {normalise(str(e))[:300]}", traceback.format_exc()[-2000:]
         out = Outcome(value, time.monotonic() - t0, detail)
         self.results[name] = out
@@ -135,7 +136,7 @@ class Script:
                 for name in ("kube-controller-manager", "kube-scheduler"):
                     try:
                         lease = self.cp.lease(name)
-                    except Exception:
+                    except Exception:  # noqa: BLE001 - no Lease yet, or not readable: reported as none
                         lease = None
                     self._lease_samples.append((time.monotonic(), name, lease))
         self._lease_thread = threading.Thread(target=loop, daemon=True)
@@ -353,7 +354,7 @@ class Script:
         self.wait("dependents collected", lambda: self.count("configmaps", ns) == 1)  # kube-root-ca.crt
         return f"owner deleted (foreground), dependents left: {self.count('configmaps', ns) - 1}", ""
 
-    CRD = {
+    CRD: ClassVar[dict[str, Any]] = {
         "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
         "metadata": {"name": "widgets.compat.example.com"},
         "spec": {"group": "compat.example.com", "scope": "Namespaced",
@@ -604,7 +605,7 @@ class Script:
                     calls[key] = calls.get(key, 0) + int(float(ln.rsplit(" ", 1)[1]))
         return f"methods: {', '.join(sorted(k for k, n in calls.items() if n))}", json.dumps(calls)
 
-    STEPS = [
+    STEPS: ClassVar[list[tuple[str, str]]] = [
         ("readyz/livez etcd checks", "step_health"),
         ("storage features seen by apiserver", "step_storage_features"),
         ("kubectl create N ConfigMaps", "step_create_many"),
@@ -656,7 +657,7 @@ def run_backend(store: str, members: int, opts: Options, workroot: Path,
         run.startup = cp.startup_seconds or 0.0
         log(f"== {run.label}: up in {run.startup:.1f} s {cp.timings}")
         run.results = Script(cp, opts, log).run_all()
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - the run is reported, whatever failed
         run.error = f"{type(e).__name__}: {e}"
         log(f"== {run.label}: {run.error}")
     finally:

@@ -25,7 +25,7 @@ import ssl
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import yaml
 
@@ -190,7 +190,7 @@ class ControlPlane:
                 "PATH": f"{self.bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
 
     # --- life cycle ------------------------------------------------------------------------------
-    def __enter__(self) -> ControlPlane:
+    def __enter__(self) -> Self:
         self.start()
         return self
 

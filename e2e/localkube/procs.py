@@ -78,7 +78,7 @@ class Proc:
             self.popen = subprocess.Popen(
                 self.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True, env=self.env, cwd=self.cwd,
-                preexec_fn=_die_with_parent if self.die_with_parent else None)
+                preexec_fn=_die_with_parent if self.die_with_parent else None)  # noqa: PLW1509 - prctl only
         record = {"pid": self.popen.pid, "start": _start_time(self.popen.pid), "name": self.name}
         with open(self.pidfile, "a") as f:
             f.write(json.dumps(record) + "\n")
