@@ -15,12 +15,12 @@ from etcdstore import ETCD_VERSION, errors, metrics
 from etcdstore.logs import get_logger
 
 if TYPE_CHECKING:
-    from etcdstore.server.server import EtcdServer
+    from etcdstore.server.api import ServerAPI
 
 log = get_logger("etcdstore.http")
 
 
-async def check_health(s: EtcdServer, exclude_alarms: set[str] = frozenset()) -> tuple[bool, str]:
+async def check_health(s: ServerAPI, exclude_alarms: set[str] = frozenset()) -> tuple[bool, str]:
     """etcd's /health rule: no active alarm, a known leader, and a quorum read that succeeds."""
     from etcdstore.proto.etcdserverpb import rpc_pb2
 
@@ -32,7 +32,7 @@ async def check_health(s: EtcdServer, exclude_alarms: set[str] = frozenset()) ->
         return False, "RAFT NO LEADER"
     try:
         await asyncio.wait_for(s.read_index(timeout=1.0), 1.0)
-    except (errors.EtcdError, asyncio.TimeoutError):
+    except (TimeoutError, errors.EtcdError):
         return False, "QUORUM READ FAILED"
     return True, ""
 
@@ -45,13 +45,13 @@ def _health_response(ok: bool) -> web.Response:
     return web.Response(text=body + "\n", status=503, content_type="text/plain")
 
 
-def add_base_routes(app: web.Application, s: EtcdServer, registry: object | None = None) -> None:
+def add_base_routes(app: web.Application, s: ServerAPI, registry: object | None = None) -> None:
     async def health(request: web.Request) -> web.Response:
         exclude = set(request.query.getall("exclude", []))
         ok, reason = await check_health(s, exclude)
         if not ok:
             metrics.HEALTH_FAILURES.inc()
-            log.warn("/health error", reason=reason)
+            log.warning("/health error", reason=reason)
         else:
             metrics.HEALTH_SUCCESS.inc()
         return _health_response(ok)
@@ -61,7 +61,9 @@ def add_base_routes(app: web.Application, s: EtcdServer, registry: object | None
         return web.Response(text="ok") if not s.removed else web.Response(text="removed", status=503)
 
     async def readyz(request: web.Request) -> web.Response:
-        ok, reason = await check_health(s)
+        # As etcd 3.5's /readyz: a NOSPACE alarm does not make a member unready (reads still work);
+        # any other alarm (CORRUPT) does.
+        ok, reason = await check_health(s, {"NOSPACE"})
         return web.Response(text="ok" if ok else f"not ready: {reason}", status=200 if ok else 503)
 
     async def version(request: web.Request) -> web.Response:
