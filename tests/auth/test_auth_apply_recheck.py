@@ -18,23 +18,38 @@ from etcdstore.auth import hooks_of
 from etcdstore.auth.apply import Authenticated, encode_authenticate
 from etcdstore.auth.passwords import hash_password
 from etcdstore.config import parse_args
+from etcdstore.member import Member
 from etcdstore.proto.authpb import auth_pb2
 from etcdstore.proto.etcdserverpb import rpc_pb2
-from etcdstore.server import kv_apply
-from etcdstore.server.main import Member
-from etcdstore.server.requests import Kind
-from procs import free_port
+from etcdstore.txn import kv_apply
+from etcdstore.txn.requests import Kind
+from testlib import free_port
 
 
 @pytest.fixture
 async def member(tmp_path: Path):
     client, peer = free_port(), free_port()
-    cfg = parse_args([
-        "--name", "n1", "--data-dir", str(tmp_path / "n1"),
-        "--listen-client-urls", f"http://127.0.0.1:{client}", "--advertise-client-urls", f"http://127.0.0.1:{client}",
-        "--listen-peer-urls", f"http://127.0.0.1:{peer}", "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
-        "--initial-cluster", f"n1=http://127.0.0.1:{peer}", "--bcrypt-cost", "4",
-    ], environ={})
+    cfg = parse_args(
+        [
+            "--name",
+            "n1",
+            "--data-dir",
+            str(tmp_path / "n1"),
+            "--listen-client-urls",
+            f"http://127.0.0.1:{client}",
+            "--advertise-client-urls",
+            f"http://127.0.0.1:{client}",
+            "--listen-peer-urls",
+            f"http://127.0.0.1:{peer}",
+            "--initial-advertise-peer-urls",
+            f"http://127.0.0.1:{peer}",
+            "--initial-cluster",
+            f"n1=http://127.0.0.1:{peer}",
+            "--bcrypt-cost",
+            "4",
+        ],
+        environ={},
+    )
     m = Member(cfg)
     await m.start()
     try:
@@ -64,8 +79,12 @@ async def test_revoke_between_check_and_apply_refuses_the_write(member: Member) 
         (Kind.AUTH_USER_GRANT_ROLE, rpc_pb2.AuthUserGrantRoleRequest(user="root", role="root")),
         (Kind.AUTH_USER_ADD, rpc_pb2.AuthUserAddRequest(name="alice", hashedPassword=hashed)),
         (Kind.AUTH_ROLE_ADD, rpc_pb2.AuthRoleAddRequest(name="w")),
-        (Kind.AUTH_ROLE_GRANT_PERMISSION, rpc_pb2.AuthRoleGrantPermissionRequest(
-            name="w", perm=auth_pb2.Permission(permType=auth_pb2.Permission.WRITE, key=b"k"))),
+        (
+            Kind.AUTH_ROLE_GRANT_PERMISSION,
+            rpc_pb2.AuthRoleGrantPermissionRequest(
+                name="w", perm=auth_pb2.Permission(permType=auth_pb2.Permission.WRITE, key=b"k")
+            ),
+        ),
         (Kind.AUTH_USER_GRANT_ROLE, rpc_pb2.AuthUserGrantRoleRequest(user="alice", role="w")),
         (Kind.AUTH_ENABLE, rpc_pb2.AuthEnableRequest()),
     ]
@@ -78,15 +97,19 @@ async def test_revoke_between_check_and_apply_refuses_the_write(member: Member) 
     assert isinstance(await _propose(s, Kind.PUT, put, "alice", rev), rpc_pb2.PutResponse)
     # The revoke is ordered before the write in the log: the write must not go through.
     revoke = rpc_pb2.AuthRoleRevokePermissionRequest(role="w", key=b"k")
-    out = await asyncio.gather(_propose(s, Kind.AUTH_ROLE_REVOKE_PERMISSION, revoke, "root", rev),
-                               _propose(s, Kind.PUT, rpc_pb2.PutRequest(key=b"k", value=b"v2"), "alice", rev))
+    out = await asyncio.gather(
+        _propose(s, Kind.AUTH_ROLE_REVOKE_PERMISSION, revoke, "root", rev),
+        _propose(s, Kind.PUT, rpc_pb2.PutRequest(key=b"k", value=b"v2"), "alice", rev),
+    )
     assert isinstance(out[0], rpc_pb2.AuthRoleRevokePermissionResponse)
     assert out[1] == errors.AUTH_OLD_REVISION
     # At the current revision the (unchecked) entry is judged on its own: denied.
     assert await _propose(s, Kind.PUT, put, "alice", store.revision) == errors.PERMISSION_DENIED
     txn = rpc_pb2.TxnRequest(success=[rpc_pb2.RequestOp(request_put=put)])
     assert await _propose(s, Kind.TXN, txn, "alice", store.revision) == errors.PERMISSION_DENIED
-    assert await _propose(s, Kind.DELETE_RANGE, rpc_pb2.DeleteRangeRequest(key=b"k"), "", 0) == errors.USER_EMPTY
+    assert (
+        await _propose(s, Kind.DELETE_RANGE, rpc_pb2.DeleteRangeRequest(key=b"k"), "", 0) == errors.USER_EMPTY
+    )
     assert kv_apply.range(s.kv, rpc_pb2.RangeRequest(key=b"k")).kvs[0].value == b"v1"  # v2 never landed
     assert isinstance(await _propose(s, Kind.PUT, put, "root", store.revision), rpc_pb2.PutResponse)
     # Authenticate entries are judged at apply too.

@@ -16,8 +16,8 @@ from etcdstore.auth.store import NO_PASSWORD_USER, AuthStore
 from etcdstore.auth.tokens import SimpleTokens
 from etcdstore.proto.authpb import auth_pb2
 from etcdstore.proto.etcdserverpb import rpc_pb2
-from etcdstore.server.requests import Kind, Request
 from etcdstore.storage import backend as bk
+from etcdstore.txn.requests import Kind, Request
 
 _ids = itertools.count(1)
 HASH = base64.b64encode(hash_password("pw", 4)).decode()
@@ -64,8 +64,9 @@ def user_add(name: str, no_password: bool = False) -> rpc_pb2.AuthUserAddRequest
 
 
 def perm(t: int, key: bytes, end: bytes = b"") -> rpc_pb2.AuthRoleGrantPermissionRequest:
-    return rpc_pb2.AuthRoleGrantPermissionRequest(name="r", perm=auth_pb2.Permission(permType=t, key=key,
-                                                                                       range_end=end))
+    return rpc_pb2.AuthRoleGrantPermissionRequest(
+        name="r", perm=auth_pb2.Permission(permType=t, key=key, range_end=end)
+    )
 
 
 def setup_root(n: Node) -> None:
@@ -80,8 +81,10 @@ def test_revision_bumps_and_enable_rules(node: Node) -> None:
     node.apply(Kind.AUTH_USER_ADD, user_add("root"))
     assert st.revision == 2
     assert node.apply(Kind.AUTH_ENABLE, rpc_pb2.AuthEnableRequest()) == errors.ROOT_ROLE_NOT_EXIST
-    assert node.apply(Kind.AUTH_USER_GRANT_ROLE, rpc_pb2.AuthUserGrantRoleRequest(user="root", role="nope")) \
+    assert (
+        node.apply(Kind.AUTH_USER_GRANT_ROLE, rpc_pb2.AuthUserGrantRoleRequest(user="root", role="nope"))
         == errors.ROLE_NOT_FOUND
+    )
     node.apply(Kind.AUTH_USER_GRANT_ROLE, rpc_pb2.AuthUserGrantRoleRequest(user="root", role="root"))
     assert st.revision == 3  # "root" needs no role object
     node.apply(Kind.AUTH_USER_GRANT_ROLE, rpc_pb2.AuthUserGrantRoleRequest(user="root", role="root"))
@@ -103,12 +106,22 @@ def test_admin_checked_at_apply_once_enabled(node: Node) -> None:
     # The root check comes first, before the request's own validation (etcd's authApplierV3).
     assert node.apply(Kind.AUTH_USER_ADD, user_add(""), user="alice") == errors.PERMISSION_DENIED
     assert isinstance(node.apply(Kind.AUTH_ROLE_ADD, req, user="root"), rpc_pb2.AuthRoleAddResponse)
-    assert node.apply(Kind.AUTH_USER_DELETE, rpc_pb2.AuthUserDeleteRequest(name="root"), user="root") \
+    assert (
+        node.apply(Kind.AUTH_USER_DELETE, rpc_pb2.AuthUserDeleteRequest(name="root"), user="root")
         == errors.INVALID_AUTH_MGMT
-    assert node.apply(Kind.AUTH_ROLE_DELETE, rpc_pb2.AuthRoleDeleteRequest(role="root"), user="root") \
+    )
+    assert (
+        node.apply(Kind.AUTH_ROLE_DELETE, rpc_pb2.AuthRoleDeleteRequest(role="root"), user="root")
         == errors.INVALID_AUTH_MGMT
-    assert node.apply(Kind.AUTH_USER_REVOKE_ROLE, rpc_pb2.AuthUserRevokeRoleRequest(name="root", role="root"),
-                      user="root") == errors.INVALID_AUTH_MGMT
+    )
+    assert (
+        node.apply(
+            Kind.AUTH_USER_REVOKE_ROLE,
+            rpc_pb2.AuthUserRevokeRoleRequest(name="root", role="root"),
+            user="root",
+        )
+        == errors.INVALID_AUTH_MGMT
+    )
 
 
 def test_user_and_role_errors(node: Node) -> None:
@@ -119,12 +132,20 @@ def test_user_and_role_errors(node: Node) -> None:
     node.apply(Kind.AUTH_ROLE_ADD, rpc_pb2.AuthRoleAddRequest(name="r"))
     assert node.apply(Kind.AUTH_ROLE_ADD, rpc_pb2.AuthRoleAddRequest(name="r")) == errors.ROLE_ALREADY_EXIST
     assert node.apply(Kind.AUTH_USER_DELETE, rpc_pb2.AuthUserDeleteRequest(name="x")) == errors.USER_NOT_FOUND
-    assert node.apply(Kind.AUTH_USER_REVOKE_ROLE, rpc_pb2.AuthUserRevokeRoleRequest(name="bob", role="r")) \
+    assert (
+        node.apply(Kind.AUTH_USER_REVOKE_ROLE, rpc_pb2.AuthUserRevokeRoleRequest(name="bob", role="r"))
         == errors.ROLE_NOT_GRANTED
-    assert node.apply(Kind.AUTH_ROLE_REVOKE_PERMISSION, rpc_pb2.AuthRoleRevokePermissionRequest(role="r", key=b"k")) \
+    )
+    assert (
+        node.apply(
+            Kind.AUTH_ROLE_REVOKE_PERMISSION, rpc_pb2.AuthRoleRevokePermissionRequest(role="r", key=b"k")
+        )
         == errors.PERMISSION_NOT_GRANTED
-    assert node.apply(Kind.AUTH_ROLE_GRANT_PERMISSION, rpc_pb2.AuthRoleGrantPermissionRequest(name="x")) \
+    )
+    assert (
+        node.apply(Kind.AUTH_ROLE_GRANT_PERMISSION, rpc_pb2.AuthRoleGrantPermissionRequest(name="x"))
         == errors.ROLE_NOT_FOUND
+    )
     bad = rpc_pb2.AuthUserAddRequest(name="eve", hashedPassword="not base64!")
     assert node.apply(Kind.AUTH_USER_ADD, bad) == NO_PASSWORD_USER
     with pytest.raises(errors.EtcdError) as e:
@@ -181,8 +202,9 @@ def test_authenticate_assigns_simple_tokens_and_password_changes_drop_them(node:
     with pytest.raises(errors.EtcdError) as e:
         node.store.password_hash_of("svc")
     assert e.value == NO_PASSWORD_USER
-    new = rpc_pb2.AuthUserChangePasswordRequest(name="root",
-                                                hashedPassword=base64.b64encode(hash_password("new", 4)).decode())
+    new = rpc_pb2.AuthUserChangePasswordRequest(
+        name="root", hashedPassword=base64.b64encode(hash_password("new", 4)).decode()
+    )
     node.apply(Kind.AUTH_USER_CHANGE_PASSWORD, new, user="root")
     assert node.tokens.info(res.token, node.store.revision) is None
     hashed, _ = node.store.password_hash_of("root")
@@ -199,14 +221,26 @@ def test_state_survives_reopen_and_members_agree(tmp_path: Path) -> None:
         n.apply(Kind.AUTH_USER_GRANT_ROLE, rpc_pb2.AuthUserGrantRoleRequest(user="alice", role="r"))
         n.apply(Kind.AUTH_ENABLE, rpc_pb2.AuthEnableRequest())
     assert a.dump() == b.dump()  # same entries, same bytes (the hash was computed before proposing)
-    snapshot = (a.store.revision, a.store.enabled, a.store.user_list(), a.store.role_list(),
-                a.store.user_get("alice"), [p.SerializeToString() for p in a.store.role_get("r")])
+    snapshot = (
+        a.store.revision,
+        a.store.enabled,
+        a.store.user_list(),
+        a.store.role_list(),
+        a.store.user_get("alice"),
+        [p.SerializeToString() for p in a.store.role_get("r")],
+    )
     a.backend.close()
     b.backend.close()
     reopened = Node(tmp_path / "a")
     st = reopened.store
-    assert (st.revision, st.enabled, st.user_list(), st.role_list(), st.user_get("alice"),
-            [p.SerializeToString() for p in st.role_get("r")]) == snapshot
+    assert (
+        st.revision,
+        st.enabled,
+        st.user_list(),
+        st.role_list(),
+        st.user_get("alice"),
+        [p.SerializeToString() for p in st.role_get("r")],
+    ) == snapshot
     assert snapshot[0] == 7 and snapshot[2] == ["alice", "root"]
     st.check("alice", st.revision, b"p/x", b"", READ)
     reopened.backend.close()

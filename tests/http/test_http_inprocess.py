@@ -12,9 +12,9 @@ import aiohttp
 import pytest
 import pytest_asyncio
 from etcdstore.config import parse_args
-from etcdstore.server.main import Member
+from etcdstore.member import Member
 from httpdiff import fetch, open_stream, read_lines
-from procs import free_port
+from testlib import free_port
 
 # One member for the module: a process can host one Member at a time (metrics registry).
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -24,12 +24,26 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 async def member(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tuple[Member, str]]:
     tmp_path = tmp_path_factory.mktemp("inproc")
     client, peer = free_port(), free_port()
-    cfg = parse_args([
-        "--name", "n1", "--data-dir", str(tmp_path / "n1"),
-        "--listen-client-urls", f"http://127.0.0.1:{client}", "--advertise-client-urls", f"http://127.0.0.1:{client}",
-        "--listen-peer-urls", f"http://127.0.0.1:{peer}", "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
-        "--initial-cluster", f"n1=http://127.0.0.1:{peer}", "--enable-v2",
-    ], environ={})
+    cfg = parse_args(
+        [
+            "--name",
+            "n1",
+            "--data-dir",
+            str(tmp_path / "n1"),
+            "--listen-client-urls",
+            f"http://127.0.0.1:{client}",
+            "--advertise-client-urls",
+            f"http://127.0.0.1:{client}",
+            "--listen-peer-urls",
+            f"http://127.0.0.1:{peer}",
+            "--initial-advertise-peer-urls",
+            f"http://127.0.0.1:{peer}",
+            "--initial-cluster",
+            f"n1=http://127.0.0.1:{peer}",
+            "--enable-v2",
+        ],
+        environ={},
+    )
     m = Member(cfg)
     await m.start()
     try:
@@ -54,8 +68,12 @@ async def test_streams_end_when_the_client_disconnects(member: tuple[Member, str
     ws = m.server.watchable  # type: ignore[union-attr]
     baseline = ws.stats()["streams"]
     async with aiohttp.ClientSession() as session:
-        v3 = await open_stream(session, "POST", base + "/v3/watch",
-                               data=b'{"create_request":{"key":"%s"}}' % base64.b64encode(b"k"))
+        v3 = await open_stream(
+            session,
+            "POST",
+            base + "/v3/watch",
+            data=b'{"create_request":{"key":"%s"}}' % base64.b64encode(b"k"),
+        )
         assert (await read_lines(v3, 1))[0]["result"]["created"] is True
         v2 = await open_stream(session, "GET", base + "/v2/keys/k?wait=true")
         await _until(lambda: ws.stats()["streams"] == baseline + 2)
@@ -71,11 +89,19 @@ async def test_streams_end_when_the_client_disconnects(member: tuple[Member, str
 async def test_keeps_serving_after_bad_input(member: tuple[Member, str]) -> None:
     _, base = member
     async with aiohttp.ClientSession() as session:
-        bad = [b"{", b"\xff\xfe", b'{"key":"' + b"A" * 100_000 + b'!"}', b"[" * 10_000, b'{"key":' + b"9" * 5000 + b"}"]
+        bad = [
+            b"{",
+            b"\xff\xfe",
+            b'{"key":"' + b"A" * 100_000 + b'!"}',
+            b"[" * 10_000,
+            b'{"key":' + b"9" * 5000 + b"}",
+        ]
         for body in bad:
             r = await fetch(session, "POST", base + "/v3/kv/range", data=body)
             assert r.status in (400, 500) and "error" in r.json, (body[:20], r.text[:200])
-        w = await open_stream(session, "POST", base + "/v3/watch", data=b'{"create_request":{"key":"YQ=="}}{junk')
+        w = await open_stream(
+            session, "POST", base + "/v3/watch", data=b'{"create_request":{"key":"YQ=="}}{junk'
+        )
         assert w.status == 200 and (await read_lines(w, 1))[0]["result"]["created"] is True
         w.close()
         for q in ("%zz", "ttl=" + "9" * 100, "prevIndex=-1", "wait=true&waitIndex=999999999999999999999"):

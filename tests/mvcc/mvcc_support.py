@@ -3,25 +3,19 @@ etcd 3.4 member to compare with (see conftest.py for the fixtures)."""
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
-
 from etcdstore import errors
 from etcdstore.mvcc import KVStore
 from etcdstore.mvcc.watchable import WatchableStore
 from etcdstore.proto.etcdserverpb import rpc_pb2 as pb
 from etcdstore.proto.etcdserverpb import rpc_pb2_grpc
-from etcdstore.server import kv_apply
 from etcdstore.storage.backend import Backend
-
-ETCD_BIN = shutil.which("etcd") or "/usr/bin/etcd"
+from etcdstore.txn import kv_apply
+from testlib import Member
 
 
 class FakeLessor:
@@ -133,47 +127,19 @@ class Node:
         raise TypeError(req)
 
 
-
 # -- a real etcd 3.4 ----------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Etcd:
     """A single-member etcd with fresh data and a KV stub; `request` mirrors Node.request."""
 
     def __init__(self, data: Path) -> None:
-        self.client_port, self.peer_port = free_port(), free_port()
-        curl = f"http://127.0.0.1:{self.client_port}"
-        purl = f"http://127.0.0.1:{self.peer_port}"
-        self.log = open(data.parent / "etcd.log", "wb")
-        self.proc = subprocess.Popen(
-            [
-                ETCD_BIN, "--name", "m", "--data-dir", str(data),
-                "--listen-client-urls", curl, "--advertise-client-urls", curl,
-                "--listen-peer-urls", purl, "--initial-advertise-peer-urls", purl,
-                "--initial-cluster", f"m={purl}",
-            ],
-            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.client_port}")
+        self.member = Member.single(data, binary="etcd", name="m")
+        self.client_port = self.member.client_port
+        self.channel = grpc.insecure_channel(self.member.endpoint)
         self.kv = rpc_pb2_grpc.KVStub(self.channel)
         self.lease = rpc_pb2_grpc.LeaseStub(self.channel)
         self.maintenance = rpc_pb2_grpc.MaintenanceStub(self.channel)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                self.kv.Range(pb.RangeRequest(key=b"x"), timeout=1)
-                break
-            except grpc.RpcError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    self.close()
-                    raise RuntimeError("etcd did not start") from None
-                time.sleep(0.05)
 
     def request(self, req: Any) -> Any:
         call = {
@@ -190,10 +156,7 @@ class Etcd:
 
     def close(self) -> None:
         self.channel.close()
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
+        self.member.kill()
 
 
 def _crc32c_table() -> list[int]:

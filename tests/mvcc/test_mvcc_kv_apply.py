@@ -5,11 +5,9 @@ real etcd; these run without it."""
 from __future__ import annotations
 
 import pytest
-
 from etcdstore import errors
 from etcdstore.proto.etcdserverpb import rpc_pb2 as pb
-from etcdstore.server import kv_apply as ka
-
+from etcdstore.txn import kv_apply as ka
 from mvcc_support import FakeLessor, Node
 
 R = pb.RangeRequest
@@ -67,7 +65,7 @@ def test_request_checks():
 
 
 def test_txn_op_limits_are_counted_as_etcd_counts_them():
-    many = lambda n, p="k": [put(b"%s%d" % (p.encode(), i)) for i in range(n)]  # noqa: E731
+    many = lambda n, p="k": [put(b"%s%d" % (p.encode(), i)) for i in range(n)]
     ka.check_txn(pb.TxnRequest(success=many(128), failure=many(128, "f")))  # each branch on its own
     raises(errors.TOO_MANY_OPS, ka.check_txn, pb.TxnRequest(success=many(129)))
     cmp = pb.Compare(key=b"a")
@@ -151,7 +149,13 @@ def test_range_limit_more_count(n: Node):
 def test_range_sort_rules(n: Node):
     s = n.kv
     # a non-key target with no order sorts ascending
-    assert keys(ka.range(s, R(key=b"a", range_end=b"f", sort_target=R.VALUE))) == [b"e", b"d", b"c", b"b", b"a"]
+    assert keys(ka.range(s, R(key=b"a", range_end=b"f", sort_target=R.VALUE))) == [
+        b"e",
+        b"d",
+        b"c",
+        b"b",
+        b"a",
+    ]
     assert keys(ka.range(s, R(key=b"a", range_end=b"f", sort_target=R.VERSION, sort_order=R.DESCEND))) == [
         b"e", b"d", b"c", b"b", b"a",
     ]  # fmt: skip
@@ -191,7 +195,7 @@ def test_range_revisions_and_errors(n: Node):
 
 
 def test_put_options(n: Node):
-    p = lambda **kw: n.apply(lambda t: ka.put(t, pb.PutRequest(**kw), n.lessor))  # noqa: E731
+    p = lambda **kw: n.apply(lambda t: ka.put(t, pb.PutRequest(**kw), n.lessor))
     raises(errors.LEASE_NOT_FOUND, p, key=b"a", value=b"1", lease=6)
     resp = p(key=b"a", value=b"1", lease=5, prev_kv=True)
     assert resp.prev_kv.value == b"z" and resp.header.revision == 17
@@ -209,9 +213,11 @@ def test_put_options(n: Node):
 
 
 def test_delete_range_response(n: Node):
-    d = lambda **kw: n.apply(lambda t: ka.delete_range(t, pb.DeleteRangeRequest(**kw)))  # noqa: E731
+    d = lambda **kw: n.apply(lambda t: ka.delete_range(t, pb.DeleteRangeRequest(**kw)))
     resp = d(key=b"b", range_end=b"d", prev_kv=True)
-    assert resp.deleted == 2 and [kv.key for kv in resp.prev_kvs] == [b"b", b"c"] and resp.header.revision == 17
+    assert (
+        resp.deleted == 2 and [kv.key for kv in resp.prev_kvs] == [b"b", b"c"] and resp.header.revision == 17
+    )
     resp = d(key=b"b", range_end=b"d")
     assert resp.deleted == 0 and resp.header.revision == 17
     assert d(key=b"a", range_end=b"\x00").deleted == 3
@@ -221,7 +227,13 @@ def test_delete_range_response(n: Node):
 
 
 def cmp(key, target, result, value, end=b""):
-    field = {"VERSION": "version", "CREATE": "create_revision", "MOD": "mod_revision", "VALUE": "value", "LEASE": "lease"}
+    field = {
+        "VERSION": "version",
+        "CREATE": "create_revision",
+        "MOD": "mod_revision",
+        "VALUE": "value",
+        "LEASE": "lease",
+    }
     return pb.Compare(
         key=key, range_end=end, target=getattr(pb.Compare, target), result=getattr(pb.Compare, result),
         **{field[target]: value},

@@ -6,8 +6,8 @@ import asyncio
 
 from etcdstore.config import parse_args
 from etcdstore.proto.etcdserverpb import rpc_pb2
-from etcdstore.server.requests import Kind
 from etcdstore.server.server import EtcdServer
+from etcdstore.txn.requests import Kind
 from procs import free_port
 
 

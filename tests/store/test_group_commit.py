@@ -1,8 +1,8 @@
 """Group commit: how long the drive loop lets proposals gather before the next Ready.
 
-The policy is tested on its own with a fake clock step (no timing in the assertions), and once
-on a real in-process member: a lone sequential client must never be made to wait, and a steady
-concurrent load must be.
+The policy (server/policies.py GroupCommit) is tested on its own, with no clock at all; the
+driver's loop around it (server/raftnode.py) with a fake sleep; and once on a real in-process
+member: a lone sequential client must never be made to wait, and a steady concurrent load must be.
 """
 
 from __future__ import annotations
@@ -15,105 +15,148 @@ import pytest
 from etcdstore.config import parse_args
 from etcdstore.proto.etcdserverpb import rpc_pb2
 from etcdstore.raft.records import Entry, Message, MessageType, Role
-from etcdstore.server import server as server_mod
-from etcdstore.server.requests import Kind
-from etcdstore.server.server import EtcdServer
+from etcdstore.server import raftnode
+from etcdstore.server.policies import GroupCommit
+from etcdstore.server.raftnode import RaftNode
+from etcdstore.server.server import GROUP_COMMIT, EtcdServer
+from etcdstore.txn.requests import Kind
 from procs import free_port
 
-pytestmark = pytest.mark.skipif(server_mod._GROUP_COMMIT_STEP <= 0, reason="group commit turned off")
+POLICY = GroupCommit()  # the defaults: 1 ms steps, 10 ms cap, 128 go at once, 16 is heavy
 
 
-def _member(last_batch: int, proposals: int = 1, forwarded: int = 0) -> SimpleNamespace:
-    m = SimpleNamespace(_proposals=[b"p"] * proposals, _forwarded=forwarded, _last_batch=last_batch,
-                        _answers=0, role=Role.LEADER)
-    m._queued = lambda: EtcdServer._queued(m)
-    return m
+def _windows(policy: GroupCommit, last_batch: int, arrivals: list[int], queued: int = 1) -> int:
+    """Steps one gathering waits when each step brings arrivals[i] more proposals (then none)."""
+    g = policy.gathering(queued, last_batch)
+    steps = 0
+    while g.open():
+        queued += arrivals[steps] if steps < len(arrivals) else 0
+        steps += 1
+        if g.go(queued):
+            break
+    return steps
 
 
-def _fake_sleep(monkeypatch: pytest.MonkeyPatch, member: SimpleNamespace, arrivals: list[int]) -> list[float]:
-    """Each step "lets" arrivals[i] more proposals in (then none); returns the steps taken."""
+def test_a_quiet_step_ends_the_wait_under_light_load() -> None:
+    assert _windows(POLICY, last_batch=3, arrivals=[]) == 1
+
+
+def test_waits_while_proposals_keep_arriving() -> None:
+    assert _windows(POLICY, last_batch=3, arrivals=[2, 1, 3]) == 4  # three steps brought some, the fourth none
+
+
+def test_steady_load_waits_the_whole_cap() -> None:
+    # After a full Ready, arrivals come in bursts (a follower forwards a batch at a time): a
+    # quiet step does not mean the flow stopped.
+    assert _windows(POLICY, last_batch=POLICY.heavy, arrivals=[]) == round(POLICY.cap / POLICY.step) > 1
+
+
+def test_a_full_batch_goes_at_once() -> None:
+    assert _windows(POLICY, last_batch=POLICY.heavy, arrivals=[POLICY.target]) == 1
+
+
+def test_turned_off_never_waits() -> None:
+    off = GroupCommit(step=0)
+    assert not off.enabled and not off.gathering(5, 100).open()
+    assert off.busy(own_queued=1, forwarded=0, arrived_during_ready=5, in_flight=50) is False
+
+
+def test_the_environment_tunes_step_and_cap() -> None:
+    p = GroupCommit.from_env({"ETCDSTORE_GROUP_COMMIT_US": "500", "ETCDSTORE_GROUP_COMMIT_MAX_US": "3000"})
+    assert (p.step, p.cap) == (0.0005, 0.003)
+    assert GroupCommit.from_env({}) == GroupCommit()
+
+
+
+def test_other_requests_in_flight_count_as_load() -> None:
+    # A follower's Readies only forward proposals and take no time, so nothing "arrives during"
+    # them; its own requests still waiting on the leader are what tells it that it is busy.
+    assert POLICY.busy(own_queued=1, forwarded=0, arrived_during_ready=0, in_flight=5) is True
+    assert POLICY.busy(own_queued=1, forwarded=0, arrived_during_ready=0, in_flight=1) is False  # only itself
+    assert POLICY.busy(own_queued=1, forwarded=0, arrived_during_ready=2, in_flight=1) is True
+    assert POLICY.busy(own_queued=POLICY.target, forwarded=0, arrived_during_ready=0, in_flight=300) is False
+    assert POLICY.busy(own_queued=100, forwarded=POLICY.target - 100, arrived_during_ready=3, in_flight=300) is False
+
+
+# ---- the driver around the policy ---------------------------------------------------------------------------
+
+
+def _driver(last_batch: int = 0, role: Role = Role.LEADER) -> RaftNode:
+    host = SimpleNamespace(applied_index=0, transport=None, in_flight=lambda: 0)
+    node = SimpleNamespace(term=1)
+    r = RaftNode(node, None, None, host, tick_seconds=0.1, heartbeat_seconds=0.1,  # type: ignore[arg-type]
+                 group_commit=POLICY)
+    r._last_batch = last_batch
+    r.role = role
+    r._proposals = [b"p"]
+    return r
+
+
+async def test_the_driver_gathers_while_proposals_arrive(monkeypatch: pytest.MonkeyPatch) -> None:
+    r = _driver(last_batch=3)
+    arrivals = [2, 1, 3]
     steps: list[float] = []
 
     async def sleep(delay: float) -> None:
         if len(steps) < len(arrivals):
-            member._proposals.extend([b"p"] * arrivals[len(steps)])
+            r._proposals.extend([b"p"] * arrivals[len(steps)])
         steps.append(delay)
 
-    monkeypatch.setattr(server_mod.asyncio, "sleep", sleep)
-    return steps
+    monkeypatch.setattr(raftnode.asyncio, "sleep", sleep)
+    await r._gather_proposals()
+    assert steps == [POLICY.step] * 4
 
 
-async def test_a_quiet_step_ends_the_wait_under_light_load(monkeypatch: pytest.MonkeyPatch) -> None:
-    m = _member(last_batch=3)
-    steps = _fake_sleep(monkeypatch, m, [])
-    await EtcdServer._gather_proposals(m)
-    assert len(steps) == 1
-
-
-async def test_waits_while_proposals_keep_arriving(monkeypatch: pytest.MonkeyPatch) -> None:
-    m = _member(last_batch=3)
-    steps = _fake_sleep(monkeypatch, m, [2, 1, 3])
-    await EtcdServer._gather_proposals(m)
-    assert len(steps) == 4  # three steps brought some, the fourth none
-
-
-async def test_steady_load_waits_the_whole_cap(monkeypatch: pytest.MonkeyPatch) -> None:
-    # After a full Ready, arrivals come in bursts (a follower forwards a batch at a time): a
-    # quiet step does not mean the flow stopped.
-    m = _member(last_batch=server_mod._GROUP_COMMIT_HEAVY)
-    steps = _fake_sleep(monkeypatch, m, [])
-    await EtcdServer._gather_proposals(m)
-    assert len(steps) == round(server_mod._GROUP_COMMIT_MAX / server_mod._GROUP_COMMIT_STEP) > 1
-
-
-async def test_a_full_batch_goes_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    m = _member(last_batch=server_mod._GROUP_COMMIT_HEAVY)
-    steps = _fake_sleep(monkeypatch, m, [server_mod._GROUP_COMMIT_TARGET])
-    await EtcdServer._gather_proposals(m)
-    assert len(steps) == 1
+def test_the_driver_asks_the_policy_whether_it_is_busy() -> None:
+    r = _driver()
+    r._arrived_during_ready = 0
+    assert r._busy() is False  # one queued, nothing else in flight
+    r.host.in_flight = lambda: 7  # type: ignore[attr-defined]
+    assert r._busy() is True
 
 
 def test_forwarded_proposals_count_toward_the_batch() -> None:
+    r = _driver()
+    r._proposals = []
     kicks: list[int] = []
-    m = SimpleNamespace(_inbound=[], _forwarded=0, _answers=0, _kick=lambda: kicks.append(1))
+    r.kick = lambda: kicks.append(1)  # type: ignore[method-assign]
     entries = [Entry(term=0, index=0, data=b"x") for _ in range(3)]
-    EtcdServer.step(m, Message(MessageType.PROP, to=1, frm=2, entries=entries))
-    EtcdServer.step(m, Message(MessageType.APP_RESP, to=1, frm=2, term=1))
-    assert m._forwarded == 3 and m._answers == 1 and len(m._inbound) == 2 and len(kicks) == 2
+    r.step(Message(MessageType.PROP, to=1, frm=2, entries=entries))
+    r.step(Message(MessageType.APP_RESP, to=1, frm=2, term=1))
+    assert r._forwarded == 3 and r._answers == 1 and len(r._inbound) == 2 and len(kicks) == 2
+    assert r._queued() == 3
 
 
 async def test_a_gathering_leader_commits_what_answers_bring_without_ending_the_window(
         monkeypatch: pytest.MonkeyPatch) -> None:
     # Acks that arrive while proposals gather are stepped at the next step (their commit is
     # applied and answered then); the window itself goes on for the proposals.
-    m = _member(last_batch=server_mod._GROUP_COMMIT_HEAVY)
+    r = _driver(last_batch=POLICY.heavy)
     early: list[int] = []
+    steps: list[float] = []
 
     async def commit_early() -> None:
         early.append(len(steps))
-        m._answers = 0
-
-    m._commit_early = commit_early
-    steps: list[float] = []
+        r._answers = 0
 
     async def sleep(delay: float) -> None:
         steps.append(delay)
         if len(steps) == 3:
-            m._answers = 2  # two followers acked during the third step
+            r._answers = 2  # two followers acked during the third step
 
-    monkeypatch.setattr(server_mod.asyncio, "sleep", sleep)
-    await EtcdServer._gather_proposals(m)
+    r._commit_early = commit_early  # type: ignore[method-assign]
+    monkeypatch.setattr(raftnode.asyncio, "sleep", sleep)
+    await r._gather_proposals()
     assert early == [3]
-    assert len(steps) == round(server_mod._GROUP_COMMIT_MAX / server_mod._GROUP_COMMIT_STEP)
+    assert len(steps) == round(POLICY.cap / POLICY.step)
 
     # A follower never does this: its answers are for its leader's Readies, not its own.
-    f = _member(last_batch=server_mod._GROUP_COMMIT_HEAVY)
-    f.role = Role.FOLLOWER
+    f = _driver(last_batch=POLICY.heavy, role=Role.FOLLOWER)
     f._answers = 1
-    f._commit_early = commit_early
+    f._commit_early = commit_early  # type: ignore[method-assign]
     early.clear()
     steps.clear()
-    await EtcdServer._gather_proposals(f)
+    await f._gather_proposals()
     assert early == []
 
 
@@ -153,16 +196,19 @@ async def test_commit_early_steps_answers_and_keeps_forwarded_proposals() -> Non
         handled.append(rd)
 
     prop = Message(MessageType.PROP, to=1, frm=2, entries=[Entry(term=0, index=0, data=b"x")])
-    m = SimpleNamespace(node=node, _answers=2, _handle_ready=handle_ready, _step_all=EtcdServer._step_all,
-                        _inbound=[Message(MessageType.APP_RESP, to=1, frm=2, term=1), prop,
-                                  Message(MessageType.HEARTBEAT_RESP, to=1, frm=3, term=1)])
-    m._handle_one_ready = lambda n: EtcdServer._handle_one_ready(m, n)
-    await EtcdServer._commit_early(m)
-    assert m._inbound == [prop] and m._answers == 0
+    r = _driver()
+    r.node = node  # type: ignore[assignment]
+    r._answers = 2
+    r._handle_ready = handle_ready  # type: ignore[method-assign,assignment]
+    r._inbound = [Message(MessageType.APP_RESP, to=1, frm=2, term=1), prop,
+                  Message(MessageType.HEARTBEAT_RESP, to=1, frm=3, term=1)]
+    await r._commit_early()
+    assert r._inbound == [prop] and r._answers == 0
     assert node.log == ["begin", "step APP_RESP", "step HEARTBEAT_RESP", "end", "advance rd"]
     assert handled == ["rd"]
 
 
+@pytest.mark.skipif(not GROUP_COMMIT.enabled, reason="group commit turned off (ETCDSTORE_GROUP_COMMIT_US=0)")
 async def test_a_real_member_delays_load_but_not_a_lone_client(tmp_path) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -170,13 +216,13 @@ async def test_a_real_member_delays_load_but_not_a_lone_client(tmp_path) -> None
                       "--initial-advertise-peer-urls", url, "--initial-cluster", f"g={url}"], {})
     s = EtcdServer(cfg)
     gathered: list[int] = []
-    real_gather = s._gather_proposals
+    real_gather = s.r._gather_proposals
 
     async def counting_gather() -> None:
-        gathered.append(len(s._proposals))
+        gathered.append(len(s.r._proposals))
         await real_gather()
 
-    s._gather_proposals = counting_gather  # type: ignore[method-assign]
+    s.r._gather_proposals = counting_gather  # type: ignore[method-assign]
     await s.start()
     try:
         # Wait out the member's own start-up proposals (it publishes its name).
@@ -204,15 +250,3 @@ async def test_a_real_member_delays_load_but_not_a_lone_client(tmp_path) -> None
         assert gathered, "a steady concurrent load should have been gathered into fewer Readies"
     finally:
         await s.stop()
-
-
-def test_other_requests_in_flight_count_as_load() -> None:
-    # A follower's Readies only forward proposals and take no time, so nothing "arrives during"
-    # them; its own requests still waiting on the leader are what tells it that it is busy.
-    def member(in_flight: int, queued: int = 1) -> SimpleNamespace:
-        return SimpleNamespace(_proposals=[b"p"] * queued, _forwarded=0, _arrived_during_ready=0,
-                               _waiters=[None] * in_flight)
-
-    assert EtcdServer._busy(member(in_flight=5)) is True
-    assert EtcdServer._busy(member(in_flight=1)) is False  # the one queued request is the only one
-    assert EtcdServer._busy(member(in_flight=300, queued=server_mod._GROUP_COMMIT_TARGET)) is False  # full: go

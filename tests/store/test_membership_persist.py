@@ -1,6 +1,6 @@
 """The member list survives a restart, whatever the member IDs' bytes."""
 
-from etcdstore.server.membership import Member, Membership
+from etcdstore.membership import Member, Membership
 from etcdstore.storage.backend import Backend
 
 

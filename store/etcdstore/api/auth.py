@@ -25,14 +25,14 @@ from etcdstore.auth.apply import Authenticated, encode_authenticate
 from etcdstore.auth.hooks import hooks_of
 from etcdstore.auth.passwords import check_password, hash_password
 from etcdstore.proto.etcdserverpb import rpc_pb2, rpc_pb2_grpc
-from etcdstore.server.requests import Kind
+from etcdstore.txn.requests import Kind
 
 if TYPE_CHECKING:
-    from etcdstore.server.server import EtcdServer
+    from etcdstore.server.api import ServerAPI
 
 
 class AuthService(rpc_pb2_grpc.AuthServicer):
-    def __init__(self, server: EtcdServer) -> None:
+    def __init__(self, server: ServerAPI) -> None:
         self.s = server
         self.hooks = hooks_of(server)
         self.store = self.hooks.store

@@ -10,12 +10,12 @@ import grpc
 from etcdstore import errors
 from etcdstore.api.common import gate, unary
 from etcdstore.config import parse_url
+from etcdstore.membership import Member, member_id
 from etcdstore.proto.etcdserverpb import rpc_pb2, rpc_pb2_grpc
 from etcdstore.raft.records import ConfChangeType
-from etcdstore.server.membership import Member, member_id
 
 if TYPE_CHECKING:
-    from etcdstore.server.server import EtcdServer
+    from etcdstore.server.api import ServerAPI
 
 
 def _check_urls(urls: list[str]) -> list[str]:
@@ -27,13 +27,13 @@ def _check_urls(urls: list[str]) -> list[str]:
         raise errors.MEMBER_BAD_URLS() from None
 
 
-def _header(s: EtcdServer) -> rpc_pb2.ResponseHeader:
+def _header(s: ServerAPI) -> rpc_pb2.ResponseHeader:
     # etcd's cluster server fills no revision in its headers.
-    return rpc_pb2.ResponseHeader(cluster_id=s.cluster_id, member_id=s.member_id, raft_term=s.term)
+    return s.header(revision=0)
 
 
 class ClusterService(rpc_pb2_grpc.ClusterServicer):
-    def __init__(self, server: EtcdServer) -> None:
+    def __init__(self, server: ServerAPI) -> None:
         self.s = server
 
     def _members(self) -> list[rpc_pb2.Member]:
@@ -59,7 +59,7 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
     ) -> rpc_pb2.MemberAddResponse:
         s = self.s
         gate(s, context)
-        s.authorize_admin(context, "MemberAdd")
+        s.auth.authorize_admin(context, "MemberAdd")
         urls = _check_urls(list(request.peerURLs))
         mid = member_id(urls, s.cfg.initial_cluster_token, int(time.time()))
         member = Member(id=mid, peer_urls=sorted(urls), is_learner=request.isLearner)
@@ -77,7 +77,7 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
     ) -> rpc_pb2.MemberRemoveResponse:
         s = self.s
         gate(s, context)
-        s.authorize_admin(context, "MemberRemove")
+        s.auth.authorize_admin(context, "MemberRemove")
         s.membership.check_remove(request.ID)
         s.check_can_remove(request.ID)
         members = await s.propose_conf_change(ConfChangeType.REMOVE_NODE, Member(id=request.ID))
@@ -89,7 +89,7 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
     ) -> rpc_pb2.MemberUpdateResponse:
         s = self.s
         gate(s, context)
-        s.authorize_admin(context, "MemberUpdate")
+        s.auth.authorize_admin(context, "MemberUpdate")
         urls = _check_urls(list(request.peerURLs))
         s.membership.check_update(request.ID, urls)
         current = s.membership.get(request.ID)
@@ -105,6 +105,6 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
     ) -> rpc_pb2.MemberPromoteResponse:
         s = self.s
         gate(s, context)
-        s.authorize_admin(context, "MemberPromote")
+        s.auth.authorize_admin(context, "MemberPromote")
         members = await s.promote_member(request.ID)
         return rpc_pb2.MemberPromoteResponse(header=_header(s), members=members)

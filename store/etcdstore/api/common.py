@@ -15,7 +15,7 @@ from etcdstore.api.h2.calls import unknown_method_message
 from etcdstore.logs import get_logger
 
 if TYPE_CHECKING:
-    from etcdstore.server.server import EtcdServer
+    from etcdstore.server.api import ServerAPI
 
 log = get_logger("etcdstore.api")
 
@@ -27,7 +27,7 @@ def metadata_value(context: grpc.aio.ServicerContext, key: str) -> str | None:
     return None
 
 
-def gate(server: EtcdServer, context: grpc.aio.ServicerContext, *, learner_ok: bool = False) -> None:
+def gate(server: ServerAPI, context: grpc.aio.ServicerContext, *, learner_ok: bool = False) -> None:
     """Checks etcd makes before serving any request.
 
     - `hasleader: true` metadata asks to fail fast while there is no leader;
@@ -114,7 +114,7 @@ class _Undecodable:
     def __init__(self, reason: str) -> None:
         self.reason = reason
 
-    def ByteSize(self) -> int:  # noqa: N802 - protobuf's name; the size check runs first
+    def ByteSize(self) -> int:
         return 0
 
 
@@ -125,7 +125,7 @@ def _safe(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]
     def decode(data: bytes) -> Any:
         try:
             return deserializer(data)
-        except Exception as e:  # protobuf's DecodeError, or anything a hostile frame causes
+        except Exception as e:  # noqa: BLE001 - protobuf's DecodeError, or anything a hostile frame causes
             return _Undecodable(str(e))
 
     return decode

@@ -42,7 +42,7 @@ from etcdstore.proto.mvccpb import kv_pb2
 from etcdstore.proto.v3electionpb import v3election_pb2, v3election_pb2_grpc
 
 if TYPE_CHECKING:
-    from etcdstore.server.server import EtcdServer
+    from etcdstore.server.api import ServerAPI
 
 _U = grpc.StatusCode.UNKNOWN
 ELECTION_NOT_LEADER = errors.EtcdError(_U, "election: not leader")
@@ -53,7 +53,7 @@ _PUT = kv_pb2.Event.PUT
 _DELETE = kv_pb2.Event.DELETE
 
 
-async def proclaim(s: EtcdServer, context: grpc.aio.ServicerContext, key: bytes, rev: int, lease: int,
+async def proclaim(s: ServerAPI, context: grpc.aio.ServicerContext, key: bytes, rev: int, lease: int,
                    value: bytes) -> rpc_pb2.TxnResponse:
     """Put the new value if `key` still has create revision `rev` (still leader), else ELECTION_NOT_LEADER."""
     txn = rpc_pb2.TxnRequest(compare=[create_revision_is(key, rev)], success=[put_op(key, value, lease)])
@@ -64,7 +64,7 @@ async def proclaim(s: EtcdServer, context: grpc.aio.ServicerContext, key: bytes,
 
 
 async def resign(
-    s: EtcdServer, context: grpc.aio.ServicerContext, key: bytes, rev: int
+    s: ServerAPI, context: grpc.aio.ServicerContext, key: bytes, rev: int
 ) -> rpc_pb2.TxnResponse:
     """Delete `key` if it still has create revision `rev` (a later term of the key is left alone)."""
     delete = rpc_pb2.RequestOp(request_delete_range=rpc_pb2.DeleteRangeRequest(key=key))
@@ -73,7 +73,7 @@ async def resign(
 
 
 class ElectionService(v3election_pb2_grpc.ElectionServicer):
-    def __init__(self, server: EtcdServer) -> None:
+    def __init__(self, server: ServerAPI) -> None:
         self.s = server
         self._cleanup = Background()
 

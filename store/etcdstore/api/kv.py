@@ -8,15 +8,15 @@ import grpc
 
 from etcdstore.api.common import gate, unary
 from etcdstore.proto.etcdserverpb import rpc_pb2, rpc_pb2_grpc
-from etcdstore.server import kv_apply
-from etcdstore.server.requests import Kind
+from etcdstore.txn import kv_apply
+from etcdstore.txn.requests import Kind
 
 if TYPE_CHECKING:
-    from etcdstore.server.server import EtcdServer
+    from etcdstore.server.api import ServerAPI
 
 
 class KVService(rpc_pb2_grpc.KVServicer):
-    def __init__(self, server: EtcdServer) -> None:
+    def __init__(self, server: ServerAPI) -> None:
         self.s = server
 
     @unary
@@ -24,11 +24,11 @@ class KVService(rpc_pb2_grpc.KVServicer):
         s = self.s
         gate(s, context, learner_ok=request.serializable)
         kv_apply.check_range(request)
-        s.authorize_range(context, request)
+        s.auth.authorize_range(context, request)
         if not request.serializable:
             await s.read_index()
         resp = kv_apply.range(s.kv, request)
-        _fill(s, resp.header)
+        s.fill_header(resp.header)
         return resp
 
     @unary
@@ -36,8 +36,8 @@ class KVService(rpc_pb2_grpc.KVServicer):
         s = self.s
         gate(s, context)
         kv_apply.check_put(request)
-        s.check_quota(_KV_OVERHEAD + len(request.key) + len(request.value))
-        user, rev = s.authorize_put(context, request)
+        s.quota.check(_KV_OVERHEAD + len(request.key) + len(request.value))
+        user, rev = s.auth.authorize_put(context, request)
         return await s.propose(Kind.PUT, request.SerializeToString(), user=user, auth_revision=rev)
 
     @unary
@@ -47,7 +47,7 @@ class KVService(rpc_pb2_grpc.KVServicer):
         s = self.s
         gate(s, context)
         kv_apply.check_delete_range(request)
-        user, rev = s.authorize_delete(context, request)
+        user, rev = s.auth.authorize_delete(context, request)
         return await s.propose(Kind.DELETE_RANGE, request.SerializeToString(), user=user, auth_revision=rev)
 
     @unary
@@ -55,17 +55,17 @@ class KVService(rpc_pb2_grpc.KVServicer):
         s = self.s
         gate(s, context)
         kv_apply.check_txn(request, s.cfg.max_txn_ops)
-        user, rev = s.authorize_txn(context, request)
+        user, rev = s.auth.authorize_txn(context, request)
         if kv_apply.txn_is_read_only(request):
             # Read-only txns are served locally (after ReadIndex unless all reads are serializable).
             if not kv_apply.txn_is_serializable(request):
                 await s.read_index()
             resp = kv_apply.txn_read_only(s.kv, request)
-            _fill(s, resp.header)
+            s.fill_header(resp.header)
             return resp
         cost = _txn_cost(request)
         if cost:
-            s.check_quota(cost)
+            s.quota.check(cost)
         return await s.propose(Kind.TXN, request.SerializeToString(), user=user, auth_revision=rev)
 
     @unary
@@ -74,7 +74,7 @@ class KVService(rpc_pb2_grpc.KVServicer):
     ) -> rpc_pb2.CompactionResponse:
         s = self.s
         gate(s, context)
-        s.authorize_admin(context, "Compact")
+        s.auth.authorize_admin(context, "Compact")
         resp = await s.propose(Kind.COMPACTION, request.SerializeToString())
         if request.physical:
             await s.wait_compaction_done()
@@ -95,9 +95,3 @@ def _txn_cost(r: rpc_pb2.TxnRequest) -> int:
     return max(branch(r.success), branch(r.failure))
 
 
-def _fill(s: EtcdServer, header: rpc_pb2.ResponseHeader) -> None:
-    header.cluster_id = s.cluster_id
-    header.member_id = s.member_id
-    header.raft_term = s.term
-    if not header.revision:
-        header.revision = s.kv.current_revision

@@ -10,17 +10,17 @@ import grpc
 from etcdstore import errors
 from etcdstore.api.common import abort_with, gate, unary
 from etcdstore.proto.etcdserverpb import rpc_pb2, rpc_pb2_grpc
-from etcdstore.server.requests import Kind
+from etcdstore.txn.requests import Kind
 
 if TYPE_CHECKING:
-    from etcdstore.server.server import EtcdServer
+    from etcdstore.server.api import ServerAPI
 
 _LEASE_OVERHEAD = 64  # etcd's quota cost of a lease grant
 _MAX_ID = (1 << 63) - 1
 
 
 class LeaseService(rpc_pb2_grpc.LeaseServicer):
-    def __init__(self, server: EtcdServer) -> None:
+    def __init__(self, server: ServerAPI) -> None:
         self.s = server
 
     @unary
@@ -29,8 +29,8 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
     ) -> rpc_pb2.LeaseGrantResponse:
         s = self.s
         gate(s, context)
-        user, rev = s.credentials(context)  # an invalid token is refused, as for every Raft request
-        s.check_quota(_LEASE_OVERHEAD)
+        user, rev = s.auth.credentials(context)  # an invalid token is refused, as for every Raft request
+        s.quota.check(_LEASE_OVERHEAD)
         if request.ID == 0:
             # The server picks the ID before proposing, so every member grants the same one.
             request.ID = s.new_request_id() & _MAX_ID
@@ -42,8 +42,8 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
     ) -> rpc_pb2.LeaseRevokeResponse:
         s = self.s
         gate(s, context)
-        s.authorize_lease_revoke(context, request.ID)
-        user, rev = s.credentials(context)
+        s.auth.authorize_lease_revoke(context, request.ID)
+        user, rev = s.auth.credentials(context)
         return await s.propose(Kind.LEASE_REVOKE, request.SerializeToString(), user=user, auth_revision=rev)
 
     async def LeaseKeepAlive(

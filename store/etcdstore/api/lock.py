@@ -33,11 +33,11 @@ from etcdstore.mvcc.watchable import WatchStream
 from etcdstore.proto.etcdserverpb import rpc_pb2
 from etcdstore.proto.mvccpb import kv_pb2
 from etcdstore.proto.v3lockpb import v3lock_pb2, v3lock_pb2_grpc
-from etcdstore.server import kv_apply
-from etcdstore.server.requests import Kind
+from etcdstore.txn import kv_apply
+from etcdstore.txn.requests import Kind
 
 if TYPE_CHECKING:
-    from etcdstore.server.server import EtcdServer
+    from etcdstore.server.api import ServerAPI
 
 # A lock or campaign with lease 0 gets a lease of its own with this TTL (etcd's default session TTL).
 SESSION_TTL = 60
@@ -81,7 +81,7 @@ def recipe_unary(fn: Callable[..., Any]) -> Callable[..., Any]:
             await context.abort(e.code, e.message)
         except (grpc.aio.AbortError, grpc.aio.UsageError):
             raise
-        except Exception as e:  # a bug must not take the member down or leak internals
+        except Exception as e:  # noqa: BLE001 - a bug must not take the member down or leak internals
             log.error("unexpected error serving request", method=fn.__name__, exc_info=e)
             await context.abort(grpc.StatusCode.INTERNAL, f"etcdserver: internal error ({type(e).__name__})")
 
@@ -109,33 +109,25 @@ def lease_key(prefix: bytes, lease: int) -> bytes:
 # ---- building blocks (each what one call of etcd's in-process client does) -------------------------------
 
 
-async def session_lease(s: EtcdServer, lease: int) -> int:
+async def session_lease(s: ServerAPI, lease: int) -> int:
     """The lease of etcd's server-side session: the one given, or (for 0) a new lease of SESSION_TTL.
 
     etcd orphans that session at once, so nothing keeps the new lease alive: it expires after
     SESSION_TTL unless the client refreshes it."""
     if lease != 0:
         return lease
-    s.check_quota(_LEASE_COST)
+    s.quota.check(_LEASE_COST)
     req = rpc_pb2.LeaseGrantRequest(TTL=SESSION_TTL, ID=s.new_request_id() & _MAX_LEASE_ID)
     resp = await s.propose(Kind.LEASE_GRANT, req.SerializeToString())
     return int(resp.ID)
 
 
-def _fill(s: EtcdServer, header: rpc_pb2.ResponseHeader) -> None:
-    header.cluster_id = s.cluster_id
-    header.member_id = s.member_id
-    header.raft_term = s.term
-    if not header.revision:
-        header.revision = s.kv.current_revision
-
-
-async def linearizable_range(s: EtcdServer, context: Any, req: rpc_pb2.RangeRequest) -> rpc_pb2.RangeResponse:
+async def linearizable_range(s: ServerAPI, context: Any, req: rpc_pb2.RangeRequest) -> rpc_pb2.RangeResponse:
     """A default (linearizable) Get: ReadIndex, then the local store."""
-    s.authorize_range(context, req)
+    s.auth.authorize_range(context, req)
     await s.read_index()
     resp = kv_apply.range(s.kv, req)
-    _fill(s, resp.header)
+    s.fill_header(resp.header)
     return resp
 
 
@@ -162,13 +154,13 @@ def create_revision_is(key: bytes, rev: int) -> rpc_pb2.Compare:
                            create_revision=rev)
 
 
-async def propose_txn(s: EtcdServer, context: Any, txn: rpc_pb2.TxnRequest) -> rpc_pb2.TxnResponse:
+async def propose_txn(s: ServerAPI, context: Any, txn: rpc_pb2.TxnRequest) -> rpc_pb2.TxnResponse:
     """A Txn as the KV service takes it: checks, quota, authorization, then Raft."""
     kv_apply.check_txn(txn, s.cfg.max_txn_ops)
     cost = max(_puts_cost(txn.success), _puts_cost(txn.failure))
     if cost:
-        s.check_quota(cost)
-    user, rev = s.authorize_txn(context, txn)
+        s.quota.check(cost)
+    user, rev = s.auth.authorize_txn(context, txn)
     return await s.propose(Kind.TXN, txn.SerializeToString(), user=user, auth_revision=rev)
 
 
@@ -177,19 +169,19 @@ def _puts_cost(ops: Any) -> int:
                for op in ops if op.HasField("request_put"))
 
 
-async def propose_delete(s: EtcdServer, context: Any, key: bytes) -> rpc_pb2.DeleteRangeResponse:
+async def propose_delete(s: ServerAPI, context: Any, key: bytes) -> rpc_pb2.DeleteRangeResponse:
     req = rpc_pb2.DeleteRangeRequest(key=key)
     kv_apply.check_delete_range(req)
-    user, rev = s.authorize_delete(context, req)
+    user, rev = s.auth.authorize_delete(context, req)
     return await s.propose(Kind.DELETE_RANGE, req.SerializeToString(), user=user, auth_revision=rev)
 
 
 @contextlib.contextmanager
 def watching(
-    s: EtcdServer, context: Any, key: bytes, end: bytes | None, start_rev: int
+    s: ServerAPI, context: Any, key: bytes, end: bytes | None, start_rev: int
 ) -> Iterator[WatchStream]:
     """One watcher on a stream of its own (so nothing of an earlier watcher is left in its buffer)."""
-    s.authorize_watch(context, key, end or b"")
+    s.auth.authorize_watch(context, key, end or b"")
     ws = s.watchable.new_stream()
     try:
         ws.watch(0, key, end, start_rev)
@@ -198,7 +190,7 @@ def watching(
         ws.close()
 
 
-async def wait_delete(s: EtcdServer, context: Any, key: bytes, rev: int) -> None:
+async def wait_delete(s: ServerAPI, context: Any, key: bytes, rev: int) -> None:
     """Until `key`, which exists at revision `rev`, is deleted (etcd's waitDelete).
 
     etcd watches from `rev` itself; any event of the key at `rev` is the put that made it
@@ -217,7 +209,7 @@ async def wait_delete(s: EtcdServer, context: Any, key: bytes, rev: int) -> None
 
 
 async def wait_deletes(
-    s: EtcdServer, context: Any, prefix: bytes, max_create_rev: int
+    s: ServerAPI, context: Any, prefix: bytes, max_create_rev: int
 ) -> rpc_pb2.ResponseHeader:
     """Until no key under `prefix` has a create revision <= max_create_rev (etcd's waitDeletes):
     wait for the newest such key to go, then look again. Returns the header of the last read."""
@@ -250,7 +242,7 @@ class Background:
             await coro
         except errors.EtcdError as e:
             log.info("clean-up after a failed wait did not complete", what=what, error=e.message)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - logged; the caller's error stands
             log.error("clean-up after a failed wait failed", what=what, exc_info=e)
 
 
@@ -258,7 +250,7 @@ class Background:
 
 
 class LockService(v3lock_pb2_grpc.LockServicer):
-    def __init__(self, server: EtcdServer) -> None:
+    def __init__(self, server: ServerAPI) -> None:
         self.s = server
         self._cleanup = Background()
 

@@ -14,19 +14,18 @@ import grpc
 from etcdstore import errors
 from etcdstore.api.common import abort_with, gate, log, unary
 from etcdstore.proto.etcdserverpb import rpc_pb2, rpc_pb2_grpc
-from etcdstore.server.requests import Kind
 from etcdstore.snapshot import etcdformat
-from etcdstore.snapshot import format as snapfmt
 from etcdstore.storage.backend import Backend
+from etcdstore.txn.requests import Kind
 
 if TYPE_CHECKING:
-    from etcdstore.server.server import EtcdServer
+    from etcdstore.server.api import ServerAPI
 
 SNAPSHOT_CHUNK = 32 * 1024  # etcd streams 32 KiB per message
 
 
 class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
-    def __init__(self, server: EtcdServer) -> None:
+    def __init__(self, server: ServerAPI) -> None:
         self.s = server
 
     @unary
@@ -38,14 +37,14 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
     async def Hash(self, request: rpc_pb2.HashRequest, context: grpc.aio.ServicerContext) -> rpc_pb2.HashResponse:
         s = self.s
         gate(s, context)
-        s.authorize_admin(context, "Hash")
+        s.auth.authorize_admin(context, "Hash")
         return rpc_pb2.HashResponse(header=s.header(), hash=s.kv.hash())
 
     @unary
     async def HashKV(self, request: rpc_pb2.HashKVRequest, context: grpc.aio.ServicerContext) -> rpc_pb2.HashKVResponse:
         s = self.s
         gate(s, context)
-        s.authorize_admin(context, "HashKV")
+        s.auth.authorize_admin(context, "HashKV")
         h, compact_rev, hash_rev = await s.kv.hash_kv_async(request.revision)
         return rpc_pb2.HashKVResponse(header=s.header(), hash=h, compact_revision=compact_rev, hash_revision=hash_rev)
 
@@ -55,7 +54,7 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
     ) -> rpc_pb2.DefragmentResponse:
         s = self.s
         gate(s, context)
-        s.authorize_admin(context, "Defragment")
+        s.auth.authorize_admin(context, "Defragment")
         await asyncio.get_running_loop().run_in_executor(None, s.backend.defragment)
         return rpc_pb2.DefragmentResponse()  # etcd 3.4 fills no header here
 
@@ -72,7 +71,7 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
         loop = asyncio.get_running_loop()
         try:
             gate(s, context)
-            s.authorize_admin(context, "Snapshot")
+            s.auth.authorize_admin(context, "Snapshot")
             work = tempfile.mkdtemp(prefix="snapshot-", dir=s.member_dir)
         except errors.EtcdError as e:
             await abort_with(context, e)
@@ -125,10 +124,10 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
     async def Alarm(self, request: rpc_pb2.AlarmRequest, context: grpc.aio.ServicerContext) -> rpc_pb2.AlarmResponse:
         s = self.s
         gate(s, context)
-        s.authorize_admin(context, "Alarm")
+        s.auth.authorize_admin(context, "Alarm")
         resp = await s.propose(Kind.ALARM, request.SerializeToString())
         if request.action == rpc_pb2.AlarmRequest.DEACTIVATE:
-            s.alarm_deactivated()
+            s.quota.alarm_deactivated()
         resp.ClearField("header")  # etcd 3.4's alarm replies carry no header
         return resp
 
@@ -138,7 +137,7 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
     ) -> rpc_pb2.MoveLeaderResponse:
         s = self.s
         gate(s, context)
-        s.authorize_admin(context, "MoveLeader")
+        s.auth.authorize_admin(context, "MoveLeader")
         await s.move_leader(request.targetID)
         return rpc_pb2.MoveLeaderResponse(header=s.header())
 
@@ -148,34 +147,6 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
     ) -> rpc_pb2.DowngradeResponse:
         # etcd 3.4 has no downgrade support either.
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "etcdserver: downgrade is not supported")
-
-
-async def make_snapshot_file(s: EtcdServer) -> str:
-    """A point-in-time snapshot file of the state machine (checkpoint -> snapshot format)."""
-    loop = asyncio.get_running_loop()
-    work = tempfile.mkdtemp(prefix="snapshot-", dir=s.member_dir)
-    checkpoint = os.path.join(work, "checkpoint")
-    out = os.path.join(work, "snapshot.db")
-    # The checkpoint is taken on the loop thread: no apply batch can land half-way through it.
-    s.backend.checkpoint(checkpoint)
-
-    def build() -> None:
-        cp = Backend.open_read_only(checkpoint)
-        try:
-            snapfmt.create_file(cp, out)
-        finally:
-            cp.close()
-
-    try:
-        await loop.run_in_executor(None, build)
-    except Exception as e:
-        log.error("snapshot failed", exc_info=e)
-        _remove_tree(work)
-        raise errors.EtcdError(grpc.StatusCode.INTERNAL, f"etcdserver: snapshot failed: {e}") from None
-    final = tempfile.mktemp(prefix="snapshot-", suffix=".db", dir=s.member_dir)
-    os.replace(out, final)
-    _remove_tree(work)
-    return final
 
 
 def _remove_tree(path: str) -> None:

@@ -20,7 +20,7 @@ from etcdstore.mvcc.watchable import PROGRESS_WATCH_ID, WatchError, WatchRespons
 from etcdstore.proto.etcdserverpb import rpc_pb2, rpc_pb2_grpc
 
 if TYPE_CHECKING:
-    from etcdstore.server.server import EtcdServer
+    from etcdstore.server.api import ServerAPI
 
 _INVALID_WATCH_ID = -1
 
@@ -33,7 +33,7 @@ MAX_NO_LEADER_COUNT = 3
 
 
 class WatchService(rpc_pb2_grpc.WatchServicer):
-    def __init__(self, server: EtcdServer) -> None:
+    def __init__(self, server: ServerAPI) -> None:
         self.s = server
 
     async def Watch(
@@ -88,7 +88,7 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
             raise errors.EtcdError(errors.NO_LEADER.code, errors.NO_LEADER.message)
 
 
-async def _close_without_leader(s: EtcdServer, ws: WatchStream, session: _Session) -> None:
+async def _close_without_leader(s: ServerAPI, ws: WatchStream, session: _Session) -> None:
     """etcd's monitorLeader: close the stream after MAX_NO_LEADER_COUNT election timeouts in a row
     without a leader (the Watch handler then ends the call with "etcdserver: no leader")."""
     interval = s.cfg.election_timeout_ms / 1000.0
@@ -105,7 +105,7 @@ async def _close_without_leader(s: EtcdServer, ws: WatchStream, session: _Sessio
 class _Session:
     """Per-stream state: which watchers want fragments, and the request reader."""
 
-    def __init__(self, s: EtcdServer, ws: WatchStream, context: grpc.aio.ServicerContext) -> None:
+    def __init__(self, s: ServerAPI, ws: WatchStream, context: grpc.aio.ServicerContext) -> None:
         self.s = s
         self.ws = ws
         self.context = context
@@ -114,9 +114,7 @@ class _Session:
         self.no_leader = False  # closed by _close_without_leader
 
     def header(self, revision: int) -> rpc_pb2.ResponseHeader:
-        s = self.s
-        return rpc_pb2.ResponseHeader(cluster_id=s.cluster_id, member_id=s.member_id, revision=revision,
-                                      raft_term=s.term)
+        return self.s.header(revision)
 
     def control(self, resp: rpc_pb2.WatchResponse) -> None:
         self.ws.put_control(resp)  # in order with the events already buffered
@@ -135,7 +133,7 @@ class _Session:
             raise
         except grpc.aio.AioRpcError:
             pass  # the client went away
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - logged; the stream ends
             log.warn("watch stream reader failed", exc_info=e)
             self.ws.close()
         # A client that only half-closes keeps receiving events, as etcd does; the stream ends
@@ -144,7 +142,7 @@ class _Session:
     def create(self, creq: rpc_pb2.WatchCreateRequest) -> None:
         rev = self.ws.revision
         try:
-            self.s.authorize_watch(self.context, creq.key, creq.range_end)
+            self.s.auth.authorize_watch(self.context, creq.key, creq.range_end)
         except errors.EtcdError as e:
             # etcd answers a refused watch with created+canceled and the reason.
             self.control(rpc_pb2.WatchResponse(header=self.header(rev), watch_id=_INVALID_WATCH_ID,

@@ -18,7 +18,7 @@ from etcdstore.auth.passwords import hash_password
 from etcdstore.auth.store import NO_PASSWORD_USER, AuthStore
 from etcdstore.auth.tokens import SimpleTokens
 from etcdstore.proto.etcdserverpb import rpc_pb2
-from etcdstore.server.requests import Kind, Request
+from etcdstore.txn.requests import Kind, Request
 
 if TYPE_CHECKING:
     from etcdstore.storage.backend import Batch

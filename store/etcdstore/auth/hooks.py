@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 
@@ -30,8 +30,22 @@ from etcdstore.auth.tokens import AuthInfo, TokenProvider, new_provider
 from etcdstore.proto.etcdserverpb import rpc_pb2
 
 if TYPE_CHECKING:
-    from etcdstore.server.requests import Request
-    from etcdstore.server.server import EtcdServer
+    from etcdstore.config import ServerConfig
+    from etcdstore.lease.lessor import Lessor
+    from etcdstore.storage.backend import Backend
+    from etcdstore.txn.requests import Request
+
+
+class AuthHost(Protocol):
+    """What the auth layer needs of the server it is installed on (the auth package sits below
+    the server and never imports it). `lessor` and `backend` are read on each use: a snapshot
+    install replaces the lessor."""
+
+    cfg: ServerConfig
+    backend: Backend
+    lessor: Lessor
+    applier: Any  # register(kind, handler); index (the Raft index being applied)
+    auth: Any
 
 # How etcd 3.4 guards each admin RPC (it differs per RPC; these are facts of etcd, not choices):
 _RAW_AUTH_ERRORS = frozenset({"Hash", "HashKV", "Defragment", "Snapshot"})  # root; bare "auth: ..." errors
@@ -56,9 +70,10 @@ _GO_CODE = {
 
 
 class AuthHooks:
-    """The object the server and the API call on every request (see EtcdServer.authorize_*)."""
+    """The object the server and the API call on every request (`server.auth`; it implements
+    etcdstore.server.authguard.AuthGuard, as its no-op stand-in NoAuth does)."""
 
-    def __init__(self, server: EtcdServer, store: AuthStore, tokens: TokenProvider) -> None:
+    def __init__(self, server: AuthHost, store: AuthStore, tokens: TokenProvider) -> None:
         self.s = server
         self.store = store
         self.tokens = tokens
@@ -149,9 +164,8 @@ class AuthHooks:
             self.store.check_keys_writable(user, rev, sorted(lease.keys))
 
     def authorize_admin(self, context: grpc.aio.ServicerContext, rpc: str = "") -> tuple[str, int]:
-        # The hook has no RPC name parameter yet: the servicer method is two frames up
-        # (servicer -> EtcdServer.authorize_admin -> here).
-        rpc = rpc or sys._getframe(2).f_code.co_name
+        # Without an RPC name, the servicer method is the caller.
+        rpc = rpc or sys._getframe(1).f_code.co_name
         if rpc in _UNGUARDED:
             return "", 0
         if rpc in _RAW_AUTH_ERRORS:
@@ -170,7 +184,7 @@ class AuthHooks:
     # ---- apply-time checks (deterministic: replicated state and the entry only) --------------------
 
     def check_at_apply(self, req: Request, op: str, key: bytes, range_end: bytes) -> None:
-        if not self.store.enabled:
+        if req.system or not self.store.enabled:
             return
         if op == "put":
             r = rpc_pb2.PutRequest.FromString(req.payload)
@@ -180,8 +194,14 @@ class AuthHooks:
             self._check_delete(req.user, req.auth_revision, d.key, d.range_end, d.prev_kv)
 
     def check_txn_at_apply(self, req: Request, txn: rpc_pb2.TxnRequest) -> None:
-        if self.store.enabled:
+        if not req.system and self.store.enabled:
             self.store.check_txn(req.user, req.auth_revision, txn)
+
+    def check_lease_revoke_at_apply(self, req: Request, keys: list[bytes]) -> None:
+        """Revoking deletes the lease's keys: the caller must be allowed to write every one,
+        judged again in log order (the API-time check may be stale)."""
+        if not req.system and self.store.enabled and keys:
+            self.store.check_keys_writable(req.user, req.auth_revision, keys)
 
     def reload(self) -> None:
         """After a snapshot install replaced the backend's contents."""
@@ -220,7 +240,7 @@ def _watch_refusal(e: errors.EtcdError) -> errors.EtcdError:
     return errors.EtcdError(e.code, f"rpc error: code = {_GO_CODE[e.code]} desc = {e.message}")
 
 
-def install(server: EtcdServer) -> AuthHooks:
+def install(server: AuthHost) -> AuthHooks:
     """Create the auth store of `server`, register its apply handlers and hook it in.
 
     Must run before `server.start()`: entries replayed at start-up need the handlers.
@@ -243,7 +263,7 @@ def install(server: EtcdServer) -> AuthHooks:
     return hooks
 
 
-def hooks_of(server: EtcdServer) -> AuthHooks:
+def hooks_of(server: AuthHost) -> AuthHooks:
     auth: Any = server.auth
     if not isinstance(auth, AuthHooks):
         raise TypeError("auth is not installed on this server")

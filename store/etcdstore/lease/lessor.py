@@ -33,11 +33,11 @@ _KEY = struct.Struct(">q")
 
 def min_lease_ttl(election_ticks: int, heartbeat_seconds: float) -> int:
     """etcd's minimum TTL: 1.5 election timeouts, rounded up to whole seconds."""
-    return int(math.ceil(((3 * election_ticks) // 2) * heartbeat_seconds - 1e-9))
+    return math.ceil(((3 * election_ticks) // 2) * heartbeat_seconds - 1e-9)
 
 
 class Lease:
-    __slots__ = ("id", "ttl", "remaining_ttl", "expiry", "keys")
+    __slots__ = ("expiry", "id", "keys", "remaining_ttl", "ttl")
 
     def __init__(self, lease_id: int, ttl: int, remaining_ttl: int = 0) -> None:
         self.id = lease_id
@@ -197,7 +197,7 @@ class Lessor:
         now = self._clock()
         out = []
         for lease in self._leases.values():
-            remaining = int(math.ceil(lease.remaining(now)))
+            remaining = math.ceil(lease.remaining(now))
             if remaining > now_remaining_over and remaining < lease.ttl:
                 out.append((lease.id, remaining))
         return out

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from etcdstore import errors
 from etcdstore.proto.etcdserverpb import rpc_pb2
-from etcdstore.server import kv_apply
-from etcdstore.server.requests import Kind, Request
+from etcdstore.txn import kv_apply
+from etcdstore.txn.requests import Kind, Request
 
 if TYPE_CHECKING:
     from etcdstore.server.server import EtcdServer
@@ -88,19 +88,19 @@ class Applier:
         if self._nospace():
             raise errors.NO_SPACE()
         r = rpc_pb2.PutRequest.FromString(req.payload)
-        self.s.check_permission_at_apply(req, "put", r.key, b"")
+        self.s.auth.check_at_apply(req, "put", r.key, b"")
         return self._write(batch, lambda txn: kv_apply.put(txn, r, self.s.lessor))
 
     def _delete_range(self, batch: Batch, req: Request) -> Any:
         r = rpc_pb2.DeleteRangeRequest.FromString(req.payload)
-        self.s.check_permission_at_apply(req, "delete", r.key, r.range_end)
+        self.s.auth.check_at_apply(req, "delete", r.key, r.range_end)
         return self._write(batch, lambda txn: kv_apply.delete_range(txn, r))
 
     def _txn(self, batch: Batch, req: Request) -> Any:
         r = rpc_pb2.TxnRequest.FromString(req.payload)
         if self._nospace() and txn_has_writes(r):
             raise errors.NO_SPACE()
-        self.s.check_txn_permission_at_apply(req, r)
+        self.s.auth.check_txn_at_apply(req, r)
         return self._write(batch, lambda txn: kv_apply.txn(txn, r, self.s.lessor))
 
     def _compaction(self, batch: Batch, req: Request) -> Any:
@@ -122,7 +122,7 @@ class Applier:
         r = rpc_pb2.LeaseRevokeRequest.FromString(req.payload)
         lease = self.s.lessor.lookup(r.ID)
         if lease is not None:
-            self.s.check_lease_revoke_at_apply(req, sorted(lease.keys))
+            self.s.auth.check_lease_revoke_at_apply(req, sorted(lease.keys))
         keys = self.s.lessor.revoke(batch, r.ID)
         if keys:
             # All of the lease's keys go in one revision.

@@ -13,39 +13,39 @@ from typing import Any
 
 from etcdstore.config import ConfigError, check_bootstrap
 from etcdstore.logs import get_logger
+from etcdstore.membership import MEMBER_ID_KEY, Membership, conf_context
+from etcdstore.membership import member_id as derive_member_id
 from etcdstore.raft import Config as RaftConfig
 from etcdstore.raft import RawNode
-from etcdstore.server.membership import Membership, conf_context
-from etcdstore.server.membership import member_id as derive_member_id
 from etcdstore.storage import backend as bk
 
 log = get_logger("etcdstore.server")
 _U64 = struct.Struct(">Q")
-# Per-member identity lives with the Raft state, never in the replicated families a snapshot carries.
-MEMBER_ID_KEY = b"memberID"
+__all__ = ["MEMBER_ID_KEY", "BootstrapMixin"]
 
 
 class BootstrapMixin:
     """Part of EtcdServer (see server.py); methods use its state."""
 
-    def _bootstrap(self) -> None:
+    def _bootstrap(self) -> RawNode:
+        """Identity and membership from the data dir or the flags; returns the Raft node."""
         cfg = self.cfg
         raw_id = self.backend.get(bk.RAFT_STATE, MEMBER_ID_KEY)
-        raft_cfg_kw = dict(
-            election_tick=cfg.election_ticks,
-            heartbeat_tick=1,
-            check_quorum=True,
-            pre_vote=cfg.pre_vote,
-            max_size_per_msg=1024 * 1024,
-            max_inflight_msgs=512,
-            max_uncommitted_entries_size=1 << 30,
-        )
+        raft_cfg_kw = {
+            "election_tick": cfg.election_ticks,
+            "heartbeat_tick": 1,
+            "check_quorum": True,
+            "pre_vote": cfg.pre_vote,
+            "max_size_per_msg": 1024 * 1024,
+            "max_inflight_msgs": 512,
+            "max_uncommitted_entries_size": 1 << 30,
+        }
         if raw_id is not None:
             # Restart: the data dir decides; --initial-cluster* flags are ignored, as in etcd.
             self.member_id = _U64.unpack(raw_id)[0]
             self.membership = Membership.load(self.backend)
             self.cluster_id = self.membership.cluster_id
-            self.node = RawNode(
+            node = RawNode(
                 RaftConfig(id=self.member_id, applied=self.applied_index, **raft_cfg_kw), self.raft_storage
             )
             log.info("restarting member", member_id=f"{self.member_id:x}", cluster_id=f"{self.cluster_id:x}",
@@ -56,12 +56,11 @@ class BootstrapMixin:
                 # They would get no peer connection: say so rather than wait for a leader in silence.
                 log.error("the member list lacks members of the Raft configuration",
                           missing=[f"{m:x}" for m in unknown])
-            return
+            return node
         check_bootstrap(cfg)
         initial = {name: [str(u) for u in urls] for name, urls in cfg.initial_cluster.items()}
         if cfg.initial_cluster_state == "existing":
-            self._join_existing(initial, raft_cfg_kw)
-            return
+            return self._join_existing(initial, raft_cfg_kw)
         membership = Membership.from_initial_cluster(initial, cfg.initial_cluster_token)
         mine = derive_member_id([str(u) for u in cfg.initial_advertise_peer_urls], cfg.initial_cluster_token)
         self.member_id = mine
@@ -77,14 +76,15 @@ class BootstrapMixin:
             m = membership.members[mid]
             m.name = names.get(mid, "")
             contexts[mid] = conf_context(0, m)
-        self.node = RawNode.bootstrap(
+        node = RawNode.bootstrap(
             RaftConfig(id=mine, applied=0, **raft_cfg_kw), self.raft_storage, sorted(membership.members),
             contexts=contexts,
         )
         log.info("starting a new cluster", member_id=f"{mine:x}", cluster_id=f"{self.cluster_id:x}",
                  members=len(contexts))
+        return node
 
-    def _join_existing(self, initial: dict[str, list[str]], raft_cfg_kw: dict) -> None:
+    def _join_existing(self, initial: dict[str, list[str]], raft_cfg_kw: dict) -> RawNode:
         """A new member of a running cluster: learn the cluster from its peers, then start Raft
         with an empty log and let the leader send it everything (etcd's "existing" state)."""
         mine = sorted(str(u) for u in self.cfg.initial_advertise_peer_urls)
@@ -109,8 +109,8 @@ class BootstrapMixin:
         batch.put(bk.RAFT_STATE, MEMBER_ID_KEY, _U64.pack(me))
         self.membership.save_all(batch)
         self.backend.write(batch, sync=True)
-        self.node = RawNode(RaftConfig(id=me, applied=0, **raft_cfg_kw), self.raft_storage)
         log.info("joining an existing cluster", member_id=f"{me:x}", cluster_id=f"{self.cluster_id:x}")
+        return RawNode(RaftConfig(id=me, applied=0, **raft_cfg_kw), self.raft_storage)
 
 
 def _fetch_cluster_sync(urls: list[str], peer_tls: Any) -> dict:

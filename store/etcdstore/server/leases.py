@@ -8,7 +8,7 @@ import time
 
 from etcdstore import errors
 from etcdstore.proto.etcdserverpb import rpc_pb2
-from etcdstore.server import requests as rq
+from etcdstore.txn import requests as rq
 
 # Leases whose revoke the leader proposes per expiry check (etcd: leaseRevokeRate / 2).
 _REVOKE_PER_CHECK = 500

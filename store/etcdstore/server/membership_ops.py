@@ -9,11 +9,11 @@ from typing import Any
 
 from etcdstore import errors
 from etcdstore.logs import get_logger
+from etcdstore.membership import Member, parse_conf_context
 from etcdstore.proto.etcdserverpb import rpc_pb2
 from etcdstore.raft import RawNode
 from etcdstore.raft import codec as raft_codec
 from etcdstore.raft.records import ConfChange, ConfChangeType
-from etcdstore.server.membership import Member, parse_conf_context
 from etcdstore.storage import backend as bk
 
 log = get_logger("etcdstore.server")

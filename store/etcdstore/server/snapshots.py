@@ -11,15 +11,22 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
+import tempfile
 from typing import Any
 
+import grpc
+
+from etcdstore import errors
 from etcdstore.lease.lessor import Lessor
 from etcdstore.logs import get_logger
+from etcdstore.membership import Membership
 from etcdstore.mvcc.kvstore import KVStore
 from etcdstore.raft.records import Message
 from etcdstore.server.alarms import Alarms
-from etcdstore.server.membership import Membership
+from etcdstore.snapshot import format as snapfmt
 from etcdstore.storage import backend as bk
+from etcdstore.storage.backend import Backend
 
 log = get_logger("etcdstore.server")
 
@@ -33,7 +40,7 @@ class SnapshotMixin:
     # and the marker cleared. A restart that finds the marker redoes (3) first.
     _INSTALL_MARKER = b"installingSnapshot"
 
-    def _mark_snapshot_install(self, snap: Any) -> None:
+    def mark_snapshot_install(self, snap: Any) -> None:
         path = self._received_snapshots.get(snap.metadata.index)
         if path is None:
             raise RuntimeError(f"no snapshot data received for index {snap.metadata.index}")
@@ -41,7 +48,7 @@ class SnapshotMixin:
         batch.put(bk.RAFT_STATE, self._INSTALL_MARKER, json.dumps({"path": path}).encode())
         self.backend.write(batch, sync=True)
 
-    def _install_snapshot(self, snap: Any) -> None:
+    def install_snapshot(self, snap: Any) -> None:
         path = self._received_snapshots.pop(snap.metadata.index)
         for stale in self._received_snapshots.values():
             _unlink(stale)
@@ -55,12 +62,10 @@ class SnapshotMixin:
         if raw is None:
             return
         path = json.loads(raw)["path"]
-        log.warn("resuming an interrupted snapshot install", path=path)
+        log.warning("resuming an interrupted snapshot install", path=path)
         self._load_state_machine(path)
 
     def _load_state_machine(self, path: str) -> None:
-        from etcdstore.snapshot import format as snapfmt
-
         snapfmt.load_into(path, self.backend)
         self.lessor = Lessor(self.backend, min_ttl=self.lessor.min_ttl)
         self.kv = KVStore(self.backend, lessor=self.lessor)
@@ -70,10 +75,9 @@ class SnapshotMixin:
             self.watchable.restore(self.kv)
         self.applied_index = self.kv.consistent_index
         self.applied_term = self.kv.consistent_term
-        if hasattr(self, "_applied"):
+        if hasattr(self, "_applied"):  # not yet during __init__ (resuming an install)
             self._applied.advance(self.applied_index)
-        if self.auth is not None:
-            self.auth.reload()
+        self.auth.reload()
         batch = self.backend.batch()
         batch.delete(bk.RAFT_STATE, self._INSTALL_MARKER)
         self.backend.write(batch, sync=True)
@@ -83,15 +87,12 @@ class SnapshotMixin:
 
     async def receive_snapshot(self, msg: Message, path: str) -> None:
         """The transport stored a snapshot file from the leader: hand its message to Raft."""
-        from etcdstore.snapshot import format as snapfmt
-
         await asyncio.get_running_loop().run_in_executor(None, snapfmt.verify, path)
         self._received_snapshots[msg.snapshot.metadata.index] = path
         self.step(msg)
 
     async def snapshot_for_follower(self) -> tuple[str, Any]:
         """A snapshot file of the current state and the Raft metadata describing exactly it."""
-        from etcdstore.api.maintenance import make_snapshot_file
         from etcdstore.raft.records import SnapshotMetadata
 
         # make_snapshot_file checkpoints synchronously first, so these values match its content.
@@ -99,7 +100,7 @@ class SnapshotMixin:
         path = await make_snapshot_file(self)
         return path, meta
 
-    def _maybe_snapshot(self) -> None:
+    def maybe_snapshot(self) -> None:
         if self.applied_index - self._snapshot_index < self.cfg.snapshot_count:
             return
         index = self.applied_index
@@ -112,6 +113,38 @@ class SnapshotMixin:
             self.raft_storage.compact(compact_to)
         self._snapshot_index = index
         log.info("raft snapshot taken", index=index, compacted_to=max(compact_to, 0))
+
+
+async def make_snapshot_file(s: Any) -> str:
+    """A point-in-time snapshot file of the state machine (checkpoint -> snapshot format)."""
+    loop = asyncio.get_running_loop()
+    work = tempfile.mkdtemp(prefix="snapshot-", dir=s.member_dir)
+    checkpoint = os.path.join(work, "checkpoint")
+    out = os.path.join(work, "snapshot.db")
+    # The checkpoint is taken on the loop thread: no apply batch can land half-way through it.
+    s.backend.checkpoint(checkpoint)
+
+    def build() -> None:
+        cp = Backend.open_read_only(checkpoint)
+        try:
+            snapfmt.create_file(cp, out)
+        finally:
+            cp.close()
+
+    try:
+        await loop.run_in_executor(None, build)
+    except Exception as e:
+        log.error("snapshot failed", exc_info=e)
+        _remove_tree(work)
+        raise errors.EtcdError(grpc.StatusCode.INTERNAL, f"etcdserver: snapshot failed: {e}") from None
+    final = tempfile.mktemp(prefix="snapshot-", suffix=".db", dir=s.member_dir)
+    os.replace(out, final)
+    _remove_tree(work)
+    return final
+
+
+def _remove_tree(path: str) -> None:
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _unlink(path: str) -> None:

@@ -19,12 +19,12 @@ import os
 import shutil
 import struct
 import sys
+from typing import NoReturn
 
 from etcdstore.config import parse_initial_cluster, parse_urls
+from etcdstore.membership import MEMBER_ID_KEY, Membership, member_id
 from etcdstore.raft import codec
 from etcdstore.raft.records import ConfState, HardState, SnapshotMetadata
-from etcdstore.server.bootstrap import MEMBER_ID_KEY
-from etcdstore.server.membership import Membership, member_id
 from etcdstore.snapshot import etcdformat
 from etcdstore.snapshot import format as snapfmt
 from etcdstore.storage import backend as bk
@@ -34,13 +34,21 @@ _U64 = struct.Struct(">Q")
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:
+    def error(self, message: str) -> NoReturn:
         print(f"Error: {message}", file=sys.stderr)
         raise SystemExit(1)
 
 
-def restore(path: str, *, data_dir: str, name: str, initial_cluster: str, token: str,
-            advertise_peer_urls: str, skip_hash_check: bool = False) -> Membership:
+def restore(
+    path: str,
+    *,
+    data_dir: str,
+    name: str,
+    initial_cluster: str,
+    token: str,
+    advertise_peer_urls: str,
+    skip_hash_check: bool = False,
+) -> Membership:
     # Either etcd's snapshot (a bbolt database + sha256, what Maintenance.Snapshot streams and
     # etcd 3.4 writes) or this store's own older format; both are checked before anything is written.
     etcd_file = etcdformat.is_bbolt(path)
@@ -55,8 +63,10 @@ def restore(path: str, *, data_dir: str, name: str, initial_cluster: str, token:
     if name not in cluster:
         raise ValueError(f'couldn\'t find local name "{name}" in the initial cluster configuration')
     if sorted(str(u) for u in cluster[name]) != sorted(peer_urls):
-        raise ValueError(f"--initial-cluster has {name}={','.join(str(u) for u in cluster[name])} but missing "
-                         f"from --initial-advertise-peer-urls={','.join(peer_urls)}")
+        raise ValueError(
+            f"--initial-cluster has {name}={','.join(str(u) for u in cluster[name])} but missing "
+            f"from --initial-advertise-peer-urls={','.join(peer_urls)}"
+        )
     tmp = data_dir.rstrip("/") + ".restoring"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(os.path.join(tmp, "member"))
@@ -77,17 +87,23 @@ def restore(path: str, *, data_dir: str, name: str, initial_cluster: str, token:
         membership.save_all(batch)
         batch.put(bk.RAFT_STATE, MEMBER_ID_KEY, _U64.pack(mine))
         # Raft starts at a snapshot covering the initial membership: index N, term 1.
-        n = len(membership.members)
+        index = len(membership.members)
         conf = ConfState(voters=sorted(membership.members))
-        batch.put(bk.RAFT_STATE, raftlog.SNAPSHOT, codec.encode_snapshot_metadata(SnapshotMetadata(n, 1, conf)))
+        batch.put(
+            bk.RAFT_STATE, raftlog.SNAPSHOT, codec.encode_snapshot_metadata(SnapshotMetadata(index, 1, conf))
+        )
         batch.put(bk.RAFT_STATE, raftlog.CONF_STATE, codec.encode_conf_state(conf))
-        batch.put(bk.RAFT_STATE, raftlog.HARD_STATE, codec.encode_hard_state(HardState(term=1, vote=0, commit=n)))
+        batch.put(
+            bk.RAFT_STATE,
+            raftlog.HARD_STATE,
+            codec.encode_hard_state(HardState(term=1, vote=0, commit=index)),
+        )
         be.write(batch, sync=True)
         from etcdstore.mvcc.kvstore import KVStore
 
         kv = KVStore(be)
         batch = be.batch()
-        kv.set_consistent_index(batch, n, 1)
+        kv.set_consistent_index(batch, index, 1)
         be.write(batch, sync=True)
     finally:
         be.close()
@@ -111,8 +127,12 @@ def status(path: str) -> dict:
     if etcdformat.is_bbolt(path):
         return etcdformat.status(path)  # as etcdctl snapshot status computes it
     footer = snapfmt.verify(path)
-    return {"hash": footer["hash"], "revision": footer["revision"], "totalKey": footer["totalKeys"],
-            "totalSize": os.path.getsize(path)}
+    return {
+        "hash": footer["hash"],
+        "revision": footer["revision"],
+        "totalKey": footer["totalKeys"],
+        "totalSize": os.path.getsize(path),
+    }
 
 
 def main(argv: list[str]) -> int:
@@ -125,8 +145,12 @@ def main(argv: list[str]) -> int:
     r.add_argument("--initial-cluster", default=None)
     r.add_argument("--initial-cluster-token", default="etcd-cluster")
     r.add_argument("--initial-advertise-peer-urls", default="http://localhost:2380")
-    r.add_argument("--skip-hash-check", action="store_true", help="ignore the snapshot's sha256 (needed for a "
-                   "db file copied from a data dir); this store's own format is always verified")
+    r.add_argument(
+        "--skip-hash-check",
+        action="store_true",
+        help="ignore the snapshot's sha256 (needed for a "
+        "db file copied from a data dir); this store's own format is always verified",
+    )
     st = sub.add_parser("status", help="print hash, revision, total keys and size of a snapshot")
     st.add_argument("file")
     st.add_argument("-w", "--write-out", default="simple", choices=("simple", "table", "json"))
@@ -135,13 +159,21 @@ def main(argv: list[str]) -> int:
         if args.cmd == "restore":
             data_dir = args.data_dir or f"{args.name}.etcd"
             cluster = args.initial_cluster or f"{args.name}={args.initial_advertise_peer_urls}"
-            membership = restore(args.file, data_dir=data_dir, name=args.name, initial_cluster=cluster,
-                                 token=args.initial_cluster_token,
-                                 advertise_peer_urls=args.initial_advertise_peer_urls,
-                                 skip_hash_check=args.skip_hash_check)
+            membership = restore(
+                args.file,
+                data_dir=data_dir,
+                name=args.name,
+                initial_cluster=cluster,
+                token=args.initial_cluster_token,
+                advertise_peer_urls=args.initial_advertise_peer_urls,
+                skip_hash_check=args.skip_hash_check,
+            )
             for m in membership.sorted_members():
-                print(f"restored member {m.name} ({m.id:x}) of cluster {membership.cluster_id:x} -> {data_dir}"
-                      if m.name == args.name else f"added member {m.name} ({m.id:x}) {','.join(m.peer_urls)}")
+                print(
+                    f"restored member {m.name} ({m.id:x}) of cluster {membership.cluster_id:x} -> {data_dir}"
+                    if m.name == args.name
+                    else f"added member {m.name} ({m.id:x}) {','.join(m.peer_urls)}"
+                )
             return 0
         info = status(args.file)
     except (snapfmt.SnapshotError, ValueError, FileExistsError, OSError) as e:

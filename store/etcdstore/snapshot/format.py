@@ -24,7 +24,7 @@ import json
 import os
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
 from etcdstore.storage import backend as bk
@@ -144,8 +144,8 @@ def read_records(path: str) -> Iterator[tuple[str, bytes, bytes] | dict]:
             yield _FAMILIES[tag[0] - 1], key, _exact(read, vlen)
 
 
-def _exact(read: object, n: int) -> bytes:
-    data = read(n)  # type: ignore[operator]
+def _exact(read: Callable[[int], bytes], n: int) -> bytes:
+    data = read(n)
     if len(data) != n:
         raise SnapshotError("snapshot file is truncated")
     return data

@@ -16,16 +16,16 @@ from urllib.parse import unquote
 from aiohttp import web
 
 from etcdstore import errors
-from etcdstore.api.gateway import client_gone, unclean_path_redirect
 from etcdstore.api.v2 import errors as v2e
 from etcdstore.api.v2.errors import V2Error
+from etcdstore.api.v2.gohttp import client_gone, unclean_path_redirect
 from etcdstore.api.v2.gojson import GoJSONError, decode_whole, dumps, kind_of
 from etcdstore.api.v2.nodes import format_time
 from etcdstore.api.v2.store import Result, V2Store
 from etcdstore.api.v2.watch import Watcher
 from etcdstore.config import parse_url
+from etcdstore.membership import Member, member_id
 from etcdstore.raft.records import ConfChangeType, Role
-from etcdstore.server.membership import Member, member_id
 
 KEYS_PREFIX = "/v2/keys"
 _MAX_FORM = 10 << 20  # Go's limit on a url-encoded body

@@ -42,7 +42,7 @@ from etcdstore.api.v2.nodes import (
 from etcdstore.api.v2.stats import StoreStats
 from etcdstore.logs import get_logger
 from etcdstore.proto.etcdserverpb import rpc_pb2 as pb
-from etcdstore.server.requests import Kind
+from etcdstore.txn.requests import Kind
 
 log = get_logger("etcdstore.v2")
 
@@ -492,7 +492,7 @@ class V2Store:
                     lease = await self._grant(expire or 0, now)
                     continue  # state may have moved while granting: plan again
                 try:
-                    s.check_quota(sum(len(op.request_put.value) + 256 for op in plan.ops
+                    s.quota.check(sum(len(op.request_put.value) + 256 for op in plan.ops
                                       if op.HasField("request_put")))
                     resp = await s.propose(Kind.TXN, system=True, payload=pb.TxnRequest(compare=plan.compares,
                                                                    success=plan.ops).SerializeToString())

@@ -1,6 +1,6 @@
 """Micro-benchmark of the MVCC hot paths on a real RocksDB in a temp dir.
 
-    python -m etcdstore.mvcc.bench [--keys N] [--ops N] [--value-size B]
+    python -m etcdstore.txn.bench [--keys N] [--ops N] [--value-size B]
 
 Reports microseconds per request for what a Kubernetes API server sends most: Put, Get
 (Range of one key, limit 1), the optimistic-update Txn (compare mod_revision, then put, else
@@ -21,8 +21,8 @@ from collections.abc import Callable
 from etcdstore.mvcc.kvstore import KVStore
 from etcdstore.mvcc.watchable import WatchableStore
 from etcdstore.proto.etcdserverpb import rpc_pb2 as pb
-from etcdstore.server import kv_apply
 from etcdstore.storage.backend import Backend
+from etcdstore.txn import kv_apply
 
 
 class _NoLeases:
