@@ -95,7 +95,9 @@ ROLE_EMPTY = EtcdError(_C.INVALID_ARGUMENT, "etcdserver: role name is empty")
 AUTH_FAILED = EtcdError(_C.INVALID_ARGUMENT, "etcdserver: authentication failed, invalid user ID or password")
 PERMISSION_DENIED = EtcdError(_C.PERMISSION_DENIED, "etcdserver: permission denied")
 ROLE_NOT_GRANTED = EtcdError(_C.FAILED_PRECONDITION, "etcdserver: role is not granted to the user")
-PERMISSION_NOT_GRANTED = EtcdError(_C.FAILED_PRECONDITION, "etcdserver: permission is not granted to the role")
+PERMISSION_NOT_GRANTED = EtcdError(
+    _C.FAILED_PRECONDITION, "etcdserver: permission is not granted to the role"
+)
 AUTH_NOT_ENABLED = EtcdError(_C.FAILED_PRECONDITION, "etcdserver: authentication is not enabled")
 INVALID_AUTH_TOKEN = EtcdError(_C.UNAUTHENTICATED, "etcdserver: invalid auth token")
 INVALID_AUTH_MGMT = EtcdError(_C.INVALID_ARGUMENT, "etcdserver: invalid auth management")

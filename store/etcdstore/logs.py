@@ -16,10 +16,21 @@ import sys
 import time
 from typing import Any
 
-_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "error": logging.ERROR,
-           "panic": logging.CRITICAL, "fatal": logging.CRITICAL}
-_NAMES = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warn", logging.ERROR: "error",
-          logging.CRITICAL: "fatal"}
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+    "panic": logging.CRITICAL,
+    "fatal": logging.CRITICAL,
+}
+_NAMES = {
+    logging.DEBUG: "debug",
+    logging.INFO: "info",
+    logging.WARNING: "warn",
+    logging.ERROR: "error",
+    logging.CRITICAL: "fatal",
+}
 _SECRET_WORDS = ("password", "passwd", "token", "secret", "private")
 
 
@@ -67,7 +78,11 @@ class Logger:
     def info(self, msg: str, *, exc_info: Any = None, **fields: Any) -> None:
         self._emit(logging.INFO, msg, exc_info, fields)
 
+    def warning(self, msg: str, *, exc_info: Any = None, **fields: Any) -> None:
+        self._emit(logging.WARNING, msg, exc_info, fields)
+
     def warn(self, msg: str, *, exc_info: Any = None, **fields: Any) -> None:
+        """The old name of `warning` (ruff's G010 asks for `warning`, as the standard library does)."""
         self._emit(logging.WARNING, msg, exc_info, fields)
 
     def error(self, msg: str, *, exc_info: Any = None, **fields: Any) -> None:

@@ -20,7 +20,8 @@ from prometheus_client.registry import Collector
 from etcdstore import ETCD_VERSION
 
 if TYPE_CHECKING:
-    from etcdstore.server.server import EtcdServer
+    # the member: this module sits below the server (docs/architecture.md)
+    from typing import Any as EtcdServer
 
 
 def _exponential(start: float, factor: float, count: int) -> list[float]:
@@ -40,7 +41,9 @@ BACKEND_COMMIT = Histogram(
 )
 LEADER_CHANGES = Counter("etcd_server_leader_changes_seen", "The number of leader changes seen.")
 PROPOSALS_FAILED = Counter("etcd_server_proposals_failed", "The total number of failed proposals seen.")
-SLOW_APPLY = Counter("etcd_server_slow_apply", "The total number of slow apply requests (likely overloaded from slow disk).")
+SLOW_APPLY = Counter(
+    "etcd_server_slow_apply", "The total number of slow apply requests (likely overloaded from slow disk)."
+)
 HEALTH_SUCCESS = Counter("etcd_server_health_success", "The total number of successful health checks")
 HEALTH_FAILURES = Counter("etcd_server_health_failures", "The total number of failed health checks")
 PEER_RTT = Histogram(
@@ -49,14 +52,18 @@ PEER_RTT = Histogram(
     ["To"],
     buckets=_exponential(0.0001, 2, 16),
 )
-PEER_SENT_FAILURES = Counter("etcd_network_peer_sent_failures", "The total number of send failures from peers.", ["To"])
+PEER_SENT_FAILURES = Counter(
+    "etcd_network_peer_sent_failures", "The total number of send failures from peers.", ["To"]
+)
 SNAPSHOT_SAVE = Histogram(
     "etcd_debugging_snap_save_total_duration_seconds",
     "The total latency distributions of save called by snapshot.",
     buckets=_exponential(0.001, 2, 14),
 )
 GRPC_STARTED = Counter(
-    "grpc_server_started", "Total number of RPCs started on the server.", ["grpc_type", "grpc_service", "grpc_method"]
+    "grpc_server_started",
+    "Total number of RPCs started on the server.",
+    ["grpc_type", "grpc_service", "grpc_method"],
 )
 GRPC_HANDLED = Counter(
     "grpc_server_handled",
@@ -103,48 +110,101 @@ class ServerCollector(Collector):
 
     def collect(self) -> Iterator:
         s = self.s
-        yield GaugeMetricFamily("etcd_server_has_leader", "Whether or not a leader exists. 1 is existence, 0 is not.",
-                                value=1 if s.leader_id else 0)
-        yield GaugeMetricFamily("etcd_server_is_leader", "Whether or not this member is a leader. 1 if is, 0 otherwise.",
-                                value=1 if s.is_leader else 0)
-        yield GaugeMetricFamily("etcd_server_is_learner", "Whether or not this member is a learner. 1 if is, 0 otherwise.",
-                                value=1 if s.is_learner else 0)
-        g = GaugeMetricFamily("etcd_server_id", "Server or member ID in hexadecimal format. 1 for 'server_id' label "
-                              "with current ID.", labels=["server_id"])
+        yield GaugeMetricFamily(
+            "etcd_server_has_leader",
+            "Whether or not a leader exists. 1 is existence, 0 is not.",
+            value=1 if s.leader_id else 0,
+        )
+        yield GaugeMetricFamily(
+            "etcd_server_is_leader",
+            "Whether or not this member is a leader. 1 if is, 0 otherwise.",
+            value=1 if s.is_leader else 0,
+        )
+        yield GaugeMetricFamily(
+            "etcd_server_is_learner",
+            "Whether or not this member is a learner. 1 if is, 0 otherwise.",
+            value=1 if s.is_learner else 0,
+        )
+        g = GaugeMetricFamily(
+            "etcd_server_id",
+            "Server or member ID in hexadecimal format. 1 for 'server_id' label with current ID.",
+            labels=["server_id"],
+        )
         g.add_metric([f"{s.member_id:x}"], 1)
         yield g
-        g = GaugeMetricFamily("etcd_server_version", "Which version is running. 1 for 'server_version' label with "
-                              "current version.", labels=["server_version"])
+        g = GaugeMetricFamily(
+            "etcd_server_version",
+            "Which version is running. 1 for 'server_version' label with current version.",
+            labels=["server_version"],
+        )
         g.add_metric([ETCD_VERSION], 1)
         yield g
-        yield GaugeMetricFamily("etcd_server_proposals_committed_total", "The total number of consensus proposals "
-                                "committed.", value=s.raft_storage.hard_state.commit)
-        yield GaugeMetricFamily("etcd_server_proposals_applied_total", "The total number of consensus proposals "
-                                "applied.", value=s.applied_index)
-        yield GaugeMetricFamily("etcd_server_proposals_pending", "The current number of pending proposals to commit.",
-                                value=s.pending_proposals())
-        yield GaugeMetricFamily("etcd_server_quota_backend_bytes", "Current backend storage quota size in bytes.",
-                                value=s.cfg.quota_backend_bytes)
+        yield GaugeMetricFamily(
+            "etcd_server_proposals_committed_total",
+            "The total number of consensus proposals committed.",
+            value=s.raft_storage.hard_state.commit,
+        )
+        yield GaugeMetricFamily(
+            "etcd_server_proposals_applied_total",
+            "The total number of consensus proposals applied.",
+            value=s.applied_index,
+        )
+        yield GaugeMetricFamily(
+            "etcd_server_proposals_pending",
+            "The current number of pending proposals to commit.",
+            value=s.pending_proposals(),
+        )
+        yield GaugeMetricFamily(
+            "etcd_server_quota_backend_bytes",
+            "Current backend storage quota size in bytes.",
+            value=s.cfg.quota_backend_bytes,
+        )
         size = s.backend.size()
-        yield GaugeMetricFamily("etcd_mvcc_db_total_size_in_bytes", "Total size of the underlying database physically "
-                                "allocated in bytes.", value=size)
-        yield GaugeMetricFamily("etcd_debugging_mvcc_db_total_size_in_bytes", "Total size of the underlying database "
-                                "physically allocated in bytes.", value=size)
-        yield GaugeMetricFamily("etcd_mvcc_db_total_size_in_use_in_bytes", "Total size of the underlying database "
-                                "logically in use in bytes.", value=s.backend.size_in_use())
-        yield GaugeMetricFamily("etcd_debugging_mvcc_keys_total", "Total number of keys.", value=s.kv.key_count())
-        yield GaugeMetricFamily("etcd_debugging_mvcc_current_revision", "The current revision of store.",
-                                value=s.kv.current_revision)
-        yield GaugeMetricFamily("etcd_debugging_mvcc_compact_revision", "The revision of the last compaction in store.",
-                                value=max(s.kv.compact_revision, 0))
+        yield GaugeMetricFamily(
+            "etcd_mvcc_db_total_size_in_bytes",
+            "Total size of the underlying database physically allocated in bytes.",
+            value=size,
+        )
+        yield GaugeMetricFamily(
+            "etcd_debugging_mvcc_db_total_size_in_bytes",
+            "Total size of the underlying database physically allocated in bytes.",
+            value=size,
+        )
+        yield GaugeMetricFamily(
+            "etcd_mvcc_db_total_size_in_use_in_bytes",
+            "Total size of the underlying database logically in use in bytes.",
+            value=s.backend.size_in_use(),
+        )
+        yield GaugeMetricFamily(
+            "etcd_debugging_mvcc_keys_total", "Total number of keys.", value=s.kv.key_count()
+        )
+        yield GaugeMetricFamily(
+            "etcd_debugging_mvcc_current_revision",
+            "The current revision of store.",
+            value=s.kv.current_revision,
+        )
+        yield GaugeMetricFamily(
+            "etcd_debugging_mvcc_compact_revision",
+            "The revision of the last compaction in store.",
+            value=max(s.kv.compact_revision, 0),
+        )
         yield GaugeMetricFamily("etcd_debugging_lease_total", "The number of leases.", value=len(s.lessor))
         stats = s.watchable.stats() if hasattr(s.watchable, "stats") else {}
-        yield GaugeMetricFamily("etcd_debugging_mvcc_watcher_total", "Total number of watchers.",
-                                value=stats.get("synced", 0) + stats.get("unsynced", 0) + stats.get("victims", 0))
-        yield GaugeMetricFamily("etcd_debugging_mvcc_slow_watcher_total", "Total number of unsynced slow watchers.",
-                                value=stats.get("unsynced", 0) + stats.get("victims", 0))
-        yield CounterMetricFamily("etcd_server_heartbeat_send_failures", "The total number of leader heartbeat send "
-                                  "failures (likely overloaded from slow disk).", value=0)
+        yield GaugeMetricFamily(
+            "etcd_debugging_mvcc_watcher_total",
+            "Total number of watchers.",
+            value=stats.get("synced", 0) + stats.get("unsynced", 0) + stats.get("victims", 0),
+        )
+        yield GaugeMetricFamily(
+            "etcd_debugging_mvcc_slow_watcher_total",
+            "Total number of unsynced slow watchers.",
+            value=stats.get("unsynced", 0) + stats.get("victims", 0),
+        )
+        yield CounterMetricFamily(
+            "etcd_server_heartbeat_send_failures",
+            "The total number of leader heartbeat send failures (likely overloaded from slow disk).",
+            value=0,
+        )
 
 
 _collector: list[ServerCollector] = []

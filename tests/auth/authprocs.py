@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import grpc
 from etcdstore.proto.etcdserverpb import rpc_pb2, rpc_pb2_grpc
-from procs import ETCDCTL_BIN, etcdctl
+from testlib import ETCDCTL_BIN, etcdctl
 
 _HEX_ID = re.compile(r"\b[0-9a-f]{16}\b")
 
@@ -42,10 +42,17 @@ def run(endpoint: str, s: Step) -> tuple[int | str, list[str], list[str]]:
         cmd = [ETCDCTL_BIN, "--endpoints", endpoint, "--command-timeout", "10s", *s.args]
         try:
             out = subprocess.run(cmd, capture_output=True, timeout=2.5, env={"ETCDCTL_API": "3"}, check=False)
-            return out.returncode, _normalise(out.stdout.decode(), endpoint), _normalise(out.stderr.decode(), endpoint)
+            return (
+                out.returncode,
+                _normalise(out.stdout.decode(), endpoint),
+                _normalise(out.stderr.decode(), endpoint),
+            )
         except subprocess.TimeoutExpired as e:  # still watching: that is the expected outcome
-            return ("watching", _normalise((e.stdout or b"").decode(), endpoint),
-                    _normalise((e.stderr or b"").decode(), endpoint))
+            return (
+                "watching",
+                _normalise((e.stdout or b"").decode(), endpoint),
+                _normalise((e.stderr or b"").decode(), endpoint),
+            )
     out = etcdctl(endpoint, *s.args, input=s.stdin, check=False)
     return out.returncode, _normalise(out.stdout, endpoint), _normalise(out.stderr, endpoint)
 
@@ -54,8 +61,9 @@ def run_script(endpoint: str, steps: list[Step]) -> list[tuple[Step, tuple[int |
     return [(s, run(endpoint, s)) for s in steps]
 
 
-def call(endpoint: str, service: str, method: str, request: object, token: str | None = None,
-         timeout: float = 10.0) -> tuple[str, object]:
+def call(
+    endpoint: str, service: str, method: str, request: object, token: str | None = None, timeout: float = 10.0
+) -> tuple[str, object]:
     """One unary RPC: ("OK", response) or (status code name, details)."""
     stub_cls = getattr(rpc_pb2_grpc, f"{service}Stub")
     md = [("token", token)] if token is not None else None
@@ -67,12 +75,16 @@ def call(endpoint: str, service: str, method: str, request: object, token: str |
 
 
 def authenticate(endpoint: str, name: str, password: str) -> str:
-    code, resp = call(endpoint, "Auth", "Authenticate", rpc_pb2.AuthenticateRequest(name=name, password=password))
+    code, resp = call(
+        endpoint, "Auth", "Authenticate", rpc_pb2.AuthenticateRequest(name=name, password=password)
+    )
     assert code == "OK", resp
     return resp.token  # type: ignore[attr-defined]
 
 
-def watch_create(endpoint: str, key: bytes, range_end: bytes = b"", token: str | None = None) -> rpc_pb2.WatchResponse:
+def watch_create(
+    endpoint: str, key: bytes, range_end: bytes = b"", token: str | None = None
+) -> rpc_pb2.WatchResponse:
     """The first response to one watch create request."""
     md = [("token", token)] if token is not None else None
     done = threading.Event()

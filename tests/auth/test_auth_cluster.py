@@ -9,7 +9,6 @@ issued by one member works on the others too (etcd 3.4 behaves the same way).
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ from authprocs import authenticate, call, watch_create
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from etcdstore.proto.etcdserverpb import rpc_pb2
-from procs import Cluster, have_etcd
+from testlib import Cluster, have_etcd, wait_applied
 
 OK = "OK"
 
@@ -25,10 +24,18 @@ OK = "OK"
 def jwt_keys(tmp: Path) -> tuple[str, str]:
     key = rsa.generate_private_key(65537, 2048)
     priv, pub = tmp / "jwt.key", tmp / "jwt.pub"
-    priv.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
-                                       serialization.NoEncryption()))
-    pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                  serialization.PublicFormat.SubjectPublicKeyInfo))
+    priv.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
+    pub.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
     return str(pub), str(priv)
 
 
@@ -39,8 +46,12 @@ def set_up(ep: str) -> str:
         ("UserGrantRole", rpc_pb2.AuthUserGrantRoleRequest(user="root", role="root")),
         ("UserAdd", rpc_pb2.AuthUserAddRequest(name="u", password="upw")),
         ("RoleAdd", rpc_pb2.AuthRoleAddRequest(name="rw")),
-        ("RoleGrantPermission", rpc_pb2.AuthRoleGrantPermissionRequest(
-            name="rw", perm={"permType": 2, "key": b"u/", "range_end": b"u0"})),
+        (
+            "RoleGrantPermission",
+            rpc_pb2.AuthRoleGrantPermissionRequest(
+                name="rw", perm={"permType": 2, "key": b"u/", "range_end": b"u0"}
+            ),
+        ),
         ("UserGrantRole", rpc_pb2.AuthUserGrantRoleRequest(user="u", role="rw")),
         ("AuthEnable", rpc_pb2.AuthEnableRequest()),
     ):
@@ -55,7 +66,7 @@ def stale_token_outcomes(ep: str, other: str) -> list[object]:
     out: list[object] = [call(other, "KV", "Put", rpc_pb2.PutRequest(key=b"u/1", value=b"a"), token=user)[0]]
     root = authenticate(ep, "root", "rpw")
     assert call(ep, "Auth", "RoleAdd", rpc_pb2.AuthRoleAddRequest(name="another"), token=root)[0] == OK
-    time.sleep(0.5)  # let every member apply the change
+    wait_applied(sorted({ep, other}))  # every member applied the change
     out.append(call(other, "KV", "Range", rpc_pb2.RangeRequest(key=b"u/1"), token=user))
     out.append(call(other, "KV", "Put", rpc_pb2.PutRequest(key=b"u/1", value=b"b"), token=user))
     out.append(call(ep, "Auth", "RoleAdd", rpc_pb2.AuthRoleAddRequest(name="again"), token=root)[0])
@@ -72,33 +83,49 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
 def test_jwt_tokens_work_on_every_member(tmp_path: Path, keys: tuple[str, str]) -> None:
     pub, priv = keys
     spec = f"jwt,pub-key={pub},priv-key={priv},sign-method=RS256,ttl=10m"
-    with Cluster.start(tmp_path, 3, binary="etcdstore", extra_args=["--auth-token", spec, "--bcrypt-cost", "4"]) as c:
+    with Cluster.start(
+        tmp_path, 3, binary="etcdstore", extra_args=["--auth-token", spec, "--bcrypt-cost", "4"]
+    ) as c:
         eps = c.endpoints
         set_up(eps[0])
-        time.sleep(0.5)
+        wait_applied(eps)
         token = authenticate(eps[1], "u", "upw")
         assert token.count(".") == 2  # a JWS, not a simple token
         for i, ep in enumerate(eps):
-            assert call(ep, "KV", "Put", rpc_pb2.PutRequest(key=f"u/{i}".encode(), value=b"v"), token=token)[0] == OK
-            code, resp = call(ep, "KV", "Range", rpc_pb2.RangeRequest(key=b"u/", range_end=b"u0"), token=token)
+            assert (
+                call(ep, "KV", "Put", rpc_pb2.PutRequest(key=f"u/{i}".encode(), value=b"v"), token=token)[0]
+                == OK
+            )
+            code, resp = call(
+                ep, "KV", "Range", rpc_pb2.RangeRequest(key=b"u/", range_end=b"u0"), token=token
+            )
             assert code == OK and resp.count >= i + 1  # type: ignore[attr-defined]
             assert call(ep, "KV", "Put", rpc_pb2.PutRequest(key=b"x", value=b"v"), token=token) == (
-                "PERMISSION_DENIED", "etcdserver: permission denied")
+                "PERMISSION_DENIED",
+                "etcdserver: permission denied",
+            )
             w = watch_create(ep, b"u/", b"u0", token)
             assert w.created and not w.canceled
         # A forged token (signature of another key) is refused everywhere.
         forged = token.rsplit(".", 1)[0] + ".AAAA"
         assert {call(ep, "KV", "Range", rpc_pb2.RangeRequest(key=b"u/1"), token=forged)[0] for ep in eps} == {
-            "UNAUTHENTICATED"}
+            "UNAUTHENTICATED"
+        }
         ours = stale_token_outcomes(eps[0], eps[2])
         c.members[2].stop()
         # A member that only has the public key verifies tokens but cannot issue them.
-        c.members[2].extra_args = ["--auth-token", f"jwt,pub-key={pub},sign-method=RS256", "--bcrypt-cost", "4"]
+        c.members[2].extra_args = [
+            "--auth-token",
+            f"jwt,pub-key={pub},sign-method=RS256",
+            "--bcrypt-cost",
+            "4",
+        ]
         c.members[2].restart()
         token = authenticate(eps[0], "u", "upw")
         assert call(eps[2], "KV", "Range", rpc_pb2.RangeRequest(key=b"u/1"), token=token)[0] == OK
-        assert call(eps[2], "Auth", "Authenticate", rpc_pb2.AuthenticateRequest(name="u", password="upw")) == (
-            "UNKNOWN", "auth: token signing attempted with verify-only key")
+        assert call(
+            eps[2], "Auth", "Authenticate", rpc_pb2.AuthenticateRequest(name="u", password="upw")
+        ) == ("UNKNOWN", "auth: token signing attempted with verify-only key")
     assert ours[0] == OK and ours[-1] == OK
     assert ours[1] == ours[2] == ("INVALID_ARGUMENT", "etcdserver: revision of auth store is old")
     if have_etcd():  # the same stale-token behaviour as a real etcd 3.4 with JWT
@@ -114,20 +141,26 @@ def test_simple_tokens_are_known_to_every_member(tmp_path: Path) -> None:
         token = authenticate(eps[0], "u", "upw")
         prefix, index = token.split(".")
         assert len(prefix) == 16 and prefix.isalpha() and index.isdigit()
-        deadline = time.monotonic() + 5
+        wait_applied(eps)  # the issuing member answered once it applied; now the others have too
         for ep in eps[1:]:
-            while True:  # the issuing member answered once it applied; the others follow shortly
-                code, detail = call(ep, "KV", "Put", rpc_pb2.PutRequest(key=b"u/k", value=b"v"), token=token)
-                if code == OK or time.monotonic() > deadline:
-                    break
-                time.sleep(0.05)
+            code, detail = call(ep, "KV", "Put", rpc_pb2.PutRequest(key=b"u/k", value=b"v"), token=token)
             assert code == OK, detail
         root = authenticate(eps[1], "root", "rpw")
-        assert call(eps[2], "Auth", "UserChangePassword",
-                    rpc_pb2.AuthUserChangePasswordRequest(name="u", password="new"), token=root)[0] == OK
-        time.sleep(0.5)
+        assert (
+            call(
+                eps[2],
+                "Auth",
+                "UserChangePassword",
+                rpc_pb2.AuthUserChangePasswordRequest(name="u", password="new"),
+                token=root,
+            )[0]
+            == OK
+        )
+        wait_applied(eps)
         # A password change forgets the user's tokens on every member.
         assert {call(ep, "KV", "Range", rpc_pb2.RangeRequest(key=b"u/k"), token=token)[0] for ep in eps} == {
-            "UNAUTHENTICATED"}
-        assert call(eps[2], "Auth", "Authenticate", rpc_pb2.AuthenticateRequest(name="u", password="upw"))[0] == (
-            "INVALID_ARGUMENT")
+            "UNAUTHENTICATED"
+        }
+        assert call(eps[2], "Auth", "Authenticate", rpc_pb2.AuthenticateRequest(name="u", password="upw"))[
+            0
+        ] == ("INVALID_ARGUMENT")

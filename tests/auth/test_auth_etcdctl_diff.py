@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from authprocs import Step, authenticate, call, run_script, step, watch, watch_create
 from etcdstore.proto.etcdserverpb import rpc_pb2
-from procs import Cluster, have_etcd
+from testlib import Cluster, have_etcd
 
 pytestmark = [pytest.mark.etcd, pytest.mark.skipif(not have_etcd(), reason="needs etcd 3.4 binaries")]
 
@@ -174,7 +174,11 @@ def test_etcdctl_session_matches_etcd(pair: tuple[str, str]) -> None:
     etcd_ep, our_ep = pair
     expected = run_script(etcd_ep, SESSION)
     got = run_script(our_ep, SESSION)
-    diffs = [f"{' '.join(s.args)}\n  etcd:      {e}\n  etcdstore: {g}" for (s, e), (_, g) in zip(expected, got) if e != g]
+    diffs = [
+        f"{' '.join(s.args)}\n  etcd:      {e}\n  etcdstore: {g}"
+        for (s, e), (_, g) in zip(expected, got)
+        if e != g
+    ]
     assert not diffs, "\n".join(diffs)
     # The session really exercised both outcomes: refusals and successes.
     outputs = [line for _, (_, out, err) in expected for line in out + err]
@@ -196,37 +200,65 @@ def test_tokens_and_watches_over_raw_grpc_match_etcd(pair: tuple[str, str]) -> N
         r.append(call(ep, "KV", "Range", rpc_pb2.RangeRequest(key=b"k"), token="abc.1"))  # auth still off
         r.append(call(ep, "Auth", "AuthEnable", rpc_pb2.AuthEnableRequest())[0])
         root = authenticate(ep, "root", "pw")
-        r.append(call(ep, "Auth", "RoleGrantPermission", rpc_pb2.AuthRoleGrantPermissionRequest(
-            name="ro", perm={"permType": 0, "key": b"r/", "range_end": b"r0"}), token=root)[0])
-        r.append(call(ep, "Auth", "UserGrantRole", rpc_pb2.AuthUserGrantRoleRequest(user="u", role="ro"),
-                      token=root)[0])
+        r.append(
+            call(
+                ep,
+                "Auth",
+                "RoleGrantPermission",
+                rpc_pb2.AuthRoleGrantPermissionRequest(
+                    name="ro", perm={"permType": 0, "key": b"r/", "range_end": b"r0"}
+                ),
+                token=root,
+            )[0]
+        )
+        r.append(
+            call(
+                ep, "Auth", "UserGrantRole", rpc_pb2.AuthUserGrantRoleRequest(user="u", role="ro"), token=root
+            )[0]
+        )
         user = authenticate(ep, "u", "upw")
         for token in (None, "garbage", "abcdefghijklmnop.1", user):
             r.append(call(ep, "KV", "Range", rpc_pb2.RangeRequest(key=b"r/1"), token=token))
             r.append(call(ep, "KV", "Put", rpc_pb2.PutRequest(key=b"r/1", value=b"v"), token=token))
             r.append(call(ep, "Lease", "LeaseRevoke", rpc_pb2.LeaseRevokeRequest(ID=12345), token=token))
             r.append(call(ep, "Maintenance", "Hash", rpc_pb2.HashRequest(), token=token))
-            r.append(call(ep, "Cluster", "MemberUpdate", rpc_pb2.MemberUpdateRequest(ID=1, peerURLs=["http://x:1"]),
-                          token=token))
+            r.append(
+                call(
+                    ep,
+                    "Cluster",
+                    "MemberUpdate",
+                    rpc_pb2.MemberUpdateRequest(ID=1, peerURLs=["http://x:1"]),
+                    token=token,
+                )
+            )
             for key, end in ((b"r/1", b""), (b"r/", b"r0"), (b"s", b""), (b"r/", b"\x00")):
                 w = watch_create(ep, key, end, token)
                 r.append((w.created, w.canceled, w.cancel_reason, w.watch_id if w.canceled else "id"))
         # Revoking a lease deletes its keys: allowed only with write permission on all of them.
-        r.append(("lease", [
-            call(ep, "Lease", "LeaseGrant", rpc_pb2.LeaseGrantRequest(ID=777, TTL=60), token=root)[0],
-            call(ep, "Lease", "LeaseGrant", rpc_pb2.LeaseGrantRequest(ID=778, TTL=60), token=root)[0],
-            call(ep, "KV", "Put", rpc_pb2.PutRequest(key=b"s/1", value=b"v", lease=777), token=root)[0],
-            call(ep, "Lease", "LeaseRevoke", rpc_pb2.LeaseRevokeRequest(ID=777), token=user),
-            call(ep, "Lease", "LeaseRevoke", rpc_pb2.LeaseRevokeRequest(ID=778), token=user)[0],
-            call(ep, "Lease", "LeaseRevoke", rpc_pb2.LeaseRevokeRequest(ID=777), token=root)[0],
-        ]))
+        r.append(
+            (
+                "lease",
+                [
+                    call(ep, "Lease", "LeaseGrant", rpc_pb2.LeaseGrantRequest(ID=777, TTL=60), token=root)[0],
+                    call(ep, "Lease", "LeaseGrant", rpc_pb2.LeaseGrantRequest(ID=778, TTL=60), token=root)[0],
+                    call(ep, "KV", "Put", rpc_pb2.PutRequest(key=b"s/1", value=b"v", lease=777), token=root)[
+                        0
+                    ],
+                    call(ep, "Lease", "LeaseRevoke", rpc_pb2.LeaseRevokeRequest(ID=777), token=user),
+                    call(ep, "Lease", "LeaseRevoke", rpc_pb2.LeaseRevokeRequest(ID=778), token=user)[0],
+                    call(ep, "Lease", "LeaseRevoke", rpc_pb2.LeaseRevokeRequest(ID=777), token=root)[0],
+                ],
+            )
+        )
         r.append(call(ep, "Auth", "Authenticate", rpc_pb2.AuthenticateRequest(name="u", password="bad")))
         r.append(call(ep, "Auth", "Authenticate", rpc_pb2.AuthenticateRequest(name="", password="")))
         r.append(call(ep, "Auth", "UserGet", rpc_pb2.AuthUserGetRequest(name="u"), token=user))
         r.append(call(ep, "Auth", "UserGet", rpc_pb2.AuthUserGetRequest(name="root"), token=user))
         r.append(call(ep, "Auth", "RoleGet", rpc_pb2.AuthRoleGetRequest(role="ro"), token=user))
         r.append(call(ep, "Auth", "UserList", rpc_pb2.AuthUserListRequest(), token=user))
-        r.append(call(ep, "Auth", "UserAdd", rpc_pb2.AuthUserAddRequest(name="x", password="y"), token="garbage"))
+        r.append(
+            call(ep, "Auth", "UserAdd", rpc_pb2.AuthUserAddRequest(name="x", password="y"), token="garbage")
+        )
         results.append(r)
         # Simple tokens expire after --auth-token-ttl (2 s) without use.
         time.sleep(3.5)
@@ -239,7 +271,10 @@ def test_tokens_and_watches_over_raw_grpc_match_etcd(pair: tuple[str, str]) -> N
     diffs = [f"#{i}: etcd {a} / etcdstore {b}" for i, (a, b) in enumerate(zip(*normalised)) if a != b]
     assert not diffs, "\n".join(diffs)
     assert ("UNAUTHENTICATED", "etcdserver: invalid auth token") in normalised[0]
-    assert ("lease", ["OK", "OK", "OK", ("PERMISSION_DENIED", "etcdserver: permission denied"), "OK", "OK"]) in etcd_r
+    assert (
+        "lease",
+        ["OK", "OK", "OK", ("PERMISSION_DENIED", "etcdserver: permission denied"), "OK", "OK"],
+    ) in etcd_r
 
 
 def _shape(x: object) -> object:
@@ -257,7 +292,8 @@ def _shape(x: object) -> object:
 if __name__ == "__main__":  # print etcd's side of the session (for reading what it covers)
     import sys
 
-    with Cluster.start(Path(tempfile.mkdtemp()), 1, binary=sys.argv[1] if len(sys.argv) > 1 else "etcd",
-                       extra_args=FLAGS) as c:
+    with Cluster.start(
+        Path(tempfile.mkdtemp()), 1, binary=sys.argv[1] if len(sys.argv) > 1 else "etcd", extra_args=FLAGS
+    ) as c:
         for s, outcome in run_script(c.endpoints[0], SESSION):
             print(" ".join(s.args), "=>", outcome)

@@ -21,6 +21,7 @@ TYPES = [READ, WRITE, READWRITE, 7]  # 7: not a permission type (grants nothing)
 
 # ---- etcd's model ---------------------------------------------------------------------------------
 
+
 def _cmp(a: bytes, b: bytes) -> int:
     if not a:
         return 0 if not b else 1
@@ -43,8 +44,9 @@ def _etcd_interval(key: bytes, range_end: bytes) -> tuple[bytes, bytes]:
 
 
 def _etcd_contains(ivls: list[tuple[bytes, bytes]], q: tuple[bytes, bytes]) -> bool:
-    visited = sorted((i for i in ivls if _ivl_compare(q, i) == 0),
-                     key=functools.cmp_to_key(lambda x, y: _cmp(x[0], y[0])))
+    visited = sorted(
+        (i for i in ivls if _ivl_compare(q, i) == 0), key=functools.cmp_to_key(lambda x, y: _cmp(x[0], y[0]))
+    )
     if not visited:
         return False
     min_begin, max_end = visited[0]
@@ -57,8 +59,9 @@ def _etcd_contains(ivls: list[tuple[bytes, bytes]], q: tuple[bytes, bytes]) -> b
 
 
 def etcd_permits(perms: list[auth_pb2.Permission], key: bytes, range_end: bytes, want: int) -> bool:
-    ivls = [_etcd_interval(p.key, p.range_end) for p in perms
-            if p.permType == READWRITE or p.permType == want]
+    ivls = [
+        _etcd_interval(p.key, p.range_end) for p in perms if p.permType == READWRITE or p.permType == want
+    ]
     if not range_end:
         point = (key, key + b"\x00")
         return any(_ivl_compare(point, i) == 0 for i in ivls)
@@ -67,6 +70,7 @@ def etcd_permits(perms: list[auth_pb2.Permission], key: bytes, range_end: bytes,
 
 
 # ---- tests ------------------------------------------------------------------------------------------
+
 
 def _perm(t: int, key: bytes, end: bytes = b"") -> auth_pb2.Permission:
     return auth_pb2.Permission(permType=t, key=key, range_end=end)
@@ -81,23 +85,44 @@ def test_agrees_with_etcd_model_on_random_permission_sets() -> None:
     queries = [(k, e) for k in KEYS for e in [b"", b"\x00", *KEYS[1:]]]
     checked = 0
     for _ in range(400):
-        perms = [_perm(rng.choice(TYPES), rng.choice(KEYS), rng.choice([b"", b"\x00", *KEYS]))
-                 for _ in range(rng.randint(0, 5))]
+        perms = [
+            _perm(rng.choice(TYPES), rng.choice(KEYS), rng.choice([b"", b"\x00", *KEYS]))
+            for _ in range(rng.randint(0, 5))
+        ]
         mine = UserPermissions([_role(*perms[:2]), _role(*perms[2:])])  # split over two roles
         for (key, end), want in itertools.product(queries, (READ, WRITE)):
-            assert mine.permits(key, end, want) == etcd_permits(perms, key, end, want), (perms, key, end, want)
+            assert mine.permits(key, end, want) == etcd_permits(perms, key, end, want), (
+                perms,
+                key,
+                end,
+                want,
+            )
             checked += 1
     assert checked > 50_000
 
 
 def test_prefix_range_and_from_key_permissions() -> None:
-    p = UserPermissions([_role(_perm(READ, b"pub/", b"pub0"), _perm(READWRITE, b"a", b"c"),
-                               _perm(WRITE, b"k"), _perm(READ, b"z", b"\x00"))])
+    p = UserPermissions(
+        [
+            _role(
+                _perm(READ, b"pub/", b"pub0"),
+                _perm(READWRITE, b"a", b"c"),
+                _perm(WRITE, b"k"),
+                _perm(READ, b"z", b"\x00"),
+            )
+        ]
+    )
     assert p.permits(b"pub/x", b"", READ) and not p.permits(b"pub/x", b"", WRITE)
     assert p.permits(b"pub/", b"pub0", READ) and not p.permits(b"pub/", b"pub1", READ)
     assert p.permits(b"b", b"", WRITE) and p.permits(b"a", b"c", READ) and not p.permits(b"a", b"c\x00", READ)
-    assert p.permits(b"k", b"", WRITE) and not p.permits(b"k", b"k\x01", WRITE) and not p.permits(b"ka", b"", WRITE)
-    assert p.permits(b"zzz", b"\x00", READ) and p.permits(b"z", b"", READ) and not p.permits(b"y", b"\x00", READ)
+    assert (
+        p.permits(b"k", b"", WRITE)
+        and not p.permits(b"k", b"k\x01", WRITE)
+        and not p.permits(b"ka", b"", WRITE)
+    )
+    assert (
+        p.permits(b"zzz", b"\x00", READ) and p.permits(b"z", b"", READ) and not p.permits(b"y", b"\x00", READ)
+    )
     assert not p.permits(b"", b"", READ)  # the empty key is +infinity: nothing covers it
 
 

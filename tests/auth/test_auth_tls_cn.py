@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from authprocs import Step, run_script, step
 from pki import PKI
-from procs import ETCDCTL_BIN, command_for, free_port, have_etcd
+from testlib import ETCDCTL_BIN, command_for, free_port, have_etcd
 
 pytestmark = [pytest.mark.etcd, pytest.mark.skipif(not have_etcd(), reason="needs etcd 3.4 binaries")]
 
@@ -54,22 +54,60 @@ def session(pki: PKI) -> list[Step]:
 
 
 def tls_flags(pki: PKI, cert: str, key: str) -> list[str]:
-    return ["--cert-file", cert, "--key-file", key, "--trusted-ca-file", str(pki.ca), "--client-cert-auth",
-            "--bcrypt-cost", "4"]
+    return [
+        "--cert-file",
+        cert,
+        "--key-file",
+        key,
+        "--trusted-ca-file",
+        str(pki.ca),
+        "--client-cert-auth",
+        "--bcrypt-cost",
+        "4",
+    ]
 
 
 def member_flags(name: str, data: Path, client: int, peer: int) -> list[str]:
     url, purl = f"https://127.0.0.1:{client}", f"http://127.0.0.1:{peer}"
-    return ["--name", name, "--data-dir", str(data), "--listen-client-urls", url, "--advertise-client-urls", url,
-            "--listen-peer-urls", purl, "--initial-advertise-peer-urls", purl, "--initial-cluster", f"{name}={purl}"]
+    return [
+        "--name",
+        name,
+        "--data-dir",
+        str(data),
+        "--listen-client-urls",
+        url,
+        "--advertise-client-urls",
+        url,
+        "--listen-peer-urls",
+        purl,
+        "--initial-advertise-peer-urls",
+        purl,
+        "--initial-cluster",
+        f"{name}={purl}",
+    ]
 
 
 def wait_healthy(endpoint: str, pki: PKI, cert: str, key: str, proc: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + 30
     while True:
-        out = subprocess.run([ETCDCTL_BIN, "--endpoints", endpoint, "--cacert", str(pki.ca), "--cert", cert,
-                              "--key", key, "endpoint", "health"], capture_output=True, env={"ETCDCTL_API": "3"},
-                             check=False)
+        out = subprocess.run(
+            [
+                ETCDCTL_BIN,
+                "--endpoints",
+                endpoint,
+                "--cacert",
+                str(pki.ca),
+                "--cert",
+                cert,
+                "--key",
+                key,
+                "endpoint",
+                "health",
+            ],
+            capture_output=True,
+            env={"ETCDCTL_API": "3"},
+            check=False,
+        )
         if out.returncode == 0:
             return
         assert proc is None or proc.poll() is None, "server exited"
@@ -77,16 +115,24 @@ def wait_healthy(endpoint: str, pki: PKI, cert: str, key: str, proc: subprocess.
         time.sleep(0.2)
 
 
-def run_session(binary: str, tmp_path: Path, pki: PKI, steps: list[Step], server: tuple[str, str],
-                root: tuple[str, str]) -> list:
+def run_session(
+    binary: str, tmp_path: Path, pki: PKI, steps: list[Step], server: tuple[str, str], root: tuple[str, str]
+) -> list:
     """The session against one member of `binary`, serving clients over mutual TLS only."""
     (server_cert, server_key), (root_cert, root_key) = server, root
     port, peer = free_port(), free_port()
     endpoint = f"https://127.0.0.1:{port}"
     data = tmp_path / binary
     with open(tmp_path / f"{binary}.log", "wb") as log:
-        proc = subprocess.Popen([*command_for(binary), *member_flags("m", data, port, peer),
-                                 *tls_flags(pki, server_cert, server_key)], stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [
+                *command_for(binary),
+                *member_flags("m", data, port, peer),
+                *tls_flags(pki, server_cert, server_key),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     try:
         wait_healthy(endpoint, pki, root_cert, root_key, proc)
         return run_script(endpoint, steps)
@@ -101,8 +147,11 @@ def test_client_certificate_cn_is_the_user(tmp_path: Path) -> None:
     steps = session(pki)
     expected = run_session("etcd", tmp_path, pki, steps, server, root)
     got = run_session("etcdstore", tmp_path, pki, steps, server, root)
-    diffs = [f"{' '.join(s.args[:4])}\n  etcd:      {e}\n  etcdstore: {g}"
-             for (s, e), (_, g) in zip(expected, got) if e != g]
+    diffs = [
+        f"{' '.join(s.args[:4])}\n  etcd:      {e}\n  etcdstore: {g}"
+        for (s, e), (_, g) in zip(expected, got)
+        if e != g
+    ]
     assert not diffs, "\n".join(diffs)
     by_step = [out for _, out in expected]
     assert by_step[9] == (0, ["OK"], [])  # root by certificate, no password given

@@ -11,6 +11,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from etcdstore import errors
+from etcdstore.auth import tokens as tokens_module
 from etcdstore.auth.jwt_token import VERIFY_ONLY, JWTTokens
 from etcdstore.auth.tokens import SimpleTokens, decompose_options, new_provider
 from etcdstore.config import ConfigError
@@ -19,10 +20,16 @@ from etcdstore.config import ConfigError
 def write_keys(tmp: Path, kind: str, name: str = "k") -> tuple[str, str]:
     key = rsa.generate_private_key(65537, 2048) if kind == "rsa" else ec.generate_private_key(ec.SECP256R1())
     priv, pub = tmp / f"{name}.pem", tmp / f"{name}.pub"
-    priv.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
-    pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                  serialization.PublicFormat.SubjectPublicKeyInfo))
+    priv.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    pub.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
     return str(pub), str(priv)
 
 
@@ -31,7 +38,19 @@ def _segment(token: str, i: int) -> bytes:
     return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
 
 
-def test_simple_token_sliding_ttl_and_invalidation() -> None:
+class _Clock:
+    """Stands in for the tokens module's `time`: the test moves it instead of sleeping."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def test_simple_token_sliding_ttl_and_invalidation(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = _Clock()
+    monkeypatch.setattr(tokens_module, "time", clock)
     t = SimpleTokens(0.3)
     assert t.assign("u", "p" * 16, 7) == "pppppppppppppppp.7"
     assert t.info("pppppppppppppppp.7", 5) is None  # not enabled: never remembered
@@ -39,10 +58,10 @@ def test_simple_token_sliding_ttl_and_invalidation() -> None:
     tok = t.assign("u", t.gen_prefix(), 8)
     assert len(tok.split(".")[0]) == 16 and tok.split(".")[0].isalpha()
     for _ in range(3):  # each use pushes the expiry out
-        time.sleep(0.2)
+        clock.now += 0.2
         info = t.info(tok, 42)
         assert info is not None and (info.user, info.revision) == ("u", 42)
-    time.sleep(0.4)
+    clock.now += 0.4
     assert t.info(tok, 42) is None  # idle longer than the TTL
     a, b = t.assign("alice", "a" * 16, 1), t.assign("bob", "b" * 16, 2)
     t.invalidate_user("alice")
@@ -52,7 +71,10 @@ def test_simple_token_sliding_ttl_and_invalidation() -> None:
 
 
 def test_option_parsing_like_etcd(tmp_path: Path) -> None:
-    assert decompose_options("jwt,pub-key=a,sign-method=RS256") == ("jwt", {"pub-key": "a", "sign-method": "RS256"})
+    assert decompose_options("jwt,pub-key=a,sign-method=RS256") == (
+        "jwt",
+        {"pub-key": "a", "sign-method": "RS256"},
+    )
     for bad in ("jwt,pub-key", "jwt,a=1,a=2", "jwt,a=b=c", "bogus"):
         with pytest.raises(ConfigError):
             new_provider(bad, 300)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import subprocess
 import time
+from collections.abc import Callable
 
 import pytest
-
 from etcdstore import errors
 from etcdstore.client import Client
-from procs import Cluster, Member, etcdctl, have_etcd, wait_serving
+from testlib import Cluster, Member, etcdctl, eventually, have_etcd, wait_serving
 
 pytestmark = pytest.mark.skipif(not have_etcd(), reason="etcdctl 3.4 not installed")
 
@@ -28,8 +29,10 @@ def status_json(endpoints: list[str]) -> list[dict]:
 
 
 def hashes(endpoints: list[str]) -> set[int]:
-    return {d["HashKV"]["hash"] for d in json.loads(etcdctl(endpoints, "endpoint", "hashkv", "--cluster", "-w",
-                                                            "json").stdout)}
+    return {
+        d["HashKV"]["hash"]
+        for d in json.loads(etcdctl(endpoints, "endpoint", "hashkv", "--cluster", "-w", "json").stdout)
+    }
 
 
 def add_member(cluster: Cluster, name: str, *, learner: bool) -> Member:
@@ -42,17 +45,10 @@ def add_member(cluster: Cluster, name: str, *, learner: bool) -> Member:
     return new
 
 
-def wait_until(predicate, timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if predicate():
-                return
-        except Exception:  # noqa: BLE001 - members may be restarting; retry until the deadline
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
+def wait_until(predicate: Callable[[], object], timeout: float = 30.0, what: str = "condition") -> None:
+    # members may be restarting: etcdctl failures (RuntimeError) and unparsable output retry too
+    retry = (AssertionError, RuntimeError, ValueError, LookupError, StopIteration, subprocess.TimeoutExpired)
+    eventually(predicate, timeout, 0.2, ignoring=retry, message=what)
 
 
 def member_id(members: list[dict], name: str) -> int:
@@ -80,7 +76,10 @@ def test_grow_shrink_move_leader_and_replace(tmp_path):
             assert etcdctl(new.endpoint, "get", "k1", "--consistency", "s").stdout == "k1\nv1\n"
             refused = etcdctl(new.endpoint, "put", "x", "y", check=False)
             assert refused.returncode != 0 and "rpc not supported for learner" in refused.stderr
-            wait_until(lambda: "promoted" in etcdctl(eps, "member", "promote", f"{mid:x}").stdout, what="promote")
+            wait_until(
+                lambda mid=mid: "promoted" in etcdctl(eps, "member", "promote", f"{mid:x}").stdout,
+                what="promote",
+            )
             assert not next(m for m in members_json(eps) if m["ID"] == mid).get("isLearner")
         eps = c.endpoints
         assert len(status_json(eps)) == 5
@@ -89,7 +88,9 @@ def test_grow_shrink_move_leader_and_replace(tmp_path):
         st = status_json(eps)
         leader = st[0]["Status"]["leader"]
         leader_ep = next(s["Endpoint"] for s in st if s["Status"]["header"]["member_id"] == leader)
-        target = next(s["Status"]["header"]["member_id"] for s in st if s["Status"]["header"]["member_id"] != leader)
+        target = next(
+            s["Status"]["header"]["member_id"] for s in st if s["Status"]["header"]["member_id"] != leader
+        )
         out = etcdctl([leader_ep.split("//")[-1]], "move-leader", f"{target:x}").stdout
         assert "Leadership transferred" in out
         wait_until(lambda: all(s["Status"]["leader"] == target for s in status_json(eps)), what="new leader")
@@ -99,7 +100,7 @@ def test_grow_shrink_move_leader_and_replace(tmp_path):
             mid = member_id(members_json(eps), name)
             etcdctl(eps, "member", "remove", f"{mid:x}")
             gone = next(m for m in c.members if m.name == name)
-            wait_until(lambda: not gone.running, what=f"{name} to stop after its removal")
+            wait_until(lambda gone=gone: not gone.running, what=f"{name} to stop after its removal")
             c.members.remove(gone)
         eps = c.endpoints
         assert len(members_json(eps)) == 3
@@ -139,16 +140,21 @@ def test_restart_ignores_initial_flags_and_bad_join_is_refused(tmp_path):
 
         # A member that was never added cannot join: a clear error and exit status 1.
         stranger = c.new_member("stranger")
-        stranger.initial_cluster = ",".join(f"{x.name}={x.peer_url}" for x in c.members) + \
-            f",stranger={stranger.peer_url}"
+        stranger.initial_cluster = (
+            ",".join(f"{x.name}={x.peer_url}" for x in c.members) + f",stranger={stranger.peer_url}"
+        )
         stranger.spawn()
         assert stranger.proc.wait(60) == 1
         assert "not in the cluster" in stranger.log_tail()
 
 
 def test_quorum_loss_fails_fast_with_hasleader_and_times_out_without(tmp_path):
-    with Cluster.start(tmp_path, 3, binary="etcdstore",
-                       extra_args=["--heartbeat-interval", "50", "--election-timeout", "500"]) as c:
+    with Cluster.start(
+        tmp_path,
+        3,
+        binary="etcdstore",
+        extra_args=["--heartbeat-interval", "50", "--election-timeout", "500"],
+    ) as c:
         survivor = c.members[0]
         for m in c.members[1:]:
             m.kill()

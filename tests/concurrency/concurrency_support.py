@@ -21,7 +21,7 @@ import grpc
 from etcdstore.proto.etcdserverpb import rpc_pb2, rpc_pb2_grpc
 from etcdstore.proto.v3electionpb import v3election_pb2_grpc
 from etcdstore.proto.v3lockpb import v3lock_pb2_grpc
-from procs import ETCDCTL_BIN
+from testlib import ETCDCTL_BIN, eventually_async
 
 CTL_ENV = dict(os.environ, ETCDCTL_API="3")
 
@@ -30,7 +30,8 @@ def is_deadline_error(code: grpc.StatusCode, details: str) -> bool:
     """A call whose deadline passed. etcd's server sometimes answers first, with its own
     context's error as a plain error: Unknown, "context deadline exceeded"."""
     return code == grpc.StatusCode.DEADLINE_EXCEEDED or (
-        code == grpc.StatusCode.UNKNOWN and details == "context deadline exceeded")
+        code == grpc.StatusCode.UNKNOWN and details == "context deadline exceeded"
+    )
 
 
 class Ctl:
@@ -44,8 +45,13 @@ class Ctl:
     @classmethod
     async def start(cls, endpoint: str, *args: str, env: dict[str, str] | None = None) -> Ctl:
         proc = await asyncio.create_subprocess_exec(
-            ETCDCTL_BIN, "--endpoints", endpoint, *args, env=env or CTL_ENV,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            ETCDCTL_BIN,
+            "--endpoints",
+            endpoint,
+            *args,
+            env=env or CTL_ENV,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
         return cls(proc, args)
 
@@ -67,12 +73,15 @@ class Ctl:
             try:
                 line = await self.readline(max(left, 0.01))
             except TimeoutError:
-                raise AssertionError(f"etcdctl {' '.join(self.args)}: no matching line in {timeout}s; "
-                                     f"got {self.lines}") from None
+                raise AssertionError(
+                    f"etcdctl {' '.join(self.args)}: no matching line in {timeout}s; got {self.lines}"
+                ) from None
             if line is None:
                 err = await self.stderr()
-                raise AssertionError(f"etcdctl {' '.join(self.args)} ended (rc={self.proc.returncode}) "
-                                     f"before a matching line; got {self.lines}; stderr: {err}")
+                raise AssertionError(
+                    f"etcdctl {' '.join(self.args)} ended (rc={self.proc.returncode}) "
+                    f"before a matching line; got {self.lines}; stderr: {err}"
+                )
             if pred(line):
                 return line
 
@@ -135,13 +144,26 @@ class Stubs:
         resp = await self.kv.Range(rpc_pb2.RangeRequest(key=prefix, range_end=end, keys_only=True))
         return [kv.key for kv in resp.kvs]
 
+    async def until_keys(self, prefix: bytes, n: int, timeout: float = 10.0) -> None:
+        """Until exactly `n` keys exist under `prefix` (queued lock waiters, election candidates)."""
+
+        async def count() -> bool:
+            return len(await self.keys(prefix)) == n
+
+        await eventually_async(count, timeout, message=f"{n} keys under {prefix!r}")
+
 
 @contextlib.asynccontextmanager
 async def stubs(endpoint: str) -> AsyncIterator[Stubs]:
     ch = grpc.aio.insecure_channel(endpoint)
     try:
-        yield Stubs(ch, v3lock_pb2_grpc.LockStub(ch), v3election_pb2_grpc.ElectionStub(ch),
-                    rpc_pb2_grpc.KVStub(ch), rpc_pb2_grpc.LeaseStub(ch))
+        yield Stubs(
+            ch,
+            v3lock_pb2_grpc.LockStub(ch),
+            v3election_pb2_grpc.ElectionStub(ch),
+            rpc_pb2_grpc.KVStub(ch),
+            rpc_pb2_grpc.LeaseStub(ch),
+        )
     finally:
         await ch.close()
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from procs import Cluster, have_etcd
+from testlib import Cluster, have_etcd
 
 BINARIES = ["etcdstore", "etcd"]
 

@@ -11,7 +11,7 @@ import pytest
 from concurrency_support import kept_alive, stubs
 from etcdstore.proto.v3electionpb import v3election_pb2 as epb
 from etcdstore.proto.v3lockpb import v3lock_pb2
-from procs import Cluster
+from testlib import Cluster
 
 
 @pytest.fixture(params=["etcdstore", "etcd"])
@@ -25,16 +25,23 @@ async def test_waiters_on_other_members_survive_a_leader_crash(cluster3: Cluster
     others = [i for i in range(3) if i != leader]
     eps = [m.endpoint for m in cluster3.members]
     a, b = eps[others[0]], eps[others[1]]
-    async with (stubs(eps[leader]) as on_leader, stubs(a) as on_a, stubs(b) as on_b,
-                kept_alive(on_a, 30) as la, kept_alive(on_b, 30) as lb):
+    async with (
+        stubs(eps[leader]) as on_leader,
+        stubs(a) as on_a,
+        stubs(b) as on_b,
+        kept_alive(on_a, 30) as la,
+        kept_alive(on_b, 30) as lb,
+    ):
         held = await on_leader.lock.Lock(v3lock_pb2.LockRequest(name=b"c-lock", lease=la))
         waiter = asyncio.ensure_future(on_b.lock.Lock(v3lock_pb2.LockRequest(name=b"c-lock", lease=lb)))
         won = await on_a.election.Campaign(epb.CampaignRequest(name=b"c-el", lease=la, value=b"first"))
         candidate = asyncio.ensure_future(
-            on_b.election.Campaign(epb.CampaignRequest(name=b"c-el", lease=lb, value=b"second")))
+            on_b.election.Campaign(epb.CampaignRequest(name=b"c-el", lease=lb, value=b"second"))
+        )
         observer = on_b.election.Observe(epb.LeaderRequest(name=b"c-el"))
         assert (await asyncio.wait_for(observer.read(), 10)).kv.value == b"first"
-        await asyncio.sleep(0.5)
+        await on_b.until_keys(b"c-lock/", 2)  # the waiter and the candidate are queued
+        await on_b.until_keys(b"c-el/", 2)
         assert not waiter.done() and not candidate.done()
 
         cluster3.members[leader].kill()  # the Raft leader crashes; a and b elect a new one

@@ -11,7 +11,7 @@ import pytest
 from concurrency_support import Stubs, is_deadline_error, kept_alive, stubs
 from etcdstore.proto.etcdserverpb import rpc_pb2
 from etcdstore.proto.v3electionpb import v3election_pb2 as epb
-from procs import Cluster
+from testlib import Cluster
 
 UNKNOWN = grpc.StatusCode.UNKNOWN
 
@@ -36,11 +36,15 @@ async def test_election_requests_and_errors(server: Cluster) -> None:
         assert await rpc_error(e.Resign(epb.ResignRequest())) == missing
         bogus = epb.LeaderKey(name=b"e1", key=b"e1/1", rev=5, lease=lease)
         assert await rpc_error(e.Proclaim(epb.ProclaimRequest(leader=bogus, value=b"x"))) == (
-            UNKNOWN, "election: not leader")
+            UNKNOWN,
+            "election: not leader",
+        )
         rev = await current_revision(st)
         assert (await e.Resign(epb.ResignRequest(leader=bogus))).header.revision == rev  # nothing to resign
         assert await rpc_error(e.Campaign(epb.CampaignRequest(name=b"e1", lease=0x7EAD, value=b"v"))) == (
-            UNKNOWN, "etcdserver: requested lease not found")
+            UNKNOWN,
+            "etcdserver: requested lease not found",
+        )
 
         won = await e.Campaign(epb.CampaignRequest(name=b"e1", lease=lease, value=b"v1"))
         key = b"e1/%x" % lease
@@ -73,19 +77,26 @@ async def test_election_requests_and_errors(server: Cluster) -> None:
         assert resigned.header.revision == rev + 4 and not (await st.get(key)).kvs
         assert (await e.Resign(epb.ResignRequest(leader=won.leader))).header.revision == rev + 4
         assert await rpc_error(e.Proclaim(epb.ProclaimRequest(leader=won.leader, value=b"v5"))) == (
-            UNKNOWN, "election: not leader")
+            UNKNOWN,
+            "election: not leader",
+        )
         assert await rpc_error(e.Leader(epb.LeaderRequest(name=b"e1"))) == (UNKNOWN, "election: no leader")
         await st.lease.LeaseRevoke(rpc_pb2.LeaseRevokeRequest(ID=kv.lease))
 
 
 async def test_campaign_waits_and_a_given_up_candidate_withdraws(server: Cluster) -> None:
-    async with (stubs(server.endpoints[0]) as st, kept_alive(st, 30) as l1, kept_alive(st, 30) as l2,
-                kept_alive(st, 30) as l3):
+    async with (
+        stubs(server.endpoints[0]) as st,
+        kept_alive(st, 30) as l1,
+        kept_alive(st, 30) as l2,
+        kept_alive(st, 30) as l3,
+    ):
         e = st.election
         first = await e.Campaign(epb.CampaignRequest(name=b"e2", lease=l1, value=b"a"))
         # A candidate whose deadline passes is resigned (its key deleted), as etcd does.
-        code, details = await rpc_error(e.Campaign(epb.CampaignRequest(name=b"e2", lease=l2, value=b"b"),
-                                                   timeout=0.5))
+        code, details = await rpc_error(
+            e.Campaign(epb.CampaignRequest(name=b"e2", lease=l2, value=b"b"), timeout=0.5)
+        )
         assert is_deadline_error(code, details), (code, details)
         await _candidates(st, b"e2/", 1)
         third = asyncio.ensure_future(e.Campaign(epb.CampaignRequest(name=b"e2", lease=l3, value=b"c")))
@@ -162,8 +173,4 @@ async def test_observe_starts_with_the_current_leader(server: Cluster) -> None:
 
 
 async def _candidates(st: Stubs, prefix: bytes, n: int) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 10
-    while len(await st.keys(prefix)) != n:
-        assert loop.time() < deadline, f"keys under {prefix!r}: {await st.keys(prefix)}"
-        await asyncio.sleep(0.05)
+    await st.until_keys(prefix, n)

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from concurrency_support import Ctl, Stubs, ctl, kept_alive, stubs
 from etcdstore.proto.v3electionpb import v3election_pb2 as epb
-from procs import Cluster, etcdctl
+from testlib import Cluster, etcdctl, eventually_async
 
 
 def values(lines: list[str], name: str) -> list[str]:
@@ -22,7 +22,8 @@ async def wait_values(p: Ctl, name: str, want: list[str], timeout: float = 10.0)
     deadline = loop.time() + timeout
     while values(p.lines, name) != want:
         assert len(values(p.lines, name)) < len(want) and want[: len(values(p.lines, name))] == values(
-            p.lines, name), f"observer saw {values(p.lines, name)}, want {want}"
+            p.lines, name
+        ), f"observer saw {values(p.lines, name)}, want {want}"
         await p.expect(lambda line: True, max(deadline - loop.time(), 0.01))
 
 
@@ -44,20 +45,12 @@ async def observed(st: Stubs, name: bytes) -> AsyncIterator[list[bytes]]:
             await task
 
 
-async def until(pred, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not pred():
-        assert loop.time() < deadline, "condition not reached"
-        await asyncio.sleep(0.05)
+async def until(pred: Callable[[], bool], timeout: float = 10.0) -> None:
+    await eventually_async(pred, timeout)
 
 
 async def queue_length(st: Stubs, prefix: bytes, n: int) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 10
-    while len(await st.keys(prefix)) != n:
-        assert loop.time() < deadline, f"candidates under {prefix!r}: {await st.keys(prefix)}"
-        await asyncio.sleep(0.05)
+    await st.until_keys(prefix, n)
 
 
 async def test_etcdctl_elect_leadership_changes_are_observed_in_order(server: Cluster) -> None:
@@ -96,14 +89,20 @@ async def st_keys_after(ep: str, prefix: bytes) -> list[bytes]:
 
 async def test_campaign_rpcs_are_seen_by_etcdctl_observer(server: Cluster) -> None:
     ep = server.endpoints[0]
-    async with (stubs(ep) as st, kept_alive(st, 10) as l1, kept_alive(st, 10) as l2,
-                ctl(ep, "elect", "-l", "rpc-el") as obs, observed(st, b"rpc-el") as rpc_seen):
+    async with (
+        stubs(ep) as st,
+        kept_alive(st, 10) as l1,
+        kept_alive(st, 10) as l2,
+        ctl(ep, "elect", "-l", "rpc-el") as obs,
+        observed(st, b"rpc-el") as rpc_seen,
+    ):
         first = await st.election.Campaign(epb.CampaignRequest(name=b"rpc-el", lease=l1, value=b"v1"))
         await wait_values(obs, "rpc-el", ["v1"])
         await st.election.Proclaim(epb.ProclaimRequest(leader=first.leader, value=b"v2"))
         await wait_values(obs, "rpc-el", ["v1", "v2"])
         second = asyncio.ensure_future(
-            st.election.Campaign(epb.CampaignRequest(name=b"rpc-el", lease=l2, value=b"w1")))
+            st.election.Campaign(epb.CampaignRequest(name=b"rpc-el", lease=l2, value=b"w1"))
+        )
         await queue_length(st, b"rpc-el/", 2)
         await asyncio.sleep(0.3)
         assert not second.done()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from concurrency_support import CTL_ENV, Ctl, ctl, kept_alive, stubs
 from etcdstore.proto.v3lockpb import v3lock_pb2
-from procs import ETCDCTL_BIN, Cluster, etcdctl
+from testlib import ETCDCTL_BIN, Cluster, etcdctl
 
 
 async def test_second_locker_waits_until_the_first_exits(server: Cluster) -> None:
@@ -61,7 +61,8 @@ async def test_lock_rpc_and_etcdctl_lock_exclude_each_other(server: Cluster) -> 
         async with ctl(ep, "lock", "mixed") as holder:
             await holder.expect(lambda line: line.startswith("mixed/"), 15)
             waiter = asyncio.ensure_future(st.lock.Lock(v3lock_pb2.LockRequest(name=b"mixed", lease=lease)))
-            await asyncio.sleep(1.0)
+            await st.until_keys(b"mixed/", 2)  # the RPC's key is queued behind etcdctl's
+            await asyncio.sleep(0.3)  # a window in which it must not be granted
             assert not waiter.done(), "Lock RPC did not wait for the etcdctl holder"
             holder.terminate()
             got = await asyncio.wait_for(waiter, 10)
@@ -104,8 +105,9 @@ def _shared_state(d: Path) -> Path:
 
 
 async def _run(*argv: str, env: dict[str, str] | None = None) -> None:
-    proc = await asyncio.create_subprocess_exec(*argv, env=env or CTL_ENV, stdout=asyncio.subprocess.DEVNULL,
-                                                stderr=asyncio.subprocess.PIPE)
+    proc = await asyncio.create_subprocess_exec(
+        *argv, env=env or CTL_ENV, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+    )
     _, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, f"{argv} failed: {err.decode()}"
 

@@ -11,7 +11,7 @@ import pytest
 from concurrency_support import Stubs, is_deadline_error, kept_alive, stubs
 from etcdstore.proto.etcdserverpb import rpc_pb2
 from etcdstore.proto.v3lockpb import v3lock_pb2
-from procs import Cluster
+from testlib import Cluster
 
 
 def lock_req(name: bytes, lease: int) -> v3lock_pb2.LockRequest:
@@ -69,8 +69,12 @@ async def test_lock_without_a_lease_gets_a_60s_lease(server: Cluster) -> None:
 
 
 async def test_waiter_queues_behind_every_older_key(server: Cluster) -> None:
-    async with (stubs(server.endpoints[0]) as st, kept_alive(st, 30) as l1, kept_alive(st, 30) as l2,
-                kept_alive(st, 30) as l3):
+    async with (
+        stubs(server.endpoints[0]) as st,
+        kept_alive(st, 30) as l1,
+        kept_alive(st, 30) as l2,
+        kept_alive(st, 30) as l3,
+    ):
         first = await st.lock.Lock(lock_req(b"queue", l1))
         second = asyncio.ensure_future(st.lock.Lock(lock_req(b"queue", l2)))
         await _queued(st, b"queue/", 2)
@@ -152,8 +156,11 @@ async def test_concurrent_lock_loops_are_exclusive_with_fencing(server: Cluster)
                         rpc_pb2.Compare(key=got.key, target=rpc_pb2.Compare.CREATE, create_revision=token),
                         rpc_pb2.Compare(key=counter, target=rpc_pb2.Compare.MOD, mod_revision=mod),
                     ],
-                    success=[rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=counter,
-                                                                              value=b"%d" % (value + 1)))],
+                    success=[
+                        rpc_pb2.RequestOp(
+                            request_put=rpc_pb2.PutRequest(key=counter, value=b"%d" % (value + 1))
+                        )
+                    ],
                 )
                 if not (await st.kv.Txn(txn)).succeeded:
                     failures.append(f"fenced write refused for token {token}")
@@ -169,8 +176,4 @@ async def test_concurrent_lock_loops_are_exclusive_with_fencing(server: Cluster)
 
 
 async def _queued(st: Stubs, prefix: bytes, n: int) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 10
-    while len(await st.keys(prefix)) != n:
-        assert loop.time() < deadline, f"keys under {prefix!r}: {await st.keys(prefix)}"
-        await asyncio.sleep(0.05)
+    await st.until_keys(prefix, n)

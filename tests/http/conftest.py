@@ -19,7 +19,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from httpdiff import Differ, start, url
-from procs import have_etcd
+from testlib import have_etcd
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from typing import Any
 
 import aiohttp
 import yarl
-from procs import Cluster
+from testlib import Cluster
 
 
 def start(tmp: Path, binary: str, *extra: str, size: int = 1) -> Cluster:
@@ -33,10 +33,31 @@ def url(c: Cluster, i: int = 0) -> str:
 # v2: integer fields that are store indexes.
 V2_INDEX_FIELDS = {"modifiedIndex", "createdIndex", "index"}
 # v3 (JSON gateway): revision-valued fields (int64 as strings).
-V3_REVISION_FIELDS = {"revision", "create_revision", "mod_revision", "compact_revision", "createRevision",
-                      "modRevision", "raftIndex", "raftAppliedIndex", "start_revision"}
-V3_OPAQUE_FIELDS = {"cluster_id", "member_id", "raft_term", "dbSize", "dbSizeInUse", "hash", "raftTerm",
-                    "token", "leader", "memberID", "grantedTTL", "blob"}
+V3_REVISION_FIELDS = {
+    "revision",
+    "create_revision",
+    "mod_revision",
+    "compact_revision",
+    "createRevision",
+    "modRevision",
+    "raftIndex",
+    "raftAppliedIndex",
+    "start_revision",
+}
+V3_OPAQUE_FIELDS = {
+    "cluster_id",
+    "member_id",
+    "raft_term",
+    "dbSize",
+    "dbSizeInUse",
+    "hash",
+    "raftTerm",
+    "token",
+    "leader",
+    "memberID",
+    "grantedTTL",
+    "blob",
+}
 _IN_ORDER_KEY = re.compile(r"/(\d{20})$")
 _CAUSE_INDEX = re.compile(r"!= (\d+)\]")
 _CLEARED = re.compile(r"\[(\d+)/(\d+)\]")
@@ -145,8 +166,17 @@ async def fetch(session: aiohttp.ClientSession, method: str, url: str, **kw: Any
         return Reply(r.status, r.content_type, dict(r.headers), text, body, lines)
 
 
-HEADERS_COMPARED = ("Content-Type", "X-Etcd-Index", "X-Raft-Index", "X-Raft-Term", "X-Etcd-Cluster-Id", "Allow",
-                    "Access-Control-Allow-Origin", "Grpc-Metadata-Content-Type", "Location")
+HEADERS_COMPARED = (
+    "Content-Type",
+    "X-Etcd-Index",
+    "X-Raft-Index",
+    "X-Raft-Term",
+    "X-Etcd-Cluster-Id",
+    "Allow",
+    "Access-Control-Allow-Origin",
+    "Grpc-Metadata-Content-Type",
+    "Location",
+)
 
 
 class Differ:
@@ -208,7 +238,9 @@ class Differ:
         assert a == b, f"{what}\nours: {a}\netcd: {b}"
 
 
-async def open_stream(session: aiohttp.ClientSession, method: str, url: str, **kw: Any) -> aiohttp.ClientResponse:
+async def open_stream(
+    session: aiohttp.ClientSession, method: str, url: str, **kw: Any
+) -> aiohttp.ClientResponse:
     """Start a long request (a watch); returns once the response headers are in."""
     return await session.request(method, yarl.URL(url, encoded=True), allow_redirects=False, **kw)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from httpdiff import fetch, finish, open_stream, start, url
-from procs import Cluster
+from testlib import Cluster
 
 K = "/v2/keys"
 
@@ -31,7 +31,9 @@ def urls(c: Cluster) -> list[str]:
     return [url(c, i) for i in range(len(c.members))]
 
 
-async def test_any_member_serves_and_sees_the_others_writes(cluster: Cluster, session: aiohttp.ClientSession) -> None:
+async def test_any_member_serves_and_sees_the_others_writes(
+    cluster: Cluster, session: aiohttp.ClientSession
+) -> None:
     u = urls(cluster)
     for i, base in enumerate(u):
         r = await fetch(session, "PUT", f"{base}{K}/cl/k{i}", data={"value": f"v{i}"})
@@ -39,9 +41,14 @@ async def test_any_member_serves_and_sees_the_others_writes(cluster: Cluster, se
     for base in u:
         r = await fetch(session, "GET", f"{base}{K}/cl?recursive=true&sorted=true&quorum=true")
         assert [(n["key"], n["value"]) for n in r.json["node"]["nodes"]] == [
-            ("/cl/k0", "v0"), ("/cl/k1", "v1"), ("/cl/k2", "v2")]
-        assert r.headers["X-Etcd-Cluster-Id"] == (await fetch(session, "GET", f"{u[0]}{K}/cl")).headers[
-            "X-Etcd-Cluster-Id"]
+            ("/cl/k0", "v0"),
+            ("/cl/k1", "v1"),
+            ("/cl/k2", "v2"),
+        ]
+        assert (
+            r.headers["X-Etcd-Cluster-Id"]
+            == (await fetch(session, "GET", f"{u[0]}{K}/cl")).headers["X-Etcd-Cluster-Id"]
+        )
     # a refused write on a member that may lag is confirmed against the leader's state
     r = await fetch(session, "PUT", f"{u[2]}{K}/cl/k0", data={"value": "x", "prevExist": "false"})
     assert r.status == 412 and r.json["errorCode"] == 105
@@ -49,15 +56,16 @@ async def test_any_member_serves_and_sees_the_others_writes(cluster: Cluster, se
 
 async def test_wait_on_one_member_write_on_another(cluster: Cluster, session: aiohttp.ClientSession) -> None:
     u = urls(cluster)
-    w = await open_stream(session, "GET", f"{u[1]}{K}/cw/x?wait=true")
-    await asyncio.sleep(0.2)
+    w = await open_stream(session, "GET", f"{u[1]}{K}/cw/x?wait=true")  # headers in: registered
     r = await fetch(session, "PUT", f"{u[2]}{K}/cw/x", data={"value": "hello"})
     got = await finish(w)
     assert got.status == 200 and got.json["action"] == "set" and got.json["node"]["value"] == "hello"
     assert got.json["node"]["modifiedIndex"] == r.json["node"]["modifiedIndex"]
 
 
-async def test_concurrent_in_order_keys_and_cas_counter(cluster: Cluster, session: aiohttp.ClientSession) -> None:
+async def test_concurrent_in_order_keys_and_cas_counter(
+    cluster: Cluster, session: aiohttp.ClientSession
+) -> None:
     u = urls(cluster)
 
     async def post(i: int) -> dict:
@@ -81,8 +89,12 @@ async def test_concurrent_in_order_keys_and_cas_counter(cluster: Cluster, sessio
         while True:
             attempts += 1
             cur = (await fetch(session, "GET", f"{u[i % 3]}{K}/counter?quorum=true")).json["node"]
-            r = await fetch(session, "PUT", f"{u[i % 3]}{K}/counter",
-                            data={"value": str(int(cur["value"]) + 1), "prevIndex": str(cur["modifiedIndex"])})
+            r = await fetch(
+                session,
+                "PUT",
+                f"{u[i % 3]}{K}/counter",
+                data={"value": str(int(cur["value"]) + 1), "prevIndex": str(cur["modifiedIndex"])},
+            )
             if r.status == 200:
                 return attempts
             assert r.status == 412 and r.json["errorCode"] == 101, r.text
@@ -92,7 +104,9 @@ async def test_concurrent_in_order_keys_and_cas_counter(cluster: Cluster, sessio
     assert r.json["node"]["value"] == "12"  # no lost update
 
 
-async def test_concurrent_recursive_delete_and_creates(cluster: Cluster, session: aiohttp.ClientSession) -> None:
+async def test_concurrent_recursive_delete_and_creates(
+    cluster: Cluster, session: aiohttp.ClientSession
+) -> None:
     """A directory deleted while keys are created under it leaves no orphans behind."""
     u = urls(cluster)
     for round_ in range(3):
@@ -118,11 +132,18 @@ async def test_concurrent_recursive_delete_and_creates(cluster: Cluster, session
 async def _stored_paths(session: aiohttp.ClientSession, base: str) -> set[str]:
     """The v2 node paths as stored in the v3 key space (read through the JSON gateway)."""
     prefix = b"\x00v2/k"
-    r = await fetch(session, "POST", f"{base}/v3/kv/range", json={
-        "key": base64.b64encode(prefix).decode(), "range_end": base64.b64encode(b"\x00v2/l").decode(),
-        "keys_only": True})
+    r = await fetch(
+        session,
+        "POST",
+        f"{base}/v3/kv/range",
+        json={
+            "key": base64.b64encode(prefix).decode(),
+            "range_end": base64.b64encode(b"\x00v2/l").decode(),
+            "keys_only": True,
+        },
+    )
     assert r.status == 200, r.text
-    return {base64.b64decode(kv["key"])[len(prefix) + 4:].decode() for kv in r.json.get("kvs", [])}
+    return {base64.b64decode(kv["key"])[len(prefix) + 4 :].decode() for kv in r.json.get("kvs", [])}
 
 
 def _walk(node: dict) -> set[str]:

@@ -78,8 +78,11 @@ async def test_compare_and_swap_and_delete(v2: Differ) -> None:
     await v2.same("PUT", f"{K}/cas/c", data={"value": "b", "prevIndex": "1"})
     await v2.same("PUT", f"{K}/cas/c", data={"value": "b", "prevIndex": "1", "prevValue": "zz"})
     await v2.same("PUT", f"{K}/cas/c", data={"value": "b", "prevValue": "a"})
-    await v2.same("PUT", f"{K}/cas/c",
-                  data=lambda st: {"value": "c", "prevIndex": str(st["last"].json["node"]["modifiedIndex"])})
+    await v2.same(
+        "PUT",
+        f"{K}/cas/c",
+        data=lambda st: {"value": "c", "prevIndex": str(st["last"].json["node"]["modifiedIndex"])},
+    )
     await v2.same("PUT", f"{K}/cas/c", data={"value": "d", "prevExist": "true"})
     await v2.same("PUT", f"{K}/cas/c", data={"value": "e", "prevExist": "true", "prevValue": "d"})
     await v2.same("PUT", f"{K}/cas/nope", data={"value": "c", "prevExist": "true"})
@@ -96,19 +99,32 @@ async def test_compare_and_swap_and_delete(v2: Differ) -> None:
 
 async def test_form_parsing_errors(v2: Differ) -> None:
     bad = [
-        ("PUT", f"{K}/fe?ttl=abc"), ("PUT", f"{K}/fe?ttl=-1"), ("PUT", f"{K}/fe?prevIndex=abc"),
-        ("GET", f"{K}/fe?waitIndex=x&wait=true"), ("GET", f"{K}/fe?recursive=maybe"), ("GET", f"{K}/fe?sorted=2"),
-        ("PUT", f"{K}/fe?wait=true"), ("PUT", f"{K}/fe?prevValue="), ("PUT", f"{K}/fe?refresh=true"),
-        ("PUT", f"{K}/fe?refresh=true&ttl=5&value=1"), ("PUT", f"{K}/fe?prevExist=xx"), ("PUT", f"{K}/fe?a=%zz"),
-        ("PUT", f"{K}/fe?refresh=nope"), ("GET", f"{K}/fe?quorum=yes"), ("DELETE", f"{K}/fe?dir=2"),
+        ("PUT", f"{K}/fe?ttl=abc"),
+        ("PUT", f"{K}/fe?ttl=-1"),
+        ("PUT", f"{K}/fe?prevIndex=abc"),
+        ("GET", f"{K}/fe?waitIndex=x&wait=true"),
+        ("GET", f"{K}/fe?recursive=maybe"),
+        ("GET", f"{K}/fe?sorted=2"),
+        ("PUT", f"{K}/fe?wait=true"),
+        ("PUT", f"{K}/fe?prevValue="),
+        ("PUT", f"{K}/fe?refresh=true"),
+        ("PUT", f"{K}/fe?refresh=true&ttl=5&value=1"),
+        ("PUT", f"{K}/fe?prevExist=xx"),
+        ("PUT", f"{K}/fe?a=%zz"),
+        ("PUT", f"{K}/fe?refresh=nope"),
+        ("GET", f"{K}/fe?quorum=yes"),
+        ("DELETE", f"{K}/fe?dir=2"),
         ("PUT", f"{K}/fe?refresh=true&ttl=5"),  # refresh of a missing key
-        ("GET", f"{K}/fe?stream=x"), ("PUT", f"{K}/fe?noValueOnSuccess=x"),
+        ("GET", f"{K}/fe?stream=x"),
+        ("PUT", f"{K}/fe?noValueOnSuccess=x"),
     ]
     for method, path in bad:
         await v2.same(method, path)
     # body form values come before query values; a bad body escape is an invalid form
     await v2.same("PUT", f"{K}/fe?value=query", data={"value": "body"})
-    await v2.same("PUT", f"{K}/fe2", data="value=%zz", headers={"Content-Type": "application/x-www-form-urlencoded"})
+    await v2.same(
+        "PUT", f"{K}/fe2", data="value=%zz", headers={"Content-Type": "application/x-www-form-urlencoded"}
+    )
     # a body that is not a form is ignored
     await v2.same("PUT", f"{K}/fe3", data="value=x", headers={"Content-Type": "text/plain"})
     await v2.same("GET", f"{K}/fe3")
@@ -143,8 +159,9 @@ async def test_expiry_of_keys_and_directories(v2: Differ) -> None:
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         ours, etcd = await v2.both("GET", f"{K}/exp?recursive=true")
-        if [n["key"] for n in ours.json["node"].get("nodes", [])] == ["/exp/keep"] and \
-                [n["key"] for n in etcd.json["node"].get("nodes", [])] == ["/exp/keep"]:
+        if [n["key"] for n in ours.json["node"].get("nodes", [])] == ["/exp/keep"] and [
+            n["key"] for n in etcd.json["node"].get("nodes", [])
+        ] == ["/exp/keep"]:
             break
         await asyncio.sleep(0.25)
     await v2.same("GET", f"{K}/exp?recursive=true")
@@ -168,7 +185,7 @@ async def test_methods_paths_and_values(v2: Differ) -> None:
     await v2.same("GET", "/v2/nothing")
     await v2.same("GET", "/v2/keysfoo")
     await v2.same("GET", f"{K}//m/../n")  # redirected to the clean path
-    await v2.same("PUT", f"{K}/m/sp%20ace", data={"value": "<b>&amp; \u00e9\u4e2d \"q\" \\ \t\n"})
+    await v2.same("PUT", f"{K}/m/sp%20ace", data={"value": '<b>&amp; \u00e9\u4e2d "q" \\ \t\n'})
     await v2.same("GET", f"{K}/m/sp%20ace")
     await v2.same("PUT", f"{K}/m/empty")
     await v2.same("GET", f"{K}/m?recursive=true")
@@ -190,8 +207,7 @@ async def test_wait_returns_when_another_client_writes(v2: Differ) -> None:
     await v2.same("PUT", f"{K}/w1/x", data={"value": "1"})
     ws = await _watch_pair(v2, f"{K}/w1/x?wait=true")
     rec = await _watch_pair(v2, f"{K}/w1?wait=true&recursive=true")
-    other = await _watch_pair(v2, f"{K}/w1/other?wait=true")
-    await asyncio.sleep(0.2)
+    other = await _watch_pair(v2, f"{K}/w1/other?wait=true")  # headers in: registered
     for w in (*ws.values(), *rec.values()):
         assert not w.content.at_eof()
     await v2.same("PUT", f"{K}/w1/x", data={"value": "2"})
@@ -215,10 +231,8 @@ async def test_wait_index_history(v2: Differ) -> None:
 async def test_wait_hidden_and_directory_delete(v2: Differ) -> None:
     await v2.same("PUT", f"{K}/wd/d/leaf", data={"value": "1"})
     rec = await _watch_pair(v2, f"{K}/wd?wait=true&recursive=true")
-    leaf = await _watch_pair(v2, f"{K}/wd/d/leaf?wait=true")
-    await asyncio.sleep(0.2)
+    leaf = await _watch_pair(v2, f"{K}/wd/d/leaf?wait=true")  # headers in: registered
     await v2.same("PUT", f"{K}/wd/_hidden", data={"value": "h"})  # recursive watchers skip it
-    await asyncio.sleep(0.2)
     assert not rec["ours"].content.at_eof()
     await v2.same("DELETE", f"{K}/wd/d?recursive=true")
     await _finish_pair(v2, rec, "recursive watcher sees the directory delete, not the hidden key")
@@ -226,8 +240,7 @@ async def test_wait_hidden_and_directory_delete(v2: Differ) -> None:
 
 
 async def test_wait_expire_and_stream(v2: Differ) -> None:
-    streams = await _watch_pair(v2, f"{K}/ws?wait=true&recursive=true&stream=true")
-    await asyncio.sleep(0.2)
+    streams = await _watch_pair(v2, f"{K}/ws?wait=true&recursive=true&stream=true")  # registered
     await v2.same("PUT", f"{K}/ws/a", data={"value": "1", "ttl": "1"})
     await v2.same("PUT", f"{K}/ws/a", data={"ttl": "2", "refresh": "true"})  # not notified
     await v2.same("PUT", f"{K}/ws/b", data={"value": "2"})

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import aiohttp
 import pytest
 from httpdiff import Differ, fetch, start, url
-from procs import have_etcd
+from testlib import have_etcd
 
 pytestmark = pytest.mark.etcd
 
@@ -29,8 +29,14 @@ def plain_pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, s
 
 async def test_v2_off_is_404(plain_pair: dict[str, str], session: aiohttp.ClientSession) -> None:
     d = Differ(plain_pair["ours"], plain_pair["etcd"], session, "v2")
-    for method, path in (("GET", "/v2/keys/foo"), ("PUT", "/v2/keys/foo?value=1"), ("GET", "/v2/members"),
-                         ("GET", "/v2/stats/self"), ("GET", "/v2/machines"), ("DELETE", "/v2/keys")):
+    for method, path in (
+        ("GET", "/v2/keys/foo"),
+        ("PUT", "/v2/keys/foo?value=1"),
+        ("GET", "/v2/members"),
+        ("GET", "/v2/stats/self"),
+        ("GET", "/v2/machines"),
+        ("DELETE", "/v2/keys"),
+    ):
         r = await d.same(method, path)
         assert r.status == 404 and r.text == "404 page not found\n"
     ours, etcd = await d.both("GET", "/version")
@@ -51,7 +57,12 @@ async def test_v2_unaffected_by_v3_auth(pair: dict[str, str], session: aiohttp.C
         await v2.same("GET", "/v2/keys/authed")
     finally:
         for who, base in pair.items():
-            tok = (await fetch(session, "POST", base + "/v3/auth/authenticate",
-                               json={"name": "root", "password": "pw"})).json["token"]
-            r = await fetch(session, "POST", base + "/v3/auth/disable", json={}, headers={"Authorization": tok})
+            tok = (
+                await fetch(
+                    session, "POST", base + "/v3/auth/authenticate", json={"name": "root", "password": "pw"}
+                )
+            ).json["token"]
+            r = await fetch(
+                session, "POST", base + "/v3/auth/disable", json={}, headers={"Authorization": tok}
+            )
             assert r.status == 200, (who, r.text)

@@ -1,7 +1,7 @@
 """Fixtures for the MVCC tests (real RocksDB in temp dirs; a real etcd 3.4 for differential tests).
 
-    node    a Node (mvcc_support): Backend + KVStore + a lessor, driven like the apply loop
-    etcd    a fresh single-member etcd 3.4 with gRPC stubs (skipped if the binary is missing)
+node    a Node (mvcc_support): Backend + KVStore + a lessor, driven like the apply loop
+etcd    a fresh single-member etcd 3.4 with gRPC stubs (skipped if the binary is missing)
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from mvcc_support import ETCD_BIN, Etcd, Node  # noqa: E402
+from mvcc_support import Etcd, Node
+from testlib import have_etcd
 
 
 @pytest.fixture
@@ -26,7 +27,7 @@ def node(tmp_path: Path) -> Iterator[Node]:
 
 @pytest.fixture
 def etcd(tmp_path: Path) -> Iterator[Etcd]:
-    if not Path(ETCD_BIN).exists():
+    if not have_etcd():
         pytest.skip("needs the real etcd 3.4 binary")
     e = Etcd(tmp_path / "etcd")
     yield e

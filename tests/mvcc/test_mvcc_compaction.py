@@ -6,12 +6,10 @@ from __future__ import annotations
 import random
 
 import pytest
-
 from etcdstore import errors
 from etcdstore.mvcc import revision as rv
 from etcdstore.mvcc.kvstore import FINISHED_COMPACT_KEY, SCHEDULED_COMPACT_KEY
 from etcdstore.storage import backend as bk
-
 from mvcc_support import Node
 
 

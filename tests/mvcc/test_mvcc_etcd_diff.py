@@ -9,11 +9,9 @@ from typing import Any
 
 import grpc
 import pytest
-
 from etcdstore import errors
 from etcdstore.proto.etcdserverpb import rpc_pb2 as pb
 from etcdstore.proto.etcdserverpb import rpc_pb2_grpc
-
 from mvcc_support import Etcd, FakeLessor, Node
 
 pytestmark = pytest.mark.etcd
@@ -70,15 +68,21 @@ def _op(req: Any) -> pb.RequestOp:
 
 def _cmp(key: bytes, target: str, result: str, value: Any, range_end: bytes = b"") -> pb.Compare:
     t = getattr(pb.Compare, target)
-    field = {"VERSION": "version", "CREATE": "create_revision", "MOD": "mod_revision", "VALUE": "value", "LEASE": "lease"}[
-        target
-    ]
-    return pb.Compare(key=key, target=t, result=getattr(pb.Compare, result), range_end=range_end, **{field: value})
+    field = {
+        "VERSION": "version",
+        "CREATE": "create_revision",
+        "MOD": "mod_revision",
+        "VALUE": "value",
+        "LEASE": "lease",
+    }[target]
+    return pb.Compare(
+        key=key, target=t, result=getattr(pb.Compare, result), range_end=range_end, **{field: value}
+    )
 
 
 def test_puts_deletes_and_every_range_option(pair):
     etcd, node = pair
-    same = lambda req: check_same(etcd, node, req)  # noqa: E731
+    same = lambda req: check_same(etcd, node, req)
     for i in range(15):
         same(_put(b"k%02d" % i, b"v%d" % (i % 4)))
     for i in range(0, 15, 3):
@@ -131,18 +135,14 @@ def test_puts_deletes_and_every_range_option(pair):
 def test_sort_ties_follow_go_sort(pair):
     """Many keys with equal sort values: etcd's (unstable) Go sort order must be reproduced."""
     etcd, node = pair
-    same = lambda req: check_same(etcd, node, req)  # noqa: E731
+    same = lambda req: check_same(etcd, node, req)
     rnd = random.Random(3)
     for i in range(120):
         k = b"t/%03d" % rnd.randrange(60)
         same(_put(k, b"v%d" % rnd.randrange(5)))
     # a few revisions holding several keys (same create/mod revision)
     for j in range(4):
-        same(
-            pb.TxnRequest(
-                success=[_op(_put(b"t/m%d-%02d" % (j, i), b"v%d" % (i % 3))) for i in range(20)]
-            )
-        )
+        same(pb.TxnRequest(success=[_op(_put(b"t/m%d-%02d" % (j, i), b"v%d" % (i % 3))) for i in range(20)]))
     for target in range(5):
         for order in range(3):
             for limit in (0, 7, 40):
@@ -161,7 +161,7 @@ def test_sort_ties_follow_go_sort(pair):
 
 def test_txn_semantics(pair):
     etcd, node = pair
-    same = lambda req: check_same(etcd, node, req)  # noqa: E731
+    same = lambda req: check_same(etcd, node, req)
     same(_put(b"a", b"1"))
     same(_put(b"b", b"2", lease=LEASE))
     same(_put(b"c", b"3"))
@@ -184,9 +184,18 @@ def test_txn_semantics(pair):
         ),
         # every target and result, on present and missing keys, and on ranges
         *[
-            pb.TxnRequest(compare=[_cmp(k, t, r, v, end)], success=[_op(_rng(b"a"))], failure=[_op(_rng(b"b"))])
+            pb.TxnRequest(
+                compare=[_cmp(k, t, r, v, end)], success=[_op(_rng(b"a"))], failure=[_op(_rng(b"b"))]
+            )
             for k, end in ((b"a", b""), (b"missing", b""), (b"a", b"d"), (b"a", b"\x00"), (b"x", b"z"))
-            for t, v in (("VERSION", 1), ("CREATE", 3), ("MOD", 3), ("VALUE", b"2"), ("LEASE", LEASE), ("VALUE", b""))
+            for t, v in (
+                ("VERSION", 1),
+                ("CREATE", 3),
+                ("MOD", 3),
+                ("VALUE", b"2"),
+                ("LEASE", LEASE),
+                ("VALUE", b""),
+            )
             for r in ("EQUAL", "GREATER", "LESS", "NOT_EQUAL")
         ],
         # nested txns, all in one revision; reads see the txn's own earlier writes
@@ -235,10 +244,10 @@ def test_txn_semantics(pair):
 
 def test_txn_validation(pair):
     etcd, node = pair
-    same = lambda req: check_same(etcd, node, req)  # noqa: E731
-    P = lambda k: _op(_put(k, b"v"))  # noqa: E731
-    D = lambda k, e=b"": _op(pb.DeleteRangeRequest(key=k, range_end=e))  # noqa: E731
-    T = lambda s=(), f=(), c=(): _op(pb.TxnRequest(compare=list(c), success=list(s), failure=list(f)))  # noqa: E731
+    same = lambda req: check_same(etcd, node, req)
+    P = lambda k: _op(_put(k, b"v"))
+    D = lambda k, e=b"": _op(pb.DeleteRangeRequest(key=k, range_end=e))
+    T = lambda s=(), f=(), c=(): _op(pb.TxnRequest(compare=list(c), success=list(s), failure=list(f)))
     cases = [
         [P(b"a"), P(b"a")],
         [P(b"a"), D(b"a")],
@@ -271,7 +280,7 @@ def test_txn_validation(pair):
 
 def test_compaction_errors_and_reads(pair):
     etcd, node = pair
-    same = lambda req: check_same(etcd, node, req)  # noqa: E731
+    same = lambda req: check_same(etcd, node, req)
     for i in range(30):
         same(_put(b"c%d" % (i % 7), b"v%d" % i))
     same(pb.DeleteRangeRequest(key=b"c3"))
@@ -337,7 +346,7 @@ async def test_watch_events_match_etcd(pair):
     from etcdstore.mvcc.watchable import WatchableStore
 
     etcd, node = pair
-    same = lambda req: check_same(etcd, node, req)  # noqa: E731
+    same = lambda req: check_same(etcd, node, req)
     rnd = random.Random(11)
     for i in range(60):
         k = b"w/%d" % rnd.randrange(8)
@@ -361,18 +370,36 @@ async def test_watch_events_match_etcd(pair):
         for create in (
             pb.WatchCreateRequest(key=b"w/", range_end=b"w0", start_revision=2, prev_kv=True),
             pb.WatchCreateRequest(key=b"w/3", start_revision=5, prev_kv=True),
-            pb.WatchCreateRequest(key=b"w/", range_end=b"w0", start_revision=10, filters=[pb.WatchCreateRequest.NOPUT]),
+            pb.WatchCreateRequest(
+                key=b"w/", range_end=b"w0", start_revision=10, filters=[pb.WatchCreateRequest.NOPUT]
+            ),
             pb.WatchCreateRequest(key=b"w/", range_end=b"w0", start_revision=1),
         ):
-            until = cur if not create.filters else max(
-                e.kv.mod_revision for e in _etcd_watch_events(etcd, pb.WatchCreateRequest(
-                    key=create.key, range_end=create.range_end, start_revision=create.start_revision), cur)
-                if e.type == 1
+            until = (
+                cur
+                if not create.filters
+                else max(
+                    e.kv.mod_revision
+                    for e in _etcd_watch_events(
+                        etcd,
+                        pb.WatchCreateRequest(
+                            key=create.key, range_end=create.range_end, start_revision=create.start_revision
+                        ),
+                        cur,
+                    )
+                    if e.type == 1
+                )
             )
             theirs = _etcd_watch_events(etcd, create, until)
             stream = ws.new_stream()
-            stream.watch(0, create.key, create.range_end, create.start_revision, prev_kv=create.prev_kv,
-                         filters=list(create.filters))
+            stream.watch(
+                0,
+                create.key,
+                create.range_end,
+                create.start_revision,
+                prev_kv=create.prev_kv,
+                filters=list(create.filters),
+            )
             ours = []
             while not ours or ours[-1].kv.mod_revision < until:
                 r = await asyncio.wait_for(stream.recv(), 5)
@@ -388,7 +415,7 @@ def test_hash_kv_counts_the_entries_etcd_counts(pair):
     from mvcc_support import crc32c
 
     etcd, node = pair
-    same = lambda req: check_same(etcd, node, req)  # noqa: E731
+    same = lambda req: check_same(etcd, node, req)
 
     def ours(rev: int) -> tuple[int, int]:
         for result in node.kv._hash_kv_steps(rev, 1 << 62, crc=crc32c):

@@ -7,9 +7,7 @@ import asyncio
 import random
 
 import pytest
-
 from etcdstore import errors
-
 from mvcc_support import Node
 
 

@@ -4,13 +4,11 @@ the pending overlay, events, leases, consistent index and restarts."""
 from __future__ import annotations
 
 import pytest
-
 from etcdstore import errors
 from etcdstore.mvcc import KVStore
 from etcdstore.mvcc import revision as rv
 from etcdstore.proto.mvccpb import kv_pb2
 from etcdstore.storage import backend as bk
-
 from mvcc_support import FakeLessor, Node
 
 
@@ -50,7 +48,7 @@ def test_range_forms_count_and_limit(node: Node):
     for k in (b"a", b"b", b"ba", b"c", b"d\x00", b"e"):
         node.put(k, k)
     kv = node.kv
-    keys = lambda rr: [x.key for x in rr.kvs]  # noqa: E731
+    keys = lambda rr: [x.key for x in rr.kvs]
     assert keys(kv.range(b"b")) == [b"b"]
     assert keys(kv.range(b"b", b"")) == [b"b"]  # empty range_end: the single key
     assert keys(kv.range(b"b", b"\x00")) == [b"b", b"ba", b"c", b"d\x00", b"e"]

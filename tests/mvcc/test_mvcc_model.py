@@ -11,10 +11,8 @@ import random
 from dataclasses import dataclass
 
 import pytest
-
 from etcdstore import errors
 from etcdstore.proto.mvccpb import kv_pb2
-
 from mvcc_support import FakeLessor, Node
 
 KEYS = [b"k%02d" % i for i in range(24)] + [b"k1\x00", b"k\xff", b"l"]
@@ -127,7 +125,12 @@ def test_store_matches_model(tmp_path, seed: int):
             txns = []
             for _ in range(rnd.randint(1, 3)):
                 keys = rnd.sample(KEYS, rnd.randint(1, 4))
-                txns.append([(k, rnd.random() < 0.25, b"v%d" % rnd.randrange(100), rnd.choice([0, 0, 5, 6])) for k in keys])
+                txns.append(
+                    [
+                        (k, rnd.random() < 0.25, b"v%d" % rnd.randrange(100), rnd.choice([0, 0, 5, 6]))
+                        for k in keys
+                    ]
+                )
             if rnd.random() < 0.1:
                 txns.append([("range", rnd.choice(KEYS), b"k2", 0)])  # a delete_range of a key range
             node.batch(*[_txn_fn(t) for t in txns])
@@ -154,7 +157,11 @@ def test_store_matches_model(tmp_path, seed: int):
                     if kind == "put":
                         assert ev.type == kv_pb2.Event.PUT and _as_kv(ev.kv) == kv
                     else:
-                        assert ev.type == kv_pb2.Event.DELETE and ev.kv.key == kv and ev.kv.mod_revision == model.rev
+                        assert (
+                            ev.type == kv_pb2.Event.DELETE
+                            and ev.kv.key == kv
+                            and ev.kv.mod_revision == model.rev
+                        )
                     if prev is None:
                         assert not ev.HasField("prev_kv")
                     else:

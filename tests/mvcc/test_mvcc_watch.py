@@ -7,7 +7,6 @@ import asyncio
 import random
 
 import pytest
-
 from etcdstore.mvcc.watchable import (
     FILTER_NODELETE,
     FILTER_NOPUT,
@@ -18,7 +17,6 @@ from etcdstore.mvcc.watchable import (
     WatchStream,
 )
 from etcdstore.proto.mvccpb import kv_pb2
-
 from mvcc_support import Node
 
 PUT, DELETE = kv_pb2.Event.PUT, kv_pb2.Event.DELETE
@@ -45,7 +43,7 @@ async def collect(stream: WatchStream, *, idle: float = 0.2) -> list[WatchRespon
     while True:
         try:
             r = await asyncio.wait_for(stream.recv(), idle)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return out
         if r is None:
             return out
@@ -273,7 +271,7 @@ async def test_catch_up_while_writes_continue(wnode: Node):
         while True:
             try:
                 r = await asyncio.wait_for(s.recv(), 0.5)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 if done.is_set():
                     return
                 continue

@@ -9,8 +9,7 @@ import urllib.request
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-
-from procs import Cluster, etcdctl, free_port, have_etcd
+from testlib import Cluster, etcdctl, free_port, have_etcd
 
 pytestmark = pytest.mark.skipif(not have_etcd(), reason="etcdctl 3.4 not installed")
 
@@ -42,8 +41,12 @@ def health(url: str) -> tuple[int, dict]:
 
 def test_metrics_move_with_traffic_and_metrics_port(tmp_path):
     metrics_port = free_port()
-    with Cluster.start(tmp_path, 1, binary="etcdstore",
-                       extra_args=["--listen-metrics-urls", f"http://127.0.0.1:{metrics_port}"]) as c:
+    with Cluster.start(
+        tmp_path,
+        1,
+        binary="etcdstore",
+        extra_args=["--listen-metrics-urls", f"http://127.0.0.1:{metrics_port}"],
+    ) as c:
         ep = c.endpoints[0]
         before = scrape(f"http://{ep}/metrics")
         for i in range(20):
@@ -52,16 +55,30 @@ def test_metrics_move_with_traffic_and_metrics_port(tmp_path):
         after = scrape(f"http://{ep}/metrics")
         assert value(after, "etcd_server_has_leader") == 1
         assert value(after, "etcd_server_is_leader") == 1
-        assert value(after, "etcd_server_proposals_committed_total") >= \
-            value(before, "etcd_server_proposals_committed_total") + 20
-        assert value(after, "etcd_server_proposals_applied_total") >= \
-            value(before, "etcd_server_proposals_applied_total") + 20
-        assert value(after, "etcd_disk_wal_fsync_duration_seconds_count") > \
-            value(before, "etcd_disk_wal_fsync_duration_seconds_count")
-        assert value(after, "etcd_disk_backend_commit_duration_seconds_count") > \
-            value(before, "etcd_disk_backend_commit_duration_seconds_count")
-        assert value(after, "grpc_server_handled_total", grpc_method="Put", grpc_code="OK",
-                     grpc_service="etcdserverpb.KV") >= 20
+        assert (
+            value(after, "etcd_server_proposals_committed_total")
+            >= value(before, "etcd_server_proposals_committed_total") + 20
+        )
+        assert (
+            value(after, "etcd_server_proposals_applied_total")
+            >= value(before, "etcd_server_proposals_applied_total") + 20
+        )
+        assert value(after, "etcd_disk_wal_fsync_duration_seconds_count") > value(
+            before, "etcd_disk_wal_fsync_duration_seconds_count"
+        )
+        assert value(after, "etcd_disk_backend_commit_duration_seconds_count") > value(
+            before, "etcd_disk_backend_commit_duration_seconds_count"
+        )
+        assert (
+            value(
+                after,
+                "grpc_server_handled_total",
+                grpc_method="Put",
+                grpc_code="OK",
+                grpc_service="etcdserverpb.KV",
+            )
+            >= 20
+        )
         assert value(after, "grpc_server_started_total", grpc_method="Range", grpc_type="unary") >= 1
         assert value(after, "etcd_mvcc_db_total_size_in_bytes") > 0
         assert value(after, "etcd_debugging_mvcc_keys_total") == 20
@@ -78,8 +95,12 @@ def test_metrics_move_with_traffic_and_metrics_port(tmp_path):
 
 
 def test_health_false_without_leader(tmp_path):
-    with Cluster.start(tmp_path, 3, binary="etcdstore",
-                       extra_args=["--heartbeat-interval", "50", "--election-timeout", "500"]) as c:
+    with Cluster.start(
+        tmp_path,
+        3,
+        binary="etcdstore",
+        extra_args=["--heartbeat-interval", "50", "--election-timeout", "500"],
+    ) as c:
         ep = c.members[0].endpoint
         assert health(f"http://{ep}/health") == (200, {"health": "true"})
         for m in c.members[1:]:

@@ -11,10 +11,11 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 import grpc
 from etcdstore.proto.etcdserverpb import rpc_pb2, rpc_pb2_grpc
-from procs import ETCD_BIN, ETCDCTL_BIN, HOST, etcdctl, free_port
+from testlib import ETCD_BIN, ETCDCTL_BIN, HOST, etcdctl, free_port
 
 
 def proxy_command(kind: str) -> list[str]:
@@ -39,8 +40,11 @@ class Proxy:
 
     def start(self, timeout: float = 30.0) -> Proxy:
         self.port = self.port or free_port()
-        cmd = proxy_command(self.kind) + ["--endpoints", ",".join(self.endpoints),
-                                          "--listen-addr", self.endpoint] + self.extra
+        cmd = (
+            proxy_command(self.kind)
+            + ["--endpoints", ",".join(self.endpoints), "--listen-addr", self.endpoint]
+            + self.extra
+        )
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
@@ -49,8 +53,18 @@ class Proxy:
                 raise RuntimeError(f"{self.kind} proxy exited: {self.log_path.read_text()[-2000:]}")
             try:
                 if self.ready_args is not None:
-                    ok = etcdctl(f"https://{self.endpoint}", *self.ready_args, "--dial-timeout", "1s",
-                                 "endpoint", "status", check=False).returncode == 0
+                    ok = (
+                        etcdctl(
+                            f"https://{self.endpoint}",
+                            *self.ready_args,
+                            "--dial-timeout",
+                            "1s",
+                            "endpoint",
+                            "status",
+                            check=False,
+                        ).returncode
+                        == 0
+                    )
                     if ok:
                         return self
                     raise grpc.RpcError()
@@ -59,7 +73,9 @@ class Proxy:
                 return self
             except grpc.RpcError:
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"{self.kind} proxy not serving: {self.log_path.read_text()[-2000:]}") from None
+                    raise RuntimeError(
+                        f"{self.kind} proxy not serving: {self.log_path.read_text()[-2000:]}"
+                    ) from None
                 time.sleep(0.05)
 
     def stop(self) -> None:
@@ -71,7 +87,7 @@ class Proxy:
                 self.proc.kill()
                 self.proc.wait()
 
-    def __enter__(self) -> Proxy:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -96,8 +112,22 @@ def _normalize(text: str, endpoint: str) -> str:
 
 def _json_header_free(text: str) -> str:
     """A -w json answer without what differs between clusters (ids, terms, sizes, indexes)."""
-    volatile = {"cluster_id", "member_id", "raft_term", "dbSize", "raftIndex", "raftAppliedIndex", "leader",
-                "raftTerm", "dbSizeInUse", "ID", "id", "hash", "compact_revision", "hash_revision"}
+    volatile = {
+        "cluster_id",
+        "member_id",
+        "raft_term",
+        "dbSize",
+        "raftIndex",
+        "raftAppliedIndex",
+        "leader",
+        "raftTerm",
+        "dbSizeInUse",
+        "ID",
+        "id",
+        "hash",
+        "compact_revision",
+        "hash_revision",
+    }
 
     def clean(v: object) -> object:
         if isinstance(v, dict):
@@ -105,18 +135,28 @@ def _json_header_free(text: str) -> str:
         if isinstance(v, list):
             return [clean(x) for x in v]
         return v
+
     try:
         return json.dumps(clean(json.loads(text)), sort_keys=True)
     except ValueError:
         return text
 
 
-def _watch(endpoint: str, args: list[str], sentinel: str, timeout: float = 10.0,
-           before_read: list[list[str]] | None = None) -> str:
+def _watch(
+    endpoint: str,
+    args: list[str],
+    sentinel: str,
+    timeout: float = 10.0,
+    before_read: list[list[str]] | None = None,
+) -> str:
     """Run `etcdctl watch ARGS` until the line `sentinel` appears (or timeout); its output."""
     env = dict(os.environ, ETCDCTL_API="3")
-    p = subprocess.Popen([ETCDCTL_BIN, "--endpoints", endpoint, "watch", *args], stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, env=env)
+    p = subprocess.Popen(
+        [ETCDCTL_BIN, "--endpoints", endpoint, "watch", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
     lines: list[str] = []
     try:
         for cmd in before_read or []:
@@ -179,12 +219,20 @@ def battery(endpoint: str) -> list[tuple[str, str]]:
     run("txn", stdin='mod("foo") > "0"\n\ndel foo/3 --prev-kv\n\n\n')
     run("get", "foo", "--prefix", "--consistency", "s")
     # watches: history from revision 1, then a live one from the next revision
-    out.append(("watch foo --prefix --rev 1 --prev-kv",
-                _normalize(_watch(endpoint, ["foo", "--prefix", "--rev", "1", "--prev-kv"], "txn-yes"), endpoint)))
+    out.append(
+        (
+            "watch foo --prefix --rev 1 --prev-kv",
+            _normalize(_watch(endpoint, ["foo", "--prefix", "--rev", "1", "--prev-kv"], "txn-yes"), endpoint),
+        )
+    )
     status = json.loads(etcdctl(endpoint, "get", "foo", "-w", "json").stdout)
     nxt = str(status["header"]["revision"] + 1)
-    live = _watch(endpoint, ["live", "--prefix", "--rev", nxt], "end", before_read=[
-        ["put", "live", "1"], ["put", "live", "2"], ["del", "live"], ["put", "live/x", "end"]])
+    live = _watch(
+        endpoint,
+        ["live", "--prefix", "--rev", nxt],
+        "end",
+        before_read=[["put", "live", "1"], ["put", "live", "2"], ["del", "live"], ["put", "live/x", "end"]],
+    )
     out.append(("watch live --prefix --rev NEXT", _normalize(live, endpoint)))
     # leases
     grant = run("lease", "grant", "100")

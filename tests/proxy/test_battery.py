@@ -4,16 +4,18 @@ and over etcdstore) gives the same answers."""
 from __future__ import annotations
 
 import pytest
-from procs import Cluster, have_etcd
 from proxyprocs import Proxy, battery
+from testlib import Cluster, have_etcd
 
 pytestmark = [pytest.mark.etcd, pytest.mark.skipif(not have_etcd(), reason="needs etcd 3.4")]
 
 
 def _run(tmp_path, name: str, binary: str, kind: str) -> list[tuple[str, str]]:
-    with Cluster.start(tmp_path / name, size=1, binary=binary) as c:
-        with Proxy(kind, c.endpoints, tmp_path / f"{name}.log").start() as p:
-            return battery(p.endpoint)
+    with (
+        Cluster.start(tmp_path / name, size=1, binary=binary) as c,
+        Proxy(kind, c.endpoints, tmp_path / f"{name}.log").start() as p,
+    ):
+        return battery(p.endpoint)
 
 
 def test_same_answers_as_etcd_grpc_proxy(tmp_path):
@@ -24,4 +26,6 @@ def test_same_answers_as_etcd_grpc_proxy(tmp_path):
         ours = _run(tmp_path, name, binary, "etcdstore")
         diffs = [(a[0], a[1], b[1]) for a, b in zip(ref, ours) if a != b]
         assert [c for c, _ in ref] == [c for c, _ in ours]
-        assert not diffs, f"{name}: " + "\n".join(f"{c}:\n  etcd proxy: {x!r}\n  ours:       {y!r}" for c, x, y in diffs)
+        assert not diffs, f"{name}: " + "\n".join(
+            f"{c}:\n  etcd proxy: {x!r}\n  ours:       {y!r}" for c, x, y in diffs
+        )

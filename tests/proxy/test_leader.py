@@ -11,11 +11,9 @@ import time
 
 import grpc
 import pytest
-
 from etcdstore.proto.etcdserverpb import rpc_pb2, rpc_pb2_grpc
-from procs import Cluster
 from proxyprocs import Proxy
-
+from testlib import Cluster
 
 
 def _watch(endpoint: str, hold: threading.Event):

@@ -19,7 +19,7 @@ import grpc
 import pytest
 from etcdstore.localcluster import MEMBERS, PROXY_PORT, procfile
 from etcdstore.proto.etcdserverpb import rpc_pb2, rpc_pb2_grpc
-from procs import etcdctl, have_etcd
+from testlib import etcdctl, have_etcd
 
 pytestmark = pytest.mark.skipif(not have_etcd(), reason="needs etcdctl 3.4")
 REPO = Path(__file__).resolve().parents[2]
@@ -114,9 +114,21 @@ def test_procfile_is_the_local_cluster():
 
 
 def _start_local_cluster(tmp_path: Path, offset: int) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, "-m", "etcdstore", "local-cluster", "--data-dir", str(tmp_path),
-                             "--port-offset", str(offset)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "etcdstore",
+            "local-cluster",
+            "--data-dir",
+            str(tmp_path),
+            "--port-offset",
+            str(offset),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         out = read_until(proc, "Ctrl-C stops all.")
     except BaseException:
@@ -159,16 +171,23 @@ def test_local_cluster_children_die_with_it(tmp_path):
     assert wait_gone(offset) == []
 
 
-@pytest.mark.skipif(shutil.which("honcho", path=os.path.dirname(sys.executable)) is None,
-                    reason="honcho (a goreman-compatible runner, in the test extra) not installed")
+@pytest.mark.skipif(
+    shutil.which("honcho", path=os.path.dirname(sys.executable)) is None,
+    reason="honcho (a goreman-compatible runner, in the test extra) not installed",
+)
 def test_procfile_under_honcho(tmp_path):
     """The Procfile, with ports shifted and this interpreter as etcdstore, run by honcho."""
     offset = free_offset()
     (tmp_path / "Procfile").write_text(procfile(offset, exe=f"{sys.executable} -m etcdstore"))
     honcho = os.path.join(os.path.dirname(sys.executable), "honcho")
     log = open(tmp_path / "honcho.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([honcho, "-f", str(tmp_path / "Procfile"), "-d", str(tmp_path), "start"],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp_path)
+    proc = subprocess.Popen(
+        [honcho, "-f", str(tmp_path / "Procfile"), "-d", str(tmp_path), "start"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        cwd=tmp_path,
+    )
     try:
         deadline = time.monotonic() + 90
         eps = [f"127.0.0.1:{c + offset}" for _, c, _ in MEMBERS] + [f"127.0.0.1:{PROXY_PORT + offset}"]

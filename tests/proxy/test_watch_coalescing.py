@@ -11,8 +11,8 @@ import urllib.request
 import grpc
 import pytest
 from etcdstore.proto.etcdserverpb import rpc_pb2, rpc_pb2_grpc
-from procs import Cluster, etcdctl, have_etcd
 from proxyprocs import Proxy
+from testlib import Cluster, etcdctl, have_etcd
 
 N = 20
 
@@ -68,8 +68,12 @@ def _coalescing_run(tmp_path, binary: str, proxy_kind: str) -> tuple[int, int, i
         member = c.endpoints[0]
         with Proxy(proxy_kind, c.endpoints, tmp_path / f"{proxy_kind}.log").start() as p:
             # the proxy's own `__lostleader` watches: etcd's proxy holds two, ours one
-            wait_for(lambda: metric(member, "etcd_debugging_mvcc_watcher_total") >= (2 if proxy_kind == "etcd" else 1),
-                     what="proxy's own watches")
+            wait_for(
+                lambda: (
+                    metric(member, "etcd_debugging_mvcc_watcher_total") >= (2 if proxy_kind == "etcd" else 1)
+                ),
+                what="proxy's own watches",
+            )
             before = int(metric(member, "etcd_debugging_mvcc_watcher_total"))
             clients: list[WatchClient] = []
             try:
@@ -82,21 +86,33 @@ def _coalescing_run(tmp_path, binary: str, proxy_kind: str) -> tuple[int, int, i
                     clients.append(w)
                     created = w.read(1)[0]
                     assert created.created and not created.canceled
-                wait_for(lambda: metric(member, "etcd_debugging_mvcc_watcher_total") == before + 1,
-                         what=lambda: "coalesced upstream watch: member counts "
-                         f"{metric(member, 'etcd_debugging_mvcc_watcher_total')}" + (
-                             f", proxy holds {metric(p.endpoint, 'etcdstore_grpc_proxy_upstream_watches')}"
-                             if proxy_kind == "etcdstore" else ""))
+                wait_for(
+                    lambda: metric(member, "etcd_debugging_mvcc_watcher_total") == before + 1,
+                    what=lambda: (
+                        "coalesced upstream watch: member counts "
+                        f"{metric(member, 'etcd_debugging_mvcc_watcher_total')}"
+                        + (
+                            f", proxy holds {metric(p.endpoint, 'etcdstore_grpc_proxy_upstream_watches')}"
+                            if proxy_kind == "etcdstore"
+                            else ""
+                        )
+                    ),
+                )
                 during = int(metric(member, "etcd_debugging_mvcc_watcher_total"))
                 etcdctl(p.endpoint, "put", "k", "v1")
                 for w in clients:
                     (ev,) = w.read(1)[0].events
                     assert (ev.kv.key, ev.kv.value) == (b"k", b"v1")
-                    assert not ev.HasField("prev_kv")  # the upstream watch has prev_kv; this watcher did not ask
+                    assert not ev.HasField(
+                        "prev_kv"
+                    )  # the upstream watch has prev_kv; this watcher did not ask
             finally:
                 for w in clients:
                     w.close()
-            wait_for(lambda: metric(member, "etcd_debugging_mvcc_watcher_total") == before, what="upstream watch closed")
+            wait_for(
+                lambda: metric(member, "etcd_debugging_mvcc_watcher_total") == before,
+                what="upstream watch closed",
+            )
             after = int(metric(member, "etcd_debugging_mvcc_watcher_total"))
     return before, during, after
 
@@ -117,29 +133,35 @@ def test_n_watchers_one_upstream_watch_ours_over_etcd_like_etcds_proxy(tmp_path)
 def test_start_revision_and_options_per_watcher(tmp_path):
     """A watcher from an old revision gets the history (its own upstream watch until it catches up);
     a later revision-0 watcher only new events; prev_kv and NOPUT filters apply per watcher."""
-    with Cluster.start(tmp_path / "s", size=1, binary="etcdstore") as c:
-        with Proxy("etcdstore", c.endpoints, tmp_path / "p.log").start() as p:
-            etcdctl(p.endpoint, "put", "k", "a")
-            etcdctl(p.endpoint, "put", "k", "b")  # revision 3
-            live = WatchClient(p.endpoint, rpc_pb2.WatchCreateRequest(key=b"k"))
-            hist = WatchClient(p.endpoint, rpc_pb2.WatchCreateRequest(key=b"k", start_revision=2, prev_kv=True))
-            noput = WatchClient(p.endpoint, rpc_pb2.WatchCreateRequest(key=b"k", filters=[rpc_pb2.WatchCreateRequest.NOPUT]))
-            try:
-                assert live.read(1)[0].created
-                h = hist.read(2)
-                assert h[0].created
-                assert [(e.kv.value, e.prev_kv.value) for e in h[1].events] == [(b"a", b""), (b"b", b"a")]
-                assert noput.read(1)[0].created
-                etcdctl(p.endpoint, "put", "k", "c")
-                etcdctl(p.endpoint, "del", "k")
-                lv = [e for r in live.read(2) for e in r.events]
-                assert [(e.type, e.kv.value) for e in lv] == [(0, b"c"), (1, b"")]
-                hv = [e for r in hist.read(2) for e in r.events]
-                assert [(e.kv.value, e.prev_kv.value) for e in hv] == [(b"c", b"b"), (b"", b"c")]
-                nv = [e for r in noput.read(1) for e in r.events]
-                assert [e.type for e in nv] == [1]
-                wait_for(lambda: metric(c.endpoints[0], "etcd_debugging_mvcc_watcher_total") == 2,  # + __lostleader
-                         what="the history watcher's broadcast merged into the live one")
-            finally:
-                for w in (live, hist, noput):
-                    w.close()
+    with (
+        Cluster.start(tmp_path / "s", size=1, binary="etcdstore") as c,
+        Proxy("etcdstore", c.endpoints, tmp_path / "p.log").start() as p,
+    ):
+        etcdctl(p.endpoint, "put", "k", "a")
+        etcdctl(p.endpoint, "put", "k", "b")  # revision 3
+        live = WatchClient(p.endpoint, rpc_pb2.WatchCreateRequest(key=b"k"))
+        hist = WatchClient(p.endpoint, rpc_pb2.WatchCreateRequest(key=b"k", start_revision=2, prev_kv=True))
+        noput = WatchClient(
+            p.endpoint, rpc_pb2.WatchCreateRequest(key=b"k", filters=[rpc_pb2.WatchCreateRequest.NOPUT])
+        )
+        try:
+            assert live.read(1)[0].created
+            h = hist.read(2)
+            assert h[0].created
+            assert [(e.kv.value, e.prev_kv.value) for e in h[1].events] == [(b"a", b""), (b"b", b"a")]
+            assert noput.read(1)[0].created
+            etcdctl(p.endpoint, "put", "k", "c")
+            etcdctl(p.endpoint, "del", "k")
+            lv = [e for r in live.read(2) for e in r.events]
+            assert [(e.type, e.kv.value) for e in lv] == [(0, b"c"), (1, b"")]
+            hv = [e for r in hist.read(2) for e in r.events]
+            assert [(e.kv.value, e.prev_kv.value) for e in hv] == [(b"c", b"b"), (b"", b"c")]
+            nv = [e for r in noput.read(1) for e in r.events]
+            assert [e.type for e in nv] == [1]
+            wait_for(
+                lambda: metric(c.endpoints[0], "etcd_debugging_mvcc_watcher_total") == 2,  # + __lostleader
+                what="the history watcher's broadcast merged into the live one",
+            )
+        finally:
+            for w in (live, hist, noput):
+                w.close()

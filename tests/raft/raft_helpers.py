@@ -35,8 +35,13 @@ def config(node_id: int, **kw) -> Config:
     return Config(node_id, **kw)
 
 
-def new_raft(node_id: int, voters: Iterable[int], learners: Iterable[int] = (), storage: MemoryStorage | None = None,
-             **kw) -> Raft:
+def new_raft(
+    node_id: int,
+    voters: Iterable[int],
+    learners: Iterable[int] = (),
+    storage: MemoryStorage | None = None,
+    **kw,
+) -> Raft:
     if storage is None:
         storage = MemoryStorage(ConfState(list(voters), list(learners)))
     return Raft(config(node_id, **kw), storage)
@@ -86,8 +91,9 @@ def msg(type: MessageType, frm: int = 0, to: int = 0, **kw) -> Message:
 class Cluster:
     """A synchronous in-memory network of RawNodes with per-link filtering."""
 
-    def __init__(self, voters: Iterable[int], learners: Iterable[int] = (), bootstrap: bool = True,
-                 **cfg) -> None:
+    def __init__(
+        self, voters: Iterable[int], learners: Iterable[int] = (), bootstrap: bool = True, **cfg
+    ) -> None:
         self.cfg = cfg
         self.voters = list(voters)
         self.storages: dict[int, MemoryStorage] = {}
@@ -237,5 +243,8 @@ class Cluster:
         return [e.data for e in self.applied[node_id]]
 
     def count(self, type: MessageType, frm: int | None = None, to: int | None = None) -> int:
-        return sum(1 for m in self.delivered
-                   if m.type == type and (frm is None or m.frm == frm) and (to is None or m.to == to))
+        return sum(
+            1
+            for m in self.delivered
+            if m.type == type and (frm is None or m.frm == frm) and (to is None or m.to == to)
+        )

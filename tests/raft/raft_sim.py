@@ -153,10 +153,14 @@ class Checker:
             if at >= term:
                 continue
             if i > last:
-                self.fail(f"leader {node_id} (term {term}) has last index {last} < index {i} committed in term {at}")
+                self.fail(
+                    f"leader {node_id} (term {term}) has last index {last} < index {i} committed in term {at}"
+                )
             if i >= first and log.term(i) != committed_term[i]:
-                self.fail(f"leader {node_id} (term {term}) lacks entry {i} (term {committed_term[i]}) committed in "
-                          f"term {at}; has term {log.term(i)}")
+                self.fail(
+                    f"leader {node_id} (term {term}) lacks entry {i} (term {committed_term[i]}) committed in "
+                    f"term {at}; has term {log.term(i)}"
+                )
 
     def on_persisted(self, node_id: int, storage: MemoryStorage, entries: list[Entry]) -> None:
         prev_term = None
@@ -171,14 +175,18 @@ class Checker:
             old = self.entries.setdefault((e.index, e.term), rec)
             if old is not rec:
                 if old[:2] != rec[:2]:
-                    self.fail(f"log matching violated on node {node_id}: two different entries at index "
-                              f"{e.index} term {e.term}: {old!r} vs {rec!r}")
+                    self.fail(
+                        f"log matching violated on node {node_id}: two different entries at index "
+                        f"{e.index} term {e.term}: {old!r} vs {rec!r}"
+                    )
                 if old[2] != prev_term and old[2] != -1 and prev_term != -1:
-                    self.fail(f"log matching violated on node {node_id}: entry {e.index}/{e.term} follows "
-                              f"term {prev_term} here and term {old[2]} elsewhere")
+                    self.fail(
+                        f"log matching violated on node {node_id}: entry {e.index}/{e.term} follows "
+                        f"term {prev_term} here and term {old[2]} elsewhere"
+                    )
             prev_term = e.term
 
-    def on_commit(self, node_id: int, raft, since: int) -> None:  # noqa: ANN001
+    def on_commit(self, node_id: int, raft, since: int) -> None:
         """`raft`'s commit index moved past `since`: every node must agree on those entries."""
         log = raft.log
         c = log.committed
@@ -188,17 +196,20 @@ class Checker:
             t = log.term(i)
             old = committed_term.setdefault(i, t)
             if old != t:
-                self.fail(f"node {node_id} committed index {i} with term {t}, earlier committed with term {old}")
+                self.fail(
+                    f"node {node_id} committed index {i} with term {t}, earlier committed with term {old}"
+                )
             if leader_term and i not in commit_at:
                 commit_at[i] = leader_term
-        if c > self.max_committed:
-            self.max_committed = c
+        self.max_committed = max(self.max_committed, c)
 
     def on_apply(self, node_id: int, e: Entry, sm_hash: int) -> None:
         rec = (e.term, e.data)
         old = self.applied.setdefault(e.index, rec)
         if old != rec:
-            self.fail(f"state machine safety: node {node_id} applied {rec!r} at {e.index}, another applied {old!r}")
+            self.fail(
+                f"state machine safety: node {node_id} applied {rec!r} at {e.index}, another applied {old!r}"
+            )
         h = self.chain.setdefault(e.index, sm_hash)
         if h != sm_hash:
             self.fail(f"node {node_id} state diverged at index {e.index}")
@@ -209,7 +220,9 @@ class Checker:
     def on_snapshot(self, node_id: int, index: int, sm_hash: int) -> None:
         h = self.chain.get(index)
         if h is not None and h != sm_hash:
-            self.fail(f"node {node_id} installed a snapshot at {index} that disagrees with the applied history")
+            self.fail(
+                f"node {node_id} installed a snapshot at {index} that disagrees with the applied history"
+            )
 
     def on_read_request(self, ctx: bytes, highest_commit: int) -> None:
         self.reads[ctx] = highest_commit
@@ -219,10 +232,14 @@ class Checker:
         if floor is None:
             self.fail(f"node {node_id} got a read state for unknown context {ctx!r}")
         if index < floor:
-            self.fail(f"ReadIndex not linearizable: node {node_id} read at {index}, "
-                      f"but {floor} was committed when the read was requested")
+            self.fail(
+                f"ReadIndex not linearizable: node {node_id} read at {index}, "
+                f"but {floor} was committed when the read was requested"
+            )
         if index > highest_commit_now:
-            self.fail(f"ReadIndex {index} at node {node_id} is beyond any commit index ({highest_commit_now})")
+            self.fail(
+                f"ReadIndex {index} at node {node_id} is beyond any commit index ({highest_commit_now})"
+            )
         self.reads_served += 1
 
 
@@ -282,7 +299,9 @@ class Host:
         self.node = RawNode(self._config(self.sm_index), self.storage)
         self.last_role = Role.FOLLOWER
         self.last_commit = -1
-        self.sim.trace(f"restart {self.id} from snapshot {self.sm_index}, hard state {self.storage.hard_state}")
+        self.sim.trace(
+            f"restart {self.id} from snapshot {self.sm_index}, hard state {self.storage.hard_state}"
+        )
 
     def observe(self) -> None:
         """Check role/commit facts after anything that may have changed them."""
@@ -355,7 +374,9 @@ class Host:
         if self.sm_index > snap.metadata.index and (stale or self.sim.rng.random() < 0.5):
             st = self.storage
             if st.snapshot().metadata.index < self.sm_index:
-                st.create_snapshot(self.sm_index, self.conf_state, _SNAP_DATA.pack(self.sm_index, self.sm_hash))
+                st.create_snapshot(
+                    self.sm_index, self.conf_state, _SNAP_DATA.pack(self.sm_index, self.sm_hash)
+                )
             m.snapshot = st.snapshot()
 
     def _apply(self, rd: Ready) -> None:
@@ -430,7 +451,9 @@ class Network:
         span = p.max_delay + 1 if lossy else 2
         for _ in range(copies):
             self.seq += 1
-            heapq.heappush(self.queue, (sim.now + int(rng.random() * span), rng.random(), self.seq, m.frm, m.to, data))
+            heapq.heappush(
+                self.queue, (sim.now + int(rng.random() * span), rng.random(), self.seq, m.frm, m.to, data)
+            )
 
     def _dropped(self, m: Message) -> None:
         sender = self.sim.hosts.get(m.frm)
@@ -630,8 +653,9 @@ class Sim:
         what = rng.choice(choices)
         if what in ("add_learner", "add_voter"):
             node_id = self.next_id
-            cc = ConfChange(ConfChangeType.ADD_LEARNER_NODE if what == "add_learner" else ConfChangeType.ADD_NODE,
-                            node_id)
+            cc = ConfChange(
+                ConfChangeType.ADD_LEARNER_NODE if what == "add_learner" else ConfChangeType.ADD_NODE, node_id
+            )
         elif what == "promote":
             node_id = rng.choice(learners)
             cc = ConfChange(ConfChangeType.ADD_NODE, node_id)
@@ -757,10 +781,14 @@ class Sim:
             if proposed_at is not None and all(m in done for m in members):
                 return
         lead = self.leader()
-        state = {i: (h.node.role.name, h.node.term, h.node.commit_index, h.sm_index) for i, h in self.hosts.items()}
-        self.checker.fail(f"no progress {budget} ticks after healing: leader={lead.id if lead else None}, "
-                          f"nodes (role, term, commit, applied)={state}, mark applied on "
-                          f"{sorted(self.marks_applied.get(mark, ()))}")
+        state = {
+            i: (h.node.role.name, h.node.term, h.node.commit_index, h.sm_index) for i, h in self.hosts.items()
+        }
+        self.checker.fail(
+            f"no progress {budget} ticks after healing: leader={lead.id if lead else None}, "
+            f"nodes (role, term, commit, applied)={state}, mark applied on "
+            f"{sorted(self.marks_applied.get(mark, ()))}"
+        )
 
 
 def run_seed(seed: int, params: Params | None = None) -> Stats:
@@ -772,5 +800,7 @@ def run_seed(seed: int, params: Params | None = None) -> Stats:
         with contextlib.suppress(Exception):  # the same failure again, now with a trace
             sim.run()
         tail = "\n    ".join(sim.trace_tail())
-        raise SimFailure(f"seed {seed} failed: {type(exc).__name__}: {exc}\n  rerun: {rerun_hint(seed)}\n"
-                         f"  params: {sim.params}\n  trace tail:\n    {tail}") from exc
+        raise SimFailure(
+            f"seed {seed} failed: {type(exc).__name__}: {exc}\n  rerun: {rerun_hint(seed)}\n"
+            f"  params: {sim.params}\n  trace tail:\n    {tail}"
+        ) from exc

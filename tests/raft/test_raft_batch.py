@@ -33,7 +33,9 @@ def test_a_batch_sends_each_follower_one_append() -> None:
     node.end_batch()
     apps = _appends(node)
     assert sorted(m.to for m in apps) == [2, 3]
-    assert all([e.data for e in m.entries] == [b"local-0", b"local-1", b"local-2", b"forwarded"] for m in apps)
+    assert all(
+        [e.data for e in m.entries] == [b"local-0", b"local-1", b"local-2", b"forwarded"] for m in apps
+    )
 
 
 def test_without_a_batch_each_proposal_is_its_own_append() -> None:

@@ -27,8 +27,13 @@ MESSAGES = [
     Message(MessageType.HEARTBEAT, to=2, frm=1, term=5, commit=9, context=b"read-1"),
     Message(MessageType.APP, to=3, frm=1, term=5, log_term=4, index=10, entries=ENTRIES, commit=9),
     Message(MessageType.APP_RESP, to=1, frm=3, term=5, index=10, reject=True, reject_hint=7, log_term=3),
-    Message(MessageType.SNAP, to=4, frm=1, term=9,
-            snapshot=Snapshot(SnapshotMetadata(100, 8, ConfState([1, 2, 3], [4])), b"state" * 1000)),
+    Message(
+        MessageType.SNAP,
+        to=4,
+        frm=1,
+        term=9,
+        snapshot=Snapshot(SnapshotMetadata(100, 8, ConfState([1, 2, 3], [4])), b"state" * 1000),
+    ),
     Message(MessageType.PRE_VOTE_RESP, to=1, frm=2, term=3, reject=True, commit=5, log_term=2),
     Message(MessageType.READ_INDEX, to=1, frm=2, entries=[Entry(data=b"ctx")]),
 ]
@@ -95,7 +100,9 @@ def test_bad_enum_values_and_flags_are_rejected():
     with pytest.raises(CodecError, match="conf change type"):
         codec.decode_conf_change(bytes(cc))
     with pytest.raises(CodecError, match="twice"):
-        codec.decode_conf_state(codec.encode_conf_state(ConfState([1, 2])) [:8] + (1).to_bytes(8, "little") * 2)
+        codec.decode_conf_state(
+            codec.encode_conf_state(ConfState([1, 2]))[:8] + (1).to_bytes(8, "little") * 2
+        )
 
 
 def test_huge_counts_do_not_allocate_before_failing():
@@ -115,8 +122,13 @@ def test_random_garbage_only_raises_codec_error():
             for _ in range(rng.randint(1, 4)):
                 data[rng.randrange(len(data))] = rng.randrange(256)
             data = bytes(data)
-        for decode in (codec.decode_message, codec.decode_entries, codec.decode_conf_change,
-                       codec.decode_snapshot_metadata, codec.decode_hard_state):
+        for decode in (
+            codec.decode_message,
+            codec.decode_entries,
+            codec.decode_conf_change,
+            codec.decode_snapshot_metadata,
+            codec.decode_hard_state,
+        ):
             try:
                 decode(data)
             except CodecError:

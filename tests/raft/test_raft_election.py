@@ -55,7 +55,9 @@ def test_follower_starts_election_after_timeout():
     assert r.role == Role.CANDIDATE and r.term == 2 and r.vote == 1
     votes = sorted(read_messages(r), key=lambda m: m.to)
     assert [(m.type, m.to, m.term, m.index, m.log_term) for m in votes] == [
-        (MT.VOTE, 2, 2, 2, 1), (MT.VOTE, 3, 2, 2, 1)]
+        (MT.VOTE, 2, 2, 2, 1),
+        (MT.VOTE, 3, 2, 2, 1),
+    ]
 
 
 def test_randomized_election_timeout_range_and_spread():

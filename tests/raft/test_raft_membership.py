@@ -6,8 +6,12 @@ from etcdstore.raft.errors import ProposalDropped
 from etcdstore.raft.records import ConfChange, ConfChangeType, ConfState, Entry, EntryType, HardState, Role
 from raft_helpers import MT, Cluster, make_leader, msg, new_raft, persist, read_messages, storage_with
 
-ADD, ADD_LEARNER, REMOVE, UPDATE = (ConfChangeType.ADD_NODE, ConfChangeType.ADD_LEARNER_NODE,
-                                    ConfChangeType.REMOVE_NODE, ConfChangeType.UPDATE_NODE)
+ADD, ADD_LEARNER, REMOVE, UPDATE = (
+    ConfChangeType.ADD_NODE,
+    ConfChangeType.ADD_LEARNER_NODE,
+    ConfChangeType.REMOVE_NODE,
+    ConfChangeType.UPDATE_NODE,
+)
 
 
 def cc_entry(t, node, index, term=1):
@@ -71,8 +75,13 @@ def test_removing_a_silent_voter_lets_pending_entries_commit():
     r = new_raft(1, [1, 2])
     make_leader(r)
     ack = lambda idx: r.step(msg(MT.APP_RESP, frm=2, to=1, term=r.term, index=idx))
-    r.step(msg(MT.PROP, frm=1, entries=[Entry(type=EntryType.CONF_CHANGE,
-                                              data=codec.encode_conf_change(ConfChange(REMOVE, 2)))]))
+    r.step(
+        msg(
+            MT.PROP,
+            frm=1,
+            entries=[Entry(type=EntryType.CONF_CHANGE, data=codec.encode_conf_change(ConfChange(REMOVE, 2)))],
+        )
+    )
     r.propose_local([b"after"])
     persist(r)
     ack(2)  # 2 acks the conf change (index 2), then goes silent
@@ -139,7 +148,13 @@ def test_vote_rejection_carries_the_commit_index_a_stale_candidate_needs():
     # Node 1 was removed from {1, 2}: it knows the change (index 4) committed and has an
     # extra entry 5 node 2 lacks, so it must refuse 2's vote; 2 still sees {1, 2}. The
     # rejection tells 2 that index 4 is committed; 2 applies it and wins alone.
-    log1 = [cc_entry(ADD, 1, 1), cc_entry(ADD, 2, 2), Entry(2, 3), cc_entry(REMOVE, 1, 4, term=2), Entry(2, 5)]
+    log1 = [
+        cc_entry(ADD, 1, 1),
+        cc_entry(ADD, 2, 2),
+        Entry(2, 3),
+        cc_entry(REMOVE, 1, 4, term=2),
+        Entry(2, 5),
+    ]
     r1 = new_raft(1, [2], storage=storage_with(log1, [2], HardState(2, 1, 4)))
     r1.log.applied_to(4)
     r2 = new_raft(2, [1, 2], storage=storage_with(log1[:4], [1, 2], HardState(2, 1, 3)))

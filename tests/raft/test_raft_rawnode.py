@@ -19,8 +19,11 @@ def test_bootstrap_first_ready_carries_membership_entries():
     rd = node.ready()
     assert [e.type for e in rd.entries] == [EntryType.CONF_CHANGE] * 3
     changes = [codec.decode_conf_change(e.data) for e in rd.committed_entries]
-    assert changes == [ConfChange(ConfChangeType.ADD_NODE, 1), ConfChange(ConfChangeType.ADD_NODE, 2, b"member-2"),
-                       ConfChange(ConfChangeType.ADD_LEARNER_NODE, 3)]
+    assert changes == [
+        ConfChange(ConfChangeType.ADD_NODE, 1),
+        ConfChange(ConfChangeType.ADD_NODE, 2, b"member-2"),
+        ConfChange(ConfChangeType.ADD_LEARNER_NODE, 3),
+    ]
     assert rd.hard_state == HardState(1, 0, 3) and rd.must_sync
     assert rd.soft_state is None  # a follower with no leader, as before
     st.append(rd.entries)
@@ -31,8 +34,10 @@ def test_bootstrap_first_ready_carries_membership_entries():
     assert not node.has_ready()
 
 
-@pytest.mark.parametrize("voters,learners,match", [([], [], "at least one voter"), ([1, 1], [], "distinct"),
-                                                   ([1, 2], [2], "distinct")])
+@pytest.mark.parametrize(
+    "voters,learners,match",
+    [([], [], "at least one voter"), ([1, 1], [], "distinct"), ([1, 2], [2], "distinct")],
+)
 def test_bootstrap_validates_membership(voters, learners, match):
     with pytest.raises(ConfigError, match=match):
         RawNode.bootstrap(config(1), MemoryStorage(), voters, learners)
@@ -46,8 +51,13 @@ def test_bootstrap_refuses_non_empty_storage():
 
 @pytest.mark.parametrize(
     "kw,match",
-    [({"id": 0}, "positive"), ({"heartbeat_tick": 0}, "heartbeat"), ({"election_tick": 1}, "election_tick"),
-     ({"max_inflight_msgs": 0}, "inflight"), ({"max_size_per_msg": -1}, "max_size_per_msg")],
+    [
+        ({"id": 0}, "positive"),
+        ({"heartbeat_tick": 0}, "heartbeat"),
+        ({"election_tick": 1}, "election_tick"),
+        ({"max_inflight_msgs": 0}, "inflight"),
+        ({"max_size_per_msg": -1}, "max_size_per_msg"),
+    ],
 )
 def test_config_validation(kw, match):
     args = {"id": 1, **kw}

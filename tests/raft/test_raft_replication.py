@@ -317,7 +317,10 @@ def test_status_reports_progress_on_leader():
     st = c.nodes[1].status()
     assert st.role == Role.LEADER and st.leader == 1 and st.commit == st.last_index == 5
     assert {i: (p.match, p.state) for i, p in st.progress.items()} == {
-        1: (5, ProgressState.REPLICATE), 2: (5, ProgressState.REPLICATE), 3: (5, ProgressState.REPLICATE)}
+        1: (5, ProgressState.REPLICATE),
+        2: (5, ProgressState.REPLICATE),
+        3: (5, ProgressState.REPLICATE),
+    }
     assert c.nodes[2].status().progress == {} and c.nodes[2].status().leader == 1
     assert c.nodes[3].leader_id == 1 and c.nodes[3].raft.lead != NONE
 

@@ -32,8 +32,17 @@ def test_simulation_block(first: int) -> None:
     stats = [run_seed(seed) for seed in range(first, min(first + BLOCK, SEEDS))]
     total = _sum(stats)
     # The block must have exercised the machinery it is meant to check.
-    for what in ("leaders", "committed", "reads", "conf_changes", "crashes", "snapshots_installed",
-                 "transfers", "early_sends", "crash_points"):
+    for what in (
+        "leaders",
+        "committed",
+        "reads",
+        "conf_changes",
+        "crashes",
+        "snapshots_installed",
+        "transfers",
+        "early_sends",
+        "crash_points",
+    ):
         assert total[what] > 0, f"seeds {first}..{first + BLOCK - 1} never exercised {what}: {total}"
 
 
@@ -76,8 +85,18 @@ def test_checker_catches_a_vote_rule_that_ignores_log_freshness(monkeypatch):
     found = _first_failing_seed(400)
     assert found is not None, "granting votes to stale candidates went unnoticed"
     _, why = found
-    assert any(k in why for k in ("lacks entry", "has last index", "committed index", "state machine",
-                                  "log matching", "diverged", "committed term")), why
+    assert any(
+        k in why
+        for k in (
+            "lacks entry",
+            "has last index",
+            "committed index",
+            "state machine",
+            "log matching",
+            "diverged",
+            "committed term",
+        )
+    ), why
 
 
 def test_checker_catches_a_commit_rule_without_a_majority(monkeypatch):

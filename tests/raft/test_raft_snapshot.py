@@ -22,8 +22,18 @@ def test_leader_sends_snapshot_when_follower_needs_compacted_entries():
     pr.recent_active = True
     # The follower's log is empty: it rejects the probe and the leader falls back past the
     # compaction point.
-    r.step(msg(MT.APP_RESP, frm=2, to=1, term=r.term, index=r.log.last_index() - 1 or 1, reject=True,
-               reject_hint=0, log_term=0))
+    r.step(
+        msg(
+            MT.APP_RESP,
+            frm=2,
+            to=1,
+            term=r.term,
+            index=r.log.last_index() - 1 or 1,
+            reject=True,
+            reject_hint=0,
+            log_term=0,
+        )
+    )
     snaps = [m for m in read_messages(r) if m.type == MT.SNAP]
     assert len(snaps) == 1 and snaps[0].snapshot.metadata.index == 10
     assert snaps[0].snapshot.data == b"image"
@@ -129,8 +139,9 @@ def test_ready_hands_out_snapshot_then_newer_committed_entries():
 
     def spy(i, rd):
         if i == 3 and (rd.snapshot is not None or rd.committed_entries):
-            seen.append((rd.snapshot.metadata.index if rd.snapshot else None,
-                         [e.index for e in rd.committed_entries]))
+            seen.append(
+                (rd.snapshot.metadata.index if rd.snapshot else None, [e.index for e in rd.committed_entries])
+            )
         orig(i, rd)
 
     c.handle_ready = spy

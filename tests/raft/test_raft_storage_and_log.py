@@ -69,7 +69,18 @@ def test_storage_preconfigured_membership():
 # -- size limits ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "limit,expected",
-    [(None, 300), (0, 1), (9, 1), (10, 1), (19, 1), (20, 2), (999, 99), (1000, 100), (2999, 299), (10**9, 300)],
+    [
+        (None, 300),
+        (0, 1),
+        (9, 1),
+        (10, 1),
+        (19, 1),
+        (20, 2),
+        (999, 99),
+        (1000, 100),
+        (2999, 299),
+        (10**9, 300),
+    ],
 )
 def test_slice_within_limits_payload_bytes(limit, expected):
     src = sized(300, 10)

@@ -92,9 +92,11 @@ class Report:
     def format(self) -> str:
         o = self.operations
         lines = [
-            f"operations        {sum(o.values())}: ok {o['ok']}, failed {o['failed']}, "
-            f"indeterminate {o['indeterminate']} (applied {self.indeterminate_applied}, "
-            f"not applied {self.indeterminate_dropped}, undetermined {self.indeterminate_open})",
+            (
+                f"operations        {sum(o.values())}: ok {o['ok']}, failed {o['failed']}, "
+                f"indeterminate {o['indeterminate']} (applied {self.indeterminate_applied}, "
+                f"not applied {self.indeterminate_dropped}, undetermined {self.indeterminate_open})"
+            ),
         ]
         for label in sorted(self.by_label):
             c = self.by_label[label]
@@ -104,8 +106,10 @@ class Report:
         lines += [
             f"log events        {self.log_events}",
             f"watch             {self.watch_sessions} sessions, {self.watch_events} events",
-            f"linearizability   {self.lin_partitions} partitions (largest {self.largest_partition} ops), "
-            f"{self.lin_steps} search steps, {self.lin_seconds:.2f} s, undecided {self.lin_undecided}",
+            (
+                f"linearizability   {self.lin_partitions} partitions (largest {self.largest_partition} ops), "
+                f"{self.lin_steps} search steps, {self.lin_seconds:.2f} s, undecided {self.lin_undecided}"
+            ),
             f"check took        {self.seconds:.2f} s ({self.cpu_seconds:.2f} s CPU)",
             f"lost writes       {self.lost_writes}",
             f"anomalies         {self.anomaly_count()}",
@@ -154,7 +158,7 @@ def _check_log(history: History, rep: Report) -> list[Event]:
                 "log",
                 f"log ends at revision {last} but the cluster reports revision {history.final_revision}",
             )
-        if any(a.revision > b.revision for a, b in zip(base, base[1:])):
+        if any(a.revision > b.revision for a, b in itertools.pairwise(base)):
             rep.add("log", "log events are not in revision order")
     state: dict[bytes, KV] = {}
     for e in base:

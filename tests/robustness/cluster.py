@@ -21,26 +21,19 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from etcdstore.client import Client
 from etcdstore.errors import EtcdError
+from testlib import HOST, check_etcd_oracle, free_port, member_args, spawn
 
-HOST = "127.0.0.1"
 HERE = Path(__file__).resolve().parent
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 @dataclass(frozen=True)
@@ -64,12 +57,14 @@ class Target:
         path = cls.locate(name)
         if path is None:
             raise FileNotFoundError(f"{name} is not installed (not on PATH)")
+        if name == "etcd":
+            check_etcd_oracle()  # the reference must be etcd 3.4
         return cls(name, path)
 
     def ready(self) -> tuple[bool, str]:
         """Whether the binary runs at all (`--version` exits 0)."""
         try:
-            p = subprocess.run([self.binary, "--version"], capture_output=True, timeout=30)
+            p = subprocess.run([self.binary, "--version"], capture_output=True, timeout=30, check=False)
         except (OSError, subprocess.TimeoutExpired) as e:
             return False, str(e)
         lines = (p.stdout + p.stderr).decode(errors="replace").strip().splitlines()
@@ -175,7 +170,7 @@ class Cluster:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    async def __aenter__(self) -> Cluster:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 
@@ -220,42 +215,26 @@ class Cluster:
 
     def _command(self, m: Member, state: str, initial: list[Member]) -> list[str]:
         cluster = ",".join(f"{x.name}={x.advertised_peer_url}" for x in initial)
-        return [
-            self.target.binary,
-            "--name",
-            m.name,
-            "--data-dir",
-            str(m.data_dir),
-            "--listen-client-urls",
-            m.client_url,
-            "--advertise-client-urls",
-            m.client_url,
-            "--listen-peer-urls",
-            f"http://{HOST}:{m.peer_port}",
-            "--initial-advertise-peer-urls",
-            m.advertised_peer_url,
-            "--initial-cluster",
-            cluster,
-            "--initial-cluster-state",
-            state,
-            "--initial-cluster-token",
-            self.token,
-            "--heartbeat-interval",
-            str(self.heartbeat_ms),
-            "--election-timeout",
-            str(self.election_ms),
-            "--snapshot-count",
-            str(self.snapshot_count),
-        ]
+        timing = [
+            "--heartbeat-interval", str(self.heartbeat_ms),
+            "--election-timeout", str(self.election_ms),
+            "--snapshot-count", str(self.snapshot_count),
+        ]  # fmt: skip
+        return [self.target.binary] + member_args(
+            name=m.name,
+            data_dir=m.data_dir,
+            client_url=m.client_url,
+            peer_url=f"http://{HOST}:{m.peer_port}",
+            advertise_peer_url=m.advertised_peer_url,
+            initial_cluster=cluster,
+            state=state,
+            token=self.token,
+            extra=timing,
+        )
 
     async def _spawn(self, m: Member, state: str, initial: list[Member] | None = None) -> None:
-        m.data_dir.parent.mkdir(parents=True, exist_ok=True)
         cmd = self._command(m, state, initial or list(self.members.values()))
-        log = open(m.log_path, "ab")
-        log.write(f"\n=== start {m.starts}: {' '.join(cmd)}\n".encode())
-        log.flush()
-        m.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
+        m.proc = spawn(cmd, m.log_path, label=f"start {m.starts}")
         m.paused = False
         m.starts += 1
         assert self.proxy is not None

@@ -34,6 +34,7 @@ Splitting only ever admits more histories: no false alarms, possibly a missed an
 from __future__ import annotations
 
 import bisect
+import itertools
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -236,7 +237,7 @@ def check_partition(
     nxt = [0] * (2 * n + 2)
     prv = [0] * (2 * n + 2)
     order = [HEAD] + [e[2] for e in events] + [TAIL]
-    for a, b in zip(order, order[1:]):
+    for a, b in itertools.pairwise(order):
         nxt[a] = b
         prv[b] = a
     step_fn = model.step

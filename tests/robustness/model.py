@@ -163,7 +163,7 @@ def _apply(sts: State, reqs: tuple, revision: int, touched: int) -> State | None
                 if ks is None:
                     return None
         elif kind == PUT:
-            value, mod, create, version, lease, floor = ks
+            value, _mod, create, version, _lease, floor = ks
             rev = revision if revision else -(floor + 1)
             if value is None:
                 ks = (a, rev, rev, 1, b, floor)

@@ -138,7 +138,6 @@ def generate(
     last_seen: dict[tuple[int, bytes], KV | None] = {}
     pending: list[_Pending] = []
     clock = [rnd.randrange(0, 50) for _ in range(clients)]
-    next_id = 0
     client_leases: dict[int, int] = {}
     for n in range(ops):
         c = rnd.randrange(clients)
@@ -148,8 +147,7 @@ def generate(
         k = rnd.choice(keyset)
         val = b"v%d" % n
         x = rnd.random()
-        o = Operation(next_id, c, TXN, invoke)
-        next_id += 1
+        o = Operation(n, c, TXN, invoke)
         if c in client_leases and x < 0.06:
             o.kind, o.label, o.lease = LEASE_REVOKE, "lease_revoke", client_leases.pop(c)
         elif x < 0.06:

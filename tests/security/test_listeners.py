@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 from auth.pki import PKI
-from procs import HOST, Member, etcdctl, free_port, have_etcd
+from testlib import HOST, Member, etcdctl, free_port, have_etcd
 
 pytestmark = pytest.mark.skipif(not have_etcd(), reason="etcdctl 3.4 not installed")
 
@@ -78,7 +78,7 @@ def _address(hex_addr: str) -> str:
     if len(raw) == 4:
         return str(ipaddress.IPv4Address(raw[::-1]))
     # /proc prints an IPv6 address as four host-order 32-bit words.
-    addr = ipaddress.IPv6Address(b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4)))
+    addr = ipaddress.IPv6Address(b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4)))
     return str(addr.ipv4_mapped or addr)
 
 
@@ -136,8 +136,10 @@ def tls_http(port: int, ca: Path, cert: tuple[str, str] | None) -> bytes:
     if cert is not None:
         ctx.load_cert_chain(*cert)
     try:
-        with socket.create_connection((HOST, port), timeout=5) as raw, \
-                ctx.wrap_socket(raw, server_hostname=HOST) as s:
+        with (
+            socket.create_connection((HOST, port), timeout=5) as raw,
+            ctx.wrap_socket(raw, server_hostname=HOST) as s,
+        ):
             return _http_over(s)
     except (OSError, ssl.SSLError) as e:
         return type(e).__name__.encode()
@@ -148,9 +150,14 @@ def gateway_range(port: int, ca: Path, cert: tuple[str, str]) -> bytes:
     ctx = ssl.create_default_context(cafile=str(ca))
     ctx.load_cert_chain(*cert)
     body = b'{"key":"aw=="}'
-    with socket.create_connection((HOST, port), timeout=10) as raw, ctx.wrap_socket(raw, server_hostname=HOST) as s:
-        s.sendall(b"POST /v3/kv/range HTTP/1.1\r\nHost: %s\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
-                  % (HOST.encode(), len(body), body))
+    with (
+        socket.create_connection((HOST, port), timeout=10) as raw,
+        ctx.wrap_socket(raw, server_hostname=HOST) as s,
+    ):
+        s.sendall(
+            b"POST /v3/kv/range HTTP/1.1\r\nHost: %s\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+            % (HOST.encode(), len(body), body)
+        )
         return s.recv(64)
 
 
@@ -160,12 +167,30 @@ def test_every_listener_is_declared_and_refuses_clients_without_a_certificate(tm
     client = pki.issue("alice")
     client_port, peer_port, metrics_port = free_port(), free_port(), free_port()
     m = _TLSPeerMember(
-        name="s0", data_dir=tmp_path / "s0.etcd", client_port=client_port, peer_port=peer_port, scheme="https",
-        tls_args=["--cert-file", server_cert, "--key-file", server_key, "--trusted-ca-file", str(pki.ca),
-                  "--client-cert-auth",
-                  "--peer-cert-file", server_cert, "--peer-key-file", server_key,
-                  "--peer-trusted-ca-file", str(pki.ca), "--peer-client-cert-auth",
-                  "--listen-metrics-urls", f"https://{HOST}:{metrics_port}"])
+        name="s0",
+        data_dir=tmp_path / "s0.etcd",
+        client_port=client_port,
+        peer_port=peer_port,
+        scheme="https",
+        tls_args=[
+            "--cert-file",
+            server_cert,
+            "--key-file",
+            server_key,
+            "--trusted-ca-file",
+            str(pki.ca),
+            "--client-cert-auth",
+            "--peer-cert-file",
+            server_cert,
+            "--peer-key-file",
+            server_key,
+            "--peer-trusted-ca-file",
+            str(pki.ca),
+            "--peer-client-cert-auth",
+            "--listen-metrics-urls",
+            f"https://{HOST}:{metrics_port}",
+        ],
+    )
     declared = {(HOST, client_port), (HOST, peer_port), (HOST, metrics_port)}
     with_cert = ["--cacert", str(pki.ca), "--cert", client[0], "--key", client[1], "--dial-timeout", "5s"]
     plain = ["--dial-timeout", "2s", "--command-timeout", "3s"]
@@ -190,20 +215,27 @@ def test_every_listener_is_declared_and_refuses_clients_without_a_certificate(tm
         problems += [f"{desc}: accepts traffic and no flag declares it" for desc in other]
         # etcdctl in plain text, and over TLS without a certificate: no answer (run side by side,
         # each waits out its timeouts).
-        probes = [(port, label, ep, args)
-                  for _, port in sorted(listening)
-                  for label, ep, args in (("etcdctl over plain text", f"http://{HOST}:{port}", plain),
-                                          ("etcdctl over TLS without a certificate", f"https://{HOST}:{port}",
-                                           no_cert))]
+        probes = [
+            (port, label, ep, args)
+            for _, port in sorted(listening)
+            for label, ep, args in (
+                ("etcdctl over plain text", f"http://{HOST}:{port}", plain),
+                ("etcdctl over TLS without a certificate", f"https://{HOST}:{port}", no_cert),
+            )
+        ]
         with ThreadPoolExecutor(len(probes)) as pool:
-            outs = list(pool.map(lambda probe: etcdctl([probe[2]], *probe[3], "get", "k", check=False), probes))
+            outs = list(
+                pool.map(lambda probe: etcdctl([probe[2]], *probe[3], "get", "k", check=False), probes)
+            )
         for (port, label, _, _), out in zip(probes, outs, strict=True):
             if out.returncode == 0:
                 problems.append(f"{port}: {label} was served: {out.stdout!r}")
         for _, port in sorted(listening):
             # HTTP in plain text, and over TLS without a certificate: no HTTP answer.
-            for label, answer in (("plain HTTP", plain_http(port)),
-                                  ("HTTPS without a certificate", tls_http(port, pki.ca, None))):
+            for label, answer in (
+                ("plain HTTP", plain_http(port)),
+                ("HTTPS without a certificate", tls_http(port, pki.ca, None)),
+            ):
                 if answer.startswith(b"HTTP/"):
                     problems.append(f"{port}: {label} was answered: {answer!r}")
         assert not problems, "\n".join(problems)
@@ -216,8 +248,9 @@ def test_every_listener_is_declared_and_refuses_clients_without_a_certificate(tm
         m.kill()
 
 
-def _gateway(port: int, ca: Path, cert: tuple[str, str], path: str, body: dict,
-             headers: dict[str, str] | None = None) -> tuple[int, dict]:
+def _gateway(
+    port: int, ca: Path, cert: tuple[str, str], path: str, body: dict, headers: dict[str, str] | None = None
+) -> tuple[int, dict]:
     """A JSON gateway call over TLS with exactly these headers (http.client adds no Accept)."""
     ctx = ssl.create_default_context(cafile=str(ca))
     ctx.load_cert_chain(*cert)
@@ -238,21 +271,51 @@ def test_the_gateway_acts_as_its_caller(tmp_path: Path) -> None:
     pki = PKI(tmp_path / "pki")
     server_cert, server_key = pki.issue("member", server=True)
     root, alice, mallory = pki.issue("root"), pki.issue("alice"), pki.issue("mallory")
-    m = Member(name="s0", data_dir=tmp_path / "s0.etcd", client_port=free_port(), peer_port=free_port(),
-               scheme="https", tls_args=["--cert-file", server_cert, "--key-file", server_key,
-                                         "--trusted-ca-file", str(pki.ca), "--client-cert-auth",
-                                         "--bcrypt-cost", "4"])
+    m = Member(
+        name="s0",
+        data_dir=tmp_path / "s0.etcd",
+        client_port=free_port(),
+        peer_port=free_port(),
+        scheme="https",
+        tls_args=[
+            "--cert-file",
+            server_cert,
+            "--key-file",
+            server_key,
+            "--trusted-ca-file",
+            str(pki.ca),
+            "--client-cert-auth",
+            "--bcrypt-cost",
+            "4",
+        ],
+    )
     ep = [f"https://{m.endpoint}"]
 
     def as_(who: tuple[str, str], *args: str) -> str:
-        return etcdctl(ep, "--cacert", str(pki.ca), "--cert", who[0], "--key", who[1], "--dial-timeout", "5s",
-                       *args).stdout
+        return etcdctl(
+            ep, "--cacert", str(pki.ca), "--cert", who[0], "--key", who[1], "--dial-timeout", "5s", *args
+        ).stdout
 
     m.spawn()
     try:
         deadline = time.monotonic() + 60
-        while etcdctl(ep, "--cacert", str(pki.ca), "--cert", root[0], "--key", root[1], "--dial-timeout", "2s",
-                      "endpoint", "health", check=False).returncode != 0:
+        while (
+            etcdctl(
+                ep,
+                "--cacert",
+                str(pki.ca),
+                "--cert",
+                root[0],
+                "--key",
+                root[1],
+                "--dial-timeout",
+                "2s",
+                "endpoint",
+                "health",
+                check=False,
+            ).returncode
+            != 0
+        ):
             assert m.running, m.log_tail()
             assert time.monotonic() < deadline, m.log_tail()
             time.sleep(0.2)
@@ -280,10 +343,13 @@ def test_the_gateway_acts_as_its_caller(tmp_path: Path) -> None:
         status, got = _gateway(port, pki.ca, alice, "/v3/kv/range", k1, {"Accept": "*/*"})
         assert status != 200, got
         # A token is the user whatever the certificate.
-        status, got = _gateway(port, pki.ca, mallory, "/v3/auth/authenticate", {"name": "root", "password": "rootpw"})
+        status, got = _gateway(
+            port, pki.ca, mallory, "/v3/auth/authenticate", {"name": "root", "password": "rootpw"}
+        )
         assert status == 200, got
-        status, got = _gateway(port, pki.ca, mallory, "/v3/kv/range", other,
-                               {"Authorization": got["token"], "Accept": "*/*"})
+        status, got = _gateway(
+            port, pki.ca, mallory, "/v3/kv/range", other, {"Authorization": got["token"], "Accept": "*/*"}
+        )
         assert status == 200 and base64.b64decode(got["kvs"][0]["value"]) == b"o", got
         # And the gRPC path agrees on the CN.
         assert as_(alice, "get", "k/1") == "k/1\nv1\n"

@@ -8,9 +8,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from client.etcd_procs import make_tls_files
-from procs import Cluster, Member, etcdctl, free_port, have_etcd, wait_serving
+from testlib import Cluster, Member, etcdctl, free_port, have_etcd, wait_serving
 
 pytestmark = pytest.mark.skipif(not have_etcd(), reason="etcdctl 3.4 not installed")
 
@@ -20,9 +19,23 @@ def tls_args(files) -> list[str]:
 
 
 def https_member(tmp_path: Path, files, extra: list[str] = ()) -> Member:
-    m = Member(name="s0", data_dir=tmp_path / "s0.etcd", client_port=free_port(), peer_port=free_port(),
-               scheme="https", tls_args=["--cert-file", str(files.server_cert), "--key-file", str(files.server_key),
-                                         "--trusted-ca-file", str(files.ca), "--client-cert-auth", *extra])
+    m = Member(
+        name="s0",
+        data_dir=tmp_path / "s0.etcd",
+        client_port=free_port(),
+        peer_port=free_port(),
+        scheme="https",
+        tls_args=[
+            "--cert-file",
+            str(files.server_cert),
+            "--key-file",
+            str(files.server_key),
+            "--trusted-ca-file",
+            str(files.ca),
+            "--client-cert-auth",
+            *extra,
+        ],
+    )
     m.spawn()
     return m
 
@@ -52,8 +65,22 @@ def test_client_tls_with_client_cert_auth(tmp_path):
         plain = etcdctl([m.endpoint], "--dial-timeout", "2s", "get", "k", check=False)
         assert plain.returncode != 0
         # HTTP/1 endpoints share the port: curl negotiates HTTP/1.1 over TLS.
-        out = subprocess.run(["curl", "-s", "--cacert", str(files.ca), "--cert", str(files.client_cert), "--key",
-                              str(files.client_key), f"https://{m.endpoint}/health"], capture_output=True, text=True)
+        out = subprocess.run(
+            [
+                "curl",
+                "-s",
+                "--cacert",
+                str(files.ca),
+                "--cert",
+                str(files.client_cert),
+                "--key",
+                str(files.client_key),
+                f"https://{m.endpoint}/health",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         assert out.stdout == '{"health": "true"}'
     finally:
         m.kill()
@@ -64,9 +91,22 @@ def test_certificate_rotation_without_restart(tmp_path):
     new = make_tls_files(tmp_path / "new", client_cn="alice")  # a different CA altogether
     live = tmp_path / "live"
     shutil.copytree(tmp_path / "old", live)
-    m = Member(name="r0", data_dir=tmp_path / "r0.etcd", client_port=free_port(), peer_port=free_port(), scheme="https",
-               tls_args=["--cert-file", str(live / "server.pem"), "--key-file", str(live / "server-key.pem"),
-                         "--trusted-ca-file", str(live / "ca.pem"), "--client-cert-auth"])
+    m = Member(
+        name="r0",
+        data_dir=tmp_path / "r0.etcd",
+        client_port=free_port(),
+        peer_port=free_port(),
+        scheme="https",
+        tls_args=[
+            "--cert-file",
+            str(live / "server.pem"),
+            "--key-file",
+            str(live / "server-key.pem"),
+            "--trusted-ca-file",
+            str(live / "ca.pem"),
+            "--client-cert-auth",
+        ],
+    )
     m.spawn()
     try:
         wait_tls(m, tls_args(old))
@@ -92,8 +132,14 @@ def test_certificate_rotation_without_restart(tmp_path):
 def test_three_members_with_peer_tls(tmp_path, mode, monkeypatch):
     if mode == "files":
         files = make_tls_files(tmp_path / "pki")
-        args = ["--peer-cert-file", str(files.server_cert), "--peer-key-file", str(files.server_key),
-                "--peer-trusted-ca-file", str(files.ca)]
+        args = [
+            "--peer-cert-file",
+            str(files.server_cert),
+            "--peer-key-file",
+            str(files.server_key),
+            "--peer-trusted-ca-file",
+            str(files.ca),
+        ]
     else:
         args = ["--peer-auto-tls"]
     monkeypatch.setattr(Member, "peer_url", property(lambda self: f"https://127.0.0.1:{self.peer_port}"))
@@ -115,8 +161,14 @@ SKIP_VERIFY = ("--insecure-transport=false", "--insecure-skip-tls-verify")
 
 
 def test_client_auto_tls(tmp_path):
-    m = Member(name="a0", data_dir=tmp_path / "a0.etcd", client_port=free_port(), peer_port=free_port(), scheme="https",
-               tls_args=["--auto-tls"])
+    m = Member(
+        name="a0",
+        data_dir=tmp_path / "a0.etcd",
+        client_port=free_port(),
+        peer_port=free_port(),
+        scheme="https",
+        tls_args=["--auto-tls"],
+    )
     m.spawn()
     try:
         deadline = time.monotonic() + 30

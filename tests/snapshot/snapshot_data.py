@@ -16,7 +16,7 @@ from pathlib import Path
 
 import grpc
 from etcdstore.proto.etcdserverpb import rpc_pb2, rpc_pb2_grpc
-from procs import ETCDCTL_BIN, Member, etcdctl, free_port, wait_serving
+from testlib import ETCDCTL_BIN, Member, etcdctl, free_port, wait_serving
 
 ROOT = ("root", "rootpw")
 BIG = "B" * 60_000  # spans overflow pages in bbolt
@@ -63,13 +63,17 @@ def populate(ep: str) -> dict:
     etcdctl(ep, "user", "grant-role", "bob", "writer")
     etcdctl(ep, "auth", "enable")
     last = json.loads(etcdctl(ep, "--user", ":".join(ROOT), "put", "last", "1", "-w", "json").stdout)
-    return {"compacted": rev - 5, "leases": [int(l1, 16), int(l2, 16), int(l3, 16)],
-            "revision": last["header"]["revision"]}
+    return {
+        "compacted": rev - 5,
+        "leases": [int(l1, 16), int(l2, 16), int(l3, 16)],
+        "revision": last["header"]["revision"],
+    }
 
 
 def _token(ch: grpc.Channel, user: str, password: str) -> list[tuple[str, str]]:
-    resp = rpc_pb2_grpc.AuthStub(ch).Authenticate(rpc_pb2.AuthenticateRequest(name=user, password=password),
-                                                  timeout=10)
+    resp = rpc_pb2_grpc.AuthStub(ch).Authenticate(
+        rpc_pb2.AuthenticateRequest(name=user, password=password), timeout=10
+    )
     return [("token", resp.token)]
 
 
@@ -90,29 +94,36 @@ def dump(ep: str, compacted: int) -> dict:
             req = rpc_pb2.RangeRequest(key=b"\0", range_end=b"\0", revision=r)
             history[r] = _kvs(kv.Range(req, metadata=md, timeout=10))
         try:
-            kv.Range(rpc_pb2.RangeRequest(key=b"\0", range_end=b"\0", revision=compacted - 1), metadata=md,
-                     timeout=10)
+            kv.Range(
+                rpc_pb2.RangeRequest(key=b"\0", range_end=b"\0", revision=compacted - 1),
+                metadata=md,
+                timeout=10,
+            )
             below = "readable"
         except grpc.RpcError as e:
             below = e.details()
         lease = rpc_pb2_grpc.LeaseStub(ch)
         leases = {}
         for item in lease.LeaseLeases(rpc_pb2.LeaseLeasesRequest(), metadata=md, timeout=10).leases:
-            ttl = lease.LeaseTimeToLive(rpc_pb2.LeaseTimeToLiveRequest(ID=item.ID, keys=True), metadata=md,
-                                        timeout=10)
+            ttl = lease.LeaseTimeToLive(
+                rpc_pb2.LeaseTimeToLiveRequest(ID=item.ID, keys=True), metadata=md, timeout=10
+            )
             leases[item.ID] = (ttl.grantedTTL, sorted(ttl.keys))
         auth = rpc_pb2_grpc.AuthStub(ch)
         users = {}
         for name in auth.UserList(rpc_pb2.AuthUserListRequest(), metadata=md, timeout=10).users:
-            users[name] = sorted(auth.UserGet(rpc_pb2.AuthUserGetRequest(name=name), metadata=md,
-                                              timeout=10).roles)
+            users[name] = sorted(
+                auth.UserGet(rpc_pb2.AuthUserGetRequest(name=name), metadata=md, timeout=10).roles
+            )
         roles = {}
         for name in auth.RoleList(rpc_pb2.AuthRoleListRequest(), metadata=md, timeout=10).roles:
             perms = auth.RoleGet(rpc_pb2.AuthRoleGetRequest(role=name), metadata=md, timeout=10).perm
             roles[name] = sorted((p.permType, p.key, p.range_end) for p in perms)
         # Passwords and permissions work: alice reads k0.., may not write there.
         alice = _token(ch, "alice", "alicepw")
-        alice_read = _kvs(kv.Range(rpc_pb2.RangeRequest(key=b"k000", range_end=b"k100"), metadata=alice, timeout=10))
+        alice_read = _kvs(
+            kv.Range(rpc_pb2.RangeRequest(key=b"k000", range_end=b"k100"), metadata=alice, timeout=10)
+        )
         try:
             kv.Put(rpc_pb2.PutRequest(key=b"k000", value=b"no"), metadata=alice, timeout=10)
             alice_write = "allowed"
@@ -123,9 +134,18 @@ def dump(ep: str, compacted: int) -> dict:
             anonymous = "allowed"
         except grpc.RpcError as e:
             anonymous = e.details()
-    return {"revision": rev, "kvs": _kvs(now), "history": history, "below_compaction": below, "leases": leases,
-            "users": users, "roles": roles, "alice_read": alice_read, "alice_write": alice_write,
-            "anonymous": anonymous}
+    return {
+        "revision": rev,
+        "kvs": _kvs(now),
+        "history": history,
+        "below_compaction": below,
+        "leases": leases,
+        "users": users,
+        "roles": roles,
+        "alice_read": alice_read,
+        "alice_write": alice_write,
+        "anonymous": anonymous,
+    }
 
 
 def without_lease_ids(d: dict, leases: list[int]) -> dict:
@@ -161,16 +181,35 @@ def etcdctl_view(ep: str) -> dict:
     }
 
 
-def restore_and_start(tool: str, snapshot: Path, base: Path, binary: str, name: str = "r0",
-                      extra: tuple[str, ...] = ()) -> Member:
+def restore_and_start(
+    tool: str, snapshot: Path, base: Path, binary: str, name: str = "r0", extra: tuple[str, ...] = ()
+) -> Member:
     """Restore `snapshot` with `tool` ("etcdctl" or "etcdstore") into a new one-member cluster run
     by `binary`; returns the started member."""
-    m = Member(name=name, data_dir=base / f"{name}.etcd", client_port=free_port(), peer_port=free_port(),
-               binary=binary)
+    m = Member(
+        name=name,
+        data_dir=base / f"{name}.etcd",
+        client_port=free_port(),
+        peer_port=free_port(),
+        binary=binary,
+    )
     m.initial_cluster = f"{name}={m.peer_url}"
-    args = ["snapshot", "restore", str(snapshot), "--name", name, "--data-dir", str(m.data_dir),
-            "--initial-cluster", m.initial_cluster, "--initial-cluster-token", m.cluster_token,
-            "--initial-advertise-peer-urls", m.peer_url, *extra]
+    args = [
+        "snapshot",
+        "restore",
+        str(snapshot),
+        "--name",
+        name,
+        "--data-dir",
+        str(m.data_dir),
+        "--initial-cluster",
+        m.initial_cluster,
+        "--initial-cluster-token",
+        m.cluster_token,
+        "--initial-advertise-peer-urls",
+        m.peer_url,
+        *extra,
+    ]
     cmd = [ETCDCTL_BIN, *args] if tool == "etcdctl" else etcdstore_cmd(*args)
     out, m.restore_peak_rss = run_measured(cmd)  # type: ignore[attr-defined]
     assert out.returncode == 0, f"{tool} snapshot restore: {out.stderr}"
@@ -193,8 +232,9 @@ sys.exit(rc)
 
 def run_measured(cmd: list[str], timeout: float = 1800) -> tuple[subprocess.CompletedProcess, int]:
     """Run `cmd`; returns its completed process and its peak resident set size in bytes."""
-    out = subprocess.run([sys.executable, "-c", _MEASURE, *cmd], capture_output=True, text=True, timeout=timeout,
-                         check=False)
+    out = subprocess.run(
+        [sys.executable, "-c", _MEASURE, *cmd], capture_output=True, text=True, timeout=timeout, check=False
+    )
     lines = out.stderr.rstrip("\n").split("\n")
     out.stderr = "\n".join(lines[:-1])
     return out, int(lines[-1]) * 1024

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from etcdstore.snapshot import bbolt, etcdformat
-from procs import ETCDCTL_BIN, etcdctl, have_etcd
+from testlib import ETCDCTL_BIN, etcdctl, have_etcd
 
 needs_etcdctl = pytest.mark.skipif(not have_etcd(), reason="etcdctl 3.4 not installed")
 
@@ -50,7 +50,9 @@ def _random_buckets(seed: int) -> dict[bytes, list[tuple[bytes, bytes]]]:
     big = {f"big{i}".encode(): rnd.randbytes(rnd.choice([5000, 70_000, 1_500_000])) for i in range(6)}
     big[b"big-small"] = b"x"  # a small value between overflow pages
     return {
-        b"key": [(_revkey(r, s), rnd.randbytes(rnd.randint(10, 200))) for r in range(2, 600) for s in range(2)],
+        b"key": [
+            (_revkey(r, s), rnd.randbytes(rnd.randint(10, 200))) for r in range(2, 600) for s in range(2)
+        ],
         b"many": sorted(many.items()),
         b"overflow": sorted(big.items()),
         b"empty": [],
@@ -88,8 +90,11 @@ def test_etcdctl_status_agrees_on_files_we_write(tmp_path: Path) -> None:
 def test_empty_database(tmp_path: Path) -> None:
     path = tmp_path / "empty.db"
     _write(path, {})
-    assert _etcdctl_status(path) == etcdformat.status(path) == {
-        "hash": 0, "revision": 0, "totalKey": 0, "totalSize": 4 * bbolt.PAGE_SIZE}
+    assert (
+        _etcdctl_status(path)
+        == etcdformat.status(path)
+        == {"hash": 0, "revision": 0, "totalKey": 0, "totalSize": 4 * bbolt.PAGE_SIZE}
+    )
 
 
 def test_writer_refuses_out_of_order_input(tmp_path: Path) -> None:
@@ -148,12 +153,16 @@ def test_etcd_snapshot_checksum(tmp_path: Path) -> None:
         etcdformat.verify_checksum(bad)
     bare = tmp_path / "bare.db"
     bare.write_bytes(path.read_bytes()[:-32])
-    with pytest.raises(etcdformat.EtcdSnapshotError, match="snapshot missing hash but --skip-hash-check=false"):
+    with pytest.raises(
+        etcdformat.EtcdSnapshotError, match="snapshot missing hash but --skip-hash-check=false"
+    ):
         etcdformat.verify_checksum(bare)
     assert etcdformat.verify_checksum(bare, skip_hash_check=True) is False
     # etcdctl says the same for both files.
     for f, msg in ((bad, "expected sha256"), (bare, "snapshot missing hash but --skip-hash-check=false")):
-        out = etcdctl([], "snapshot", "restore", str(f), "--data-dir", str(tmp_path / f"r-{f.stem}"), check=False)
+        out = etcdctl(
+            [], "snapshot", "restore", str(f), "--data-dir", str(tmp_path / f"r-{f.stem}"), check=False
+        )
         assert out.returncode != 0 and msg in out.stderr
     assert shutil.which(ETCDCTL_BIN)
 
@@ -162,7 +171,11 @@ def test_lease_encoding() -> None:
     for lid, ttl, rem in ((1, 5, 0), (0x694D9E3B1C0A1A04, 600, 590), (-5, 9_000_000_000, 1), (7, 0, 0)):
         assert etcdformat.decode_lease(etcdformat.encode_lease(lid, ttl, rem)) == (lid, ttl, rem)
     # Bytes etcd 3.4 wrote for lease 390da23d73a47133 with TTL 600.
-    assert etcdformat.decode_lease(bytes.fromhex("08b3e2919dd7c7e8863910d804")) == (0x390DA23D73A47133, 600, 0)
+    assert etcdformat.decode_lease(bytes.fromhex("08b3e2919dd7c7e8863910d804")) == (
+        0x390DA23D73A47133,
+        600,
+        0,
+    )
     assert etcdformat.encode_lease(0x390DA23D73A47133, 600, 0) == bytes.fromhex("08b3e2919dd7c7e8863910d804")
 
 

@@ -20,8 +20,8 @@ import pytest
 from etcdstore.snapshot import etcdformat
 from etcdstore.snapshot import format as snapfmt
 from etcdstore.storage import backend as bk
-from procs import Cluster, etcdctl, have_etcd
 from snapshot_data import ROOT, dump, etcdctl_view, etcdstore, populate, restore_and_start, without_lease_ids
+from testlib import Cluster, etcdctl, have_etcd
 
 pytestmark = [pytest.mark.skipif(not have_etcd(), reason="needs etcd/etcdctl 3.4"), pytest.mark.etcd]
 
@@ -43,8 +43,13 @@ def etcd_source(tmp_path_factory: pytest.TempPathFactory):
         info = populate(ep)
         snap = base / "etcd.db"
         etcdctl(ep, *USER, "snapshot", "save", str(snap))
-        yield {"snapshot": snap, "dump": dump(ep, info["compacted"]), "view": etcdctl_view(ep), **info,
-               "data_dir": c.members[0].data_dir}
+        yield {
+            "snapshot": snap,
+            "dump": dump(ep, info["compacted"]),
+            "view": etcdctl_view(ep),
+            **info,
+            "data_dir": c.members[0].data_dir,
+        }
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +67,9 @@ def etcdstore_source(tmp_path_factory: pytest.TempPathFactory):
 def test_same_data_on_both_sources(etcd_source, etcdstore_source) -> None:
     """The baseline the other tests rely on: the same commands gave both servers the same state."""
     for part in ("dump", "view"):
-        assert without_lease_ids(etcdstore_source[part], etcdstore_source["leases"]) == \
-            without_lease_ids(etcd_source[part], etcd_source["leases"])
+        assert without_lease_ids(etcdstore_source[part], etcdstore_source["leases"]) == without_lease_ids(
+            etcd_source[part], etcd_source["leases"]
+        )
 
 
 def test_etcd_snapshot_status(etcd_source) -> None:
@@ -148,7 +154,9 @@ def test_damaged_etcd_snapshot_is_refused(etcd_source, tmp_path: Path) -> None:
     for name, content in cases.items():
         path = tmp_path / f"{name}.db"
         path.write_bytes(content)
-        out = etcdstore("snapshot", "restore", str(path), "--data-dir", str(tmp_path / f"{name}.etcd"), check=False)
+        out = etcdstore(
+            "snapshot", "restore", str(path), "--data-dir", str(tmp_path / f"{name}.etcd"), check=False
+        )
         assert out.returncode == 1 and out.stderr.startswith("Error: "), (name, out.stderr)
         assert not (tmp_path / f"{name}.etcd").exists()
 
@@ -187,25 +195,36 @@ def test_snapshot_stream_is_consistent_and_clean(tmp_path: Path) -> None:
 
 
 def test_operator_restore_member_with_etcd_snapshot(etcd_source, tmp_path: Path) -> None:
-    """The operator seeds an etcdstore cluster with `etcdstore snapshot restore` (restore_runner.py):
-    a backup taken from real etcd works there too."""
+    """The operator's restore Job seeds an etcdstore cluster in three steps (restore_runner.py):
+    `restore-member fetch`, the engine's own tool (`etcdstore snapshot restore`), `restore-member
+    finish`. A backup taken from real etcd works there too."""
     import hashlib
     import subprocess
     import sys
 
-    from procs import Member, free_port, wait_serving
+    from etcdoperator.restore_runner import SNAPSHOT, restore_args, restore_tool
+    from testlib import Member, free_port, wait_serving
 
-    m = Member(name="seed", data_dir=tmp_path / "seed" / "data", client_port=free_port(), peer_port=free_port())
+    m = Member(
+        name="seed", data_dir=tmp_path / "seed" / "data", client_port=free_port(), peer_port=free_port()
+    )
     m.initial_cluster = f"seed={m.peer_url}"
+    scratch = tmp_path / "seed" / ".restore"
     sha = hashlib.sha256(etcd_source["snapshot"].read_bytes()).hexdigest()
-    out = subprocess.run(
-        [sys.executable, "-m", "etcdoperator", "restore-member", "--engine=etcdstore", f"--data-dir={m.data_dir}",
-         "--name=seed", "--seed=seed", f"--initial-cluster={m.initial_cluster}", "--initial-cluster-state=new",
-         f"--initial-cluster-token={m.cluster_token}", f"--initial-advertise-peer-urls={m.peer_url}",
-         f"--source=file://{etcd_source['snapshot']}", f"--sha256={sha}"],
-        capture_output=True, text=True, timeout=300, check=False,
-        env=dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"))
-    assert out.returncode == 0 and out.stdout.startswith("restored "), out.stderr
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    op = [sys.executable, "-m", "etcdoperator", "restore-member"]
+    steps = [
+        op + ["fetch", f"--data-dir={m.data_dir}", f"--scratch={scratch}",
+              f"--source=file://{etcd_source['snapshot']}", f"--sha256={sha}"],
+        restore_tool("etcdstore", "") + restore_args(
+            snapshot=str(scratch / SNAPSHOT), name="seed", peer_url=m.peer_url, token=m.cluster_token,
+            data_dir=str(m.data_dir)),
+        op + ["finish", f"--data-dir={m.data_dir}", f"--scratch={scratch}"],
+    ]
+    for cmd in steps:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False, env=env)
+        assert out.returncode == 0, (cmd, out.stdout, out.stderr)
+    assert out.stdout.startswith("restored into ") and not scratch.exists()
     m.spawn()
     try:
         wait_serving([m])
@@ -256,14 +275,17 @@ def test_snapshot_is_one_point_in_time_under_writes(tmp_path: Path) -> None:
         rev = theirs["revision"]
         assert rev < max(written)
         with grpc.insecure_channel(ep) as ch:
-            at = rpc_pb2_grpc.KVStub(ch).Range(rpc_pb2.RangeRequest(key=b"\0", range_end=b"\0", revision=rev),
-                                               timeout=10)
+            at = rpc_pb2_grpc.KVStub(ch).Range(
+                rpc_pb2.RangeRequest(key=b"\0", range_end=b"\0", revision=rev), timeout=10
+            )
         expected = [(kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.version) for kv in at.kvs]
     m = restore_and_start("etcdctl", snap, tmp_path / "etcd", "etcd")
     try:
         with grpc.insecure_channel(m.endpoint) as ch:
             now = rpc_pb2_grpc.KVStub(ch).Range(rpc_pb2.RangeRequest(key=b"\0", range_end=b"\0"), timeout=10)
         assert now.header.revision == rev
-        assert [(kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.version) for kv in now.kvs] == expected
+        assert [
+            (kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.version) for kv in now.kvs
+        ] == expected
     finally:
         m.kill()

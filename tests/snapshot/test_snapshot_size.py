@@ -19,8 +19,8 @@ import grpc
 import pytest
 from etcdstore.client import Client
 from etcdstore.proto.etcdserverpb import rpc_pb2, rpc_pb2_grpc
-from procs import Cluster, etcdctl, have_etcd
 from snapshot_data import etcdstore, restore_and_start
+from testlib import Cluster, etcdctl, have_etcd
 
 pytestmark = [pytest.mark.skipif(not have_etcd(), reason="needs etcd/etcdctl 3.4"), pytest.mark.etcd]
 
@@ -31,7 +31,9 @@ async def _fill(endpoint: str, big: int, big_size: int, small: int) -> None:
     """`big` keys with random `big_size`-byte values (overflow pages) and `small` short ones
     (many per page), written by 16 concurrent writers."""
     async with Client([endpoint], timeout=60) as c:
-        queue = [(f"big/{i:06d}", None) for i in range(big)] + [(f"small/{i:07d}", f"v{i}") for i in range(small)]
+        queue = [(f"big/{i:06d}", None) for i in range(big)] + [
+            (f"small/{i:07d}", f"v{i}") for i in range(small)
+        ]
 
         async def writer(part: list) -> None:
             for key, value in part:
@@ -51,10 +53,22 @@ def _digest(endpoint: str) -> tuple[int, int, str]:
         rev = first.header.revision
         key = b"\0"
         while True:
-            resp = kv.Range(rpc_pb2.RangeRequest(key=key, range_end=b"\0", limit=500, revision=rev), timeout=120)
+            resp = kv.Range(
+                rpc_pb2.RangeRequest(key=key, range_end=b"\0", limit=500, revision=rev), timeout=120
+            )
             for item in resp.kvs:
-                h.update(b"%d:%s%d:%s%d.%d.%d|" % (len(item.key), item.key, len(item.value), item.value,
-                                                   item.create_revision, item.mod_revision, item.version))
+                h.update(
+                    b"%d:%s%d:%s%d.%d.%d|"
+                    % (
+                        len(item.key),
+                        item.key,
+                        len(item.value),
+                        item.value,
+                        item.create_revision,
+                        item.mod_revision,
+                        item.version,
+                    )
+                )
                 n += 1
             if not resp.more:
                 break
@@ -109,8 +123,10 @@ def _move_both_ways(tmp_path: Path, big: int, big_size: int, small: int) -> dict
         leftovers = [p for p in os.listdir(c.members[0].data_dir / "member") if p.startswith("snapshot-")]
         assert leftovers == []
     status = json.loads(etcdctl([], "snapshot", "status", str(snap), "-w", "json", timeout=1800).stdout)
-    print(f"\netcdctl snapshot status: {status}; file {snap.stat().st_size} bytes; fill {fill_s:.1f}s, "
-          f"save {save_s:.1f}s; server RSS {before / 2**20:.0f} MiB before, peak {rss.peak / 2**20:.0f} MiB")
+    print(
+        f"\netcdctl snapshot status: {status}; file {snap.stat().st_size} bytes; fill {fill_s:.1f}s, "
+        f"save {save_s:.1f}s; server RSS {before / 2**20:.0f} MiB before, peak {rss.peak / 2**20:.0f} MiB"
+    )
     assert status["revision"] == source[0] and status["totalSize"] == snap.stat().st_size - 32
     assert json.loads(etcdstore("snapshot", "status", str(snap), "-w", "json").stdout) == status
 
@@ -126,10 +142,17 @@ def _move_both_ways(tmp_path: Path, big: int, big_size: int, small: int) -> dict
         assert _digest(again.endpoint) == source
     finally:
         again.kill()
-    print(f"etcdstore snapshot restore of etcd's {back.stat().st_size} bytes: peak RSS "
-          f"{again.restore_peak_rss / 2**20:.0f} MiB")
-    return {"status": status, "rss_before": before, "rss_peak": rss.peak, "db_size": status["totalSize"],
-            "restore_rss": again.restore_peak_rss}
+    print(
+        f"etcdstore snapshot restore of etcd's {back.stat().st_size} bytes: peak RSS "
+        f"{again.restore_peak_rss / 2**20:.0f} MiB"
+    )
+    return {
+        "status": status,
+        "rss_before": before,
+        "rss_peak": rss.peak,
+        "db_size": status["totalSize"],
+        "restore_rss": again.restore_peak_rss,
+    }
 
 
 def test_20mb_database_moves_both_ways(tmp_path: Path) -> None:

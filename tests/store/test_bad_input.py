@@ -6,7 +6,6 @@ import time
 
 import grpc
 import pytest
-
 from etcdstore.proto.etcdserverpb import rpc_pb2, rpc_pb2_grpc
 from procs import Cluster, have_etcd
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 
-
 from etcdstore import errors
 from etcdstore.client import Client, Compare, Op
 from procs import Cluster

@@ -28,8 +28,8 @@ import pytest
 import pytest_asyncio
 from etcdstore import errors
 from etcdstore.config import parse_args
+from etcdstore.member import Member
 from etcdstore.proto.etcdserverpb import rpc_pb2, rpc_pb2_grpc
-from etcdstore.server.main import Member
 from procs import free_port
 
 REPO = Path(__file__).resolve().parents[2]

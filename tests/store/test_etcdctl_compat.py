@@ -12,7 +12,6 @@ import subprocess
 import time
 
 import pytest
-
 from procs import Cluster, etcdctl, have_etcd
 
 pytestmark = [pytest.mark.etcd, pytest.mark.skipif(not have_etcd(), reason="etcd/etcdctl 3.4 not installed")]
@@ -158,7 +157,6 @@ def test_watch_history_and_live(sides):
 
 
 def test_lease_lifecycle(sides):
-    real, ours = sides
     both(sides, "lease", "grant", "100")
     both(sides, "lease", "grant", "1")  # raised to the minimum TTL
     lids = [(s.lease_id("LEASE0"), s) for s in sides]

@@ -1,7 +1,6 @@
 """Lease rules: TTL bounds, expiry only on the primary, renew, checkpoints, persistence."""
 
 import pytest
-
 from etcdstore import errors
 from etcdstore.lease.lessor import MAX_LEASE_TTL, Lessor, min_lease_ttl
 from etcdstore.storage.backend import Backend

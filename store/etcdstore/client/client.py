@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Self
 
 import grpc
 
@@ -325,7 +325,7 @@ class Client(KVMixin, LeaseMixin, ClusterMixin, MaintenanceMixin, AuthMixin, Con
             await asyncio.gather(*(k.close() for k in keepers), return_exceptions=True)
         await sh.pool.close()
 
-    async def __aenter__(self) -> Client:
+    async def __aenter__(self) -> Self:
         if self._dial_timeout is not None or self._reject_old_cluster:
             try:
                 await self.connect()

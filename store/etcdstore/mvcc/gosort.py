@@ -37,7 +37,7 @@ def go_sort(items: list[T], key: Callable[[T], Any], descending: bool = False) -
 class _GoSort:
     """Go's pdqsort over parallel lists (keys, values); less(i, j) as sort.Interface.Less."""
 
-    __slots__ = ("keys", "vals", "desc")
+    __slots__ = ("desc", "keys", "vals")
 
     def __init__(self, keys: list[Any], vals: list[Any], desc: bool) -> None:
         self.keys = keys
@@ -46,7 +46,8 @@ class _GoSort:
 
     def less(self, i: int, j: int) -> bool:
         k = self.keys
-        return k[j] < k[i] if self.desc else k[i] < k[j]
+        lt: bool = k[j] < k[i] if self.desc else k[i] < k[j]  # keys are Any: the annotation types it
+        return lt
 
     def swap(self, i: int, j: int) -> None:
         k, v = self.keys, self.vals
@@ -100,9 +101,8 @@ class _GoSort:
                 self.reverse_range(a, b)
                 pivot = (b - 1) - (pivot - a)
                 hint = _INCREASING
-            if was_balanced and was_partitioned and hint == _INCREASING:
-                if self.partial_insertion_sort(a, b):
-                    return
+            if was_balanced and was_partitioned and hint == _INCREASING and self.partial_insertion_sort(a, b):
+                return
             if a > 0 and not self.less(a - 1, pivot):
                 a = self.partition_equal(a, b, pivot)
                 continue

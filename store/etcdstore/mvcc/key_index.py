@@ -28,7 +28,7 @@ Generation = tuple[int, int, list[int]]
 class KeyIndex:
     """Revisions of one key. The open generation is inlined (most keys have only one)."""
 
-    __slots__ = ("key", "created", "ver", "revs", "lease", "past")
+    __slots__ = ("created", "key", "lease", "past", "revs", "ver")
 
     def __init__(self, key: bytes) -> None:
         self.key = key
@@ -150,13 +150,13 @@ class Index:
     keys that exist now in key order: reads at the latest revision (Kubernetes' lists and
     counts) walk only those, and count them by bisection."""
 
-    __slots__ = ("by_key", "_sorted", "live")
+    __slots__ = ("_sorted", "by_key", "live")
 
     def __init__(self) -> None:
         self.by_key: dict[bytes, KeyIndex] = {}
-        self._sorted = SortedList()
+        self._sorted: SortedList[bytes] = SortedList()
         # Keys whose open generation is not empty; kept by the writer (created / deleted).
-        self.live = SortedList()
+        self.live: SortedList[bytes] = SortedList()
 
     def __len__(self) -> int:
         return len(self.by_key)

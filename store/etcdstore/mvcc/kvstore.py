@@ -26,7 +26,7 @@ import struct
 import zlib
 from collections.abc import Callable, Iterator
 from itertools import islice
-from typing import Final
+from typing import Any, Final
 
 from etcdstore import errors
 from etcdstore.mvcc import revision as rv
@@ -59,9 +59,9 @@ class RangeResult:
     """Result of a range read: kvs (KeyValue messages, or serialized bytes for range_raw),
     the total number of keys in the range (independent of limit) and the view's revision."""
 
-    __slots__ = ("kvs", "count", "rev")
+    __slots__ = ("count", "kvs", "rev")
 
-    def __init__(self, kvs: list, count: int, rev: int) -> None:
+    def __init__(self, kvs: list[Any], count: int, rev: int) -> None:
         self.kvs = kvs
         self.count = count
         self.rev = rev
@@ -150,7 +150,7 @@ class ReadView:
             if 0 < limit < count:
                 keys = islice(keys, limit)
             return [by_key[k].revs[-1] for k in keys], count
-        out = []
+        out: list[int] = []
         append = out.append
         for k in index.keys(key, end):
             ki = by_key[k]
@@ -244,15 +244,15 @@ class KVStore(ReadView):
 
     __slots__ = (
         "_b",
-        "_index",
-        "_current",
-        "_compact",
-        "_pending",
         "_batch_open",
-        "_txn",
         "_ci",
-        "_term",
+        "_compact",
         "_compaction",
+        "_current",
+        "_index",
+        "_pending",
+        "_term",
+        "_txn",
         "lessor",
         "prev_kv_in_events",
     )
@@ -280,7 +280,7 @@ class KVStore(ReadView):
                 lessor.attach(lease, key)
 
     @property
-    def _s(self) -> KVStore:  # type: ignore[override]
+    def _s(self) -> KVStore:  # type: ignore[override]  # the views' `_s: KVStore` attribute, read-only here
         return self
 
     # -- state ----------------------------------------------------------------------------
@@ -386,7 +386,9 @@ class KVStore(ReadView):
                 return v
         v = self._b.get(KEY, rb)
         if v is None:
-            raise RuntimeError(f"mvcc: revision {rev >> _SUB_BITS}.{rev & rv.SUB_MASK} in index but not on disk")
+            raise RuntimeError(
+                f"mvcc: revision {rev >> _SUB_BITS}.{rev & rv.SUB_MASK} in index but not on disk"
+            )
         return v
 
     def get_kv(self, key: bytes, at_main: int) -> kv_pb2.KeyValue | None:
@@ -473,7 +475,7 @@ class KVStore(ReadView):
         batch = self._b.batch()
         end = rv.main_bytes(target + 1)
         n = 0
-        last = None
+        last = b""  # read only when n >= limit >= 1, so after at least one key
         by_key = self._index.by_key
         is_tomb = rv.is_tombstone
         from_bytes = rv.from_bytes
@@ -496,7 +498,7 @@ class KVStore(ReadView):
             batch.put(META, FINISHED_COMPACT_KEY, rv.main_bytes(target))
             self._compaction = None
         else:
-            c.disk_cursor = last + b"\x00"  # type: ignore[operator]
+            c.disk_cursor = last + b"\x00"
         self._b.write(batch, sync=False)
         return done
 
@@ -597,16 +599,16 @@ class KVStore(ReadView):
             for k, v in b.items(cf):
                 h = crc(v, crc(k, h))
         for name in (SCHEDULED_COMPACT_KEY, FINISHED_COMPACT_KEY):
-            v = b.get(META, name)
-            if v is not None:
-                h = crc(v, crc(name, h))
+            got = b.get(META, name)
+            if got is not None:
+                h = crc(got, crc(name, h))
         return h
 
 
 class _Compaction:
     """Progress of the physical part of a compaction (in memory; restarts from scratch)."""
 
-    __slots__ = ("target", "index_done", "index_cursor", "disk_cursor")
+    __slots__ = ("disk_cursor", "index_cursor", "index_done", "target")
 
     def __init__(self, target: int) -> None:
         self.target = target
@@ -618,7 +620,7 @@ class _Compaction:
 class WriteTxn(ReadView):
     """The changes of one request: at most one main revision, one sub revision per change."""
 
-    __slots__ = ("_s", "_batch", "_begin", "_events", "_lessor")
+    __slots__ = ("_batch", "_begin", "_events", "_lessor", "_s")
 
     def __init__(self, store: KVStore, batch: bk.Batch) -> None:
         self._s = store

@@ -50,6 +50,8 @@ def main_bytes(main: int) -> bytes:
 
 
 def from_bytes(b: bytes) -> int:
+    main: int
+    sub: int
     main, _, sub = _unpack(b)
     return main << SUB_BITS | sub
 

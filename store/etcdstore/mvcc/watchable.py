@@ -62,7 +62,7 @@ class WatchResponse:
     compact_revision/canceled: set when the watcher was canceled by compaction.
     """
 
-    __slots__ = ("watch_id", "events", "revision", "compact_revision", "canceled")
+    __slots__ = ("canceled", "compact_revision", "events", "revision", "watch_id")
 
     def __init__(
         self,
@@ -87,18 +87,18 @@ class WatchResponse:
 
 class _Watcher:
     __slots__ = (
-        "id",
-        "stream",
-        "key",
         "end",
+        "id",
+        "key",
         "min_rev",
-        "prev_kv",
-        "no_put",
         "no_delete",
-        "progress_notify",
-        "state",
+        "no_put",
         "pending",
+        "prev_kv",
+        "progress_notify",
         "sent_events",
+        "state",
+        "stream",
     )
 
     def __init__(
@@ -129,7 +129,7 @@ class _Watcher:
 class WatchStream:
     """One client watch stream: its watchers and its bounded buffer of responses."""
 
-    __slots__ = ("_ws", "_watchers", "_next_id", "_buf", "_cap", "_waiter", "_closed", "_victims")
+    __slots__ = ("_buf", "_cap", "_closed", "_next_id", "_victims", "_waiter", "_watchers", "_ws")
 
     def __init__(self, ws: WatchableStore, capacity: int) -> None:
         self._ws = ws
@@ -182,7 +182,9 @@ class WatchStream:
         elif watch_id in self._watchers:
             raise WatchError(ERR_DUPLICATE_ID)
         fs = set(filters)
-        w = _Watcher(watch_id, self, key, iend, prev_kv, FILTER_NOPUT in fs, FILTER_NODELETE in fs, progress_notify)
+        w = _Watcher(
+            watch_id, self, key, iend, prev_kv, FILTER_NOPUT in fs, FILTER_NODELETE in fs, progress_notify
+        )
         self._watchers[watch_id] = w
         self._ws._add(w, start_rev)
         return watch_id
@@ -253,7 +255,7 @@ class WatchStream:
     def put_control(self, resp: object) -> None:
         """Queue a response of the API layer's own (created, canceled ...) in order with the
         events already buffered; never refused, as etcd's control channel."""
-        self._put(resp)  # type: ignore[arg-type]
+        self._put(resp)  # type: ignore[arg-type]  # the API's own rpc_pb2 response, passed on as is
 
     def __len__(self) -> int:
         return len(self._buf)
@@ -563,7 +565,9 @@ class WatchableStore:
     def _move_victims(self) -> bool:
         moved = False
         for w in list(self._victims):
-            if not w.stream._offer(w.pending):  # type: ignore[arg-type]
+            pending = w.pending
+            assert pending is not None  # a victim always holds the response it could not deliver
+            if not w.stream._offer(pending):
                 continue
             moved = True
             del self._victims[w]

@@ -26,6 +26,7 @@ DEFAULT_MAX_ENTRIES = 2048
 
 def _overlaps(a_key: bytes, a_end: bytes, b_key: bytes, b_end: bytes) -> bool:
     """Do key intervals [key, end) overlap? An empty end is the single key; b"\\0" the key space's end."""
+
     def bounds(k: bytes, e: bytes) -> tuple[bytes, bytes | None]:
         if not e:
             return k, k + b"\0"

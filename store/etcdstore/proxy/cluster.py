@@ -64,6 +64,7 @@ class ClusterProxy:
 
         async def call(request: bytes, context: Any) -> bytes:
             return await forward(self.up, path, request, context)
+
         return call
 
     async def MemberPromote(self, request: bytes, context: Any) -> bytes:
@@ -86,7 +87,9 @@ class ClusterProxy:
         if self.ns is not None:
             key, end = self.ns.interval(key, end)
         req = rpc_pb2.RangeRequest(key=key, range_end=end, serializable=True)
-        data = await forward(self.up, "/etcdserverpb.KV/Range", req.SerializeToString(), context, idempotent=True)
+        data = await forward(
+            self.up, "/etcdserverpb.KV/Range", req.SerializeToString(), context, idempotent=True
+        )
         found: dict[str, rpc_pb2.Member] = {}
         for kv in rpc_pb2.RangeResponse.FromString(data).kvs:
             try:
@@ -112,8 +115,15 @@ def _prefix_end(key: bytes) -> bytes:
 class Registration:
     """Keeps `prefix/addr` registered under a lease while the proxy runs."""
 
-    def __init__(self, up: Upstream, keepalives: KeepAlives, namespace: Namespace | None,
-                 prefix: str, addr: str, ttl: int) -> None:
+    def __init__(
+        self,
+        up: Upstream,
+        keepalives: KeepAlives,
+        namespace: Namespace | None,
+        prefix: str,
+        addr: str,
+        ttl: int,
+    ) -> None:
         self.up = up
         self.keepalives = keepalives
         self.ns = namespace
@@ -142,20 +152,31 @@ class Registration:
             await asyncio.sleep(max(0.0, 1.0 - (loop.time() - started)))
 
     async def _session(self) -> None:
-        grant = rpc_pb2.LeaseGrantResponse.FromString(await self.up.unary(
-            "/etcdserverpb.Lease/LeaseGrant", rpc_pb2.LeaseGrantRequest(TTL=self.ttl).SerializeToString(),
-            timeout=5.0))
+        grant = rpc_pb2.LeaseGrantResponse.FromString(
+            await self.up.unary(
+                "/etcdserverpb.Lease/LeaseGrant",
+                rpc_pb2.LeaseGrantRequest(TTL=self.ttl).SerializeToString(),
+                timeout=5.0,
+            )
+        )
         self.lease_id = grant.ID
         lost = asyncio.Event()
         unsubscribe = self.keepalives.subscribe(grant.ID, lambda r: lost.set() if r is None else None)
         try:
-            txn = rpc_pb2.TxnRequest(success=[rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(
-                key=self.key, value=self.value, lease=grant.ID))])
+            txn = rpc_pb2.TxnRequest(
+                success=[
+                    rpc_pb2.RequestOp(
+                        request_put=rpc_pb2.PutRequest(key=self.key, value=self.value, lease=grant.ID)
+                    )
+                ]
+            )
             await self.up.unary("/etcdserverpb.KV/Txn", txn.SerializeToString(), timeout=5.0)
             log.info("registered proxy", address=self.key.decode(errors="replace"), ttl=self.ttl)
             self.registered.set()
             await lost.wait()
-            log.warning("session expired; possible network partition or server restart; creating a new session")
+            log.warning(
+                "session expired; possible network partition or server restart; creating a new session"
+            )
         finally:
             unsubscribe()
 
@@ -166,5 +187,8 @@ class Registration:
                 await self.task
         if self.lease_id:
             with contextlib.suppress(grpc.aio.AioRpcError):
-                await self.up.unary("/etcdserverpb.Lease/LeaseRevoke",
-                                    rpc_pb2.LeaseRevokeRequest(ID=self.lease_id).SerializeToString(), timeout=2.0)
+                await self.up.unary(
+                    "/etcdserverpb.Lease/LeaseRevoke",
+                    rpc_pb2.LeaseRevokeRequest(ID=self.lease_id).SerializeToString(),
+                    timeout=2.0,
+                )

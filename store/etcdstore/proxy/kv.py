@@ -37,7 +37,9 @@ class KVProxy:
         return {
             "Range": unary_handler(self.Range, rpc_pb2.RangeRequest, rpc_pb2.RangeResponse),
             "Put": unary_handler(self.Put, rpc_pb2.PutRequest, rpc_pb2.PutResponse),
-            "DeleteRange": unary_handler(self.DeleteRange, rpc_pb2.DeleteRangeRequest, rpc_pb2.DeleteRangeResponse),
+            "DeleteRange": unary_handler(
+                self.DeleteRange, rpc_pb2.DeleteRangeRequest, rpc_pb2.DeleteRangeResponse
+            ),
             "Txn": unary_handler(self.Txn, rpc_pb2.TxnRequest, rpc_pb2.TxnResponse),
             "Compact": unary_handler(self.Compact, rpc_pb2.CompactionRequest, rpc_pb2.CompactionResponse),
         }
@@ -75,7 +77,9 @@ class KVProxy:
         await self._empty_key(req.key, context)
         if self.ns is not None:
             self.ns.put(req)
-        resp = rpc_pb2.PutResponse.FromString(await forward(self.up, _KV + "Put", req.SerializeToString(), context))
+        resp = rpc_pb2.PutResponse.FromString(
+            await forward(self.up, _KV + "Put", req.SerializeToString(), context)
+        )
         if self.ns is not None:
             self.ns.put_response(resp)
         return resp
@@ -97,7 +101,9 @@ class KVProxy:
             up_req = rpc_pb2.TxnRequest()
             up_req.CopyFrom(req)
             self.ns.txn(up_req)
-        data = await forward(self.up, _KV + "Txn", up_req.SerializeToString(), context, idempotent=_read_only(req))
+        data = await forward(
+            self.up, _KV + "Txn", up_req.SerializeToString(), context, idempotent=_read_only(req)
+        )
         resp = rpc_pb2.TxnResponse.FromString(data)
         if self.ns is not None:
             self.ns.txn_response(resp)
@@ -119,7 +125,9 @@ class KVProxy:
                 t = op.request_txn
                 for c in t.compare:
                     self.cache.invalidate(c.key, c.range_end)
-                self._txn_to_cache(t.success if r.response_txn.succeeded else t.failure, r.response_txn.responses)
+                self._txn_to_cache(
+                    t.success if r.response_txn.succeeded else t.failure, r.response_txn.responses
+                )
 
     async def Compact(self, req: rpc_pb2.CompactionRequest, context: Any) -> rpc_pb2.CompactionResponse:
         data = await forward(self.up, _KV + "Compact", req.SerializeToString(), context)

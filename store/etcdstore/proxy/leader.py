@@ -56,7 +56,9 @@ class LeaderMonitor:
             started = loop.time()
             call, ep = self.up.open_stream(_WATCH, require_leader=True)
             try:
-                req = rpc_pb2.WatchRequest(create_request=rpc_pb2.WatchCreateRequest(key=self.key, start_revision=_REV))
+                req = rpc_pb2.WatchRequest(
+                    create_request=rpc_pb2.WatchCreateRequest(key=self.key, start_revision=_REV)
+                )
                 await call.write(req.SerializeToString())
                 data = await call.read()
                 if data is not grpc.aio.EOF and rpc_pb2.WatchResponse.FromString(data).created:

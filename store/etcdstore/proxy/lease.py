@@ -69,6 +69,7 @@ class KeepAlives:
                 k.subscribers.discard(fn)
                 if not k.subscribers:
                     del self.leases[lease_id]
+
         return unsubscribe
 
     def _gone(self, lease_id: int) -> None:
@@ -96,8 +97,8 @@ class KeepAlives:
                     self.wake.clear()
                     with contextlib.suppress(asyncio.TimeoutError):
                         await asyncio.wait_for(self.wake.wait(), _SEND_EVERY)
-                if reader.done() and reader.exception() is not None:
-                    raise reader.exception()  # type: ignore[misc]
+                if reader.done() and (failed := reader.exception()) is not None:
+                    raise failed
             except grpc.aio.AioRpcError as e:
                 if e.code() == grpc.StatusCode.UNAVAILABLE:
                     self.up.moved_off(ep)
@@ -181,19 +182,27 @@ class _ClientKeepAlive:
                         return
                     req = rpc_pb2.LeaseTimeToLiveRequest(ID=lease_id)
                     try:
-                        data = await self.proxy.up.unary(_LEASE + "LeaseTimeToLive", req.SerializeToString(),
-                                                         token=client_token(self.context), timeout=5.0,
-                                                         idempotent=True)
+                        data = await self.proxy.up.unary(
+                            _LEASE + "LeaseTimeToLive",
+                            req.SerializeToString(),
+                            token=client_token(self.context),
+                            timeout=5.0,
+                            idempotent=True,
+                        )
                     except grpc.aio.AioRpcError:
                         self.out.put_nowait(None)  # etcd's proxy ends the stream then
                         return
                     ttl = rpc_pb2.LeaseTimeToLiveResponse.FromString(data)
-                    self._reply(lease_id, rpc_pb2.LeaseKeepAliveResponse(header=ttl.header, ID=ttl.ID, TTL=ttl.TTL))
+                    self._reply(
+                        lease_id, rpc_pb2.LeaseKeepAliveResponse(header=ttl.header, ID=ttl.ID, TTL=ttl.TTL)
+                    )
                     return
                 if self.needed.get(lease_id, 0) == 0:
                     continue
                 ticker = loop.time() + resp.TTL
-                self._reply(lease_id, rpc_pb2.LeaseKeepAliveResponse(header=resp.header, ID=resp.ID, TTL=resp.TTL))
+                self._reply(
+                    lease_id, rpc_pb2.LeaseKeepAliveResponse(header=resp.header, ID=resp.ID, TTL=resp.TTL)
+                )
         finally:
             unsubscribe()
             if self.loops.get(lease_id) is asyncio.current_task():
@@ -206,7 +215,9 @@ class _ClientKeepAlive:
 
 
 class LeaseProxy:
-    def __init__(self, up: Upstream, namespace: Namespace | None, leader: LeaderMonitor | None = None) -> None:
+    def __init__(
+        self, up: Upstream, namespace: Namespace | None, leader: LeaderMonitor | None = None
+    ) -> None:
         self.up = up
         self.ns = namespace
         self.leader = leader
@@ -217,10 +228,12 @@ class LeaseProxy:
             "LeaseGrant": unary_handler(self._unary("LeaseGrant")),
             "LeaseRevoke": unary_handler(self._unary("LeaseRevoke")),
             "LeaseLeases": unary_handler(self._unary("LeaseLeases", idempotent=True)),
-            "LeaseTimeToLive": unary_handler(self.LeaseTimeToLive, rpc_pb2.LeaseTimeToLiveRequest,
-                                             rpc_pb2.LeaseTimeToLiveResponse),
-            "LeaseKeepAlive": stream_handler(self.LeaseKeepAlive, rpc_pb2.LeaseKeepAliveRequest,
-                                             rpc_pb2.LeaseKeepAliveResponse),
+            "LeaseTimeToLive": unary_handler(
+                self.LeaseTimeToLive, rpc_pb2.LeaseTimeToLiveRequest, rpc_pb2.LeaseTimeToLiveResponse
+            ),
+            "LeaseKeepAlive": stream_handler(
+                self.LeaseKeepAlive, rpc_pb2.LeaseKeepAliveRequest, rpc_pb2.LeaseKeepAliveResponse
+            ),
         }
 
     def _unary(self, name: str, idempotent: bool = False) -> Callable[..., Any]:
@@ -228,10 +241,13 @@ class LeaseProxy:
 
         async def call(request: bytes, context: Any) -> bytes:
             return await forward(self.up, path, request, context, idempotent=idempotent)
+
         return call
 
     async def LeaseTimeToLive(self, req: rpc_pb2.LeaseTimeToLiveRequest, context: Any) -> Any:
-        data = await forward(self.up, _LEASE + "LeaseTimeToLive", req.SerializeToString(), context, idempotent=True)
+        data = await forward(
+            self.up, _LEASE + "LeaseTimeToLive", req.SerializeToString(), context, idempotent=True
+        )
         resp = rpc_pb2.LeaseTimeToLiveResponse.FromString(data)
         if self.ns is not None and resp.keys:
             keys = self.ns.lease_keys(resp.keys)

@@ -3,7 +3,10 @@ back (etcd's clientv3/namespace, which its proxy uses)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from etcdstore.proto.etcdserverpb import rpc_pb2
+from etcdstore.proto.mvccpb import kv_pb2
 
 
 def _next_prefix(prefix: bytes) -> bytes:
@@ -57,16 +60,16 @@ class Namespace:
                 self.txn(op.request_txn)
 
     # answers (modified in place)
-    def strip_kvs(self, kvs) -> None:  # type: ignore[no-untyped-def]
+    def strip_kvs(self, kvs: Iterable[kv_pb2.KeyValue]) -> None:
         for kv in kvs:
-            kv.key = kv.key[self.n:]
+            kv.key = kv.key[self.n :]
 
     def range_response(self, r: rpc_pb2.RangeResponse) -> None:
         self.strip_kvs(r.kvs)
 
     def put_response(self, r: rpc_pb2.PutResponse) -> None:
         if r.HasField("prev_kv"):
-            r.prev_kv.key = r.prev_kv.key[self.n:]
+            r.prev_kv.key = r.prev_kv.key[self.n :]
 
     def delete_response(self, r: rpc_pb2.DeleteRangeResponse) -> None:
         self.strip_kvs(r.prev_kvs)
@@ -83,5 +86,5 @@ class Namespace:
             elif which == "response_txn":
                 self.txn_response(op.response_txn)
 
-    def lease_keys(self, keys) -> list[bytes]:  # type: ignore[no-untyped-def]
-        return [k[self.n:] for k in keys if k.startswith(self.prefix)]
+    def lease_keys(self, keys: Iterable[bytes]) -> list[bytes]:
+        return [k[self.n :] for k in keys if k.startswith(self.prefix)]

@@ -14,7 +14,9 @@ import os
 import signal
 import ssl
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NoReturn
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -88,40 +90,97 @@ def _bool(v: str) -> bool:
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         raise FlagError(message)
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="etcdstore grpc-proxy start", usage="%(prog)s [flags]", description=USAGE, allow_abbrev=False,
-                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(
+        prog="etcdstore grpc-proxy start",
+        usage="%(prog)s [flags]",
+        description=USAGE,
+        allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     a = p.add_argument
     a("--listen-addr", default="127.0.0.1:23790", help="listen address")
     a("--endpoints", action="append", help="comma separated etcd cluster endpoints (default 127.0.0.1:2379)")
-    a("--advertise-client-url", default="127.0.0.1:23790",
-      help="advertise address to register (must be reachable by client)")
-    a("--resolver-prefix", default="", help="prefix to use for registering proxy (must be shared with other grpc-proxy members)")
+    a(
+        "--advertise-client-url",
+        default="127.0.0.1:23790",
+        help="advertise address to register (must be reachable by client)",
+    )
+    a(
+        "--resolver-prefix",
+        default="",
+        help="prefix to use for registering proxy (must be shared with other grpc-proxy members)",
+    )
     a("--resolver-ttl", type=int, default=0, help="specify TTL, in seconds, when registering proxy endpoints")
     a("--namespace", default="", help="string to prefix to all keys for namespacing requests")
     a("--metrics-addr", default="", help="listen for endpoint /metrics requests on an additional interface")
-    a("--data-dir", default="default.proxy", help="data directory for persistent data (--auto-tls certificates)")
-    a("--enable-pprof", type=_bool, nargs="?", const=True, default=False,
-      help="accepted for etcd compatibility (no Go profiler here)")
+    a(
+        "--data-dir",
+        default="default.proxy",
+        help="data directory for persistent data (--auto-tls certificates)",
+    )
+    a(
+        "--enable-pprof",
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="accepted for etcd compatibility (no Go profiler here)",
+    )
     a("--max-send-bytes", type=int, default=int(1.5 * 1024 * 1024), help="message send limits in bytes")
     a("--max-recv-bytes", type=int, default=2**31 - 1, help="message receive limits in bytes")
-    a("--cert", default="", help="identify secure connections with etcd servers using this TLS certificate file")
+    a(
+        "--cert",
+        default="",
+        help="identify secure connections with etcd servers using this TLS certificate file",
+    )
     a("--key", default="", help="identify secure connections with etcd servers using this TLS key file")
-    a("--cacert", default="", help="verify certificates of TLS-enabled secure etcd servers using this CA bundle")
-    a("--insecure-skip-tls-verify", type=_bool, nargs="?", const=True, default=False,
-      help="not supported (gRPC Python always verifies): refused when set")
-    a("--cert-file", default="", help="identify secure connections to the proxy using this TLS certificate file")
+    a(
+        "--cacert",
+        default="",
+        help="verify certificates of TLS-enabled secure etcd servers using this CA bundle",
+    )
+    a(
+        "--insecure-skip-tls-verify",
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="not supported (gRPC Python always verifies): refused when set",
+    )
+    a(
+        "--cert-file",
+        default="",
+        help="identify secure connections to the proxy using this TLS certificate file",
+    )
     a("--key-file", default="", help="identify secure connections to the proxy using this TLS key file")
-    a("--trusted-ca-file", default="", help="verify client certificates of secure connections to the proxy with this CA")
-    a("--auto-tls", type=_bool, nargs="?", const=True, default=False, help="proxy TLS using generated certificates")
+    a(
+        "--trusted-ca-file",
+        default="",
+        help="verify client certificates of secure connections to the proxy with this CA",
+    )
+    a(
+        "--auto-tls",
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="proxy TLS using generated certificates",
+    )
     a("--debug", type=_bool, nargs="?", const=True, default=False, help="enable debug-level logging")
     # Accepted and ignored (logged): etcd flags with no meaning here.
-    for name in ("--discovery-srv", "--discovery-srv-name", "--listen-cipher-suites", "--client-crl-file",
-                 "--experimental-leasing-prefix", "--max-concurrent-streams"):
+    for name in (
+        "--discovery-srv",
+        "--discovery-srv-name",
+        "--listen-cipher-suites",
+        "--client-crl-file",
+        "--experimental-leasing-prefix",
+        "--max-concurrent-streams",
+    ):
         a(name, default=None, help=argparse.SUPPRESS)
     for name in ("--insecure-discovery", "--experimental-serializable-ordering"):
         a(name, type=_bool, nargs="?", const=True, default=None, help=argparse.SUPPRESS)
@@ -134,12 +193,27 @@ def parse_args(argv: list[str]) -> ProxyConfig:
     for item in ns.endpoints or ["127.0.0.1:2379"]:
         eps.extend(e for e in item.split(",") if e.strip())
     cfg = ProxyConfig(
-        listen_addr=ns.listen_addr, endpoints=eps, advertise_client_url=ns.advertise_client_url,
-        resolver_prefix=ns.resolver_prefix, resolver_ttl=ns.resolver_ttl, namespace=ns.namespace,
-        metrics_addr=ns.metrics_addr, data_dir=ns.data_dir, cert=ns.cert, key=ns.key, cacert=ns.cacert,
-        insecure_skip_tls_verify=ns.insecure_skip_tls_verify, cert_file=ns.cert_file, key_file=ns.key_file,
-        trusted_ca_file=ns.trusted_ca_file, auto_tls=ns.auto_tls, enable_pprof=ns.enable_pprof,
-        max_send_bytes=ns.max_send_bytes, max_recv_bytes=ns.max_recv_bytes, debug=ns.debug)
+        listen_addr=ns.listen_addr,
+        endpoints=eps,
+        advertise_client_url=ns.advertise_client_url,
+        resolver_prefix=ns.resolver_prefix,
+        resolver_ttl=ns.resolver_ttl,
+        namespace=ns.namespace,
+        metrics_addr=ns.metrics_addr,
+        data_dir=ns.data_dir,
+        cert=ns.cert,
+        key=ns.key,
+        cacert=ns.cacert,
+        insecure_skip_tls_verify=ns.insecure_skip_tls_verify,
+        cert_file=ns.cert_file,
+        key_file=ns.key_file,
+        trusted_ca_file=ns.trusted_ca_file,
+        auto_tls=ns.auto_tls,
+        enable_pprof=ns.enable_pprof,
+        max_send_bytes=ns.max_send_bytes,
+        max_recv_bytes=ns.max_recv_bytes,
+        debug=ns.debug,
+    )
     # etcd's checkArgs
     if cfg.resolver_prefix and cfg.resolver_ttl < 1:
         raise FlagError(f"invalid resolver-ttl {cfg.resolver_ttl}")
@@ -151,7 +225,9 @@ def parse_args(argv: list[str]) -> ProxyConfig:
         raise FlagError("--insecure-skip-tls-verify is not supported: give --cacert")
     if cfg.cert:
         cn = _common_name(cfg.cert)
-        if cn:  # etcd's proxy (TLSInfo.EmptyCN): its identity must not be a user's, or every client would be it
+        if (
+            cn
+        ):  # etcd's proxy (TLSInfo.EmptyCN): its identity must not be a user's, or every client would be it
             raise FlagError(f"cert has non empty Common Name ({cn})")
     if ns.discovery_srv:
         raise FlagError("--discovery-srv is not supported by etcdstore's grpc-proxy: give --endpoints")
@@ -191,7 +267,7 @@ class _Sniffer(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = transport  # type: ignore[assignment]  # a stream server's transport is a Transport
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
@@ -213,7 +289,7 @@ class _Sniffer(asyncio.Protocol):
 class Front:
     """gRPC (api.h2) and HTTP/1 on one listener."""
 
-    def __init__(self, router: Router, http_factory: object) -> None:
+    def __init__(self, router: Router, http_factory: Callable[[], asyncio.Protocol]) -> None:
         self.router = router
         self.http_factory = http_factory
         self.connections = Connections()
@@ -221,8 +297,15 @@ class Front:
 
     async def listen(self, host: str, port: int, tls: ssl.SSLContext | None) -> int:
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(lambda: _Sniffer(self), host, port, reuse_address=True, backlog=4096,
-                                          ssl=tls, ssl_handshake_timeout=10 if tls else None)
+        server = await loop.create_server(
+            lambda: _Sniffer(self),
+            host,
+            port,
+            reuse_address=True,
+            backlog=4096,
+            ssl=tls,
+            ssl_handshake_timeout=10 if tls else None,
+        )
         self.servers.append(server)
         return server.sockets[0].getsockname()[1]
 
@@ -259,20 +342,41 @@ class Proxy:
         self._http: aiohttp.ClientSession | None = None
 
     def router(self) -> Router:
-        router = Router(4 << 20)  # what a client may send the proxy: grpc-go's default, as etcd's proxy serves
+        router = Router(
+            4 << 20
+        )  # what a client may send the proxy: grpc-go's default, as etcd's proxy serves
         rpc = rpc_pb2.DESCRIPTOR.services_by_name
         router.add("etcdserverpb.KV", self.kv.handlers())
         router.add("etcdserverpb.Watch", self.watch.handlers())
         router.add("etcdserverpb.Lease", self.lease.handlers())
         router.add("etcdserverpb.Cluster", self.cluster.handlers())
-        router.add("etcdserverpb.Maintenance", passthrough_handlers(
-            self.up, rpc["Maintenance"], idempotent=frozenset({"Status", "Hash", "HashKV"})))
-        router.add("etcdserverpb.Auth", passthrough_handlers(
-            self.up, rpc["Auth"], idempotent=frozenset({"Authenticate", "UserGet", "UserList", "RoleGet",
-                                                        "RoleList", "AuthStatus"})))
-        router.add("v3lockpb.Lock", passthrough_handlers(self.up, v3lock_pb2.DESCRIPTOR.services_by_name["Lock"]))
-        router.add("v3electionpb.Election", passthrough_handlers(
-            self.up, v3election_pb2.DESCRIPTOR.services_by_name["Election"], idempotent=frozenset({"Leader"})))
+        router.add(
+            "etcdserverpb.Maintenance",
+            passthrough_handlers(
+                self.up, rpc["Maintenance"], idempotent=frozenset({"Status", "Hash", "HashKV"})
+            ),
+        )
+        router.add(
+            "etcdserverpb.Auth",
+            passthrough_handlers(
+                self.up,
+                rpc["Auth"],
+                idempotent=frozenset(
+                    {"Authenticate", "UserGet", "UserList", "RoleGet", "RoleList", "AuthStatus"}
+                ),
+            ),
+        )
+        router.add(
+            "v3lockpb.Lock", passthrough_handlers(self.up, v3lock_pb2.DESCRIPTOR.services_by_name["Lock"])
+        )
+        router.add(
+            "v3electionpb.Election",
+            passthrough_handlers(
+                self.up,
+                v3election_pb2.DESCRIPTOR.services_by_name["Election"],
+                idempotent=frozenset({"Leader"}),
+            ),
+        )
         return router
 
     def _server_tls(self) -> ssl.SSLContext | None:
@@ -298,6 +402,7 @@ class Proxy:
         await runner.setup()
         self.runners.append(runner)
         tls = self._server_tls()
+        assert runner.server is not None  # set by setup()
         self.front = Front(self.router(), runner.server)
         host, port = _split_addr(cfg.listen_addr)
         self.port = await self.front.listen(host, port, tls)
@@ -310,12 +415,18 @@ class Proxy:
             mtls = tls if cfg.metrics_addr.startswith("https") else None
             site = web.TCPSite(mrunner, mhost, mport, ssl_context=mtls)
             await site.start()
-            self.metrics_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            self.metrics_port = mrunner.addresses[0][1]  # the one site just started
             log.info("gRPC proxy listening for metrics", address=f"{mhost}:{self.metrics_port}")
         self.leader.start()
         if cfg.resolver_prefix:
-            self.registration = Registration(self.up, self.lease.keepalives, self.ns, cfg.resolver_prefix,
-                                             cfg.advertise_client_url, cfg.resolver_ttl)
+            self.registration = Registration(
+                self.up,
+                self.lease.keepalives,
+                self.ns,
+                cfg.resolver_prefix,
+                cfg.advertise_client_url,
+                cfg.resolver_ttl,
+            )
             self.registration.start()
         log.info("started gRPC proxy", address=f"{host}:{self.port}", endpoints=",".join(self.up.targets))
 
@@ -323,7 +434,9 @@ class Proxy:
         req = rpc_pb2.RangeRequest(key=b"a")
         healthy = False
         try:
-            await self.up.unary("/etcdserverpb.KV/Range", req.SerializeToString(), timeout=1.0, idempotent=True)
+            await self.up.unary(
+                "/etcdserverpb.KV/Range", req.SerializeToString(), timeout=1.0, idempotent=True
+            )
             healthy = True
         except Exception as e:  # noqa: BLE001 - any failure is "not healthy"
             healthy = "permission denied" in str(getattr(e, "details", lambda: "")())
@@ -334,18 +447,49 @@ class Proxy:
         w = self.watch
         lines = []
         for name, kind, help_, value in (
-            ("etcd_grpc_proxy_watchers_coalescing_total", "gauge", "Total number of current watchers coalescing",
-             w.watchers_coalescing),
-            ("etcd_grpc_proxy_events_coalescing_total", "counter", "Total number of events coalescing",
-             w.events_coalescing),
-            ("etcd_grpc_proxy_cache_keys_total", "gauge", "Total number of keys/ranges cached", len(self.cache)),
+            (
+                "etcd_grpc_proxy_watchers_coalescing_total",
+                "gauge",
+                "Total number of current watchers coalescing",
+                w.watchers_coalescing,
+            ),
+            (
+                "etcd_grpc_proxy_events_coalescing_total",
+                "counter",
+                "Total number of events coalescing",
+                w.events_coalescing,
+            ),
+            (
+                "etcd_grpc_proxy_cache_keys_total",
+                "gauge",
+                "Total number of keys/ranges cached",
+                len(self.cache),
+            ),
             ("etcd_grpc_proxy_cache_hits_total", "gauge", "Total number of cache hits", self.cache.hits),
-            ("etcd_grpc_proxy_cache_misses_total", "gauge", "Total number of cache misses", self.cache.misses),
-            ("etcdstore_grpc_proxy_upstream_watches", "gauge",
-             "Watches the proxy holds open on the cluster", w.upstream.count),
-            ("etcdstore_grpc_proxy_client_watchers", "gauge", "Watchers clients hold on the proxy", w.client_watchers),
-            ("etcdstore_grpc_proxy_keepalives_sent_total", "counter", "Lease keepalive requests sent to the cluster",
-             self.lease.keepalives.sent),
+            (
+                "etcd_grpc_proxy_cache_misses_total",
+                "gauge",
+                "Total number of cache misses",
+                self.cache.misses,
+            ),
+            (
+                "etcdstore_grpc_proxy_upstream_watches",
+                "gauge",
+                "Watches the proxy holds open on the cluster",
+                w.upstream.count,
+            ),
+            (
+                "etcdstore_grpc_proxy_client_watchers",
+                "gauge",
+                "Watchers clients hold on the proxy",
+                w.client_watchers,
+            ),
+            (
+                "etcdstore_grpc_proxy_keepalives_sent_total",
+                "counter",
+                "Lease keepalive requests sent to the cluster",
+                self.lease.keepalives.sent,
+            ),
         ):
             lines += [f"# HELP {name} {help_}", f"# TYPE {name} {kind}", f"{name} {value}"]
         return "\n".join(lines) + "\n"
@@ -363,16 +507,23 @@ class Proxy:
                     if self.upstream_tls.cert_file:
                         ctx.load_cert_chain(str(self.upstream_tls.cert_file), str(self.upstream_tls.key_file))
                 self._http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx))
-            async with self._http.get(f"{scheme}://{ep.target}/metrics",
-                                      timeout=aiohttp.ClientTimeout(total=5)) as resp:
+            async with self._http.get(
+                f"{scheme}://{ep.target}/metrics", timeout=aiohttp.ClientTimeout(total=5)
+            ) as resp:
                 upstream = await resp.text()
         except (TimeoutError, aiohttp.ClientError, OSError) as e:
             return web.Response(status=500, text=f"Internal server error: {e}\n")
         own = self.own_metrics()
         if "etcd_grpc_proxy_watchers_coalescing_total " in upstream:  # an etcd binary lists these (at 0)
-            upstream = "\n".join(line for line in upstream.splitlines() if "etcd_grpc_proxy_" not in line) + "\n"
-        return web.Response(text=upstream + own, content_type="text/plain", charset="utf-8",
-                            headers={"X-Content-Type-Options": "nosniff"})
+            upstream = (
+                "\n".join(line for line in upstream.splitlines() if "etcd_grpc_proxy_" not in line) + "\n"
+            )
+        return web.Response(
+            text=upstream + own,
+            content_type="text/plain",
+            charset="utf-8",
+            headers={"X-Content-Type-Options": "nosniff"},
+        )
 
     async def stop(self) -> None:
         if self.registration is not None:
@@ -394,7 +545,7 @@ async def _serve(cfg: ProxyConfig) -> int:
     loop = asyncio.get_running_loop()
     stop = loop.create_future()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+        loop.add_signal_handler(sig, lambda: None if stop.done() else stop.set_result(None))
     try:
         await proxy.start()
     except OSError as e:
@@ -410,8 +561,10 @@ async def _serve(cfg: ProxyConfig) -> int:
 def main(argv: list[str]) -> int:
     """`etcdstore grpc-proxy start [flags]`."""
     if not argv or argv[0] in ("-h", "--help", "help"):
-        print("grpc-proxy related command\n\nUsage:\n  etcdstore grpc-proxy [command]\n\n"
-              "Available Commands:\n  start       start the grpc proxy\n")
+        print(
+            "grpc-proxy related command\n\nUsage:\n  etcdstore grpc-proxy [command]\n\n"
+            "Available Commands:\n  start       start the grpc proxy\n"
+        )
         return 0 if argv else 1
     if argv[0] != "start":
         print(f'Error: unknown command "{argv[0]}" for "etcdstore grpc-proxy"', file=sys.stderr)

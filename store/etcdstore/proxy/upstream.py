@@ -40,11 +40,18 @@ def token_metadata(token: str | None) -> tuple[tuple[str, str], ...] | None:
 class Upstream:
     """Channels to the cluster's endpoints and calls with failover."""
 
-    def __init__(self, endpoints: Sequence[str] | str, tls: TLSConfig | None = None,
-                 *, max_send: int = -1, max_recv: int = -1) -> None:
+    def __init__(
+        self,
+        endpoints: Sequence[str] | str,
+        tls: TLSConfig | None = None,
+        *,
+        max_send: int = -1,
+        max_recv: int = -1,
+    ) -> None:
         self.endpoints: list[Endpoint] = parse_endpoints(endpoints, tls=tls)
-        self.pool = ChannelPool(tls, (("grpc.max_send_message_length", max_send),
-                                      ("grpc.max_receive_message_length", max_recv)))
+        self.pool = ChannelPool(
+            tls, (("grpc.max_send_message_length", max_send), ("grpc.max_receive_message_length", max_recv))
+        )
         self.current = 0
         self._calls: dict[tuple[str, str, str], Any] = {}
         self.calls_sent = 0  # unary calls sent upstream (tests read it: a cache hit sends none)
@@ -65,8 +72,15 @@ class Upstream:
         if self.endpoints[self.current] is ep:
             self.current = (self.current + 1) % len(self.endpoints)
 
-    async def unary(self, path: str, request: bytes, *, token: str | None = None,
-                    timeout: float | None = None, idempotent: bool = False) -> bytes:
+    async def unary(
+        self,
+        path: str,
+        request: bytes,
+        *,
+        token: str | None = None,
+        timeout: float | None = None,
+        idempotent: bool = False,
+    ) -> bytes:
         """One unary call; raises grpc.aio.AioRpcError with the cluster's status."""
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
@@ -78,7 +92,9 @@ class Upstream:
             remaining = None if deadline is None else max(deadline - loop.time(), 0.0)
             self.calls_sent += 1
             try:
-                return await self._multicallable(ep, "unary_unary", path)(request, timeout=remaining, metadata=md)
+                return await self._multicallable(ep, "unary_unary", path)(
+                    request, timeout=remaining, metadata=md
+                )
             except grpc.aio.AioRpcError as e:
                 if e.code() != _UNAVAILABLE or not (idempotent or never_sent(e)):
                     raise
@@ -86,12 +102,20 @@ class Upstream:
                 attempt += 1
                 if attempt % n == 0:
                     pause = min(0.05 * attempt // n, 0.5)
-                    if attempt // n >= _MAX_ROUNDS or (deadline is not None and deadline - loop.time() <= pause):
+                    if attempt // n >= _MAX_ROUNDS or (
+                        deadline is not None and deadline - loop.time() <= pause
+                    ):
                         raise
                     await asyncio.sleep(pause)
 
-    def open_stream(self, path: str, *, token: str | None = None, request: bytes | None = None,
-                    require_leader: bool = False) -> tuple[Any, Endpoint]:
+    def open_stream(
+        self,
+        path: str,
+        *,
+        token: str | None = None,
+        request: bytes | None = None,
+        require_leader: bool = False,
+    ) -> tuple[Any, Endpoint]:
         """A streaming call on the current endpoint: bidi (request None) or server-streaming."""
         ep = self.endpoints[self.current]
         md = token_metadata(token)

@@ -49,18 +49,26 @@ _NODELETE = rpc_pb2.WatchCreateRequest.NODELETE
 
 
 def _is_progress(r: rpc_pb2.WatchResponse) -> bool:
-    return (not r.events and not r.canceled and not r.created and r.compact_revision == 0
-            and r.header.revision != 0)
+    return (
+        not r.events
+        and not r.canceled
+        and not r.created
+        and r.compact_revision == 0
+        and r.header.revision != 0
+    )
 
 
 # -- upstream: watches multiplexed on one stream per token ----------------------------------------
+
 
 class UpWatch:
     """One watch on the cluster."""
 
     __slots__ = ("closed", "created_once", "end", "id", "key", "next_rev", "on_response", "sent_on")
 
-    def __init__(self, key: bytes, end: bytes, start_rev: int, on_response: Callable[[rpc_pb2.WatchResponse], None]):
+    def __init__(
+        self, key: bytes, end: bytes, start_rev: int, on_response: Callable[[rpc_pb2.WatchResponse], None]
+    ):
         self.key = key
         self.end = end
         self.next_rev = start_rev
@@ -108,8 +116,11 @@ class _UpStream:
                     await call.write(req.SerializeToString())
 
     async def _create(self, call: Any, w: UpWatch) -> None:
-        req = rpc_pb2.WatchRequest(create_request=rpc_pb2.WatchCreateRequest(
-            key=w.key, range_end=w.end, start_revision=w.next_rev, progress_notify=True, prev_kv=True))
+        req = rpc_pb2.WatchRequest(
+            create_request=rpc_pb2.WatchCreateRequest(
+                key=w.key, range_end=w.end, start_revision=w.next_rev, progress_notify=True, prev_kv=True
+            )
+        )
         async with self.write_lock:
             if call is not self.call or w.closed or w.sent_on is call:
                 return
@@ -164,7 +175,9 @@ class _UpStream:
             w.id = resp.watch_id
             if w.closed:
                 if not resp.canceled and self.call is not None:
-                    req = rpc_pb2.WatchRequest(cancel_request=rpc_pb2.WatchCancelRequest(watch_id=resp.watch_id))
+                    req = rpc_pb2.WatchRequest(
+                        cancel_request=rpc_pb2.WatchCancelRequest(watch_id=resp.watch_id)
+                    )
                     asyncio.get_running_loop().create_task(self._write(self.call, req))
                 return
             if resp.canceled:
@@ -180,9 +193,10 @@ class _UpStream:
             w.created_once = True
             w.on_response(resp)
             return
-        w = self.by_id.get(resp.watch_id)
-        if w is None:
+        found = self.by_id.get(resp.watch_id)
+        if found is None:
             return
+        w = found
         if resp.canceled:
             del self.by_id[resp.watch_id]
             if w.closed:
@@ -206,8 +220,14 @@ class UpstreamWatches:
         self.streams: dict[str | None, _UpStream] = {}
         self.streams_opened = 0
 
-    def watch(self, token: str | None, key: bytes, end: bytes, start_rev: int,
-              on_response: Callable[[rpc_pb2.WatchResponse], None]) -> UpWatch:
+    def watch(
+        self,
+        token: str | None,
+        key: bytes,
+        end: bytes,
+        start_rev: int,
+        on_response: Callable[[rpc_pb2.WatchResponse], None],
+    ) -> UpWatch:
         s = self.streams.get(token)
         if s is None:
             s = self.streams[token] = _UpStream(self, token)
@@ -235,6 +255,7 @@ class UpstreamWatches:
 
 
 # -- the proxy's watchers and broadcasts ----------------------------------------------------------
+
 
 class Watcher:
     """A client's watch as the proxy serves it."""
@@ -280,7 +301,9 @@ class Watcher:
             if ev.kv.mod_revision < self.next_rev:
                 continue
             last_rev = ev.kv.mod_revision
-            if (ev.type == kv_pb2.Event.PUT and self.noput) or (ev.type == kv_pb2.Event.DELETE and self.nodelete):
+            if (ev.type == kv_pb2.Event.PUT and self.noput) or (
+                ev.type == kv_pb2.Event.DELETE and self.nodelete
+            ):
                 continue
             if not self.prev_kv and ev.HasField("prev_kv"):
                 ev = kv_pb2.Event(type=ev.type, kv=ev.kv)
@@ -290,8 +313,16 @@ class Watcher:
         if not progress and not wr.created and not events and wr.compact_revision == 0:
             return
         self.last_header = wr.header
-        self.post(rpc_pb2.WatchResponse(header=wr.header, created=wr.created, compact_revision=wr.compact_revision,
-                                        canceled=wr.canceled, watch_id=self.id, events=events))
+        self.post(
+            rpc_pb2.WatchResponse(
+                header=wr.header,
+                created=wr.created,
+                compact_revision=wr.compact_revision,
+                canceled=wr.canceled,
+                watch_id=self.id,
+                events=events,
+            )
+        )
 
     def post(self, resp: rpc_pb2.WatchResponse) -> bool:
         return self.stream.post(resp)
@@ -317,7 +348,7 @@ class Broadcast:
         ns = self.group.proxy.ns
         if ns is not None:
             for ev in wr.events:
-                ev.kv.key = ev.kv.key[ns.n:]
+                ev.kv.key = ev.kv.key[ns.n :]
                 if ev.HasField("prev_kv"):
                     ev.prev_kv.key = ev.kv.key
         if self.responses > 0 or self.next_rev == 0:
@@ -339,8 +370,11 @@ class Broadcast:
         if self.responses == 0:
             self.receivers.add(w)
             return True
-        if not w.post(rpc_pb2.WatchResponse(header=rpc_pb2.ResponseHeader(revision=w.next_rev),
-                                            watch_id=w.id, created=True)):
+        if not w.post(
+            rpc_pb2.WatchResponse(
+                header=rpc_pb2.ResponseHeader(revision=w.next_rev), watch_id=w.id, created=True
+            )
+        ):
             return False
         self.receivers.add(w)
         return True
@@ -448,8 +482,15 @@ class ClientStream:
     async def _create(self, cr: rpc_pb2.WatchCreateRequest) -> None:
         err = await self._check_permission(cr.key, cr.range_end)
         if err is not None:
-            self.post(rpc_pb2.WatchResponse(header=rpc_pb2.ResponseHeader(), watch_id=-1, created=True,
-                                            canceled=True, cancel_reason=err))
+            self.post(
+                rpc_pb2.WatchResponse(
+                    header=rpc_pb2.ResponseHeader(),
+                    watch_id=-1,
+                    created=True,
+                    canceled=True,
+                    cancel_reason=err,
+                )
+            )
             return
         w = Watcher(self, self.next_id, cr)
         if w.end and not (w.end > w.key or w.end == b"\0"):
@@ -467,8 +508,9 @@ class ClientStream:
         if ns is not None:
             req.key, req.range_end = ns.interval(req.key, req.range_end)
         try:
-            await self.proxy.up.unary(_RANGE, req.SerializeToString(), token=self.token, timeout=10.0,
-                                      idempotent=True)
+            await self.proxy.up.unary(
+                _RANGE, req.SerializeToString(), token=self.token, timeout=10.0, idempotent=True
+            )
         except grpc.aio.AioRpcError as e:
             return e.details() or ""
         return None
@@ -495,7 +537,9 @@ async def _end_on_lost_leader(leader: LeaderMonitor, stream: ClientStream) -> No
 
 
 class WatchProxy:
-    def __init__(self, up: Upstream, namespace: Namespace | None, leader: LeaderMonitor | None = None) -> None:
+    def __init__(
+        self, up: Upstream, namespace: Namespace | None, leader: LeaderMonitor | None = None
+    ) -> None:
         self.up = up
         self.ns = namespace
         self.leader = leader

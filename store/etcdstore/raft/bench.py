@@ -34,7 +34,9 @@ class Cluster:
         self.applied_count = {i: 0 for i in IDS}
         if prefill:
             self._prefill(prefill)
-            self.nodes = {i: RawNode(self._config(i, applied=prefill + len(IDS)), self.storages[i]) for i in IDS}
+            self.nodes = {
+                i: RawNode(self._config(i, applied=prefill + len(IDS)), self.storages[i]) for i in IDS
+            }
             self.applied = {i: prefill + len(IDS) for i in IDS}
         else:
             self.nodes = {i: RawNode.bootstrap(self._config(i), self.storages[i], IDS) for i in IDS}
@@ -50,9 +52,15 @@ class Cluster:
 
     def _prefill(self, n: int) -> None:
         """Give every node the same durable log of `n` entries (after the membership ones)."""
-        conf = [Entry(1, k + 1, EntryType.CONF_CHANGE,
-                      codec.encode_conf_change(ConfChange(ConfChangeType.ADD_NODE, i)))
-                for k, i in enumerate(IDS)]
+        conf = [
+            Entry(
+                1,
+                k + 1,
+                EntryType.CONF_CHANGE,
+                codec.encode_conf_change(ConfChange(ConfChangeType.ADD_NODE, i)),
+            )
+            for k, i in enumerate(IDS)
+        ]
         payload = bytes(ENTRY_SIZE)
         base = len(conf) + 1
         ents = conf + [Entry(1, base + k, EntryType.NORMAL, payload) for k in range(n)]
@@ -85,7 +93,9 @@ class Cluster:
                 ents = rd.committed_entries
                 if ents:
                     if ents[0].index != applied[i] + 1:
-                        raise AssertionError(f"node {i} applied out of order: {ents[0].index} after {applied[i]}")
+                        raise AssertionError(
+                            f"node {i} applied out of order: {ents[0].index} after {applied[i]}"
+                        )
                     for e in ents:
                         if e.type == EntryType.CONF_CHANGE:
                             node.apply_conf_change(codec.decode_conf_change(e.data))
@@ -115,7 +125,9 @@ class Cluster:
         committed = leader.commit_index - start_commit
         for i in IDS:
             if self.applied[i] != leader.commit_index:
-                raise AssertionError(f"node {i} applied {self.applied[i]}, leader committed {leader.commit_index}")
+                raise AssertionError(
+                    f"node {i} applied {self.applied[i]}, leader committed {leader.commit_index}"
+                )
         if committed < proposed:
             raise AssertionError(f"only {committed} of {proposed} proposed entries committed")
         return committed, cpu, wall, rounds
@@ -155,7 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     batches = [int(x) for x in args.batches.split(",") if x]
     lengths = [int(x) for x in args.log_lengths.split(",") if x]
 
-    print(f"3-node group, {ENTRY_SIZE}-byte entries, in-process, no I/O; rates per CPU second of this process")
+    print(
+        f"3-node group, {ENTRY_SIZE}-byte entries, in-process, no I/O; rates per CPU second of this process"
+    )
     print("(an entry counts once the leader commits it; every node must have applied all of them)")
     print(f"{'batch':>7} {'entries':>10} {'entries/s':>12} {'wall entries/s':>15}")
     for b, committed, rate, wall_rate in throughput_table(batches, args.seconds):

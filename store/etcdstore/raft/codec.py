@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
 from etcdstore.raft.errors import CodecError
 from etcdstore.raft.records import (
@@ -103,8 +103,17 @@ def encode_conf_change(cc: ConfChange) -> bytes:
 def encode_message(m: Message) -> bytes:
     parts = [
         _MESSAGE.pack(
-            MESSAGE_VERSION, m.type, m.to, m.frm, m.term, m.log_term, m.index, m.commit,
-            1 if m.reject else 0, m.reject_hint, len(m.context),
+            MESSAGE_VERSION,
+            m.type,
+            m.to,
+            m.frm,
+            m.term,
+            m.log_term,
+            m.index,
+            m.commit,
+            1 if m.reject else 0,
+            m.reject_hint,
+            len(m.context),
         ),
         m.context,
     ]
@@ -128,10 +137,12 @@ class _Reader:
         self.buf = buf if isinstance(buf, bytes) else bytes(buf)
         self.pos = 0
 
-    def unpack(self, s: struct.Struct) -> tuple:
+    def unpack(self, s: struct.Struct) -> tuple[Any, ...]:
         pos = self.pos
         if pos + s.size > len(self.buf):
-            raise CodecError(f"truncated input: need {s.size} bytes at offset {pos}, have {len(self.buf) - pos}")
+            raise CodecError(
+                f"truncated input: need {s.size} bytes at offset {pos}, have {len(self.buf) - pos}"
+            )
         self.pos = pos + s.size
         return s.unpack_from(self.buf, pos)
 
@@ -243,8 +254,20 @@ def _get_message(r: _Reader) -> Message:
             snapshot = Snapshot(meta, r.take(n))
         elif has_snap != 0:
             raise CodecError(f"bad snapshot flag {has_snap}")
-    return Message(_MESSAGE_TYPE_BY_VALUE[mtype], to, frm, term, log_term, index, entries, commit, reject == 1,
-                   reject_hint, snapshot, context)
+    return Message(
+        _MESSAGE_TYPE_BY_VALUE[mtype],
+        to,
+        frm,
+        term,
+        log_term,
+        index,
+        entries,
+        commit,
+        reject == 1,
+        reject_hint,
+        snapshot,
+        context,
+    )
 
 
 def decode_entry(buf: Buffer) -> Entry:

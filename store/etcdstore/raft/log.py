@@ -73,8 +73,10 @@ class RaftLog:
         self.max_next_ents_size = max_next_ents_size
 
     def __repr__(self) -> str:
-        return (f"RaftLog(committed={self.committed}, applied={self.applied}, "
-                f"unstable.offset={self.unstable.offset}, unstable={len(self.unstable.entries)})")
+        return (
+            f"RaftLog(committed={self.committed}, applied={self.applied}, "
+            f"unstable.offset={self.unstable.offset}, unstable={len(self.unstable.entries)})"
+        )
 
     # -- index/term lookups ---------------------------------------------------------------
     def first_index(self) -> int:
@@ -138,8 +140,10 @@ class RaftLog:
         if not ents:
             return self.last_index()
         if ents[0].index - 1 < self.committed:
-            raise RaftError(f"appending after {ents[0].index - 1} would overwrite committed entries "
-                            f"(committed {self.committed})")
+            raise RaftError(
+                f"appending after {ents[0].index - 1} would overwrite committed entries "
+                f"(committed {self.committed})"
+            )
         self.unstable.truncate_and_append(ents)
         return self.last_index()
 
@@ -208,8 +212,10 @@ class RaftLog:
     def commit_to(self, to: int) -> None:
         if to > self.committed:
             if to > self.last_index():
-                raise RaftError(f"commit {to} is beyond the last index {self.last_index()}; "
-                                "was the log lost or truncated?")
+                raise RaftError(
+                    f"commit {to} is beyond the last index {self.last_index()}; "
+                    "was the log lost or truncated?"
+                )
             self.committed = to
 
     def maybe_commit(self, max_index: int, term: int) -> bool:

@@ -52,10 +52,20 @@ from etcdstore.raft.records import (
 from etcdstore.raft.storage import Storage, payload_size
 
 # Hot-path aliases (module globals resolve faster than enum class attributes).
-HUP, BEAT, PROP, APP, APP_RESP = MessageType.HUP, MessageType.BEAT, MessageType.PROP, MessageType.APP, MessageType.APP_RESP
+HUP, BEAT, PROP, APP, APP_RESP = (
+    MessageType.HUP,
+    MessageType.BEAT,
+    MessageType.PROP,
+    MessageType.APP,
+    MessageType.APP_RESP,
+)
 VOTE, VOTE_RESP, SNAP = MessageType.VOTE, MessageType.VOTE_RESP, MessageType.SNAP
 HEARTBEAT, HEARTBEAT_RESP = MessageType.HEARTBEAT, MessageType.HEARTBEAT_RESP
-UNREACHABLE, SNAP_STATUS, CHECK_QUORUM = MessageType.UNREACHABLE, MessageType.SNAP_STATUS, MessageType.CHECK_QUORUM
+UNREACHABLE, SNAP_STATUS, CHECK_QUORUM = (
+    MessageType.UNREACHABLE,
+    MessageType.SNAP_STATUS,
+    MessageType.CHECK_QUORUM,
+)
 TRANSFER_LEADER, TIMEOUT_NOW = MessageType.TRANSFER_LEADER, MessageType.TIMEOUT_NOW
 READ_INDEX, READ_INDEX_RESP = MessageType.READ_INDEX, MessageType.READ_INDEX_RESP
 PRE_VOTE, PRE_VOTE_RESP = MessageType.PRE_VOTE, MessageType.PRE_VOTE_RESP
@@ -181,7 +191,9 @@ class Raft:
     def _load_state(self, hs: HardState) -> None:
         log = self.log
         if hs.commit > log.last_index():
-            raise ConfigError(f"persisted commit {hs.commit} is beyond the last stored index {log.last_index()}")
+            raise ConfigError(
+                f"persisted commit {hs.commit} is beyond the last stored index {log.last_index()}"
+            )
         log.committed = max(hs.commit, log.committed)
         self.term = hs.term
         self.vote = hs.vote
@@ -190,7 +202,14 @@ class Raft:
     def send(self, m: Message) -> None:
         m.frm = self.id
         t = m.type
-        if t != VOTE and t != VOTE_RESP and t != PRE_VOTE and t != PRE_VOTE_RESP and t != PROP and t != READ_INDEX:
+        if (
+            t != VOTE
+            and t != VOTE_RESP
+            and t != PRE_VOTE
+            and t != PRE_VOTE_RESP
+            and t != PROP
+            and t != READ_INDEX
+        ):
             m.term = self.term
         self.msgs.append(m)
 
@@ -447,7 +466,9 @@ class Raft:
             t = m.type
             if t == VOTE or t == PRE_VOTE:
                 force = m.context == CAMPAIGN_TRANSFER
-                in_lease = self.check_quorum and self.lead != NONE and self.election_elapsed < self.election_timeout
+                in_lease = (
+                    self.check_quorum and self.lead != NONE and self.election_elapsed < self.election_timeout
+                )
                 if in_lease and not force:
                     # Leader lease: we heard from a live leader within the minimum election
                     # timeout, so this candidate is disruptive; ignore it entirely.
@@ -507,8 +528,9 @@ class Raft:
             # from a 2-voter group and our longer log makes us refuse the only voter left).
             log = self.log
             commit = log.committed
-            self.send(Message(resp, m.frm, term=self.term, reject=True, commit=commit,
-                              log_term=log.term(commit)))
+            self.send(
+                Message(resp, m.frm, term=self.term, reject=True, commit=commit, log_term=log.term(commit))
+            )
 
     def _learn_commit(self, commit: int, commit_term: int) -> None:
         """Adopt a commit index reported by a peer. Commitment is a fact independent of terms
@@ -661,7 +683,10 @@ class Raft:
 
     def _conf_change_refusal(self, data: bytes, batch_pending: int) -> tuple[str | None, ConfChange | None]:
         if batch_pending or self.pending_conf_index > self.log.applied:
-            return f"a configuration change (index {batch_pending or self.pending_conf_index}) is not applied yet", None
+            return (
+                f"a configuration change (index {batch_pending or self.pending_conf_index}) is not applied yet",
+                None,
+            )
         try:
             cc = decode_conf_change(data)
         except CodecError as exc:
@@ -701,7 +726,9 @@ class Raft:
             self.uncommitted_size += size
         log = self.log
         first = log.last_index() + 1
-        log.append(list(map(Entry, repeat(self.term), range(first, first + len(datas)), repeat(NORMAL), datas)))
+        log.append(
+            list(map(Entry, repeat(self.term), range(first, first + len(datas)), repeat(NORMAL), datas))
+        )
         self.bcast_append()
 
     def _leader_read_index(self, m: Message) -> None:
@@ -808,7 +835,9 @@ class Raft:
             if self.lead == NONE:
                 return ProposalDropped(f"no leader at term {self.term}")
             if self.disable_proposal_forwarding:
-                return ProposalDropped(f"not forwarding proposals to leader {self.lead} (forwarding disabled)")
+                return ProposalDropped(
+                    f"not forwarding proposals to leader {self.lead} (forwarding disabled)"
+                )
             self.send(Message(PROP, self.lead, entries=m.entries))
         elif t == READ_INDEX:
             if self.lead == NONE:

@@ -179,7 +179,11 @@ class RawNode:
         through `committed_entries` like any later change (re-applying them is a no-op)."""
         if not voters:
             raise ConfigError("a new group needs at least one voter")
-        if set(voters) & set(learners) or len(set(voters)) != len(voters) or len(set(learners)) != len(learners):
+        if (
+            set(voters) & set(learners)
+            or len(set(voters)) != len(voters)
+            or len(set(learners)) != len(learners)
+        ):
             raise ConfigError("voters and learners must be distinct ids")
         if storage.last_index() != 0 or not storage.initial_state()[0].is_empty():
             raise ConfigError("cannot bootstrap over non-empty storage; restart from it instead")
@@ -189,7 +193,9 @@ class RawNode:
         contexts = contexts or {}
         changes = [ConfChange(ConfChangeType.ADD_NODE, v, contexts.get(v, b"")) for v in voters]
         changes += [ConfChange(ConfChangeType.ADD_LEARNER_NODE, v, contexts.get(v, b"")) for v in learners]
-        ents = [Entry(1, k + 1, EntryType.CONF_CHANGE, encode_conf_change(cc)) for k, cc in enumerate(changes)]
+        ents = [
+            Entry(1, k + 1, EntryType.CONF_CHANGE, encode_conf_change(cc)) for k, cc in enumerate(changes)
+        ]
         r.log.append(ents)
         r.log.committed = len(ents)
         for cc in changes:
@@ -376,7 +382,26 @@ class RawNode:
         progress: dict[int, ProgressStatus] = {}
         if r.role == Role.LEADER:
             for pid, pr in sorted(r.trk.progress.items()):
-                progress[pid] = ProgressStatus(pr.match, pr.next, pr.state, pr.is_learner, pr.recent_active,
-                                               pr.is_paused(), pr.inflights.count(), pr.pending_snapshot)
-        return Status(r.id, r.term, r.vote, r.log.committed, r.log.applied, r.log.last_index(), r.lead, r.role,
-                      r.lead_transferee, r.trk.conf_state(), progress)
+                progress[pid] = ProgressStatus(
+                    pr.match,
+                    pr.next,
+                    pr.state,
+                    pr.is_learner,
+                    pr.recent_active,
+                    pr.is_paused(),
+                    pr.inflights.count(),
+                    pr.pending_snapshot,
+                )
+        return Status(
+            r.id,
+            r.term,
+            r.vote,
+            r.log.committed,
+            r.log.applied,
+            r.log.last_index(),
+            r.lead,
+            r.role,
+            r.lead_transferee,
+            r.trk.conf_state(),
+            progress,
+        )

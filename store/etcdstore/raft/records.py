@@ -41,7 +41,13 @@ class MessageType(IntEnum):
 # Message types that only ever originate inside the node itself; `RawNode.step` ignores
 # them when they come from the network.
 LOCAL_MESSAGES: Final = frozenset(
-    {MessageType.HUP, MessageType.BEAT, MessageType.UNREACHABLE, MessageType.SNAP_STATUS, MessageType.CHECK_QUORUM}
+    {
+        MessageType.HUP,
+        MessageType.BEAT,
+        MessageType.UNREACHABLE,
+        MessageType.SNAP_STATUS,
+        MessageType.CHECK_QUORUM,
+    }
 )
 # Responses: only meaningful from a peer the node tracks.
 RESPONSE_MESSAGES: Final = frozenset(
@@ -75,7 +81,9 @@ NONE: Final = 0  # "no node": no leader known, no vote cast
 class Entry:
     __slots__ = ("data", "index", "term", "type")
 
-    def __init__(self, term: int = 0, index: int = 0, type: int = EntryType.NORMAL, data: bytes = b"") -> None:
+    def __init__(
+        self, term: int = 0, index: int = 0, type: int = EntryType.NORMAL, data: bytes = b""
+    ) -> None:
         self.term = term
         self.index = index
         self.type = type
@@ -90,7 +98,7 @@ class Entry:
             and self.data == other.data
         )
 
-    __hash__ = None  # type: ignore[assignment]
+    __hash__ = None  # type: ignore[assignment]  # mutable, compared by value: unhashable, as in a dataclass
 
     def __repr__(self) -> str:
         kind = "" if self.type == EntryType.NORMAL else " conf"
@@ -118,7 +126,7 @@ class HardState:
             and self.commit == other.commit
         )
 
-    __hash__ = None  # type: ignore[assignment]
+    __hash__ = None  # type: ignore[assignment]  # mutable, compared by value: unhashable, as in a dataclass
 
     def __repr__(self) -> str:
         return f"HardState(term={self.term}, vote={self.vote}, commit={self.commit})"
@@ -129,14 +137,18 @@ class ConfState:
 
     __slots__ = ("learners", "voters")
 
-    def __init__(self, voters: tuple[int, ...] | list[int] = (), learners: tuple[int, ...] | list[int] = ()) -> None:
+    def __init__(
+        self, voters: tuple[int, ...] | list[int] = (), learners: tuple[int, ...] | list[int] = ()
+    ) -> None:
         self.voters = tuple(sorted(voters))
         self.learners = tuple(sorted(learners))
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, ConfState) and self.voters == other.voters and self.learners == other.learners
+        return (
+            isinstance(other, ConfState) and self.voters == other.voters and self.learners == other.learners
+        )
 
-    __hash__ = None  # type: ignore[assignment]
+    __hash__ = None  # type: ignore[assignment]  # mutable, compared by value: unhashable, as in a dataclass
 
     def __repr__(self) -> str:
         return f"ConfState(voters={list(self.voters)}, learners={list(self.learners)})"
@@ -158,7 +170,7 @@ class SnapshotMetadata:
             and self.conf_state == other.conf_state
         )
 
-    __hash__ = None  # type: ignore[assignment]
+    __hash__ = None  # type: ignore[assignment]  # mutable, compared by value: unhashable, as in a dataclass
 
     def __repr__(self) -> str:
         return f"SnapshotMetadata(index={self.index}, term={self.term}, {self.conf_state!r})"
@@ -179,7 +191,7 @@ class Snapshot:
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Snapshot) and self.metadata == other.metadata and self.data == other.data
 
-    __hash__ = None  # type: ignore[assignment]
+    __hash__ = None  # type: ignore[assignment]  # mutable, compared by value: unhashable, as in a dataclass
 
     def __repr__(self) -> str:
         return f"Snapshot({self.metadata!r}, {len(self.data)} bytes)"
@@ -203,7 +215,7 @@ class ConfChange:
             and self.context == other.context
         )
 
-    __hash__ = None  # type: ignore[assignment]
+    __hash__ = None  # type: ignore[assignment]  # mutable, compared by value: unhashable, as in a dataclass
 
     def __repr__(self) -> str:
         return f"ConfChange({ConfChangeType(self.type).name}, {self.node_id})"
@@ -219,9 +231,13 @@ class ReadState:
         self.request_ctx = request_ctx
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, ReadState) and self.index == other.index and self.request_ctx == other.request_ctx
+        return (
+            isinstance(other, ReadState)
+            and self.index == other.index
+            and self.request_ctx == other.request_ctx
+        )
 
-    __hash__ = None  # type: ignore[assignment]
+    __hash__ = None  # type: ignore[assignment]  # mutable, compared by value: unhashable, as in a dataclass
 
     def __repr__(self) -> str:
         return f"ReadState(index={self.index}, ctx={self.request_ctx!r})"
@@ -239,7 +255,7 @@ class SoftState:
     def __eq__(self, other: object) -> bool:
         return isinstance(other, SoftState) and self.leader == other.leader and self.role == other.role
 
-    __hash__ = None  # type: ignore[assignment]
+    __hash__ = None  # type: ignore[assignment]  # mutable, compared by value: unhashable, as in a dataclass
 
     def __repr__(self) -> str:
         return f"SoftState(leader={self.leader}, role={self.role.name})"
@@ -296,7 +312,7 @@ class Message:
             return False
         return all(getattr(self, f) == getattr(other, f) for f in Message.__slots__)
 
-    __hash__ = None  # type: ignore[assignment]
+    __hash__ = None  # type: ignore[assignment]  # mutable, compared by value: unhashable, as in a dataclass
 
     def __repr__(self) -> str:
         parts = [f"{MessageType(self.type).name} {self.frm}->{self.to} t{self.term}"]

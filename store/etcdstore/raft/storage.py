@@ -89,7 +89,9 @@ class MemoryStorage:
         with conf-change entries)."""
         self._ents: list[Entry] = [Entry(0, 0)]
         self._hard_state = HardState()
-        self._snapshot = Snapshot(SnapshotMetadata(0, 0, conf_state)) if conf_state is not None else Snapshot()
+        self._snapshot = (
+            Snapshot(SnapshotMetadata(0, 0, conf_state)) if conf_state is not None else Snapshot()
+        )
 
     # -- Storage protocol -------------------------------------------------------------
     def initial_state(self) -> tuple[HardState, ConfState]:
@@ -101,7 +103,9 @@ class MemoryStorage:
         if lo <= offset:
             raise CompactedError(f"entry {lo} is compacted (first index {offset + 1})")
         if hi > offset + len(ents):
-            raise UnavailableError(f"entries up to {hi - 1} requested, last index is {offset + len(ents) - 1}")
+            raise UnavailableError(
+                f"entries up to {hi - 1} requested, last index is {offset + len(ents) - 1}"
+            )
         return slice_within(ents, lo - offset, hi - offset, max_size)
 
     def term(self, i: int) -> int:
@@ -145,15 +149,18 @@ class MemoryStorage:
         if k < len(ents):
             del ents[k:]
         elif k > len(ents):
-            raise UnavailableError(f"missing log entry: last index {ents[0].index + len(ents) - 1}, "
-                                   f"appending from {entries[0].index}")
+            raise UnavailableError(
+                f"missing log entry: last index {ents[0].index + len(ents) - 1}, "
+                f"appending from {entries[0].index}"
+            )
         ents.extend(entries)
 
     def apply_snapshot(self, snap: Snapshot) -> None:
         """Replace the whole log by `snap` (a follower installing its leader's snapshot)."""
         if snap.metadata.index <= self._snapshot.metadata.index:
-            raise SnapshotOutOfDate(f"snapshot {snap.metadata.index} is not newer than "
-                                    f"{self._snapshot.metadata.index}")
+            raise SnapshotOutOfDate(
+                f"snapshot {snap.metadata.index} is not newer than {self._snapshot.metadata.index}"
+            )
         self._snapshot = snap
         self._ents = [Entry(snap.metadata.term, snap.metadata.index)]
 
@@ -173,8 +180,10 @@ class MemoryStorage:
         if i <= offset:
             raise CompactedError(f"already compacted up to {offset}")
         if i > self._snapshot.metadata.index:
-            raise ValueError(f"compacting to {i} beyond the snapshot at {self._snapshot.metadata.index} "
-                             "would leave followers no way to catch up")
+            raise ValueError(
+                f"compacting to {i} beyond the snapshot at {self._snapshot.metadata.index} "
+                "would leave followers no way to catch up"
+            )
         k = i - offset
         term = ents[k].term
         del ents[:k]

@@ -66,8 +66,11 @@ class ReloadingServerTLS:
         ctx.load_cert_chain(f.cert_file, f.key_file)
         if f.trusted_ca_file:
             ctx.load_verify_locations(f.trusted_ca_file)
-        ctx.verify_mode = ssl.CERT_REQUIRED if f.client_cert_auth else (
-            ssl.CERT_OPTIONAL if f.trusted_ca_file else ssl.CERT_NONE)
+        ctx.verify_mode = (
+            ssl.CERT_REQUIRED
+            if f.client_cert_auth
+            else (ssl.CERT_OPTIONAL if f.trusted_ca_file else ssl.CERT_NONE)
+        )
         # Server preference order: curl (offers both) gets HTTP/1.1 for the JSON APIs, gRPC
         # clients (offer h2 only) get h2.
         ctx.set_alpn_protocols(list(self.alpn))
@@ -87,7 +90,7 @@ class ReloadingServerTLS:
                     if self._ctx is None:
                         raise
                     # A half-written rotation: keep serving with the previous certificate.
-                    log.warn("could not load rotated TLS files; keeping the previous ones", error=str(e))
+                    log.warning("could not load rotated TLS files; keeping the previous ones", error=str(e))
                     return self._ctx
                 if self._ctx is not None:
                     log.info("reloaded TLS certificate files", cert_file=self.files.cert_file)
@@ -104,7 +107,7 @@ class ReloadingServerTLS:
             try:
                 sslobj.context = self.context()
             except (OSError, ssl.SSLError) as e:  # keep the base context; the handshake goes on
-                log.warn("TLS context reload failed", error=str(e))
+                log.warning("TLS context reload failed", error=str(e))
 
         base.sni_callback = pick
         return base
@@ -130,20 +133,21 @@ def self_signed(directory: str, hosts: list[str], *, name: str = "etcdstore") ->
         try:
             with open(cert_path, "rb") as fh:
                 cert = x509.load_pem_x509_certificate(fh.read())
-            if cert.not_valid_after_utc > datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=7):
+            if cert.not_valid_after_utc > datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=7):
                 return TLSFiles(cert_path, key_path)
         except ValueError:
             pass  # unreadable: make a new one
     key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     sans: list[x509.GeneralName] = []
     for host in dict.fromkeys(hosts):
         try:
             sans.append(x509.IPAddress(ipaddress.ip_address(host)))
         except ValueError:
             sans.append(x509.DNSName(host))
-    subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "etcd"),
-                         x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    subject = x509.Name(
+        [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "etcd"), x509.NameAttribute(NameOID.COMMON_NAME, name)]
+    )
     builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -153,11 +157,24 @@ def self_signed(directory: str, hosts: list[str], *, name: str = "etcdstore") ->
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=AUTO_TLS_VALIDITY_DAYS))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=True,
-                                     data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                                     crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-                       critical=False)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=True,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+            critical=False,
+        )
     )
     if sans:
         builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
@@ -165,8 +182,11 @@ def self_signed(directory: str, hosts: list[str], *, name: str = "etcdstore") ->
     tmp_key, tmp_cert = key_path + ".tmp", cert_path + ".tmp"
     fd = os.open(tmp_key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as fh:
-        fh.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                   serialization.NoEncryption()))
+        fh.write(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
     with open(tmp_cert, "wb") as fh:
         fh.write(cert.public_bytes(serialization.Encoding.PEM))
     os.replace(tmp_key, key_path)
@@ -189,7 +209,10 @@ def server_name_of(pem: bytes) -> str:
     except x509.ExtensionNotFound:
         pass
     cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    return cn[0].value if cn else ""
+    if not cn:
+        return ""
+    value = cn[0].value
+    return value if isinstance(value, str) else value.decode()
 
 
 class GrpcTLS:
@@ -222,7 +245,7 @@ class GrpcTLS:
                 k, c, a = self.reloader.pem()
                 config = grpc.ssl_server_certificate_configuration([(k, c)], root_certificates=a)
             except OSError as e:
-                log.warn("could not load rotated peer TLS files", error=str(e))
+                log.warning("could not load rotated peer TLS files", error=str(e))
                 return None
             stamp[0] = now
             log.info("reloaded peer TLS certificate files", cert_file=self.files.cert_file)
@@ -258,6 +281,6 @@ def cn_from_grpc_context(context) -> str | None:  # context: grpc.aio.ServicerCo
     """The verified client certificate's CN of a call on a TLS gRPC port (etcd's AuthInfoFromTLS)."""
     try:
         names = context.auth_context().get("x509_common_name")
-    except Exception:  # no auth context on plaintext calls
+    except Exception:  # noqa: BLE001  # no auth context on plaintext calls (grpc raises various)
         return None
     return names[0].decode() if names else None

@@ -285,8 +285,10 @@ class Reader:
             self.meta = max(metas, key=lambda m: m.txid)
             self.page_size = self.meta.page_size
             if self.meta.pgid * self.page_size > self.file_size:
-                raise BoltError(f"file size {self.file_size} is below the database size "
-                                f"{self.meta.pgid * self.page_size} (truncated)")
+                raise BoltError(
+                    f"file size {self.file_size} is below the database size "
+                    f"{self.meta.pgid * self.page_size} (truncated)"
+                )
             if self.meta.root >= self.meta.pgid:
                 raise BoltError(f"root bucket page {self.meta.root} above high water mark {self.meta.pgid}")
         except BaseException:
@@ -351,7 +353,9 @@ class Reader:
             out.append((raw[off + pos : off + pos + ksize], child))
         return out
 
-    def _walk(self, pgid: int, seen: dict[int, int] | None, depth: int = 0) -> Iterator[tuple[bytes, bytes, int]]:
+    def _walk(
+        self, pgid: int, seen: dict[int, int] | None, depth: int = 0
+    ) -> Iterator[tuple[bytes, bytes, int]]:
         if depth > 64:
             raise BoltError("tree too deep (page cycle?)")
         flags, count, overflow, raw = self.page(pgid)
@@ -366,7 +370,9 @@ class Reader:
         else:
             raise BoltError(f"page {pgid}: invalid type {flags:#x}")
 
-    def bucket_items(self, value: bytes, seen: dict[int, int] | None = None) -> Iterator[tuple[bytes, bytes, int]]:
+    def bucket_items(
+        self, value: bytes, seen: dict[int, int] | None = None
+    ) -> Iterator[tuple[bytes, bytes, int]]:
         """(key, value, flags) of a bucket given its value in the parent bucket, in key order."""
         if len(value) < _BUCKET.size:
             raise BoltError("bucket value too short")

@@ -28,19 +28,19 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import crc32c
 
 from etcdstore.lease.lessor import _KEY as LEASE_KEY
 from etcdstore.lease.lessor import _RECORD as LEASE_RECORD
+from etcdstore.membership import MEMBER_PREFIX, REMOVED_PREFIX, Member
 from etcdstore.mvcc.kvstore import (
     CONSISTENT_INDEX_KEY,
     FINISHED_COMPACT_KEY,
     SCHEDULED_COMPACT_KEY,
 )
 from etcdstore.proto.etcdserverpb import rpc_pb2
-from etcdstore.server.membership import MEMBER_PREFIX, REMOVED_PREFIX, Member
 from etcdstore.snapshot import bbolt
 from etcdstore.storage import backend as bk
 
@@ -57,12 +57,15 @@ class EtcdSnapshotError(ValueError):
 
 # -- detection and integrity -------------------------------------------------------------------------
 
+
 def is_bbolt(path: str | os.PathLike[str]) -> bool:
     """Whether the file starts like a bbolt database (meta page magic)."""
     with open(path, "rb") as f:
         head = f.read(bbolt.HEADER + 8)
     return len(head) == bbolt.HEADER + 8 and struct.unpack_from("<II", head, bbolt.HEADER) == (
-        bbolt.MAGIC, bbolt.VERSION)
+        bbolt.MAGIC,
+        bbolt.VERSION,
+    )
 
 
 def has_checksum(size: int) -> bool:
@@ -107,8 +110,9 @@ def open_checked(path: str | os.PathLike[str]) -> bbolt.Reader:
         errs = [str(e)]
     if errs:
         reader.close()
-        raise EtcdSnapshotError(f"snapshot file integrity check failed. {len(errs)} errors found.\n"
-                                + "\n".join(errs[:20]))
+        raise EtcdSnapshotError(
+            f"snapshot file integrity check failed. {len(errs)} errors found.\n" + "\n".join(errs[:20])
+        )
     return reader
 
 
@@ -137,6 +141,7 @@ def status(path: str | os.PathLike[str]) -> dict:
 
 
 # -- this store -> etcd ------------------------------------------------------------------------------
+
 
 def _varint(n: int) -> bytes:
     n &= 0xFFFFFFFFFFFFFFFF  # int64 on the wire: negative numbers take 10 bytes
@@ -201,8 +206,10 @@ def _members(source: bk.Backend) -> tuple[list[tuple[bytes, bytes]], list[tuple[
     for _key, value in source.items_with_prefix(bk.MEMBERS, MEMBER_PREFIX):
         m = Member.from_json(value)
         members.append((f"{m.id:x}".encode(), m.to_json()))
-    removed = [(f"{_ID.unpack(key[len(REMOVED_PREFIX):])[0]:x}".encode(), b"removed")
-               for key, _ in source.items_with_prefix(bk.MEMBERS, REMOVED_PREFIX)]
+    removed = [
+        (f"{_ID.unpack(key[len(REMOVED_PREFIX) :])[0]:x}".encode(), b"removed")
+        for key, _ in source.items_with_prefix(bk.MEMBERS, REMOVED_PREFIX)
+    ]
     return sorted(members), sorted(removed)
 
 
@@ -225,7 +232,7 @@ def write_db(source: bk.Backend, f) -> dict:
     database to the new file `f`; returns {"size": bytes, "keys": per-bucket counts}."""
     members, removed = _members(source)
     meta = sorted((k, v) for k in _META_KEYS if (v := source.get(bk.META, k)) is not None)
-    buckets: list[tuple[bytes, object]] = [
+    buckets: list[tuple[bytes, Iterable[tuple[bytes, bytes]]]] = [
         (b"alarm", _alarms(source)),
         (b"auth", source.items(bk.AUTH)),
         (b"authRoles", source.items(bk.AUTH_ROLES)),
@@ -238,7 +245,7 @@ def write_db(source: bk.Backend, f) -> dict:
         (b"meta", meta),
     ]
     w = bbolt.Writer(f)
-    counts = {name.decode(): w.add_bucket(name, items) for name, items in buckets}  # type: ignore[arg-type]
+    counts = {name.decode(): w.add_bucket(name, items) for name, items in buckets}
     size = w.finish()
     return {"size": size, "keys": counts}
 
@@ -267,14 +274,21 @@ def create_snapshot_file(source: bk.Backend, path: str | os.PathLike[str]) -> di
 
 # -- etcd -> this store ------------------------------------------------------------------------------
 
+
 def verify(path: str | os.PathLike[str], *, skip_hash_check: bool = False) -> None:
     """Everything `load_into` checks before it writes: the sha256 trailer and bbolt's integrity."""
     verify_checksum(path, skip_hash_check=skip_hash_check)
     open_checked(path).close()
 
 
-def load_into(path: str | os.PathLike[str], target: bk.Backend, *, skip_hash_check: bool = False,
-              verified: bool = False, batch_bytes: int = 4 << 20) -> dict:
+def load_into(
+    path: str | os.PathLike[str],
+    target: bk.Backend,
+    *,
+    skip_hash_check: bool = False,
+    verified: bool = False,
+    batch_bytes: int = 4 << 20,
+) -> dict:
     """Replace `target`'s state-machine families with an etcd snapshot's contents (checksum and
     bbolt integrity checked first, unless `verified` says `verify` passed already). Returns the
     number of records loaded per family."""
@@ -300,9 +314,15 @@ def load_into(path: str | os.PathLike[str], target: bk.Backend, *, skip_hash_che
         try:
             for k, v in r.items(b"key"):
                 if not (len(k) == 17 and k[8] == 0x5F or len(k) == 18 and k[8] == 0x5F and k[17] == 0x74):
-                    raise EtcdSnapshotError(f"invalid etcd snapshot: bad revision key {k.hex()} in bucket key")
+                    raise EtcdSnapshotError(
+                        f"invalid etcd snapshot: bad revision key {k.hex()} in bucket key"
+                    )
                 put(bk.KEY, k, v)
-            for name, cf in ((b"auth", bk.AUTH), (b"authUsers", bk.AUTH_USERS), (b"authRoles", bk.AUTH_ROLES)):
+            for name, cf in (
+                (b"auth", bk.AUTH),
+                (b"authUsers", bk.AUTH_USERS),
+                (b"authRoles", bk.AUTH_ROLES),
+            ):
                 for k, v in r.items(name):
                     put(cf, k, v)
             for k, v in r.items(b"meta"):

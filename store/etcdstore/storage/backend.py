@@ -25,9 +25,11 @@ from typing import Final
 from rocksdict import (
     AccessType,
     Checkpoint,
+    ColumnFamily,
     DBCompressionType,
     Options,
     Rdict,
+    RdictIter,
     WriteBatch,
     WriteOptions,
 )
@@ -74,9 +76,9 @@ def _options() -> Options:
 class Batch:
     """A set of writes across column families, applied atomically by Backend.write."""
 
-    __slots__ = ("_wb", "_handles", "count")
+    __slots__ = ("_handles", "_wb", "count")
 
-    def __init__(self, handles: dict[str, object]) -> None:
+    def __init__(self, handles: dict[str, ColumnFamily]) -> None:
         self._wb = WriteBatch(raw_mode=True)
         self._handles = handles
         self.count = 0
@@ -98,7 +100,7 @@ class Batch:
         return self.count
 
 
-def _scan(it, start: bytes, end: bytes | None, reverse: bool) -> Iterator[tuple[bytes, bytes]]:
+def _scan(it: RdictIter, start: bytes, end: bytes | None, reverse: bool) -> Iterator[tuple[bytes, bytes]]:
     """Walk a RocksDB iterator over [start, end).
 
     Bounds are checked here rather than with ReadOptions: rocksdict's ReadOptions
@@ -240,7 +242,7 @@ class Backend:
             for prop in ("rocksdb.estimate-live-data-size", "rocksdb.cur-size-all-mem-tables"):
                 try:
                     total += rd.property_int_value(prop) or 0
-                except Exception:  # property missing in this RocksDB build
+                except Exception:  # noqa: BLE001, S110  # property missing in this RocksDB build
                     pass
         return total
 

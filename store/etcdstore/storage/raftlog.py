@@ -44,7 +44,9 @@ class RaftLogStorage:
             meta = codec.decode_snapshot_metadata(raw)
             self._mem.apply_snapshot(Snapshot(meta))
         raw = backend.get(bk.RAFT_STATE, CONF_STATE)
-        self._conf_state = codec.decode_conf_state(raw) if raw is not None else self._mem.snapshot().metadata.conf_state
+        self._conf_state = (
+            codec.decode_conf_state(raw) if raw is not None else self._mem.snapshot().metadata.conf_state
+        )
         raw = backend.get(bk.RAFT_STATE, HARD_STATE)
         if raw is not None:
             self._mem.set_hard_state(codec.decode_hard_state(raw))
@@ -83,8 +85,9 @@ class RaftLogStorage:
     def conf_state(self) -> ConfState:
         return self._conf_state
 
-    def save(self, entries: list[Entry], hard_state: HardState | None, snapshot: Snapshot | None,
-             sync: bool = True) -> None:
+    def save(
+        self, entries: list[Entry], hard_state: HardState | None, snapshot: Snapshot | None, sync: bool = True
+    ) -> None:
         """Persist what a Ready hands out (snapshot first, then entries, then hard state)."""
         batch = self._backend.batch()
         if snapshot is not None and not snapshot.is_empty():
