@@ -56,11 +56,28 @@ def kubectl(request, provider) -> Iterator[Kubectl]:
     ns = namespace_name(request.node.name)
     k = Kubectl(provider.kubeconfig, ns)
     # A namespace of the same name left terminating by an earlier run must be gone first.
-    wait(f"namespace {ns} from an earlier run deleted", lambda: "Terminating" not in k(
-        "get", "namespace", ns, "-o", "jsonpath={.status.phase}", "--ignore-not-found"), 600, 2.0)
-    k.apply({"apiVersion": "v1", "kind": "Namespace",
-             "metadata": {"name": ns, "labels": {"pod-security.kubernetes.io/enforce": "restricted",
-                                                  "pod-security.kubernetes.io/enforce-version": "latest"}}})
+    wait(
+        f"namespace {ns} from an earlier run deleted",
+        lambda: (
+            "Terminating"
+            not in k("get", "namespace", ns, "-o", "jsonpath={.status.phase}", "--ignore-not-found")
+        ),
+        600,
+        2.0,
+    )
+    k.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {
+                "name": ns,
+                "labels": {
+                    "pod-security.kubernetes.io/enforce": "restricted",
+                    "pod-security.kubernetes.io/enforce-version": "latest",
+                },
+            },
+        }
+    )
     yield k
     if not os.environ.get("E2E_KEEP_NAMESPACES"):
         k("delete", "etcdcluster,etcdbackup", "--all", "--wait=false", check=False)

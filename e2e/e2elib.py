@@ -62,8 +62,13 @@ class Provider:
         self.kubeconfig = kubeconfig
 
     def check_reachable(self) -> None:
-        p = subprocess.run(["kubectl", f"--kubeconfig={self.kubeconfig}", "get", "--raw", "/readyz"],
-                           capture_output=True, text=True, timeout=30, check=False)
+        p = subprocess.run(
+            ["kubectl", f"--kubeconfig={self.kubeconfig}", "get", "--raw", "/readyz"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
         if p.returncode != 0 or p.stdout.strip() != "ok":
             raise RuntimeError(f"provider {self.name}: the API server is not reachable: {p.stderr.strip()}")
 
@@ -85,7 +90,9 @@ class LocalProvider(Provider):
     def endpoint(self, kubectl: Kubectl, target: str, port: int = 2379) -> Iterator[str]:
         kind, name = target.split("/", 1)
         if kind == "pod":
-            ip = wait(f"{target} has an IP", lambda: kubectl.json("pod", name).get("status", {}).get("podIP"), 120)
+            ip = wait(
+                f"{target} has an IP", lambda: kubectl.json("pod", name).get("status", {}).get("podIP"), 120
+            )
         else:
             ip = kubectl.json("service", name)["spec"].get("clusterIP")
             if not ip or ip == "None":
@@ -100,8 +107,11 @@ class LocalProvider(Provider):
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
-        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             wait("moto", lambda: socket.create_connection(("127.0.0.1", port), 1).close() or True, 60, 0.3)
             yield f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port}"
@@ -118,11 +128,22 @@ class KindProvider(Provider):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             local = s.getsockname()[1]
-        cmd = ["kubectl", f"--kubeconfig={kubectl.kubeconfig}", f"--namespace={kubectl.namespace}",
-               "port-forward", target, f"{local}:{port}"]
+        cmd = [
+            "kubectl",
+            f"--kubeconfig={kubectl.kubeconfig}",
+            f"--namespace={kubectl.namespace}",
+            "port-forward",
+            target,
+            f"{local}:{port}",
+        ]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            wait("port-forward", lambda: socket.create_connection(("127.0.0.1", local), 1).close() or True, 30, 0.5)
+            wait(
+                "port-forward",
+                lambda: socket.create_connection(("127.0.0.1", local), 1).close() or True,
+                30,
+                0.5,
+            )
             yield f"127.0.0.1:{local}"
         finally:
             proc.terminate()
@@ -131,12 +152,36 @@ class KindProvider(Provider):
     @contextlib.contextmanager
     def s3(self, kubectl: Kubectl) -> Iterator[tuple[str, str]]:
         labels = {"app": "moto"}
-        kubectl.apply({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "moto"},
-                       "spec": {"selector": {"matchLabels": labels}, "template": {"metadata": {"labels": labels},
-                                "spec": {"containers": [{"name": "moto", "image": "motoserver/moto:5.1.4",
-                                                         "ports": [{"containerPort": 5000}]}]}}}})
-        kubectl.apply({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "moto"},
-                       "spec": {"selector": labels, "ports": [{"port": 5000}]}})
+        kubectl.apply(
+            {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {"name": "moto"},
+                "spec": {
+                    "selector": {"matchLabels": labels},
+                    "template": {
+                        "metadata": {"labels": labels},
+                        "spec": {
+                            "containers": [
+                                {
+                                    "name": "moto",
+                                    "image": "motoserver/moto:5.1.4",
+                                    "ports": [{"containerPort": 5000}],
+                                }
+                            ]
+                        },
+                    },
+                },
+            }
+        )
+        kubectl.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": "moto"},
+                "spec": {"selector": labels, "ports": [{"port": 5000}]},
+            }
+        )
         kubectl("rollout", "status", "deployment/moto", "--timeout=300s")
         with self.endpoint(kubectl, "svc/moto", 5000) as ep:
             yield f"http://moto.{kubectl.namespace}.svc:5000", f"http://{ep}"
@@ -149,8 +194,12 @@ PROVIDERS = {"local": LocalProvider, "kind": KindProvider}
 
 
 def etcd_cluster(name: str, engine: str, **spec) -> dict:
-    return {"apiVersion": "etcdstore.io/v1alpha1", "kind": "EtcdCluster", "metadata": {"name": name},
-            "spec": {"engine": engine, "storage": {"size": "256Mi"}, **spec}}
+    return {
+        "apiVersion": "etcdstore.io/v1alpha1",
+        "kind": "EtcdCluster",
+        "metadata": {"name": name},
+        "spec": {"engine": engine, "storage": {"size": "256Mi"}, **spec},
+    }
 
 
 def cluster_status(kubectl: Kubectl, name: str) -> dict:
@@ -159,14 +208,20 @@ def cluster_status(kubectl: Kubectl, name: str) -> dict:
 
 def available(kubectl: Kubectl, name: str, replicas: int, timeout: float = 600.0) -> dict:
     """Waits until the cluster is Available, not Progressing, with `replicas` ready voting members."""
+
     def check():
         st = cluster_status(kubectl, name)
         conds = {c["type"]: c["status"] for c in st.get("conditions") or []}
         voters = [m for m in st.get("members") or [] if not m.get("learner")]
-        ok = (conds.get("Available") == "True" and conds.get("Progressing") == "False"
-              and st.get("readyReplicas") == replicas and len(voters) == replicas
-              and len(st.get("members") or []) == replicas)
+        ok = (
+            conds.get("Available") == "True"
+            and conds.get("Progressing") == "False"
+            and st.get("readyReplicas") == replicas
+            and len(voters) == replicas
+            and len(st.get("members") or []) == replicas
+        )
         return st if ok else None
+
     return wait(f"{name} available with {replicas} members", check, timeout, 2.0)
 
 
@@ -174,9 +229,18 @@ def members_gone(kubectl: Kubectl, name: str) -> bool:
     """The cluster's StatefulSet and member pods are gone. Selecting on `app.kubernetes.io/instance` alone is not
     enough: the pods of an on-demand backup's Job carry it too (component `backup`), and they belong to the
     EtcdBackup, which outlives the cluster."""
-    return kubectl("get", "statefulset", name, "--ignore-not-found", "-o", "name").strip() == "" and kubectl(
-        "get", "pod", "-l", f"app.kubernetes.io/instance={name},app.kubernetes.io/component=member",
-        "-o", "name").strip() == ""
+    return (
+        kubectl("get", "statefulset", name, "--ignore-not-found", "-o", "name").strip() == ""
+        and kubectl(
+            "get",
+            "pod",
+            "-l",
+            f"app.kubernetes.io/instance={name},app.kubernetes.io/component=member",
+            "-o",
+            "name",
+        ).strip()
+        == ""
+    )
 
 
 def member_ids(status: dict) -> dict[str, str]:
@@ -229,6 +293,7 @@ class DataCheck:
                     key, value = f"{self.PREFIX}{step}/{i:03d}", f"{step}-{i}"
                     await c.put(key, value)
                     self.expected[key] = value
+
         asyncio.run(put())
 
     def verify(self, endpoints: dict[str, str], timeout: float = 120.0) -> int:
@@ -274,8 +339,11 @@ class ContinuousClient:
 
         from robustness.traffic import Traffic, TrafficConfig
 
-        self.traffic = Traffic([endpoint], TrafficConfig(clients_per_member=3, rate=rate, timeout=5.0,
-                                                         watchers_per_member=1), seed)
+        self.traffic = Traffic(
+            [endpoint],
+            TrafficConfig(clients_per_member=3, rate=rate, timeout=5.0, watchers_per_member=1),
+            seed,
+        )
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True, name="e2e-traffic")
 
@@ -301,6 +369,7 @@ class ContinuousClient:
                     await execute(c, o)
                     if o.status != OK:
                         raise AssertionError(f"put {key} ({o.status}): {o.error}")
+
         asyncio.run_coroutine_threadsafe(run(), self.loop).result(120)
 
     def check(self, endpoints: dict[str, str]):

@@ -31,7 +31,9 @@ def pvcs(kubectl, name: str) -> list[str]:
     return sorted(i["metadata"]["name"] for i in items if not i["metadata"].get("deletionTimestamp"))
 
 
-def step(kubectl, provider, data: DataCheck, name: str, label: str, recorder: ContinuousClient | None = None) -> None:
+def step(
+    kubectl, provider, data: DataCheck, name: str, label: str, recorder: ContinuousClient | None = None
+) -> None:
     """Writes a batch named `label` (through `recorder` while one runs), then checks every member holds everything
     acknowledged so far."""
     with provider.endpoint(kubectl, f"svc/{name}-client") as ep:
@@ -49,7 +51,10 @@ def test_create_write_delete_pod(kubectl, provider, engine):
     data = DataCheck()
     step(kubectl, provider, data, name, "created")
     kubectl("delete", "pod", f"{name}-1", "--wait=false")
-    wait("the pod replaced", lambda: kubectl.json("pod", f"{name}-1")["metadata"].get("deletionTimestamp") is None)
+    wait(
+        "the pod replaced",
+        lambda: kubectl.json("pod", f"{name}-1")["metadata"].get("deletionTimestamp") is None,
+    )
     assert member_ids(available(kubectl, name, 3)) == first
     step(kubectl, provider, data, name, "pod-deleted")
 
@@ -75,7 +80,10 @@ def test_lifecycle(kubectl, provider, engine):
             step(kubectl, provider, data, name, "scaled-to-3", traffic)
 
             kubectl("delete", "pod", f"{name}-1", "--wait=false")
-            wait("pod replaced", lambda: not kubectl.json("pod", f"{name}-1")["metadata"].get("deletionTimestamp"))
+            wait(
+                "pod replaced",
+                lambda: not kubectl.json("pod", f"{name}-1")["metadata"].get("deletionTimestamp"),
+            )
             assert member_ids(available(kubectl, name, 3)) == first
             step(kubectl, provider, data, name, "pod-deleted", traffic)
 
@@ -86,16 +94,28 @@ def test_lifecycle(kubectl, provider, engine):
             kubectl("delete", "pod", lost, "--wait=false")
             # The status says Available with the old members until the operator has seen the loss: wait for the
             # member to change (it must come back under a new ID), then for the cluster to be whole again.
-            wait(f"{lost} replaced by a new member", lambda: member_ids(cluster_status(kubectl, name)).get(lost)
-                 not in (None, first[lost]), 600, 2.0)
+            wait(
+                f"{lost} replaced by a new member",
+                lambda: member_ids(cluster_status(kubectl, name)).get(lost) not in (None, first[lost]),
+                600,
+                2.0,
+            )
             after = member_ids(available(kubectl, name, 3))
             assert after[lost] != first[lost], f"{lost} came back under its old ID with a new volume"
-            assert {k: v for k, v in after.items() if k != lost} == {k: v for k, v in first.items() if k != lost}
+            assert {k: v for k, v in after.items() if k != lost} == {
+                k: v for k, v in first.items() if k != lost
+            }
             step(kubectl, provider, data, name, "volume-lost", traffic)
 
             revision = kubectl.json("statefulset", name)["status"].get("updateRevision")
-            kubectl("patch", "etcdcluster", name, "--type=merge", "-p",
-                    json.dumps({"spec": {"options": {"snapshotCount": 5000}}}))
+            kubectl(
+                "patch",
+                "etcdcluster",
+                name,
+                "--type=merge",
+                "-p",
+                json.dumps({"spec": {"options": {"snapshotCount": 5000}}}),
+            )
             wait("rolling change applied to every pod", lambda: _rolled(kubectl, name, revision), 600, 2.0)
             available(kubectl, name, 3)
             step(kubectl, provider, data, name, "rolled", traffic)
@@ -105,8 +125,15 @@ def test_lifecycle(kubectl, provider, engine):
             traffic.check(eps)
 
     kubectl("delete", "etcdcluster", name)
-    wait("everything deleted", lambda: kubectl("get", "statefulset,pvc,pod", "-l",
-                                               f"app.kubernetes.io/instance={name}", "-o", "name").strip() == "")
+    wait(
+        "everything deleted",
+        lambda: (
+            kubectl(
+                "get", "statefulset,pvc,pod", "-l", f"app.kubernetes.io/instance={name}", "-o", "name"
+            ).strip()
+            == ""
+        ),
+    )
     kubectl.apply(etcd_cluster(name, engine, replicas=3))
     again = member_ids(available(kubectl, name, 3))
     assert not set(again.values()) & (set(first.values()) | set(after.values())), "recreated under old IDs"
@@ -120,6 +147,7 @@ def count_keys(endpoint: str, prefix: str) -> int:
     async def count() -> int:
         async with Client([endpoint], timeout=10) as c:
             return (await c.get(prefix, prefix=True, count_only=True)).count
+
     return asyncio.run(count())
 
 
@@ -130,8 +158,11 @@ def _rolled(kubectl, name: str, old_revision: str | None) -> bool:
     if not new or new == old_revision:
         return False
     pods = kubectl.json("pod", "-l", f"app.kubernetes.io/instance={name}")["items"]
-    return bool(pods) and all(p["metadata"]["labels"].get("controller-revision-hash") == new for p in pods) \
+    return (
+        bool(pods)
+        and all(p["metadata"]["labels"].get("controller-revision-hash") == new for p in pods)
         and st.get("updatedReplicas") == st.get("replicas")
+    )
 
 
 def test_delete_with_retain_then_recreate(kubectl, provider, engine):
@@ -145,8 +176,15 @@ def test_delete_with_retain_then_recreate(kubectl, provider, engine):
     data = DataCheck()
     step(kubectl, provider, data, name, "created")
     kubectl("delete", "etcdcluster", name)
-    wait("the cluster's pods and StatefulSet gone", lambda: kubectl(
-        "get", "statefulset,pod", "-l", f"app.kubernetes.io/instance={name}", "-o", "name").strip() == "")
+    wait(
+        "the cluster's pods and StatefulSet gone",
+        lambda: (
+            kubectl(
+                "get", "statefulset,pod", "-l", f"app.kubernetes.io/instance={name}", "-o", "name"
+            ).strip()
+            == ""
+        ),
+    )
     assert pvcs(kubectl, name) == [f"data-{name}-0"], "reclaimPolicy Retain must keep the member volume"
     kubectl.apply(spec)
     available(kubectl, name, 1)
@@ -156,7 +194,9 @@ def test_delete_with_retain_then_recreate(kubectl, provider, engine):
 
 def test_auto_tls(kubectl, provider, engine):
     """Certificates made by the operator: members form over TLS and the client Secret holds what a client needs."""
-    kubectl.apply(etcd_cluster("sec", engine, replicas=3, tls={"client": {"mode": "auto"}, "peer": {"mode": "auto"}}))
+    kubectl.apply(
+        etcd_cluster("sec", engine, replicas=3, tls={"client": {"mode": "auto"}, "peer": {"mode": "auto"}})
+    )
     available(kubectl, "sec", 3)
     secret = kubectl.json("secret", "sec-client-tls")
     assert {"tls.crt", "tls.key", "ca.crt"} <= set(secret["data"])

@@ -1,11 +1,11 @@
 """python -m localkube up|down|env|status|node-kubeconfig   (PYTHONPATH=e2e; or e2e/localkube.sh)
 
-    up    start a control plane in --workdir and return, leaving it running (state in
-          WORKDIR/localkube.json, pids in WORKDIR/localkube.pids)
-    env   print `export KUBECONFIG=...; export PATH=<k8s bin dir>:$PATH` for eval
-    down  stop everything recorded in WORKDIR (also what a crashed test left there)
-    status  print the state file and which recorded processes still run
-    node-kubeconfig NAME  print the path of a kubeconfig for system:node:NAME
+up    start a control plane in --workdir and return, leaving it running (state in
+      WORKDIR/localkube.json, pids in WORKDIR/localkube.pids)
+env   print `export KUBECONFIG=...; export PATH=<k8s bin dir>:$PATH` for eval
+down  stop everything recorded in WORKDIR (also what a crashed test left there)
+status  print the state file and which recorded processes still run
+node-kubeconfig NAME  print the path of a kubeconfig for system:node:NAME
 """
 
 from __future__ import annotations
@@ -26,19 +26,28 @@ DEFAULT_WORKDIR = Path(os.environ.get("LOCALKUBE_WORKDIR", "/tmp/localkube"))
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="localkube", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="localkube", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("command", choices=["up", "down", "env", "status", "node-kubeconfig"])
     ap.add_argument("name", nargs="?", help="node name (node-kubeconfig)")
-    ap.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR,
-                    help=f"data, certificates, logs (default {DEFAULT_WORKDIR}, or $LOCALKUBE_WORKDIR)")
+    ap.add_argument(
+        "--workdir",
+        type=Path,
+        default=DEFAULT_WORKDIR,
+        help=f"data, certificates, logs (default {DEFAULT_WORKDIR}, or $LOCALKUBE_WORKDIR)",
+    )
     ap.add_argument("--store", choices=["etcdstore", "etcd"], default="etcdstore")
     ap.add_argument("--members", type=int, default=1)
     ap.add_argument("--compaction-interval", default=None, help="kube-apiserver --etcd-compaction-interval")
     ap.add_argument("--service-cidr", default="127.96.0.0/16")
     ap.add_argument("--fresh", action="store_true", help="up: delete the work dir first")
-    ap.add_argument("--nodes", type=int, default=0,
-                    help="up: also start the node agent with this many Nodes (node-1..N) that run pods as processes")
+    ap.add_argument(
+        "--nodes",
+        type=int,
+        default=0,
+        help="up: also start the node agent with this many Nodes (node-1..N) that run pods as processes",
+    )
     args = ap.parse_args(argv)
     workdir: Path = args.workdir.resolve()
 
@@ -49,13 +58,22 @@ def main(argv: list[str] | None = None) -> int:
             down(workdir)
         if args.fresh:
             import shutil
+
             shutil.rmtree(workdir, ignore_errors=True)
-        cp = ControlPlane(workdir, store=args.store, members=args.members,
-                          compaction_interval=args.compaction_interval, service_cidr=args.service_cidr,
-                          die_with_parent=False)
+        cp = ControlPlane(
+            workdir,
+            store=args.store,
+            members=args.members,
+            compaction_interval=args.compaction_interval,
+            service_cidr=args.service_cidr,
+            die_with_parent=False,
+        )
         cp.start()
-        print(f"localkube: {args.store} x{args.members}, kube-apiserver at {cp.server}, "
-              f"up in {cp.startup_seconds:.1f} s", file=sys.stderr)
+        print(
+            f"localkube: {args.store} x{args.members}, kube-apiserver at {cp.server}, "
+            f"up in {cp.startup_seconds:.1f} s",
+            file=sys.stderr,
+        )
         if args.nodes:
             nodes = [f"node-{i}" for i in range(1, args.nodes + 1)]
             NodeAgent(cp, nodes, workdir / "nodeagent", die_with_parent=False).start()
@@ -70,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "env":
         state = attach(workdir)
         print(f"export KUBECONFIG={shlex.quote(state['kubeconfig'])}")
-        print(f"export PATH={shlex.quote(state['bin_dir'])}:\"$PATH\"")
+        print(f'export PATH={shlex.quote(state["bin_dir"])}:"$PATH"')
         return 0
     if args.command == "status":
         if not (workdir / STATE_FILE).exists():
@@ -90,8 +108,13 @@ def main(argv: list[str] | None = None) -> int:
         path = workdir / f"node-{args.name}.kubeconfig"
         if not path.exists():
             pki = PKI(workdir / "pki")
-            write_kubeconfig(path, state["server"], pki.ca.cert_pem(), pki.node_client(args.name),
-                             f"system:node:{args.name}")
+            write_kubeconfig(
+                path,
+                state["server"],
+                pki.ca.cert_pem(),
+                pki.node_client(args.name),
+                f"system:node:{args.name}",
+            )
         print(path)
         return 0
     return 2

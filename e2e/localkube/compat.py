@@ -120,8 +120,10 @@ class Script:
             res = fn()
             value, detail = (res, "") if isinstance(res, str) else res
         except subprocess.CalledProcessError as e:
-            value, detail = f"FAILED: {normalise((e.stderr or e.stdout or str(e)).strip()[-300:])}", \
-                (e.stderr or "")[-2000:]
+            value, detail = (
+                f"FAILED: {normalise((e.stderr or e.stdout or str(e)).strip()[-300:])}",
+                (e.stderr or "")[-2000:],
+            )
         except Exception as e:  # noqa: BLE001 - a failed step is a result, and the next steps still run
             value, detail = f"FAILED: {normalise(str(e))[:300]}", traceback.format_exc()[-2000:]
         out = Outcome(value, time.monotonic() - t0, detail)
@@ -139,6 +141,7 @@ class Script:
                     except Exception:  # noqa: BLE001 - no Lease yet, or not readable: reported as none
                         lease = None
                     self._lease_samples.append((time.monotonic(), name, lease))
+
         self._lease_thread = threading.Thread(target=loop, daemon=True)
         self._lease_thread.start()
 
@@ -149,8 +152,10 @@ class Script:
         etcd_ready = [ln.strip() for ln in ready.splitlines() if "etcd" in ln]
         etcd_live = [ln.strip() for ln in live.splitlines() if "etcd" in ln]
         single = self.raw("/readyz/etcd").stdout.strip()
-        return (f"readyz: {', '.join(etcd_ready)}; livez: {', '.join(etcd_live)}; /readyz/etcd: {single}",
-                ready + live)
+        return (
+            f"readyz: {', '.join(etcd_ready)}; livez: {', '.join(etcd_live)}; /readyz/etcd: {single}",
+            ready + live,
+        )
 
     def step_storage_features(self) -> tuple[str, str]:
         log = (self.cp.logs / "kube-apiserver.log").read_text(errors="replace")
@@ -159,28 +164,45 @@ class Script:
         size = [ln for ln in metrics.splitlines() if ln.startswith("apiserver_storage_size_bytes")]
         # A watch-list (streaming list) request needs RequestWatchProgress from etcd.
         ns = self.ns("compat-features")
-        wl = self.raw(f"/api/v1/namespaces/{ns}/configmaps?watch=1&sendInitialEvents=true"
-                      "&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&timeoutSeconds=5",
-                      check=False)
+        wl = self.raw(
+            f"/api/v1/namespaces/{ns}/configmaps?watch=1&sendInitialEvents=true"
+            "&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&timeoutSeconds=5",
+            check=False,
+        )
         first = (wl.stdout.strip().splitlines() or [wl.stderr.strip()])[0]
         try:
             ev = json.loads(first)
             wl_result = f"{ev['type']} {ev['object'].get('code', '')} {ev['object'].get('message', '')}"
         except (ValueError, KeyError, TypeError):
             wl_result = first
-        value = (f"RequestWatchProgress {'unsupported' if unsupported else 'supported'}; "
-                 f"apiserver_storage_size_bytes {'reported' if size else 'absent'}; "
-                 f"watch-list: {normalise(wl_result)}")
+        value = (
+            f"RequestWatchProgress {'unsupported' if unsupported else 'supported'}; "
+            f"apiserver_storage_size_bytes {'reported' if size else 'absent'}; "
+            f"watch-list: {normalise(wl_result)}"
+        )
         return value, "\n".join(size)
 
     def step_create_many(self) -> tuple[str, str]:
         ns = self.ns("compat-list")
         n = self.opts.objects
-        items = [{"apiVersion": "v1", "kind": "ConfigMap",
-                  "metadata": {"name": f"cm-{i:05d}", "labels": {"compat": "list", "parity": str(i % 2)}},
-                  "data": {"i": str(i), "blob": "x" * 512}} for i in range(n)]
-        out = self.k("create", "-n", ns, "-f", "-", input=yaml.safe_dump({"apiVersion": "v1", "kind": "List",
-                                                                          "items": items}), timeout=600)
+        items = [
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": f"cm-{i:05d}", "labels": {"compat": "list", "parity": str(i % 2)}},
+                "data": {"i": str(i), "blob": "x" * 512},
+            }
+            for i in range(n)
+        ]
+        out = self.k(
+            "create",
+            "-n",
+            ns,
+            "-f",
+            "-",
+            input=yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": items}),
+            timeout=600,
+        )
         created = sum(1 for ln in out.stdout.splitlines() if ln.endswith(" created"))
         return f"{created} created", ""
 
@@ -189,8 +211,9 @@ class Script:
         r = self.k("get", "configmaps", "-n", ns, f"--chunk-size={self.opts.chunk}", "-o", "name", "-v=6")
         names = [x for x in r.stdout.splitlines() if x.strip()]
         pages = len(re.findall(r'"Response" verb="GET" url="[^"]*/configmaps\?[^"]*limit=', r.stderr))
-        sel = self.k("get", "configmaps", "-n", ns, f"--chunk-size={self.opts.chunk}", "-l", "parity=1",
-                     "-o", "name")
+        sel = self.k(
+            "get", "configmaps", "-n", ns, f"--chunk-size={self.opts.chunk}", "-l", "parity=1", "-o", "name"
+        )
         odd = len(sel.stdout.split())
         return f"{len(names)} items in {pages} requests; label selector parity=1: {odd}", ""
 
@@ -208,24 +231,37 @@ class Script:
             pages += 1
             rvs.add(page["metadata"]["resourceVersion"])
         # The same list from the watch cache (resourceVersion=0) and at an exact resourceVersion.
-        cached = json.loads(self.raw(f"/api/v1/namespaces/{ns}/configmaps?resourceVersion=0&limit={limit}").stdout)
-        exact = json.loads(self.raw(f"/api/v1/namespaces/{ns}/configmaps?resourceVersion={rv0}"
-                                    f"&resourceVersionMatch=Exact&limit={limit}").stdout)
-        value = (f"limit={limit}: {pages} pages, {total} items, first remainingItemCount={first_remaining}, "
-                 f"one list RV for all pages: {len(rvs) == 1}; RV=0: {len(cached['items'])} items "
-                 f"continue={'yes' if cached['metadata'].get('continue') else 'no'}; Exact RV: "
-                 f"{len(exact['items'])} items continue={'yes' if exact['metadata'].get('continue') else 'no'}")
+        cached = json.loads(
+            self.raw(f"/api/v1/namespaces/{ns}/configmaps?resourceVersion=0&limit={limit}").stdout
+        )
+        exact = json.loads(
+            self.raw(
+                f"/api/v1/namespaces/{ns}/configmaps?resourceVersion={rv0}"
+                f"&resourceVersionMatch=Exact&limit={limit}"
+            ).stdout
+        )
+        value = (
+            f"limit={limit}: {pages} pages, {total} items, first remainingItemCount={first_remaining}, "
+            f"one list RV for all pages: {len(rvs) == 1}; RV=0: {len(cached['items'])} items "
+            f"continue={'yes' if cached['metadata'].get('continue') else 'no'}; Exact RV: "
+            f"{len(exact['items'])} items continue={'yes' if exact['metadata'].get('continue') else 'no'}"
+        )
         return value, ""
 
     def _watch_lines(self, argv: list[str]) -> tuple[subprocess.Popen, queue.Queue[str]]:
-        p = subprocess.Popen([self.cp.binary("kubectl"), f"--kubeconfig={self.cp.kubeconfig}", *argv],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        p = subprocess.Popen(
+            [self.cp.binary("kubectl"), f"--kubeconfig={self.cp.kubeconfig}", *argv],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         q: queue.Queue[str] = queue.Queue()
 
         def pump() -> None:
             assert p.stdout is not None
             for line in p.stdout:
                 q.put(line.rstrip("\n"))
+
         threading.Thread(target=pump, daemon=True).start()
         return p, q
 
@@ -240,9 +276,19 @@ class Script:
         ns = self.ns("compat-watch")
         self.k("create", "configmap", "w1", "-n", ns, "--from-literal=a=1")
         # kubectl -w lists first (ADDED for w1), then watches from the list's resourceVersion: no race.
-        p, q = self._watch_lines(["get", "configmap", "-n", ns, "-w", "--output-watch-events",
-                                  "--field-selector=metadata.name!=kube-root-ca.crt",
-                                  "-o", "jsonpath={.type} {.object.metadata.name} {.object.data}{\"\\n\"}"])
+        p, q = self._watch_lines(
+            [
+                "get",
+                "configmap",
+                "-n",
+                ns,
+                "-w",
+                "--output-watch-events",
+                "--field-selector=metadata.name!=kube-root-ca.crt",
+                "-o",
+                'jsonpath={.type} {.object.metadata.name} {.object.data}{"\\n"}',
+            ]
+        )
         events = []
         try:
             events.append(self._next(q))
@@ -265,42 +311,83 @@ class Script:
 
     def step_apply_client(self) -> tuple[str, str]:
         ns = self.ns("compat-apply")
-        m1 = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ca", "namespace": ns},
-              "data": {"a": "1", "b": "2"}}
+        m1 = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "ca", "namespace": ns},
+            "data": {"a": "1", "b": "2"},
+        }
         out = [self.k("apply", "-f", "-", input=yaml.safe_dump(m1)).stdout.strip()]
         out.append(self.k("apply", "-f", "-", input=yaml.safe_dump(m1)).stdout.strip())
         m2 = {**m1, "data": {"a": "1", "c": "3"}}
         out.append(self.k("apply", "-f", "-", input=yaml.safe_dump(m2)).stdout.strip())
         obj = self.kjson("get", "configmap", "ca", "-n", ns)
-        has_last = "kubectl.kubernetes.io/last-applied-configuration" in obj["metadata"].get("annotations", {})
-        return f"{' / '.join(out)}; data={json.dumps(obj['data'], sort_keys=True)}; last-applied={has_last}", ""
+        has_last = "kubectl.kubernetes.io/last-applied-configuration" in obj["metadata"].get(
+            "annotations", {}
+        )
+        return (
+            f"{' / '.join(out)}; data={json.dumps(obj['data'], sort_keys=True)}; last-applied={has_last}",
+            "",
+        )
 
     def step_apply_server(self) -> tuple[str, str]:
         ns = self.ns("compat-ssa")
-        m = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "sa", "namespace": ns},
-             "data": {"owner": "one"}}
-        out = [self.k("apply", "--server-side", "--field-manager=one", "-f", "-", input=yaml.safe_dump(m)).stdout.strip()]
+        m = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "sa", "namespace": ns},
+            "data": {"owner": "one"},
+        }
+        out = [
+            self.k(
+                "apply", "--server-side", "--field-manager=one", "-f", "-", input=yaml.safe_dump(m)
+            ).stdout.strip()
+        ]
         m2 = {**m, "data": {"owner": "two"}}
-        conflict = self.k("apply", "--server-side", "--field-manager=two", "-f", "-", input=yaml.safe_dump(m2),
-                          check=False)
-        out.append("conflict" if conflict.returncode and "conflict" in conflict.stderr.lower()
-                   else f"no conflict ({conflict.returncode})")
-        out.append(self.k("apply", "--server-side", "--field-manager=two", "--force-conflicts", "-f", "-",
-                          input=yaml.safe_dump(m2)).stdout.strip())
+        conflict = self.k(
+            "apply", "--server-side", "--field-manager=two", "-f", "-", input=yaml.safe_dump(m2), check=False
+        )
+        out.append(
+            "conflict"
+            if conflict.returncode and "conflict" in conflict.stderr.lower()
+            else f"no conflict ({conflict.returncode})"
+        )
+        out.append(
+            self.k(
+                "apply",
+                "--server-side",
+                "--field-manager=two",
+                "--force-conflicts",
+                "-f",
+                "-",
+                input=yaml.safe_dump(m2),
+            ).stdout.strip()
+        )
         obj = self.kjson("get", "configmap", "sa", "-n", ns, "--show-managed-fields")
         managers = sorted(f"{f['manager']}:{f['operation']}" for f in obj["metadata"]["managedFields"])
         # Apply of an unchanged object is a no-op: the resourceVersion must not move.
         rv1 = obj["metadata"]["resourceVersion"]
         self.k("apply", "--server-side", "--field-manager=two", "-f", "-", input=yaml.safe_dump(m2))
         rv2 = self.kjson("get", "configmap", "sa", "-n", ns)["metadata"]["resourceVersion"]
-        value = f"{' / '.join(out)}; data={obj['data']}; managers={managers}; no-op apply keeps RV: {rv1 == rv2}"
+        value = (
+            f"{' / '.join(out)}; data={obj['data']}; managers={managers}; no-op apply keeps RV: {rv1 == rv2}"
+        )
         return value, ""
 
     def _deployment(self, ns: str, name: str, replicas: int = 3) -> None:
-        d = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "namespace": ns},
-             "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
-                      "template": {"metadata": {"labels": {"app": name}},
-                                   "spec": {"containers": [{"name": "c", "image": "registry.invalid/none:1"}]}}}}
+        d = {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {
+                "replicas": replicas,
+                "selector": {"matchLabels": {"app": name}},
+                "template": {
+                    "metadata": {"labels": {"app": name}},
+                    "spec": {"containers": [{"name": "c", "image": "registry.invalid/none:1"}]},
+                },
+            },
+        }
         self.k("apply", "-f", "-", input=yaml.safe_dump(d))
         self.wait(f"{replicas} pods of {name}", lambda: self.count("pods", ns, f"app={name}") == replicas)
 
@@ -316,16 +403,21 @@ class Script:
             def orphaned() -> bool:
                 rs = self.kjson("get", "replicasets", "-n", ns, "-l", "app=d")["items"]
                 return bool(rs) and not any(r["metadata"].get("ownerReferences") for r in rs)
+
             self.wait("orphaned ReplicaSet", orphaned)
         else:
-            self.wait("ReplicaSets and pods collected",
-                      lambda: self.count("replicasets", ns, "app=d") + self.count("pods", ns, "app=d") == 0)
+            self.wait(
+                "ReplicaSets and pods collected",
+                lambda: self.count("replicasets", ns, "app=d") + self.count("pods", ns, "app=d") == 0,
+            )
         rs, pods = self.count("replicasets", ns, "app=d"), self.count("pods", ns, "app=d")
         pods_owned = ""
         if cascade == "orphan":
             pods_owned = f", pods still owned by the RS: {pods}"
-        return (f"deployment deleted, rs before {rs_before}, after: rs {rs}, pods {pods}{pods_owned}",
-                f"delete returned after {gone:.1f} s")
+        return (
+            f"deployment deleted, rs before {rs_before}, after: rs {rs}, pods {pods}{pods_owned}",
+            f"delete returned after {gone:.1f} s",
+        )
 
     def step_gc_foreground(self) -> tuple[str, str]:
         return self._delete_deployment("foreground")
@@ -341,33 +433,79 @@ class Script:
         self.k("create", "configmap", "owner", "-n", ns, "--from-literal=a=1")
         uid = self.kjson("get", "configmap", "owner", "-n", ns)["metadata"]["uid"]
         for i in range(3):
-            dep = {"apiVersion": "v1", "kind": "ConfigMap",
-                   "metadata": {"name": f"dep-{i}", "namespace": ns, "ownerReferences": [
-                       {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": uid}]}}
+            dep = {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {
+                    "name": f"dep-{i}",
+                    "namespace": ns,
+                    "ownerReferences": [
+                        {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": uid}
+                    ],
+                },
+            }
             self.k("create", "-f", "-", input=yaml.safe_dump(dep))
         # A dependent whose owner does not exist is collected too.
-        dangling = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "dangling", "namespace": ns,
-                    "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "ghost",
-                                         "uid": "00000000-0000-0000-0000-000000000001"}]}}
+        dangling = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": "dangling",
+                "namespace": ns,
+                "ownerReferences": [
+                    {
+                        "apiVersion": "v1",
+                        "kind": "ConfigMap",
+                        "name": "ghost",
+                        "uid": "00000000-0000-0000-0000-000000000001",
+                    }
+                ],
+            },
+        }
         self.k("create", "-f", "-", input=yaml.safe_dump(dangling))
         self.k("delete", "configmap", "owner", "-n", ns, "--cascade=foreground", "--timeout=90s")
         self.wait("dependents collected", lambda: self.count("configmaps", ns) == 1)  # kube-root-ca.crt
         return f"owner deleted (foreground), dependents left: {self.count('configmaps', ns) - 1}", ""
 
     CRD: ClassVar[dict[str, Any]] = {
-        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
         "metadata": {"name": "widgets.compat.example.com"},
-        "spec": {"group": "compat.example.com", "scope": "Namespaced",
-                 "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
-                 "versions": [{"name": "v1", "served": True, "storage": True,
-                               "subresources": {"status": {}},
-                               "schema": {"openAPIV3Schema": {"type": "object", "properties": {
-                                   "spec": {"type": "object",
-                                            "x-kubernetes-validations": [{"rule": "self.replicas <= self.maxReplicas",
-                                                                          "message": "replicas must not exceed maxReplicas"}],
-                                            "properties": {"replicas": {"type": "integer", "minimum": 0},
-                                                           "maxReplicas": {"type": "integer"}}},
-                                   "status": {"type": "object", "properties": {"ready": {"type": "integer"}}}}}}}]}}
+        "spec": {
+            "group": "compat.example.com",
+            "scope": "Namespaced",
+            "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "properties": {
+                                "spec": {
+                                    "type": "object",
+                                    "x-kubernetes-validations": [
+                                        {
+                                            "rule": "self.replicas <= self.maxReplicas",
+                                            "message": "replicas must not exceed maxReplicas",
+                                        }
+                                    ],
+                                    "properties": {
+                                        "replicas": {"type": "integer", "minimum": 0},
+                                        "maxReplicas": {"type": "integer"},
+                                    },
+                                },
+                                "status": {"type": "object", "properties": {"ready": {"type": "integer"}}},
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
 
     def step_crd(self) -> tuple[str, str]:
         ns = self.ns("compat-crd")
@@ -376,9 +514,15 @@ class Script:
         out = []
 
         def cr(name: str, replicas: int, mx: int) -> str:
-            return yaml.safe_dump({"apiVersion": "compat.example.com/v1", "kind": "Widget",
-                                   "metadata": {"name": name, "namespace": ns},
-                                   "spec": {"replicas": replicas, "maxReplicas": mx}})
+            return yaml.safe_dump(
+                {
+                    "apiVersion": "compat.example.com/v1",
+                    "kind": "Widget",
+                    "metadata": {"name": name, "namespace": ns},
+                    "spec": {"replicas": replicas, "maxReplicas": mx},
+                }
+            )
+
         # The CRD's REST endpoint appears a moment after Established in discovery: retry the first create.
         deadline = time.monotonic() + 30
         while True:
@@ -388,15 +532,30 @@ class Script:
             time.sleep(0.5)
         out.append("create ok" if r.returncode == 0 else f"create failed: {normalise(r.stderr)}")
         bad = self.k("create", "-f", "-", input=cr("w2", 5, 3), check=False)
-        out.append("CEL rejects" if bad.returncode and "replicas must not exceed maxReplicas" in bad.stderr
-                   else f"CEL did not reject: {normalise(bad.stdout + bad.stderr)}")
+        out.append(
+            "CEL rejects"
+            if bad.returncode and "replicas must not exceed maxReplicas" in bad.stderr
+            else f"CEL did not reject: {normalise(bad.stdout + bad.stderr)}"
+        )
         self.k("patch", "widget", "w1", "-n", ns, "--type=merge", "-p", '{"spec":{"replicas":2}}')
-        self.k("patch", "widget", "w1", "-n", ns, "--subresource=status", "--type=merge", "-p",
-               '{"status":{"ready":2}}')
+        self.k(
+            "patch",
+            "widget",
+            "w1",
+            "-n",
+            ns,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            '{"status":{"ready":2}}',
+        )
         obj = self.kjson("get", "widget", "w1", "-n", ns)
-        out.append(f"spec={obj['spec']} status={obj.get('status')} generation={obj['metadata']['generation']}")
-        bad_patch = self.k("patch", "widget", "w1", "-n", ns, "--type=merge", "-p", '{"spec":{"replicas":9}}',
-                           check=False)
+        out.append(
+            f"spec={obj['spec']} status={obj.get('status')} generation={obj['metadata']['generation']}"
+        )
+        bad_patch = self.k(
+            "patch", "widget", "w1", "-n", ns, "--type=merge", "-p", '{"spec":{"replicas":9}}', check=False
+        )
         out.append("CEL rejects update" if bad_patch.returncode else "CEL accepted a bad update")
         for i in range(3, 8):
             self.k("create", "-f", "-", input=cr(f"w{i}", 0, 1))
@@ -409,8 +568,20 @@ class Script:
         return "; ".join(out), ""
 
     def _compact_rev(self) -> int:
-        r = subprocess.run([etcdctl_path(), "--endpoints", ",".join(self.cp.store.endpoints), "get",
-                            "compact_rev_key", "--print-value-only"], capture_output=True, text=True, timeout=20, check=False)
+        r = subprocess.run(
+            [
+                etcdctl_path(),
+                "--endpoints",
+                ",".join(self.cp.store.endpoints),
+                "get",
+                "compact_rev_key",
+                "--print-value-only",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        )
         try:
             return int(r.stdout.strip() or 0)
         except ValueError:
@@ -418,9 +589,14 @@ class Script:
 
     def step_compaction(self) -> tuple[str, str]:
         ns = self.ns("compat-compact")
-        tpl = lambda n: yaml.safe_dump({"apiVersion": "v1", "kind": "PodTemplate",
-                                        "metadata": {"name": n, "namespace": ns},
-                                        "template": {"spec": {"containers": [{"name": "c", "image": "x"}]}}})
+        tpl = lambda n: yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "PodTemplate",
+                "metadata": {"name": n, "namespace": ns},
+                "template": {"spec": {"containers": [{"name": "c", "image": "x"}]}},
+            }
+        )
         for n in ("pt-a", "pt-b", "pt-c"):
             self.k("create", "-f", "-", input=tpl(n))
         page = json.loads(self.raw(f"/api/v1/namespaces/{ns}/podtemplates?limit=1").stdout)
@@ -428,25 +604,46 @@ class Script:
         cont = page["metadata"]["continue"]
         for i in range(3):
             self.k("label", "podtemplate", "pt-a", "-n", ns, f"round={i}", "--overwrite")
-        waited = self.wait("the apiserver's compactor to pass the old revision",
-                           lambda: self._compact_rev() > rv_old, timeout=180, every=1.0)
+        waited = self.wait(
+            "the apiserver's compactor to pass the old revision",
+            lambda: self._compact_rev() > rv_old,
+            timeout=180,
+            every=1.0,
+        )
         out = []
-        exact = self.raw(f"/api/v1/namespaces/{ns}/podtemplates?resourceVersion={rv_old}"
-                         "&resourceVersionMatch=Exact", check=False)
+        exact = self.raw(
+            f"/api/v1/namespaces/{ns}/podtemplates?resourceVersion={rv_old}&resourceVersionMatch=Exact",
+            check=False,
+        )
         out.append(f"exact-RV list: {self._err(exact)}")
         cont_r = self.raw(f"/api/v1/namespaces/{ns}/podtemplates?limit=1&continue={cont}", check=False)
         out.append(f"continue: {self._err(cont_r)}")
-        w = self.raw(f"/api/v1/namespaces/{ns}/podtemplates?watch=1&resourceVersion={rv_old}&timeoutSeconds=5",
-                     check=False)
+        w = self.raw(
+            f"/api/v1/namespaces/{ns}/podtemplates?watch=1&resourceVersion={rv_old}&timeoutSeconds=5",
+            check=False,
+        )
         out.append(f"watch (no cache): {self._watch_err(w)}")
         # Through the watch cache (configmaps) the same compacted resourceVersion is still served: the
         # cache keeps its own window of events, independent of etcd's compaction.
-        wc = self.raw(f"/api/v1/namespaces/{ns}/configmaps?watch=1&resourceVersion={rv_old}&timeoutSeconds=5",
-                      check=False)
+        wc = self.raw(
+            f"/api/v1/namespaces/{ns}/configmaps?watch=1&resourceVersion={rv_old}&timeoutSeconds=5",
+            check=False,
+        )
         out.append(f"watch (cache): {self._watch_err(wc)}")
-        direct = subprocess.run([etcdctl_path(), "--endpoints", ",".join(self.cp.store.endpoints), "get",
-                                 f"--rev={rv_old}", f"/registry/podtemplates/{ns}/pt-a"],
-                                capture_output=True, text=True, timeout=20, check=False)
+        direct = subprocess.run(
+            [
+                etcdctl_path(),
+                "--endpoints",
+                ",".join(self.cp.store.endpoints),
+                "get",
+                f"--rev={rv_old}",
+                f"/registry/podtemplates/{ns}/pt-a",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        )
         last = ((direct.stderr or direct.stdout).strip().splitlines() or [""])[-1]
         out.append(f"etcdctl get --rev: {normalise(last)}")
         return "; ".join(out), f"compaction passed the old RV after {waited:.1f} s"
@@ -465,7 +662,9 @@ class Script:
         if errs:
             o = errs[0]["object"]
             return normalise(f"ERROR {o.get('code')} {o.get('reason')}: {o.get('message')}")
-        return f"{len(events)} events, no error" + (f" ({normalise(r.stderr.strip()[-150:])})" if r.returncode else "")
+        return f"{len(events)} events, no error" + (
+            f" ({normalise(r.stderr.strip()[-150:])})" if r.returncode else ""
+        )
 
     def step_kill_leader(self) -> tuple[str, str]:
         store = self.cp.store
@@ -477,8 +676,15 @@ class Script:
         if leader is None:
             raise Failed("no leader found")
         stop = threading.Event()
-        stats = {"writes": 0, "landed": 0, "failed_attempts": 0, "reads": 0, "failed_reads": 0,
-                 "max_stall": 0.0, "errors": set()}
+        stats = {
+            "writes": 0,
+            "landed": 0,
+            "failed_attempts": 0,
+            "reads": 0,
+            "failed_reads": 0,
+            "max_stall": 0.0,
+            "errors": set(),
+        }
 
         def writer() -> None:
             i = 0
@@ -487,8 +693,17 @@ class Script:
                 t0 = time.monotonic()
                 stats["writes"] += 1
                 while True:
-                    r = self.k("create", "configmap", name, "-n", ns, "--from-literal=i=1",
-                               "--request-timeout=10s", check=False, timeout=30)
+                    r = self.k(
+                        "create",
+                        "configmap",
+                        name,
+                        "-n",
+                        ns,
+                        "--from-literal=i=1",
+                        "--request-timeout=10s",
+                        check=False,
+                        timeout=30,
+                    )
                     if r.returncode == 0 or "AlreadyExists" in r.stderr:
                         stats["landed"] += 1
                         break
@@ -498,8 +713,17 @@ class Script:
                         break
                     time.sleep(0.2)
                 stats["max_stall"] = max(stats["max_stall"], time.monotonic() - t0)
-                r = self.k("get", "configmaps", "-n", ns, "-o", "name", "--request-timeout=10s", check=False,
-                           timeout=30)
+                r = self.k(
+                    "get",
+                    "configmaps",
+                    "-n",
+                    ns,
+                    "-o",
+                    "name",
+                    "--request-timeout=10s",
+                    check=False,
+                    timeout=30,
+                )
                 stats["reads"] += 1
                 if r.returncode:
                     stats["failed_reads"] += 1
@@ -519,13 +743,17 @@ class Script:
         self.wait("killed member healthy", lambda: store.members[leader].healthy(), timeout=60)
         present = self.count("configmaps", ns) - 1
         ok = stats["landed"] == stats["writes"] == present
-        value = (f"leader killed: {'kubectl kept working' if ok else 'WRITES LOST OR FAILED'} "
-                 f"(writes landed = attempted = listed: {ok}); new leader elected: {new_leader is not None}; "
-                 f"old leader rejoined")
-        detail = (f"writes {stats['writes']} landed {stats['landed']} listed {present}; failed attempts "
-                  f"{stats['failed_attempts']}; reads {stats['reads']} failed {stats['failed_reads']}; "
-                  f"longest write incl. retries {stats['max_stall']:.1f} s; "
-                  f"errors: {sorted(stats['errors'])}; killed {time.monotonic() - killed_at:.0f} s ago")
+        value = (
+            f"leader killed: {'kubectl kept working' if ok else 'WRITES LOST OR FAILED'} "
+            f"(writes landed = attempted = listed: {ok}); new leader elected: {new_leader is not None}; "
+            f"old leader rejoined"
+        )
+        detail = (
+            f"writes {stats['writes']} landed {stats['landed']} listed {present}; failed attempts "
+            f"{stats['failed_attempts']}; reads {stats['reads']} failed {stats['failed_reads']}; "
+            f"longest write incl. retries {stats['max_stall']:.1f} s; "
+            f"errors: {sorted(stats['errors'])}; killed {time.monotonic() - killed_at:.0f} s ago"
+        )
         return value, detail
 
     def step_leases(self) -> tuple[str, str]:
@@ -547,8 +775,9 @@ class Script:
             renewals = len({lease["spec"].get("renewTime") for _, lease in samples})
             span = samples[-1][0] - samples[0][0]
             parts.append(f"{name}: {len(holders)} holder(s), transitions +{trans[-1] - trans[0]}")
-            details.append(f"{name}: {renewals} distinct renewTimes over {span:.0f} s, "
-                           f"{len(samples)} samples")
+            details.append(
+                f"{name}: {renewals} distinct renewTimes over {span:.0f} s, {len(samples)} samples"
+            )
         procs_ok = self.cp.controller_manager.running and self.cp.scheduler.running
         parts.append(f"both processes running: {procs_ok}")
         return "; ".join(parts), "; ".join(details) + f"; held {time.monotonic() - self.started:.0f} s"
@@ -591,6 +820,7 @@ class Script:
         """The gRPC methods the store's members served (their grpc_server_started_total counters):
         what kube-apiserver (plus this script's few etcdctl calls) asked of the store."""
         import urllib.request
+
         calls: dict[str, int] = {}
         for m in self.cp.store.members:
             if not m.proc.running:
@@ -645,12 +875,17 @@ class BackendRun:
     error: str = ""
 
 
-def run_backend(store: str, members: int, opts: Options, workroot: Path,
-                log: Callable[[str], None]) -> BackendRun:
+def run_backend(
+    store: str, members: int, opts: Options, workroot: Path, log: Callable[[str], None]
+) -> BackendRun:
     run = BackendRun(f"{store} x{members}", store, members)
-    cp = ControlPlane(workroot / f"{store}-{members}", store=store, members=members,
-                      compaction_interval=opts.compaction_interval,
-                      watch_cache_sizes=(KNOWN_WATCH_CACHE_OFF,))
+    cp = ControlPlane(
+        workroot / f"{store}-{members}",
+        store=store,
+        members=members,
+        compaction_interval=opts.compaction_interval,
+        watch_cache_sizes=(KNOWN_WATCH_CACHE_OFF,),
+    )
     log(f"== {run.label}: starting the control plane in {cp.workdir}")
     try:
         cp.start()
@@ -685,8 +920,11 @@ def table(runs: list[BackendRun]) -> str:
     """One row per step; `same`: etcd and etcdstore agree at each cluster size."""
     steps = [t for t, _ in Script.STEPS]
     head = ["operation"] + [r.label for r in runs] + ["same"]
-    rows = [["control plane start-up"] + [f"{r.startup:.1f} s" if not r.error else f"FAILED: {r.error}"
-                                          for r in runs] + [""]]
+    rows = [
+        ["control plane start-up"]
+        + [f"{r.startup:.1f} s" if not r.error else f"FAILED: {r.error}" for r in runs]
+        + [""]
+    ]
     for step in steps:
         cells = []
         for r in runs:
@@ -707,8 +945,16 @@ def load(path: Path) -> list[BackendRun]:
     out = []
     for d in json.loads(path.read_text()):
         store, _, n = d["label"].partition(" x")
-        out.append(BackendRun(d["label"], store, int(n), d["startup"],
-                              {k: Outcome(**v) for k, v in d["results"].items()}, d["error"]))
+        out.append(
+            BackendRun(
+                d["label"],
+                store,
+                int(n),
+                d["startup"],
+                {k: Outcome(**v) for k, v in d["results"].items()},
+                d["error"],
+            )
+        )
     return out
 
 
@@ -721,16 +967,29 @@ def parse_backends(spec: str) -> list[tuple[str, int]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m localkube.compat", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--backends", default=None,
-                    help="comma-separated store:members (default etcd:1,etcdstore:1,etcd:3,etcdstore:3)")
-    ap.add_argument("--short", action="store_true",
-                    help="etcd:1,etcdstore:1, 100 objects, 60 s lease hold (what tests/k8s runs)")
+    ap = argparse.ArgumentParser(
+        prog="python -m localkube.compat",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument(
+        "--backends",
+        default=None,
+        help="comma-separated store:members (default etcd:1,etcdstore:1,etcd:3,etcdstore:3)",
+    )
+    ap.add_argument(
+        "--short",
+        action="store_true",
+        help="etcd:1,etcdstore:1, 100 objects, 60 s lease hold (what tests/k8s runs)",
+    )
     ap.add_argument("--objects", type=int, default=None, help="ConfigMaps to create (default 500)")
-    ap.add_argument("--lease-hold", type=float, default=None,
-                    help="seconds the leases are watched per backend (default 480: the watch-cache consistency "
-                         "checker first runs 5-7.5 min after start; --short 60)")
+    ap.add_argument(
+        "--lease-hold",
+        type=float,
+        default=None,
+        help="seconds the leases are watched per backend (default 480: the watch-cache consistency "
+        "checker first runs 5-7.5 min after start; --short 60)",
+    )
     ap.add_argument("--compaction-interval", default="10s")
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None, help="write all results and details here")
@@ -744,11 +1003,14 @@ def main(argv: list[str] | None = None) -> int:
         if diff:
             print(f"\ndifferent results: {', '.join(diff)}")
         return 1 if diff else 0
-    backends = parse_backends(args.backends or ("etcd:1,etcdstore:1" if args.short
-                                                else "etcd:1,etcdstore:1,etcd:3,etcdstore:3"))
-    opts = Options(objects=args.objects or (100 if args.short else 500),
-                   lease_hold=args.lease_hold if args.lease_hold is not None else (60 if args.short else 480),
-                   compaction_interval=args.compaction_interval)
+    backends = parse_backends(
+        args.backends or ("etcd:1,etcdstore:1" if args.short else "etcd:1,etcdstore:1,etcd:3,etcdstore:3")
+    )
+    opts = Options(
+        objects=args.objects or (100 if args.short else 500),
+        lease_hold=args.lease_hold if args.lease_hold is not None else (60 if args.short else 480),
+        compaction_interval=args.compaction_interval,
+    )
     workroot = args.workdir or Path(tempfile.mkdtemp(prefix="localkube-compat-"))
     log = lambda s: print(s, file=sys.stderr, flush=True)
     runs = [run_backend(store, n, opts, workroot, log) for store, n in backends]
@@ -760,9 +1022,20 @@ def main(argv: list[str] | None = None) -> int:
                 if o.detail:
                     print(f"- {step}: {o.detail.strip()[:1500]}")
     if args.json:
-        args.json.write_text(json.dumps([{"label": r.label, "startup": r.startup, "error": r.error,
-                                          "results": {k: vars(v) for k, v in r.results.items()}}
-                                         for r in runs], indent=2))
+        args.json.write_text(
+            json.dumps(
+                [
+                    {
+                        "label": r.label,
+                        "startup": r.startup,
+                        "error": r.error,
+                        "results": {k: vars(v) for k, v in r.results.items()},
+                    }
+                    for r in runs
+                ],
+                indent=2,
+            )
+        )
     diff = differences(runs)
     failed = [f"{r.label}: {s}" for r in runs for s, o in r.results.items() if o.value.startswith("FAILED")]
     if diff:

@@ -37,13 +37,28 @@ from .stores import Store
 # Production admission (kubeadm's defaults plus what the issue asks for; the order is not
 # significant: kube-apiserver applies them in its own fixed order).
 ADMISSION_PLUGINS = (
-    "NamespaceLifecycle", "LimitRanger", "ServiceAccount", "DefaultStorageClass",
-    "DefaultTolerationSeconds", "MutatingAdmissionWebhook", "ValidatingAdmissionWebhook",
-    "ValidatingAdmissionPolicy", "ResourceQuota", "PodSecurity", "NodeRestriction",
-    "OwnerReferencesPermissionEnforcement", "StorageObjectInUseProtection",
-    "PersistentVolumeClaimResize", "Priority", "RuntimeClass", "CertificateApproval",
-    "CertificateSigning", "CertificateSubjectRestriction", "TaintNodesByCondition",
-    "DefaultIngressClass", "ClusterTrustBundleAttest",
+    "NamespaceLifecycle",
+    "LimitRanger",
+    "ServiceAccount",
+    "DefaultStorageClass",
+    "DefaultTolerationSeconds",
+    "MutatingAdmissionWebhook",
+    "ValidatingAdmissionWebhook",
+    "ValidatingAdmissionPolicy",
+    "ResourceQuota",
+    "PodSecurity",
+    "NodeRestriction",
+    "OwnerReferencesPermissionEnforcement",
+    "StorageObjectInUseProtection",
+    "PersistentVolumeClaimResize",
+    "Priority",
+    "RuntimeClass",
+    "CertificateApproval",
+    "CertificateSigning",
+    "CertificateSubjectRestriction",
+    "TaintNodesByCondition",
+    "DefaultIngressClass",
+    "ClusterTrustBundleAttest",
 )
 
 # kube-controller-manager: every controller enabled by default ("*": statefulset, garbage
@@ -61,14 +76,25 @@ class ControlPlaneError(RuntimeError):
     pass
 
 
-def write_kubeconfig(path: Path, server: str, ca_pem: bytes, pair: CertPair, user: str,
-                     cluster: str = "localkube") -> Path:
+def write_kubeconfig(
+    path: Path, server: str, ca_pem: bytes, pair: CertPair, user: str, cluster: str = "localkube"
+) -> Path:
     b64 = lambda b: base64.b64encode(b).decode()
     config = {
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": [{"name": cluster, "cluster": {"server": server, "certificate-authority-data": b64(ca_pem)}}],
-        "users": [{"name": user, "user": {"client-certificate-data": b64(pair.cert_pem()),
-                                          "client-key-data": b64(pair.key_pem())}}],
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {"name": cluster, "cluster": {"server": server, "certificate-authority-data": b64(ca_pem)}}
+        ],
+        "users": [
+            {
+                "name": user,
+                "user": {
+                    "client-certificate-data": b64(pair.cert_pem()),
+                    "client-key-data": b64(pair.key_pem()),
+                },
+            }
+        ],
         "contexts": [{"name": f"{user}@{cluster}", "context": {"cluster": cluster, "user": user}}],
         "current-context": f"{user}@{cluster}",
     }
@@ -85,8 +111,14 @@ class Api:
         self.ctx = ssl.create_default_context(cafile=str(ca))
         self.ctx.load_cert_chain(str(pair.cert), str(pair.key))
 
-    def request(self, method: str, path: str, body: Any = None, timeout: float = 10.0,
-                content_type: str = "application/json") -> tuple[int, bytes]:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        timeout: float = 10.0,
+        content_type: str = "application/json",
+    ) -> tuple[int, bytes]:
         conn = http.client.HTTPSConnection(HOST, self.port, context=self.ctx, timeout=timeout)
         try:
             data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
@@ -108,20 +140,26 @@ class Api:
 
 
 class ControlPlane:
-    def __init__(self, workdir: Path | str, store: str = "etcdstore", members: int = 1,
-                 compaction_interval: str | None = None, *,
-                 service_cidr: str = "127.96.0.0/16",
-                 advertise_address: str = "127.0.0.1",
-                 bin_dir: Path | None = None,
-                 die_with_parent: bool = True,
-                 watch_cache_sizes: tuple[str, ...] = (),
-                 apiserver_args: tuple[str, ...] = (),
-                 controller_manager_args: tuple[str, ...] = (),
-                 scheduler_args: tuple[str, ...] = (),
-                 store_args: tuple[str, ...] = (),
-                 node_monitor_grace_period: str = "20s",
-                 toleration_seconds: int = 60,
-                 verbosity: int = 2) -> None:
+    def __init__(
+        self,
+        workdir: Path | str,
+        store: str = "etcdstore",
+        members: int = 1,
+        compaction_interval: str | None = None,
+        *,
+        service_cidr: str = "127.96.0.0/16",
+        advertise_address: str = "127.0.0.1",
+        bin_dir: Path | None = None,
+        die_with_parent: bool = True,
+        watch_cache_sizes: tuple[str, ...] = (),
+        apiserver_args: tuple[str, ...] = (),
+        controller_manager_args: tuple[str, ...] = (),
+        scheduler_args: tuple[str, ...] = (),
+        store_args: tuple[str, ...] = (),
+        node_monitor_grace_period: str = "20s",
+        toleration_seconds: int = 60,
+        verbosity: int = 2,
+    ) -> None:
         self.workdir = Path(workdir).resolve()
         self.store_kind = store
         self.members = members
@@ -186,8 +224,11 @@ class ControlPlane:
 
     def env(self) -> dict[str, str]:
         """Environment for kubectl/helm/the operator: KUBECONFIG and the binaries on PATH."""
-        return {**os.environ, "KUBECONFIG": str(self.kubeconfig),
-                "PATH": f"{self.bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+        return {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "PATH": f"{self.bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
 
     # --- life cycle ------------------------------------------------------------------------------
     def __enter__(self) -> Self:
@@ -221,44 +262,78 @@ class ControlPlane:
         deadline = t0 + timeout
         self.pki = PKI.create(self.workdir / "pki", service_ip=self.service_ip)
         self._mark("pki", t0)
-        self.store = Store(self.store_kind, self.members, self.workdir, self.pidfile,
-                           die_with_parent=self.die_with_parent, extra_args=self.store_args)
+        self.store = Store(
+            self.store_kind,
+            self.members,
+            self.workdir,
+            self.pidfile,
+            die_with_parent=self.die_with_parent,
+            extra_args=self.store_args,
+        )
         self.store.start(timeout=max(5.0, deadline - time.monotonic()))
         self._mark("store healthy", t0)
 
         self.port = free_port()
-        write_kubeconfig(self.kubeconfig, self.server, self.pki.ca.cert_pem(), self.pki.client("admin"),
-                         "admin")
-        kcm_kc = write_kubeconfig(self.workdir / "kube-controller-manager.kubeconfig", self.server,
-                                  self.pki.ca.cert_pem(), self.pki.client("kube-controller-manager"),
-                                  "system:kube-controller-manager")
-        sched_kc = write_kubeconfig(self.workdir / "kube-scheduler.kubeconfig", self.server,
-                                    self.pki.ca.cert_pem(), self.pki.client("kube-scheduler"),
-                                    "system:kube-scheduler")
+        write_kubeconfig(
+            self.kubeconfig, self.server, self.pki.ca.cert_pem(), self.pki.client("admin"), "admin"
+        )
+        kcm_kc = write_kubeconfig(
+            self.workdir / "kube-controller-manager.kubeconfig",
+            self.server,
+            self.pki.ca.cert_pem(),
+            self.pki.client("kube-controller-manager"),
+            "system:kube-controller-manager",
+        )
+        sched_kc = write_kubeconfig(
+            self.workdir / "kube-scheduler.kubeconfig",
+            self.server,
+            self.pki.ca.cert_pem(),
+            self.pki.client("kube-scheduler"),
+            "system:kube-scheduler",
+        )
         self.api = Api(self.port, self.pki.ca.cert, self.pki.client("admin"))
 
-        self.apiserver = Proc("kube-apiserver", self._apiserver_argv(bins), self.logs / "kube-apiserver.log",
-                              self.pidfile, die_with_parent=self.die_with_parent)
+        self.apiserver = Proc(
+            "kube-apiserver",
+            self._apiserver_argv(bins),
+            self.logs / "kube-apiserver.log",
+            self.pidfile,
+            die_with_parent=self.die_with_parent,
+        )
         self.apiserver.start()
         self._wait("kube-apiserver /readyz", deadline, lambda: self._ok("/readyz"))
         self._mark("apiserver ready", t0)
         # Started once the apiserver is ready: before its RBAC bootstrap, both exit at once on a
         # forbidden read of kube-system/extension-apiserver-authentication (a kubelet would restart them).
-        self.controller_manager = Proc("kube-controller-manager", self._kcm_argv(bins, kcm_kc),
-                                       self.logs / "kube-controller-manager.log", self.pidfile,
-                                       die_with_parent=self.die_with_parent)
+        self.controller_manager = Proc(
+            "kube-controller-manager",
+            self._kcm_argv(bins, kcm_kc),
+            self.logs / "kube-controller-manager.log",
+            self.pidfile,
+            die_with_parent=self.die_with_parent,
+        )
         self.controller_manager.start()
-        self.scheduler = Proc("kube-scheduler", self._scheduler_argv(bins, sched_kc),
-                              self.logs / "kube-scheduler.log", self.pidfile,
-                              die_with_parent=self.die_with_parent)
+        self.scheduler = Proc(
+            "kube-scheduler",
+            self._scheduler_argv(bins, sched_kc),
+            self.logs / "kube-scheduler.log",
+            self.pidfile,
+            die_with_parent=self.die_with_parent,
+        )
         self.scheduler.start()
-        self._wait("Service default/kubernetes", deadline,
-                   lambda: self.api.get_json("/api/v1/namespaces/default/services/kubernetes") is not None)
+        self._wait(
+            "Service default/kubernetes",
+            deadline,
+            lambda: self.api.get_json("/api/v1/namespaces/default/services/kubernetes") is not None,
+        )
         for name in ("kube-controller-manager", "kube-scheduler"):
             self._wait(f"Lease kube-system/{name}", deadline, lambda n=name: bool(self.lease_holder(n)))
         self._mark("leases held", t0)
-        self._wait("ServiceAccount default/default", deadline,
-                   lambda: self.api.get_json("/api/v1/namespaces/default/serviceaccounts/default") is not None)
+        self._wait(
+            "ServiceAccount default/default",
+            deadline,
+            lambda: self.api.get_json("/api/v1/namespaces/default/serviceaccounts/default") is not None,
+        )
         self._mark("ready", t0)
 
     def _ok(self, path: str) -> bool:
@@ -271,8 +346,9 @@ class ControlPlane:
         while True:
             for p in (self.apiserver, self.controller_manager, self.scheduler):
                 if p is not None and p.popen is not None and not p.running:
-                    raise ControlPlaneError(f"{p.name} exited with {p.exit_code()} while waiting for {what}:\n"
-                                            f"{p.tail(40)}")
+                    raise ControlPlaneError(
+                        f"{p.name} exited with {p.exit_code()} while waiting for {what}:\n{p.tail(40)}"
+                    )
             if cond():
                 return
             if time.monotonic() > deadline:
@@ -373,10 +449,16 @@ class ControlPlane:
     def _write_state(self) -> None:
         assert self.store is not None
         state = {
-            "server": self.server, "port": self.port, "kubeconfig": str(self.kubeconfig),
-            "ca": str(self.ca_file), "bin_dir": str(self.bin_dir), "store": self.store_kind,
-            "members": self.members, "etcd_servers": self.store.client_urls,
-            "service_cidr": self.service_cidr, "service_ip": self.service_ip,
+            "server": self.server,
+            "port": self.port,
+            "kubeconfig": str(self.kubeconfig),
+            "ca": str(self.ca_file),
+            "bin_dir": str(self.bin_dir),
+            "store": self.store_kind,
+            "members": self.members,
+            "etcd_servers": self.store.client_urls,
+            "service_cidr": self.service_cidr,
+            "service_ip": self.service_ip,
             "startup_seconds": round(self.startup_seconds or 0, 2),
             "pids": {p.name: p.pid for p in self.processes() if p.pid},
         }
@@ -393,8 +475,9 @@ class ControlPlane:
         assert self.pki is not None, "start() first"
         path = self.workdir / f"node-{name}.kubeconfig"
         if not path.exists():
-            write_kubeconfig(path, self.server, self.pki.ca.cert_pem(), self.pki.node_client(name),
-                             f"system:node:{name}")
+            write_kubeconfig(
+                path, self.server, self.pki.ca.cert_pem(), self.pki.node_client(name), f"system:node:{name}"
+            )
         return path
 
     def user_kubeconfig(self, user: str, groups: tuple[str, ...] = ()) -> Path:
@@ -405,8 +488,14 @@ class ControlPlane:
         write_kubeconfig(path, self.server, self.pki.ca.cert_pem(), self.pki.user_client(user, groups), user)
         return path
 
-    def kubectl(self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120,
-                kubeconfig: Path | None = None) -> subprocess.CompletedProcess:
+    def kubectl(
+        self,
+        *args: str,
+        input: str | None = None,
+        check: bool = True,
+        timeout: float = 120,
+        kubeconfig: Path | None = None,
+    ) -> subprocess.CompletedProcess:
         argv = [self.binary("kubectl"), f"--kubeconfig={kubeconfig or self.kubeconfig}", *args]
         r = subprocess.run(argv, input=input, capture_output=True, text=True, timeout=timeout, check=False)
         if check and r.returncode != 0:

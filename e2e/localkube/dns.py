@@ -103,7 +103,8 @@ class Records:
                 for p in ports:
                     if p.get("name"):
                         srv[f"_{p['name']}._{(p.get('protocol') or 'TCP').lower()}.{fqdn}"].append(
-                            (0, 100, int(p["port"]), fqdn))
+                            (0, 100, int(p["port"]), fqdn)
+                        )
                 continue
             members = service_pods(svc, pods, ready_only=not spec.get("publishNotReadyAddresses"))
             for p in sorted(members, key=lambda p: p["metadata"]["name"]):
@@ -118,8 +119,17 @@ class Records:
                 for port in ports:
                     if port.get("name"):
                         srv[f"_{port['name']}._{(port.get('protocol') or 'TCP').lower()}.{fqdn}"].append(
-                            (0, 100, int(port.get("targetPort") if str(port.get("targetPort", "")).isdigit()
-                                         else port["port"]), target))
+                            (
+                                0,
+                                100,
+                                int(
+                                    port.get("targetPort")
+                                    if str(port.get("targetPort", "")).isdigit()
+                                    else port["port"]
+                                ),
+                                target,
+                            )
+                        )
         r = cls()
         r.a = {k.lower(): v for k, v in a.items() if v}
         r.srv = {k.lower(): v for k, v in srv.items() if v}
@@ -141,7 +151,7 @@ def _parse_name(data: bytes, pos: int) -> tuple[str, int]:
             return ".".join(labels), pos + 1
         if n & 0xC0:
             raise ValueError("compressed question name")
-        labels.append(data[pos + 1: pos + 1 + n].decode("ascii", "replace"))
+        labels.append(data[pos + 1 : pos + 1 + n].decode("ascii", "replace"))
         pos += 1 + n
 
 
@@ -162,15 +172,17 @@ def answer(query: bytes, records: Records) -> bytes | None:
         return None
     try:
         qname, pos = _parse_name(query, 12)
-        qtype, _qclass = struct.unpack("!HH", query[pos: pos + 4])
+        qtype, _qclass = struct.unpack("!HH", query[pos : pos + 4])
     except (ValueError, IndexError, struct.error):
         return struct.pack("!HHHHHH", qid, 0x8001, 0, 0, 0, 0)  # FORMERR
-    question = query[12: pos + 4]
+    question = query[12 : pos + 4]
     name = qname.lower().rstrip(".")
     answers: list[bytes] = []
     if qtype in (T_A, T_ANY):
         for ip in records.a.get(name, []):
-            answers.append(b"\xc0\x0c" + struct.pack("!HHIH", T_A, 1, TTL, 4) + bytes(int(x) for x in ip.split(".")))
+            answers.append(
+                b"\xc0\x0c" + struct.pack("!HHIH", T_A, 1, TTL, 4) + bytes(int(x) for x in ip.split("."))
+            )
     if qtype in (T_SRV, T_ANY):
         for prio, weight, port, target in records.srv.get(name, []):
             rdata = struct.pack("!HHH", prio, weight, port) + _encode_name(target)
@@ -212,8 +224,11 @@ def hosts_file(pod: Obj, ip: str | None, domain: str = "cluster.local") -> str:
     """The kubelet's managed /etc/hosts."""
     ns = pod["metadata"]["namespace"]
     host = pod_hostname(pod)
-    lines = ["# Kubernetes-managed hosts file (localkube node agent).",
-             "127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
+    lines = [
+        "# Kubernetes-managed hosts file (localkube node agent).",
+        "127.0.0.1\tlocalhost",
+        "::1\tlocalhost ip6-localhost ip6-loopback",
+    ]
     sub = (pod.get("spec") or {}).get("subdomain")
     if ip:
         names = [f"{host}.{sub}.{ns}.svc.{domain}", host] if sub else [host]
@@ -224,9 +239,9 @@ def hosts_file(pod: Obj, ip: str | None, domain: str = "cluster.local") -> str:
 
 
 def resolv_conf(namespace: str, nameserver: str, domain: str = "cluster.local") -> str:
-    return (f"search {namespace}.svc.{domain} svc.{domain} {domain}\n"
-            f"nameserver {nameserver}\n"
-            "options ndots:5\n")
+    return (
+        f"search {namespace}.svc.{domain} svc.{domain} {domain}\nnameserver {nameserver}\noptions ndots:5\n"
+    )
 
 
 def write_in_place(path: Path, content: str) -> bool:

@@ -54,8 +54,9 @@ class ClusterView:
     def __init__(self, kube: Kube, on_change: Any) -> None:
         self.svc = Informer(kube, "/api/v1/services", on_change=on_change, name="services")
         self.pod = Informer(kube, "/api/v1/pods", on_change=on_change, name="pods")
-        self.eps = Informer(kube, "/apis/discovery.k8s.io/v1/endpointslices", on_change=on_change,
-                            name="endpointslices")
+        self.eps = Informer(
+            kube, "/apis/discovery.k8s.io/v1/endpointslices", on_change=on_change, name="endpointslices"
+        )
 
     def start(self) -> None:
         for i in (self.svc, self.pod, self.eps):
@@ -79,8 +80,11 @@ class ClusterView:
         return self.pod.list()
 
     def slices(self, ns: str, name: str) -> list[Obj]:
-        return [s for s in self.eps.list(ns)
-                if (s["metadata"].get("labels") or {}).get("kubernetes.io/service-name") == name]
+        return [
+            s
+            for s in self.eps.list(ns)
+            if (s["metadata"].get("labels") or {}).get("kubernetes.io/service-name") == name
+        ]
 
 
 def _meminfo_kib() -> int:
@@ -97,13 +101,22 @@ class NodeKubelet:
     def __init__(self, agent: Agent, name: str, index: int, kubeconfig: Path) -> None:
         self.agent, self.name, self.index = agent, name, index
         self.kube = Kube(kubeconfig, user_agent=f"localkube-nodeagent/{name}")
-        self.allocatable = {"cpu": str(agent.cpu), "memory": agent.memory, "pods": str(agent.max_pods),
-                            "ephemeral-storage": agent.ephemeral}
+        self.allocatable = {
+            "cpu": str(agent.cpu),
+            "memory": agent.memory,
+            "pods": str(agent.max_pods),
+            "ephemeral-storage": agent.ephemeral,
+        }
         self.pods: dict[str, PodRuntime] = {}  # by uid
         self._ips: dict[str, str] = {}  # uid -> ip
         self._next_ip = 2
-        self.informer = Informer(self.kube, "/api/v1/pods", params={"fieldSelector": f"spec.nodeName={name}"},
-                                 on_change=self._on_pod, name=f"pods@{name}")
+        self.informer = Informer(
+            self.kube,
+            "/api/v1/pods",
+            params={"fieldSelector": f"spec.nodeName={name}"},
+            on_change=self._on_pod,
+            name=f"pods@{name}",
+        )
         self._tasks: list[asyncio.Task[Any]] = []
         self.node_uid = ""
         self.server = KubeletServer(self)
@@ -138,37 +151,74 @@ class NodeKubelet:
     def _node_status(self) -> Obj:
         now = now_iso()
         conds = [
-            {"type": "MemoryPressure", "status": "False", "reason": "KubeletHasSufficientMemory",
-             "message": "kubelet has sufficient memory available"},
-            {"type": "DiskPressure", "status": "False", "reason": "KubeletHasNoDiskPressure",
-             "message": "kubelet has no disk pressure"},
-            {"type": "PIDPressure", "status": "False", "reason": "KubeletHasSufficientPID",
-             "message": "kubelet has sufficient PID available"},
-            {"type": "Ready", "status": "True", "reason": "KubeletReady",
-             "message": "localkube node agent is posting ready status"},
+            {
+                "type": "MemoryPressure",
+                "status": "False",
+                "reason": "KubeletHasSufficientMemory",
+                "message": "kubelet has sufficient memory available",
+            },
+            {
+                "type": "DiskPressure",
+                "status": "False",
+                "reason": "KubeletHasNoDiskPressure",
+                "message": "kubelet has no disk pressure",
+            },
+            {
+                "type": "PIDPressure",
+                "status": "False",
+                "reason": "KubeletHasSufficientPID",
+                "message": "kubelet has sufficient PID available",
+            },
+            {
+                "type": "Ready",
+                "status": "True",
+                "reason": "KubeletReady",
+                "message": "localkube node agent is posting ready status",
+            },
         ]
         for c in conds:
             c["lastHeartbeatTime"] = now
             c.setdefault("lastTransitionTime", self.agent.started_iso)
         return {
-            "capacity": self.allocatable, "allocatable": self.allocatable, "conditions": conds,
-            "addresses": [{"type": "InternalIP", "address": self.ip}, {"type": "Hostname", "address": self.name}],
+            "capacity": self.allocatable,
+            "allocatable": self.allocatable,
+            "conditions": conds,
+            "addresses": [
+                {"type": "InternalIP", "address": self.ip},
+                {"type": "Hostname", "address": self.name},
+            ],
             "daemonEndpoints": {"kubeletEndpoint": {"Port": KUBELET_PORT}},
-            "nodeInfo": {"machineID": f"localkube-{self.name}", "systemUUID": f"localkube-{self.name}",
-                         "bootID": self.agent.boot_id, "kernelVersion": os.uname().release,
-                         "osImage": "localkube node agent (processes)", "containerRuntimeVersion": "localkube://0.1",
-                         "kubeletVersion": KUBELET_VERSION, "kubeProxyVersion": "", "operatingSystem": "linux",
-                         "architecture": "amd64"},
+            "nodeInfo": {
+                "machineID": f"localkube-{self.name}",
+                "systemUUID": f"localkube-{self.name}",
+                "bootID": self.agent.boot_id,
+                "kernelVersion": os.uname().release,
+                "osImage": "localkube node agent (processes)",
+                "containerRuntimeVersion": "localkube://0.1",
+                "kubeletVersion": KUBELET_VERSION,
+                "kubeProxyVersion": "",
+                "operatingSystem": "linux",
+                "architecture": "amd64",
+            },
         }
 
     async def register(self) -> None:
-        node = {"apiVersion": "v1", "kind": "Node",
-                "metadata": {"name": self.name,
-                             "labels": {"kubernetes.io/hostname": self.name, "kubernetes.io/os": "linux",
-                                        "kubernetes.io/arch": "amd64", "beta.kubernetes.io/os": "linux",
-                                        "beta.kubernetes.io/arch": "amd64"},
-                             "annotations": {"volumes.kubernetes.io/controller-managed-attach-detach": "true"}},
-                "spec": {}}
+        node = {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": self.name,
+                "labels": {
+                    "kubernetes.io/hostname": self.name,
+                    "kubernetes.io/os": "linux",
+                    "kubernetes.io/arch": "amd64",
+                    "beta.kubernetes.io/os": "linux",
+                    "beta.kubernetes.io/arch": "amd64",
+                },
+                "annotations": {"volumes.kubernetes.io/controller-managed-attach-detach": "true"},
+            },
+            "spec": {},
+        }
         try:
             out = await self.kube.create("/api/v1/nodes", node)
         except ApiError as e:
@@ -190,11 +240,21 @@ class NodeKubelet:
         except ApiError as e:
             if e.status != 404:
                 raise
-            await self.kube.create("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases", {
-                "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                "metadata": {"name": self.name, "namespace": "kube-node-lease", "ownerReferences": [
-                    {"apiVersion": "v1", "kind": "Node", "name": self.name, "uid": self.node_uid}]},
-                "spec": spec})
+            await self.kube.create(
+                "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases",
+                {
+                    "apiVersion": "coordination.k8s.io/v1",
+                    "kind": "Lease",
+                    "metadata": {
+                        "name": self.name,
+                        "namespace": "kube-node-lease",
+                        "ownerReferences": [
+                            {"apiVersion": "v1", "kind": "Node", "name": self.name, "uid": self.node_uid}
+                        ],
+                    },
+                    "spec": spec,
+                },
+            )
 
     async def _heartbeat(self) -> None:
         n = 0
@@ -240,9 +300,11 @@ class NodeKubelet:
             return
         rt.update(pod)
         if meta.get("deletionTimestamp") and not rt.terminating:
-            grace = float(meta.get("deletionGracePeriodSeconds")
-                          if meta.get("deletionGracePeriodSeconds") is not None
-                          else pod["spec"].get("terminationGracePeriodSeconds", 30))
+            grace = float(
+                meta.get("deletionGracePeriodSeconds")
+                if meta.get("deletionGracePeriodSeconds") is not None
+                else pod["spec"].get("terminationGracePeriodSeconds", 30)
+            )
             self._tasks.append(asyncio.create_task(self._finish(rt, grace=grace, delete=True)))
 
     async def _finish(self, rt: PodRuntime, *, grace: float, delete: bool) -> None:
@@ -262,9 +324,15 @@ class NodeKubelet:
     async def _delete_pod(self, pod: Obj) -> None:
         meta = pod["metadata"]
         try:
-            await self.kube.delete(f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}",
-                                   {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0,
-                                    "preconditions": {"uid": meta["uid"]}})
+            await self.kube.delete(
+                f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}",
+                {
+                    "apiVersion": "v1",
+                    "kind": "DeleteOptions",
+                    "gracePeriodSeconds": 0,
+                    "preconditions": {"uid": meta["uid"]},
+                },
+            )
         except ApiError as e:
             if e.status not in (404, 409):
                 log.warning("delete pod %s/%s: %s", meta["namespace"], meta["name"], e)
@@ -274,18 +342,35 @@ class NodeKubelet:
         await self.server.stop()
         for t in self._tasks:
             t.cancel()
-        await asyncio.gather(*(rt.terminate(min(grace, float(rt.pod["spec"].get("terminationGracePeriodSeconds", 30))))
-                               for rt in self.pods.values()), return_exceptions=True)
+        await asyncio.gather(
+            *(
+                rt.terminate(min(grace, float(rt.pod["spec"].get("terminationGracePeriodSeconds", 30))))
+                for rt in self.pods.values()
+            ),
+            return_exceptions=True,
+        )
         await asyncio.gather(*(rt.close() for rt in self.pods.values()), return_exceptions=True)
         await self.kube.close()
 
 
 class Agent:
-    def __init__(self, *, admin_kubeconfig: Path, nodes: list[tuple[str, Path]], root: Path,
-                 domain: str = "cluster.local", backoff_initial: float = 2.0, backoff_max: float = 60.0,
-                 volume_sync_period: float = 10.0, binding_mode: str = "WaitForFirstConsumer",
-                 cpu: int | None = None, memory: str | None = None, max_pods: int = 110,
-                 shutdown_grace: float = 10.0, block: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        admin_kubeconfig: Path,
+        nodes: list[tuple[str, Path]],
+        root: Path,
+        domain: str = "cluster.local",
+        backoff_initial: float = 2.0,
+        backoff_max: float = 60.0,
+        volume_sync_period: float = 10.0,
+        binding_mode: str = "WaitForFirstConsumer",
+        cpu: int | None = None,
+        memory: str | None = None,
+        max_pods: int = 110,
+        shutdown_grace: float = 10.0,
+        block: int | None = None,
+    ) -> None:
         self.root = root.resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o755)
@@ -330,7 +415,9 @@ class Agent:
             await asyncio.sleep(0.1)  # coalesce a burst of changes
             self._refresh.clear()
             if self.dns is not None:
-                self.dns.records = dns.Records.build(self.cluster.services(), self.cluster.pods(), self.domain)
+                self.dns.records = dns.Records.build(
+                    self.cluster.services(), self.cluster.pods(), self.domain
+                )
             try:
                 await self.proxy.sync()
             except Exception:
@@ -362,15 +449,31 @@ class Agent:
             meta = pod["metadata"]
             async with self._events:
                 with contextlib.suppress(Exception):
-                    await kube.create(f"/api/v1/namespaces/{meta['namespace']}/events", {
-                        "apiVersion": "v1", "kind": "Event",
-                        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-                        "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": meta["name"],
-                                           "namespace": meta["namespace"], "uid": meta["uid"]},
-                        "reason": reason, "message": message[:1024], "type": "Warning" if warning else "Normal",
-                        "source": {"component": "kubelet", "host": pod["spec"].get("nodeName", "")},
-                        "firstTimestamp": now_iso(), "lastTimestamp": now_iso(), "count": 1,
-                        "reportingComponent": "kubelet", "reportingInstance": pod["spec"].get("nodeName", "")})
+                    await kube.create(
+                        f"/api/v1/namespaces/{meta['namespace']}/events",
+                        {
+                            "apiVersion": "v1",
+                            "kind": "Event",
+                            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+                            "involvedObject": {
+                                "apiVersion": "v1",
+                                "kind": "Pod",
+                                "name": meta["name"],
+                                "namespace": meta["namespace"],
+                                "uid": meta["uid"],
+                            },
+                            "reason": reason,
+                            "message": message[:1024],
+                            "type": "Warning" if warning else "Normal",
+                            "source": {"component": "kubelet", "host": pod["spec"].get("nodeName", "")},
+                            "firstTimestamp": now_iso(),
+                            "lastTimestamp": now_iso(),
+                            "count": 1,
+                            "reportingComponent": "kubelet",
+                            "reportingInstance": pod["spec"].get("nodeName", ""),
+                        },
+                    )
+
         t = asyncio.create_task(post())
         self._tasks.append(t)
         t.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
@@ -387,9 +490,16 @@ class Agent:
             await self.proxy.sync()
             self._tasks.append(asyncio.create_task(self._refresher(), name="refresher"))
             await asyncio.gather(*(n.start() for n in self.nodes))
-            (self.root / READY_FILE).write_text(json.dumps({"pid": os.getpid(), "nodes": [n.name for n in self.nodes],
-                                                             "ips": {n.name: n.ip for n in self.nodes},
-                                                             "dns": self.dns_address}))
+            (self.root / READY_FILE).write_text(
+                json.dumps(
+                    {
+                        "pid": os.getpid(),
+                        "nodes": [n.name for n in self.nodes],
+                        "ips": {n.name: n.ip for n in self.nodes},
+                        "dns": self.dns_address,
+                    }
+                )
+            )
             log.info("node agent ready: %s", ", ".join(f"{n.name} ({n.ip})" for n in self.nodes))
             await stop.wait()
         finally:
@@ -435,6 +545,7 @@ def node_kubeconfig(workdir: Path, node: str) -> Path:
     if not path.exists():
         from .controlplane import write_kubeconfig
         from .pki import PKI
+
         pki = PKI(workdir / "pki")
         server = json.loads((workdir / "localkube.json").read_text())["server"]
         write_kubeconfig(path, server, pki.ca.cert_pem(), pki.node_client(node), f"system:node:{node}")
@@ -518,43 +629,72 @@ def main(argv: list[str] | None = None) -> int:
         rest = argv[1:]
         cut = rest.index("--") if "--" in rest else len(rest)
         a = p.parse_args(rest[:cut])
-        a.command = rest[cut + 1:]
+        a.command = rest[cut + 1 :]
         if not a.command:
             raise SystemExit("usage: ... exec NAMESPACE/POD [-c CONTAINER] -- COMMAND...")
         return cmd_exec(a)
-    p = argparse.ArgumentParser(prog="python -m localkube.nodeagent", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--kubeconfig-dir", required=True, type=Path,
-                   help="control plane workdir: admin.kubeconfig and node-<name>.kubeconfig")
+    p = argparse.ArgumentParser(
+        prog="python -m localkube.nodeagent",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--kubeconfig-dir",
+        required=True,
+        type=Path,
+        help="control plane workdir: admin.kubeconfig and node-<name>.kubeconfig",
+    )
     p.add_argument("--nodes", default="node-1", help="comma-separated node names")
-    p.add_argument("--root", required=not default_root, default=default_root, type=Path,
-                   help="the agent's directory (pods, volumes, logs)")
+    p.add_argument(
+        "--root",
+        required=not default_root,
+        default=default_root,
+        type=Path,
+        help="the agent's directory (pods, volumes, logs)",
+    )
     p.add_argument("--domain", default="cluster.local")
-    p.add_argument("--backoff-initial", type=float, default=2.0, help="first CrashLoopBackOff delay (kubelet: 10)")
+    p.add_argument(
+        "--backoff-initial", type=float, default=2.0, help="first CrashLoopBackOff delay (kubelet: 10)"
+    )
     p.add_argument("--backoff-max", type=float, default=60.0, help="back-off cap (kubelet: 300)")
-    p.add_argument("--volume-binding-mode", default="WaitForFirstConsumer",
-                   choices=["WaitForFirstConsumer", "Immediate"])
-    p.add_argument("--block", type=int, default=None,
-                   help="second octet of the agent's addresses: DNS 127.B.0.53, node i 127.(B+i).0.1 and its pods "
-                        "127.(B+i).x.y (default: the first free one of 100, 110, ..., 240)")
+    p.add_argument(
+        "--volume-binding-mode", default="WaitForFirstConsumer", choices=["WaitForFirstConsumer", "Immediate"]
+    )
+    p.add_argument(
+        "--block",
+        type=int,
+        default=None,
+        help="second octet of the agent's addresses: DNS 127.B.0.53, node i 127.(B+i).0.1 and its pods "
+        "127.(B+i).x.y (default: the first free one of 100, 110, ..., 240)",
+    )
     p.add_argument("--cpu", type=int, default=None)
     p.add_argument("--memory", default=None)
     p.add_argument("--log-level", default="INFO")
-    p.add_argument("--die-with-parent", action="store_true", help="stop (SIGTERM) when the parent process dies")
+    p.add_argument(
+        "--die-with-parent", action="store_true", help="stop (SIGTERM) when the parent process dies"
+    )
     a = p.parse_args(argv)
     logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if os.geteuid() != 0:
         raise SystemExit("the node agent runs as root (namespaces, mounts, container users)")
     if a.die_with_parent:
         import ctypes
+
         ctypes.CDLL(None).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
     workdir = a.kubeconfig_dir.resolve()
     names = [n for n in a.nodes.split(",") if n]
-    agent_kw = {"admin_kubeconfig": workdir / "admin.kubeconfig",
-                "nodes": [(n, node_kubeconfig(workdir, n)) for n in names], "root": a.root, "domain": a.domain,
-                "backoff_initial": a.backoff_initial, "backoff_max": a.backoff_max,
-                "binding_mode": a.volume_binding_mode, "cpu": a.cpu, "memory": a.memory,
-                "block": a.block}
+    agent_kw = {
+        "admin_kubeconfig": workdir / "admin.kubeconfig",
+        "nodes": [(n, node_kubeconfig(workdir, n)) for n in names],
+        "root": a.root,
+        "domain": a.domain,
+        "backoff_initial": a.backoff_initial,
+        "backoff_max": a.backoff_max,
+        "binding_mode": a.volume_binding_mode,
+        "cpu": a.cpu,
+        "memory": a.memory,
+        "block": a.block,
+    }
 
     async def run() -> None:
         stop = asyncio.Event()
@@ -593,11 +733,19 @@ def stop_recorded(root: Path | str, timeout: float = 30.0) -> bool:
     ready.unlink(missing_ok=True)
     return True
 
+
 class NodeAgent:
     """The agent as a subprocess: `NodeAgent(cp, nodes=["node-1"], root=dir).start()` ... `.stop()`."""
 
-    def __init__(self, control_plane: Any, nodes: list[str] | tuple[str, ...] = ("node-1",), root: Path | None = None,
-                 *, extra_args: tuple[str, ...] = (), die_with_parent: bool = True) -> None:
+    def __init__(
+        self,
+        control_plane: Any,
+        nodes: list[str] | tuple[str, ...] = ("node-1",),
+        root: Path | None = None,
+        *,
+        extra_args: tuple[str, ...] = (),
+        die_with_parent: bool = True,
+    ) -> None:
         self.cp = control_plane
         self.workdir = Path(control_plane.workdir if hasattr(control_plane, "workdir") else control_plane)
         self.nodes = list(nodes)
@@ -613,20 +761,37 @@ class NodeAgent:
                 self.cp.node_kubeconfig(n)
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / READY_FILE).unlink(missing_ok=True)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
-                                                           os.environ.get("PYTHONPATH", "")])}
-        argv = [sys.executable, "-m", "localkube.nodeagent", "--kubeconfig-dir", str(self.workdir),
-                "--nodes", ",".join(self.nodes), "--root", str(self.root), *self.extra_args]
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(
+                [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]
+            ),
+        }
+        argv = [
+            sys.executable,
+            "-m",
+            "localkube.nodeagent",
+            "--kubeconfig-dir",
+            str(self.workdir),
+            "--nodes",
+            ",".join(self.nodes),
+            "--root",
+            str(self.root),
+            *self.extra_args,
+        ]
         if self.die_with_parent:
             argv.append("--die-with-parent")
         with open(self.log_file, "ab") as logf:
-            self.proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, env=env,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                argv, stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
         deadline = time.monotonic() + timeout
         while not (self.root / READY_FILE).exists():
             if self.proc.poll() is not None:
-                raise RuntimeError(f"node agent exited ({self.proc.returncode}); see {self.log_file}:\n"
-                                   + self.log_file.read_text(errors="replace")[-3000:])
+                raise RuntimeError(
+                    f"node agent exited ({self.proc.returncode}); see {self.log_file}:\n"
+                    + self.log_file.read_text(errors="replace")[-3000:]
+                )
             if time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(f"node agent not ready after {timeout}s; see {self.log_file}")

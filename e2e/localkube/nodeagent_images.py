@@ -71,31 +71,72 @@ _PY = str(VENV_BIN / "python") if (VENV_BIN / "python").exists() else sys.execut
 
 IMAGES: list[Image] = [
     # Dockerfile: USER 65532:65532, ENTRYPOINT ["etcdstore"], HOME /var/lib/etcd, PATH /opt/etcdstore/bin:...
-    Image("etcdstore", entrypoint=("etcdstore",), uid=65532, gid=65532, home="/var/lib/etcd",
-          path=f"{VENV_BIN}:{SYSTEM_PATH}",
-          env={"PYTHONUNBUFFERED": "1", "ETCD_DATA_DIR": "/var/lib/etcd/default.etcd"},
-          users=(("etcd", 65532, 65532, "/var/lib/etcd"),),
-          commands={"etcdstore": _STORE_BIN, "python": _PY, "python3": _PY}),
+    Image(
+        "etcdstore",
+        entrypoint=("etcdstore",),
+        uid=65532,
+        gid=65532,
+        home="/var/lib/etcd",
+        path=f"{VENV_BIN}:{SYSTEM_PATH}",
+        env={"PYTHONUNBUFFERED": "1", "ETCD_DATA_DIR": "/var/lib/etcd/default.etcd"},
+        users=(("etcd", 65532, 65532, "/var/lib/etcd"),),
+        commands={"etcdstore": _STORE_BIN, "python": _PY, "python3": _PY},
+    ),
     # Dockerfile.operator: USER 65532:65532, ENTRYPOINT ["etcdoperator"], CMD run ...; etcdctl from Debian.
-    Image("etcd-operator", entrypoint=("etcdoperator",),
-          cmd=("run", "--all-namespaces", "--standalone", "--liveness=http://0.0.0.0:8080/healthz",
-               "--metrics-port=9090", "--metrics-address=0.0.0.0"),
-          uid=65532, gid=65532, home="/nonexistent", path=f"{VENV_BIN}:{SYSTEM_PATH}",
-          env={"PYTHONUNBUFFERED": "1", "ETCDCTL_API": "3"},
-          users=(("etcdoperator", 65532, 65532, "/nonexistent"),),
-          commands={"etcdoperator": _OPERATOR_BIN, "etcdstore": _STORE_BIN, "etcdctl": _which("etcdctl"),
-                    "python": _PY, "python3": _PY}),
+    Image(
+        "etcd-operator",
+        entrypoint=("etcdoperator",),
+        cmd=(
+            "run",
+            "--all-namespaces",
+            "--standalone",
+            "--liveness=http://0.0.0.0:8080/healthz",
+            "--metrics-port=9090",
+            "--metrics-address=0.0.0.0",
+        ),
+        uid=65532,
+        gid=65532,
+        home="/nonexistent",
+        path=f"{VENV_BIN}:{SYSTEM_PATH}",
+        env={"PYTHONUNBUFFERED": "1", "ETCDCTL_API": "3"},
+        users=(("etcdoperator", 65532, 65532, "/nonexistent"),),
+        commands={
+            "etcdoperator": _OPERATOR_BIN,
+            "etcdstore": _STORE_BIN,
+            "etcdctl": _which("etcdctl"),
+            "python": _PY,
+            "python3": _PY,
+        },
+    ),
     # quay.io/coreos/etcd:v3.4.x: runs as root, /usr/local/bin/etcd and etcdctl (Debian's 3.4.23 here).
-    Image("*etcd:v3.4*", entrypoint=("/usr/local/bin/etcd",), uid=0, gid=0, home="/root",
-          env={"ETCDCTL_API": "3"},
-          commands={"etcd": _which("etcd"), "etcdctl": _which("etcdctl"), "/usr/local/bin/etcd": _which("etcd"),
-                    "/usr/local/bin/etcdctl": _which("etcdctl")}),
+    Image(
+        "*etcd:v3.4*",
+        entrypoint=("/usr/local/bin/etcd",),
+        uid=0,
+        gid=0,
+        home="/root",
+        env={"ETCDCTL_API": "3"},
+        commands={
+            "etcd": _which("etcd"),
+            "etcdctl": _which("etcdctl"),
+            "/usr/local/bin/etcd": _which("etcd"),
+            "/usr/local/bin/etcdctl": _which("etcdctl"),
+        },
+    ),
     # A shell image for tests and debugging pods (busybox's programs are the host's here).
     Image("busybox", entrypoint=(), cmd=("sh",), uid=0, gid=0, home="/root"),
     # A Python image: runs the project's interpreter (with its packages) as root unless the pod says otherwise.
-    Image("python", entrypoint=(), cmd=("python3",), uid=0, gid=0, home="/root",
-          path=f"{VENV_BIN}:{SYSTEM_PATH}", env={"PYTHONUNBUFFERED": "1"},
-          commands={"python": _PY, "python3": _PY}),
+    Image(
+        "python",
+        entrypoint=(),
+        cmd=("python3",),
+        uid=0,
+        gid=0,
+        home="/root",
+        path=f"{VENV_BIN}:{SYSTEM_PATH}",
+        env={"PYTHONUNBUFFERED": "1"},
+        commands={"python": _PY, "python3": _PY},
+    ),
 ]
 
 

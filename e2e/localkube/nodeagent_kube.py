@@ -59,7 +59,9 @@ class Kube:
         self._tmp = tempfile.TemporaryDirectory(prefix="nodeagent-kube-")
         tmp = Path(self._tmp.name)
         self.ca_file = _material(cluster, "certificate-authority", tmp)
-        self.ssl = ssl.create_default_context(cafile=self.ca_file) if self.ca_file else ssl.create_default_context()
+        self.ssl = (
+            ssl.create_default_context(cafile=self.ca_file) if self.ca_file else ssl.create_default_context()
+        )
         if cluster.get("insecure-skip-tls-verify"):
             self.ssl.check_hostname = False
             self.ssl.verify_mode = ssl.CERT_NONE
@@ -76,7 +78,8 @@ class Kube:
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
             self._session = aiohttp.ClientSession(
-                headers=self.headers, connector=aiohttp.TCPConnector(ssl=self.ssl, limit=64))
+                headers=self.headers, connector=aiohttp.TCPConnector(ssl=self.ssl, limit=64)
+            )
         return self._session
 
     async def close(self) -> None:
@@ -85,12 +88,26 @@ class Kube:
             self._session = None
         self._tmp.cleanup()
 
-    async def request(self, method: str, path: str, *, body: Any = None, params: dict[str, Any] | None = None,
-                      content_type: str = "application/json", timeout: float = 30.0) -> Any:
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        params: dict[str, Any] | None = None,
+        content_type: str = "application/json",
+        timeout: float = 30.0,
+    ) -> Any:
         data = None if body is None else json.dumps(body)
         headers = {"Content-Type": content_type} if data is not None else {}
-        async with self.session.request(method, self.server + path, data=data, params=params, headers=headers,
-                                        timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+        async with self.session.request(
+            method,
+            self.server + path,
+            data=data,
+            params=params,
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=timeout),
+        ) as resp:
             text = await resp.text()
             try:
                 out = json.loads(text) if text else None
@@ -110,16 +127,24 @@ class Kube:
         return await self.request("PATCH", path, body=patch, content_type="application/merge-patch+json")
 
     async def strategic_patch(self, path: str, patch: Obj) -> Any:
-        return await self.request("PATCH", path, body=patch, content_type="application/strategic-merge-patch+json")
+        return await self.request(
+            "PATCH", path, body=patch, content_type="application/strategic-merge-patch+json"
+        )
 
     async def delete(self, path: str, body: Obj | None = None) -> Any:
         return await self.request("DELETE", path, body=body)
 
     async def watch(self, path: str, params: dict[str, Any]) -> Any:
         """Yield watch events (dicts with type/object) until the server ends the stream."""
-        q = {**params, "watch": "1", "allowWatchBookmarks": "true", "timeoutSeconds": str(random.randint(240, 360))}
-        async with self.session.get(self.server + path, params=q,
-                                    timeout=aiohttp.ClientTimeout(total=None, sock_read=420)) as resp:
+        q = {
+            **params,
+            "watch": "1",
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": str(random.randint(240, 360)),
+        }
+        async with self.session.get(
+            self.server + path, params=q, timeout=aiohttp.ClientTimeout(total=None, sock_read=420)
+        ) as resp:
             if resp.status >= 400:
                 raise ApiError(resp.status, await resp.text(), f"WATCH {path}")
             buf = b""
@@ -142,8 +167,15 @@ class Informer:
     `on_change(event_type, obj)` runs for every change (ADDED/MODIFIED/DELETED; a re-list reports what
     changed in between). `synced` is set after the first list."""
 
-    def __init__(self, kube: Kube, path: str, *, params: dict[str, str] | None = None,
-                 on_change: Callable[[str, Obj], Awaitable[None] | None] | None = None, name: str = "") -> None:
+    def __init__(
+        self,
+        kube: Kube,
+        path: str,
+        *,
+        params: dict[str, str] | None = None,
+        on_change: Callable[[str, Obj], Awaitable[None] | None] | None = None,
+        name: str = "",
+    ) -> None:
         self.kube, self.path, self.params = kube, path, dict(params or {})
         self.on_change = on_change
         self.name = name or path
@@ -241,9 +273,24 @@ def now_micro() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-_SUFFIX = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
-           "n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"), "": 1, "k": 10**3, "M": 10**6,
-           "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18}
+_SUFFIX = {
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "Pi": 2**50,
+    "Ei": 2**60,
+    "n": Decimal("1e-9"),
+    "u": Decimal("1e-6"),
+    "m": Decimal("1e-3"),
+    "": 1,
+    "k": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "P": 10**15,
+    "E": 10**18,
+}
 
 
 def parse_quantity(q: str | float) -> Decimal:

@@ -47,10 +47,12 @@ class ConfigError(Exception):
 
 def expand(value: str, env: dict[str, str]) -> str:
     """The kubelet's $(VAR) expansion: defined variables are replaced, `$$` is a literal `$`, others stay."""
+
     def sub(m: re.Match[str]) -> str:
         if m.group(0) == "$$":
             return "$"
         return env.get(m.group(1), m.group(0))
+
     return _VAR.sub(sub, value)
 
 
@@ -83,7 +85,7 @@ def service_env(services: list[Obj], namespace: str, enable_links: bool) -> dict
         proto0 = (ports[0].get("protocol") or "TCP").lower()
         env[f"{prefix}_PORT"] = f"{proto0}://{ip}:{ports[0]['port']}"
         for p in ports:
-            proto = (p.get("protocol") or "TCP")
+            proto = p.get("protocol") or "TCP"
             base = f"{prefix}_PORT_{p['port']}_{proto.upper()}"
             env[base] = f"{proto.lower()}://{ip}:{p['port']}"
             env[f"{base}_PROTO"] = proto.lower()
@@ -124,7 +126,11 @@ class PodRuntime:
         self.dir: Path = node.agent.root / "pods" / f"{self.namespace}_{self.name}_{self.uid}"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.host_network = bool(pod["spec"].get("hostNetwork"))
-        self.ip = node.ip if self.host_network else node.allocate_ip(self.uid, (pod.get("status") or {}).get("podIP"))
+        self.ip = (
+            node.ip
+            if self.host_network
+            else node.allocate_ip(self.uid, (pod.get("status") or {}).get("podIP"))
+        )
         self.hostname = dns.pod_hostname(pod)
         self.volumes = Volumes(self)
         spec = pod["spec"]
@@ -218,8 +224,10 @@ class PodRuntime:
 
     def write_etc_files(self) -> None:
         dns.write_in_place(self.files / "hostname", self.hostname + "\n")
-        dns.write_in_place(self.files / "resolv.conf",
-                           dns.resolv_conf(self.namespace, self.node.agent.dns_address, self.node.agent.domain))
+        dns.write_in_place(
+            self.files / "resolv.conf",
+            dns.resolv_conf(self.namespace, self.node.agent.dns_address, self.node.agent.domain),
+        )
         self.node.agent.refresh_hosts(self)
 
     async def _pull_images(self) -> bool:
@@ -233,16 +241,22 @@ class PodRuntime:
             if not missing:
                 return True
             for c in missing:
-                msg = (f'Failed to pull image "{c.spec.get("image")}": not in the localkube image table '
-                       "(e2e/localkube/nodeagent_images.py)")
+                msg = (
+                    f'Failed to pull image "{c.spec.get("image")}": not in the localkube image table '
+                    "(e2e/localkube/nodeagent_images.py)"
+                )
                 if attempt == 0:
                     c.state = {"waiting": {"reason": "ErrImagePull", "message": msg}}
                     self.node.agent.event(self.kube, self.pod, "Failed", msg, warning=True)
                 else:
-                    c.state = {"waiting": {"reason": "ImagePullBackOff",
-                                           "message": f'Back-off pulling image "{c.spec.get("image")}"'}}
+                    c.state = {
+                        "waiting": {
+                            "reason": "ImagePullBackOff",
+                            "message": f'Back-off pulling image "{c.spec.get("image")}"',
+                        }
+                    }
             self.mark()
-            delay = min(self.node.agent.backoff_initial * 2 ** attempt, self.node.agent.backoff_max)
+            delay = min(self.node.agent.backoff_initial * 2**attempt, self.node.agent.backoff_max)
             await asyncio.sleep(delay / 2)
             if attempt > 0:
                 for c in missing:
@@ -270,7 +284,9 @@ class PodRuntime:
         async def obj(kind: str, name: str, optional: bool) -> Obj | None:
             if (kind, name) not in cache:
                 try:
-                    cache[(kind, name)] = await self.kube.get(f"/api/v1/namespaces/{self.namespace}/{kind}/{name}")
+                    cache[(kind, name)] = await self.kube.get(
+                        f"/api/v1/namespaces/{self.namespace}/{kind}/{name}"
+                    )
                 except ApiError as e:
                     if e.status not in (403, 404):
                         raise
@@ -281,6 +297,7 @@ class PodRuntime:
 
         def decode(kind: str, v: str) -> str:
             import base64
+
             return base64.b64decode(v).decode(errors="replace") if kind == "secrets" else v
 
         for ef in spec.get("envFrom") or []:
@@ -307,8 +324,10 @@ class PodRuntime:
                 if ref["key"] not in data:
                     if ref.get("optional"):
                         continue
-                    raise ConfigError(f"couldn't find key {ref['key']} in {kind[:-1].capitalize()} "
-                                      f"{self.namespace}/{ref['name']}")
+                    raise ConfigError(
+                        f"couldn't find key {ref['key']} in {kind[:-1].capitalize()} "
+                        f"{self.namespace}/{ref['name']}"
+                    )
                 env[name] = decode(kind, data[ref["key"]])
         full = dict(image.env)
         full.update({"PATH": image.path, "HOSTNAME": self.hostname, "HOME": image.home})
@@ -356,8 +375,13 @@ class PodRuntime:
                 src = src / sub
                 if not src.exists():
                     src.mkdir(parents=True)
-            mounts.append({"source": str(src), "target": m["mountPath"],
-                           "readOnly": bool(m.get("readOnly")) or self.volumes.read_only.get(m["name"], False)})
+            mounts.append(
+                {
+                    "source": str(src),
+                    "target": m["mountPath"],
+                    "readOnly": bool(m.get("readOnly")) or self.volumes.read_only.get(m["name"], False),
+                }
+            )
         targets = {m["target"] for m in mounts}
         assert c.image is not None
         passwd, group = c.image.passwd_group()
@@ -383,13 +407,19 @@ class PodRuntime:
         argv = self._argv(c, env)
         csc = c.spec.get("securityContext") or {}
         return {
-            "hostname": self.hostname, "uid": uid, "gid": gid, "groups": groups,
-            "cwd": c.spec.get("workingDir") or (c.image.home if c.image and c.image.uid and
-                                                 c.image.home != "/nonexistent" else "/"),
+            "hostname": self.hostname,
+            "uid": uid,
+            "gid": gid,
+            "groups": groups,
+            "cwd": c.spec.get("workingDir")
+            or (c.image.home if c.image and c.image.uid and c.image.home != "/nonexistent" else "/"),
             "cwd_from_image": not c.spec.get("workingDir"),
-            "argv": argv, "env": {k: rewrite_any(v, self.ip) for k, v in env.items()},
-            "mounts": self._mounts(c, env), "readOnlyRoot": bool(csc.get("readOnlyRootFilesystem")),
-            "masks": self.node.agent.masks, "stage": str(self.dir / "stage" / c.name),
+            "argv": argv,
+            "env": {k: rewrite_any(v, self.ip) for k, v in env.items()},
+            "mounts": self._mounts(c, env),
+            "readOnlyRoot": bool(csc.get("readOnlyRootFilesystem")),
+            "masks": self.node.agent.masks,
+            "stage": str(self.dir / "stage" / c.name),
             "created_log": str(self.node.agent.root / "mountpoints.log"),
         }
 
@@ -401,8 +431,16 @@ class PodRuntime:
         logf = open(self.log_path(c), "ab")  # noqa: SIM115, ASYNC230  (handed to the child)
         try:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-I", "-S", PODEXEC, str(specfile), stdin=asyncio.subprocess.DEVNULL,
-                stdout=logf, stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+                sys.executable,
+                "-I",
+                "-S",
+                PODEXEC,
+                str(specfile),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=logf,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+            )
         finally:
             logf.close()
         c.proc, c.exec_spec = proc, spec
@@ -410,7 +448,9 @@ class PodRuntime:
         c.started_at = time.monotonic()
         c.container_id = f"localkube://{self.uid[:8]}-{c.name}-{c.restarts}-{proc.pid}"
         c.state = {"running": {"startedAt": now_iso()}}
-        log.info("started %s/%s/%s pid %d as uid %s", self.namespace, self.name, c.name, proc.pid, spec["uid"])
+        log.info(
+            "started %s/%s/%s pid %d as uid %s", self.namespace, self.name, c.name, proc.pid, spec["uid"]
+        )
         return proc
 
     def _termination(self, c: Container, code: int, started: str) -> Obj:
@@ -430,8 +470,13 @@ class PodRuntime:
                 tail = self.log_path(c).read_text(errors="replace").splitlines()[-1:]
                 if tail and tail[0].startswith("podexec: failed to start container"):
                     reason, msg = "StartError", tail[0].removeprefix("podexec: ")
-        term = {"exitCode": code, "reason": reason, "startedAt": started, "finishedAt": now_iso(),
-                "containerID": c.container_id}
+        term = {
+            "exitCode": code,
+            "reason": reason,
+            "startedAt": started,
+            "finishedAt": now_iso(),
+            "containerID": c.container_id,
+        }
         if msg:
             term["message"] = msg
         return term
@@ -446,8 +491,15 @@ class PodRuntime:
             return None
         except FileNotFoundError as e:
             c.started_at = 0.0
-            c.state = {"terminated": {"exitCode": 128, "reason": "StartError", "message": str(e),
-                                      "startedAt": now_iso(), "finishedAt": now_iso()}}
+            c.state = {
+                "terminated": {
+                    "exitCode": 128,
+                    "reason": "StartError",
+                    "message": str(e),
+                    "startedAt": now_iso(),
+                    "finishedAt": now_iso(),
+                }
+            }
             self.mark()
             return 128
         proc = await self._spawn(c, spec)
@@ -490,12 +542,21 @@ class PodRuntime:
     async def _wait_backoff(self, c: Container, delay: float) -> None:
         if delay <= 0:
             return
-        c.state = {"waiting": {"reason": "CrashLoopBackOff",
-                               "message": f"back-off {delay:g}s restarting failed container={c.name} "
-                                          f"pod={self.name}_{self.namespace}({self.uid})"}}
+        c.state = {
+            "waiting": {
+                "reason": "CrashLoopBackOff",
+                "message": f"back-off {delay:g}s restarting failed container={c.name} "
+                f"pod={self.name}_{self.namespace}({self.uid})",
+            }
+        }
         self.mark()
-        self.node.agent.event(self.kube, self.pod, "BackOff", "Back-off restarting failed container "
-                              f"{c.name} in pod {self.name}_{self.namespace}({self.uid})", warning=True)
+        self.node.agent.event(
+            self.kube,
+            self.pod,
+            "BackOff",
+            f"Back-off restarting failed container {c.name} in pod {self.name}_{self.namespace}({self.uid})",
+            warning=True,
+        )
         await asyncio.sleep(delay)
 
     async def _run_init(self, c: Container) -> bool:
@@ -562,15 +623,17 @@ class PodRuntime:
                 url = f"{scheme}://{host}:{self._port(c, g['port'])}{g.get('path') or '/'}"
                 headers = {x["name"]: x["value"] for x in g.get("httpHeaders") or []}
                 headers.setdefault("User-Agent", "kube-probe/1.34")
-                async with self.node.agent.http.get(url, headers=headers, ssl=False,
-                                                    timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+                async with self.node.agent.http.get(
+                    url, headers=headers, ssl=False, timeout=aiohttp.ClientTimeout(total=timeout)
+                ) as resp:
                     await resp.read()
                     ok = 200 <= resp.status < 400
                     return ok, "" if ok else f"HTTP probe failed with statuscode: {resp.status}"
             if "tcpSocket" in h:
                 t = h["tcpSocket"]
                 _, w = await asyncio.wait_for(
-                    asyncio.open_connection(t.get("host") or self.ip, self._port(c, t["port"])), timeout)
+                    asyncio.open_connection(t.get("host") or self.ip, self._port(c, t["port"])), timeout
+                )
                 w.close()
                 return True, ""
             if "exec" in h:
@@ -596,8 +659,16 @@ class PodRuntime:
         specfile.write_text(json.dumps(spec))
         try:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-I", "-S", PODEXEC, str(specfile), stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+                sys.executable,
+                "-I",
+                "-S",
+                PODEXEC,
+                str(specfile),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+            )
             try:
                 out, _ = await asyncio.wait_for(proc.communicate(), timeout)
             except TimeoutError:
@@ -611,8 +682,11 @@ class PodRuntime:
 
     async def _probe_loop(self, c: Container) -> None:
         spec = c.spec
-        startup, readiness, liveness = (spec.get("startupProbe"), spec.get("readinessProbe"),
-                                        spec.get("livenessProbe"))
+        startup, readiness, liveness = (
+            spec.get("startupProbe"),
+            spec.get("readinessProbe"),
+            spec.get("livenessProbe"),
+        )
         if startup:
             ok = await self._probe(c, startup, "Startup")
             if not ok:
@@ -635,11 +709,16 @@ class PodRuntime:
             await self._kill_for(c, "Liveness probe failed", probe)
 
     async def _kill_for(self, c: Container, why: str, probe: Obj) -> None:
-        self.node.agent.event(self.kube, self.pod, "Killing",
-                              f"Container {c.name} failed {why.split()[0].lower()} probe, will be restarted")
+        self.node.agent.event(
+            self.kube,
+            self.pod,
+            "Killing",
+            f"Container {c.name} failed {why.split()[0].lower()} probe, will be restarted",
+        )
         c.killing = why
-        grace = probe.get("terminationGracePeriodSeconds",
-                          self.pod["spec"].get("terminationGracePeriodSeconds", 30))
+        grace = probe.get(
+            "terminationGracePeriodSeconds", self.pod["spec"].get("terminationGracePeriodSeconds", 30)
+        )
         await self._stop_container(c, float(grace), run_prestop=True)
 
     async def _probe(self, c: Container, probe: Obj, kind: str) -> bool:
@@ -657,8 +736,9 @@ class PodRuntime:
             else:
                 ok_run, fail_run = 0, fail_run + 1
                 if fail_run == 1 or fail_run == failure_threshold:
-                    self.node.agent.event(self.kube, self.pod, "Unhealthy", f"{kind} probe failed: {why}",
-                                          warning=True)
+                    self.node.agent.event(
+                        self.kube, self.pod, "Unhealthy", f"{kind} probe failed: {why}", warning=True
+                    )
             if kind == "Startup":
                 if ok:
                     return True
@@ -682,7 +762,7 @@ class PodRuntime:
         if proc is None or proc.returncode is not None:
             return
         deadline = time.monotonic() + grace
-        pre = ((c.spec.get("lifecycle") or {}).get("preStop"))
+        pre = (c.spec.get("lifecycle") or {}).get("preStop")
         if run_prestop and pre and grace > 0:
             await self.run_handler(c, pre, max(grace, 0.1))
         _killpg(proc.pid, signal.SIGTERM)
@@ -701,8 +781,9 @@ class PodRuntime:
         self.terminating = True
         self.mark()
         try:
-            await asyncio.gather(*(self._stop_container(c, grace, run_prestop=True)
-                                   for c in self.inits + self.containers))
+            await asyncio.gather(
+                *(self._stop_container(c, grace, run_prestop=True) for c in self.inits + self.containers)
+            )
             if self._main is not None:
                 self._main.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -712,9 +793,14 @@ class PodRuntime:
             for c in self.containers:
                 if "terminated" not in c.state:
                     prev = c.state.get("running", {}).get("startedAt")
-                    c.state = {"terminated": {"exitCode": 137 if prev else 0,
-                                              "reason": "Error" if prev else "ContainerStatusUnknown",
-                                              "finishedAt": now_iso(), **({"startedAt": prev} if prev else {})}}
+                    c.state = {
+                        "terminated": {
+                            "exitCode": 137 if prev else 0,
+                            "reason": "Error" if prev else "ContainerStatusUnknown",
+                            "finishedAt": now_iso(),
+                            **({"startedAt": prev} if prev else {}),
+                        }
+                    }
                 c.ready = c.started = False
             if self.phase not in ("Succeeded", "Failed"):
                 codes = [c.state["terminated"].get("exitCode", 1) for c in self.containers]
@@ -748,49 +834,82 @@ class PodRuntime:
         prev = self._transitions.get(typ)
         if prev is None or prev[0] != status:
             self._transitions[typ] = (status, now_iso())
-        c = {"type": typ, "status": status, "lastProbeTime": None,
-             "lastTransitionTime": self._transitions[typ][1]}
+        c = {
+            "type": typ,
+            "status": status,
+            "lastProbeTime": None,
+            "lastTransitionTime": self._transitions[typ][1],
+        }
         if reason and not ok:
             c["reason"] = reason
         return c
 
     def _cstatus(self, c: Container) -> Obj:
-        st: Obj = {"name": c.name, "image": c.spec.get("image", ""), "imageID": "", "ready": c.ready,
-                   "restartCount": c.restarts, "started": c.started, "state": c.state,
-                   "lastState": c.last_state or {}}
+        st: Obj = {
+            "name": c.name,
+            "image": c.spec.get("image", ""),
+            "imageID": "",
+            "ready": c.ready,
+            "restartCount": c.restarts,
+            "started": c.started,
+            "state": c.state,
+            "lastState": c.last_state or {},
+        }
         if c.container_id and "waiting" not in c.state:
             st["containerID"] = c.container_id
         if c.image is not None:
             st["imageID"] = f"localkube://{c.image.pattern}"
         if (c.exec_spec or {}).get("uid") is not None:
-            st["user"] = {"linux": {"uid": c.exec_spec["uid"], "gid": c.exec_spec["gid"],  # type: ignore[index]
-                                    "supplementalGroups": sorted({c.exec_spec["gid"], *c.exec_spec["groups"]})}}  # type: ignore[index]
+            st["user"] = {
+                "linux": {
+                    "uid": c.exec_spec["uid"],
+                    "gid": c.exec_spec["gid"],  # type: ignore[index]
+                    "supplementalGroups": sorted({c.exec_spec["gid"], *c.exec_spec["groups"]}),
+                }
+            }  # type: ignore[index]
         return st
 
     def status(self) -> Obj:
         terminal = self.phase in ("Succeeded", "Failed")
-        if not terminal and any("running" in c.state or c.restarts or "terminated" in c.state
-                                for c in self.containers) and self.initialized:
+        if (
+            not terminal
+            and any("running" in c.state or c.restarts or "terminated" in c.state for c in self.containers)
+            and self.initialized
+        ):
             self.phase = "Running"
         containers_ready = all(c.ready for c in self.containers) and not terminal and not self.terminating
         latest = self.pod.get("status") or {}
         have = {x.get("type"): x.get("status") for x in latest.get("conditions") or []}
-        gates_ok = all(have.get(g["conditionType"]) == "True" for g in self.pod["spec"].get("readinessGates") or [])
+        gates_ok = all(
+            have.get(g["conditionType"]) == "True" for g in self.pod["spec"].get("readinessGates") or []
+        )
         not_ready = sorted(c.name for c in self.containers if not c.ready)
         why = "PodCompleted" if terminal else "ContainersNotReady"
         conds = [
             self._cond("PodReadyToStartContainers", self.sandbox_ready and not terminal),
-            self._cond("Initialized", self.initialized or terminal and not self.inits,
-                       "ContainersNotInitialized"),
+            self._cond(
+                "Initialized", self.initialized or terminal and not self.inits, "ContainersNotInitialized"
+            ),
             self._cond("ContainersReady", containers_ready, why),
-            self._cond("Ready", containers_ready and gates_ok, why if not containers_ready else "ReadinessGatesNotReady"),
+            self._cond(
+                "Ready",
+                containers_ready and gates_ok,
+                why if not containers_ready else "ReadinessGatesNotReady",
+            ),
         ]
         if not containers_ready and not terminal:
-            conds[2]["message"] = conds[3]["message"] = f"containers with unready status: [{' '.join(not_ready)}]"
+            conds[2]["message"] = conds[3]["message"] = (
+                f"containers with unready status: [{' '.join(not_ready)}]"
+            )
         conds += [x for x in latest.get("conditions") or [] if x.get("type") not in MANAGED_CONDITIONS[:4]]
         st: Obj = {
-            "phase": self.phase, "conditions": conds, "hostIP": self.node.ip, "hostIPs": [{"ip": self.node.ip}],
-            "podIP": self.ip, "podIPs": [{"ip": self.ip}], "startTime": self.start_time,
+            "phase": self.phase,
+            "conditions": conds,
+            "hostIP": self.node.ip,
+            "hostIPs": [{"ip": self.node.ip}],
+            "podIP": self.ip,
+            "podIPs": [{"ip": self.ip}],
+            "startTime": self.start_time,
             "containerStatuses": [self._cstatus(c) for c in self.containers],
             "qosClass": latest.get("qosClass") or "BestEffort",
         }
@@ -807,8 +926,10 @@ class PodRuntime:
         if st == self._pushed:
             return
         try:
-            out = await self.kube.merge_patch(f"/api/v1/namespaces/{self.namespace}/pods/{self.name}/status",
-                                              {"metadata": {"uid": self.uid}, "status": st})
+            out = await self.kube.merge_patch(
+                f"/api/v1/namespaces/{self.namespace}/pods/{self.name}/status",
+                {"metadata": {"uid": self.uid}, "status": st},
+            )
             self._pushed = st
             if isinstance(out, dict) and out.get("metadata", {}).get("uid") == self.uid:
                 self.pod = out

@@ -33,15 +33,26 @@ def _serving_context(node: str, ip: str, client_ca: str | None, tmp: Path) -> ss
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{node}@localkube")])
     now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=365))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(node),
-                                                        x509.IPAddress(ipaddress.ip_address(ip))]), critical=False)
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=365))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(node), x509.IPAddress(ipaddress.ip_address(ip))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
     (tmp / "tls.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (tmp / "tls.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                    serialization.NoEncryption()))
+    (tmp / "tls.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(tmp / "tls.crt", tmp / "tls.key")
     if client_ca:
@@ -61,8 +72,10 @@ def _pod_dir(node: NodeKubelet, ns: str, pod: str) -> Path | None:
 def _running(node: NodeKubelet, ns: str, pod: str, container: str) -> bool:
     for rt in node.pods.values():
         if rt.namespace == ns and rt.name == pod:
-            return any(c.name == container and c.proc is not None and c.proc.returncode is None
-                       for c in rt.inits + rt.containers)
+            return any(
+                c.name == container and c.proc is not None and c.proc.returncode is None
+                for c in rt.inits + rt.containers
+            )
     return False
 
 
@@ -89,14 +102,19 @@ class KubeletServer:
 
     async def _pods(self, _req: web.Request) -> web.Response:
         items = [rt.pod for rt in self.node.pods.values()]
-        return web.Response(text=json.dumps({"kind": "PodList", "apiVersion": "v1", "items": items}),
-                            content_type="application/json")
+        return web.Response(
+            text=json.dumps({"kind": "PodList", "apiVersion": "v1", "items": items}),
+            content_type="application/json",
+        )
 
     async def _logs(self, req: web.Request) -> web.StreamResponse:
         ns, pod, container = req.match_info["ns"], req.match_info["pod"], req.match_info["container"]
         d = _pod_dir(self.node, ns, pod)
-        logs = sorted((d / "logs" / container).glob("*.log"), key=lambda p: (p.stat().st_mtime, int(p.stem))) \
-            if d is not None and (d / "logs" / container).is_dir() else []
+        logs = (
+            sorted((d / "logs" / container).glob("*.log"), key=lambda p: (p.stat().st_mtime, int(p.stem)))
+            if d is not None and (d / "logs" / container).is_dir()
+            else []
+        )
         previous = req.query.get("previous") in ("true", "1")
         if not logs or (previous and len(logs) < 2):
             what = "previous terminated container" if previous else "container"

@@ -52,7 +52,9 @@ def atomic_write(root: Path, files: dict[str, tuple[bytes, int]], gid: int | Non
         os.chown(root, 0, gid)
     data_link = root / "..data"
     current = _read_tree(root / os.readlink(data_link)) if data_link.is_symlink() else None
-    wanted = {rel: (content, mode | (0o440 if gid is not None else 0)) for rel, (content, mode) in files.items()}
+    wanted = {
+        rel: (content, mode | (0o440 if gid is not None else 0)) for rel, (content, mode) in files.items()
+    }
     if current == wanted and gid == _gid_of(root / "..data"):
         return False
     ts = datetime.datetime.now(datetime.UTC).strftime("..%Y_%m_%d_%H_%M_%S.%f")
@@ -130,8 +132,9 @@ def apply_fs_group(root: Path, gid: int, *, read_only: bool, policy: str | None)
 
 
 # -- sources ---------------------------------------------------------------------------------------------------
-def _items(data: dict[str, bytes], items: list[Obj] | None, default_mode: int, optional: bool,
-           what: str) -> dict[str, tuple[bytes, int]]:
+def _items(
+    data: dict[str, bytes], items: list[Obj] | None, default_mode: int, optional: bool, what: str
+) -> dict[str, tuple[bytes, int]]:
     if not items:
         return {k: (v, default_mode) for k, v in data.items()}
     out = {}
@@ -148,22 +151,31 @@ def field_value(pod: Obj, path: str, pod_ip: str, host_ip: str) -> str:
     meta = pod["metadata"]
     if path.startswith(("metadata.labels[", "metadata.annotations[")):
         which = "labels" if ".labels[" in path else "annotations"
-        key = path[path.index("[") + 1: -1].strip("'\"")
+        key = path[path.index("[") + 1 : -1].strip("'\"")
         return (meta.get(which) or {}).get(key, "")
     if path in ("metadata.labels", "metadata.annotations"):
         d = meta.get(path.split(".")[1]) or {}
         return "\n".join(f'{k}="{json.dumps(v)[1:-1]}"' for k, v in sorted(d.items()))
     return {
-        "metadata.name": meta["name"], "metadata.namespace": meta.get("namespace", ""),
-        "metadata.uid": meta.get("uid", ""), "spec.nodeName": pod["spec"].get("nodeName", ""),
+        "metadata.name": meta["name"],
+        "metadata.namespace": meta.get("namespace", ""),
+        "metadata.uid": meta.get("uid", ""),
+        "spec.nodeName": pod["spec"].get("nodeName", ""),
         "spec.serviceAccountName": pod["spec"].get("serviceAccountName", ""),
-        "status.podIP": pod_ip, "status.podIPs": pod_ip, "status.hostIP": host_ip, "status.hostIPs": host_ip,
+        "status.podIP": pod_ip,
+        "status.podIPs": pod_ip,
+        "status.hostIP": host_ip,
+        "status.hostIPs": host_ip,
     }.get(path, "")
 
 
-def resource_value(pod: Obj, ref: Obj, node_allocatable: dict[str, str], default_container: str | None) -> str:
+def resource_value(
+    pod: Obj, ref: Obj, node_allocatable: dict[str, str], default_container: str | None
+) -> str:
     cname = ref.get("containerName") or default_container
-    container = next((c for c in pod["spec"]["containers"] if c["name"] == cname), pod["spec"]["containers"][0])
+    container = next(
+        (c for c in pod["spec"]["containers"] if c["name"] == cname), pod["spec"]["containers"][0]
+    )
     kind, _, res = ref["resource"].partition(".")
     value = ((container.get("resources") or {}).get(kind) or {}).get(res)
     if value is None and kind == "requests":
@@ -211,26 +223,41 @@ class Volumes:
 
     async def _token(self, key: str, src: Obj) -> bytes:
         import time
+
         now = time.time()
         cached = self._tokens.get(key)
         if cached and now < cached[0] + 0.8 * (cached[1] - cached[0]):
             return cached[2]
         pod = self.rt.pod
         sa = pod["spec"].get("serviceAccountName") or "default"
-        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-                "spec": {"expirationSeconds": int(src.get("expirationSeconds", 3607)),
-                         "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": self.rt.name,
-                                            "uid": self.rt.uid}}}
+        body = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {
+                "expirationSeconds": int(src.get("expirationSeconds", 3607)),
+                "boundObjectRef": {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "name": self.rt.name,
+                    "uid": self.rt.uid,
+                },
+            },
+        }
         if src.get("audience"):
             body["spec"]["audiences"] = [src["audience"]]
         try:
-            out = await self.rt.kube.create(f"/api/v1/namespaces/{self.rt.namespace}/serviceaccounts/{sa}/token", body)
+            out = await self.rt.kube.create(
+                f"/api/v1/namespaces/{self.rt.namespace}/serviceaccounts/{sa}/token", body
+            )
         except ApiError as e:
             raise NotReady(f"token for serviceaccount {sa!r}: {e}") from None
         token = out["status"]["token"].encode()
         exp = out["status"].get("expirationTimestamp")
-        expires = (datetime.datetime.strptime(exp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
-                   .timestamp() if exp else now + 3600)
+        expires = (
+            datetime.datetime.strptime(exp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC).timestamp()
+            if exp
+            else now + 3600
+        )
         self._tokens[key] = (now, expires, token)
         return token
 
@@ -243,7 +270,9 @@ class Volumes:
                 s = src.get("secret") or src.get("configMap")
                 data = await self._data(kind, s["name"], bool(s.get("optional")))
                 if data is not None:
-                    files.update(_items(data, s.get("items"), mode_default, bool(s.get("optional")), s["name"]))
+                    files.update(
+                        _items(data, s.get("items"), mode_default, bool(s.get("optional")), s["name"])
+                    )
             elif "downwardAPI" in src:
                 files.update(self._downward(src["downwardAPI"].get("items") or [], mode_default))
             elif "serviceAccountToken" in src:
@@ -331,14 +360,24 @@ class Volumes:
         if "secret" in v:
             s = v["secret"]
             data = await self._data("secrets", s["secretName"], bool(s.get("optional")))
-            files = _items(data or {}, s.get("items"), int(s.get("defaultMode", 0o644)), bool(s.get("optional")),
-                           s["secretName"])
+            files = _items(
+                data or {},
+                s.get("items"),
+                int(s.get("defaultMode", 0o644)),
+                bool(s.get("optional")),
+                s["secretName"],
+            )
             d = base / "secret" / name
         elif "configMap" in v:
             s = v["configMap"]
             data = await self._data("configmaps", s["name"], bool(s.get("optional")))
-            files = _items(data or {}, s.get("items"), int(s.get("defaultMode", 0o644)), bool(s.get("optional")),
-                           s["name"])
+            files = _items(
+                data or {},
+                s.get("items"),
+                int(s.get("defaultMode", 0o644)),
+                bool(s.get("optional")),
+                s["name"],
+            )
             d = base / "configmap" / name
         elif "downwardAPI" in v:
             s = v["downwardAPI"]

@@ -30,8 +30,9 @@ def _new_key() -> ec.EllipticCurvePrivateKey:
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def _write(path: Path, data: bytes, private: bool = False) -> None:
@@ -89,23 +90,40 @@ class PKI:
         ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localkube-ca")])
         ca_cert = (
             x509.CertificateBuilder()
-            .subject_name(ca_name).issuer_name(ca_name)
+            .subject_name(ca_name)
+            .issuer_name(ca_name)
             .public_key(ca_key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now).not_valid_after(now + VALIDITY)
+            .not_valid_before(now)
+            .not_valid_after(now + VALIDITY)
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                         content_commitment=False, key_encipherment=False,
-                                         data_encipherment=False, key_agreement=False,
-                                         encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
             .sign(ca_key, hashes.SHA256())
         )
         _write(pki.ca.cert, ca_cert.public_bytes(serialization.Encoding.PEM))
         _write(pki.ca.key, _key_pem(ca_key), private=True)
 
-        dns = ["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
-               "kubernetes.default.svc.cluster.local"]
+        dns = [
+            "localhost",
+            "kubernetes",
+            "kubernetes.default",
+            "kubernetes.default.svc",
+            "kubernetes.default.svc.cluster.local",
+        ]
         ips = ["127.0.0.1", service_ip]
         for san in extra_sans:
             try:
@@ -119,12 +137,18 @@ class PKI:
         pki._issue(pki.client("kube-scheduler"), "system:kube-scheduler", ())
         # kube-apiserver -> kubelet (logs, exec); kubeadm's group is bound to system:kubelet-api-admin,
         # system:masters is simpler and equivalent for a test cluster.
-        pki._issue(pki.client("apiserver-kubelet-client"), "kube-apiserver-kubelet-client", ("system:masters",))
+        pki._issue(
+            pki.client("apiserver-kubelet-client"), "kube-apiserver-kubelet-client", ("system:masters",)
+        )
 
         sa = _new_key()
         _write(pki.sa_key, _key_pem(sa), private=True)
-        _write(pki.sa_pub, sa.public_key().public_bytes(serialization.Encoding.PEM,
-                                                          serialization.PublicFormat.SubjectPublicKeyInfo))
+        _write(
+            pki.sa_pub,
+            sa.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            ),
+        )
         return pki
 
     def _load_ca(self) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
@@ -133,8 +157,16 @@ class PKI:
         assert isinstance(key, ec.EllipticCurvePrivateKey)
         return cert, key
 
-    def _issue(self, pair: CertPair, cn: str, orgs: tuple[str, ...], *, server: bool = False,
-               dns: list[str] | None = None, ips: list[str] | None = None) -> CertPair:
+    def _issue(
+        self,
+        pair: CertPair,
+        cn: str,
+        orgs: tuple[str, ...],
+        *,
+        server: bool = False,
+        dns: list[str] | None = None,
+        ips: list[str] | None = None,
+    ) -> CertPair:
         ca_cert, ca_key = self._load_ca()
         key = _new_key()
         attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in orgs]
@@ -142,20 +174,36 @@ class PKI:
         now = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=5)
         builder = (
             x509.CertificateBuilder()
-            .subject_name(x509.Name(attrs)).issuer_name(ca_cert.subject)
+            .subject_name(x509.Name(attrs))
+            .issuer_name(ca_cert.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now).not_valid_after(now + VALIDITY)
+            .not_valid_before(now)
+            .not_valid_after(now + VALIDITY)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=True, key_encipherment=True,
-                                         content_commitment=False, data_encipherment=False,
-                                         key_agreement=False, key_cert_sign=False, crl_sign=False,
-                                         encipher_only=False, decipher_only=False), critical=True)
-            .add_extension(x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH] if server else [ExtendedKeyUsageOID.CLIENT_AUTH]),
-                critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-                           critical=False)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    key_encipherment=True,
+                    content_commitment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=False,
+                    crl_sign=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(
+                x509.ExtendedKeyUsage(
+                    [ExtendedKeyUsageOID.SERVER_AUTH] if server else [ExtendedKeyUsageOID.CLIENT_AUTH]
+                ),
+                critical=False,
+            )
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+            )
         )
         if server:
             sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns or []]

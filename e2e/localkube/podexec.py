@@ -48,9 +48,19 @@ def _check(ret: int, what: str) -> None:
 MS_MOVE = 8192
 
 
-def mount(source: str | None, target: str, flags: int, fstype: str | None = None, data: str | None = None) -> None:
-    _check(_libc.mount(source.encode() if source else None, target.encode(), fstype.encode() if fstype else None,
-                       ctypes.c_ulong(flags), data.encode() if data else None), f"mount {source} {target}")
+def mount(
+    source: str | None, target: str, flags: int, fstype: str | None = None, data: str | None = None
+) -> None:
+    _check(
+        _libc.mount(
+            source.encode() if source else None,
+            target.encode(),
+            fstype.encode() if fstype else None,
+            ctypes.c_ulong(flags),
+            data.encode() if data else None,
+        ),
+        f"mount {source} {target}",
+    )
 
 
 def mask(spec: dict) -> None:

@@ -57,9 +57,17 @@ def _die_with_parent() -> None:
 
 
 class Proc:
-    def __init__(self, name: str, argv: list[str], log: Path, pidfile: Path, *,
-                 env: dict[str, str] | None = None, die_with_parent: bool = True,
-                 cwd: Path | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        log: Path,
+        pidfile: Path,
+        *,
+        env: dict[str, str] | None = None,
+        die_with_parent: bool = True,
+        cwd: Path | None = None,
+    ) -> None:
         self.name = name
         self.argv = argv
         self.log = log
@@ -76,9 +84,15 @@ class Proc:
             out.write(f"\n=== {time.strftime('%H:%M:%S')} start: {' '.join(self.argv)}\n".encode())
             out.flush()
             self.popen = subprocess.Popen(
-                self.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True, env=self.env, cwd=self.cwd,
-                preexec_fn=_die_with_parent if self.die_with_parent else None)  # noqa: PLW1509 - prctl only
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env=self.env,
+                cwd=self.cwd,
+                preexec_fn=_die_with_parent if self.die_with_parent else None,  # noqa: PLW1509 - prctl only
+            )
         record = {"pid": self.popen.pid, "start": _start_time(self.popen.pid), "name": self.name}
         with open(self.pidfile, "a") as f:
             f.write(json.dumps(record) + "\n")

@@ -33,11 +33,16 @@ CLASS_NAME = "standard"
 
 def storage_class(binding_mode: str = "WaitForFirstConsumer") -> Obj:
     return {
-        "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
-        "metadata": {"name": CLASS_NAME,
-                     "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
-        "provisioner": PROVISIONER, "reclaimPolicy": "Delete",
-        "volumeBindingMode": binding_mode, "allowVolumeExpansion": True,
+        "apiVersion": "storage.k8s.io/v1",
+        "kind": "StorageClass",
+        "metadata": {
+            "name": CLASS_NAME,
+            "annotations": {"storageclass.kubernetes.io/is-default-class": "true"},
+        },
+        "provisioner": PROVISIONER,
+        "reclaimPolicy": "Delete",
+        "volumeBindingMode": binding_mode,
+        "allowVolumeExpansion": True,
     }
 
 
@@ -123,9 +128,13 @@ class Provisioner:
             os.chmod(d, 0o755)
             size = ((spec.get("resources") or {}).get("requests") or {}).get("storage", "1Gi")
             pv: Obj = {
-                "apiVersion": "v1", "kind": "PersistentVolume",
-                "metadata": {"name": name, "annotations": {"pv.kubernetes.io/provisioned-by": PROVISIONER},
-                             "finalizers": ["external-provisioner.volume.kubernetes.io/finalizer"]},
+                "apiVersion": "v1",
+                "kind": "PersistentVolume",
+                "metadata": {
+                    "name": name,
+                    "annotations": {"pv.kubernetes.io/provisioned-by": PROVISIONER},
+                    "finalizers": ["external-provisioner.volume.kubernetes.io/finalizer"],
+                },
                 "spec": {
                     "capacity": {"storage": size},
                     "accessModes": spec.get("accessModes") or ["ReadWriteOnce"],
@@ -133,13 +142,27 @@ class Provisioner:
                     "storageClassName": cls["metadata"]["name"],
                     "volumeMode": spec.get("volumeMode", "Filesystem"),
                     "hostPath": {"path": str(d), "type": "Directory"},
-                    "claimRef": {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "namespace": meta["namespace"],
-                                 "name": meta["name"], "uid": meta["uid"]},
+                    "claimRef": {
+                        "apiVersion": "v1",
+                        "kind": "PersistentVolumeClaim",
+                        "namespace": meta["namespace"],
+                        "name": meta["name"],
+                        "uid": meta["uid"],
+                    },
                 },
             }
             if node:
-                pv["spec"]["nodeAffinity"] = {"required": {"nodeSelectorTerms": [{"matchExpressions": [
-                    {"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}]}]}}
+                pv["spec"]["nodeAffinity"] = {
+                    "required": {
+                        "nodeSelectorTerms": [
+                            {
+                                "matchExpressions": [
+                                    {"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}
+                                ]
+                            }
+                        ]
+                    }
+                }
             try:
                 await self.kube.create("/api/v1/persistentvolumes", pv)
                 log.info("provisioned %s for %s/%s (%s)", name, meta["namespace"], meta["name"], d)
@@ -155,8 +178,11 @@ class Provisioner:
             return
         phase = (pv.get("status") or {}).get("phase")
         fin = "external-provisioner.volume.kubernetes.io/finalizer"
-        if spec.get("persistentVolumeReclaimPolicy") == "Delete" and phase in ("Released", "Failed") \
-                and not meta.get("deletionTimestamp"):
+        if (
+            spec.get("persistentVolumeReclaimPolicy") == "Delete"
+            and phase in ("Released", "Failed")
+            and not meta.get("deletionTimestamp")
+        ):
             path = (spec.get("hostPath") or {}).get("path")
             if path and Path(path).parent == self.root:
                 shutil.rmtree(path, ignore_errors=True)
@@ -168,13 +194,18 @@ class Provisioner:
                     raise
         if meta.get("deletionTimestamp") and fin in (meta.get("finalizers") or []):
             path = (spec.get("hostPath") or {}).get("path")
-            if spec.get("persistentVolumeReclaimPolicy") == "Delete" and path and Path(path).parent == self.root:
+            if (
+                spec.get("persistentVolumeReclaimPolicy") == "Delete"
+                and path
+                and Path(path).parent == self.root
+            ):
                 shutil.rmtree(path, ignore_errors=True)
             rest = [f for f in meta["finalizers"] if f != fin]
             try:
-                await self.kube.merge_patch(f"/api/v1/persistentvolumes/{meta['name']}",
-                                            {"metadata": {"finalizers": rest or None,
-                                                          "resourceVersion": meta["resourceVersion"]}})
+                await self.kube.merge_patch(
+                    f"/api/v1/persistentvolumes/{meta['name']}",
+                    {"metadata": {"finalizers": rest or None, "resourceVersion": meta["resourceVersion"]}},
+                )
             except ApiError as e:
                 if e.status not in (404, 409):
                     raise
@@ -188,13 +219,22 @@ class Provisioner:
         if not want or not have or (pvc.get("status") or {}).get("phase") != "Bound":
             return
         if parse_quantity(want) > parse_quantity(have):
-            await self.kube.merge_patch(f"/api/v1/persistentvolumes/{pv['metadata']['name']}",
-                                        {"spec": {"capacity": {"storage": want}}})
+            await self.kube.merge_patch(
+                f"/api/v1/persistentvolumes/{pv['metadata']['name']}",
+                {"spec": {"capacity": {"storage": want}}},
+            )
             have = want
         if status_cap and parse_quantity(status_cap) < parse_quantity(have):
             ns, name = pvc["metadata"]["namespace"], pvc["metadata"]["name"]
-            await self.kube.merge_patch(f"/api/v1/namespaces/{ns}/persistentvolumeclaims/{name}/status",
-                                        {"status": {"capacity": {"storage": have},
-                                                    "allocatedResources": {"storage": have},
-                                                    "allocatedResourceStatuses": None, "conditions": None}})
+            await self.kube.merge_patch(
+                f"/api/v1/namespaces/{ns}/persistentvolumeclaims/{name}/status",
+                {
+                    "status": {
+                        "capacity": {"storage": have},
+                        "allocatedResources": {"storage": have},
+                        "allocatedResourceStatuses": None,
+                        "conditions": None,
+                    }
+                },
+            )
             log.info("expanded %s/%s to %s", ns, name, have)

@@ -71,8 +71,16 @@ class Member:
 
 
 class Store:
-    def __init__(self, kind: str, size: int, workdir: Path, pidfile: Path, *,
-                 die_with_parent: bool = True, extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        kind: str,
+        size: int,
+        workdir: Path,
+        pidfile: Path,
+        *,
+        die_with_parent: bool = True,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
         if kind not in STORES:
             raise ValueError(f"store must be one of {STORES}, not {kind!r}")
         self.kind = kind
@@ -86,15 +94,33 @@ class Store:
         for name, (cp, pp) in zip(names, ports):
             data = workdir / f"{name}.data"
             argv = cmd + [
-                "--name", name, "--data-dir", str(data),
-                "--listen-client-urls", f"http://{HOST}:{cp}", "--advertise-client-urls", f"http://{HOST}:{cp}",
-                "--listen-peer-urls", f"http://{HOST}:{pp}", "--initial-advertise-peer-urls", f"http://{HOST}:{pp}",
-                "--initial-cluster", cluster, "--initial-cluster-state", "new",
-                "--initial-cluster-token", f"localkube-{kind}",
-                "--logger", "zap", "--log-outputs", "stderr",
+                "--name",
+                name,
+                "--data-dir",
+                str(data),
+                "--listen-client-urls",
+                f"http://{HOST}:{cp}",
+                "--advertise-client-urls",
+                f"http://{HOST}:{cp}",
+                "--listen-peer-urls",
+                f"http://{HOST}:{pp}",
+                "--initial-advertise-peer-urls",
+                f"http://{HOST}:{pp}",
+                "--initial-cluster",
+                cluster,
+                "--initial-cluster-state",
+                "new",
+                "--initial-cluster-token",
+                f"localkube-{kind}",
+                "--logger",
+                "zap",
+                "--log-outputs",
+                "stderr",
                 *extra_args,
             ]
-            proc = Proc(name, argv, workdir / "logs" / f"{name}.log", pidfile, die_with_parent=die_with_parent)
+            proc = Proc(
+                name, argv, workdir / "logs" / f"{name}.log", pidfile, die_with_parent=die_with_parent
+            )
             self.members.append(Member(name, cp, pp, data, proc))
 
     @property
@@ -116,7 +142,9 @@ class Store:
         while True:
             dead = [m for m in members if not m.proc.running]
             if dead:
-                raise RuntimeError(f"{dead[0].name} exited ({dead[0].proc.exit_code()}):\n{dead[0].proc.tail()}")
+                raise RuntimeError(
+                    f"{dead[0].name} exited ({dead[0].proc.exit_code()}):\n{dead[0].proc.tail()}"
+                )
             if all(m.healthy() for m in members):
                 return
             if time.monotonic() > deadline:
@@ -126,9 +154,22 @@ class Store:
     def status(self) -> list[dict]:
         """`etcdctl endpoint status -w json` of the running members (works on both stores)."""
         live = [m for m in self.members if m.proc.running]
-        out = subprocess.run([etcdctl_path(), "--endpoints", ",".join(m.endpoint for m in live),
-                              "--command-timeout=3s", "endpoint", "status", "-w", "json"],
-                             capture_output=True, text=True, timeout=20, check=False)
+        out = subprocess.run(
+            [
+                etcdctl_path(),
+                "--endpoints",
+                ",".join(m.endpoint for m in live),
+                "--command-timeout=3s",
+                "endpoint",
+                "status",
+                "-w",
+                "json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        )
         try:
             return json.loads(out.stdout or "[]")
         except ValueError:

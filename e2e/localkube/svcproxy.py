@@ -102,11 +102,17 @@ class ServiceProxy:
             if key not in self.servers:
                 try:
                     self.servers[key] = await asyncio.start_server(
-                        lambda r, w, k=key: self._handle(k, r, w), host=key[0], port=key[1], reuse_address=True)
+                        lambda r, w, k=key: self._handle(k, r, w),
+                        host=key[0],
+                        port=key[1],
+                        reuse_address=True,
+                    )
                 except OSError as e:
                     log.warning("cannot listen on %s:%d: %s", key[0], key[1], e)
 
-    async def _handle(self, key: tuple[str, int], reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _handle(
+        self, key: tuple[str, int], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         route = self.routes.get(key)
         eps = self.endpoints(*route) if route else []
         if not eps:

@@ -40,8 +40,10 @@ def cached_bin_dir() -> Path | None:
     if os.environ.get("LOCALKUBE_BIN_DIR"):
         d = Path(os.environ["LOCALKUBE_BIN_DIR"])
         return d if _complete(d) else None
-    root = Path(os.environ.get("K8S_TOOLCHAIN_CACHE")
-                or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "etcdstore-toolchain")
+    root = Path(
+        os.environ.get("K8S_TOOLCHAIN_CACHE")
+        or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "etcdstore-toolchain"
+    )
     found = [d / "bin" for d in root.glob(f"k8s-{k8s_version()}-*") if _complete(d / "bin")]
     return max(found, key=lambda d: (d / "kube-apiserver").stat().st_mtime) if found else None
 
@@ -70,6 +72,8 @@ def bin_dir(build: bool | None = None) -> Path | None:
 def require_bin_dir() -> Path:
     d = bin_dir()
     if d is None:
-        raise ToolchainMissing("Kubernetes binaries are not built (e2e/toolchain/build.sh) and "
-                               "ETCDSTORE_K8S_BUILD=0 forbids building them")
+        raise ToolchainMissing(
+            "Kubernetes binaries are not built (e2e/toolchain/build.sh) and "
+            "ETCDSTORE_K8S_BUILD=0 forbids building them"
+        )
     return d

@@ -51,8 +51,9 @@ def client_from_args(args: argparse.Namespace, timeout: float = 30.0) -> Client:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="etcdoperator backup", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="etcdoperator backup", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_client_args(p)
     p.add_argument("--cluster", required=True, help="NAMESPACE/NAME of the EtcdCluster")
     p.add_argument("--destination", required=True, help="file:///dir or s3://bucket/prefix")
@@ -60,8 +61,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--name", required=True, help="backup name (file name without extension)")
     p.add_argument("--keep", type=int, default=0, help="keep this many backups of this kind (0: all)")
     p.add_argument("--result-file", default=None)
-    p.add_argument("--location-base", default=None,
-                   help="report locations as this URL + key (e.g. pvc://claim/dir instead of a mount path)")
+    p.add_argument(
+        "--location-base",
+        default=None,
+        help="report locations as this URL + key (e.g. pvc://claim/dir instead of a mount path)",
+    )
     add_location_args(p)
     return p
 
@@ -84,7 +88,9 @@ def apply_retention(store: ObjectStore, directory: str, keep: int) -> list[str]:
 
 
 async def take_backup(args: argparse.Namespace) -> dict[str, Any]:
-    store, prefix = open_location(args.destination, S3Options(args.s3_endpoint, args.s3_region, args.s3_path_style))
+    store, prefix = open_location(
+        args.destination, S3Options(args.s3_endpoint, args.s3_region, args.s3_path_style)
+    )
     directory = backup_dir(prefix, args.cluster, args.kind)
     with tempfile.TemporaryDirectory(prefix="etcd-backup-") as tmp:
         path = Path(tmp) / "snapshot.db"

@@ -107,8 +107,14 @@ async def job_result(kube: Kube, namespace: str, job_name: str) -> dict[str, Any
     return {}
 
 
-async def record_result(kube: Kube, ref: ClusterRef, cluster: Mapping[str, Any] | None, job: Mapping[str, Any],
-                        ok: bool, result: Mapping[str, Any]) -> None:
+async def record_result(
+    kube: Kube,
+    ref: ClusterRef,
+    cluster: Mapping[str, Any] | None,
+    job: Mapping[str, Any],
+    ok: bool,
+    result: Mapping[str, Any],
+) -> None:
     kind = (job.get("metadata", {}).get("labels") or {}).get(LABEL_BACKUP_KIND, "scheduled")
     metrics.BACKUPS.labels(ref.namespace, ref.name, kind, "success" if ok else "failure").inc()
     job_name = job["metadata"]["name"]
@@ -117,24 +123,42 @@ async def record_result(kube: Kube, ref: ClusterRef, cluster: Mapping[str, Any] 
         entry["backup"] = job_name
         prev = ((cluster or {}).get("status") or {}).get("lastSuccessfulBackup") or {}
         if cluster is not None and (prev.get("time") or "") <= entry.get("time", ""):
-            await kube.patch(ETCDCLUSTERS, ref.namespace, ref.name, {"status": {"lastSuccessfulBackup": entry}},
-                             sub="status")
+            await kube.patch(
+                ETCDCLUSTERS,
+                ref.namespace,
+                ref.name,
+                {"status": {"lastSuccessfulBackup": entry}},
+                sub="status",
+            )
         t = parse_time(entry.get("time"))
         if t is not None:
             metrics.BACKUP_TIME.labels(ref.namespace, ref.name).set(t.timestamp())
         metrics.BACKUP_BYTES.labels(ref.namespace, ref.name).set(float(entry.get("size") or 0))
         if cluster is not None:
-            await events.post(kube, cluster, "BackupSucceeded",
-                              f"{kind} backup {job_name}: revision {entry.get('revision')}, {entry.get('size')} bytes, "
-                              f"sha256 {entry.get('sha256')}, at {entry.get('location')}")
+            await events.post(
+                kube,
+                cluster,
+                "BackupSucceeded",
+                f"{kind} backup {job_name}: revision {entry.get('revision')}, {entry.get('size')} bytes, "
+                f"sha256 {entry.get('sha256')}, at {entry.get('location')}",
+            )
     elif cluster is not None:
-        await events.post(kube, cluster, "BackupFailed", f"{kind} backup {job_name} failed: "
-                          f"{result.get('error', 'see the Job logs')}", warning=True)
-    await kube.patch(JOBS, ref.namespace, job_name, {"metadata": {"annotations": {ANNOTATION_RECORDED: "true"}}})
+        await events.post(
+            kube,
+            cluster,
+            "BackupFailed",
+            f"{kind} backup {job_name} failed: {result.get('error', 'see the Job logs')}",
+            warning=True,
+        )
+    await kube.patch(
+        JOBS, ref.namespace, job_name, {"metadata": {"annotations": {ANNOTATION_RECORDED: "true"}}}
+    )
 
 
 async def collect_scheduled(kube: Kube, ref: ClusterRef, cluster: Mapping[str, Any]) -> None:
-    jobs = await kube.list(JOBS, ref.namespace, labels={**ref.labels("backup"), LABEL_BACKUP_KIND: "scheduled"})
+    jobs = await kube.list(
+        JOBS, ref.namespace, labels={**ref.labels("backup"), LABEL_BACKUP_KIND: "scheduled"}
+    )
     finished: list[Mapping[str, Any]] = []
     for job in jobs:
         ok = job_finished(job)
@@ -143,15 +167,18 @@ async def collect_scheduled(kube: Kube, ref: ClusterRef, cluster: Mapping[str, A
         finished.append(job)
         if (job["metadata"].get("annotations") or {}).get(ANNOTATION_RECORDED):
             continue
-        await record_result(kube, ref, cluster, job, ok, await job_result(kube, ref.namespace, job["metadata"]["name"]))
+        await record_result(
+            kube, ref, cluster, job, ok, await job_result(kube, ref.namespace, job["metadata"]["name"])
+        )
     finished.sort(key=lambda j: j["metadata"]["name"])
     for job in finished[:-KEEP_FINISHED_JOBS]:
         if (job["metadata"].get("annotations") or {}).get(ANNOTATION_RECORDED):
             await kube.delete(JOBS, ref.namespace, job["metadata"]["name"])
 
 
-async def schedule_tick(kube: Kube, state: OperatorState, cluster: Mapping[str, Any], *,
-                        now: dt.datetime | None = None) -> str | None:
+async def schedule_tick(
+    kube: Kube, state: OperatorState, cluster: Mapping[str, Any], *, now: dt.datetime | None = None
+) -> str | None:
     """One tick of the scheduler for one cluster; returns the Job created, if any."""
     meta = cluster["metadata"]
     ref = ClusterRef(meta["namespace"], meta["name"], meta.get("uid", ""))
@@ -162,7 +189,9 @@ async def schedule_tick(kube: Kube, state: OperatorState, cluster: Mapping[str, 
         return None
     now = now or dt.datetime.now(dt.UTC)
     status = cluster.get("status") or {}
-    available = any(c.get("type") == "Available" and c.get("status") == "True" for c in status.get("conditions") or [])
+    available = any(
+        c.get("type") == "Available" and c.get("status") == "True" for c in status.get("conditions") or []
+    )
     if not available:
         return None  # a Job now would only fail; the tick is taken when the cluster is back
     since = parse_time(status.get("lastScheduledBackup")) or parse_time(meta.get("creationTimestamp"))
@@ -170,16 +199,28 @@ async def schedule_tick(kube: Kube, state: OperatorState, cluster: Mapping[str, 
     if due is None:
         return None
     name = scheduled_job_name(ref, due)
-    job = backup_job(ref, spec, job_name=name, kind="scheduled", backup_name=scheduled_backup_name(ref, due),
-                     destination=b.destination, keep=b.retention, images=state.settings.images,
-                     annotations={ANNOTATION_SCHEDULED_TIME: _iso(due)})
+    job = backup_job(
+        ref,
+        spec,
+        job_name=name,
+        kind="scheduled",
+        backup_name=scheduled_backup_name(ref, due),
+        destination=b.destination,
+        keep=b.retention,
+        images=state.settings.images,
+        annotations={ANNOTATION_SCHEDULED_TIME: _iso(due)},
+    )
     try:
         await kube.create(JOBS, ref.namespace, job)
     except ApiError as e:
         if e.status != 409:
             raise
-    await kube.patch(ETCDCLUSTERS, ref.namespace, ref.name, {"status": {"lastScheduledBackup": _iso(due)}}, sub="status")
-    await events.post(kube, cluster, "BackupScheduled", f"started scheduled backup {name} to {b.destination.describe()}")
+    await kube.patch(
+        ETCDCLUSTERS, ref.namespace, ref.name, {"status": {"lastScheduledBackup": _iso(due)}}, sub="status"
+    )
+    await events.post(
+        kube, cluster, "BackupScheduled", f"started scheduled backup {name} to {b.destination.describe()}"
+    )
     return name
 
 
@@ -190,14 +231,21 @@ def on_demand_job_name(backup_name: str) -> str:
 def register(state: OperatorState) -> None:
     tick = float(os.environ.get("ETCDOPERATOR_BACKUP_TICK", "10"))
 
-    @kopf.timer(crd.GROUP, crd.VERSION, crd.CLUSTER_PLURAL, interval=tick, initial_delay=min(tick, 5.0),
-                when=lambda spec, **_: bool(spec.get("backup")))
+    @kopf.timer(
+        crd.GROUP,
+        crd.VERSION,
+        crd.CLUSTER_PLURAL,
+        interval=tick,
+        initial_delay=min(tick, 5.0),
+        when=lambda spec, **_: bool(spec.get("backup")),
+    )
     async def backup_schedule(body: kopf.Body, **_: Any) -> None:
         await schedule_tick(state.kube(), state, dict(body))
 
     @kopf.on.create(crd.GROUP, crd.VERSION, crd.BACKUP_PLURAL)
-    async def backup_requested(body: kopf.Body, spec: kopf.Spec, name: str, namespace: str, uid: str,
-                               patch: kopf.Patch, **_: Any) -> None:
+    async def backup_requested(
+        body: kopf.Body, spec: kopf.Spec, name: str, namespace: str, uid: str, patch: kopf.Patch, **_: Any
+    ) -> None:
         kube = state.kube()
         req = parse_backup_spec(dict(spec))
         cluster = await kube.get(ETCDCLUSTERS, namespace, req.cluster_name)
@@ -207,35 +255,68 @@ def register(state: OperatorState) -> None:
         cspec = parse_cluster_spec(cluster.get("spec"))
         dest = req.destination or (cspec.backup.destination if cspec.backup else None)
         if dest is None:
-            patch.status.update({"phase": "Failed", "message": "no destination: set spec.destination or the "
-                                                               "cluster's spec.backup.destination"})
+            patch.status.update(
+                {
+                    "phase": "Failed",
+                    "message": "no destination: set spec.destination or the "
+                    "cluster's spec.backup.destination",
+                }
+            )
             return
         cmeta = cluster["metadata"]
         ref = ClusterRef(namespace, req.cluster_name, cmeta.get("uid", ""))
-        owner = {"apiVersion": crd.API_VERSION, "kind": crd.BACKUP_KIND, "name": name, "uid": uid,
-                 "controller": True, "blockOwnerDeletion": True}
+        owner = {
+            "apiVersion": crd.API_VERSION,
+            "kind": crd.BACKUP_KIND,
+            "name": name,
+            "uid": uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
         job_name = on_demand_job_name(name)
-        job = backup_job(ref, cspec, job_name=job_name, kind="on-demand", backup_name=name, destination=dest,
-                         keep=0, images=state.settings.images, owner=owner, backup_object=name)
+        job = backup_job(
+            ref,
+            cspec,
+            job_name=job_name,
+            kind="on-demand",
+            backup_name=name,
+            destination=dest,
+            keep=0,
+            images=state.settings.images,
+            owner=owner,
+            backup_object=name,
+        )
         try:
             await kube.create(JOBS, namespace, job)
         except ApiError as e:
             if e.status != 409:
                 raise
-        patch.status.update({"phase": "Running", "jobName": job_name,
-                             "startTime": _iso(dt.datetime.now(dt.UTC))})
+        patch.status.update(
+            {"phase": "Running", "jobName": job_name, "startTime": _iso(dt.datetime.now(dt.UTC))}
+        )
         await events.post(kube, body, "BackupStarted", f"backing up {req.cluster_name} to {dest.describe()}")
 
-    @kopf.timer(crd.GROUP, crd.VERSION, crd.BACKUP_PLURAL, interval=max(tick / 2, 0.5),
-                when=lambda status, **_: status.get("phase") == "Running")
-    async def backup_progress(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, name: str, namespace: str,
-                              **_: Any) -> None:
+    @kopf.timer(
+        crd.GROUP,
+        crd.VERSION,
+        crd.BACKUP_PLURAL,
+        interval=max(tick / 2, 0.5),
+        when=lambda status, **_: status.get("phase") == "Running",
+    )
+    async def backup_progress(
+        body: kopf.Body, spec: kopf.Spec, status: kopf.Status, name: str, namespace: str, **_: Any
+    ) -> None:
         kube = state.kube()
         job_name = status.get("jobName") or on_demand_job_name(name)
         job = await kube.get(JOBS, namespace, job_name)
         if job is None:
-            await kube.patch(ETCDBACKUPS, namespace, name, {"status": {"phase": "Failed", "message": "Job is gone"}},
-                             sub="status")
+            await kube.patch(
+                ETCDBACKUPS,
+                namespace,
+                name,
+                {"status": {"phase": "Failed", "message": "Job is gone"}},
+                sub="status",
+            )
             return
         ok = job_finished(job)
         if ok is None:
@@ -244,7 +325,9 @@ def register(state: OperatorState) -> None:
         now = _iso(dt.datetime.now(dt.UTC))
         new: dict[str, Any] = {"phase": "Succeeded" if ok else "Failed", "completionTime": now}
         if ok:
-            new.update({k: result[k] for k in ("time", "revision", "size", "sha256", "location") if k in result})
+            new.update(
+                {k: result[k] for k in ("time", "revision", "size", "sha256", "location") if k in result}
+            )
             new["message"] = "backup complete"
         else:
             new["message"] = str(result.get("error") or "the backup Job failed")
@@ -254,4 +337,6 @@ def register(state: OperatorState) -> None:
         cmeta = (cluster or {}).get("metadata", {})
         ref = ClusterRef(namespace, cluster_name or "", cmeta.get("uid", ""))
         await record_result(kube, ref, cluster, job, ok, result)
-        await events.post(kube, body, "BackupSucceeded" if ok else "BackupFailed", new["message"], warning=not ok)
+        await events.post(
+            kube, body, "BackupSucceeded" if ok else "BackupFailed", new["message"], warning=not ok
+        )

@@ -1,12 +1,12 @@
 """The `etcdoperator` command.
 
-    etcdoperator run [--namespace NS ... | --all-namespaces] [--standalone] [--liveness URL]
-                     [--metrics-port PORT] [--verbose]        run the operator (kopf)
-    etcdoperator backup ...                                   take one backup (backup Jobs run this)
-    etcdoperator restore-member fetch|finish ...              steps of the restore Job (seed from a backup)
-    etcdoperator member-gate ...                              refuse an empty data dir without a join ticket (init container)
-    etcdoperator manifests crds | sync [ROOT]                 print the CRDs / write them into the tree
-    etcdoperator version
+etcdoperator run [--namespace NS ... | --all-namespaces] [--standalone] [--liveness URL]
+                 [--metrics-port PORT] [--verbose]        run the operator (kopf)
+etcdoperator backup ...                                   take one backup (backup Jobs run this)
+etcdoperator restore-member fetch|finish ...              steps of the restore Job (seed from a backup)
+etcdoperator member-gate ...                              refuse an empty data dir without a join ticket (init container)
+etcdoperator manifests crds | sync [ROOT]                 print the CRDs / write them into the tree
+etcdoperator version
 """
 
 from __future__ import annotations
@@ -34,18 +34,26 @@ def find_cluster(env: dict[str, str], home: str, token_file: str = SERVICE_ACCOU
     host, port = env.get("KUBERNETES_SERVICE_HOST"), env.get("KUBERNETES_SERVICE_PORT", "443")
     if host and os.path.exists(token_file):
         return f"https://{host}:{port}", "the pod's service account"
-    paths = [p for p in (env.get("KUBECONFIG") or "").split(os.pathsep) if p] or [os.path.join(home, ".kube", "config")]
+    paths = [p for p in (env.get("KUBECONFIG") or "").split(os.pathsep) if p] or [
+        os.path.join(home, ".kube", "config")
+    ]
     existing = [p for p in paths if os.path.isfile(p)]
     if not existing:
-        raise NoCluster("no Kubernetes cluster configured: not in a pod (no service account) and no kubeconfig "
-                        f"({', '.join(paths)} not found; set KUBECONFIG)")
+        raise NoCluster(
+            "no Kubernetes cluster configured: not in a pod (no service account) and no kubeconfig "
+            f"({', '.join(paths)} not found; set KUBECONFIG)"
+        )
     try:
         config = yaml.safe_load(open(existing[0]).read()) or {}  # noqa: SIM115
-        context = next(c["context"] for c in config.get("contexts") or [] if c["name"] == config.get("current-context"))
+        context = next(
+            c["context"] for c in config.get("contexts") or [] if c["name"] == config.get("current-context")
+        )
         cluster = next(c["cluster"] for c in config.get("clusters") or [] if c["name"] == context["cluster"])
         return str(cluster["server"]), existing[0]
     except (OSError, yaml.YAMLError, StopIteration, KeyError, TypeError) as e:
-        raise NoCluster(f"kubeconfig {existing[0]} has no usable current context ({type(e).__name__}: {e})") from None
+        raise NoCluster(
+            f"kubeconfig {existing[0]} has no usable current context ({type(e).__name__}: {e})"
+        ) from None
 
 
 def check_reachable(server: str, source: str, *, attempts: int = 3, timeout: float = 5.0) -> None:
@@ -56,8 +64,10 @@ def check_reachable(server: str, source: str, *, attempts: int = 3, timeout: flo
     import aiohttp
 
     async def probe() -> None:
-        async with (aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session,
-                    session.get(server.rstrip("/") + "/version", ssl=False)):
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session,
+            session.get(server.rstrip("/") + "/version", ssl=False),
+        ):
             pass
 
     error: Exception | None = None
@@ -75,12 +85,18 @@ def check_reachable(server: str, source: str, *, attempts: int = 3, timeout: flo
 def _run(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="etcdoperator run")
     scope = p.add_mutually_exclusive_group()
-    scope.add_argument("-n", "--namespace", action="append", default=[], help="serve this namespace (repeatable)")
+    scope.add_argument(
+        "-n", "--namespace", action="append", default=[], help="serve this namespace (repeatable)"
+    )
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="serve every namespace (default)")
     p.add_argument("--standalone", action="store_true", help="no kopf peering (run exactly one replica)")
     p.add_argument("--liveness", default=None, help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
-    p.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus metrics on this port (0: off)")
-    p.add_argument("--metrics-address", default="0.0.0.0", help="address the metrics port listens on (default 0.0.0.0)")
+    p.add_argument(
+        "--metrics-port", type=int, default=0, help="serve Prometheus metrics on this port (0: off)"
+    )
+    p.add_argument(
+        "--metrics-address", default="0.0.0.0", help="address the metrics port listens on (default 0.0.0.0)"
+    )
     p.add_argument("--verbose", "-v", action="store_true")
     args = p.parse_args(argv)
 

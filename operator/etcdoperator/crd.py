@@ -44,7 +44,10 @@ def _s3(object_field: str, object_description: str) -> Schema:
         {
             "bucket": {"type": "string", "minLength": 3},
             object_field: {"type": "string", "description": object_description},
-            "endpoint": {"type": "string", "description": "S3 API URL for S3-compatible stores (MinIO, Ceph...)."},
+            "endpoint": {
+                "type": "string",
+                "description": "S3 API URL for S3-compatible stores (MinIO, Ceph...).",
+            },
             "region": {"type": "string", "default": "us-east-1"},
             "forcePathStyle": {"type": "boolean", "default": True},
             "credentialsSecret": {
@@ -128,7 +131,12 @@ def _tls_side(*, client: bool) -> Schema:
             "default": True,
             "description": "Refuse clients without a certificate signed by the CA.",
         }
-    rules = [{"rule": "(has(self.mode) ? self.mode : 'none') != 'secret' || has(self.secretName)", "message": "secretName is required when mode is secret"}]
+    rules = [
+        {
+            "rule": "(has(self.mode) ? self.mode : 'none') != 'secret' || has(self.secretName)",
+            "message": "secretName is required when mode is secret",
+        }
+    ]
     if client:
         rules.append(
             {
@@ -155,7 +163,7 @@ def cluster_spec_schema() -> Schema:
                 "enum": ["etcdstore", "etcd"],
                 "default": "etcdstore",
                 "description": "What member pods run: this project's store or etcd itself. Immutable (their data "
-                               "dirs differ).",
+                "dirs differ).",
                 "x-kubernetes-validations": [{"rule": "self == oldSelf", "message": "engine is immutable"}],
             },
             "version": {
@@ -164,16 +172,28 @@ def cluster_spec_schema() -> Schema:
                 "maxLength": 32,
                 "default": STORE_API_VERSION,
                 "description": "etcd version the members run; changes roll one member at a time, minor skips are "
-                               f"refused. engine etcdstore: the etcd API version of the store ({STORE_API_VERSION}), "
-                               "nothing else.",
+                f"refused. engine etcdstore: the etcd API version of the store ({STORE_API_VERSION}), "
+                "nothing else.",
             },
-            "image": {"type": "string", "minLength": 1, "maxLength": 512,
-                      "description": "Member image (default: from engine and version). engine etcd: its tag names "
-                                     "spec.version (vX.Y.Z or X.Y.Z, optionally @sha256:...), so an image change "
-                                     "goes through the version rules."},
-            "imagePullPolicy": {"type": "string", "enum": ["Always", "IfNotPresent", "Never"], "default": "IfNotPresent"},
+            "image": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 512,
+                "description": "Member image (default: from engine and version). engine etcd: its tag names "
+                "spec.version (vX.Y.Z or X.Y.Z, optionally @sha256:...), so an image change "
+                "goes through the version rules.",
+            },
+            "imagePullPolicy": {
+                "type": "string",
+                "enum": ["Always", "IfNotPresent", "Never"],
+                "default": "IfNotPresent",
+            },
             "imagePullSecrets": {"type": "array", "items": _obj({"name": _STRING}, required=["name"])},
-            "paused": {"type": "boolean", "default": False, "description": "Stop all changes; status is still refreshed."},
+            "paused": {
+                "type": "boolean",
+                "default": False,
+                "description": "Stop all changes; status is still refreshed.",
+            },
             "storage": _obj(
                 {
                     "size": {"type": "string", "pattern": _SIZE_PATTERN, "default": "1Gi", "maxLength": 32},
@@ -192,14 +212,18 @@ def cluster_spec_schema() -> Schema:
                 },
                 default={},
                 description="size may grow (member volumes are expanded where the StorageClass allows it; never "
-                            "shrunk); reclaimPolicy may change; the rest is immutable.",
-                **{"x-kubernetes-validations": [{
-                    "rule": "(has(self.ephemeral) && self.ephemeral) == (has(oldSelf.ephemeral) && oldSelf.ephemeral) && "
+                "shrunk); reclaimPolicy may change; the rest is immutable.",
+                **{
+                    "x-kubernetes-validations": [
+                        {
+                            "rule": "(has(self.ephemeral) && self.ephemeral) == (has(oldSelf.ephemeral) && oldSelf.ephemeral) && "
                             "(has(self.storageClassName) ? "
                             "(has(oldSelf.storageClassName) && self.storageClassName == oldSelf.storageClassName) : "
                             "!has(oldSelf.storageClassName))",
-                    "message": "storage is immutable except size (to grow the volumes) and reclaimPolicy",
-                }]},
+                            "message": "storage is immutable except size (to grow the volumes) and reclaimPolicy",
+                        }
+                    ]
+                },
             ),
             "resources": _obj(
                 {
@@ -222,14 +246,19 @@ def cluster_spec_schema() -> Schema:
                         "minimum": 10,
                         "maximum": 86400,
                         "description": "How long a member may take to start (replaying a large log) before its "
-                                       "liveness probe counts (default 600).",
+                        "liveness probe counts (default 600).",
                     },
                 },
                 description="Overrides applied to every member pod.",
             ),
             "options": _obj(
                 {
-                    "quotaBackendBytes": {"type": "integer", "format": "int64", "minimum": 0, "maximum": 8 * 1024**3},
+                    "quotaBackendBytes": {
+                        "type": "integer",
+                        "format": "int64",
+                        "minimum": 0,
+                        "maximum": 8 * 1024**3,
+                    },
                     "autoCompactionMode": {"type": "string", "enum": ["periodic", "revision"]},
                     "autoCompactionRetention": {
                         "type": "string",
@@ -291,7 +320,10 @@ def cluster_spec_schema() -> Schema:
             "auth": _obj(
                 {
                     "rootPasswordSecret": _obj(
-                        {"name": {"type": "string", "minLength": 1}, "key": {"type": "string", "default": "password"}},
+                        {
+                            "name": {"type": "string", "minLength": 1},
+                            "key": {"type": "string", "default": "password"},
+                        },
                         required=["name"],
                     )
                 },
@@ -318,11 +350,19 @@ def cluster_spec_schema() -> Schema:
             "restore": _obj(
                 {
                     "source": source_schema(),
-                    "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$", "description": "Expected checksum."},
+                    "sha256": {
+                        "type": "string",
+                        "pattern": "^[0-9a-f]{64}$",
+                        "description": "Expected checksum.",
+                    },
                 },
                 required=["source"],
                 description="Bootstrap from this snapshot when the cluster is created. Immutable.",
-                **{"x-kubernetes-validations": [{"rule": "self == oldSelf", "message": "restore is immutable"}]},
+                **{
+                    "x-kubernetes-validations": [
+                        {"rule": "self == oldSelf", "message": "restore is immutable"}
+                    ]
+                },
             ),
         },
         **{"x-kubernetes-validations": SPEC_RULES},
@@ -338,10 +378,10 @@ SPEC_RULES: list[Schema] = [
     },
     {
         "rule": "self.engine != 'etcd' || !has(self.image) || self.image.endsWith(':v' + self.version)"
-                " || self.image.endsWith(':' + self.version) || self.image.contains(':v' + self.version + '@sha256:')"
-                " || self.image.contains(':' + self.version + '@sha256:')",
+        " || self.image.endsWith(':' + self.version) || self.image.contains(':v' + self.version + '@sha256:')"
+        " || self.image.contains(':' + self.version + '@sha256:')",
         "message": "image must be tagged with spec.version (vX.Y.Z or X.Y.Z): change both together, so that the "
-                   "version rules (one minor at a time, no downgrade) apply to image changes",
+        "version rules (one minor at a time, no downgrade) apply to image changes",
     },
     {
         "rule": f"self.engine != 'etcdstore' || self.version == '{STORE_API_VERSION}'",
@@ -393,8 +433,11 @@ def cluster_status_schema() -> Schema:
             "certificatesNotAfter": {"type": "string", "format": "date-time"},
             "conditions": {"type": "array", "items": condition},
             "members": {"type": "array", "items": member},
-            "retainedVolumes": {"type": "array", "items": _STRING,
-                                "description": "Volumes of a previous EtcdCluster of this name in use (reclaimPolicy Retain)."},
+            "retainedVolumes": {
+                "type": "array",
+                "items": _STRING,
+                "description": "Volumes of a previous EtcdCluster of this name in use (reclaimPolicy Retain).",
+            },
             "lastSuccessfulBackup": backup_result_schema(),
         },
         # kopf keeps its own progress under status.kopf
@@ -405,12 +448,18 @@ def cluster_status_schema() -> Schema:
 def backup_spec_schema() -> Schema:
     return _obj(
         {
-            "clusterName": {"type": "string", "pattern": _DNS_LABEL, "description": "EtcdCluster in this namespace."},
+            "clusterName": {
+                "type": "string",
+                "pattern": _DNS_LABEL,
+                "description": "EtcdCluster in this namespace.",
+            },
             "destination": destination_schema(),
         },
         required=["clusterName"],
         description="Take one backup now; destination defaults to the cluster's spec.backup.destination.",
-        **{"x-kubernetes-validations": [{"rule": "self == oldSelf", "message": "an EtcdBackup is immutable"}]},
+        **{
+            "x-kubernetes-validations": [{"rule": "self == oldSelf", "message": "an EtcdBackup is immutable"}]
+        },
     )
 
 
@@ -429,8 +478,9 @@ def backup_status_schema() -> Schema:
     return status
 
 
-def _crd(kind: str, plural: str, short: list[str], spec: Schema, status: Schema, columns: list[Schema],
-         scale: bool) -> dict[str, Any]:
+def _crd(
+    kind: str, plural: str, short: list[str], spec: Schema, status: Schema, columns: list[Schema], scale: bool
+) -> dict[str, Any]:
     subresources: Schema = {"status": {}}
     if scale:
         subresources["scale"] = {
@@ -485,11 +535,22 @@ def cluster_crd() -> dict[str, Any]:
         {"name": "Version", "type": "string", "jsonPath": ".status.currentVersion"},
         {"name": "Leader", "type": "string", "jsonPath": ".status.leader"},
         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
-        {"name": "Available", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Available")].status'},
-        {"name": "Last-Backup", "type": "date", "jsonPath": ".status.lastSuccessfulBackup.time", "priority": 1},
+        {
+            "name": "Available",
+            "type": "string",
+            "jsonPath": '.status.conditions[?(@.type=="Available")].status',
+        },
+        {
+            "name": "Last-Backup",
+            "type": "date",
+            "jsonPath": ".status.lastSuccessfulBackup.time",
+            "priority": 1,
+        },
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ]
-    return _crd(CLUSTER_KIND, CLUSTER_PLURAL, ["etcdc"], cluster_spec_schema(), cluster_status_schema(), columns, True)
+    return _crd(
+        CLUSTER_KIND, CLUSTER_PLURAL, ["etcdc"], cluster_spec_schema(), cluster_status_schema(), columns, True
+    )
 
 
 def backup_crd() -> dict[str, Any]:
@@ -501,7 +562,9 @@ def backup_crd() -> dict[str, Any]:
         {"name": "Location", "type": "string", "jsonPath": ".status.location", "priority": 1},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ]
-    return _crd(BACKUP_KIND, BACKUP_PLURAL, ["etcdb"], backup_spec_schema(), backup_status_schema(), columns, False)
+    return _crd(
+        BACKUP_KIND, BACKUP_PLURAL, ["etcdb"], backup_spec_schema(), backup_status_schema(), columns, False
+    )
 
 
 def all_crds() -> list[dict[str, Any]]:

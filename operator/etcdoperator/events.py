@@ -18,7 +18,9 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def event_manifest(obj: Mapping[str, Any], reason: str, message: str, *, warning: bool = False) -> dict[str, Any]:
+def event_manifest(
+    obj: Mapping[str, Any], reason: str, message: str, *, warning: bool = False
+) -> dict[str, Any]:
     """A core/v1 Event about `obj` (pure)."""
     meta = obj.get("metadata", {})
     ns = meta.get("namespace")
@@ -45,11 +47,15 @@ def event_manifest(obj: Mapping[str, Any], reason: str, message: str, *, warning
     }
 
 
-async def post(kube: Kube, obj: Mapping[str, Any], reason: str, message: str, *, warning: bool = False) -> None:
+async def post(
+    kube: Kube, obj: Mapping[str, Any], reason: str, message: str, *, warning: bool = False
+) -> None:
     """Best effort: an event that cannot be written is logged, never fatal."""
     meta = obj.get("metadata", {})
     ns = meta.get("namespace")
-    log.log(logging.WARNING if warning else logging.INFO, "[%s/%s] %s: %s", ns, meta.get("name"), reason, message)
+    log.log(
+        logging.WARNING if warning else logging.INFO, "[%s/%s] %s: %s", ns, meta.get("name"), reason, message
+    )
     try:
         await kube.create(EVENTS, ns, event_manifest(obj, reason, message, warning=warning))
     except (ApiError, OSError) as e:

@@ -13,8 +13,16 @@ import sys
 
 ENV = "ETCDOPERATOR_FAILPOINTS"
 EXIT_CODE = 86
-KNOWN = frozenset({"after-member-add", "after-member-remove", "after-promote", "after-move-leader",
-                   "after-pvc-delete", "after-bootstrap"})
+KNOWN = frozenset(
+    {
+        "after-member-add",
+        "after-member-remove",
+        "after-promote",
+        "after-move-leader",
+        "after-pvc-delete",
+        "after-bootstrap",
+    }
+)
 log = logging.getLogger(__name__)
 
 

@@ -65,13 +65,18 @@ def decide(*, data: bool, state: str, name: str, seed: str, tickets: dict[str, s
         return False, f"empty data dir while the cluster is bootstrapping: only the seed {seed} starts now"
     if name in tickets:
         return True, f"empty data dir: joining as the new member {tickets[name]} the operator just added"
-    return False, ("empty data dir and no join ticket: refusing to start under this member's old ID (its data is "
-                   "gone); the operator removes it and adds it back as a new member")
+    return False, (
+        "empty data dir and no join ticket: refusing to start under this member's old ID (its data is "
+        "gone); the operator removes it and adds it back as a new member"
+    )
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="etcdoperator member-gate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="etcdoperator member-gate",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--engine", choices=["etcd", "etcdstore"], required=True)
     p.add_argument("--data-dir", required=True)
     p.add_argument("--name", required=True, help="this pod's member name")
@@ -84,7 +89,15 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     data = has_data(Path(args.data_dir), args.engine)
-    ok, why = decide(data=data, state=args.initial_cluster_state, name=args.name, seed=args.seed,
-                     tickets=parse_tickets(args.join))
-    print(f"member-gate {args.name}: {'start' if ok else 'refused'}: {why}", file=sys.stdout if ok else sys.stderr)
+    ok, why = decide(
+        data=data,
+        state=args.initial_cluster_state,
+        name=args.name,
+        seed=args.seed,
+        tickets=parse_tickets(args.join),
+    )
+    print(
+        f"member-gate {args.name}: {'start' if ok else 'refused'}: {why}",
+        file=sys.stdout if ok else sys.stderr,
+    )
     return 0 if ok else EXIT_REFUSED

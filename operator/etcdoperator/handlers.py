@@ -44,7 +44,9 @@ class OperatorState:
         self.settings = Settings(
             images=Images.from_env(),
             secrets_dir=Path(os.environ.get("ETCDOPERATOR_SECRETS_DIR", "/tmp/etcdoperator")),
-            planner=PlannerConfig(crashloop_restarts=int(os.environ.get("ETCDOPERATOR_CRASHLOOP_RESTARTS", "5"))),
+            planner=PlannerConfig(
+                crashloop_restarts=int(os.environ.get("ETCDOPERATOR_CRASHLOOP_RESTARTS", "5"))
+            ),
             progress_deadline=_env_float("ETCDOPERATOR_PROGRESS_DEADLINE", 600.0),
         )
         self.busy_interval = _env_float("ETCDOPERATOR_BUSY_INTERVAL", 1.0)
@@ -78,8 +80,11 @@ _MEMBER_LABELS = {LABEL_MANAGED_BY: MANAGED_BY}
 def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     # The `kubernetes` package's loaders (in-cluster service account, else the kubeconfig with
     # exec/auth-provider plugins, e.g. cloud logins); kopf's own readers only if it is missing.
-    info = (kopf.login_via_client(**kwargs) or kopf.login_with_service_account(**kwargs)
-            or kopf.login_with_kubeconfig(**kwargs))
+    info = (
+        kopf.login_via_client(**kwargs)
+        or kopf.login_with_service_account(**kwargs)
+        or kopf.login_with_kubeconfig(**kwargs)
+    )
     STATE.connection = info
     return info
 
@@ -102,8 +107,9 @@ async def cleanup(**_: Any) -> None:
 
 
 @kopf.daemon(crd.GROUP, crd.VERSION, crd.CLUSTER_PLURAL, cancellation_timeout=30.0)
-async def reconcile_loop(body: kopf.Body, name: str, namespace: str, uid: str, stopped: kopf.DaemonStopped,
-                         **_: Any) -> None:
+async def reconcile_loop(
+    body: kopf.Body, name: str, namespace: str, uid: str, stopped: kopf.DaemonStopped, **_: Any
+) -> None:
     """Observe -> plan -> one action -> status, forever; quicker while something is changing."""
     ref = ClusterRef(namespace=namespace, name=name, uid=uid)
     rec = ClusterReconciler(STATE.kube(), STATE.settings, ref)
@@ -115,7 +121,13 @@ async def reconcile_loop(body: kopf.Body, name: str, namespace: str, uid: str, s
                 break
             try:
                 result = await rec.step(copy.deepcopy(dict(body)))
-                delay = STATE.busy_interval if result.busy else STATE.error_interval if result.error else STATE.idle_interval
+                delay = (
+                    STATE.busy_interval
+                    if result.busy
+                    else STATE.error_interval
+                    if result.error
+                    else STATE.idle_interval
+                )
             except Exception:
                 log.exception("[%s/%s] reconcile step crashed", namespace, name)
                 delay = STATE.error_interval
@@ -163,7 +175,9 @@ async def watch_members(res: Any, namespace: str | None, labels: dict[str, str])
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001  (reconnect on anything; the loops also poll)
-            log.warning("watch of %s%s failed, restarting: %s", res.plural, f" in {namespace}" if namespace else "", e)
+            log.warning(
+                "watch of %s%s failed, restarting: %s", res.plural, f" in {namespace}" if namespace else "", e
+            )
             await asyncio.sleep(2.0)
 
 
@@ -171,18 +185,24 @@ async def watch_members(res: Any, namespace: str | None, labels: dict[str, str])
 async def start_watches(**_: Any) -> None:
     for res, labels in WATCHED:
         for ns in STATE.namespaces or [None]:
-            STATE.tasks.append(asyncio.create_task(watch_members(res, ns, labels), name=f"watch {res.plural} {ns}"))
+            STATE.tasks.append(
+                asyncio.create_task(watch_members(res, ns, labels), name=f"watch {res.plural} {ns}")
+            )
 
 
 @kopf.on.delete(crd.GROUP, crd.VERSION, crd.CLUSTER_PLURAL)
-async def cluster_deleted(body: kopf.Body, spec: kopf.Spec, name: str, namespace: str, uid: str, **_: Any) -> None:
+async def cluster_deleted(
+    body: kopf.Body, spec: kopf.Spec, name: str, namespace: str, uid: str, **_: Any
+) -> None:
     """Finalizer: member volumes are not owned by the EtcdCluster (StatefulSets never delete their
     claims on most clusters), so they are deleted here when reclaimPolicy is Delete."""
     ref = ClusterRef(namespace=namespace, name=name, uid=uid)
     s = parse_cluster_spec(dict(spec))
     kube = STATE.kube()
     if s.storage.ephemeral or s.storage.reclaim_policy != "Delete":
-        await events.post(kube, body, "Deleted", "cluster deleted; member volumes kept (reclaimPolicy Retain)")
+        await events.post(
+            kube, body, "Deleted", "cluster deleted; member volumes kept (reclaimPolicy Retain)"
+        )
         return
     claims = await kube.list(PVCS, namespace, labels=ref.member_selector())
     for c in claims:

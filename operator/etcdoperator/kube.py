@@ -116,8 +116,14 @@ class ApiError(Exception):
 class Kube:
     """One aiohttp session to the API server; safe to share between tasks."""
 
-    def __init__(self, server: str, *, headers: Mapping[str, str] | None = None,
-                 ssl_context: ssl.SSLContext | None = None, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        server: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        timeout: float = 30.0,
+    ) -> None:
         self._server = server.rstrip("/")
         self._headers = {"User-Agent": f"etcd-operator/{__version__}", **dict(headers or {})}
         self._ssl = ssl_context
@@ -139,7 +145,11 @@ class Kube:
 
         cfg = k8s_client.Configuration()
         k8s_config.load_kube_config(config_file=path, context=context, client_configuration=cfg)
-        ctx = ssl.create_default_context(cafile=cfg.ssl_ca_cert) if cfg.verify_ssl else ssl._create_unverified_context()
+        ctx = (
+            ssl.create_default_context(cafile=cfg.ssl_ca_cert)
+            if cfg.verify_ssl
+            else ssl._create_unverified_context()
+        )
         if cfg.cert_file:
             ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
         headers = {}
@@ -158,21 +168,31 @@ class Kube:
             self._session = aiohttp.ClientSession(headers=self._headers, timeout=self._timeout)
         return self._session
 
-    async def _request(self, method: str, path: str, *, body: Any = None, params: Mapping[str, str] | None = None,
-                       content_type: str = "application/json") -> Any:
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        params: Mapping[str, str] | None = None,
+        content_type: str = "application/json",
+    ) -> Any:
         headers = {"Content-Type": content_type} if body is not None else {}
         data = json.dumps(body) if body is not None else None
         for attempt in range(3):
             try:
-                async with self._sess().request(method, self._server + path, data=data, params=params,
-                                                headers=headers, ssl=self._ssl) as resp:
+                async with self._sess().request(
+                    method, self._server + path, data=data, params=params, headers=headers, ssl=self._ssl
+                ) as resp:
                     text = await resp.text()
                     if resp.status >= 400:
                         try:
                             err = json.loads(text)
                         except json.JSONDecodeError:
                             err = {}
-                        raise ApiError(resp.status, str(err.get("reason", resp.reason)), str(err.get("message", text)))
+                        raise ApiError(
+                            resp.status, str(err.get("reason", resp.reason)), str(err.get("message", text))
+                        )
                     return json.loads(text) if text else None
             except (TimeoutError, aiohttp.ClientConnectionError):
                 if attempt == 2:
@@ -181,7 +201,9 @@ class Kube:
         raise AssertionError("unreachable")
 
     # -- verbs -------------------------------------------------------------------------------
-    async def get(self, res: Resource, namespace: str | None, name: str, sub: str | None = None) -> Body | None:
+    async def get(
+        self, res: Resource, namespace: str | None, name: str, sub: str | None = None
+    ) -> Body | None:
         try:
             return await self._request("GET", res.path(namespace, name, sub))
         except ApiError as e:
@@ -189,17 +211,23 @@ class Kube:
                 return None
             raise
 
-    async def list(self, res: Resource, namespace: str | None, *, labels: Mapping[str, str] | None = None) -> list[Body]:
+    async def list(
+        self, res: Resource, namespace: str | None, *, labels: Mapping[str, str] | None = None
+    ) -> list[Body]:
         params = {"labelSelector": ",".join(f"{k}={v}" for k, v in labels.items())} if labels else None
         data = await self._request("GET", res.path(namespace), params=params)
         items = (data or {}).get("items") or []
         if labels:  # be strict even if a server ignored the selector
-            items = [i for i in items if all((i.get("metadata", {}).get("labels") or {}).get(k) == v
-                                             for k, v in labels.items())]
+            items = [
+                i
+                for i in items
+                if all((i.get("metadata", {}).get("labels") or {}).get(k) == v for k, v in labels.items())
+            ]
         return items
 
-    async def watch(self, res: Resource, namespace: str | None, *, labels: Mapping[str, str],
-                    timeout: int = 300) -> AsyncIterator[Body]:
+    async def watch(
+        self, res: Resource, namespace: str | None, *, labels: Mapping[str, str], timeout: int = 300
+    ) -> AsyncIterator[Body]:
         """Events (ADDED/MODIFIED/DELETED, and SYNC for what exists at each (re)list) of the objects
         matching `labels`, filtered by the API server (labelSelector): objects of no interest
         never reach the operator. Resumes from the last resourceVersion; relists after 410 Gone."""
@@ -211,13 +239,18 @@ class Kube:
                 rv = str(((listing or {}).get("metadata") or {}).get("resourceVersion") or "")
                 for item in (listing or {}).get("items") or []:
                     yield {"type": "SYNC", "object": item}
-            params = {"watch": "true", "labelSelector": selector, "allowWatchBookmarks": "true",
-                      "timeoutSeconds": str(timeout)}
+            params = {
+                "watch": "true",
+                "labelSelector": selector,
+                "allowWatchBookmarks": "true",
+                "timeoutSeconds": str(timeout),
+            }
             if rv:
                 params["resourceVersion"] = rv
             stream_timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=timeout + 30)
-            async with self._sess().get(self._server + res.path(namespace), params=params, ssl=self._ssl,
-                                        timeout=stream_timeout) as resp:
+            async with self._sess().get(
+                self._server + res.path(namespace), params=params, ssl=self._ssl, timeout=stream_timeout
+            ) as resp:
                 if resp.status == 410:
                     rv = None
                     continue
@@ -237,21 +270,43 @@ class Kube:
                         yield event
 
     async def create(self, res: Resource, namespace: str | None, body: Body) -> Body:
-        return await self._request("POST", res.path(namespace), body=body, params={"fieldManager": FIELD_MANAGER})
+        return await self._request(
+            "POST", res.path(namespace), body=body, params={"fieldManager": FIELD_MANAGER}
+        )
 
-    async def patch(self, res: Resource, namespace: str | None, name: str, patch: Any, *, sub: str | None = None,
-                    json_patch: bool = False) -> Body | None:
+    async def patch(
+        self,
+        res: Resource,
+        namespace: str | None,
+        name: str,
+        patch: Any,
+        *,
+        sub: str | None = None,
+        json_patch: bool = False,
+    ) -> Body | None:
         ctype = "application/json-patch+json" if json_patch else "application/merge-patch+json"
         try:
-            return await self._request("PATCH", res.path(namespace, name, sub), body=patch, content_type=ctype,
-                                       params={"fieldManager": FIELD_MANAGER})
+            return await self._request(
+                "PATCH",
+                res.path(namespace, name, sub),
+                body=patch,
+                content_type=ctype,
+                params={"fieldManager": FIELD_MANAGER},
+            )
         except ApiError as e:
             if e.status == 404:
                 return None
             raise
 
-    async def delete(self, res: Resource, namespace: str | None, name: str, *, propagation: str = "Background",
-                     uid: str | None = None) -> bool:
+    async def delete(
+        self,
+        res: Resource,
+        namespace: str | None,
+        name: str,
+        *,
+        propagation: str = "Background",
+        uid: str | None = None,
+    ) -> bool:
         body: Body = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": propagation}
         if uid:
             body["preconditions"] = {"uid": uid}
@@ -278,8 +333,9 @@ class Kube:
         upgrade = legacy_upgrade_patch(out or {}, manager=manager, now=_now())
         if upgrade:
             try:
-                await self._request("PATCH", res.path(ns, name), body=upgrade,
-                                    content_type="application/json-patch+json")
+                await self._request(
+                    "PATCH", res.path(ns, name), body=upgrade, content_type="application/json-patch+json"
+                )
             except ApiError as e:
                 if e.status not in (404, 409, 422):  # changed meanwhile: the next apply migrates
                     raise
@@ -287,15 +343,24 @@ class Kube:
             out = await self._apply(res, ns, name, desired, manager, force)
         return out
 
-    async def _apply(self, res: Resource, ns: str | None, name: str, body: Body, manager: str, force: bool) -> Body:
+    async def _apply(
+        self, res: Resource, ns: str | None, name: str, body: Body, manager: str, force: bool
+    ) -> Body:
         params = {"fieldManager": manager, "force": "true" if force else "false"}
-        return await self._request("PATCH", res.path(ns, name), body=body, params=params, content_type=APPLY_PATCH)
+        return await self._request(
+            "PATCH", res.path(ns, name), body=body, params=params, content_type=APPLY_PATCH
+        )
 
-    async def apply_replicas(self, res: Resource, namespace: str, name: str, replicas: int, *,
-                             api_version: str, kind: str) -> Body | None:
+    async def apply_replicas(
+        self, res: Resource, namespace: str, name: str, replicas: int, *, api_version: str, kind: str
+    ) -> Body | None:
         """spec.replicas alone, as its own manager (REPLICAS_MANAGER). None if the object is gone."""
-        body = {"apiVersion": api_version, "kind": kind, "metadata": {"name": name, "namespace": namespace},
-                "spec": {"replicas": replicas}}
+        body = {
+            "apiVersion": api_version,
+            "kind": kind,
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"replicas": replicas},
+        }
         try:
             return await self._apply(res, namespace, name, body, REPLICAS_MANAGER, True)
         except ApiError as e:
@@ -314,7 +379,9 @@ def _field_path(path: tuple[str, ...]) -> list[str]:
     return [f"f:{p}" for p in path]
 
 
-def fields_owned(obj: Mapping[str, Any], manager: str, path: tuple[str, ...], *, operation: str = "Apply") -> bool:
+def fields_owned(
+    obj: Mapping[str, Any], manager: str, path: tuple[str, ...], *, operation: str = "Apply"
+) -> bool:
     """Whether `manager` (by `operation`) owns the field at `path` (e.g. ("spec", "replicas")).
     True for an object without managedFields (an API server that does not track them)."""
     entries = (obj.get("metadata") or {}).get("managedFields")
@@ -357,16 +424,24 @@ def _put(tree: dict[str, Any], path: list[str], sub: dict[str, Any]) -> None:
     node[path[-1]] = merge_fieldsets(node.get(path[-1]), sub)
 
 
-def legacy_upgrade_patch(live: Mapping[str, Any], *, manager: str = FIELD_MANAGER, now: str = "",
-                         legacy: frozenset[str] = LEGACY_MANAGERS) -> list[dict[str, Any]] | None:
+def legacy_upgrade_patch(
+    live: Mapping[str, Any],
+    *,
+    manager: str = FIELD_MANAGER,
+    now: str = "",
+    legacy: frozenset[str] = LEGACY_MANAGERS,
+) -> list[dict[str, Any]] | None:
     """A JSON patch moving the fields owned by the pre-server-side-apply operator (Update entries
     of a LEGACY_MANAGERS manager, not of a subresource) into `manager`'s Apply entry - and the
     SIDE_FIELDS of the kind into their own managers' entries - guarded by resourceVersion.
     None when there is nothing to migrate. (As `kubectl` upgrades client-side-applied objects.)"""
     meta = live.get("metadata") or {}
     entries = copy.deepcopy(list(meta.get("managedFields") or []))
-    old = [e for e in entries if e.get("manager") in legacy and e.get("operation") == "Update"
-           and not e.get("subresource")]
+    old = [
+        e
+        for e in entries
+        if e.get("manager") in legacy and e.get("operation") == "Update" and not e.get("subresource")
+    ]
     if not old:
         return None
     api_version = str(live.get("apiVersion") or "")
@@ -381,11 +456,25 @@ def legacy_upgrade_patch(live: Mapping[str, Any], *, manager: str = FIELD_MANAGE
             _put(tree, _field_path(path), sub)
     kept = [e for e in entries if not any(e is o for o in old)]
     for name, tree in moved.items():
-        mine = next((e for e in kept if e.get("manager") == name and e.get("operation") == "Apply"
-                     and not e.get("subresource")), None)
+        mine = next(
+            (
+                e
+                for e in kept
+                if e.get("manager") == name and e.get("operation") == "Apply" and not e.get("subresource")
+            ),
+            None,
+        )
         if mine is None:
-            kept.append({"manager": name, "operation": "Apply", "apiVersion": api_version, "time": now,
-                         "fieldsType": "FieldsV1", "fieldsV1": tree})
+            kept.append(
+                {
+                    "manager": name,
+                    "operation": "Apply",
+                    "apiVersion": api_version,
+                    "time": now,
+                    "fieldsType": "FieldsV1",
+                    "fieldsV1": tree,
+                }
+            )
         else:
             mine["fieldsV1"] = merge_fieldsets(mine.get("fieldsV1"), tree)
     return [

@@ -76,8 +76,13 @@ class Members:
         key = (tuple(endpoints), self.creds)
         if self._client is None or self._client_key != key:
             old = self._client
-            self._client = Client(endpoints, timeout=CALL_TIMEOUT, tls=self.creds.tls,
-                                  user=self.creds.user, password=self.creds.password)
+            self._client = Client(
+                endpoints,
+                timeout=CALL_TIMEOUT,
+                tls=self.creds.tls,
+                user=self.creds.user,
+                password=self.creds.password,
+            )
             self._client_key = key
             if old is not None:
                 asyncio.get_running_loop().create_task(old.close())
@@ -106,12 +111,15 @@ class Members:
         ords = sorted(set(ordinals)) or [0]
         client = self.client(ords)
         t0 = time.monotonic()
-        by_ord = dict(zip(ords, await asyncio.gather(*(self._status(client, self.client_url(k)) for k in ords))))
+        by_ord = dict(
+            zip(ords, await asyncio.gather(*(self._status(client, self.client_url(k)) for k in ords)))
+        )
         votes = [st.leader for st, _ in by_ord.values() if st is not None and st.leader]
         leader_id = max(set(votes), key=votes.count) if votes else None
         sources = sorted(
             (k for k, (st, _) in by_ord.items() if st is not None and not getattr(st, "isLearner", False)),
-            key=lambda k: by_ord[k][0].header.member_id != leader_id)
+            key=lambda k: by_ord[k][0].header.member_id != leader_id,
+        )
         listing = None
         errors = [f"{self.ref.pod(k)}: {err}" for k, (st, err) in by_ord.items() if st is None]
         for k in sources:
@@ -126,9 +134,13 @@ class Members:
         raw = list(listing.members)
         ordinals_of = [self.ordinal_of(m.name, m.peerURLs, candidates) for m in raw]
         # Members outside the observed ordinals (or not ours) are asked at their advertised URL.
-        extra = await asyncio.gather(*(
-            self._status(client, m.clientURLs[0] if m.clientURLs else None)
-            for m, k in zip(raw, ordinals_of) if k is None or k not in by_ord))
+        extra = await asyncio.gather(
+            *(
+                self._status(client, m.clientURLs[0] if m.clientURLs else None)
+                for m, k in zip(raw, ordinals_of)
+                if k is None or k not in by_ord
+            )
+        )
         extra_it = iter(extra)
         t1 = time.monotonic()
         members: list[MemberState] = []
@@ -164,9 +176,15 @@ class Members:
             cluster_ids.add(listing.header.cluster_id)
         # A pod answering, in this cluster, as a member the list does not have: the list is stale
         # or the member is being removed; either way membership must not change now.
-        unlisted = tuple(sorted(
-            k for k, (st, _) in by_ord.items()
-            if st is not None and st.header.member_id not in listed and st.header.cluster_id in cluster_ids))
+        unlisted = tuple(
+            sorted(
+                k
+                for k, (st, _) in by_ord.items()
+                if st is not None
+                and st.header.member_id not in listed
+                and st.header.cluster_id in cluster_ids
+            )
+        )
         alarms: tuple[str, ...] = ()
         nospace = corrupt = False
         try:
@@ -176,8 +194,13 @@ class Members:
             corrupt = any(a.alarm == AlarmType.CORRUPT for a in resp.alarms)
         except EtcdError:
             pass
-        log.debug("[%s/%s] observe: status+list %.2fs alarms %.2fs", self.ref.namespace, self.ref.name, t1 - t0,
-                  time.monotonic() - t1)
+        log.debug(
+            "[%s/%s] observe: status+list %.2fs alarms %.2fs",
+            self.ref.namespace,
+            self.ref.name,
+            t1 - t0,
+            time.monotonic() - t1,
+        )
         return EtcdView(
             reachable=True,
             members=tuple(members),
@@ -236,7 +259,8 @@ class Members:
         if not planner.space_recoverable(size, quota):
             raise SpaceNotRecoverable(
                 f"NOSPACE: the data takes {size} bytes after compaction and defragmentation, quota {quota}: "
-                "raise options.quotaBackendBytes (and storage) or delete keys - the alarm stays armed")
+                "raise options.quotaBackendBytes (and storage) or delete keys - the alarm stays armed"
+            )
         for a in (await client.alarm_list()).alarms:
             if a.alarm == AlarmType.NOSPACE:
                 await client.alarm_disarm(a.memberID, AlarmType.NOSPACE)

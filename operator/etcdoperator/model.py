@@ -52,7 +52,9 @@ class BootstrapState:
     state: str  # "new" until the seed has formed the cluster, then "existing"
     initial_cluster: str
     token: str
-    joining: Mapping[int, frozenset[str]] = field(default_factory=dict)  # ordinal -> uids that predate MemberAdd
+    joining: Mapping[int, frozenset[str]] = field(
+        default_factory=dict
+    )  # ordinal -> uids that predate MemberAdd
     # Join tickets: ordinal -> hex ID of the learner just added there. The member gate lets a pod
     # start on an empty data dir only with a ticket for its own name (see gate.py).
     tickets: Mapping[int, str] = field(default_factory=dict)

@@ -100,7 +100,7 @@ class ClusterRef:
 
     def pvc_ordinal(self, pvc_name: str) -> int | None:
         prefix = "data-"
-        return self.ordinal_of(pvc_name[len(prefix):]) if pvc_name.startswith(prefix) else None
+        return self.ordinal_of(pvc_name[len(prefix) :]) if pvc_name.startswith(prefix) else None
 
     # -- DNS -------------------------------------------------------------------------------
     def pod_host(self, ordinal: int) -> str:

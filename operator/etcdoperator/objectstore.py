@@ -85,7 +85,11 @@ class DirectoryStore:
         base = self._path(prefix) if prefix else self.root
         if not base.exists():
             return []
-        return sorted(str(p.relative_to(self.root)) for p in base.rglob("*") if p.is_file() and not p.name.startswith("."))
+        return sorted(
+            str(p.relative_to(self.root))
+            for p in base.rglob("*")
+            if p.is_file() and not p.name.startswith(".")
+        )
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
@@ -104,8 +108,10 @@ class S3Store:
             "s3",
             endpoint_url=opts.endpoint or None,
             region_name=opts.region,
-            config=Config(s3={"addressing_style": "path" if opts.path_style else "auto"},
-                          retries={"max_attempts": 5, "mode": "standard"}),
+            config=Config(
+                s3={"addressing_style": "path" if opts.path_style else "auto"},
+                retries={"max_attempts": 5, "mode": "standard"},
+            ),
         )
 
     def put_file(self, key: str, path: Path, *, sha256: str) -> None:

@@ -349,15 +349,21 @@ def _decide(ctx: _Ctx) -> tuple[Action, str | None, str]:
         return _wait("Paused", "spec.paused is set: no changes are made")
     boot = kube.bootstrap
     if kube.foreign:
-        msg = (f"objects of a previous EtcdCluster (or StatefulSet) named {ref.name} are still being deleted: "
-               f"{', '.join(kube.foreign)}")
+        msg = (
+            f"objects of a previous EtcdCluster (or StatefulSet) named {ref.name} are still being deleted: "
+            f"{', '.join(kube.foreign)}"
+        )
         return _wait("Bootstrapping", msg, "Bootstrapping")
 
     if not etcd.reachable:
         if boot is None and any(v.member_id for v in kube.pvcs.values()):
             # Volumes with member data and no bootstrap ConfigMap (a cluster recreated under the same
             # name over retained volumes): never bootstrap next to them; bring them back.
-            return WriteBootstrap(initial_cluster=""), "Recovering", "members with data exist: not bootstrapping"
+            return (
+                WriteBootstrap(initial_cluster=""),
+                "Recovering",
+                "members with data exist: not bootstrapping",
+            )
         if boot is None and spec.restore is not None:
             step = _restore_step(ctx)
             if step is not None:
@@ -376,10 +382,20 @@ def _decide(ctx: _Ctx) -> tuple[Action, str | None, str]:
         if kube.statefulset_synced and kube.update_revision:
             # None answers: members on an outdated template that are not ready lose nothing by
             # restarting, and a corrected spec (image, flags) must be able to reach them.
-            stuck = sorted((k for k, p in kube.pods.items() if p.revision and p.revision != kube.update_revision
-                            and not p.deleting and not p.ready), reverse=True)
+            stuck = sorted(
+                (
+                    k
+                    for k, p in kube.pods.items()
+                    if p.revision and p.revision != kube.update_revision and not p.deleting and not p.ready
+                ),
+                reverse=True,
+            )
             if stuck:
-                return RestartMember(stuck[0]), "Recovering", f"restarting {ref.pod(stuck[0])} on the current template"
+                return (
+                    RestartMember(stuck[0]),
+                    "Recovering",
+                    f"restarting {ref.pod(stuck[0])} on the current template",
+                )
         msg = f"no member answers: {etcd.error or 'unreachable'}"
         ctx.degraded.append(("QuorumLost", msg))
         return _wait("Unreachable", msg)
@@ -403,13 +419,22 @@ def _decide(ctx: _Ctx) -> tuple[Action, str | None, str]:
     if boot.state == "new":
         seed = by_ord.get(0)
         holder = _holder(ctx, 0)
-        if seed is not None and holder is not None and not holder.deleting and holder.member_id != seed.hex_id:
+        if (
+            seed is not None
+            and holder is not None
+            and not holder.deleting
+            and holder.member_id != seed.hex_id
+        ):
             return AdoptHolder(0, seed.hex_id), "Bootstrapping", "recording the seed's volume"
         return MarkFormed(initial_cluster=ic), "Bootstrapping", "the seed has formed the cluster"
     if kube.restore_job is not None:
         return DeleteRestoreJob(), None, "the cluster has formed: deleting the restore Job"
     if boot.initial_cluster != ic:
-        return SyncInitialCluster(initial_cluster=ic), None, "updating the initial cluster for joining members"
+        return (
+            SyncInitialCluster(initial_cluster=ic),
+            None,
+            "updating the initial cluster for joining members",
+        )
 
     for k in sorted(boot.joining):
         m = by_ord.get(k)
@@ -428,20 +453,29 @@ def _decide(ctx: _Ctx) -> tuple[Action, str | None, str]:
 
     # -- a member's data differs from the others': a human must look -------------------------
     if etcd.corrupt:
-        msg = ("CORRUPT alarm: a member's data differs from the others' (check with `etcdctl endpoint hashkv`); "
-               "the operator changes nothing and never disarms it")
+        msg = (
+            "CORRUPT alarm: a member's data differs from the others' (check with `etcdctl endpoint hashkv`); "
+            "the operator changes nothing and never disarms it"
+        )
         ctx.degraded.append(("CorruptAlarm", msg))
         return _wait("CorruptAlarm", msg)
 
     # -- out of space: every write fails until the alarm is disarmed --------------------------
     if etcd.nospace:
         if unhealthy or etcd.learners or any(m.ordinal is None for m in etcd.members):
-            return _wait("NoSpace", "NOSPACE alarm: waiting for every member to be healthy to defragment", "NoSpace")
+            return _wait(
+                "NoSpace", "NOSPACE alarm: waiting for every member to be healthy to defragment", "NoSpace"
+            )
         leader = etcd.leader_id
-        order = tuple(sorted((m.ordinal for m in etcd.voters if m.id != leader and m.ordinal is not None), reverse=True)
-                      + [m.ordinal for m in etcd.voters if m.id == leader and m.ordinal is not None])
-        return (RecoverSpace(order, effective_quota(spec)), "NoSpace",
-                "NOSPACE alarm: compacting, then defragmenting and disarming if that frees space")
+        order = tuple(
+            sorted((m.ordinal for m in etcd.voters if m.id != leader and m.ordinal is not None), reverse=True)
+            + [m.ordinal for m in etcd.voters if m.id == leader and m.ordinal is not None]
+        )
+        return (
+            RecoverSpace(order, effective_quota(spec)),
+            "NoSpace",
+            "NOSPACE alarm: compacting, then defragmenting and disarming if that frees space",
+        )
 
     # -- a learner in progress ---------------------------------------------------------------
     learners = sorted(etcd.learners, key=lambda m: (m.ordinal is None, m.ordinal or 0))
@@ -475,20 +509,30 @@ def _decide(ctx: _Ctx) -> tuple[Action, str | None, str]:
             return step
 
     # -- scale down: highest ordinal first ---------------------------------------------------
-    extra = sorted((m for m in etcd.voters if m.ordinal is not None and m.ordinal >= spec.replicas),
-                   key=lambda m: -(m.ordinal or 0))
+    extra = sorted(
+        (m for m in etcd.voters if m.ordinal is not None and m.ordinal >= spec.replicas),
+        key=lambda m: -(m.ordinal or 0),
+    )
     if extra:
         victim = extra[0]
         if victim.id == etcd.leader_id:
             successor = _transferee(etcd, exclude={m.id for m in extra})
             if successor is None:
                 return _wait("ScalingDown", "no healthy member to take over leadership", "ScalingDown")
-            return MoveLeader(victim.id, successor.id), "ScalingDown", f"moving leadership off {_label(ref, victim)}"
+            return (
+                MoveLeader(victim.id, successor.id),
+                "ScalingDown",
+                f"moving leadership off {_label(ref, victim)}",
+            )
         if not removal_keeps_quorum(etcd, victim.id):
             msg = f"removing {_label(ref, victim)} now would lose quorum; waiting for members to recover"
             ctx.degraded.append(("ScaleDownBlocked", msg))
             return _wait("ScaleDownBlocked", msg, "ScalingDown")
-        return RemoveMember(victim.id, victim.ordinal, "ScaleDown"), "ScalingDown", f"removing member {_label(ref, victim)}"
+        return (
+            RemoveMember(victim.id, victim.ordinal, "ScaleDown"),
+            "ScalingDown",
+            f"removing member {_label(ref, victim)}",
+        )
 
     if kube.statefulset_replicas > want:
         return ScaleStatefulSet(want), "ScalingDown", f"shrinking the StatefulSet to {want}"
@@ -497,7 +541,12 @@ def _decide(ctx: _Ctx) -> tuple[Action, str | None, str]:
     if not spec.storage.ephemeral:
         for k in sorted(kube.pvcs, reverse=True):
             old_pvc = kube.pvcs[k]
-            if k >= kube.statefulset_replicas and k not in by_ord and k not in kube.pods and not old_pvc.deleting:
+            if (
+                k >= kube.statefulset_replicas
+                and k not in by_ord
+                and k not in kube.pods
+                and not old_pvc.deleting
+            ):
                 return DeletePVC(k), "ScalingDown", f"deleting volume {old_pvc.name} of a removed member"
 
     # -- holes and growth: one learner at a time, only when everyone is healthy --------------
@@ -537,14 +586,31 @@ def _decide(ctx: _Ctx) -> tuple[Action, str | None, str]:
     # -- volume growth: last, so that a StorageClass refusing expansion blocks nothing else ----
     if not spec.storage.ephemeral:
         want_size = parse_quantity(spec.storage.size)
-        smaller = [k for k, v in sorted(kube.pvcs.items()) if v.size is not None and v.size < want_size and not v.deleting]
-        larger = [v.name for v in kube.pvcs.values() if v.size is not None and v.size > want_size and not v.deleting]
+        smaller = [
+            k
+            for k, v in sorted(kube.pvcs.items())
+            if v.size is not None and v.size < want_size and not v.deleting
+        ]
+        larger = [
+            v.name for v in kube.pvcs.values() if v.size is not None and v.size > want_size and not v.deleting
+        ]
         if larger:
-            ctx.degraded.append(("VolumeShrinkRefused", (f"storage.size {spec.storage.size} is smaller than volumes "
-                                                         f"{', '.join(sorted(larger))}: volumes never shrink")))
+            ctx.degraded.append(
+                (
+                    "VolumeShrinkRefused",
+                    (
+                        f"storage.size {spec.storage.size} is smaller than volumes "
+                        f"{', '.join(sorted(larger))}: volumes never shrink"
+                    ),
+                )
+            )
         if smaller:
             k = smaller[0]
-            return ExpandVolume(k, want_size), "Resizing", f"growing volume {kube.pvcs[k].name} to {spec.storage.size}"
+            return (
+                ExpandVolume(k, want_size),
+                "Resizing",
+                f"growing volume {kube.pvcs[k].name} to {spec.storage.size}",
+            )
     return Converged(), None, "cluster matches its spec"
 
 
@@ -583,31 +649,54 @@ def _learner_step(ctx: _Ctx, learner: MemberState, k: int) -> tuple[Action, str 
         stale_uids = set(boot.joining.get(k, frozenset()))
         if pod is not None and not pod.deleting:
             stale_uids.add(pod.uid)
-        return (IssueTicket(k, learner.hex_id, frozenset(stale_uids)), why,
-                f"letting {ref.pod(k)} start as the new member {learner.hex_id}")
+        return (
+            IssueTicket(k, learner.hex_id, frozenset(stale_uids)),
+            why,
+            f"letting {ref.pod(k)} start as the new member {learner.hex_id}",
+        )
     stale = boot.joining.get(k, frozenset())
     stale_pod = pod is not None and not pod.deleting and pod.uid in stale
     stale_pvc = not spec.storage.ephemeral and pvc is not None and not pvc.deleting and pvc.uid in stale
     if stale_pod or stale_pvc:
-        return DeleteStale(k, pod=stale_pod or stale_pvc, pvc=stale_pvc), why, f"giving {ref.pod(k)} a fresh start"
+        return (
+            DeleteStale(k, pod=stale_pod or stale_pvc, pvc=stale_pvc),
+            why,
+            f"giving {ref.pod(k)} a fresh start",
+        )
     holder = _holder(ctx, k)
     if holder is not None and not holder.deleting and holder.member_id and holder.member_id != learner.hex_id:
         # A volume that belonged to another member: never let the learner start on it.
-        return DeleteStale(k, pod=True, pvc=not spec.storage.ephemeral), why, f"replacing a foreign volume of {ref.pod(k)}"
+        return (
+            DeleteStale(k, pod=True, pvc=not spec.storage.ephemeral),
+            why,
+            f"replacing a foreign volume of {ref.pod(k)}",
+        )
     if kube.statefulset_replicas <= k:
         return ScaleStatefulSet(k + 1), why, f"starting {ref.pod(k)}"
     if holder is not None and not holder.deleting and holder.member_id != learner.hex_id:
         return AdoptHolder(k, learner.hex_id), why, f"recording the volume of {ref.pod(k)}"
     if not learner.started or not learner.healthy:
-        if (pod is not None and not pod.deleting and kube.statefulset_synced and kube.update_revision
-                and pod.revision and pod.revision != kube.update_revision):
+        if (
+            pod is not None
+            and not pod.deleting
+            and kube.statefulset_synced
+            and kube.update_revision
+            and pod.revision
+            and pod.revision != kube.update_revision
+        ):
             # A learner that cannot start (bad image, pending...) must not block correcting the spec.
             return RestartMember(k), why, f"restarting learner {ref.pod(k)} on the current template"
         return _wait(why, f"waiting for learner {ref.pod(k)} to start", why)
     leader = ctx.obs.etcd.leader
-    if (leader is not None and leader.raft_index and learner.raft_index is not None
-            and learner.raft_index < ctx.cfg.promote_min_progress * leader.raft_index):
-        return _wait(why, f"learner {ref.pod(k)} is catching up ({learner.raft_index}/{leader.raft_index})", why)
+    if (
+        leader is not None
+        and leader.raft_index
+        and learner.raft_index is not None
+        and learner.raft_index < ctx.cfg.promote_min_progress * leader.raft_index
+    ):
+        return _wait(
+            why, f"learner {ref.pod(k)} is catching up ({learner.raft_index}/{leader.raft_index})", why
+        )
     return Promote(learner.id, k), why, f"promoting {ref.pod(k)}"
 
 
@@ -631,10 +720,17 @@ def _data_step(ctx: _Ctx, m: MemberState) -> tuple[Action, str | None, str] | No
             return None
         assert pod is not None
         if not _corruption_proven(ctx, m, pod):
-            ctx.degraded.append(("MemberCrashLooping", (f"member {_label(ref, m)} keeps crashing "
-                                                        f"(last exit: {pod.last_exit_reason or 'unknown'}); not "
-                                                        "replacing it without evidence that its data is bad: "
-                                                        "see its logs")))
+            ctx.degraded.append(
+                (
+                    "MemberCrashLooping",
+                    (
+                        f"member {_label(ref, m)} keeps crashing "
+                        f"(last exit: {pod.last_exit_reason or 'unknown'}); not "
+                        "replacing it without evidence that its data is bad: "
+                        "see its logs"
+                    ),
+                )
+            )
             return None
         why, msg = "Corrupted", f"member {_label(ref, m)} keeps crashing on its data"
     elif m.healthy and pod is not None and pod.gated and not pod.deleting and not holder.member_id:
@@ -649,7 +745,9 @@ def _data_step(ctx: _Ctx, m: MemberState) -> tuple[Action, str | None, str] | No
             return MoveLeader(m.id, target.id), "ReplacingMember", msg
     if not removal_keeps_quorum(etcd, m.id):
         ctx.degraded.append(("ReplaceBlocked", f"{msg}; replacing it now would lose quorum"))
-        return _wait("ReplaceBlocked", f"{msg}; waiting: replacing it now would lose quorum", "ReplacingMember")
+        return _wait(
+            "ReplaceBlocked", f"{msg}; waiting: replacing it now would lose quorum", "ReplacingMember"
+        )
     ctx.degraded.append((why, msg))
     return RemoveMember(m.id, k, why), "ReplacingMember", f"{msg}: removing it to re-add it fresh"
 
@@ -661,8 +759,14 @@ def _corruption_proven(ctx: _Ctx, m: MemberState, pod: PodState) -> bool:
     rev = kube.update_revision
     if pod.last_exit_reason == "OOMKilled" or not rev or pod.revision != rev:
         return False
-    proven = any(v.healthy and v.id != m.id and v.ordinal is not None and kube.pods.get(v.ordinal) is not None
-                 and kube.pods[v.ordinal].revision == rev for v in etcd.voters)
+    proven = any(
+        v.healthy
+        and v.id != m.id
+        and v.ordinal is not None
+        and kube.pods.get(v.ordinal) is not None
+        and kube.pods[v.ordinal].revision == rev
+        for v in etcd.voters
+    )
     return proven and data_corruption_evidence(pod.last_message)
 
 
@@ -674,21 +778,40 @@ def _restart_outdated_down(ctx: _Ctx) -> tuple[Action, str | None, str] | None:
     if not kube.statefulset_synced or not rev:
         return None
     by_ord = etcd.by_ordinal()
-    down = sorted((k for k, p in kube.pods.items()
-                   if k in by_ord and p.revision and p.revision != rev and not p.deleting
-                   and (not by_ord[k].healthy or (not p.serving and by_ord[k].id != etcd.leader_id))),
-                  reverse=True)
+    down = sorted(
+        (
+            k
+            for k, p in kube.pods.items()
+            if k in by_ord
+            and p.revision
+            and p.revision != rev
+            and not p.deleting
+            and (not by_ord[k].healthy or (not p.serving and by_ord[k].id != etcd.leader_id))
+        ),
+        reverse=True,
+    )
     blocked = []
     for k in down:
         m = by_ord[k]
         # Down (not answering as itself): restarting it takes nothing away. Answering but not
         # ready: only while the others keep quorum.
         if m.learner or not m.healthy or restart_keeps_quorum(etcd, m.id):
-            return RestartMember(k), "RollingUpdate", f"restarting {ref.pod(k)} first: outdated and not serving"
+            return (
+                RestartMember(k),
+                "RollingUpdate",
+                f"restarting {ref.pod(k)} first: outdated and not serving",
+            )
         blocked.append(ref.pod(k))
     if blocked:
-        ctx.degraded.append(("RollingUpdateBlocked", (f"outdated members {', '.join(blocked)} are down, and "
-                                                      "restarting them now would lose quorum")))
+        ctx.degraded.append(
+            (
+                "RollingUpdateBlocked",
+                (
+                    f"outdated members {', '.join(blocked)} are down, and "
+                    "restarting them now would lose quorum"
+                ),
+            )
+        )
     return None
 
 
@@ -701,7 +824,9 @@ def _rolling_step(ctx: _Ctx) -> tuple[Action, str | None, str] | None:
     if not rev:
         return None
     by_ord = etcd.by_ordinal()
-    outdated = [k for k, p in kube.pods.items() if k in by_ord and p.revision and p.revision != rev and not p.deleting]
+    outdated = [
+        k for k, p in kube.pods.items() if k in by_ord and p.revision and p.revision != rev and not p.deleting
+    ]
     if not outdated:
         return None
     if etcd.learners or any(not v.healthy for v in etcd.voters):
@@ -720,7 +845,11 @@ def _rolling_step(ctx: _Ctx) -> tuple[Action, str | None, str] | None:
         target = _transferee(etcd, exclude={leader.id}, prefer={by_ord[kk].id for kk in updated})
         if target is None:
             return _wait(why, "no healthy member to take over leadership", why)
-        return MoveLeader(leader.id, target.id), why, f"moving leadership off {ref.pod(k)} before restarting it"
+        return (
+            MoveLeader(leader.id, target.id),
+            why,
+            f"moving leadership off {ref.pod(k)} before restarting it",
+        )
     return RestartMember(k), why, f"restarting {ref.pod(k)}"
 
 
@@ -728,7 +857,9 @@ def _transferee(etcd: EtcdView, *, exclude: set[int], prefer: set[int] | None = 
     candidates = [v for v in etcd.voters if v.healthy and v.started and v.id not in exclude]
     if not candidates:
         return None
-    candidates.sort(key=lambda v: (prefer is not None and v.id not in prefer, v.ordinal if v.ordinal is not None else 99))
+    candidates.sort(
+        key=lambda v: (prefer is not None and v.id not in prefer, v.ordinal if v.ordinal is not None else 99)
+    )
     return candidates[0]
 
 

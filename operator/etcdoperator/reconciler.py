@@ -85,7 +85,9 @@ def _strip(value: Any) -> Any:
     if isinstance(value, list):
         return [_strip(v) for v in value]
     if isinstance(value, dict):
-        return {k: _strip(v) for k, v in value.items() if k not in ("status", "volumeMode", "creationTimestamp")}
+        return {
+            k: _strip(v) for k, v in value.items() if k not in ("status", "volumeMode", "creationTimestamp")
+        }
     return value
 
 
@@ -114,7 +116,11 @@ class ClusterReconciler:
         try:
             spec_errors = validate_cluster_spec(raw_spec)
             spec = parse_cluster_spec(raw_spec)
-        except (KeyError, TypeError, ValueError) as e:  # only an API server without the CRD schema lets these in
+        except (
+            KeyError,
+            TypeError,
+            ValueError,
+        ) as e:  # only an API server without the CRD schema lets these in
             spec_errors, spec = [f"malformed spec: {type(e).__name__}: {e}"], ClusterSpec()
         generation = int(body.get("metadata", {}).get("generation") or 0)
         prev_status = body.get("status") or {}
@@ -128,7 +134,13 @@ class ClusterReconciler:
             t_kube = time.monotonic()
             etcd_view = await self._observe_etcd(members, kube_view)
             t_etcd = time.monotonic()
-            obs = Observed(spec=spec, kube=kube_view, etcd=etcd_view, spec_errors=tuple(spec_errors), generation=generation)
+            obs = Observed(
+                spec=spec,
+                kube=kube_view,
+                etcd=etcd_view,
+                spec_errors=tuple(spec_errors),
+                generation=generation,
+            )
             plan = planner.plan(obs, ref, self.settings.planner)
             tls_hash = tlsplan.tls_hash([tls_contents.get(n) for n in self._mounted_secrets(spec)])
             if isinstance(plan.action, planner.Converged) and spec.tls.auto:
@@ -143,23 +155,35 @@ class ClusterReconciler:
                 await self._act(body, spec, plan, members, etcd_view, kube_view)
                 if spec.auth is not None and isinstance(plan.action, planner.Converged):
                     await self._ensure_auth(body, members)
-                log.debug("[%s/%s] step %s: tls %.2fs kube %.2fs etcd %.2fs objects %.2fs act %.2fs", ref.namespace,
-                          ref.name, plan.action.kind, t_tls - started, t_kube - t_tls, t_etcd - t_kube,
-                          t_objects - t_etcd, time.monotonic() - t_objects)
+                log.debug(
+                    "[%s/%s] step %s: tls %.2fs kube %.2fs etcd %.2fs objects %.2fs act %.2fs",
+                    ref.namespace,
+                    ref.name,
+                    plan.action.kind,
+                    t_tls - started,
+                    t_kube - t_tls,
+                    t_etcd - t_kube,
+                    t_objects - t_etcd,
+                    time.monotonic() - t_objects,
+                )
             error = None
         except (ApiError, EtcdError, OSError) as e:
             metrics.RECONCILE_ERRORS.labels(ref.namespace, ref.name).inc()
             log.warning("[%s/%s] reconcile step failed: %s", ref.namespace, ref.name, e)
             error = str(e)
             failed = plan.action.kind if plan is not None else "observe"
-            plan = planner.Plan(action=planner.Wait("Error", error), message=f"{failed} failed: {error}",
-                                degraded=((plan.degraded if plan is not None else ()) + (("Error", error),)),
-                                version=plan.version if plan is not None else None)
+            plan = planner.Plan(
+                action=planner.Wait("Error", error),
+                message=f"{failed} failed: {error}",
+                degraded=((plan.degraded if plan is not None else ()) + (("Error", error),)),
+                version=plan.version if plan is not None else None,
+            )
         metrics.RECONCILES.labels(ref.namespace, ref.name, plan.action.kind).inc()
         metrics.RECONCILE_SECONDS.observe(time.monotonic() - started)
         if obs is not None:
-            status = build_status(ref, obs, plan, prev_status, now=now_iso(),
-                                  progress_deadline=self.settings.progress_deadline)
+            status = build_status(
+                ref, obs, plan, prev_status, now=now_iso(), progress_deadline=self.settings.progress_deadline
+            )
             self._record_member_metrics(obs.etcd)
         else:
             status = {"message": f"reconcile error: {error}"}
@@ -184,14 +208,21 @@ class ClusterReconciler:
     async def _ensure_tls(self, spec: ClusterSpec, *, rolled: bool) -> dict[str, dict[str, bytes]]:
         """Make/renew operator-managed certificates; return the contents of every TLS Secret in use."""
         ref = self.ref
-        names = {ref.ca_secret, ref.server_secret, ref.peer_secret, ref.client_secret} if spec.tls.auto else set()
+        names = (
+            {ref.ca_secret, ref.server_secret, ref.peer_secret, ref.client_secret} if spec.tls.auto else set()
+        )
         s = tls_secrets(ref, spec)
         names |= {n for n in (s.server, s.peer, s.client) if n}
         existing: dict[str, tlsplan.SecretContent | None] = {}
         for name in sorted(names):
             obj = await self.kube.get(SECRETS, ref.namespace, name)
-            existing[name] = None if obj is None else tlsplan.SecretContent(
-                _b64(obj.get("data")), dict(obj.get("metadata", {}).get("annotations") or {}))
+            existing[name] = (
+                None
+                if obj is None
+                else tlsplan.SecretContent(
+                    _b64(obj.get("data")), dict(obj.get("metadata", {}).get("annotations") or {})
+                )
+            )
         writes = tlsplan.plan_tls(ref, spec, existing, now=dt.datetime.now(dt.UTC), rolled=rolled)
         for w in writes:
             await self.kube.apply(tls_secret(ref, w))
@@ -232,9 +263,16 @@ class ClusterReconciler:
             sec = await self.kube.get(SECRETS, ref.namespace, spec.auth.secret_name)
             password = _b64((sec or {}).get("data")).get(spec.auth.secret_key, b"").decode() or None
         # Files are rewritten in place when certificates rotate, so the file contents are part of the key.
-        fingerprint = tuple(sorted((k, hash(v)) for k, v in (tls.get(tls_secrets(ref, spec).client or "") or {}).items()))
-        creds = Credentials(client_tls=spec.tls.client.enabled, peer_tls=spec.tls.peer.enabled, tls=tls_config,
-                            user="root" if password else None, password=password)
+        fingerprint = tuple(
+            sorted((k, hash(v)) for k, v in (tls.get(tls_secrets(ref, spec).client or "") or {}).items())
+        )
+        creds = Credentials(
+            client_tls=spec.tls.client.enabled,
+            peer_tls=spec.tls.peer.enabled,
+            tls=tls_config,
+            user="root" if password else None,
+            password=password,
+        )
         key = (creds, fingerprint)
         if self._members is None or self._members_key != key:
             if self._members is not None:
@@ -269,7 +307,9 @@ class ClusterReconciler:
             k = ref.ordinal_of(meta.get("name", ""))
             if k is None:
                 continue
-            owner_uids = {o.get("uid") for o in meta.get("ownerReferences") or [] if o.get("kind") == "StatefulSet"}
+            owner_uids = {
+                o.get("uid") for o in meta.get("ownerReferences") or [] if o.get("kind") == "StatefulSet"
+            }
             if owner_uids and sts_uid not in owner_uids:
                 foreign.append(f"pod/{meta['name']}")  # a previous StatefulSet's pod, still terminating
                 continue
@@ -286,11 +326,17 @@ class ClusterReconciler:
                 owner = (meta.get("labels") or {}).get(LABEL_CLUSTER_UID)
                 if owner and ref.uid and owner != ref.uid and not meta.get("deletionTimestamp"):
                     retained.append(meta["name"])
-                requested = (((c.get("spec") or {}).get("resources") or {}).get("requests") or {}).get("storage")
-                pvcs[k] = PVCState(name=meta["name"], ordinal=k, uid=meta.get("uid", ""),
-                                   deleting=bool(meta.get("deletionTimestamp")),
-                                   member_id=(meta.get("annotations") or {}).get(ANNOTATION_MEMBER_ID),
-                                   size=parse_quantity(str(requested)) if requested else None)
+                requested = (((c.get("spec") or {}).get("resources") or {}).get("requests") or {}).get(
+                    "storage"
+                )
+                pvcs[k] = PVCState(
+                    name=meta["name"],
+                    ordinal=k,
+                    uid=meta.get("uid", ""),
+                    deleting=bool(meta.get("deletionTimestamp")),
+                    member_id=(meta.get("annotations") or {}).get(ANNOTATION_MEMBER_ID),
+                    size=parse_quantity(str(requested)) if requested else None,
+                )
                 if k == 0 and restore_build.ANNOTATION_RESTORED in (meta.get("annotations") or {}):
                     restored = True
         cm = await self.kube.get(CONFIGMAPS, ns, ref.bootstrap_configmap)
@@ -310,7 +356,8 @@ class ClusterReconciler:
                 initial_cluster=data.get(bootstrap_build.KEY_INITIAL_CLUSTER, ""),
                 token=data.get(bootstrap_build.KEY_TOKEN, ""),
                 joining=bootstrap_build.decode_joining(
-                    (cm.get("metadata", {}).get("annotations") or {}).get(bootstrap_build.ANNOTATION_JOINING)),
+                    (cm.get("metadata", {}).get("annotations") or {}).get(bootstrap_build.ANNOTATION_JOINING)
+                ),
                 tickets=tickets,
             )
         restore_job = None
@@ -319,19 +366,28 @@ class ClusterReconciler:
             if self._foreign(job):
                 foreign.append(f"job/{restore_build.restore_job_name(ref)}")
             elif job is not None:
-                conds = {c.get("type"): c for c in (job.get("status") or {}).get("conditions") or []
-                         if c.get("status") == "True"}
+                conds = {
+                    c.get("type"): c
+                    for c in (job.get("status") or {}).get("conditions") or []
+                    if c.get("status") == "True"
+                }
                 failed = conds.get("Failed")
-                restore_job = ("Complete" if "Complete" in conds else
-                               f"Failed: {failed.get('reason') or ''} {failed.get('message') or ''}".strip()
-                               if failed else "Running")
+                restore_job = (
+                    "Complete"
+                    if "Complete" in conds
+                    else f"Failed: {failed.get('reason') or ''} {failed.get('message') or ''}".strip()
+                    if failed
+                    else "Running"
+                )
         view = KubeView(
             statefulset_exists=sts is not None,
             statefulset_replicas=int((sts or {}).get("spec", {}).get("replicas") or 0),
-            statefulset_synced=sts is None or int((sts.get("status") or {}).get("observedGeneration") or 0)
+            statefulset_synced=sts is None
+            or int((sts.get("status") or {}).get("observedGeneration") or 0)
             >= int(sts.get("metadata", {}).get("generation") or 0),
-            template_tls_hash=((sts or {}).get("spec", {}).get("template", {}).get("metadata", {})
-                               .get("annotations") or {}).get(ANNOTATION_TLS_HASH, ""),
+            template_tls_hash=(
+                (sts or {}).get("spec", {}).get("template", {}).get("metadata", {}).get("annotations") or {}
+            ).get(ANNOTATION_TLS_HASH, ""),
             update_revision=((sts or {}).get("status") or {}).get("updateRevision"),
             pods=pods,
             pvcs=pvcs,
@@ -350,8 +406,9 @@ class ClusterReconciler:
         return await members.observe(ordinals)
 
     # -- objects -----------------------------------------------------------------------------
-    async def _ensure_objects(self, spec: ClusterSpec, plan: planner.Plan, sts: dict[str, Any] | None,
-                              etcd: EtcdView, tls_hash: str) -> None:
+    async def _ensure_objects(
+        self, spec: ClusterSpec, plan: planner.Plan, sts: dict[str, Any] | None, etcd: EtcdView, tls_hash: str
+    ) -> None:
         ref = self.ref
         await self.kube.apply(peer_service(ref))
         await self.kube.apply(client_service(ref))
@@ -361,8 +418,14 @@ class ClusterReconciler:
         replicas = int((sts or {}).get("spec", {}).get("replicas") or 0)
         # spec.restore is done by a one-shot Job before the first member starts (RunRestore): the
         # members' template never refers to the backup volume or its credentials.
-        desired = statefulset(ref, spec, images=self.settings.images, version=version, replicas=replicas,
-                              tls_hash=tls_hash if spec.tls.client.enabled or spec.tls.peer.enabled else "")
+        desired = statefulset(
+            ref,
+            spec,
+            images=self.settings.images,
+            version=version,
+            replicas=replicas,
+            tls_hash=tls_hash if spec.tls.client.enabled or spec.tls.peer.enabled else "",
+        )
         if sts is None:
             await self.kube.apply(desired)  # created with spec.replicas (0 while bootstrapping)...
             await self._scale(replicas)  # ...which then belongs to the replicas manager alone
@@ -377,7 +440,9 @@ class ClusterReconciler:
                 desired["spec"][key] = live_spec[key]
                 if key not in self._warned:
                     self._warned.add(key)
-                    log.warning("[%s/%s] not changing immutable StatefulSet field %s", ref.namespace, ref.name, key)
+                    log.warning(
+                        "[%s/%s] not changing immutable StatefulSet field %s", ref.namespace, ref.name, key
+                    )
         # spec.replicas is the planner's, applied by its own field manager (_scale): the template's
         # configuration leaves it out - once that manager owns it, else it would be dropped and
         # defaulted to 1 (a crash right after creation; a StatefulSet made by an older operator).
@@ -391,11 +456,20 @@ class ClusterReconciler:
         for k, role in sorted(planner.pod_roles(etcd).items()):
             pod = kube_view.pods.get(k)
             if pod is not None and not pod.deleting and pod.role != role:
-                await self.kube.patch(PODS, self.ref.namespace, pod.name, {"metadata": {"labels": {LABEL_ROLE: role}}})
+                await self.kube.patch(
+                    PODS, self.ref.namespace, pod.name, {"metadata": {"labels": {LABEL_ROLE: role}}}
+                )
 
     # -- actions -----------------------------------------------------------------------------
-    async def _act(self, body: Mapping[str, Any], spec: ClusterSpec, plan: planner.Plan, members: Members,
-                   etcd: EtcdView, kube_view: KubeView) -> None:
+    async def _act(
+        self,
+        body: Mapping[str, Any],
+        spec: ClusterSpec,
+        plan: planner.Plan,
+        members: Members,
+        etcd: EtcdView,
+        kube_view: KubeView,
+    ) -> None:
         a = plan.action
         ref, ns = self.ref, self.ref.namespace
         if isinstance(a, (planner.Wait, planner.Converged)):
@@ -405,13 +479,19 @@ class ClusterReconciler:
             seed = f"{ref.pod(0)}={members.peer_url(0)}"
             await self._write_bootstrap(state="new", initial_cluster=seed, joining={})
             await self._scale(1)
-            await events.post(self.kube, body, "Bootstrapping", f"bootstrapping from seed member {ref.pod(0)}")
+            await events.post(
+                self.kube, body, "Bootstrapping", f"bootstrapping from seed member {ref.pod(0)}"
+            )
             failpoints.hit("after-bootstrap")
         elif isinstance(a, planner.WriteBootstrap):
             await self._write_bootstrap(state="existing", initial_cluster=a.initial_cluster, joining={})
         elif isinstance(a, planner.MarkFormed):
-            await self._patch_bootstrap(data={bootstrap_build.KEY_STATE: "existing",
-                                              bootstrap_build.KEY_INITIAL_CLUSTER: a.initial_cluster})
+            await self._patch_bootstrap(
+                data={
+                    bootstrap_build.KEY_STATE: "existing",
+                    bootstrap_build.KEY_INITIAL_CLUSTER: a.initial_cluster,
+                }
+            )
             await events.post(self.kube, body, "ClusterFormed", "the seed member has formed the cluster")
         elif isinstance(a, planner.SyncInitialCluster):
             await self._patch_bootstrap(data={bootstrap_build.KEY_INITIAL_CLUSTER: a.initial_cluster})
@@ -419,7 +499,9 @@ class ClusterReconciler:
             await self._scale(a.replicas)
         elif isinstance(a, planner.AdoptHolder):
             res, name = (PODS, ref.pod(a.ordinal)) if spec.storage.ephemeral else (PVCS, ref.pvc(a.ordinal))
-            await self.kube.patch(res, ns, name, {"metadata": {"annotations": {ANNOTATION_MEMBER_ID: a.member_id}}})
+            await self.kube.patch(
+                res, ns, name, {"metadata": {"annotations": {ANNOTATION_MEMBER_ID: a.member_id}}}
+            )
         elif isinstance(a, planner.PrepareJoin):
             joining = dict(kube_view.bootstrap.joining) if kube_view.bootstrap else {}
             joining[a.ordinal] = a.stale_uids
@@ -448,17 +530,23 @@ class ClusterReconciler:
                 mid = await self._member_call("member-add", members.add_learner(a.ordinal))
             except EtcdError as e:
                 if e == etcd_errors.UNHEALTHY:  # etcd wants every member connected for a while first
-                    log.info("[%s/%s] etcd refuses MemberAdd for now (unhealthy cluster); retrying", ns, ref.name)
+                    log.info(
+                        "[%s/%s] etcd refuses MemberAdd for now (unhealthy cluster); retrying", ns, ref.name
+                    )
                     return
                 raise
-            await events.post(self.kube, body, "MemberAdded", f"added {ref.pod(a.ordinal)} as learner {mid:x}")
+            await events.post(
+                self.kube, body, "MemberAdded", f"added {ref.pod(a.ordinal)} as learner {mid:x}"
+            )
             failpoints.hit("after-member-add")
         elif isinstance(a, planner.DeleteStale):
             if a.pvc:
                 await self.kube.delete(PVCS, ns, ref.pvc(a.ordinal))
             if a.pod:
                 await self.kube.delete(PODS, ns, ref.pod(a.ordinal))
-            await events.post(self.kube, body, "MemberReset", f"{ref.pod(a.ordinal)} restarts with an empty data dir")
+            await events.post(
+                self.kube, body, "MemberReset", f"{ref.pod(a.ordinal)} restarts with an empty data dir"
+            )
         elif isinstance(a, planner.Promote):
             try:
                 await self._member_call("member-promote", members.promote(a.member_id))
@@ -467,49 +555,86 @@ class ClusterReconciler:
                     log.info("[%s/%s] learner %x not ready yet", ns, ref.name, a.member_id)
                     return
                 raise
-            await events.post(self.kube, body, "MemberPromoted", f"promoted {ref.pod(a.ordinal)} ({a.member_id:x}) to voter")
+            await events.post(
+                self.kube, body, "MemberPromoted", f"promoted {ref.pod(a.ordinal)} ({a.member_id:x}) to voter"
+            )
             failpoints.hit("after-promote")
         elif isinstance(a, planner.MoveLeader):
             leader = next(m for m in etcd.members if m.id == a.from_id)
             target = next(m for m in etcd.members if m.id == a.to_id)
             assert leader.ordinal is not None
             await self._member_call("move-leader", members.move_leader(leader.ordinal, a.to_id))
-            await events.post(self.kube, body, "LeaderMoved",
-                              f"moved leadership from {ref.pod(leader.ordinal)} to {ref.pod(target.ordinal or 0)}")
+            await events.post(
+                self.kube,
+                body,
+                "LeaderMoved",
+                f"moved leadership from {ref.pod(leader.ordinal)} to {ref.pod(target.ordinal or 0)}",
+            )
             failpoints.hit("after-move-leader")
         elif isinstance(a, planner.RemoveMember):
             await self._member_call("member-remove", members.remove(a.member_id))
             who = ref.pod(a.ordinal) if a.ordinal is not None else f"{a.member_id:x}"
-            await events.post(self.kube, body, "MemberRemoved", f"removed member {who} ({a.member_id:x}): {a.why}",
-                              warning=a.why in ("DataLost", "Corrupted"))
+            await events.post(
+                self.kube,
+                body,
+                "MemberRemoved",
+                f"removed member {who} ({a.member_id:x}): {a.why}",
+                warning=a.why in ("DataLost", "Corrupted"),
+            )
             failpoints.hit("after-member-remove")
         elif isinstance(a, planner.RecoverSpace):
             revision = await self._member_call("recover-space", members.recover_space(list(a.order), a.quota))
-            await events.post(self.kube, body, "SpaceRecovered", f"NOSPACE alarm: compacted at revision {revision}, "
-                              f"defragmented {', '.join(ref.pod(k) for k in a.order)}, alarm disarmed", warning=True)
+            await events.post(
+                self.kube,
+                body,
+                "SpaceRecovered",
+                f"NOSPACE alarm: compacted at revision {revision}, "
+                f"defragmented {', '.join(ref.pod(k) for k in a.order)}, alarm disarmed",
+                warning=True,
+            )
         elif isinstance(a, planner.DeletePVC):
             await self.kube.delete(PVCS, ns, ref.pvc(a.ordinal))
-            await events.post(self.kube, body, "VolumeDeleted", f"deleted volume {ref.pvc(a.ordinal)} of a removed member")
+            await events.post(
+                self.kube, body, "VolumeDeleted", f"deleted volume {ref.pvc(a.ordinal)} of a removed member"
+            )
             failpoints.hit("after-pvc-delete")
         elif isinstance(a, planner.ExpandVolume):
-            await self.kube.patch(PVCS, ns, ref.pvc(a.ordinal),
-                                  {"spec": {"resources": {"requests": {"storage": str(a.size)}}}})
-            await events.post(self.kube, body, "VolumeExpanding", f"growing {ref.pvc(a.ordinal)} to {a.size} bytes")
+            await self.kube.patch(
+                PVCS, ns, ref.pvc(a.ordinal), {"spec": {"resources": {"requests": {"storage": str(a.size)}}}}
+            )
+            await events.post(
+                self.kube, body, "VolumeExpanding", f"growing {ref.pvc(a.ordinal)} to {a.size} bytes"
+            )
         elif isinstance(a, planner.RestartMember):
             await self.kube.delete(PODS, ns, ref.pod(a.ordinal))
-            await events.post(self.kube, body, "MemberRestarted", f"restarting {ref.pod(a.ordinal)} for a new template")
+            await events.post(
+                self.kube, body, "MemberRestarted", f"restarting {ref.pod(a.ordinal)} for a new template"
+            )
         elif isinstance(a, planner.RunRestore):
             if await self.kube.get(PVCS, ns, ref.pvc(0)) is None:
                 await self.kube.create(PVCS, ns, restore_build.seed_claim(ref, spec))
             version = plan.version.target if plan.version is not None else spec.version
-            await self.kube.create(JOBS, ns, restore_build.restore_job(ref, spec, images=self.settings.images,
-                                                                       version=version))
-            await events.post(self.kube, body, "Restoring", f"restoring {ref.pvc(0)} with Job "
-                                                            f"{restore_build.restore_job_name(ref)}")
+            await self.kube.create(
+                JOBS, ns, restore_build.restore_job(ref, spec, images=self.settings.images, version=version)
+            )
+            await events.post(
+                self.kube,
+                body,
+                "Restoring",
+                f"restoring {ref.pvc(0)} with Job {restore_build.restore_job_name(ref)}",
+            )
         elif isinstance(a, planner.MarkRestored):
             assert spec.restore is not None
-            await self.kube.patch(PVCS, ns, ref.pvc(0), {"metadata": {"annotations": {
-                restore_build.ANNOTATION_RESTORED: spec.restore.source.describe()}}})
+            await self.kube.patch(
+                PVCS,
+                ns,
+                ref.pvc(0),
+                {
+                    "metadata": {
+                        "annotations": {restore_build.ANNOTATION_RESTORED: spec.restore.source.describe()}
+                    }
+                },
+            )
         elif isinstance(a, planner.DeleteRestoreJob):
             await self.kube.delete(JOBS, ns, restore_build.restore_job_name(ref))
         else:  # pragma: no cover - every action is handled above
@@ -551,31 +676,60 @@ class ClusterReconciler:
         return result
 
     async def _scale(self, replicas: int) -> None:
-        await self.kube.apply_replicas(STATEFULSETS, self.ref.namespace, self.ref.statefulset, replicas,
-                                       api_version=STATEFULSETS.api_version, kind="StatefulSet")
+        await self.kube.apply_replicas(
+            STATEFULSETS,
+            self.ref.namespace,
+            self.ref.statefulset,
+            replicas,
+            api_version=STATEFULSETS.api_version,
+            kind="StatefulSet",
+        )
 
-    async def _write_bootstrap(self, *, state: str, initial_cluster: str, joining: dict[int, frozenset[str]]) -> None:
+    async def _write_bootstrap(
+        self, *, state: str, initial_cluster: str, joining: dict[int, frozenset[str]]
+    ) -> None:
         ref = self.ref
-        cm = bootstrap_build.bootstrap_configmap(ref, initial_cluster=initial_cluster, state=state,
-                                                 token=bootstrap_build.cluster_token(ref), joining=joining,
-                                                 updated=now_iso())
+        cm = bootstrap_build.bootstrap_configmap(
+            ref,
+            initial_cluster=initial_cluster,
+            state=state,
+            token=bootstrap_build.cluster_token(ref),
+            joining=joining,
+            updated=now_iso(),
+        )
         existing = await self.kube.get(CONFIGMAPS, ref.namespace, ref.bootstrap_configmap)
         if existing is None:
             await self.kube.create(CONFIGMAPS, ref.namespace, cm)
         else:
-            await self.kube.patch(CONFIGMAPS, ref.namespace, ref.bootstrap_configmap,
-                                  {"metadata": {"annotations": cm["metadata"]["annotations"]}, "data": cm["data"]})
+            await self.kube.patch(
+                CONFIGMAPS,
+                ref.namespace,
+                ref.bootstrap_configmap,
+                {"metadata": {"annotations": cm["metadata"]["annotations"]}, "data": cm["data"]},
+            )
 
     async def _patch_bootstrap(self, *, data: dict[str, str]) -> None:
-        await self.kube.patch(CONFIGMAPS, self.ref.namespace, self.ref.bootstrap_configmap,
-                              {"data": data, "metadata": {"annotations": {ANNOTATION_MEMBERSHIP_TIME: now_iso()}}})
+        await self.kube.patch(
+            CONFIGMAPS,
+            self.ref.namespace,
+            self.ref.bootstrap_configmap,
+            {"data": data, "metadata": {"annotations": {ANNOTATION_MEMBERSHIP_TIME: now_iso()}}},
+        )
 
-    async def _patch_joining(self, joining: dict[int, frozenset[str]], *, tickets: dict[int, str] | None = None) -> None:
-        patch: dict[str, Any] = {"metadata": {"annotations": {
-            bootstrap_build.ANNOTATION_JOINING: bootstrap_build.encode_joining(joining)}}}
+    async def _patch_joining(
+        self, joining: dict[int, frozenset[str]], *, tickets: dict[int, str] | None = None
+    ) -> None:
+        patch: dict[str, Any] = {
+            "metadata": {
+                "annotations": {bootstrap_build.ANNOTATION_JOINING: bootstrap_build.encode_joining(joining)}
+            }
+        }
         if tickets is not None:
-            patch["data"] = {bootstrap_build.KEY_JOIN: gate.format_tickets(
-                {self.ref.pod(k): mid for k, mid in tickets.items()})}
+            patch["data"] = {
+                bootstrap_build.KEY_JOIN: gate.format_tickets(
+                    {self.ref.pod(k): mid for k, mid in tickets.items()}
+                )
+            }
         await self.kube.patch(CONFIGMAPS, self.ref.namespace, self.ref.bootstrap_configmap, patch)
 
 
@@ -587,16 +741,31 @@ def pod_state(k: int, pod: Mapping[str, Any]) -> PodState:
     cstats = st.get("containerStatuses") or []
     istats = st.get("initContainerStatuses") or []
     restarts = sum(int(c.get("restartCount") or 0) for c in cstats)
-    waiting = next(((c.get("state") or {}).get("waiting", {}).get("reason") for c in cstats + istats
-                    if (c.get("state") or {}).get("waiting")), None)
+    waiting = next(
+        (
+            (c.get("state") or {}).get("waiting", {}).get("reason")
+            for c in cstats + istats
+            if (c.get("state") or {}).get("waiting")
+        ),
+        None,
+    )
     member = next((c for c in cstats if c.get("name") == MEMBER_CONTAINER), cstats[0] if cstats else {})
-    term = (member.get("lastState") or {}).get("terminated") or (member.get("state") or {}).get("terminated") or {}
+    term = (
+        (member.get("lastState") or {}).get("terminated")
+        or (member.get("state") or {}).get("terminated")
+        or {}
+    )
     init_names = {c.get("name") for c in (pod.get("spec") or {}).get("initContainers") or []}
     return PodState(
-        name=meta["name"], ordinal=k, uid=meta.get("uid", ""), phase=st.get("phase", "Pending"), ready=ready,
+        name=meta["name"],
+        ordinal=k,
+        uid=meta.get("uid", ""),
+        phase=st.get("phase", "Pending"),
+        ready=ready,
         deleting=bool(meta.get("deletionTimestamp")),
         revision=(meta.get("labels") or {}).get("controller-revision-hash"),
-        restarts=restarts, waiting_reason=waiting,
+        restarts=restarts,
+        waiting_reason=waiting,
         member_id=(meta.get("annotations") or {}).get(ANNOTATION_MEMBER_ID),
         gated=GATE_CONTAINER in init_names,
         last_exit_reason=term.get("reason"),

@@ -54,8 +54,11 @@ def restore_args(*, snapshot: str, name: str, peer_url: str, token: str, data_di
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="etcdoperator restore-member", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="etcdoperator restore-member",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = p.add_subparsers(dest="step", required=True)
     fetch = sub.add_parser("fetch", help="check the volume, fetch and verify the snapshot")
     fetch.add_argument("--data-dir", required=True)

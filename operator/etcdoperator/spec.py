@@ -236,7 +236,9 @@ def parse_cluster_spec(raw: Mapping[str, Any] | None) -> ClusterSpec:
             certificate_validity_days=int(auto["certificateValidityDays"]),
             renew_before_days=int(auto["renewBeforeDays"]),
         ),
-        auth=AuthSpec(secret_name=auth["rootPasswordSecret"]["name"], secret_key=auth["rootPasswordSecret"]["key"])
+        auth=AuthSpec(
+            secret_name=auth["rootPasswordSecret"]["name"], secret_key=auth["rootPasswordSecret"]["key"]
+        )
         if auth
         else None,
         backup=BackupSpec(
@@ -247,7 +249,9 @@ def parse_cluster_spec(raw: Mapping[str, Any] | None) -> ClusterSpec:
         )
         if backup and backup_dest
         else None,
-        restore=RestoreSpec(source=restore_src, sha256=restore.get("sha256") or None) if restore and restore_src else None,
+        restore=RestoreSpec(source=restore_src, sha256=restore.get("sha256") or None)
+        if restore and restore_src
+        else None,
     )
 
 
@@ -265,8 +269,14 @@ def validate_cluster_spec(raw: Mapping[str, Any] | None) -> list[str]:
         if t.get("mode") == "secret" and not t.get("secretName"):
             errors.append(f"tls.{side}.secretName is required when tls.{side}.mode is secret")
     client = tls["client"]
-    if client.get("mode") == "secret" and client.get("clientCertAuth", True) and not client.get("operatorSecretName"):
-        errors.append("tls.client.operatorSecretName is required when tls.client.mode is secret and clientCertAuth is on")
+    if (
+        client.get("mode") == "secret"
+        and client.get("clientCertAuth", True)
+        and not client.get("operatorSecretName")
+    ):
+        errors.append(
+            "tls.client.operatorSecretName is required when tls.client.mode is secret and clientCertAuth is on"
+        )
     auto = tls["auto"]
     if auto["renewBeforeDays"] >= auto["certificateValidityDays"]:
         errors.append("tls.auto.renewBeforeDays must be shorter than tls.auto.certificateValidityDays")
@@ -280,10 +290,14 @@ def validate_cluster_spec(raw: Mapping[str, Any] | None) -> list[str]:
             errors.append(f"backup.schedule {schedule!r} is not a valid cron expression")
     engine, version, image = s["engine"], s["version"], s.get("image")
     if engine == "etcdstore" and version != crd.STORE_API_VERSION:
-        errors.append(f"engine etcdstore implements etcd API {crd.STORE_API_VERSION}: version must be "
-                      f"{crd.STORE_API_VERSION}, not {version}")
+        errors.append(
+            f"engine etcdstore implements etcd API {crd.STORE_API_VERSION}: version must be "
+            f"{crd.STORE_API_VERSION}, not {version}"
+        )
     if engine == "etcd" and image and not image_names_version(image, version):
-        errors.append(f"image {image!r} must be tagged with version {version} (vX.Y.Z or X.Y.Z): change both together")
+        errors.append(
+            f"image {image!r} must be tagged with version {version} (vX.Y.Z or X.Y.Z): change both together"
+        )
     restore = s.get("restore")
     if restore:
         src = restore.get("source") or {}
@@ -294,8 +308,21 @@ def validate_cluster_spec(raw: Mapping[str, Any] | None) -> list[str]:
     return errors
 
 
-_QUANTITY_SUFFIX = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
-                    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+_QUANTITY_SUFFIX = {
+    "": 1,
+    "k": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "P": 10**15,
+    "E": 10**18,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "Pi": 2**50,
+    "Ei": 2**60,
+}
 MiB = 2**20
 GiB = 2**30
 ETCD_DEFAULT_QUOTA = 2 * GiB  # etcd's own default (--quota-backend-bytes unset)
@@ -352,4 +379,6 @@ class BackupRequest:
 
 def parse_backup_spec(raw: Mapping[str, Any] | None) -> BackupRequest:
     s = apply_defaults(_BACKUP_SPEC_SCHEMA, dict(raw or {}))
-    return BackupRequest(cluster_name=str(s["clusterName"]), destination=destination_from(s.get("destination")))
+    return BackupRequest(
+        cluster_name=str(s["clusterName"]), destination=destination_from(s.get("destination"))
+    )

@@ -23,8 +23,15 @@ _PHASE_BY_PROGRESS = {
 }
 
 
-def _condition(prev: Mapping[str, Mapping[str, Any]], ctype: str, status: bool, reason: str, message: str,
-               now: str, generation: int) -> dict[str, Any]:
+def _condition(
+    prev: Mapping[str, Mapping[str, Any]],
+    ctype: str,
+    status: bool,
+    reason: str,
+    message: str,
+    now: str,
+    generation: int,
+) -> dict[str, Any]:
     value = "True" if status else "False"
     old = prev.get(ctype)
     changed = old is None or old.get("status") != value
@@ -47,8 +54,15 @@ def _age(since: str | None, now: str) -> float:
         return 0.0
 
 
-def build_status(ref: ClusterRef, obs: Observed, plan: Plan, prev: Mapping[str, Any], *, now: str,
-                 progress_deadline: float = 600.0) -> dict[str, Any]:
+def build_status(
+    ref: ClusterRef,
+    obs: Observed,
+    plan: Plan,
+    prev: Mapping[str, Any],
+    *,
+    now: str,
+    progress_deadline: float = 600.0,
+) -> dict[str, Any]:
     """`progress_deadline`: seconds a change may stay in progress before it is reported as stuck."""
     etcd = obs.etcd
     voters = etcd.voters
@@ -82,8 +96,12 @@ def build_status(ref: ClusterRef, obs: Observed, plan: Plan, prev: Mapping[str, 
         old = prev_conds.get("Progressing") or {}
         age = _age(old.get("lastTransitionTime"), now) if old.get("status") == "True" else 0.0
         if age > progress_deadline:
-            problems.append(("ProgressDeadlineExceeded",
-                             f"in progress for {int(age)}s (deadline {int(progress_deadline)}s): {plan.message}"))
+            problems.append(
+                (
+                    "ProgressDeadlineExceeded",
+                    f"in progress for {int(age)}s (deadline {int(progress_deadline)}s): {plan.message}",
+                )
+            )
     degraded = bool(problems)
     deg = (problems[0][0], "; ".join(m for _, m in problems)) if degraded else ("AsExpected", "")
 
@@ -92,7 +110,9 @@ def build_status(ref: ClusterRef, obs: Observed, plan: Plan, prev: Mapping[str, 
     elif obs.spec_errors:
         phase = "Invalid"
     elif not available and plan.progressing != "Bootstrapping":
-        phase = "Unavailable" if not progressing else _PHASE_BY_PROGRESS.get(plan.progressing or "", "Degraded")
+        phase = (
+            "Unavailable" if not progressing else _PHASE_BY_PROGRESS.get(plan.progressing or "", "Degraded")
+        )
     elif progressing:
         phase = _PHASE_BY_PROGRESS.get(plan.progressing or "", "Progressing")
     elif degraded:
@@ -138,7 +158,9 @@ def build_status(ref: ClusterRef, obs: Observed, plan: Plan, prev: Mapping[str, 
     }
     if etcd.cluster_id is not None:
         status["clusterID"] = f"{etcd.cluster_id:x}"
-    status["leader"] = (ref.pod(leader.ordinal) if leader.ordinal is not None else leader.hex_id) if leader else None
+    status["leader"] = (
+        (ref.pod(leader.ordinal) if leader.ordinal is not None else leader.hex_id) if leader else None
+    )
     version = cluster_version(etcd)
     if version:
         status["currentVersion"] = version

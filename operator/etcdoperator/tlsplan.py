@@ -102,16 +102,37 @@ def plan_tls(
             elif phase != PHASE_TRUST and not certs.signed_by(crt, ca.cert_pem):
                 reason = "re-issued by the new CA" if phase == PHASE_ISSUE else "not signed by the CA"
             elif cur.data.get("ca.crt") != bundle:
-                writes.append(SecretWrite(leaf.secret, leaf.component,
-                                          {**cur.data, "ca.crt": bundle}, "kubernetes.io/tls", "CA bundle changed"))
+                writes.append(
+                    SecretWrite(
+                        leaf.secret,
+                        leaf.component,
+                        {**cur.data, "ca.crt": bundle},
+                        "kubernetes.io/tls",
+                        "CA bundle changed",
+                    )
+                )
                 continue
         if not reason:
             continue
-        pair = certs.issue(signer, leaf.common_name, days=days.certificate_validity_days, dns_names=leaf.dns,
-                           ip_addresses=leaf.ips, server=leaf.server, client=leaf.client, now=now)
-        writes.append(SecretWrite(leaf.secret, leaf.component,
-                                  {"tls.crt": pair.cert_pem, "tls.key": pair.key_pem, "ca.crt": bundle},
-                                  "kubernetes.io/tls", reason))
+        pair = certs.issue(
+            signer,
+            leaf.common_name,
+            days=days.certificate_validity_days,
+            dns_names=leaf.dns,
+            ip_addresses=leaf.ips,
+            server=leaf.server,
+            client=leaf.client,
+            now=now,
+        )
+        writes.append(
+            SecretWrite(
+                leaf.secret,
+                leaf.component,
+                {"tls.crt": pair.cert_pem, "tls.key": pair.key_pem, "ca.crt": bundle},
+                "kubernetes.io/tls",
+                reason,
+            )
+        )
     return writes
 
 
@@ -128,30 +149,77 @@ def _ca_state(
     if cur is None or "tls.crt" not in cur.data or "tls.key" not in cur.data:
         pair = certs.new_ca(f"{ref.name} etcd CA", t.ca_validity_days, now=now)
         data = {"tls.crt": pair.cert_pem, "tls.key": pair.key_pem, "ca.crt": pair.cert_pem}
-        return pair, pair, pair.cert_pem, PHASE_STEADY, SecretWrite(
-            ref.ca_secret, "ca", data, "Opaque", "created", {ANNOTATION_CA_ROTATION: PHASE_STEADY})
+        return (
+            pair,
+            pair,
+            pair.cert_pem,
+            PHASE_STEADY,
+            SecretWrite(
+                ref.ca_secret, "ca", data, "Opaque", "created", {ANNOTATION_CA_ROTATION: PHASE_STEADY}
+            ),
+        )
     pair = certs.KeyPair(cur.data["tls.crt"], cur.data["tls.key"])
     bundle = cur.data.get("ca.crt", pair.cert_pem)
     phase = cur.annotations.get(ANNOTATION_CA_ROTATION, PHASE_STEADY)
     if phase == PHASE_STEADY and certs.due_for_renewal(pair.cert_pem, ca_renew, now=now):
         new = certs.new_ca(f"{ref.name} etcd CA", t.ca_validity_days, now=now)
         bundle = new.cert_pem + pair.cert_pem
-        data = {"tls.crt": new.cert_pem, "tls.key": new.key_pem, "ca.crt": bundle,
-                "previous.crt": pair.cert_pem, "previous.key": pair.key_pem}
-        return new, pair, bundle, PHASE_TRUST, SecretWrite(
-            ref.ca_secret, "ca", data, "Opaque", "CA rotation: trusting the new CA", {ANNOTATION_CA_ROTATION: PHASE_TRUST})
+        data = {
+            "tls.crt": new.cert_pem,
+            "tls.key": new.key_pem,
+            "ca.crt": bundle,
+            "previous.crt": pair.cert_pem,
+            "previous.key": pair.key_pem,
+        }
+        return (
+            new,
+            pair,
+            bundle,
+            PHASE_TRUST,
+            SecretWrite(
+                ref.ca_secret,
+                "ca",
+                data,
+                "Opaque",
+                "CA rotation: trusting the new CA",
+                {ANNOTATION_CA_ROTATION: PHASE_TRUST},
+            ),
+        )
     if phase == PHASE_TRUST and not rolled and "previous.crt" in cur.data:
         previous = certs.KeyPair(cur.data["previous.crt"], cur.data["previous.key"])
         return pair, previous, bundle, phase, None
     if phase == PHASE_TRUST and rolled:
-        return pair, pair, bundle, PHASE_ISSUE, SecretWrite(
-            ref.ca_secret, "ca", dict(cur.data), "Opaque", "CA rotation: issuing from the new CA",
-            {ANNOTATION_CA_ROTATION: PHASE_ISSUE})
+        return (
+            pair,
+            pair,
+            bundle,
+            PHASE_ISSUE,
+            SecretWrite(
+                ref.ca_secret,
+                "ca",
+                dict(cur.data),
+                "Opaque",
+                "CA rotation: issuing from the new CA",
+                {ANNOTATION_CA_ROTATION: PHASE_ISSUE},
+            ),
+        )
     if phase == PHASE_ISSUE and rolled:
         data = {k: v for k, v in cur.data.items() if not k.startswith("previous.")}
         data["ca.crt"] = pair.cert_pem
-        return pair, pair, pair.cert_pem, PHASE_STEADY, SecretWrite(
-            ref.ca_secret, "ca", data, "Opaque", "CA rotation: done, old CA dropped", {ANNOTATION_CA_ROTATION: PHASE_STEADY})
+        return (
+            pair,
+            pair,
+            pair.cert_pem,
+            PHASE_STEADY,
+            SecretWrite(
+                ref.ca_secret,
+                "ca",
+                data,
+                "Opaque",
+                "CA rotation: done, old CA dropped",
+                {ANNOTATION_CA_ROTATION: PHASE_STEADY},
+            ),
+        )
     return pair, pair, bundle, phase, None
 
 

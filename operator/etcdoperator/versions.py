@@ -29,7 +29,9 @@ def decide_version(wanted: str, running: str | None) -> VersionDecision:
         return VersionDecision(target=wanted)
     w, r = parse(wanted), parse(running)
     if w is None or r is None:
-        return VersionDecision(target=running, refused=True, message=f"cannot compare versions {wanted!r} and {running!r}")
+        return VersionDecision(
+            target=running, refused=True, message=f"cannot compare versions {wanted!r} and {running!r}"
+        )
     if w[0] != r[0]:
         return VersionDecision(
             target=running, refused=True, message=f"refusing a major version change {running} -> {wanted}"

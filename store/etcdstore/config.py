@@ -164,9 +164,9 @@ def parse_url(text: str) -> URL:
     text = text.strip()
     parts = urlsplit(text)
     if parts.scheme not in ("http", "https", "unix", "unixs"):
-        raise ValueError(f'URL scheme must be http, https, unix, or unixs: {text}')
+        raise ValueError(f"URL scheme must be http, https, unix, or unixs: {text}")
     if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ValueError(f'URL must not contain a path: {text}')
+        raise ValueError(f"URL must not contain a path: {text}")
     try:
         port = parts.port
     except ValueError:
@@ -184,7 +184,7 @@ def parse_urls(text: str) -> list[URL]:
 
 
 def parse_initial_cluster(text: str) -> dict[str, list[URL]]:
-    """"name=url,name=url2,other=url3" -> {name: [url, url2], other: [url3]}."""
+    """ "name=url,name=url2,other=url3" -> {name: [url, url2], other: [url3]}."""
     cluster: dict[str, list[URL]] = {}
     for item in text.split(","):
         item = item.strip()
@@ -211,7 +211,7 @@ def _bindable(urls: list[URL], flag: str) -> None:
         try:
             ipaddress.ip_address(u.host)
         except ValueError:
-            raise ConfigError(f'expected IP in URL for binding ({u}) in --{flag}') from None
+            raise ConfigError(f"expected IP in URL for binding ({u}) in --{flag}") from None
 
 
 # ---- flag table ----------------------------------------------------------------------------
@@ -284,15 +284,27 @@ _IGNORED_FLAGS = {
     "backend-batch-interval",
     "backend-batch-limit",
 }
-_IGNORED_BOOL_FLAGS = {"enable-pprof", "experimental-initial-corrupt-check", "experimental-enable-lease-checkpoint",
-                       "experimental-enable-lease-checkpoint-persist"}
+_IGNORED_BOOL_FLAGS = {
+    "enable-pprof",
+    "experimental-initial-corrupt-check",
+    "experimental-enable-lease-checkpoint",
+    "experimental-enable-lease-checkpoint-persist",
+}
 
 
 # ---- help: every flag's group, shown default and description (etcd 3.4's `etcd --help` wording) ----
 
 _NO_EFFECT = " Accepted for etcd compatibility; no effect in etcdstore."
-GROUPS = ("Member", "Clustering", "Security", "Auth", "Profiling and Monitoring", "Logging",
-          "Experimental feature", "Unsafe feature")
+GROUPS = (
+    "Member",
+    "Clustering",
+    "Security",
+    "Auth",
+    "Profiling and Monitoring",
+    "Logging",
+    "Experimental feature",
+    "Unsafe feature",
+)
 
 
 def _h(group: str, default: str, *text: str) -> tuple[str, str, str]:
@@ -304,61 +316,120 @@ FLAG_HELP: dict[str, tuple[str, str, str]] = {
     # Member
     "name": _h("Member", "default", "Human-readable name for this member."),
     "data-dir": _h("Member", "${name}.etcd", "Path to the data directory."),
-    "snapshot-count": _h("Member", "100000", "Number of committed transactions to trigger a snapshot to disk."),
+    "snapshot-count": _h(
+        "Member", "100000", "Number of committed transactions to trigger a snapshot to disk."
+    ),
     "heartbeat-interval": _h("Member", "100", "Time (in milliseconds) of a heartbeat interval."),
-    "election-timeout": _h("Member", "1000", "Time (in milliseconds) for an election to timeout. ",
-                         "See tuning documentation for details."),
+    "election-timeout": _h(
+        "Member",
+        "1000",
+        "Time (in milliseconds) for an election to timeout. ",
+        "See tuning documentation for details.",
+    ),
     "listen-peer-urls": _h("Member", DEFAULT_PEER_URL, "List of URLs to listen on for peer traffic."),
     "listen-client-urls": _h("Member", DEFAULT_CLIENT_URL, "List of URLs to listen on for client traffic."),
-    "listen-client-http-urls": _h("Member", "", "List of URLs to listen on for HTTP client traffic (health, ",
-                                "metrics, JSON gateway, v2); when set, --listen-client-urls serve gRPC only ",
-                                "(etcd 3.5's flag)."),
-    "max-snapshots": _h("Member", "5", "Maximum number of snapshot files to retain (0 is unlimited)." + _NO_EFFECT),
+    "listen-client-http-urls": _h(
+        "Member",
+        "",
+        "List of URLs to listen on for HTTP client traffic (health, ",
+        "metrics, JSON gateway, v2); when set, --listen-client-urls serve gRPC only ",
+        "(etcd 3.5's flag).",
+    ),
+    "max-snapshots": _h(
+        "Member", "5", "Maximum number of snapshot files to retain (0 is unlimited)." + _NO_EFFECT
+    ),
     "max-wals": _h("Member", "5", "Maximum number of wal files to retain (0 is unlimited)." + _NO_EFFECT),
-    "quota-backend-bytes": _h("Member", "0", "Raise alarms when backend size exceeds the given quota ",
-                            "(0 defaults to low space quota)."),
-    "backend-batch-interval": _h("Member", "", "BackendBatchInterval is the maximum time before commit the ",
-                               "backend transaction." + _NO_EFFECT),
-    "backend-batch-limit": _h("Member", "0", "BackendBatchLimit is the maximum operations before commit the ",
-                            "backend transaction." + _NO_EFFECT),
+    "quota-backend-bytes": _h(
+        "Member",
+        "0",
+        "Raise alarms when backend size exceeds the given quota ",
+        "(0 defaults to low space quota).",
+    ),
+    "backend-batch-interval": _h(
+        "Member",
+        "",
+        "BackendBatchInterval is the maximum time before commit the ",
+        "backend transaction." + _NO_EFFECT,
+    ),
+    "backend-batch-limit": _h(
+        "Member",
+        "0",
+        "BackendBatchLimit is the maximum operations before commit the ",
+        "backend transaction." + _NO_EFFECT,
+    ),
     "max-txn-ops": _h("Member", "128", "Maximum number of operations permitted in a transaction."),
-    "max-request-bytes": _h("Member", "1572864", "Maximum client request size in bytes the server will accept."),
-    "max-concurrent-streams": _h("Member", "math.MaxUint32", "Maximum concurrent streams that each client can ",
-                               "open at a time."),
-    "grpc-keepalive-min-time": _h("Member", "5s", "Minimum duration interval that a client should wait before ",
-                                "pinging server."),
-    "grpc-keepalive-interval": _h("Member", "2h", "Frequency duration of server-to-client ping to check if a ",
-                                "connection is alive (0 to disable)."),
-    "grpc-keepalive-timeout": _h("Member", "20s", "Additional duration of wait before closing a non-responsive ",
-                               "connection (0 to disable)."),
+    "max-request-bytes": _h(
+        "Member", "1572864", "Maximum client request size in bytes the server will accept."
+    ),
+    "max-concurrent-streams": _h(
+        "Member", "math.MaxUint32", "Maximum concurrent streams that each client can ", "open at a time."
+    ),
+    "grpc-keepalive-min-time": _h(
+        "Member", "5s", "Minimum duration interval that a client should wait before ", "pinging server."
+    ),
+    "grpc-keepalive-interval": _h(
+        "Member",
+        "2h",
+        "Frequency duration of server-to-client ping to check if a ",
+        "connection is alive (0 to disable).",
+    ),
+    "grpc-keepalive-timeout": _h(
+        "Member",
+        "20s",
+        "Additional duration of wait before closing a non-responsive ",
+        "connection (0 to disable).",
+    ),
     # Clustering
-    "initial-advertise-peer-urls": _h("Clustering", DEFAULT_PEER_URL, "List of this member's peer URLs to ",
-                                    "advertise to the rest of the cluster."),
-    "initial-cluster": _h("Clustering", "default=" + DEFAULT_PEER_URL,
-                        "Initial cluster configuration for bootstrapping."),
+    "initial-advertise-peer-urls": _h(
+        "Clustering",
+        DEFAULT_PEER_URL,
+        "List of this member's peer URLs to ",
+        "advertise to the rest of the cluster.",
+    ),
+    "initial-cluster": _h(
+        "Clustering", "default=" + DEFAULT_PEER_URL, "Initial cluster configuration for bootstrapping."
+    ),
     "initial-cluster-state": _h("Clustering", "new", "Initial cluster state ('new' or 'existing')."),
-    "initial-cluster-token": _h("Clustering", "etcd-cluster", "Initial cluster token for the etcd cluster during ",
-                              "bootstrap. Specifying this can protect you from unintended cross-cluster ",
-                              "interaction when running multiple clusters."),
-    "advertise-client-urls": _h("Clustering", DEFAULT_CLIENT_URL, "List of this member's client URLs to ",
-                              "advertise to the public. The client URLs advertised should be accessible to ",
-                              "machines that talk to etcd cluster. etcd client libraries parse these URLs to ",
-                              "connect to the cluster."),
+    "initial-cluster-token": _h(
+        "Clustering",
+        "etcd-cluster",
+        "Initial cluster token for the etcd cluster during ",
+        "bootstrap. Specifying this can protect you from unintended cross-cluster ",
+        "interaction when running multiple clusters.",
+    ),
+    "advertise-client-urls": _h(
+        "Clustering",
+        DEFAULT_CLIENT_URL,
+        "List of this member's client URLs to ",
+        "advertise to the public. The client URLs advertised should be accessible to ",
+        "machines that talk to etcd cluster. etcd client libraries parse these URLs to ",
+        "connect to the cluster.",
+    ),
     "discovery": _h("Clustering", "", "Discovery URL used to bootstrap the cluster."),
-    "discovery-fallback": _h("Clustering", "proxy", "Expected behavior ('exit' or 'proxy') when discovery ",
-                           "services fails. etcdstore has no v2 proxy: 'proxy' logs etcd's message and exits."),
+    "discovery-fallback": _h(
+        "Clustering",
+        "proxy",
+        "Expected behavior ('exit' or 'proxy') when discovery ",
+        "services fails. etcdstore has no v2 proxy: 'proxy' logs etcd's message and exits.",
+    ),
     "discovery-proxy": _h("Clustering", "", "HTTP proxy to use for traffic to discovery service."),
     "discovery-srv": _h("Clustering", "", "DNS srv domain used to bootstrap the cluster."),
     "discovery-srv-name": _h("Clustering", "", "Suffix to the dns srv name queried when bootstrapping."),
-    "strict-reconfig-check": _h("Clustering", "true", "Reject reconfiguration requests that would cause ",
-                              "quorum loss."),
+    "strict-reconfig-check": _h(
+        "Clustering", "true", "Reject reconfiguration requests that would cause ", "quorum loss."
+    ),
     "pre-vote": _h("Clustering", "true", "Enable to run an additional Raft election phase."),
-    "auto-compaction-retention": _h("Clustering", "0", "Auto compaction retention length. 0 means disable auto ",
-                                  "compaction."),
-    "auto-compaction-mode": _h("Clustering", "periodic", "Interpret 'auto-compaction-retention' one of: ",
-                             "periodic|revision. 'periodic' for duration based retention, defaulting to hours ",
-                             "if no time unit is provided (e.g. '5m'). 'revision' for revision number based ",
-                             "retention."),
+    "auto-compaction-retention": _h(
+        "Clustering", "0", "Auto compaction retention length. 0 means disable auto ", "compaction."
+    ),
+    "auto-compaction-mode": _h(
+        "Clustering",
+        "periodic",
+        "Interpret 'auto-compaction-retention' one of: ",
+        "periodic|revision. 'periodic' for duration based retention, defaulting to hours ",
+        "if no time unit is provided (e.g. '5m'). 'revision' for revision number based ",
+        "retention.",
+    ),
     "enable-v2": _h("Clustering", "false", "Accept etcd V2 client requests."),
     "enable-grpc-gateway": _h("Clustering", "true", "Enable GRPC gateway (the JSON API under /v3/)."),
     # Security
@@ -371,45 +442,96 @@ FLAG_HELP: dict[str, tuple[str, str, str]] = {
     "peer-key-file": _h("Security", "", "Path to the peer server TLS key file."),
     "peer-client-cert-auth": _h("Security", "false", "Enable peer client cert authentication."),
     "peer-trusted-ca-file": _h("Security", "", "Path to the peer server TLS trusted CA file."),
-    "peer-auto-tls": _h("Security", "false", "Peer TLS using self-generated certificates if --peer-key-file ",
-                      "and --peer-cert-file are not provided."),
+    "peer-auto-tls": _h(
+        "Security",
+        "false",
+        "Peer TLS using self-generated certificates if --peer-key-file ",
+        "and --peer-cert-file are not provided.",
+    ),
     # Auth
-    "auth-token": _h("Auth", "simple", "Specify a v3 authentication token type and its options ('simple' or ",
-                   "'jwt')."),
-    "bcrypt-cost": _h("Auth", "10", "Specify the cost / strength of the bcrypt algorithm for hashing auth ",
-                    "passwords. Valid values are between 4 and 31."),
+    "auth-token": _h(
+        "Auth", "simple", "Specify a v3 authentication token type and its options ('simple' or ", "'jwt')."
+    ),
+    "bcrypt-cost": _h(
+        "Auth",
+        "10",
+        "Specify the cost / strength of the bcrypt algorithm for hashing auth ",
+        "passwords. Valid values are between 4 and 31.",
+    ),
     "auth-token-ttl": _h("Auth", "300", "Time (in seconds) of the auth-token-ttl."),
     # Profiling and Monitoring
-    "enable-pprof": _h("Profiling and Monitoring", "false", "Enable runtime profiling data via HTTP server. ",
-                     "Address is at client URL + \"/debug/pprof/\"." + _NO_EFFECT),
-    "metrics": _h("Profiling and Monitoring", "basic", "Set level of detail for exported metrics, specify ",
-                "'extensive' to include histogram metrics." + _NO_EFFECT),
-    "listen-metrics-urls": _h("Profiling and Monitoring", "", "List of URLs to listen on for the metrics and ",
-                            "health endpoints."),
+    "enable-pprof": _h(
+        "Profiling and Monitoring",
+        "false",
+        "Enable runtime profiling data via HTTP server. ",
+        'Address is at client URL + "/debug/pprof/".' + _NO_EFFECT,
+    ),
+    "metrics": _h(
+        "Profiling and Monitoring",
+        "basic",
+        "Set level of detail for exported metrics, specify ",
+        "'extensive' to include histogram metrics." + _NO_EFFECT,
+    ),
+    "listen-metrics-urls": _h(
+        "Profiling and Monitoring", "", "List of URLs to listen on for the metrics and ", "health endpoints."
+    ),
     # Logging
-    "logger": _h("Logging", "zap", "Specify 'zap' for structured logging or 'capnslog'. etcdstore always logs ",
-               "zap's JSON shape." + _NO_EFFECT),
-    "log-outputs": _h("Logging", "default", "Specify 'stdout' or 'stderr' to skip journald logging even when ",
-                    "running under systemd, or list of comma separated output targets. etcdstore logs to ",
-                    "stderr." + _NO_EFFECT),
-    "log-level": _h("Logging", "info", "Configures log level. Only supports debug, info, warn, error, panic, ",
-                  "or fatal."),
+    "logger": _h(
+        "Logging",
+        "zap",
+        "Specify 'zap' for structured logging or 'capnslog'. etcdstore always logs ",
+        "zap's JSON shape." + _NO_EFFECT,
+    ),
+    "log-outputs": _h(
+        "Logging",
+        "default",
+        "Specify 'stdout' or 'stderr' to skip journald logging even when ",
+        "running under systemd, or list of comma separated output targets. etcdstore logs to ",
+        "stderr." + _NO_EFFECT,
+    ),
+    "log-level": _h(
+        "Logging",
+        "info",
+        "Configures log level. Only supports debug, info, warn, error, panic, ",
+        "or fatal.",
+    ),
     # Experimental feature
-    "experimental-initial-corrupt-check": _h("Experimental feature", "false", "Enable to check data corruption ",
-                                           "before serving any client/peer traffic." + _NO_EFFECT),
-    "experimental-corrupt-check-time": _h("Experimental feature", "0s", "Duration of time between cluster ",
-                                        "corruption check passes." + _NO_EFFECT),
-    "experimental-enable-lease-checkpoint": _h("Experimental feature", "false", "ExperimentalEnableLeaseCheckpoint ",
-                                             "enables primary lessor to persist lease remainingTTL to prevent ",
-                                             "indefinite auto-renewal of long lived leases." + _NO_EFFECT),
-    "experimental-enable-lease-checkpoint-persist": _h("Experimental feature", "false", "Enable persisting ",
-                                                     "remainingTTL to prevent indefinite auto-renewal of long ",
-                                                     "lived leases." + _NO_EFFECT),
-    "experimental-watch-progress-notify-interval": _h("Experimental feature", "10m", "Duration of periodical ",
-                                                    "watch progress notification."),
-    "experimental-snapshot-catchup-entries": _h("Experimental feature", "5000", "Number of entries for a slow ",
-                                              "follower to catch up after compacting the raft storage ",
-                                              "entries."),
+    "experimental-initial-corrupt-check": _h(
+        "Experimental feature",
+        "false",
+        "Enable to check data corruption ",
+        "before serving any client/peer traffic." + _NO_EFFECT,
+    ),
+    "experimental-corrupt-check-time": _h(
+        "Experimental feature",
+        "0s",
+        "Duration of time between cluster ",
+        "corruption check passes." + _NO_EFFECT,
+    ),
+    "experimental-enable-lease-checkpoint": _h(
+        "Experimental feature",
+        "false",
+        "ExperimentalEnableLeaseCheckpoint ",
+        "enables primary lessor to persist lease remainingTTL to prevent ",
+        "indefinite auto-renewal of long lived leases." + _NO_EFFECT,
+    ),
+    "experimental-enable-lease-checkpoint-persist": _h(
+        "Experimental feature",
+        "false",
+        "Enable persisting ",
+        "remainingTTL to prevent indefinite auto-renewal of long ",
+        "lived leases." + _NO_EFFECT,
+    ),
+    "experimental-watch-progress-notify-interval": _h(
+        "Experimental feature", "10m", "Duration of periodical ", "watch progress notification."
+    ),
+    "experimental-snapshot-catchup-entries": _h(
+        "Experimental feature",
+        "5000",
+        "Number of entries for a slow ",
+        "follower to catch up after compacting the raft storage ",
+        "entries.",
+    ),
     # Unsafe feature
     "force-new-cluster": _h("Unsafe feature", "false", "Force to create a new one-member cluster."),
 }
@@ -438,16 +560,16 @@ def flags_help() -> str:
 # Environment variables the store reads besides ETCD_<FLAG> (docs/configuration.md is generated from this).
 ENVIRONMENT: dict[str, str] = {
     "ETCDSTORE_GROUP_COMMIT_US": "Group commit: microseconds a leader waits for more proposals before one Raft "
-                                 "round (default 1000; 0 turns group commit off).",
+    "round (default 1000; 0 turns group commit off).",
     "ETCDSTORE_GROUP_COMMIT_MAX_US": "Group commit: the most microseconds one gathering waits in all (default "
-                                     "10000).",
+    "10000).",
     "ETCDSTORE_GRPC_SERVER": "'grpcio' serves gRPC clients with grpcio's server instead of the built-in HTTP/2 "
-                             "server (needs --listen-client-http-urls); kept for comparison.",
+    "server (needs --listen-client-http-urls); kept for comparison.",
     "ETCDSTORE_BENCH_NO_UVLOOP": "`etcdstore bench`: when set, the load generator runs on plain asyncio "
-                                 "instead of uvloop.",
+    "instead of uvloop.",
     "ETCD_BENCHMARK_BIN": "`etcdstore bench compare`: the path of etcd's benchmark tool (skips the build).",
     "ETCD_BENCHMARK_BUILD": "`etcdstore bench compare`: the script that builds etcd's benchmark tool when it "
-                            "is not cached.",
+    "is not cached.",
     "XDG_CACHE_HOME": "`etcdstore bench compare`: where the built benchmark tool is cached (default ~/.cache).",
 }
 
@@ -473,22 +595,29 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(message)
 
     def format_help(self) -> str:
-        return ("Usage:\n\n  etcdstore [flags]\n    Start an etcd-compatible member. Every flag can also be "
-                "given as an ETCD_* environment variable\n    (--initial-cluster: ETCD_INITIAL_CLUSTER); a flag "
-                "wins over its variable.\n\n" + flags_help())
+        return (
+            "Usage:\n\n  etcdstore [flags]\n    Start an etcd-compatible member. Every flag can also be "
+            "given as an ETCD_* environment variable\n    (--initial-cluster: ETCD_INITIAL_CLUSTER); a flag "
+            "wins over its variable.\n\n" + flags_help()
+        )
 
 
 def _build_parser() -> _Parser:
-    p = _Parser(prog="etcdstore", add_help=True, allow_abbrev=False,
-                description="An etcd v3 compatible key-value store member. Flags are etcd's.")
+    p = _Parser(
+        prog="etcdstore",
+        add_help=True,
+        allow_abbrev=False,
+        description="An etcd v3 compatible key-value store member. Flags are etcd's.",
+    )
     groups = {g: p.add_argument_group(g) for g in GROUPS}
     for name in list(_FLAGS) + sorted(_IGNORED_FLAGS):
         group, default, text = FLAG_HELP[name]
         desc = f"{text} (default '{default}')" if default else text
         if name in _BOOL_FLAGS or name in _IGNORED_BOOL_FLAGS:
             # Go's flag package accepts "--flag" and "--flag=true|false".
-            groups[group].add_argument(f"--{name}", nargs="?", const="true", default=None, metavar="BOOL",
-                                       help=desc)
+            groups[group].add_argument(
+                f"--{name}", nargs="?", const="true", default=None, metavar="BOOL", help=desc
+            )
         else:
             groups[group].add_argument(f"--{name}", default=None, help=desc)
     p.add_argument("--version", action="store_true", help="print the version and exit")
@@ -552,8 +681,10 @@ def _validate(cfg: ServerConfig, raw: dict[str, str]) -> None:
     if cfg.initial_cluster_state not in ("new", "existing"):
         raise ConfigError(f'unexpected clusterState "{cfg.initial_cluster_state}"')
     if sum(1 for v in (cfg.discovery, "initial-cluster" in raw, cfg.discovery_srv) if v) > 1:
-        raise ConfigError('multiple discovery or bootstrap flags are set. Choose one of "initial-cluster", '
-                          '"discovery" or "discovery-srv"')
+        raise ConfigError(
+            'multiple discovery or bootstrap flags are set. Choose one of "initial-cluster", '
+            '"discovery" or "discovery-srv"'
+        )
     if cfg.discovery:
         try:
             _ = urlsplit(cfg.discovery).port
@@ -603,8 +734,10 @@ def _validate(cfg: ServerConfig, raw: dict[str, str]) -> None:
         have_cert = (cfg.cert_file and cfg.key_file) if client else (cfg.peer_cert_file and cfg.peer_key_file)
         auto = cfg.auto_tls if client else cfg.peer_auto_tls
         if has_https and not have_cert and not auto:
-            raise ConfigError(f"TLS key/cert (--{'' if client else 'peer-'}cert-file, "
-                              f"--{'' if client else 'peer-'}key-file) must be provided for https in --{flag}")
+            raise ConfigError(
+                f"TLS key/cert (--{'' if client else 'peer-'}cert-file, "
+                f"--{'' if client else 'peer-'}key-file) must be provided for https in --{flag}"
+            )
     token_kind = cfg.auth_token.split(",", 1)[0]
     if token_kind not in ("simple", "jwt"):
         raise ConfigError(f'unknown token type "{token_kind}" in --auth-token')

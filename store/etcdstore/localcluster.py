@@ -49,26 +49,63 @@ def commands(offset: int = 0, exe: list[str] | None = None, proxy: bool = True) 
     procs = []
     for name, client, peer in MEMBERS:
         c, p = f"http://{HOST}:{client + offset}", f"http://{HOST}:{peer + offset}"
-        procs.append(Proc(name, exe + [
-            "--name", name, "--listen-client-urls", c, "--advertise-client-urls", c,
-            "--listen-peer-urls", p, "--initial-advertise-peer-urls", p,
-            "--initial-cluster-token", TOKEN, "--initial-cluster", cluster,
-            "--initial-cluster-state", "new", "--enable-pprof", "--logger=zap", "--log-outputs=stderr"], c, p))
+        procs.append(
+            Proc(
+                name,
+                exe
+                + [
+                    "--name",
+                    name,
+                    "--listen-client-urls",
+                    c,
+                    "--advertise-client-urls",
+                    c,
+                    "--listen-peer-urls",
+                    p,
+                    "--initial-advertise-peer-urls",
+                    p,
+                    "--initial-cluster-token",
+                    TOKEN,
+                    "--initial-cluster",
+                    cluster,
+                    "--initial-cluster-state",
+                    "new",
+                    "--enable-pprof",
+                    "--logger=zap",
+                    "--log-outputs=stderr",
+                ],
+                c,
+                p,
+            )
+        )
     if proxy:
         eps = ",".join(f"{HOST}:{c + offset}" for _, c, _ in MEMBERS)
         addr = f"{HOST}:{PROXY_PORT + offset}"
-        procs.append(Proc("proxy", exe + [
-            "grpc-proxy", "start", f"--endpoints={eps}", f"--listen-addr={addr}",
-            f"--advertise-client-url={addr}", "--enable-pprof"], f"http://{addr}"))
+        procs.append(
+            Proc(
+                "proxy",
+                exe
+                + [
+                    "grpc-proxy",
+                    "start",
+                    f"--endpoints={eps}",
+                    f"--listen-addr={addr}",
+                    f"--advertise-client-url={addr}",
+                    "--enable-pprof",
+                ],
+                f"http://{addr}",
+            )
+        )
     return procs
 
 
 def procfile(offset: int = 0, exe: str = ".venv/bin/etcdstore") -> str:
     """The text of the repo's Procfile (etcd's, with etcdstore; ports shifted by `offset`)."""
-    lines = ["# etcd's local cluster (etcd's own Procfile, run by etcdstore): three members and a grpc-proxy.",
-             "# Start it with a goreman-compatible runner from the repo top: `honcho start` (pip install honcho)",
-             "# or `goreman start`; or without any runner: `.venv/bin/etcdstore local-cluster`.",
-             ]
+    lines = [
+        "# etcd's local cluster (etcd's own Procfile, run by etcdstore): three members and a grpc-proxy.",
+        "# Start it with a goreman-compatible runner from the repo top: `honcho start` (pip install honcho)",
+        "# or `goreman start`; or without any runner: `.venv/bin/etcdstore local-cluster`.",
+    ]
     for i, proc in enumerate(commands(offset, [exe])):
         label = f"etcd{i + 1}" if proc.name != "proxy" else "proxy"
         args = [a if "," not in a or a.startswith("--") else f"'{a}'" for a in proc.args]
@@ -116,13 +153,20 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(
         prog="etcdstore local-cluster",
         description="Start etcd's documented local cluster (three members infra1..3 on client ports 2379, "
-                    "22379, 32379 and peer ports 2380, 22380, 32380, and a grpc-proxy on 23790), print the "
-                    "endpoints, and stop all of them on Ctrl-C or SIGTERM. The same processes as the repo's "
-                    "Procfile, without goreman or honcho.")
-    ap.add_argument("--data-dir", default=".", help="directory for the members' data dirs and logs (default: .)")
-    ap.add_argument("--port-offset", type=int, default=0, help="add N to every port (to run beside another cluster)")
+        "22379, 32379 and peer ports 2380, 22380, 32380, and a grpc-proxy on 23790), print the "
+        "endpoints, and stop all of them on Ctrl-C or SIGTERM. The same processes as the repo's "
+        "Procfile, without goreman or honcho.",
+    )
+    ap.add_argument(
+        "--data-dir", default=".", help="directory for the members' data dirs and logs (default: .)"
+    )
+    ap.add_argument(
+        "--port-offset", type=int, default=0, help="add N to every port (to run beside another cluster)"
+    )
     ap.add_argument("--no-proxy", action="store_true", help="start the three members only")
-    ap.add_argument("--logs", action="store_true", help="print every process's log here instead of DIR/NAME.log")
+    ap.add_argument(
+        "--logs", action="store_true", help="print every process's log here instead of DIR/NAME.log"
+    )
     ap.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the cluster to serve")
     args = ap.parse_args(argv)
 
@@ -144,8 +188,14 @@ def main(argv: list[str]) -> int:
             else:
                 out = open(os.path.join(args.data_dir, f"{p.name}.log"), "ab")  # noqa: SIM115
             # Own session: a terminal's Ctrl-C reaches this process only, which stops the children in order.
-            p.popen = subprocess.Popen(_die_with_parent() + p.args, cwd=args.data_dir, stdout=out,
-                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            p.popen = subprocess.Popen(
+                _die_with_parent() + p.args,
+                cwd=args.data_dir,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
             if args.logs:
                 t = threading.Thread(target=_pump, args=(p.name, p.popen.stdout, width), daemon=True)
                 t.start()
@@ -154,17 +204,23 @@ def main(argv: list[str]) -> int:
                 out.close()
         members = [p for p in procs if p.name != "proxy"]
         if not _ready(members, time.monotonic() + args.timeout) or not _ready(
-                [p for p in procs if p.name == "proxy"], time.monotonic() + args.timeout):
+            [p for p in procs if p.name == "proxy"], time.monotonic() + args.timeout
+        ):
             if not stop.is_set():
                 failed = [p.name for p in procs if p.popen is not None and p.popen.poll() is not None]
-                print(f"etcdstore local-cluster: not serving (exited: {', '.join(failed) or 'none'}); "
-                      f"see the logs in {os.path.abspath(args.data_dir)}", file=sys.stderr)
+                print(
+                    f"etcdstore local-cluster: not serving (exited: {', '.join(failed) or 'none'}); "
+                    f"see the logs in {os.path.abspath(args.data_dir)}",
+                    file=sys.stderr,
+                )
                 return 1
             return 0
         eps = ",".join(p.client.split("://", 1)[1] for p in members)
-        print(f"etcdstore local cluster is serving ({len(members)} members"
-              f"{' and a grpc-proxy' if len(procs) > len(members) else ''}; data and logs in "
-              f"{os.path.abspath(args.data_dir)}):")
+        print(
+            f"etcdstore local cluster is serving ({len(members)} members"
+            f"{' and a grpc-proxy' if len(procs) > len(members) else ''}; data and logs in "
+            f"{os.path.abspath(args.data_dir)}):"
+        )
         for p in procs:
             extra = f"  peer {p.peer}" if p.peer else ""
             print(f"  {p.name:<7} client {p.client}{extra}  pid {p.popen.pid if p.popen else '?'}")
@@ -176,7 +232,9 @@ def main(argv: list[str]) -> int:
         while not stop.is_set():
             if any(p.popen is not None and p.popen.poll() is not None for p in procs):
                 gone = [p.name for p in procs if p.popen is not None and p.popen.poll() is not None]
-                print(f"etcdstore local-cluster: {', '.join(gone)} exited; stopping the others", file=sys.stderr)
+                print(
+                    f"etcdstore local-cluster: {', '.join(gone)} exited; stopping the others", file=sys.stderr
+                )
                 return 1
             stop.wait(0.2)
         return 0

@@ -71,13 +71,17 @@ class Member:
         cfg = self.cfg
         use_grpcio = os.environ.get("ETCDSTORE_GRPC_SERVER") == "grpcio"
         if use_grpcio and not cfg.listen_client_http_urls:
-            raise ConfigError("ETCDSTORE_GRPC_SERVER=grpcio needs --listen-client-http-urls (grpcio cannot share "
-                              "the client port with HTTP/1 but through a listener no flag declares)")
+            raise ConfigError(
+                "ETCDSTORE_GRPC_SERVER=grpcio needs --listen-client-http-urls (grpcio cannot share "
+                "the client port with HTTP/1 but through a listener no flag declares)"
+            )
         client_tls, peer_tls = build_tls(cfg)
         listen = [(u.host, u.port) for u in cfg.listen_peer_urls]
-        s = EtcdServer(cfg, transport_factory=lambda srv: PeerTransport(srv, listen, tls=peer_tls,
-                                                                        grpc_protocol=peer_grpc),
-                       peer_tls=peer_tls)
+        s = EtcdServer(
+            cfg,
+            transport_factory=lambda srv: PeerTransport(srv, listen, tls=peer_tls, grpc_protocol=peer_grpc),
+            peer_tls=peer_tls,
+        )
         self.server = s
         metrics.install(s)
         auth = install_auth(s)  # before start: replayed entries need the auth apply handlers
@@ -103,16 +107,20 @@ class Member:
         router = Router(self.h2_limits.max_recv_message)
         server = grpc.aio.server(options=options) if use_grpcio else None
         for add_to_server, servicer in (
-                (rpc_pb2_grpc.add_KVServicer_to_server, KVService(s)),
-                (rpc_pb2_grpc.add_WatchServicer_to_server, WatchService(s)),
-                (rpc_pb2_grpc.add_LeaseServicer_to_server, LeaseService(s)),
-                (rpc_pb2_grpc.add_MaintenanceServicer_to_server, MaintenanceService(s)),
-                (rpc_pb2_grpc.add_ClusterServicer_to_server, ClusterService(s)),
-                (rpc_pb2_grpc.add_AuthServicer_to_server, AuthService(s)),
-                (v3lock_pb2_grpc.add_LockServicer_to_server, LockService(s)),
-                (v3election_pb2_grpc.add_ElectionServicer_to_server, ElectionService(s))):
-            registered = (register_service(server, add_to_server, servicer) if server is not None
-                          else service_handlers(add_to_server, servicer))
+            (rpc_pb2_grpc.add_KVServicer_to_server, KVService(s)),
+            (rpc_pb2_grpc.add_WatchServicer_to_server, WatchService(s)),
+            (rpc_pb2_grpc.add_LeaseServicer_to_server, LeaseService(s)),
+            (rpc_pb2_grpc.add_MaintenanceServicer_to_server, MaintenanceService(s)),
+            (rpc_pb2_grpc.add_ClusterServicer_to_server, ClusterService(s)),
+            (rpc_pb2_grpc.add_AuthServicer_to_server, AuthService(s)),
+            (v3lock_pb2_grpc.add_LockServicer_to_server, LockService(s)),
+            (v3election_pb2_grpc.add_ElectionServicer_to_server, ElectionService(s)),
+        ):
+            registered = (
+                register_service(server, add_to_server, servicer)
+                if server is not None
+                else service_handlers(add_to_server, servicer)
+            )
             for service, handlers in registered:
                 router.add(service, handlers)
         if server is not None:
@@ -139,12 +147,16 @@ class Member:
             for url in cfg.listen_client_urls:
                 addr = f"{url.host}:{url.port}"
                 if server is None:
-                    port = await self._listen_h2(router, url.host, url.port,
-                                                 client_tls.listener_context() if url.tls else None)
+                    port = await self._listen_h2(
+                        router, url.host, url.port, client_tls.listener_context() if url.tls else None
+                    )
                 else:
                     try:
-                        port = (server.add_secure_port(addr, GrpcTLS(client_tls.files).server_credentials())
-                                if url.tls else server.add_insecure_port(addr))
+                        port = (
+                            server.add_secure_port(addr, GrpcTLS(client_tls.files).server_credentials())
+                            if url.tls
+                            else server.add_insecure_port(addr)
+                        )
                     except RuntimeError:
                         port = 0
                 if not port:
@@ -179,9 +191,15 @@ class Member:
         """A gRPC-only client listener (etcd 3.5's split ports) served by api.h2."""
         loop = asyncio.get_running_loop()
 
-        listener = await loop.create_server(lambda: self.h2_connections.open(router), host, port,
-                                            reuse_address=True, backlog=4096, ssl=tls,
-                                            ssl_handshake_timeout=10 if tls else None)
+        listener = await loop.create_server(
+            lambda: self.h2_connections.open(router),
+            host,
+            port,
+            reuse_address=True,
+            backlog=4096,
+            ssl=tls,
+            ssl_handshake_timeout=10 if tls else None,
+        )
         self.listeners.append(listener)
         return listener.sockets[0].getsockname()[1]
 
@@ -203,7 +221,9 @@ class Member:
 # served by api.h2 on the connections the port hands over (transport/stream.py); Raft streams of this
 # version do not use gRPC. Messages up to the peer transport's 64 MiB; the peers' keepalive pings on
 # idle channels are expected.
-PEER_H2_LIMITS = Limits(max_recv_message=64 << 20, max_buffered_request_bytes=256 << 20, max_ping_strikes=1 << 30)
+PEER_H2_LIMITS = Limits(
+    max_recv_message=64 << 20, max_buffered_request_bytes=256 << 20, max_ping_strikes=1 << 30
+)
 
 
 def peer_grpc(service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> Callable[[], asyncio.Protocol]:
@@ -216,14 +236,19 @@ def build_tls(cfg: ServerConfig) -> tuple[ReloadingServerTLS | None, PeerTLS | N
     """Client and peer TLS from the flags (explicit files win over --auto-tls, as in etcd)."""
     client = peer = None
     if cfg.cert_file and cfg.key_file:
-        client = ReloadingServerTLS(TLSFiles(cfg.cert_file, cfg.key_file, cfg.trusted_ca_file, cfg.client_cert_auth))
+        client = ReloadingServerTLS(
+            TLSFiles(cfg.cert_file, cfg.key_file, cfg.trusted_ca_file, cfg.client_cert_auth)
+        )
     elif cfg.auto_tls:
         hosts = [u.host for u in cfg.listen_client_urls + cfg.advertise_client_urls]
         files = self_signed(os.path.join(cfg.data_dir, "fixtures", "client"), hosts, name=cfg.name)
         client = ReloadingServerTLS(files)
     if cfg.peer_cert_file and cfg.peer_key_file:
-        peer = PeerTLS(TLSFiles(cfg.peer_cert_file, cfg.peer_key_file, cfg.peer_trusted_ca_file,
-                                cfg.peer_client_cert_auth))
+        peer = PeerTLS(
+            TLSFiles(
+                cfg.peer_cert_file, cfg.peer_key_file, cfg.peer_trusted_ca_file, cfg.peer_client_cert_auth
+            )
+        )
     elif cfg.peer_auto_tls:
         hosts = [u.host for u in cfg.listen_peer_urls + cfg.initial_advertise_peer_urls]
         peer = PeerTLS(self_signed(os.path.join(cfg.data_dir, "fixtures", "peer"), hosts, name=cfg.name))

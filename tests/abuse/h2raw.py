@@ -19,7 +19,9 @@ from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
-DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = range(10)
+DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = (
+    range(10)
+)
 END_STREAM = 0x1
 ACK = 0x1
 END_HEADERS = 0x4
@@ -68,8 +70,14 @@ def grpc_message(body: bytes) -> bytes:
 
 
 def request_headers(path: str, authority: str) -> list[tuple[str, str]]:
-    return [(":method", "POST"), (":scheme", "http"), (":path", path), (":authority", authority),
-            ("content-type", "application/grpc"), ("te", "trailers")]
+    return [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", path),
+        (":authority", authority),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+    ]
 
 
 # -- HPACK pieces the `hpack` encoder will not make on purpose ------------------------------------
@@ -95,7 +103,9 @@ def huffman_literal(name: bytes, value: bytes, *, index: bool = False) -> bytes:
     """A literal header field with a new name, both strings Huffman-coded (RFC 7541 6.2.1/6.2.2)."""
     hn = _huffman.encode(name)
     hv = _huffman.encode(value)
-    return (b"\x40" if index else b"\x00") + hpack_int(len(hn), 7, 0x80) + hn + hpack_int(len(hv), 7, 0x80) + hv
+    return (
+        (b"\x40" if index else b"\x00") + hpack_int(len(hn), 7, 0x80) + hn + hpack_int(len(hv), 7, 0x80) + hv
+    )
 
 
 def plain_literal(name: bytes, value: bytes, *, index: bool = False) -> bytes:
@@ -113,8 +123,16 @@ class Conn:
     """One attacking connection. `start_reader()` drains the socket in a thread and tracks the
     windows the server grants (`send_window`, `stream_windows`); without it nothing is read."""
 
-    def __init__(self, host: str, port: int, *, timeout: float = 5.0, rcvbuf: int | None = None,
-                 preface: bool = True, client_settings: dict[int, int] | None = None) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        timeout: float = 5.0,
+        rcvbuf: int | None = None,
+        preface: bool = True,
+        client_settings: dict[int, int] | None = None,
+    ) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if rcvbuf is not None:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
@@ -161,7 +179,9 @@ class Conn:
                 self._blocks.clear()
         return block
 
-    def open_stream(self, path: str = "/etcdserverpb.KV/Range", *, end_stream: bool = False) -> tuple[int, bytes]:
+    def open_stream(
+        self, path: str = "/etcdserverpb.KV/Range", *, end_stream: bool = False
+    ) -> tuple[int, bytes]:
         """(stream id, the HEADERS frame that opens it)."""
         sid = self.new_stream()
         with self.cond:
@@ -193,7 +213,7 @@ class Conn:
                     length = (hi << 8) | lo
                     if len(buf) - pos - 9 < length:
                         break
-                    payload = buf[pos + 9:pos + 9 + length]
+                    payload = buf[pos + 9 : pos + 9 + length]
                     pos += 9 + length
                     self._on_frame(ftype, flags, sid & 0x7FFFFFFF, payload)
                 buf = buf[pos:]
@@ -244,8 +264,9 @@ class Conn:
             except OSError:
                 pass
 
-    def send_data_respecting_windows(self, sid: int, data: bytes, deadline: float, *,
-                                     end_stream: bool = False, max_frame: int = 16_384) -> int:
+    def send_data_respecting_windows(
+        self, sid: int, data: bytes, deadline: float, *, end_stream: bool = False, max_frame: int = 16_384
+    ) -> int:
         """Send `data` on `sid` as the windows allow (the reader must run); returns bytes sent."""
         view = memoryview(data)
         sent = 0
@@ -260,8 +281,9 @@ class Conn:
                 self.send_window -= avail
                 self.stream_windows[sid] -= avail
             last = sent + avail == len(view)
-            self.sock.sendall(frame(DATA, END_STREAM if (last and end_stream) else 0, sid,
-                                    bytes(view[sent:sent + avail])))
+            self.sock.sendall(
+                frame(DATA, END_STREAM if (last and end_stream) else 0, sid, bytes(view[sent : sent + avail]))
+            )
             sent += avail
         return sent
 

@@ -21,16 +21,28 @@ from . import runner
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tests.abuse", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m tests.abuse",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--duration", type=float, default=20.0, help="seconds per attack (default 20)")
-    ap.add_argument("--profile", choices=sorted(atk.SIZES), default="long",
-                    help="count bounds of the attacks (connections, streams; default long)")
+    ap.add_argument(
+        "--profile",
+        choices=sorted(atk.SIZES),
+        default="long",
+        help="count bounds of the attacks (connections, streams; default long)",
+    )
     ap.add_argument("--targets", default="etcd,etcdstore", help="comma-separated: etcd, etcdstore")
-    ap.add_argument("--attacks", default="", help="comma-separated subset (default: all): "
-                    + ", ".join(a.name for a in atk.ATTACKS))
+    ap.add_argument(
+        "--attacks",
+        default="",
+        help="comma-separated subset (default: all): " + ", ".join(a.name for a in atk.ATTACKS),
+    )
     ap.add_argument("--json", help="write every result here as JSON")
-    ap.add_argument("--max-rss-mb", type=float, default=0.0, help="fail when etcdstore's peak RSS exceeds this")
+    ap.add_argument(
+        "--max-rss-mb", type=float, default=0.0, help="fail when etcdstore's peak RSS exceeds this"
+    )
     args = ap.parse_args(argv)
     targets = [t for t in args.targets.split(",") if t]
     for t in targets:
@@ -53,8 +65,10 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(runner.run_one(t, n, args.duration, args.profile, base, log=sys.stderr))
     finally:
         shutil.rmtree(base, ignore_errors=True)
-    print(f"\n{len(names)} attacks x {len(targets)} targets, {args.duration:g} s each, profile {args.profile}, "
-          f"{time.monotonic() - started:.0f} s in all\n")
+    print(
+        f"\n{len(names)} attacks x {len(targets)} targets, {args.duration:g} s each, profile {args.profile}, "
+        f"{time.monotonic() - started:.0f} s in all\n"
+    )
     print(runner.format_table(results, targets))
     if args.json:
         with open(args.json, "w") as f:

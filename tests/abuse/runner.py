@@ -52,10 +52,19 @@ class Result:
         return self.ok / self.probes if self.probes else 0.0
 
     def as_dict(self) -> dict:
-        return {"target": self.target, "attack": self.attack, "duration": self.duration, "probes": self.probes,
-                "ok": self.ok, "availability": round(self.availability, 4), "rss_start_mb": _mb(self.rss_start),
-                "rss_peak_mb": _mb(self.rss_peak), "recovery_s": self.recovery, "member_died": self.member_died,
-                "attack_stats": self.attack_stats}
+        return {
+            "target": self.target,
+            "attack": self.attack,
+            "duration": self.duration,
+            "probes": self.probes,
+            "ok": self.ok,
+            "availability": round(self.availability, 4),
+            "rss_start_mb": _mb(self.rss_start),
+            "rss_peak_mb": _mb(self.rss_peak),
+            "recovery_s": self.recovery,
+            "member_died": self.member_died,
+            "attack_stats": self.attack_stats,
+        }
 
 
 def _mb(n: int) -> float:
@@ -118,9 +127,15 @@ class Probe:
     """Put + Range through its own connection; `one()` is True when both answered within the budget."""
 
     def __init__(self, endpoint: str) -> None:
-        self.channel = grpc.insecure_channel(endpoint, options=[
-            ("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
-            ("grpc.max_reconnect_backoff_ms", 500), ("grpc.enable_retries", 0)])
+        self.channel = grpc.insecure_channel(
+            endpoint,
+            options=[
+                ("grpc.initial_reconnect_backoff_ms", 100),
+                ("grpc.min_reconnect_backoff_ms", 100),
+                ("grpc.max_reconnect_backoff_ms", 500),
+                ("grpc.enable_retries", 0),
+            ],
+        )
         self.kv = rpc_pb2_grpc.KVStub(self.channel)
         self.n = 0
         self.lock = threading.Lock()
@@ -163,8 +178,9 @@ def seed_big_keys(endpoint: str, count: int) -> None:
 # -- one run -----------------------------------------------------------------------------------------
 
 
-def run_one(target: str, attack: str, duration: float, profile: str, base_dir: Path,
-            log: object = None) -> Result:
+def run_one(
+    target: str, attack: str, duration: float, profile: str, base_dir: Path, log: object = None
+) -> Result:
     """Start a fresh `target` member, run `attack` on it for `duration` seconds, measure, kill it."""
     a = atk.BY_NAME[attack]
     sizes = atk.SIZES[profile]
@@ -185,8 +201,11 @@ def run_one(target: str, attack: str, duration: float, profile: str, base_dir: P
         sampler = RssSampler(pid)
         sampler.start()
         out = ctx.Queue()
-        child = ctx.Process(target=atk.run_in_child, args=(attack, procs.HOST, member.client_port, duration,
-                                                          profile, out), daemon=True)
+        child = ctx.Process(
+            target=atk.run_in_child,
+            args=(attack, procs.HOST, member.client_port, duration, profile, out),
+            daemon=True,
+        )
         child.start()
         futures: list[Future[bool]] = []
         with ThreadPoolExecutor(max_workers=int(PROBE_BUDGET / PROBE_INTERVAL) + 2) as pool:
@@ -226,9 +245,12 @@ def run_one(target: str, attack: str, duration: float, profile: str, base_dir: P
         cluster.close()
         shutil.rmtree(run_dir, ignore_errors=True)
     if log is not None:
-        print(f"  {target:9s} {attack:22s} {result.ok}/{result.probes} probes ok, RSS {_mb(result.rss_start)} "
-              f"-> {_mb(result.rss_peak)} MB, recovery {result.recovery}, attacker {result.attack_stats}",
-              file=log, flush=True)  # type: ignore[arg-type]
+        print(
+            f"  {target:9s} {attack:22s} {result.ok}/{result.probes} probes ok, RSS {_mb(result.rss_start)} "
+            f"-> {_mb(result.rss_peak)} MB, recovery {result.recovery}, attacker {result.attack_stats}",
+            file=log,
+            flush=True,
+        )  # type: ignore[arg-type]
     return result
 
 
@@ -255,8 +277,10 @@ def format_table(results: list[Result], targets: list[str]) -> str:
             elif r.recovery > 1.0:
                 notes.append(f"{t} back {r.recovery:.1f} s after")
             if "closed_by_server" in r.attack_stats:
-                notes.append(f"{t} closed {r.attack_stats['closed_by_server']}/"
-                             f"{r.attack_stats.get('connections', 0)} connections")
+                notes.append(
+                    f"{t} closed {r.attack_stats['closed_by_server']}/"
+                    f"{r.attack_stats.get('connections', 0)} connections"
+                )
             goaways = sum(v for k, v in r.attack_stats.items() if k.startswith("goaway_"))
             if goaways:
                 notes.append(f"{t} sent GOAWAY {goaways} times")

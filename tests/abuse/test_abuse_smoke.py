@@ -18,8 +18,11 @@ import pytest
 
 from . import runner
 
-pytestmark = [pytest.mark.etcd, pytest.mark.timeout(120),
-              pytest.mark.skipif(not runner.procs.have_etcd(), reason="real etcd 3.4 not installed")]
+pytestmark = [
+    pytest.mark.etcd,
+    pytest.mark.timeout(120),
+    pytest.mark.skipif(not runner.procs.have_etcd(), reason="real etcd 3.4 not installed"),
+]
 
 DURATION = 4.0
 RSS_GROWTH_LIMIT = 200 << 20
@@ -52,7 +55,9 @@ def _params(check: str) -> list:
 
 
 @pytest.mark.parametrize("attack", _params("availability"))
-def test_others_served_under_attack(attack: str, results: dict, tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_others_served_under_attack(
+    attack: str, results: dict, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     base = tmp_path_factory.mktemp("abuse")
     ref = _result(results, attack, "etcd", base)
     mine = _result(results, attack, "etcdstore", base)
@@ -61,14 +66,18 @@ def test_others_served_under_attack(attack: str, results: dict, tmp_path_factory
         pytest.skip(f"etcd itself served only {ref.ok}/{ref.probes} probes: the machine is overloaded")
     assert not mine.member_died, "etcdstore died under the attack"
     assert mine.availability >= 0.9 * ref.availability, (
-        f"{attack}: etcdstore served {mine.ok}/{mine.probes} probes within 1 s, etcd {ref.ok}/{ref.probes}")
+        f"{attack}: etcdstore served {mine.ok}/{mine.probes} probes within 1 s, etcd {ref.ok}/{ref.probes}"
+    )
 
 
 @pytest.mark.parametrize("attack", _params("rss"))
-def test_memory_bounded_under_attack(attack: str, results: dict, tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_memory_bounded_under_attack(
+    attack: str, results: dict, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     base = tmp_path_factory.mktemp("abuse")
     mine = _result(results, attack, "etcdstore", base)
     growth = mine.rss_peak - mine.rss_start
     assert mine.rss_start > 0 and mine.rss_peak >= mine.rss_start  # the sampler saw the member
     assert growth < RSS_GROWTH_LIMIT, (
-        f"{attack}: etcdstore's RSS went {mine.rss_start >> 20} -> {mine.rss_peak >> 20} MB")
+        f"{attack}: etcdstore's RSS went {mine.rss_start >> 20} -> {mine.rss_peak >> 20} MB"
+    )

@@ -23,8 +23,16 @@ import grpc
 import procs
 from procs import ETCD_BIN, HOST, Cluster, Member, free_port, wait_serving
 
-__all__ = ["ETCD_BIN", "EtcdCluster", "EtcdMember", "TLSFiles", "etcdctl", "free_port", "make_tls_files",
-           "wait_serving"]
+__all__ = [
+    "ETCD_BIN",
+    "EtcdCluster",
+    "EtcdMember",
+    "TLSFiles",
+    "etcdctl",
+    "free_port",
+    "make_tls_files",
+    "wait_serving",
+]
 
 # Wrap etcd in `setpriv --pdeathsig KILL` (util-linux, always on Debian): the kernel kills it
 # when the test process dies, however it dies, so no orphaned etcd keeps ports and CPU on a
@@ -142,8 +150,15 @@ class EtcdMember(Member):
     def __post_init__(self) -> None:
         if self.tls is not None:
             self.scheme = "https"
-            self.tls_args = ["--cert-file", str(self.tls.server_cert), "--key-file", str(self.tls.server_key),
-                             "--trusted-ca-file", str(self.tls.ca), "--client-cert-auth"]
+            self.tls_args = [
+                "--cert-file",
+                str(self.tls.server_cert),
+                "--key-file",
+                str(self.tls.server_key),
+                "--trusted-ca-file",
+                str(self.tls.ca),
+                "--client-cert-auth",
+            ]
 
     def channel(self) -> grpc.Channel:
         if self.tls is None:
@@ -162,11 +177,19 @@ class EtcdCluster(Cluster):
 
     @classmethod
     def start(  # type: ignore[override]
-        cls, base_dir: Path, size: int = 1, *, tls: TLSFiles | None = None,
-        extra_args: list[str] | None = None, attempts: int = 3, binary: str = "etcd",
+        cls,
+        base_dir: Path,
+        size: int = 1,
+        *,
+        tls: TLSFiles | None = None,
+        extra_args: list[str] | None = None,
+        attempts: int = 3,
+        binary: str = "etcd",
     ) -> EtcdCluster:
         """`binary`: "etcd" (the real etcd 3.4) or "etcdstore" (ours), started with the same flags."""
-        cluster = super().start(base_dir, size, binary=binary, extra_args=extra_args, attempts=attempts, tls=tls)
+        cluster = super().start(
+            base_dir, size, binary=binary, extra_args=extra_args, attempts=attempts, tls=tls
+        )
         assert isinstance(cluster, EtcdCluster)
         return cluster
 
@@ -182,5 +205,7 @@ class EtcdCluster(Cluster):
 
 def etcdctl(endpoints: list[str], *args: str, tls: TLSFiles | None = None, timeout: float = 30.0) -> str:
     """Run etcdctl (API v3) against these endpoints and return stdout; raises on failure."""
-    tls_args = ["--cacert", str(tls.ca), "--cert", str(tls.client_cert), "--key", str(tls.client_key)] if tls else []
+    tls_args = (
+        ["--cacert", str(tls.ca), "--cert", str(tls.client_cert), "--key", str(tls.client_key)] if tls else []
+    )
     return procs.etcdctl(endpoints, *tls_args, *args, timeout=timeout).stdout

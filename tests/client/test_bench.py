@@ -51,8 +51,20 @@ def test_repeat_interleaves_sets_and_reports_medians() -> None:
     cfgs = [BenchConfig("put", ("e",), clients=c, label=lab) for c in (1, 100) for lab in ("etcd", "ours")]
     order = [(c.clients, c.label) for c in schedule(cfgs, 3)]
     # Rounds alternate which set goes first, so run order and drift weigh on both alike.
-    assert order == [(1, "etcd"), (1, "ours"), (1, "ours"), (1, "etcd"), (1, "etcd"), (1, "ours"),
-                     (100, "etcd"), (100, "ours"), (100, "ours"), (100, "etcd"), (100, "etcd"), (100, "ours")]
+    assert order == [
+        (1, "etcd"),
+        (1, "ours"),
+        (1, "ours"),
+        (1, "etcd"),
+        (1, "etcd"),
+        (1, "ours"),
+        (100, "etcd"),
+        (100, "ours"),
+        (100, "ours"),
+        (100, "etcd"),
+        (100, "etcd"),
+        (100, "ours"),
+    ]
     assert len(schedule(cfgs, 1)) == 4
 
     # Per-round ratios 0.5, 0.4, 0.6: median 0.50, range 0.40-0.60; each set's median run shown.
@@ -244,17 +256,33 @@ def test_grpc_floor_server_answers_the_bench(tmp_path: Path) -> None:
     from etcd_procs import free_port
 
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "etcdstore.bench.grpc_floor", "--port", str(port)],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "etcdstore.bench.grpc_floor", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert "no-op etcd KV gRPC server" in proc.stdout.readline()
         out_json = tmp_path / "r.jsonl"
         for workload in ("put", "range"):
-            args = [workload, "--endpoints", f"127.0.0.1:{port}", "--clients", "4", "--total", "200",
-                    "--json", str(out_json), "--no-prefill"]
+            args = [
+                workload,
+                "--endpoints",
+                f"127.0.0.1:{port}",
+                "--clients",
+                "4",
+                "--total",
+                "200",
+                "--json",
+                str(out_json),
+                "--no-prefill",
+            ]
             assert main(args) == 0
         rows = [json.loads(line) for line in out_json.read_text().splitlines()]
-        assert [(r["workload"], r["ops"], r["errors"]) for r in rows] == [("put", 200, {}), ("range", 200, {})]
+        assert [(r["workload"], r["ops"], r["errors"]) for r in rows] == [
+            ("put", 200, {}),
+            ("range", 200, {}),
+        ]
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -266,7 +294,19 @@ def test_rate_cap_is_reached(etcd, tmp_path: Path) -> None:
     """Throughput (slow only): a paced run of 100 requests at 200/s comes close to the cap."""
     out_json = tmp_path / "r.jsonl"
     ep = etcd.endpoints[0]
-    args = ["put", "--endpoints", ep, "--clients", "2", "--total", "100", "--rate", "200", "--json", str(out_json)]
+    args = [
+        "put",
+        "--endpoints",
+        ep,
+        "--clients",
+        "2",
+        "--total",
+        "100",
+        "--rate",
+        "200",
+        "--json",
+        str(out_json),
+    ]
     assert main(args) == 0
     r = json.loads(out_json.read_text())
     assert r["ops"] == 100 and r["errors"] == {}

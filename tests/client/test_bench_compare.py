@@ -57,11 +57,16 @@ def test_parse_report_of_the_go_tool() -> None:
 
 def test_rounds_alternate_and_ratios_pair_rounds() -> None:
     assert [compare.round_order(r) for r in range(3)] == [
-        ("etcd", "etcdstore"), ("etcdstore", "etcd"), ("etcd", "etcdstore")]
+        ("etcd", "etcdstore"),
+        ("etcdstore", "etcd"),
+        ("etcd", "etcdstore"),
+    ]
     cell = compare.HEADLINE[0]
-    ms = [compare.Measurement(cell.id, s, r, rps, 1.0 * r, 2.0 * r, 0, 100, 1.0)
-          for r, (e, o) in enumerate([(1000, 500), (2000, 800), (1000, 600)], start=1)
-          for s, rps in (("etcd", e), ("etcdstore", o))]
+    ms = [
+        compare.Measurement(cell.id, s, r, rps, 1.0 * r, 2.0 * r, 0, 100, 1.0)
+        for r, (e, o) in enumerate([(1000, 500), (2000, 800), (1000, 600)], start=1)
+        for s, rps in (("etcd", e), ("etcdstore", o))
+    ]
     (row,) = compare.summarize([cell], ms)
     # Ratios pair each round's two runs: 0.5, 0.4, 0.6 -> median 0.50 (0.40-0.60); medians of each column.
     assert [round(x, 2) for x in row["ratios"]] == [0.5, 0.4, 0.6]
@@ -70,7 +75,9 @@ def test_rounds_alternate_and_ratios_pair_rounds() -> None:
     assert cells[:6] == ["put", "1", "100", "1,000", "600", "0.50 (0.40-0.60)"]
     assert cells[6] == "2.00 / 4.00"
     md = compare.markdown_table(compare.HEAD, [cells])
-    assert md.splitlines()[0].startswith("| workload | members | clients | etcd 3.4 req/s | etcdstore req/s |")
+    assert md.splitlines()[0].startswith(
+        "| workload | members | clients | etcd 3.4 req/s | etcdstore req/s |"
+    )
     assert all(c.conns == max(1, c.clients // 10) for c in compare.HEADLINE)
 
 
@@ -101,10 +108,29 @@ def test_quick_compare_prints_both_columns(tmp_path: Path) -> None:
     tool = _tool_or_skip()
     work = tmp_path / "work"
     out = subprocess.run(
-        [sys.executable, "-m", "etcdstore", "bench", "compare", "--quick", "--only", "put-m1-c100",
-         "--benchmark-bin", tool, "--work-dir", str(work), "--json", str(tmp_path / "r.json"),
-         "--markdown", str(tmp_path / "r.md")],
-        check=False, capture_output=True, text=True, timeout=240)
+        [
+            sys.executable,
+            "-m",
+            "etcdstore",
+            "bench",
+            "compare",
+            "--quick",
+            "--only",
+            "put-m1-c100",
+            "--benchmark-bin",
+            tool,
+            "--work-dir",
+            str(work),
+            "--json",
+            str(tmp_path / "r.json"),
+            "--markdown",
+            str(tmp_path / "r.md"),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     head = next(line for line in out.stdout.splitlines() if line.startswith("workload"))
     assert "etcd 3.4 req/s" in head and "etcdstore req/s" in head and "etcdstore/etcd" in head
@@ -124,9 +150,27 @@ def test_interrupted_compare_stops_every_member(tmp_path: Path) -> None:
     tool = _tool_or_skip()
     work = tmp_path / "work"
     p = subprocess.Popen(
-        [sys.executable, "-m", "etcdstore", "bench", "compare", "--rounds", "1", "--only", "put-m3-c1",
-         "--total-scale", "100", "--benchmark-bin", tool, "--work-dir", str(work)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [
+            sys.executable,
+            "-m",
+            "etcdstore",
+            "bench",
+            "compare",
+            "--rounds",
+            "1",
+            "--only",
+            "put-m3-c1",
+            "--total-scale",
+            "100",
+            "--benchmark-bin",
+            tool,
+            "--work-dir",
+            str(work),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         assert p.stdout is not None
         seen = []

@@ -21,12 +21,17 @@ KEEP = "helm.sh/resource-policy"
 
 
 def _helm(k8s_bin: Path, home: Path, *args: str, kubeconfig: Path | None = None) -> str:
-    env = {**os.environ, "HELM_CACHE_HOME": str(home / "cache"), "HELM_CONFIG_HOME": str(home / "config"),
-           "HELM_DATA_HOME": str(home / "data")}
+    env = {
+        **os.environ,
+        "HELM_CACHE_HOME": str(home / "cache"),
+        "HELM_CONFIG_HOME": str(home / "config"),
+        "HELM_DATA_HOME": str(home / "data"),
+    }
     if kubeconfig is not None:
         env["KUBECONFIG"] = str(kubeconfig)
-    p = subprocess.run([str(k8s_bin / "helm"), *args], capture_output=True, text=True, env=env, timeout=300,
-                       check=False)
+    p = subprocess.run(
+        [str(k8s_bin / "helm"), *args], capture_output=True, text=True, env=env, timeout=300, check=False
+    )
     assert p.returncode == 0, f"helm {' '.join(args)} exited {p.returncode}: {p.stderr}"
     return p.stdout
 
@@ -46,14 +51,17 @@ def test_chart_renders_the_crds_as_templates(k8s_bin: Path, tmp_path: Path) -> N
         assert got[name]["spec"] == c["spec"] == deployed["spec"], f"{name}: chart, crd.py and deploy/ differ"
         assert got[name]["metadata"]["labels"] == c["metadata"]["labels"]
         assert got[name]["metadata"]["annotations"] == {KEEP: "keep"}
-    no_keep = _rendered_crds(k8s_bin, tmp_path, "--set", "crds.keep=false",
-                             "--set", "crds.annotations.example\\.com/owner=team a")
+    no_keep = _rendered_crds(
+        k8s_bin, tmp_path, "--set", "crds.keep=false", "--set", "crds.annotations.example\\.com/owner=team a"
+    )
     assert all(c["metadata"]["annotations"] == {"example.com/owner": "team a"} for c in no_keep.values())
     assert _rendered_crds(k8s_bin, tmp_path, "--set", "crds.install=false") == {}
     _helm(k8s_bin, tmp_path, "lint", str(CHART), "--set", "crds.install=false")
 
 
-def test_helm_upgrade_changes_live_crds_and_keeps_clusters(control_plane, k8s_bin: Path, tmp_path: Path) -> None:
+def test_helm_upgrade_changes_live_crds_and_keeps_clusters(
+    control_plane, k8s_bin: Path, tmp_path: Path
+) -> None:
     cp = control_plane
     kc = cp.kubeconfig
     name = "etcdclusters.etcdstore.io"
@@ -61,16 +69,36 @@ def test_helm_upgrade_changes_live_crds_and_keeps_clusters(control_plane, k8s_bi
     def live(crd_name: str = name) -> dict:
         return json.loads(cp.kubectl("get", "crd", crd_name, "-o", "json").stdout)
 
-    _helm(k8s_bin, tmp_path, "install", "crdup", str(CHART), "--namespace", "crdup", "--create-namespace",
-          kubeconfig=kc)
+    _helm(
+        k8s_bin,
+        tmp_path,
+        "install",
+        "crdup",
+        str(CHART),
+        "--namespace",
+        "crdup",
+        "--create-namespace",
+        kubeconfig=kc,
+    )
     try:
         cp.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
         assert live()["metadata"]["annotations"][KEEP] == "keep"
-        cp.kubectl("apply", "-f", "-", input=json.dumps({
-            "apiVersion": "etcdstore.io/v1alpha1", "kind": "EtcdCluster",
-            "metadata": {"name": "survivor", "namespace": "crdup"}, "spec": {"replicas": 1}}))
+        cp.kubectl(
+            "apply",
+            "-f",
+            "-",
+            input=json.dumps(
+                {
+                    "apiVersion": "etcdstore.io/v1alpha1",
+                    "kind": "EtcdCluster",
+                    "metadata": {"name": "survivor", "namespace": "crdup"},
+                    "spec": {"replicas": 1},
+                }
+            ),
+        )
         uid = json.loads(cp.kubectl("get", "etcdcluster", "survivor", "-n", "crdup", "-o", "json").stdout)[
-            "metadata"]["uid"]
+            "metadata"
+        ]["uid"]
 
         copy = tmp_path / "etcd-operator"
         shutil.copytree(CHART, copy)
@@ -78,13 +106,17 @@ def test_helm_upgrade_changes_live_crds_and_keeps_clusters(control_plane, k8s_bi
         doc = yaml.safe_load(path.read_text())
         doc["metadata"]["labels"]["etcdstore.io/test"] = "v2"
         for v in doc["spec"]["versions"]:
-            v["additionalPrinterColumns"].append({"name": "Upgraded", "type": "string", "jsonPath": ".spec.engine"})
+            v["additionalPrinterColumns"].append(
+                {"name": "Upgraded", "type": "string", "jsonPath": ".spec.engine"}
+            )
         path.write_text(yaml.safe_dump(doc, sort_keys=False))
         _helm(k8s_bin, tmp_path, "upgrade", "crdup", str(copy), "--namespace", "crdup", kubeconfig=kc)
         after = live()
         assert after["metadata"]["labels"]["etcdstore.io/test"] == "v2"
         assert "Upgraded" in [c["name"] for c in after["spec"]["versions"][0]["additionalPrinterColumns"]]
-        assert "UPGRADED" in cp.kubectl("get", "etcdcluster", "survivor", "-n", "crdup").stdout.splitlines()[0]
+        assert (
+            "UPGRADED" in cp.kubectl("get", "etcdcluster", "survivor", "-n", "crdup").stdout.splitlines()[0]
+        )
 
         _helm(k8s_bin, tmp_path, "upgrade", "crdup", str(CHART), "--namespace", "crdup", kubeconfig=kc)
         back = live()
@@ -97,12 +129,24 @@ def test_helm_upgrade_changes_live_crds_and_keeps_clusters(control_plane, k8s_bi
         assert got["metadata"]["uid"] == uid, "the EtcdCluster did not survive upgrade and uninstall"
     finally:
         # Leave the control plane as found: other tests apply the CRDs themselves.
-        cp.kubectl("delete", "namespace", "crdup", "--ignore-not-found", "--wait=true", "--timeout=120s", check=False)
-        cp.kubectl("delete", "crd", name, "etcdbackups.etcdstore.io", "--ignore-not-found", "--wait=true",
-                   "--timeout=120s", check=False)
+        cp.kubectl(
+            "delete", "namespace", "crdup", "--ignore-not-found", "--wait=true", "--timeout=120s", check=False
+        )
+        cp.kubectl(
+            "delete",
+            "crd",
+            name,
+            "etcdbackups.etcdstore.io",
+            "--ignore-not-found",
+            "--wait=true",
+            "--timeout=120s",
+            check=False,
+        )
 
 
-def test_upgrade_from_a_chart_with_crds_folder_takes_ownership(control_plane, k8s_bin: Path, tmp_path: Path) -> None:
+def test_upgrade_from_a_chart_with_crds_folder_takes_ownership(
+    control_plane, k8s_bin: Path, tmp_path: Path
+) -> None:
     """A release installed from the earlier chart layout (CRDs in crds/, which Helm installs unowned) moves to the
     templated CRDs with `helm upgrade --take-ownership`, as docs/kubernetes.md says; existing clusters survive."""
     cp = control_plane
@@ -112,22 +156,69 @@ def test_upgrade_from_a_chart_with_crds_folder_takes_ownership(control_plane, k8
     shutil.copytree(CHART, old)
     (old / "templates" / "crds.yaml").unlink()
     shutil.move(old / "files" / "crds", old / "crds")
-    _helm(k8s_bin, tmp_path, "install", "crdold", str(old), "--namespace", "crdold", "--create-namespace",
-          kubeconfig=kc)
+    _helm(
+        k8s_bin,
+        tmp_path,
+        "install",
+        "crdold",
+        str(old),
+        "--namespace",
+        "crdold",
+        "--create-namespace",
+        kubeconfig=kc,
+    )
     try:
         cp.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
         before = json.loads(cp.kubectl("get", "crd", name, "-o", "json").stdout)["metadata"]
         assert KEEP not in (before.get("annotations") or {}), "crds/ CRDs are not the release's objects"
-        cp.kubectl("apply", "-f", "-", input=json.dumps({
-            "apiVersion": "etcdstore.io/v1alpha1", "kind": "EtcdCluster",
-            "metadata": {"name": "old", "namespace": "crdold"}, "spec": {"replicas": 1}}))
-        _helm(k8s_bin, tmp_path, "upgrade", "crdold", str(CHART), "--namespace", "crdold", "--take-ownership",
-              kubeconfig=kc)
+        cp.kubectl(
+            "apply",
+            "-f",
+            "-",
+            input=json.dumps(
+                {
+                    "apiVersion": "etcdstore.io/v1alpha1",
+                    "kind": "EtcdCluster",
+                    "metadata": {"name": "old", "namespace": "crdold"},
+                    "spec": {"replicas": 1},
+                }
+            ),
+        )
+        _helm(
+            k8s_bin,
+            tmp_path,
+            "upgrade",
+            "crdold",
+            str(CHART),
+            "--namespace",
+            "crdold",
+            "--take-ownership",
+            kubeconfig=kc,
+        )
         after = json.loads(cp.kubectl("get", "crd", name, "-o", "json").stdout)["metadata"]
         assert after["uid"] == before["uid"]
-        assert after["annotations"][KEEP] == "keep" and after["annotations"]["meta.helm.sh/release-name"] == "crdold"
+        assert (
+            after["annotations"][KEEP] == "keep"
+            and after["annotations"]["meta.helm.sh/release-name"] == "crdold"
+        )
         cp.kubectl("get", "etcdcluster", "old", "-n", "crdold")
     finally:
-        cp.kubectl("delete", "namespace", "crdold", "--ignore-not-found", "--wait=true", "--timeout=120s", check=False)
-        cp.kubectl("delete", "crd", name, "etcdbackups.etcdstore.io", "--ignore-not-found", "--wait=true",
-                   "--timeout=120s", check=False)
+        cp.kubectl(
+            "delete",
+            "namespace",
+            "crdold",
+            "--ignore-not-found",
+            "--wait=true",
+            "--timeout=120s",
+            check=False,
+        )
+        cp.kubectl(
+            "delete",
+            "crd",
+            name,
+            "etcdbackups.etcdstore.io",
+            "--ignore-not-found",
+            "--wait=true",
+            "--timeout=120s",
+            check=False,
+        )

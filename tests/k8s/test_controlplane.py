@@ -22,8 +22,12 @@ def apply(cp: ControlPlane, obj: dict, *extra: str, check: bool = True):
 
 def test_namespaces_and_version(control_plane: ControlPlane) -> None:
     names = control_plane.kubectl("get", "ns", "-o", "name").stdout.split()
-    assert {"namespace/default", "namespace/kube-system", "namespace/kube-public",
-            "namespace/kube-node-lease"} <= set(names)
+    assert {
+        "namespace/default",
+        "namespace/kube-system",
+        "namespace/kube-public",
+        "namespace/kube-node-lease",
+    } <= set(names)
     version = json.loads(control_plane.kubectl("version", "-o", "json").stdout)
     assert version["serverVersion"]["gitVersion"] == "v1.34.4"
     svc = json.loads(control_plane.kubectl("get", "svc", "kubernetes", "-n", "default", "-o", "json").stdout)
@@ -32,24 +36,56 @@ def test_namespaces_and_version(control_plane: ControlPlane) -> None:
 
 def test_crd_cel_rule_rejects_bad_object(control_plane: ControlPlane) -> None:
     crd = {
-        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
         "metadata": {"name": "gadgets.test.example.com"},
-        "spec": {"group": "test.example.com", "scope": "Namespaced",
-                 "names": {"plural": "gadgets", "singular": "gadget", "kind": "Gadget"},
-                 "versions": [{"name": "v1", "served": True, "storage": True, "schema": {"openAPIV3Schema": {
-                     "type": "object", "properties": {"spec": {
-                         "type": "object",
-                         "x-kubernetes-validations": [{"rule": "self.size <= self.limit",
-                                                       "message": "size must not exceed limit"}],
-                         "properties": {"size": {"type": "integer"}, "limit": {"type": "integer"}}}}}}}]}}
+        "spec": {
+            "group": "test.example.com",
+            "scope": "Namespaced",
+            "names": {"plural": "gadgets", "singular": "gadget", "kind": "Gadget"},
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "properties": {
+                                "spec": {
+                                    "type": "object",
+                                    "x-kubernetes-validations": [
+                                        {
+                                            "rule": "self.size <= self.limit",
+                                            "message": "size must not exceed limit",
+                                        }
+                                    ],
+                                    "properties": {"size": {"type": "integer"}, "limit": {"type": "integer"}},
+                                }
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
     apply(control_plane, crd)
-    control_plane.kubectl("wait", "--for=condition=Established", "crd/gadgets.test.example.com", "--timeout=60s")
+    control_plane.kubectl(
+        "wait", "--for=condition=Established", "crd/gadgets.test.example.com", "--timeout=60s"
+    )
 
     def gadget(name: str, size: int) -> dict:
-        return {"apiVersion": "test.example.com/v1", "kind": "Gadget",
-                "metadata": {"name": name, "namespace": "default"}, "spec": {"size": size, "limit": 3}}
+        return {
+            "apiVersion": "test.example.com/v1",
+            "kind": "Gadget",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"size": size, "limit": 3},
+        }
+
     deadline = time.monotonic() + 30  # the resource is served a moment after Established
-    while (r := apply(control_plane, gadget("good", 2), check=False)).returncode and time.monotonic() < deadline:
+    while (
+        r := apply(control_plane, gadget("good", 2), check=False)
+    ).returncode and time.monotonic() < deadline:
         time.sleep(0.5)
     assert r.returncode == 0, r.stderr
     bad = apply(control_plane, gadget("bad", 5), check=False)
@@ -59,8 +95,12 @@ def test_crd_cel_rule_rejects_bad_object(control_plane: ControlPlane) -> None:
 
 
 def test_server_side_apply(control_plane: ControlPlane) -> None:
-    cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ssa", "namespace": "default"},
-          "data": {"k": "one"}}
+    cm = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "ssa", "namespace": "default"},
+        "data": {"k": "one"},
+    }
     out = apply(control_plane, cm, "--server-side", "--field-manager=alpha").stdout
     assert "serverside-applied" in out
     other = {**cm, "data": {"k": "two"}}
@@ -85,10 +125,15 @@ def test_leases_of_controller_manager_and_scheduler(control_plane: ControlPlane)
 
 def test_pod_security_restricted_refuses_privileged_pod(control_plane: ControlPlane) -> None:
     control_plane.kubectl("create", "namespace", "psa-restricted")
-    control_plane.kubectl("label", "namespace", "psa-restricted", "pod-security.kubernetes.io/enforce=restricted")
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "priv", "namespace": "psa-restricted"},
-           "spec": {"containers": [{"name": "c", "image": "busybox",
-                                    "securityContext": {"privileged": True}}]}}
+    control_plane.kubectl(
+        "label", "namespace", "psa-restricted", "pod-security.kubernetes.io/enforce=restricted"
+    )
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "priv", "namespace": "psa-restricted"},
+        "spec": {"containers": [{"name": "c", "image": "busybox", "securityContext": {"privileged": True}}]},
+    }
     r = apply(control_plane, pod, check=False)
     assert r.returncode != 0
     assert 'violates PodSecurity "restricted:latest"' in r.stderr and "privileged" in r.stderr
@@ -108,10 +153,15 @@ def test_node_credentials_are_under_node_authorizer(control_plane: ControlPlane)
     assert user["username"] == "system:node:node-a" and "system:nodes" in user["groups"]
     node = lambda name: {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}}
     # NodeRestriction: a node may create its own Node object, not another's.
-    assert control_plane.kubectl("create", "-f", "-", input=yaml.safe_dump(node("node-a")),
-                                 kubeconfig=kc, check=False).returncode == 0
-    other = control_plane.kubectl("create", "-f", "-", input=yaml.safe_dump(node("node-b")),
-                                  kubeconfig=kc, check=False)
+    assert (
+        control_plane.kubectl(
+            "create", "-f", "-", input=yaml.safe_dump(node("node-a")), kubeconfig=kc, check=False
+        ).returncode
+        == 0
+    )
+    other = control_plane.kubectl(
+        "create", "-f", "-", input=yaml.safe_dump(node("node-b")), kubeconfig=kc, check=False
+    )
     assert other.returncode != 0 and "forbidden" in other.stderr.lower()
     # Node authorizer: secrets only of pods bound to the node.
     control_plane.kubectl("create", "secret", "generic", "s1", "-n", "default", "--from-literal=a=b")

@@ -31,8 +31,10 @@ def test_expand_like_the_kubelet() -> None:
 
 
 def test_rewrite_any_address_only() -> None:
-    assert rewrite_any("--listen-client-urls=http://0.0.0.0:2379,http://[::]:2380", "127.101.0.7") == \
-        "--listen-client-urls=http://127.101.0.7:2379,http://127.101.0.7:2380"
+    assert (
+        rewrite_any("--listen-client-urls=http://0.0.0.0:2379,http://[::]:2380", "127.101.0.7")
+        == "--listen-client-urls=http://127.101.0.7:2379,http://127.101.0.7:2380"
+    )
     assert rewrite_any("10.0.0.0/8 and 100.0.0.01", "127.1.1.1") == "10.0.0.0/8 and 100.0.0.01"
 
 
@@ -41,10 +43,12 @@ def _svc(ns: str, name: str, ip: str, ports: list[dict], **spec: object) -> dict
 
 
 def test_service_env_vars() -> None:
-    svcs = [_svc("default", "kubernetes", "127.96.0.1", [{"name": "https", "port": 443, "protocol": "TCP"}]),
-            _svc("a", "my-db", "127.96.0.9", [{"name": "client", "port": 2379}]),
-            _svc("a", "peers", "None", [{"port": 2380}]),
-            _svc("b", "other", "127.96.0.10", [{"port": 80}])]
+    svcs = [
+        _svc("default", "kubernetes", "127.96.0.1", [{"name": "https", "port": 443, "protocol": "TCP"}]),
+        _svc("a", "my-db", "127.96.0.9", [{"name": "client", "port": 2379}]),
+        _svc("a", "peers", "None", [{"port": 2380}]),
+        _svc("b", "other", "127.96.0.10", [{"port": 80}]),
+    ]
     env = service_env(svcs, "a", True)
     assert env["KUBERNETES_SERVICE_HOST"] == "127.96.0.1" and env["KUBERNETES_SERVICE_PORT"] == "443"
     assert env["KUBERNETES_PORT_443_TCP"] == "tcp://127.96.0.1:443"
@@ -53,37 +57,61 @@ def test_service_env_vars() -> None:
     assert set(service_env(svcs, "a", False)) == {k for k in env if k.startswith("KUBERNETES_")}
 
 
-def _pod(ns: str, name: str, ip: str, *, labels: dict | None = None, subdomain: str | None = None,
-         ready: bool = True) -> dict:
+def _pod(
+    ns: str,
+    name: str,
+    ip: str,
+    *,
+    labels: dict | None = None,
+    subdomain: str | None = None,
+    ready: bool = True,
+) -> dict:
     spec = {"subdomain": subdomain} if subdomain else {}
-    return {"metadata": {"namespace": ns, "name": name, "labels": labels or {}}, "spec": spec,
-            "status": {"podIP": ip, "phase": "Running",
-                       "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}
+    return {
+        "metadata": {"namespace": ns, "name": name, "labels": labels or {}},
+        "spec": spec,
+        "status": {
+            "podIP": ip,
+            "phase": "Running",
+            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+        },
+    }
 
 
 def _records() -> dns.Records:
     sel = {"app": "db"}
-    pods = [_pod("ns1", "db-0", "127.101.0.2", labels=sel, subdomain="db"),
-            _pod("ns1", "db-1", "127.102.0.2", labels=sel, subdomain="db", ready=False),
-            _pod("ns1", "db-2", "127.103.0.2", labels=sel, subdomain="db", ready=False)]
-    services = [_svc("ns1", "db", "None", [{"name": "peer", "port": 2380}], selector=sel,
-                     publishNotReadyAddresses=True),
-                _svc("ns1", "db-ready", "None", [{"port": 2380}], selector=sel),
-                _svc("ns1", "db-client", "127.96.3.4", [{"name": "client", "port": 2379}], selector=sel),
-                _svc("default", "kubernetes", "127.96.0.1", [{"port": 443}])]
+    pods = [
+        _pod("ns1", "db-0", "127.101.0.2", labels=sel, subdomain="db"),
+        _pod("ns1", "db-1", "127.102.0.2", labels=sel, subdomain="db", ready=False),
+        _pod("ns1", "db-2", "127.103.0.2", labels=sel, subdomain="db", ready=False),
+    ]
+    services = [
+        _svc(
+            "ns1", "db", "None", [{"name": "peer", "port": 2380}], selector=sel, publishNotReadyAddresses=True
+        ),
+        _svc("ns1", "db-ready", "None", [{"port": 2380}], selector=sel),
+        _svc("ns1", "db-client", "127.96.3.4", [{"name": "client", "port": 2379}], selector=sel),
+        _svc("default", "kubernetes", "127.96.0.1", [{"port": 443}]),
+    ]
     return dns.Records.build(services, pods)
 
 
 def test_dns_records_like_coredns() -> None:
     r = _records()
-    assert r.a["db.ns1.svc.cluster.local"] == ["127.101.0.2", "127.102.0.2", "127.103.0.2"]  # published not-ready
+    assert r.a["db.ns1.svc.cluster.local"] == [
+        "127.101.0.2",
+        "127.102.0.2",
+        "127.103.0.2",
+    ]  # published not-ready
     assert r.a["db-ready.ns1.svc.cluster.local"] == ["127.101.0.2"]  # ready pods only
     assert r.a["db-1.db.ns1.svc.cluster.local"] == ["127.102.0.2"]
     assert "db-1.db-ready.ns1.svc.cluster.local" not in r.a  # db-ready is not the pods' subdomain
     assert r.a["db-client.ns1.svc.cluster.local"] == ["127.96.3.4"]
     assert r.a["kubernetes.default.svc.cluster.local"] == ["127.96.0.1"]
-    assert ("0", "db-2.db.ns1.svc.cluster.local") == (str(r.srv["_peer._tcp.db.ns1.svc.cluster.local"][2][0]),
-                                                      r.srv["_peer._tcp.db.ns1.svc.cluster.local"][2][3])
+    assert ("0", "db-2.db.ns1.svc.cluster.local") == (
+        str(r.srv["_peer._tcp.db.ns1.svc.cluster.local"][2][0]),
+        r.srv["_peer._tcp.db.ns1.svc.cluster.local"][2][3],
+    )
 
 
 def _query(name: str, qtype: int = 1) -> bytes:
@@ -99,10 +127,12 @@ async def test_dns_server_answers_over_udp() -> None:
     port = server.transport.get_extra_info("sockname")[1]
     loop = asyncio.get_running_loop()
     try:
-        for name, rcode, ips in (("db-1.db.ns1.svc.cluster.local", 0, ["127.102.0.2"]),
-                                 ("DB.ns1.svc.cluster.local", 0, ["127.101.0.2", "127.102.0.2", "127.103.0.2"]),
-                                 ("db-1.db.ns1.svc.cluster.local.ns1.svc.cluster.local", 3, []),
-                                 ("example.com", 3, [])):
+        for name, rcode, ips in (
+            ("db-1.db.ns1.svc.cluster.local", 0, ["127.102.0.2"]),
+            ("DB.ns1.svc.cluster.local", 0, ["127.101.0.2", "127.102.0.2", "127.103.0.2"]),
+            ("db-1.db.ns1.svc.cluster.local.ns1.svc.cluster.local", 3, []),
+            ("example.com", 3, []),
+        ):
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
                 s.setblocking(False)
                 await loop.sock_connect(s, ("127.0.0.1", port))
@@ -110,8 +140,11 @@ async def test_dns_server_answers_over_udp() -> None:
                 resp = await asyncio.wait_for(loop.sock_recv(s, 4096), 5)
             qid, flags, _, ancount = struct.unpack("!HHHH", resp[:8])
             assert qid == 0x1234 and flags & 0x8000 and flags & 0xF == rcode, (name, flags)
-            got = [".".join(str(b) for b in resp[i + 12: i + 16]) for i in range(len(resp)) if
-                   resp[i: i + 4] == b"\xc0\x0c\x00\x01"]
+            got = [
+                ".".join(str(b) for b in resp[i + 12 : i + 16])
+                for i in range(len(resp))
+                if resp[i : i + 4] == b"\xc0\x0c\x00\x01"
+            ]
             assert got == ips and ancount == len(ips), name
         # the kubelet's hosts file: only localhost and the pod itself
         text = dns.hosts_file(_pod("ns1", "db-0", "127.101.0.2", subdomain="db"), "127.101.0.2")
@@ -136,10 +169,14 @@ def test_image_table() -> None:
 
 
 def test_resource_field_ref_rounds_up() -> None:
-    pod = {"spec": {"containers": [{"name": "c", "resources": {"limits": {"cpu": "1500m", "memory": "1Gi"}}}]}}
+    pod = {
+        "spec": {"containers": [{"name": "c", "resources": {"limits": {"cpu": "1500m", "memory": "1Gi"}}}]}
+    }
     assert resource_value(pod, {"resource": "limits.cpu"}, {}, "c") == "2"
     assert resource_value(pod, {"resource": "limits.memory", "divisor": "1Mi"}, {}, "c") == "1024"
-    assert resource_value(pod, {"resource": "requests.memory"}, {}, "c") == str(2**30)  # requests default to limits
+    assert resource_value(pod, {"resource": "requests.memory"}, {}, "c") == str(
+        2**30
+    )  # requests default to limits
     assert resource_value(pod, {"resource": "limits.cpu", "containerName": "c"}, {"cpu": "4"}, None) == "2"
 
 
@@ -184,17 +221,33 @@ def _podexec(tmp_path: Path) -> None:
     target = tmp_path / "inside" / "mnt"  # does not exist on the host: created as a mount point
     hosts = tmp_path / "hosts"
     hosts.write_text("127.0.0.1\tlocalhost\n127.5.6.7\tpeer-0.peers.ns.svc.cluster.local\n")
-    script = (f"id -u; id -G; hostname; cat {target}/hello; getent hosts peer-0.peers.ns.svc.cluster.local; "
-              f"touch {target}/new 2>/dev/null && echo WROTE || echo DENIED; echo $GREETING")
-    spec = {"hostname": "pod-a", "uid": 65532, "gid": 65532, "groups": [4000], "cwd": "/",
-            "argv": ["/bin/sh", "-c", script], "env": {"GREETING": "hi", "PATH": "/usr/bin:/bin"},
-            "mounts": [{"source": str(vol), "target": str(target), "readOnly": False},
-                       {"source": str(hosts), "target": "/etc/hosts", "readOnly": True}],
-            "created_log": str(tmp_path / "created.log")}
+    script = (
+        f"id -u; id -G; hostname; cat {target}/hello; getent hosts peer-0.peers.ns.svc.cluster.local; "
+        f"touch {target}/new 2>/dev/null && echo WROTE || echo DENIED; echo $GREETING"
+    )
+    spec = {
+        "hostname": "pod-a",
+        "uid": 65532,
+        "gid": 65532,
+        "groups": [4000],
+        "cwd": "/",
+        "argv": ["/bin/sh", "-c", script],
+        "env": {"GREETING": "hi", "PATH": "/usr/bin:/bin"},
+        "mounts": [
+            {"source": str(vol), "target": str(target), "readOnly": False},
+            {"source": str(hosts), "target": "/etc/hosts", "readOnly": True},
+        ],
+        "created_log": str(tmp_path / "created.log"),
+    }
     sf = tmp_path / "spec.json"
     sf.write_text(json.dumps(spec))
-    out = subprocess.run([sys.executable, "-I", "-S", PODEXEC, str(sf)], capture_output=True, text=True, timeout=30,
-                         check=False)
+    out = subprocess.run(
+        [sys.executable, "-I", "-S", PODEXEC, str(sf)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0] == "65532" and set(lines[1].split()) == {"65532", "4000"}
@@ -205,8 +258,13 @@ def _podexec(tmp_path: Path) -> None:
     assert str(target) in (tmp_path / "created.log").read_text().split()
     spec["argv"] = ["/nonexistent/prog"]
     sf.write_text(json.dumps(spec))
-    out = subprocess.run([sys.executable, "-I", "-S", PODEXEC, str(sf)], capture_output=True, text=True, timeout=30,
-                         check=False)
+    out = subprocess.run(
+        [sys.executable, "-I", "-S", PODEXEC, str(sf)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert out.returncode == 128 and "failed to start container" in out.stderr
 
 

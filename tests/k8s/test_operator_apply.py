@@ -35,19 +35,37 @@ IMAGES = Images(operator="etcd-operator:test", store="etcdstore:test")
 NOBODY = {"nodeSelector": {"etcdstore.io/no-such-node": "true"}}  # pods stay Pending: nothing runs
 TOLERATION = {"key": "dedicated", "operator": "Equal", "value": "etcd", "effect": "NoSchedule"}
 # What the pre-Job operator put in the template while a restore bootstrapped.
-OLD_RESTORE_STEP = {"name": "restore", "image": "etcd-operator:old", "command": ["etcdoperator", "restore-member"],
-                    "env": [{"name": "AWS_ACCESS_KEY_ID",
-                             "valueFrom": {"secretKeyRef": {"name": "s3creds", "key": "AWS_ACCESS_KEY_ID"}}}]}
+OLD_RESTORE_STEP = {
+    "name": "restore",
+    "image": "etcd-operator:old",
+    "command": ["etcdoperator", "restore-member"],
+    "env": [
+        {
+            "name": "AWS_ACCESS_KEY_ID",
+            "valueFrom": {"secretKeyRef": {"name": "s3creds", "key": "AWS_ACCESS_KEY_ID"}},
+        }
+    ],
+}
 
 
 def _spec(**extra):
-    return parse_cluster_spec({"replicas": 3, "engine": "etcdstore", "storage": {"ephemeral": True},
-                               "pod": {**NOBODY, **extra.pop("pod", {})}, **extra})
+    return parse_cluster_spec(
+        {
+            "replicas": 3,
+            "engine": "etcdstore",
+            "storage": {"ephemeral": True},
+            "pod": {**NOBODY, **extra.pop("pod", {})},
+            **extra,
+        }
+    )
 
 
 def _managers(obj: dict) -> dict[tuple[str, str], dict]:
-    return {(e["manager"], e["operation"]): e.get("fieldsV1") or {}
-            for e in obj["metadata"].get("managedFields") or [] if not e.get("subresource")}
+    return {
+        (e["manager"], e["operation"]): e.get("fieldsV1") or {}
+        for e in obj["metadata"].get("managedFields") or []
+        if not e.get("subresource")
+    }
 
 
 async def _legacy_write(cp, ns: str, desired: dict, replicas: int | None) -> None:
@@ -56,19 +74,27 @@ async def _legacy_write(cp, ns: str, desired: dict, replicas: int | None) -> Non
     User-Agent of its own)."""
     body = json.loads(json.dumps(desired))
     body["metadata"].setdefault("annotations", {})[ANNOTATION_LAST_APPLIED] = json.dumps(
-        desired, sort_keys=True, separators=(",", ":"))
+        desired, sort_keys=True, separators=(",", ":")
+    )
     ctx = ssl.create_default_context(cafile=str(cp.ca_file))
     pki = cp.pki.client("admin")
     ctx.load_cert_chain(str(pki.cert), str(pki.key))
     res = STATEFULSETS if desired["kind"] == "StatefulSet" else SERVICES
     async with aiohttp.ClientSession() as s:
-        async with s.post(cp.server + res.path(ns), data=json.dumps(body), ssl=ctx,
-                          headers={"Content-Type": "application/json"}) as r:
+        async with s.post(
+            cp.server + res.path(ns),
+            data=json.dumps(body),
+            ssl=ctx,
+            headers={"Content-Type": "application/json"},
+        ) as r:
             assert r.status == 201, await r.text()
         if replicas is not None:
-            async with s.patch(cp.server + res.path(ns, desired["metadata"]["name"]), ssl=ctx,
-                               data=json.dumps({"spec": {"replicas": replicas}}),
-                               headers={"Content-Type": "application/merge-patch+json"}) as r:
+            async with s.patch(
+                cp.server + res.path(ns, desired["metadata"]["name"]),
+                ssl=ctx,
+                data=json.dumps({"spec": {"replicas": replicas}}),
+                headers={"Content-Type": "application/merge-patch+json"},
+            ) as r:
                 assert r.status == 200, await r.text()
 
 
@@ -114,7 +140,10 @@ async def _new_objects(cp, kube: Kube, ns: str, secrets: Path) -> None:
     live = await _ensure(kube, ref, _spec(), secrets)
     assert live["spec"]["replicas"] == 3
     assert "f:replicas" not in _managers(live)[(FIELD_MANAGER, "Apply")]["f:spec"]  # released to its manager
-    generation, times = live["metadata"]["generation"], [e.get("time") for e in live["metadata"]["managedFields"]]
+    generation, times = (
+        live["metadata"]["generation"],
+        [e.get("time") for e in live["metadata"]["managedFields"]],
+    )
     live = await _ensure(kube, ref, _spec(), secrets)
     assert live["metadata"]["generation"] == generation  # nothing to change: no write
     assert [e.get("time") for e in live["metadata"]["managedFields"]] == times
@@ -123,8 +152,18 @@ async def _new_objects(cp, kube: Kube, ns: str, secrets: Path) -> None:
     cp.kubectl("annotate", "statefulset", ref.statefulset, "-n", ns, "team=storage")
     cp.kubectl("annotate", "service", ref.client_service, "-n", ns, "lb.example.com/x=1")
     cp.kubectl("rollout", "restart", "statefulset", ref.statefulset, "-n", ns)
-    cp.kubectl("patch", "statefulset", ref.statefulset, "-n", ns, "--type=json", "-p",
-               json.dumps([{"op": "replace", "path": "/spec/template/spec/terminationGracePeriodSeconds", "value": 5}]))
+    cp.kubectl(
+        "patch",
+        "statefulset",
+        ref.statefulset,
+        "-n",
+        ns,
+        "--type=json",
+        "-p",
+        json.dumps(
+            [{"op": "replace", "path": "/spec/template/spec/terminationGracePeriodSeconds", "value": 5}]
+        ),
+    )
     live = await _ensure(kube, ref, _spec(pod={"annotations": {"a": "2"}}), secrets)
     tmpl = live["spec"]["template"]
     assert live["metadata"]["annotations"]["team"] == "storage"

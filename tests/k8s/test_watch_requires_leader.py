@@ -36,11 +36,20 @@ def test_watch_on_isolated_follower_is_cancelled_no_leader(kind: str, tmp_path: 
         endpoint = store.members[follower].endpoint
         # Watch from the revision of a write, so the watch is known to be established once it
         # prints that write (no race between the watch starting and the put).
-        put = subprocess.run([etcdctl_path(), "--endpoints", endpoint, "put", "k", "v1", "-w", "json"],
-                             check=True, capture_output=True, text=True, timeout=20)
+        put = subprocess.run(
+            [etcdctl_path(), "--endpoints", endpoint, "put", "k", "v1", "-w", "json"],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
         rev = json.loads(put.stdout)["header"]["revision"]
-        watch = subprocess.Popen([etcdctl_path(), "--endpoints", endpoint, "watch", "k", f"--rev={rev}"],
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        watch = subprocess.Popen(
+            [etcdctl_path(), "--endpoints", endpoint, "watch", "k", f"--rev={rev}"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         assert watch.stdout is not None
         assert [watch.stdout.readline().strip() for _ in range(3)] == ["PUT", "k", "v1"]
         for i in range(3):
@@ -56,10 +65,20 @@ def test_watch_on_isolated_follower_is_cancelled_no_leader(kind: str, tmp_path: 
         # Counted as grpc-go's interceptor counts it: a bidi stream ended with Unavailable.
         with urllib.request.urlopen(store.members[follower].client_url + "/metrics", timeout=10) as r:
             metrics = r.read().decode()
-        started = [ln for ln in metrics.splitlines() if ln.startswith("grpc_server_started_total{")
-                   and 'grpc_method="Watch"' in ln and 'grpc_type="bidi_stream"' in ln]
-        handled = [ln for ln in metrics.splitlines() if ln.startswith("grpc_server_handled_total{")
-                   and 'grpc_method="Watch"' in ln and 'grpc_code="Unavailable"' in ln]
+        started = [
+            ln
+            for ln in metrics.splitlines()
+            if ln.startswith("grpc_server_started_total{")
+            and 'grpc_method="Watch"' in ln
+            and 'grpc_type="bidi_stream"' in ln
+        ]
+        handled = [
+            ln
+            for ln in metrics.splitlines()
+            if ln.startswith("grpc_server_handled_total{")
+            and 'grpc_method="Watch"' in ln
+            and 'grpc_code="Unavailable"' in ln
+        ]
         assert started and float(started[0].rsplit(" ", 1)[1]) >= 1, started
         assert handled and float(handled[0].rsplit(" ", 1)[1]) >= 1, handled
     finally:

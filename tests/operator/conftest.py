@@ -19,8 +19,11 @@ from kubeharness.world import VENV_BIN, World
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--member-binary", default=os.environ.get("ETCDOPERATOR_TEST_MEMBER", "etcd"),
-                     help="what member pods run in operator scenarios: etcd, etcdstore, or a path to an etcd binary")
+    parser.addoption(
+        "--member-binary",
+        default=os.environ.get("ETCDOPERATOR_TEST_MEMBER", "etcd"),
+        help="what member pods run in operator scenarios: etcd, etcdstore, or a path to an etcd binary",
+    )
 
 
 def _engine(member: str) -> tuple[str, str]:

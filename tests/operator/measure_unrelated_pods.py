@@ -63,9 +63,13 @@ def sample(pids: dict[str, int], seconds: float) -> dict[str, dict[str, float]]:
 
 def summary(rss: list[int], cpu: float, elapsed: float) -> dict[str, float]:
     mib = [r / 2**20 for r in rss]
-    return {"seconds": round(elapsed, 1), "rss_mib_mean": round(statistics.mean(mib), 1),
-            "rss_mib_max": round(max(mib), 1), "cpu_seconds": round(cpu, 2),
-            "cpu_percent_of_one_core": round(100 * cpu / elapsed, 2)}
+    return {
+        "seconds": round(elapsed, 1),
+        "rss_mib_mean": round(statistics.mean(mib), 1),
+        "rss_mib_max": round(max(mib), 1),
+        "cpu_seconds": round(cpu, 2),
+        "cpu_percent_of_one_core": round(100 * cpu / elapsed, 2),
+    }
 
 
 CONTROL = """
@@ -83,10 +87,15 @@ asyncio.run(main())
 
 
 def unrelated_pod(i: int, ns: str) -> dict:
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": f"unrelated-{i:04d}", "namespace": ns, "labels": {"app": "unrelated"}},
-            "spec": {"nodeSelector": {"etcdstore.io/no-such-node": "true"},
-                     "containers": [{"name": "c", "image": "registry.invalid/none:1"}]}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": f"unrelated-{i:04d}", "namespace": ns, "labels": {"app": "unrelated"}},
+        "spec": {
+            "nodeSelector": {"etcdstore.io/no-such-node": "true"},
+            "containers": [{"name": "c", "image": "registry.invalid/none:1"}],
+        },
+    }
 
 
 async def create_pods(kubeconfig: Path, n: int) -> None:
@@ -127,15 +136,28 @@ def main() -> int:
         cp.kubectl("wait", "--for=condition=Established", "crd/etcdclusters.etcdstore.io", "--timeout=60s")
         cp.kubectl("create", "namespace", NS)
         cp.kubectl("create", "namespace", "unrelated")
-        cluster = {"apiVersion": "etcdstore.io/v1alpha1", "kind": "EtcdCluster",
-                   "metadata": {"name": "c", "namespace": NS}, "spec": {"replicas": 1}}
+        cluster = {
+            "apiVersion": "etcdstore.io/v1alpha1",
+            "kind": "EtcdCluster",
+            "metadata": {"name": "c", "namespace": NS},
+            "spec": {"replicas": 1},
+        }
         cp.kubectl("apply", "-f", "-", input=json.dumps(cluster))
         env = {**cp.env(), "PYTHONUNBUFFERED": "1"}
         log = open(workdir / "operator.log", "w")  # noqa: SIM115
-        op = subprocess.Popen([sys.executable, "-m", "etcdoperator", "run", "--standalone", "-A"], env=env,
-                              stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
-        control = subprocess.Popen([sys.executable, "-c", CONTROL, str(cp.kubeconfig)], env=env,
-                                   stdout=subprocess.DEVNULL, stderr=open(workdir / "control.log", "w"))  # noqa: SIM115
+        op = subprocess.Popen(
+            [sys.executable, "-m", "etcdoperator", "run", "--standalone", "-A"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=workdir,
+        )
+        control = subprocess.Popen(
+            [sys.executable, "-c", CONTROL, str(cp.kubeconfig)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=open(workdir / "control.log", "w"),  # noqa: SIM115 - the child keeps it
+        )
         time.sleep(args.warmup)  # startup, first reconcile steps (measurement, not a test)
         assert op.poll() is None, (workdir / "operator.log").read_text()[-3000:]
         assert control.poll() is None, (workdir / "control.log").read_text()[-3000:]
@@ -147,8 +169,9 @@ def main() -> int:
         time.sleep(2.0)
         for k, p in pids.items():
             rss[k].append(rss_bytes(p))
-        result["creating"] = {k: summary(rss[k], cpu_seconds(p) - c0[k], time.monotonic() - t0)
-                              for k, p in pids.items()}
+        result["creating"] = {
+            k: summary(rss[k], cpu_seconds(p) - c0[k], time.monotonic() - t0) for k, p in pids.items()
+        }
         result["after"] = sample(pids, args.seconds)
         assert op.poll() is None, (workdir / "operator.log").read_text()[-3000:]
         control.terminate()
@@ -156,7 +179,10 @@ def main() -> int:
         result["pods_list_bytes_all"] = list_bytes(cp, "-A")
         result["pods_list_bytes_member_selector"] = list_bytes(cp, "-A", "-l", sel)
         result["pods_total"] = len(json.loads(cp.kubectl("get", "pods", "-A", "-o", "json").stdout)["items"])
-        status = json.loads(cp.kubectl("get", "etcdcluster", "c", "-n", NS, "-o", "json").stdout).get("status") or {}
+        status = (
+            json.loads(cp.kubectl("get", "etcdcluster", "c", "-n", NS, "-o", "json").stdout).get("status")
+            or {}
+        )
         result["cluster_phase"] = status.get("phase")
         result["operator_log_lines"] = len((workdir / "operator.log").read_text().splitlines())
     finally:

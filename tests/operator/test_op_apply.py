@@ -29,26 +29,62 @@ def _sts_made_by_the_old_operator() -> dict:
     """A StatefulSet as kube-apiserver returns it after the pre-SSA operator created it and
     merge-patched spec.replicas (no fieldManager: named "Python" after aiohttp's User-Agent)."""
     python = {
-        "f:metadata": {"f:annotations": {".": {}, f"f:{ANNOTATION_LAST_APPLIED}": {}},
-                       "f:labels": {".": {}, "f:app": {}}},
-        "f:spec": {"f:replicas": {}, "f:serviceName": {},
-                   "f:template": {"f:spec": {"f:initContainers": {"k:{\"name\":\"restore\"}": {".": {}, "f:image": {}}}}}},
+        "f:metadata": {
+            "f:annotations": {".": {}, f"f:{ANNOTATION_LAST_APPLIED}": {}},
+            "f:labels": {".": {}, "f:app": {}},
+        },
+        "f:spec": {
+            "f:replicas": {},
+            "f:serviceName": {},
+            "f:template": {
+                "f:spec": {"f:initContainers": {'k:{"name":"restore"}': {".": {}, "f:image": {}}}}
+            },
+        },
     }
     return {
-        "apiVersion": "apps/v1", "kind": "StatefulSet",
-        "metadata": {"name": "c", "namespace": "ns", "resourceVersion": "42",
-                     "annotations": {ANNOTATION_LAST_APPLIED: "{}", "user": "x"},
-                     "managedFields": [
-                         {"manager": "Python", "operation": "Update", "apiVersion": "apps/v1", "time": T,
-                          "fieldsType": "FieldsV1", "fieldsV1": python},
-                         {"manager": "kubectl-annotate", "operation": "Update", "apiVersion": "apps/v1", "time": T,
-                          "fieldsType": "FieldsV1", "fieldsV1": {"f:metadata": {"f:annotations": {"f:user": {}}}}},
-                         {"manager": "kube-controller-manager", "operation": "Update", "apiVersion": "apps/v1",
-                          "time": T, "subresource": "status", "fieldsType": "FieldsV1",
-                          "fieldsV1": {"f:status": {"f:replicas": {}}}},
-                         {"manager": FIELD_MANAGER, "operation": "Apply", "apiVersion": "apps/v1", "time": T,
-                          "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {"f:serviceName": {}}}},
-                     ]},
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": {
+            "name": "c",
+            "namespace": "ns",
+            "resourceVersion": "42",
+            "annotations": {ANNOTATION_LAST_APPLIED: "{}", "user": "x"},
+            "managedFields": [
+                {
+                    "manager": "Python",
+                    "operation": "Update",
+                    "apiVersion": "apps/v1",
+                    "time": T,
+                    "fieldsType": "FieldsV1",
+                    "fieldsV1": python,
+                },
+                {
+                    "manager": "kubectl-annotate",
+                    "operation": "Update",
+                    "apiVersion": "apps/v1",
+                    "time": T,
+                    "fieldsType": "FieldsV1",
+                    "fieldsV1": {"f:metadata": {"f:annotations": {"f:user": {}}}},
+                },
+                {
+                    "manager": "kube-controller-manager",
+                    "operation": "Update",
+                    "apiVersion": "apps/v1",
+                    "time": T,
+                    "subresource": "status",
+                    "fieldsType": "FieldsV1",
+                    "fieldsV1": {"f:status": {"f:replicas": {}}},
+                },
+                {
+                    "manager": FIELD_MANAGER,
+                    "operation": "Apply",
+                    "apiVersion": "apps/v1",
+                    "time": T,
+                    "fieldsType": "FieldsV1",
+                    "fieldsV1": {"f:spec": {"f:serviceName": {}}},
+                },
+            ],
+        },
         "spec": {"replicas": 3, "serviceName": "c-peer"},
     }
 
@@ -80,12 +116,15 @@ def test_legacy_fields_move_to_the_operator_and_replicas_to_its_own_manager():
 
 def test_nothing_to_migrate_without_the_old_manager():
     live = _sts_made_by_the_old_operator()
-    live["metadata"]["managedFields"] = [e for e in live["metadata"]["managedFields"] if e["manager"] != "Python"]
+    live["metadata"]["managedFields"] = [
+        e for e in live["metadata"]["managedFields"] if e["manager"] != "Python"
+    ]
     assert legacy_upgrade_patch(live) is None
     assert legacy_upgrade_patch({"metadata": {}}) is None
     # a status-subresource entry of the old manager is not the operator's configuration
-    live["metadata"]["managedFields"].append({"manager": "Python", "operation": "Update", "subresource": "status",
-                                              "fieldsV1": {"f:status": {}}})
+    live["metadata"]["managedFields"].append(
+        {"manager": "Python", "operation": "Update", "subresource": "status", "fieldsV1": {"f:status": {}}}
+    )
     assert legacy_upgrade_patch(live) is None
 
 
@@ -96,7 +135,10 @@ def test_field_ownership_and_fieldset_union():
     assert fields_owned({"metadata": {}}, REPLICAS_MANAGER, ("spec", "replicas"))  # no managedFields tracked
     a = {"f:spec": {"f:a": {}, "f:b": {"f:c": {}}}}
     b = {"f:spec": {"f:b": {"f:d": {}}, "f:e": {}}, "f:metadata": {}}
-    assert merge_fieldsets(a, b) == {"f:spec": {"f:a": {}, "f:b": {"f:c": {}, "f:d": {}}, "f:e": {}}, "f:metadata": {}}
+    assert merge_fieldsets(a, b) == {
+        "f:spec": {"f:a": {}, "f:b": {"f:c": {}, "f:d": {}}, "f:e": {}},
+        "f:metadata": {},
+    }
     assert a == {"f:spec": {"f:a": {}, "f:b": {"f:c": {}}}}
 
 
@@ -105,13 +147,18 @@ def test_harness_apply_merge_removes_only_what_this_manager_dropped():
     prev = {"spec": {"replicas": 0, "image": "a", "restore": 1}}
     others = [{"spec": {"replicas": 3}}]
     assert apply_merge(live, {"spec": {"image": "b"}}, prev, others) == {
-        "spec": {"replicas": 3, "image": "b"}, "metadata": {"annotations": {"user": "x"}}}
+        "spec": {"replicas": 3, "image": "b"},
+        "metadata": {"annotations": {"user": "x"}},
+    }
 
 
 def _svc(**annotations: str) -> dict:
-    return {"apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": "s", "namespace": "ns", "annotations": annotations},
-            "spec": {"ports": [{"port": 1}], "selector": {"a": "b"}}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "s", "namespace": "ns", "annotations": annotations},
+        "spec": {"ports": [{"port": 1}], "selector": {"a": "b"}},
+    }
 
 
 async def test_operator_applies_with_its_field_manager():
@@ -134,7 +181,9 @@ async def test_operator_applies_with_its_field_manager():
             updated = await kube.apply(_svc(a="1"))
             assert updated["metadata"]["annotations"] == {"a": "1"}
             try:  # never creates a StatefulSet (as on kube-apiserver: a partial one is invalid)
-                await kube.apply_replicas(STATEFULSETS, "ns", "missing", 2, api_version="apps/v1", kind="StatefulSet")
+                await kube.apply_replicas(
+                    STATEFULSETS, "ns", "missing", 2, api_version="apps/v1", kind="StatefulSet"
+                )
                 raise AssertionError("created")
             except ApiError as e:
                 assert e.status == 422

@@ -21,8 +21,14 @@ pytestmark = pytest.mark.etcd
 
 
 def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "etcdoperator", *args], capture_output=True, text=True, env=env,
-                          timeout=120, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "etcdoperator", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
 
 
 @pytest.fixture
@@ -46,15 +52,34 @@ def restore_steps(volume, source: str, *extra: str, env: dict | None = None) -> 
     """The restore Job's three steps, in order, as its containers run them (build/restorejob.py):
     fetch (operator image), the engine's own tool (etcd 3.4's etcdctl), finish. Stops at the first failure."""
     data, scratch = volume / "data", volume / ".restore"
-    p = run_cli("restore-member", "fetch", f"--data-dir={data}", f"--scratch={scratch}", f"--source={source}", *extra,
-                env=env)
+    p = run_cli(
+        "restore-member",
+        "fetch",
+        f"--data-dir={data}",
+        f"--scratch={scratch}",
+        f"--source={source}",
+        *extra,
+        env=env,
+    )
     if p.returncode != 0:
         return p
     tool = restore_tool("etcd", "3.4.23")
     assert tool == ["etcdctl", "snapshot", "restore"]
-    p = subprocess.run(tool + restore_args(snapshot=str(scratch / "snapshot.db"), name="r-0",
-                                           peer_url="http://127.0.0.1:2380", token="tok", data_dir=str(data)),
-                       capture_output=True, text=True, env=dict(os.environ, ETCDCTL_API="3"), timeout=60, check=False)
+    p = subprocess.run(
+        tool
+        + restore_args(
+            snapshot=str(scratch / "snapshot.db"),
+            name="r-0",
+            peer_url="http://127.0.0.1:2380",
+            token="tok",
+            data_dir=str(data),
+        ),
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, ETCDCTL_API="3"),
+        timeout=60,
+        check=False,
+    )
     if p.returncode != 0:
         return p
     return run_cli("restore-member", "finish", f"--data-dir={data}", f"--scratch={scratch}")
@@ -66,13 +91,25 @@ async def test_backup_to_directory_with_retention_and_restore(etcd, tmp_path):
     results = []
     for i in range(3):
         result_file = tmp_path / f"result-{i}"
-        p = run_cli("backup", f"--endpoints={etcd.endpoint}", "--cluster=ns/c1", f"--destination=file://{dest}",
-                    "--kind=scheduled", f"--name=c1-2026010{i}", "--keep=2", f"--result-file={result_file}")
+        p = run_cli(
+            "backup",
+            f"--endpoints={etcd.endpoint}",
+            "--cluster=ns/c1",
+            f"--destination=file://{dest}",
+            "--kind=scheduled",
+            f"--name=c1-2026010{i}",
+            "--keep=2",
+            f"--result-file={result_file}",
+        )
         assert p.returncode == 0, p.stderr
         results.append(json.loads(result_file.read_text()))
     directory = dest / "ns" / "c1" / "scheduled"
-    assert sorted(f.name for f in directory.iterdir()) == ["c1-20260101.db", "c1-20260101.json",
-                                                           "c1-20260102.db", "c1-20260102.json"]
+    assert sorted(f.name for f in directory.iterdir()) == [
+        "c1-20260101.db",
+        "c1-20260101.json",
+        "c1-20260102.db",
+        "c1-20260102.json",
+    ]
     last = results[-1]
     snap = directory / "c1-20260102.db"
     assert last["sha256"] == sha256(snap) and last["size"] == snap.stat().st_size
@@ -111,8 +148,13 @@ async def test_backup_to_directory_with_retention_and_restore(etcd, tmp_path):
 async def test_corrupted_snapshot_is_refused(etcd, tmp_path):
     await fill(etcd.endpoint, 3)
     dest = tmp_path / "b"
-    p = run_cli("backup", f"--endpoints={etcd.endpoint}", "--cluster=ns/c", f"--destination=file://{dest}",
-                "--name=one")
+    p = run_cli(
+        "backup",
+        f"--endpoints={etcd.endpoint}",
+        "--cluster=ns/c",
+        f"--destination=file://{dest}",
+        "--name=one",
+    )
     assert p.returncode == 0, p.stderr
     snap = dest / "ns" / "c" / "on-demand" / "one.db"
     blob = bytearray(snap.read_bytes())
@@ -130,20 +172,41 @@ async def test_backup_to_s3_and_restore_from_s3(etcd, tmp_path):
     try:
         s3.client().create_bucket(Bucket="backups")
         import os
+
         env = dict(os.environ, AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY)
         for name in ("a-1", "a-2", "a-3"):
-            p = run_cli("backup", f"--endpoints={etcd.endpoint}", "--cluster=prod/a", "--destination=s3://backups/team",
-                        f"--s3-endpoint={s3.endpoint}", "--s3-path-style", "--kind=scheduled", f"--name={name}",
-                        "--keep=2", env=env)
+            p = run_cli(
+                "backup",
+                f"--endpoints={etcd.endpoint}",
+                "--cluster=prod/a",
+                "--destination=s3://backups/team",
+                f"--s3-endpoint={s3.endpoint}",
+                "--s3-path-style",
+                "--kind=scheduled",
+                f"--name={name}",
+                "--keep=2",
+                env=env,
+            )
             assert p.returncode == 0, p.stderr
         keys = [o["Key"] for o in s3.client().list_objects_v2(Bucket="backups")["Contents"]]
-        assert sorted(keys) == ["team/prod/a/scheduled/a-2.db", "team/prod/a/scheduled/a-2.json",
-                                "team/prod/a/scheduled/a-3.db", "team/prod/a/scheduled/a-3.json"]
+        assert sorted(keys) == [
+            "team/prod/a/scheduled/a-2.db",
+            "team/prod/a/scheduled/a-2.json",
+            "team/prod/a/scheduled/a-3.db",
+            "team/prod/a/scheduled/a-3.json",
+        ]
         head = s3.client().head_object(Bucket="backups", Key="team/prod/a/scheduled/a-3.db")
-        meta = json.loads(s3.client().get_object(Bucket="backups", Key="team/prod/a/scheduled/a-3.json")["Body"].read())
+        meta = json.loads(
+            s3.client().get_object(Bucket="backups", Key="team/prod/a/scheduled/a-3.json")["Body"].read()
+        )
         assert head["Metadata"]["sha256"] == meta["sha256"]
-        p = restore_steps(tmp_path / "r", "s3://backups/team/prod/a/scheduled/a-3.db",
-                          f"--s3-endpoint={s3.endpoint}", "--s3-path-style", env=env)
+        p = restore_steps(
+            tmp_path / "r",
+            "s3://backups/team/prod/a/scheduled/a-3.db",
+            f"--s3-endpoint={s3.endpoint}",
+            "--s3-path-style",
+            env=env,
+        )
         assert p.returncode == 0, p.stderr
         assert (tmp_path / "r" / "data" / "member" / "snap" / "db").exists()
     finally:
@@ -152,8 +215,14 @@ async def test_backup_to_s3_and_restore_from_s3(etcd, tmp_path):
 
 def test_backup_failure_is_reported_as_the_result(tmp_path):
     result = tmp_path / "r"
-    p = run_cli("backup", "--endpoints=http://127.0.0.1:1", "--cluster=ns/c", f"--destination=file://{tmp_path}",
-                "--name=x", f"--result-file={result}")
+    p = run_cli(
+        "backup",
+        "--endpoints=http://127.0.0.1:1",
+        "--cluster=ns/c",
+        f"--destination=file://{tmp_path}",
+        "--name=x",
+        f"--result-file={result}",
+    )
     assert p.returncode == 1
     assert "error" in json.loads(result.read_text())
 
@@ -165,6 +234,10 @@ def test_retention_keeps_newest(tmp_path):
         store.put_bytes(f"{d}/{name}.json", b"{}")
         store.put_bytes(f"{d}/{name}.db", b"x")
     assert apply_retention(store, d, 2) == ["c-20251231T000000Z", "c-20260101T000000Z"]
-    assert sorted(store.list(d)) == [f"{d}/c-20260102T000000Z.db", f"{d}/c-20260102T000000Z.json",
-                                     f"{d}/c-20260103T000000Z.db", f"{d}/c-20260103T000000Z.json"]
+    assert sorted(store.list(d)) == [
+        f"{d}/c-20260102T000000Z.db",
+        f"{d}/c-20260102T000000Z.json",
+        f"{d}/c-20260103T000000Z.db",
+        f"{d}/c-20260103T000000Z.json",
+    ]
     assert apply_retention(store, d, 0) == []

@@ -35,7 +35,9 @@ def test_deploy_manifests_are_valid_and_least_privilege():
             kubernetes_validate.validate(doc, K8S, strict=True)
     role = next(d for d in _docs(ROOT / "deploy" / "rbac.yaml") if d["kind"] == "ClusterRole")
     for rule in role["rules"]:
-        assert "*" not in rule["verbs"] and "*" not in rule["resources"] and "*" not in rule.get("apiGroups", [])
+        assert (
+            "*" not in rule["verbs"] and "*" not in rule["resources"] and "*" not in rule.get("apiGroups", [])
+        )
     secrets = next(r for r in role["rules"] if "secrets" in r["resources"])
     assert set(secrets["verbs"]) == {"get", "create", "patch"}
     finalizers = next(r for r in role["rules"] if "etcdclusters/finalizers" in r["resources"])
@@ -47,13 +49,20 @@ def test_deploy_manifests_are_valid_and_least_privilege():
 
 def _grants(rules: list[dict]) -> set[tuple[str, str, str]]:
     """(apiGroup, resource, verb) triples: rule layouts differ, what they grant must not."""
-    return {(g, r, v) for rule in rules for g in rule.get("apiGroups", []) for r in rule["resources"]
-            for v in rule["verbs"]}
+    return {
+        (g, r, v)
+        for rule in rules
+        for g in rule.get("apiGroups", [])
+        for r in rule["resources"]
+        for v in rule["verbs"]
+    }
 
 
 def _chart_rules() -> tuple[list[dict], list[dict]]:
-    return (yaml.safe_load((CHART / "files" / "rules.yaml").read_text()),
-            yaml.safe_load((CHART / "files" / "cluster-rules.yaml").read_text()))
+    return (
+        yaml.safe_load((CHART / "files" / "rules.yaml").read_text()),
+        yaml.safe_load((CHART / "files" / "cluster-rules.yaml").read_text()),
+    )
 
 
 def test_chart_rbac_rules_equal_deploy_rules():
@@ -65,13 +74,26 @@ def test_chart_rbac_rules_equal_deploy_rules():
 
 # What the code calls (etcdoperator.kube verbs; `apply` is get + create + patch), and what kopf
 # needs for the resources it serves or watches (list, watch; patch for its annotations/finalizer).
-_RESOURCES = {"PODS": ("", "pods"), "SERVICES": ("", "services"), "CONFIGMAPS": ("", "configmaps"),
-              "SECRETS": ("", "secrets"), "PVCS": ("", "persistentvolumeclaims"), "EVENTS": ("", "events"),
-              "STATEFULSETS": ("apps", "statefulsets"), "JOBS": ("batch", "jobs"),
-              "PDBS": ("policy", "poddisruptionbudgets"), "ETCDCLUSTERS": ("etcdstore.io", "etcdclusters"),
-              "ETCDBACKUPS": ("etcdstore.io", "etcdbackups")}
-_APPLIED = {"peer_service": "SERVICES", "client_service": "SERVICES", "pod_disruption_budget": "PDBS",
-            "desired": "STATEFULSETS", "tls_secret": "SECRETS"}
+_RESOURCES = {
+    "PODS": ("", "pods"),
+    "SERVICES": ("", "services"),
+    "CONFIGMAPS": ("", "configmaps"),
+    "SECRETS": ("", "secrets"),
+    "PVCS": ("", "persistentvolumeclaims"),
+    "EVENTS": ("", "events"),
+    "STATEFULSETS": ("apps", "statefulsets"),
+    "JOBS": ("batch", "jobs"),
+    "PDBS": ("policy", "poddisruptionbudgets"),
+    "ETCDCLUSTERS": ("etcdstore.io", "etcdclusters"),
+    "ETCDBACKUPS": ("etcdstore.io", "etcdbackups"),
+}
+_APPLIED = {
+    "peer_service": "SERVICES",
+    "client_service": "SERVICES",
+    "pod_disruption_budget": "PDBS",
+    "desired": "STATEFULSETS",
+    "tls_secret": "SECRETS",
+}
 
 
 def _code_grants() -> set[tuple[str, str, str]]:
@@ -80,8 +102,9 @@ def _code_grants() -> set[tuple[str, str, str]]:
     used: set[tuple[str, str, str]] = set()
     for path in (ROOT / "operator" / "etcdoperator").glob("*.py"):
         text = path.read_text()
-        for verb, res, sub in re.findall(r"kube\.(get|list|create|patch|delete)\((\w+),[^\n]*?(sub=\"status\")?\)?$",
-                                         text, re.MULTILINE):
+        for verb, res, sub in re.findall(
+            r"kube\.(get|list|create|patch|delete)\((\w+),[^\n]*?(sub=\"status\")?\)?$", text, re.MULTILINE
+        ):
             if res == "res":  # AdoptHolder: PODS (ephemeral storage) or PVCS
                 for r in ("PODS", "PVCS"):
                     used.add((*_RESOURCES[r], verb))
@@ -91,12 +114,20 @@ def _code_grants() -> set[tuple[str, str, str]]:
         for arg in re.findall(r"kube\.apply\((\w+)", text):
             g, r = _RESOURCES[_APPLIED[arg]]
             used |= {(g, r, "get"), (g, r, "create"), (g, r, "patch")}
-    for g, r in (("etcdstore.io", "etcdclusters"), ("etcdstore.io", "etcdbackups"), ("", "pods"),
-                 ("apps", "statefulsets"), ("apiextensions.k8s.io", "customresourcedefinitions")):
+    for g, r in (
+        ("etcdstore.io", "etcdclusters"),
+        ("etcdstore.io", "etcdbackups"),
+        ("", "pods"),
+        ("apps", "statefulsets"),
+        ("apiextensions.k8s.io", "customresourcedefinitions"),
+    ):
         used |= {(g, r, "list"), (g, r, "watch")}  # kopf watches them
     for r in ("etcdclusters", "etcdbackups"):
-        used |= {("etcdstore.io", r, "patch"), ("etcdstore.io", f"{r}/status", "patch"),
-                 ("etcdstore.io", f"{r}/finalizers", "update")}  # kopf; owner references (blockOwnerDeletion)
+        used |= {
+            ("etcdstore.io", r, "patch"),
+            ("etcdstore.io", f"{r}/status", "patch"),
+            ("etcdstore.io", f"{r}/finalizers", "update"),
+        }  # kopf; owner references (blockOwnerDeletion)
     used.add(("events.k8s.io", "events", "create"))  # kopf posts through either group
     return used
 
@@ -106,7 +137,11 @@ def test_rbac_grants_exactly_what_the_code_uses():
     namespaced, cluster = _chart_rules()
     granted = _grants(namespaced) | _grants(cluster)
     used = _code_grants()
-    assert ("", "secrets", "get") in used and ("", "pods", "patch") in used and ("", "persistentvolumeclaims", "delete") in used
+    assert (
+        ("", "secrets", "get") in used
+        and ("", "pods", "patch") in used
+        and ("", "persistentvolumeclaims", "delete") in used
+    )
     missing = used - granted
     assert not missing, f"the code calls what RBAC does not grant: {sorted(missing)}"
     # get on status subresources is what kubectl and kopf read; nothing else beyond the code
@@ -134,7 +169,8 @@ def test_chart_metadata():
     # folder would be installed once and never upgraded, and would collide with the templates.
     assert not (CHART / "crds").exists()
     assert sorted(p.name for p in (CHART / "files" / "crds").iterdir()) == sorted(
-        f"{c['metadata']['name']}.yaml" for c in crd.all_crds())
+        f"{c['metadata']['name']}.yaml" for c in crd.all_crds()
+    )
     template = (CHART / "templates" / "crds.yaml").read_text()
     assert '.Files.Glob "files/crds/*.yaml"' in template and "helm.sh/resource-policy: keep" in template
     values = yaml.safe_load((CHART / "values.yaml").read_text())
@@ -168,9 +204,19 @@ def test_helm_lint():
     assert "1 chart(s) linted, 0 chart(s) failed" in out, out
 
 
-@pytest.mark.parametrize("values", [{}, {"watchNamespaces": ["team-a", "team-b"], "logLevel": "debug",
-                                          "image": {"repository": "registry.local/etcd-operator", "tag": "1.2.3"},
-                                          "metrics": {"enabled": False}}], ids=["defaults", "namespaced"])
+@pytest.mark.parametrize(
+    "values",
+    [
+        {},
+        {
+            "watchNamespaces": ["team-a", "team-b"],
+            "logLevel": "debug",
+            "image": {"repository": "registry.local/etcd-operator", "tag": "1.2.3"},
+            "metrics": {"enabled": False},
+        },
+    ],
+    ids=["defaults", "namespaced"],
+)
 def test_helm_template_renders_valid_objects(values, tmp_path):
     """The chart rendered by the real helm: every object valid against the official schemas, the
     CRDs equal to the operator's, RBAC as deploy/ (or per watched namespace). A real install on a
@@ -181,12 +227,21 @@ def test_helm_template_renders_valid_objects(values, tmp_path):
     rendered = [d for d in yaml.safe_load_all(out) if d]
     objects = {(d["kind"].lower() + "s", d["metadata"]["name"]): d for d in rendered if d["kind"] != "Role"}
     kinds = {k for k, _ in objects}
-    assert {"customresourcedefinitions", "serviceaccounts", "clusterroles", "clusterrolebindings", "deployments"} <= kinds
+    assert {
+        "customresourcedefinitions",
+        "serviceaccounts",
+        "clusterroles",
+        "clusterrolebindings",
+        "deployments",
+    } <= kinds
     assert ("services", "rel-etcd-operator-metrics") in objects or values.get("metrics") == {"enabled": False}
     for obj in objects.values():
         clean = {k: v for k, v in obj.items() if k != "status"}
-        clean["metadata"] = {k: v for k, v in obj["metadata"].items()
-                             if k not in ("uid", "resourceVersion", "generation", "creationTimestamp")}
+        clean["metadata"] = {
+            k: v
+            for k, v in obj["metadata"].items()
+            if k not in ("uid", "resourceVersion", "generation", "creationTimestamp")
+        }
         kubernetes_validate.validate(clean, K8S, strict=True)
     installed_crds = {n: o for (k, n), o in objects.items() if k == "customresourcedefinitions"}
     for c in crd.all_crds():
@@ -206,7 +261,11 @@ def test_helm_template_renders_valid_objects(values, tmp_path):
     assert c["command"] == ["etcdoperator", "run"]
     env = {e["name"]: e.get("value") for e in c["env"]}
     if values.get("watchNamespaces"):
-        assert "--namespace=team-a" in c["args"] and "--namespace=team-b" in c["args"] and "--verbose" in c["args"]
+        assert (
+            "--namespace=team-a" in c["args"]
+            and "--namespace=team-b" in c["args"]
+            and "--verbose" in c["args"]
+        )
         assert c["image"] == "registry.local/etcd-operator:1.2.3" == env["ETCDOPERATOR_IMAGE"]
         assert not any(a.startswith("--metrics-port") for a in c["args"])
     else:
@@ -233,7 +292,10 @@ def test_image_names_agree_in_chart_manifests_and_defaults():
     c = dep["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e.get("value") for e in c["env"]}
     assert c["image"] == env["ETCDOPERATOR_IMAGE"] == d.operator
-    assert env["ETCDOPERATOR_STORE_IMAGE"] == d.store and env["ETCDOPERATOR_ETCD_IMAGE_REPOSITORY"] == d.etcd_repository
+    assert (
+        env["ETCDOPERATOR_STORE_IMAGE"] == d.store
+        and env["ETCDOPERATOR_ETCD_IMAGE_REPOSITORY"] == d.etcd_repository
+    )
     template = (CHART / "templates" / "deployment.yaml").read_text()
     for name in ("ETCDOPERATOR_IMAGE", "ETCDOPERATOR_STORE_IMAGE", "ETCDOPERATOR_ETCD_IMAGE_REPOSITORY"):
         assert f"name: {name}" in template

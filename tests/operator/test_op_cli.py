@@ -30,8 +30,10 @@ def test_find_cluster(tmp_path):
     token = tmp_path / "token"
     token.write_text("x")
     env = {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443"}
-    assert find_cluster(env, str(tmp_path), token_file=str(token)) == ("https://10.96.0.1:443",
-                                                                        "the pod's service account")
+    assert find_cluster(env, str(tmp_path), token_file=str(token)) == (
+        "https://10.96.0.1:443",
+        "the pod's service account",
+    )
     bad = tmp_path / "bad"
     bad.write_text("apiVersion: v1\nkind: Config\n")
     with pytest.raises(NoCluster, match="no usable current context"):
@@ -41,10 +43,18 @@ def test_find_cluster(tmp_path):
 def test_run_without_a_cluster_prints_one_line(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}
     env.update(HOME=str(tmp_path), KUBECONFIG="")
-    proc = subprocess.run([sys.executable, "-m", "etcdoperator", "run", "--standalone"], env=env, capture_output=True,
-                          text=True, timeout=60, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "etcdoperator", "run", "--standalone"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert proc.returncode == 2
     assert proc.stdout == ""
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("etcdoperator: no Kubernetes cluster configured"), proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("etcdoperator: no Kubernetes cluster configured"), (
+        proc.stderr
+    )
     assert "Traceback" not in proc.stderr

@@ -37,12 +37,15 @@ def test_crd_object_validates_against_apiextensions_schema(c, k8s):
 
 
 def test_structural_checker_catches_violations():
-    bad = {"type": "object", "properties": {
-        "a": {"description": "no type"},
-        "b": {"$ref": "#/definitions/x", "type": "object"},
-        "c": {"type": "object", "oneOf": [{"type": "object", "required": ["x"]}]},
-        "d": {"type": "integer", "minimum": 1, "default": 0},
-    }}
+    bad = {
+        "type": "object",
+        "properties": {
+            "a": {"description": "no type"},
+            "b": {"$ref": "#/definitions/x", "type": "object"},
+            "c": {"type": "object", "oneOf": [{"type": "object", "required": ["x"]}]},
+            "d": {"type": "integer", "minimum": 1, "default": 0},
+        },
+    }
     errs = "\n".join(structural_errors(bad))
     assert "/a: type is required" in errs
     assert "$ref is not allowed" in errs
@@ -76,18 +79,30 @@ def test_samples_are_accepted(path):
 
 
 def test_defaults_are_applied_like_the_api_server():
-    body, errors = default_and_validate(crd.cluster_crd(), {
-        "apiVersion": crd.API_VERSION, "kind": "EtcdCluster", "metadata": {"name": "x"}, "spec": {}})
+    body, errors = default_and_validate(
+        crd.cluster_crd(),
+        {"apiVersion": crd.API_VERSION, "kind": "EtcdCluster", "metadata": {"name": "x"}, "spec": {}},
+    )
     assert errors == []
     s = body["spec"]
-    assert s["replicas"] == 3 and s["engine"] == "etcdstore" and s["version"] == "3.4.23" and s["paused"] is False
+    assert (
+        s["replicas"] == 3
+        and s["engine"] == "etcdstore"
+        and s["version"] == "3.4.23"
+        and s["paused"] is False
+    )
     assert s["storage"] == {"size": "1Gi", "ephemeral": False, "reclaimPolicy": "Delete"}
     assert s["tls"]["client"] == {"mode": "none", "clientCertAuth": True}
     assert s["tls"]["auto"] == {"caValidityDays": 3650, "certificateValidityDays": 365, "renewBeforeDays": 30}
 
 
 def _minimal() -> dict:
-    return {"apiVersion": crd.API_VERSION, "kind": "EtcdCluster", "metadata": {"name": "x"}, "spec": {"replicas": 3}}
+    return {
+        "apiVersion": crd.API_VERSION,
+        "kind": "EtcdCluster",
+        "metadata": {"name": "x"},
+        "spec": {"replicas": 3},
+    }
 
 
 BAD_SPECS = {
@@ -103,11 +118,19 @@ BAD_SPECS = {
     "bad-retention": ({"options": {"autoCompactionRetention": "1 hour"}}, "autoCompactionRetention"),
     "tls-mode": ({"tls": {"client": {"mode": "mtls"}}}, "mode"),
     "backup-no-destination": ({"backup": {"schedule": "@daily"}}, "destination"),
-    "backup-two-destinations": ({"backup": {"destination": {"pvc": {"claimName": "a"}, "s3": {"bucket": "bkt"}}}},
-                                "destination"),
-    "backup-zero-retention": ({"backup": {"retention": 0, "destination": {"pvc": {"claimName": "a"}}}}, "retention"),
+    "backup-two-destinations": (
+        {"backup": {"destination": {"pvc": {"claimName": "a"}, "s3": {"bucket": "bkt"}}}},
+        "destination",
+    ),
+    "backup-zero-retention": (
+        {"backup": {"retention": 0, "destination": {"pvc": {"claimName": "a"}}}},
+        "retention",
+    ),
     "restore-no-source": ({"restore": {}}, "source"),
-    "restore-bad-sha": ({"restore": {"source": {"pvc": {"claimName": "a", "path": "x.db"}}, "sha256": "xyz"}}, "sha256"),
+    "restore-bad-sha": (
+        {"restore": {"source": {"pvc": {"claimName": "a", "path": "x.db"}}, "sha256": "xyz"}},
+        "sha256",
+    ),
     "auth-no-secret": ({"auth": {}}, "rootPasswordSecret"),
 }
 
@@ -144,8 +167,12 @@ def test_rules_beyond_the_structural_schema_are_enforced_by_the_operator(case):
 
 
 def test_backup_crd_accepts_and_rejects():
-    ok = {"apiVersion": crd.API_VERSION, "kind": "EtcdBackup", "metadata": {"name": "b"},
-          "spec": {"clusterName": "c", "destination": {"s3": {"bucket": "bkt", "prefix": "p"}}}}
+    ok = {
+        "apiVersion": crd.API_VERSION,
+        "kind": "EtcdBackup",
+        "metadata": {"name": "b"},
+        "spec": {"clusterName": "c", "destination": {"s3": {"bucket": "bkt", "prefix": "p"}}},
+    }
     assert default_and_validate(crd.backup_crd(), ok)[1] == []
     for bad in ({}, {"clusterName": "Bad_Name"}, {"clusterName": "c", "destination": {}}):
         obj = dict(ok, spec=bad)
@@ -153,6 +180,7 @@ def test_backup_crd_accepts_and_rejects():
 
 
 # -- issue 14 item 4: CEL rules, evaluated (cel-python) as the API server would --------------------
+
 
 def _created(spec: dict) -> dict:
     obj = _minimal()
@@ -180,16 +208,33 @@ def test_samples_pass_the_cel_rules_on_create_and_unchanged_update(path):
 IMMUTABLE_UPDATES = {
     "tls-client-mode": ({}, {"tls": {"client": {"mode": "auto"}}}, "tls.client.mode"),
     "tls-peer-mode": ({"tls": {"peer": {"mode": "auto"}}}, {}, "tls.client.mode and tls.peer.mode"),
-    "tls-auto-to-secret": ({"tls": {"peer": {"mode": "auto"}}}, {"tls": {"peer": {"mode": "secret", "secretName": "p"}}},
-                           "immutable"),
+    "tls-auto-to-secret": (
+        {"tls": {"peer": {"mode": "auto"}}},
+        {"tls": {"peer": {"mode": "secret", "secretName": "p"}}},
+        "immutable",
+    ),
     "engine": ({"engine": "etcd"}, {}, "engine is immutable"),
-    "restore-added": ({}, {"restore": {"source": {"pvc": {"claimName": "a", "path": "x.db"}}}}, "restore can only"),
-    "restore-removed": ({"restore": {"source": {"pvc": {"claimName": "a", "path": "x.db"}}}}, {}, "restore can only"),
-    "restore-changed": ({"restore": {"source": {"pvc": {"claimName": "a", "path": "x.db"}}}},
-                        {"restore": {"source": {"pvc": {"claimName": "a", "path": "y.db"}}}}, "restore is immutable"),
+    "restore-added": (
+        {},
+        {"restore": {"source": {"pvc": {"claimName": "a", "path": "x.db"}}}},
+        "restore can only",
+    ),
+    "restore-removed": (
+        {"restore": {"source": {"pvc": {"claimName": "a", "path": "x.db"}}}},
+        {},
+        "restore can only",
+    ),
+    "restore-changed": (
+        {"restore": {"source": {"pvc": {"claimName": "a", "path": "x.db"}}}},
+        {"restore": {"source": {"pvc": {"claimName": "a", "path": "y.db"}}}},
+        "restore is immutable",
+    ),
     "storage-class": ({}, {"storage": {"storageClassName": "fast"}}, "storage is immutable except size"),
-    "storage-class-changed": ({"storage": {"storageClassName": "a"}}, {"storage": {"storageClassName": "b"}},
-                              "storage is immutable except size"),
+    "storage-class-changed": (
+        {"storage": {"storageClassName": "a"}},
+        {"storage": {"storageClassName": "b"}},
+        "storage is immutable except size",
+    ),
     "storage-ephemeral": ({}, {"storage": {"ephemeral": True}}, "storage is immutable except size"),
 }
 
@@ -204,23 +249,38 @@ def test_fields_that_cannot_change_in_place_are_refused_on_update(case):
 
 def test_allowed_updates_pass():
     assert _update_errors({"replicas": 3}, {"replicas": 5, "paused": True}) == []
-    assert _update_errors({"engine": "etcd", "version": "3.4.23"}, {"engine": "etcd", "version": "3.5.9"}) == []
-    assert _update_errors({"tls": {"client": {"mode": "auto"}}},
-                          {"tls": {"client": {"mode": "auto"}, "auto": {"renewBeforeDays": 10}}}) == []
+    assert (
+        _update_errors({"engine": "etcd", "version": "3.4.23"}, {"engine": "etcd", "version": "3.5.9"}) == []
+    )
+    assert (
+        _update_errors(
+            {"tls": {"client": {"mode": "auto"}}},
+            {"tls": {"client": {"mode": "auto"}, "auto": {"renewBeforeDays": 10}}},
+        )
+        == []
+    )
     # volumes grow (the operator expands the claims; it refuses to shrink them), reclaimPolicy may change
-    assert _update_errors({"storage": {"size": "1Gi", "storageClassName": "a"}},
-                          {"storage": {"size": "5Gi", "storageClassName": "a", "reclaimPolicy": "Retain"}}) == []
+    assert (
+        _update_errors(
+            {"storage": {"size": "1Gi", "storageClassName": "a"}},
+            {"storage": {"size": "5Gi", "storageClassName": "a", "reclaimPolicy": "Retain"}},
+        )
+        == []
+    )
 
 
-@pytest.mark.parametrize(("image", "version", "ok"), [
-    ("quay.io/coreos/etcd:v3.5.9", "3.5.9", True),
-    ("registry.local:5000/etcd:3.5.9", "3.5.9", True),
-    ("quay.io/coreos/etcd:v3.5.9@sha256:" + "a" * 64, "3.5.9", True),
-    ("quay.io/coreos/etcd:v3.6.0", "3.4.23", False),  # the version rules cannot be bypassed with an image
-    ("quay.io/coreos/etcd@sha256:" + "a" * 64, "3.4.23", False),  # a bare digest says no version
-    ("quay.io/coreos/etcd:latest", "3.4.23", False),
-    ("registry.local:3.4.23/etcd:v3.6.0", "3.4.23", False),
-])
+@pytest.mark.parametrize(
+    ("image", "version", "ok"),
+    [
+        ("quay.io/coreos/etcd:v3.5.9", "3.5.9", True),
+        ("registry.local:5000/etcd:3.5.9", "3.5.9", True),
+        ("quay.io/coreos/etcd:v3.5.9@sha256:" + "a" * 64, "3.5.9", True),
+        ("quay.io/coreos/etcd:v3.6.0", "3.4.23", False),  # the version rules cannot be bypassed with an image
+        ("quay.io/coreos/etcd@sha256:" + "a" * 64, "3.4.23", False),  # a bare digest says no version
+        ("quay.io/coreos/etcd:latest", "3.4.23", False),
+        ("registry.local:3.4.23/etcd:v3.6.0", "3.4.23", False),
+    ],
+)
 def test_etcd_image_must_name_the_version(image, version, ok):
     body = _created({"engine": "etcd", "version": version, "image": image})
     assert (cel_errors(crd.cluster_crd(), body) == []) is ok
@@ -232,7 +292,9 @@ def test_etcdstore_version_is_its_api_version_or_rejected():
     body = _created({"engine": "etcdstore", "version": "3.5.0"})
     assert any("engine etcdstore" in e for e in cel_errors(crd.cluster_crd(), body))
     assert any("engine etcdstore" in e for e in validate_cluster_spec(body["spec"]))
-    assert cel_errors(crd.cluster_crd(), _created({"engine": "etcdstore", "image": "mine/etcdstore:dev"})) == []
+    assert (
+        cel_errors(crd.cluster_crd(), _created({"engine": "etcdstore", "image": "mine/etcdstore:dev"})) == []
+    )
 
 
 def test_cel_rules_are_bounded_for_the_api_servers_cost_estimate():

@@ -21,17 +21,20 @@ from etcdoperator.cli import main as cli_main
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 
 
-@pytest.mark.parametrize(("data", "state", "name", "tickets", "ok"), [
-    (True, "existing", "c-1", {}, True),  # its own data: etcd ignores --initial-cluster*
-    (True, "new", "c-2", {}, True),
-    (False, "new", "c-0", {}, True),  # the seed bootstraps
-    (False, "new", "c-1", {}, False),  # nobody else bootstraps
-    (False, "new", "c-1", {"c-1": "abc"}, False),
-    (False, "existing", "c-0", {}, False),  # the seed's volume is lost after forming: no
-    (False, "existing", "c-1", {}, False),  # a lost volume: never under the old ID
-    (False, "existing", "c-1", {"c-2": "abc"}, False),  # someone else's ticket
-    (False, "existing", "c-1", {"c-1": "abc"}, True),  # the learner just added
-])
+@pytest.mark.parametrize(
+    ("data", "state", "name", "tickets", "ok"),
+    [
+        (True, "existing", "c-1", {}, True),  # its own data: etcd ignores --initial-cluster*
+        (True, "new", "c-2", {}, True),
+        (False, "new", "c-0", {}, True),  # the seed bootstraps
+        (False, "new", "c-1", {}, False),  # nobody else bootstraps
+        (False, "new", "c-1", {"c-1": "abc"}, False),
+        (False, "existing", "c-0", {}, False),  # the seed's volume is lost after forming: no
+        (False, "existing", "c-1", {}, False),  # a lost volume: never under the old ID
+        (False, "existing", "c-1", {"c-2": "abc"}, False),  # someone else's ticket
+        (False, "existing", "c-1", {"c-1": "abc"}, True),  # the learner just added
+    ],
+)
 def test_decide(data, state, name, tickets, ok):
     assert gate.decide(data=data, state=state, name=name, seed="c-0", tickets=tickets)[0] is ok
 
@@ -62,10 +65,17 @@ async def test_has_data_matches_what_real_etcd_writes(tmp_path):
     shutil.rmtree(data)
     c, p = _free_ports(2)
     proc = await asyncio.create_subprocess_exec(
-        ETCD, f"--data-dir={data}", "--name=m", f"--listen-client-urls=http://127.0.0.1:{c}",
-        f"--advertise-client-urls=http://127.0.0.1:{c}", f"--listen-peer-urls=http://127.0.0.1:{p}",
-        f"--initial-advertise-peer-urls=http://127.0.0.1:{p}", f"--initial-cluster=m=http://127.0.0.1:{p}",
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        ETCD,
+        f"--data-dir={data}",
+        "--name=m",
+        f"--listen-client-urls=http://127.0.0.1:{c}",
+        f"--advertise-client-urls=http://127.0.0.1:{c}",
+        f"--listen-peer-urls=http://127.0.0.1:{p}",
+        f"--initial-advertise-peer-urls=http://127.0.0.1:{p}",
+        f"--initial-cluster=m=http://127.0.0.1:{p}",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
     try:
         for _ in range(200):
             if gate.has_data(data, "etcd"):
@@ -115,10 +125,17 @@ async def test_has_data_matches_what_the_store_writes(tmp_path):
     assert not gate.has_data(data, "etcdstore")
     c, p = _free_ports(2)
     proc = await asyncio.create_subprocess_exec(
-        STORE, f"--data-dir={data}", "--name=m", f"--listen-client-urls=http://127.0.0.1:{c}",
-        f"--advertise-client-urls=http://127.0.0.1:{c}", f"--listen-peer-urls=http://127.0.0.1:{p}",
-        f"--initial-advertise-peer-urls=http://127.0.0.1:{p}", f"--initial-cluster=m=http://127.0.0.1:{p}",
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        STORE,
+        f"--data-dir={data}",
+        "--name=m",
+        f"--listen-client-urls=http://127.0.0.1:{c}",
+        f"--advertise-client-urls=http://127.0.0.1:{c}",
+        f"--listen-peer-urls=http://127.0.0.1:{p}",
+        f"--initial-advertise-peer-urls=http://127.0.0.1:{p}",
+        f"--initial-cluster=m=http://127.0.0.1:{p}",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
     try:
         for _ in range(400):
             if gate.has_data(data, "etcdstore"):

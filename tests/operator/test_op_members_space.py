@@ -36,10 +36,18 @@ def _ports(n: int) -> list[int]:
 async def members(tmp_path, monkeypatch):
     c, p = _ports(2)
     proc = await asyncio.create_subprocess_exec(
-        ETCD, f"--data-dir={tmp_path / 'd'}", "--name=c-0", f"--listen-client-urls=http://127.0.0.1:{c}",
-        f"--advertise-client-urls=http://127.0.0.1:{c}", f"--listen-peer-urls=http://127.0.0.1:{p}",
-        f"--initial-advertise-peer-urls=http://127.0.0.1:{p}", f"--initial-cluster=c-0=http://127.0.0.1:{p}",
-        f"--quota-backend-bytes={QUOTA}", stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        ETCD,
+        f"--data-dir={tmp_path / 'd'}",
+        "--name=c-0",
+        f"--listen-client-urls=http://127.0.0.1:{c}",
+        f"--advertise-client-urls=http://127.0.0.1:{c}",
+        f"--listen-peer-urls=http://127.0.0.1:{p}",
+        f"--initial-advertise-peer-urls=http://127.0.0.1:{p}",
+        f"--initial-cluster=c-0=http://127.0.0.1:{p}",
+        f"--quota-backend-bytes={QUOTA}",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
     book = tmp_path / "addresses.json"
     book.write_text(json.dumps({f"{REF.pod_host(0)}:2379": f"127.0.0.1:{c}"}))
     monkeypatch.setenv("ETCDOPERATOR_ADDRESS_MAP", str(book))

@@ -18,11 +18,26 @@ def peer(k: int) -> str:
     return f"http://c-{k}.c.ns.svc:2380"
 
 
-def member(k: int, *, id: int | None = None, learner: bool = False, healthy: bool = True, started: bool = True,
-           raft: int = 100, version: str = "3.4.23") -> MemberState:
-    return MemberState(id=id if id is not None else 0x100 + k, name=f"c-{k}" if started else "", peer_urls=(peer(k),),
-                       learner=learner, ordinal=k, healthy=healthy and started, raft_index=raft,
-                       version=version if healthy and started else None)
+def member(
+    k: int,
+    *,
+    id: int | None = None,
+    learner: bool = False,
+    healthy: bool = True,
+    started: bool = True,
+    raft: int = 100,
+    version: str = "3.4.23",
+) -> MemberState:
+    return MemberState(
+        id=id if id is not None else 0x100 + k,
+        name=f"c-{k}" if started else "",
+        peer_urls=(peer(k),),
+        learner=learner,
+        ordinal=k,
+        healthy=healthy and started,
+        raft_index=raft,
+        version=version if healthy and started else None,
+    )
 
 
 def etcd(*members: MemberState, leader: int | None = 0) -> EtcdView:
@@ -31,28 +46,58 @@ def etcd(*members: MemberState, leader: int | None = 0) -> EtcdView:
 
 
 def pods(*ks: int, ready: bool = True, rev: str | None = "r1", **kw) -> dict[int, PodState]:
-    return {k: PodState(name=f"c-{k}", ordinal=k, uid=f"pod-{k}", ready=ready, revision=rev, **kw) for k in ks}
+    return {
+        k: PodState(name=f"c-{k}", ordinal=k, uid=f"pod-{k}", ready=ready, revision=rev, **kw) for k in ks
+    }
 
 
 def pvcs(annotated: dict[int, str | None]) -> dict[int, PVCState]:
-    return {k: PVCState(name=f"data-c-{k}", ordinal=k, uid=f"pvc-{k}", member_id=v) for k, v in annotated.items()}
+    return {
+        k: PVCState(name=f"data-c-{k}", ordinal=k, uid=f"pvc-{k}", member_id=v) for k, v in annotated.items()
+    }
 
 
 def ic(view: EtcdView) -> str:
     return P.initial_cluster(REF, view.members)
 
 
-def obs(spec: dict | None = None, *, view: EtcdView | None = None, replicas: int = 0, pod_map=None, pvc_map=None,
-        state: str | None = "existing", joining=None, boot_ic: str | None = None, rev: str | None = "r1",
-        synced: bool = True, spec_errors=(), tickets=None) -> Observed:
+def obs(
+    spec: dict | None = None,
+    *,
+    view: EtcdView | None = None,
+    replicas: int = 0,
+    pod_map=None,
+    pvc_map=None,
+    state: str | None = "existing",
+    joining=None,
+    boot_ic: str | None = None,
+    rev: str | None = "r1",
+    synced: bool = True,
+    spec_errors=(),
+    tickets=None,
+) -> Observed:
     view = view or EtcdView(reachable=False, error="down")
     boot = None
     if state is not None:
-        boot = BootstrapState(state=state, initial_cluster=ic(view) if boot_ic is None else boot_ic, token="t",
-                              joining=joining or {}, tickets=tickets or {})
-    kube = KubeView(statefulset_exists=replicas > 0, statefulset_replicas=replicas, update_revision=rev,
-                    statefulset_synced=synced, pods=pod_map or {}, pvcs=pvc_map or {}, bootstrap=boot)
-    return Observed(spec=parse_cluster_spec(spec or {"replicas": 3}), kube=kube, etcd=view, spec_errors=tuple(spec_errors))
+        boot = BootstrapState(
+            state=state,
+            initial_cluster=ic(view) if boot_ic is None else boot_ic,
+            token="t",
+            joining=joining or {},
+            tickets=tickets or {},
+        )
+    kube = KubeView(
+        statefulset_exists=replicas > 0,
+        statefulset_replicas=replicas,
+        update_revision=rev,
+        statefulset_synced=synced,
+        pods=pod_map or {},
+        pvcs=pvc_map or {},
+        bootstrap=boot,
+    )
+    return Observed(
+        spec=parse_cluster_spec(spec or {"replicas": 3}), kube=kube, etcd=view, spec_errors=tuple(spec_errors)
+    )
 
 
 def decide(o: Observed) -> P.Action:
@@ -65,6 +110,7 @@ def healthy_cluster(n: int, *, leader: int = 0) -> tuple[EtcdView, dict, dict]:
 
 
 # -- bootstrap ---------------------------------------------------------------------------------
+
 
 def test_empty_world_bootstraps():
     assert isinstance(decide(obs(state=None)), P.Bootstrap)
@@ -89,8 +135,11 @@ def test_seed_volume_is_adopted_then_cluster_marked_formed():
 
 
 def test_never_bootstraps_once_something_exists():
-    for o in (obs(state=None, pvc_map=pvcs({0: "100"})), obs(state=None, pod_map=pods(0)),
-              obs(state="existing", replicas=3, pvc_map=pvcs({0: "1", 1: "2", 2: "3"}))):
+    for o in (
+        obs(state=None, pvc_map=pvcs({0: "100"})),
+        obs(state=None, pod_map=pods(0)),
+        obs(state="existing", replicas=3, pvc_map=pvcs({0: "1", 1: "2", 2: "3"})),
+    ):
         assert not isinstance(decide(o), P.Bootstrap)
 
 
@@ -107,16 +156,21 @@ def test_unreachable_cluster_gets_all_members_with_data_back():
 
 # -- scale up ----------------------------------------------------------------------------------
 
+
 def test_scale_up_prepares_then_adds_one_learner():
     view, pm, vm = healthy_cluster(1)
     assert decide(obs(view=view, replicas=1, pod_map=pm, pvc_map=vm)) == P.PrepareJoin(1, frozenset())
-    assert decide(obs(view=view, replicas=1, pod_map=pm, pvc_map=vm, joining={1: frozenset()})) == P.AddLearner(1)
+    assert decide(
+        obs(view=view, replicas=1, pod_map=pm, pvc_map=vm, joining={1: frozenset()})
+    ) == P.AddLearner(1)
 
 
 def test_learner_gets_its_pod_then_volume_then_promotion():
     lrn = member(1, id=0x999, learner=True, started=False)
     view = etcd(member(0), lrn)
-    a = decide(obs(view=view, joining={1: frozenset()}, replicas=1, pod_map=pods(0), pvc_map=pvcs({0: "100"})))
+    a = decide(
+        obs(view=view, joining={1: frozenset()}, replicas=1, pod_map=pods(0), pvc_map=pvcs({0: "100"}))
+    )
     assert a == P.IssueTicket(1, "999", frozenset()), "the ticket comes before any pod of the learner"
     base = {"view": view, "joining": {1: frozenset()}, "tickets": {1: "999"}}
     assert decide(obs(**base, replicas=1, pod_map=pods(0), pvc_map=pvcs({0: "100"}))) == P.ScaleStatefulSet(2)
@@ -137,8 +191,15 @@ def test_learner_behind_is_not_promoted():
 
 def test_started_joiner_clears_its_joining_record():
     view = etcd(member(0), member(1, id=0x999, learner=True))
-    a = decide(obs(view=view, replicas=2, pod_map=pods(0, 1), pvc_map=pvcs({0: "100", 1: "999"}),
-                   joining={1: frozenset({"old"})}))
+    a = decide(
+        obs(
+            view=view,
+            replicas=2,
+            pod_map=pods(0, 1),
+            pvc_map=pvcs({0: "100", 1: "999"}),
+            joining={1: frozenset({"old"})},
+        )
+    )
     assert a == P.ClearJoining(1)
 
 
@@ -156,12 +217,21 @@ def test_no_growth_while_a_member_is_unhealthy():
 
 def test_no_second_learner():
     view = etcd(member(0), member(1), member(2, learner=True, started=False))
-    p = P.plan(obs({"replicas": 5}, view=view, replicas=3, pod_map=pods(0, 1, 2),
-                   pvc_map=pvcs({0: "100", 1: "101", 2: "102"})), REF)
+    p = P.plan(
+        obs(
+            {"replicas": 5},
+            view=view,
+            replicas=3,
+            pod_map=pods(0, 1, 2),
+            pvc_map=pvcs({0: "100", 1: "101", 2: "102"}),
+        ),
+        REF,
+    )
     assert not isinstance(p.action, (P.AddLearner, P.PrepareJoin))
 
 
 # -- scale down --------------------------------------------------------------------------------
+
 
 def test_scale_down_removes_highest_ordinal_follower():
     view, pm, vm = healthy_cluster(5)
@@ -187,16 +257,31 @@ def test_after_remove_statefulset_shrinks_then_volume_is_deleted():
 
 def test_scale_down_refused_when_quorum_would_be_lost():
     view = etcd(member(0), member(1, healthy=False), member(2))
-    p = P.plan(obs({"replicas": 2}, view=view, replicas=3, pod_map=pods(0, 1, 2),
-                   pvc_map=pvcs({0: "100", 1: "101", 2: "102"})), REF)
+    p = P.plan(
+        obs(
+            {"replicas": 2},
+            view=view,
+            replicas=3,
+            pod_map=pods(0, 1, 2),
+            pvc_map=pvcs({0: "100", 1: "101", 2: "102"}),
+        ),
+        REF,
+    )
     assert isinstance(p.action, P.Wait) and p.action.reason == "ScaleDownBlocked"
     assert "ScaleDownBlocked" in dict(p.degraded)
 
 
 def test_pending_learner_beyond_desired_size_is_removed():
     view = etcd(member(0), member(1), member(2), member(3, learner=True, started=False))
-    a = decide(obs({"replicas": 3}, view=view, replicas=4, pod_map=pods(0, 1, 2),
-                   pvc_map=pvcs({0: "100", 1: "101", 2: "102"})))
+    a = decide(
+        obs(
+            {"replicas": 3},
+            view=view,
+            replicas=4,
+            pod_map=pods(0, 1, 2),
+            pvc_map=pvcs({0: "100", 1: "101", 2: "102"}),
+        )
+    )
     assert a == P.RemoveMember(0x103, 3, "CancelJoin")
 
 
@@ -210,9 +295,12 @@ def test_removal_keeps_quorum_rule():
 
 # -- repair ------------------------------------------------------------------------------------
 
+
 def test_member_with_a_fresh_volume_is_removed_to_be_re_added():
     view = etcd(member(0), member(1, healthy=False), member(2))
-    p = P.plan(obs(view=view, replicas=3, pod_map=pods(0, 1, 2), pvc_map=pvcs({0: "100", 1: None, 2: "102"})), REF)
+    p = P.plan(
+        obs(view=view, replicas=3, pod_map=pods(0, 1, 2), pvc_map=pvcs({0: "100", 1: None, 2: "102"})), REF
+    )
     assert p.action == P.RemoveMember(0x101, 1, "DataLost")
     assert "DataLost" in dict(p.degraded)
 
@@ -235,31 +323,63 @@ def test_unrecorded_volume_of_an_ungated_member_is_data_lost_not_adopted():
 def test_ticket_is_revoked_unless_it_names_a_never_started_learner_at_its_ordinal():
     view, pm, vm = healthy_cluster(3)
     for tickets in ({1: "101"}, {3: "abc"}):  # a voter's ordinal; an ordinal without a member
-        assert decide(obs(view=view, replicas=3, pod_map=pm, pvc_map=vm, tickets=tickets)) == \
-            P.RevokeTicket(next(iter(tickets)))
+        assert decide(obs(view=view, replicas=3, pod_map=pm, pvc_map=vm, tickets=tickets)) == P.RevokeTicket(
+            next(iter(tickets))
+        )
     started = etcd(member(0), member(1), member(2, id=0x999, learner=True))
-    a = decide(obs(view=started, replicas=3, pod_map=pm, pvc_map=pvcs({0: "100", 1: "101", 2: "999"}),
-                   tickets={2: "999"}))
+    a = decide(
+        obs(
+            view=started,
+            replicas=3,
+            pod_map=pm,
+            pvc_map=pvcs({0: "100", 1: "101", 2: "999"}),
+            tickets={2: "999"},
+        )
+    )
     assert a == P.RevokeTicket(2)
     pending = etcd(member(0), member(1), member(2, id=0x999, learner=True, started=False))
-    a = decide(obs(view=pending, replicas=3, pod_map=pm, pvc_map=pvcs({0: "100", 1: "101", 2: "999"}),
-                   tickets={2: "888"}))
+    a = decide(
+        obs(
+            view=pending,
+            replicas=3,
+            pod_map=pm,
+            pvc_map=pvcs({0: "100", 1: "101", 2: "999"}),
+            tickets={2: "888"},
+        )
+    )
     assert a == P.RevokeTicket(2)
 
 
 def test_ticket_replaces_the_learners_pod_that_started_without_it():
     view = etcd(member(0), member(1), member(2, id=0x999, learner=True, started=False))
-    a = decide(obs(view=view, replicas=3, pod_map=pods(0, 1, 2), pvc_map=pvcs({0: "100", 1: "101", 2: None}),
-                   joining={2: frozenset()}))
+    a = decide(
+        obs(
+            view=view,
+            replicas=3,
+            pod_map=pods(0, 1, 2),
+            pvc_map=pvcs({0: "100", 1: "101", 2: None}),
+            joining={2: frozenset()},
+        )
+    )
     assert a == P.IssueTicket(2, "999", frozenset({"pod-2"}))
-    a = decide(obs(view=view, replicas=3, pod_map=pods(0, 1, 2), pvc_map=pvcs({0: "100", 1: "101", 2: None}),
-                   joining={2: frozenset({"pod-2"})}, tickets={2: "999"}))
+    a = decide(
+        obs(
+            view=view,
+            replicas=3,
+            pod_map=pods(0, 1, 2),
+            pvc_map=pvcs({0: "100", 1: "101", 2: None}),
+            joining={2: frozenset({"pod-2"})},
+            tickets={2: "999"},
+        )
+    )
     assert a == P.DeleteStale(2, pod=True, pvc=False)
 
 
 def test_replacement_waits_for_quorum():
     view = etcd(member(0), member(1, healthy=False), member(2, healthy=False))
-    p = P.plan(obs(view=view, replicas=3, pod_map=pods(0, 1, 2), pvc_map=pvcs({0: "100", 1: None, 2: "102"})), REF)
+    p = P.plan(
+        obs(view=view, replicas=3, pod_map=pods(0, 1, 2), pvc_map=pvcs({0: "100", 1: None, 2: "102"})), REF
+    )
     assert isinstance(p.action, P.Wait) and p.action.reason == "ReplaceBlocked"
 
 
@@ -272,7 +392,9 @@ def test_deleted_pod_is_not_a_repair():
 def test_hole_is_refilled_with_fresh_pod_and_volume():
     view = etcd(member(0), member(2))
     pm, vm = pods(0, 1, 2), pvcs({0: "100", 1: None, 2: "102"})
-    assert decide(obs(view=view, replicas=3, pod_map=pm, pvc_map=vm)) == P.PrepareJoin(1, frozenset({"pod-1", "pvc-1"}))
+    assert decide(obs(view=view, replicas=3, pod_map=pm, pvc_map=vm)) == P.PrepareJoin(
+        1, frozenset({"pod-1", "pvc-1"})
+    )
     joining = {1: frozenset({"pod-1", "pvc-1"})}
     assert decide(obs(view=view, replicas=3, pod_map=pm, pvc_map=vm, joining=joining)) == P.AddLearner(1)
     view2 = etcd(member(0), member(1, id=0x777, learner=True, started=False), member(2))
@@ -282,12 +404,19 @@ def test_hole_is_refilled_with_fresh_pod_and_volume():
     assert a == P.DeleteStale(1, pod=True, pvc=True)
 
 
-CORRUPT_LOG = "panic: tocommit(42) is out of range [lastIndex(0)]. Was the raft log corrupted, truncated, or lost?"
+CORRUPT_LOG = (
+    "panic: tocommit(42) is out of range [lastIndex(0)]. Was the raft log corrupted, truncated, or lost?"
+)
 
 
 def _crashing(rev: str = "r1", **kw) -> PodState:
-    base = {"restarts": 7, "waiting_reason": "CrashLoopBackOff", "last_exit_reason": "Error",
-            "last_message": CORRUPT_LOG, "revision": rev}
+    base = {
+        "restarts": 7,
+        "waiting_reason": "CrashLoopBackOff",
+        "last_exit_reason": "Error",
+        "last_message": CORRUPT_LOG,
+        "revision": rev,
+    }
     base.update(kw)
     return PodState(name="c-1", ordinal=1, uid="p1", ready=False, **base)
 
@@ -313,12 +442,15 @@ def test_crash_loop_is_not_called_corruption_without_evidence(case):
         pm[1] = _crashing(last_message="flag provided but not defined: -experimental-foo")
     elif case == "template-unproven":  # only the crashing member runs the current template
         pm = {**pods(0, 2, rev="r0"), 1: _crashing(rev="r1")}
-    p = P.plan(obs(view=view, replicas=3, pod_map=pm, pvc_map=pvcs({0: "100", 1: "101", 2: "102"}), rev=rev), REF)
+    p = P.plan(
+        obs(view=view, replicas=3, pod_map=pm, pvc_map=pvcs({0: "100", 1: "101", 2: "102"}), rev=rev), REF
+    )
     assert not isinstance(p.action, P.RemoveMember), p.action
     assert "MemberCrashLooping" in dict(p.degraded) or isinstance(p.action, P.RestartMember)
 
 
 # -- rolling changes ---------------------------------------------------------------------------
+
 
 def test_rolling_restart_followers_first_highest_ordinal():
     view, _, vm = healthy_cluster(3, leader=2)
@@ -339,7 +471,9 @@ def test_rolling_restart_waits_for_readiness_and_controller():
     pm = {**pods(0, rev="old"), **pods(1, rev="new", ready=False), **pods(2, rev="new")}
     a = decide(obs(view=view, replicas=3, pod_map=pm, pvc_map=vm, rev="new"))
     assert isinstance(a, P.Wait) and "c-1" in a.message
-    a = decide(obs(view=view, replicas=3, pod_map=pods(0, 1, 2, rev="old"), pvc_map=vm, rev="new", synced=False))
+    a = decide(
+        obs(view=view, replicas=3, pod_map=pods(0, 1, 2, rev="old"), pvc_map=vm, rev="new", synced=False)
+    )
     assert isinstance(a, P.Wait) and "StatefulSet controller" in a.message
 
 
@@ -350,6 +484,7 @@ def test_converged():
 
 
 # -- guards ------------------------------------------------------------------------------------
+
 
 def test_paused_and_invalid_specs_do_nothing():
     view, pm, vm = healthy_cluster(1)
@@ -381,6 +516,7 @@ def test_version_skips_are_refused():
 
 # -- invariants over random states --------------------------------------------------------------
 
+
 def _random_obs(rng: random.Random) -> Observed:
     n = rng.randint(1, 6)
     members = []
@@ -388,29 +524,71 @@ def _random_obs(rng: random.Random) -> Observed:
         if rng.random() < 0.15:
             continue
         learner = rng.random() < 0.15
-        members.append(member(k, learner=learner, healthy=rng.random() < 0.8, started=rng.random() < 0.9,
-                              raft=rng.randint(0, 100)))
+        members.append(
+            member(
+                k,
+                learner=learner,
+                healthy=rng.random() < 0.8,
+                started=rng.random() < 0.9,
+                raft=rng.randint(0, 100),
+            )
+        )
     leader = rng.choice([m.ordinal for m in members if not m.learner] or [None])
     view = etcd(*members, leader=leader) if members and rng.random() < 0.9 else EtcdView(reachable=False)
     if view.reachable and rng.random() < 0.05:
-        view = EtcdView(reachable=True, members=view.members, leader_id=view.leader_id, cluster_id=1,
-                        nospace=rng.random() < 0.5, corrupt=rng.random() < 0.5, alarms=("X",))
-    pm = {k: PodState(name=f"c-{k}", ordinal=k, uid=f"pod-{k}", ready=rng.random() < 0.8,
-                      revision=rng.choice(["r1", "r2"]), deleting=rng.random() < 0.1, gated=rng.random() < 0.7,
-                      phase=rng.choice(["Running", "Running", "Pending"]),
-                      restarts=rng.choice([0, 0, 9]), waiting_reason=rng.choice([None, None, "CrashLoopBackOff",
-                                                                                  "ImagePullBackOff"]),
-                      last_exit_reason=rng.choice([None, "Error", "OOMKilled"]),
-                      last_message=rng.choice([None, "", CORRUPT_LOG]))
-          for k in range(n + 1) if rng.random() < 0.8}
-    vm = {k: PVCState(name=f"data-c-{k}", ordinal=k, uid=f"pvc-{k}", deleting=rng.random() < 0.05,
-                      member_id=rng.choice([None, f"{0x100 + k:x}", "dead"])) for k in range(n + 1) if rng.random() < 0.85}
+        view = EtcdView(
+            reachable=True,
+            members=view.members,
+            leader_id=view.leader_id,
+            cluster_id=1,
+            nospace=rng.random() < 0.5,
+            corrupt=rng.random() < 0.5,
+            alarms=("X",),
+        )
+    pm = {
+        k: PodState(
+            name=f"c-{k}",
+            ordinal=k,
+            uid=f"pod-{k}",
+            ready=rng.random() < 0.8,
+            revision=rng.choice(["r1", "r2"]),
+            deleting=rng.random() < 0.1,
+            gated=rng.random() < 0.7,
+            phase=rng.choice(["Running", "Running", "Pending"]),
+            restarts=rng.choice([0, 0, 9]),
+            waiting_reason=rng.choice([None, None, "CrashLoopBackOff", "ImagePullBackOff"]),
+            last_exit_reason=rng.choice([None, "Error", "OOMKilled"]),
+            last_message=rng.choice([None, "", CORRUPT_LOG]),
+        )
+        for k in range(n + 1)
+        if rng.random() < 0.8
+    }
+    vm = {
+        k: PVCState(
+            name=f"data-c-{k}",
+            ordinal=k,
+            uid=f"pvc-{k}",
+            deleting=rng.random() < 0.05,
+            member_id=rng.choice([None, f"{0x100 + k:x}", "dead"]),
+        )
+        for k in range(n + 1)
+        if rng.random() < 0.85
+    }
     state = rng.choice([None, "new", "existing", "existing", "existing"])
     joining = {k: frozenset({f"pod-{k}"}) for k in range(n + 1) if rng.random() < 0.1}
     tickets = {k: rng.choice([f"{0x100 + k:x}", "dead"]) for k in range(n + 1) if rng.random() < 0.15}
-    return obs({"replicas": rng.randint(1, 7)}, view=view, replicas=rng.randint(0, n + 1), pod_map=pm, pvc_map=vm,
-               state=state, joining=joining, rev=rng.choice(["r1", "r2"]), tickets=tickets,
-               synced=rng.random() < 0.9)
+    return obs(
+        {"replicas": rng.randint(1, 7)},
+        view=view,
+        replicas=rng.randint(0, n + 1),
+        pod_map=pm,
+        pvc_map=vm,
+        state=state,
+        joining=joining,
+        rev=rng.choice(["r1", "r2"]),
+        tickets=tickets,
+        synced=rng.random() < 0.9,
+    )
 
 
 def _valid_ticket(e: EtcdView, k: int, mid: str) -> bool:
@@ -420,8 +598,20 @@ def _valid_ticket(e: EtcdView, k: int, mid: str) -> bool:
 
 # Actions that start a pod, change membership or delete data: none may happen while a ticket
 # could let an empty data dir start under a member ID that is not a never-started learner's.
-_STARTS_OR_CHANGES = (P.ScaleStatefulSet, P.DeleteStale, P.RestartMember, P.AddLearner, P.PrepareJoin, P.RemoveMember,
-                      P.Promote, P.DeletePVC, P.IssueTicket, P.MoveLeader, P.RecoverSpace, P.AdoptHolder)
+_STARTS_OR_CHANGES = (
+    P.ScaleStatefulSet,
+    P.DeleteStale,
+    P.RestartMember,
+    P.AddLearner,
+    P.PrepareJoin,
+    P.RemoveMember,
+    P.Promote,
+    P.DeletePVC,
+    P.IssueTicket,
+    P.MoveLeader,
+    P.RecoverSpace,
+    P.AdoptHolder,
+)
 
 
 def test_safety_invariants_hold_for_random_states():
@@ -451,7 +641,9 @@ def test_safety_invariants_hold_for_random_states():
             if not e.reachable:  # nobody answers: only outdated pods that are not ready
                 assert not pod.ready and pod.revision != kube.update_revision
             elif m is not None and not m.learner and m.healthy:
-                assert P.restart_keeps_quorum(e, m.id) or (not e.learners and all(v.healthy for v in e.voters))
+                assert P.restart_keeps_quorum(e, m.id) or (
+                    not e.learners and all(v.healthy for v in e.voters)
+                )
         if isinstance(a, P.MarkFormed):
             assert e.reachable
         if isinstance(a, P.DeleteStale):
@@ -459,23 +651,44 @@ def test_safety_invariants_hold_for_random_states():
             assert m is not None and m.learner, "only a learner's data may be thrown away"
         # -- issue 14 item 2: an empty data dir only ever starts as a member just added ---------
         if isinstance(a, P.IssueTicket):
-            assert e.reachable and _valid_ticket(e, a.ordinal, a.member_id), "tickets name a never-started learner"
+            assert e.reachable and _valid_ticket(e, a.ordinal, a.member_id), (
+                "tickets name a never-started learner"
+            )
             pod = kube.pods.get(a.ordinal)
-            assert pod is None or pod.deleting or pod.uid in a.stale_uids, "pods that predate the ticket are replaced"
+            assert pod is None or pod.deleting or pod.uid in a.stale_uids, (
+                "pods that predate the ticket are replaced"
+            )
         if isinstance(a, P.AdoptHolder):
             m = by_ord.get(a.ordinal)
             assert m is not None and m.hex_id == a.member_id
             if not m.learner and kube.bootstrap is not None and kube.bootstrap.state == "existing":
                 pod = kube.pods[a.ordinal]
-                assert m.healthy and pod.gated and not pod.deleting, "a voter's volume is recorded only through the gate"
+                assert m.healthy and pod.gated and not pod.deleting, (
+                    "a voter's volume is recorded only through the gate"
+                )
         boot = kube.bootstrap
-        if e.reachable and boot is not None and boot.state == "existing" and isinstance(a, _STARTS_OR_CHANGES):
+        if (
+            e.reachable
+            and boot is not None
+            and boot.state == "existing"
+            and isinstance(a, _STARTS_OR_CHANGES)
+        ):
             bad = [k for k, mid in boot.tickets.items() if not _valid_ticket(e, k, mid)]
             assert not bad, f"{a} while tickets {bad} are invalid"
         if isinstance(a, P.RecoverSpace):
             assert not e.corrupt
-    assert {"AddLearner", "RemoveMember", "Promote", "DeletePVC", "RestartMember", "MoveLeader", "IssueTicket",
-            "RevokeTicket", "AdoptHolder", "DeleteStale"} <= seen, seen
+    assert {
+        "AddLearner",
+        "RemoveMember",
+        "Promote",
+        "DeletePVC",
+        "RestartMember",
+        "MoveLeader",
+        "IssueTicket",
+        "RevokeTicket",
+        "AdoptHolder",
+        "DeleteStale",
+    } <= seen, seen
 
 
 @pytest.mark.parametrize("k", [0, 3])
@@ -487,19 +700,34 @@ def test_initial_cluster_names_members_by_ordinal(k):
 def test_no_re_add_while_the_pod_still_answers_as_an_unlisted_member():
     """A stale member list (or a member being removed) must never trigger a replacement."""
     view = etcd(member(0), member(2))
-    stale = EtcdView(reachable=True, members=view.members, leader_id=view.leader_id, cluster_id=1, unlisted=(1,))
-    p = P.plan(obs(view=stale, replicas=3, pod_map=pods(0, 1, 2), pvc_map=pvcs({0: "100", 1: "101", 2: "102"})), REF)
+    stale = EtcdView(
+        reachable=True, members=view.members, leader_id=view.leader_id, cluster_id=1, unlisted=(1,)
+    )
+    p = P.plan(
+        obs(view=stale, replicas=3, pod_map=pods(0, 1, 2), pvc_map=pvcs({0: "100", 1: "101", 2: "102"})), REF
+    )
     assert isinstance(p.action, P.Wait) and "MembershipInconsistent" in dict(p.degraded)
 
 
 def test_nospace_alarm_defragments_followers_first_leader_last():
     view, pm, vm = healthy_cluster(3, leader=1)
-    nospace = EtcdView(reachable=True, members=view.members, leader_id=view.leader_id, cluster_id=1,
-                       alarms=("NOSPACE on 101",), nospace=True)
+    nospace = EtcdView(
+        reachable=True,
+        members=view.members,
+        leader_id=view.leader_id,
+        cluster_id=1,
+        alarms=("NOSPACE on 101",),
+        nospace=True,
+    )
     p = P.plan(obs(view=nospace, replicas=3, pod_map=pm, pvc_map=vm), REF)
     assert p.action == P.RecoverSpace((2, 0, 1), 256 * 2**20)  # 1Gi volume: the derived quota
-    sick = EtcdView(reachable=True, members=(member(0), member(1), member(2, healthy=False)), leader_id=0x101,
-                    cluster_id=1, nospace=True)
+    sick = EtcdView(
+        reachable=True,
+        members=(member(0), member(1), member(2, healthy=False)),
+        leader_id=0x101,
+        cluster_id=1,
+        nospace=True,
+    )
     assert isinstance(decide(obs(view=sick, replicas=3, pod_map=pm, pvc_map=vm)), P.Wait)
 
 
@@ -515,10 +743,18 @@ def test_malformed_spec_is_reported_not_fatal():
 
 # -- issue 14 item 7: space ----------------------------------------------------------------------
 
+
 def test_corrupt_alarm_stops_everything_and_is_never_disarmed():
     view, pm, vm = healthy_cluster(3, leader=1)
-    both = EtcdView(reachable=True, members=view.members, leader_id=view.leader_id, cluster_id=1,
-                    alarms=("NOSPACE on 101", "CORRUPT on 102"), nospace=True, corrupt=True)
+    both = EtcdView(
+        reachable=True,
+        members=view.members,
+        leader_id=view.leader_id,
+        cluster_id=1,
+        alarms=("NOSPACE on 101", "CORRUPT on 102"),
+        nospace=True,
+        corrupt=True,
+    )
     p = P.plan(obs(view=both, replicas=3, pod_map=pm, pvc_map=vm), REF)
     assert isinstance(p.action, P.Wait) and "CorruptAlarm" in dict(p.degraded)
 
@@ -531,13 +767,23 @@ def test_space_is_recovered_only_when_defragmentation_frees_enough():
 
 def test_recover_space_passes_the_users_quota():
     view, pm, vm = healthy_cluster(1)
-    nospace = EtcdView(reachable=True, members=view.members, leader_id=view.leader_id, cluster_id=1, nospace=True)
-    a = decide(obs({"replicas": 1, "options": {"quotaBackendBytes": 4096}}, view=nospace, replicas=1, pod_map=pm,
-                   pvc_map=vm))
+    nospace = EtcdView(
+        reachable=True, members=view.members, leader_id=view.leader_id, cluster_id=1, nospace=True
+    )
+    a = decide(
+        obs(
+            {"replicas": 1, "options": {"quotaBackendBytes": 4096}},
+            view=nospace,
+            replicas=1,
+            pod_map=pm,
+            pvc_map=vm,
+        )
+    )
     assert a == P.RecoverSpace((0,), 4096)
 
 
 # -- issue 14 item 3: rollouts that cannot wedge -------------------------------------------------
+
 
 @pytest.mark.parametrize("why", ["CrashLoopBackOff", "ImagePullBackOff", "Pending"])
 def test_outdated_member_that_is_down_is_replaced_first(why):
@@ -545,9 +791,16 @@ def test_outdated_member_that_is_down_is_replaced_first(why):
     recreated at once, without waiting for every member to be healthy."""
     view = etcd(member(0), member(1), member(2, healthy=False), leader=0)
     pm = pods(0, 1, rev="r1")
-    pm[2] = PodState(name="c-2", ordinal=2, uid="pod-2", ready=False, revision="r2",
-                     phase="Pending" if why == "Pending" else "Running",
-                     waiting_reason=None if why == "Pending" else why, restarts=9 if why == "CrashLoopBackOff" else 0)
+    pm[2] = PodState(
+        name="c-2",
+        ordinal=2,
+        uid="pod-2",
+        ready=False,
+        revision="r2",
+        phase="Pending" if why == "Pending" else "Running",
+        waiting_reason=None if why == "Pending" else why,
+        restarts=9 if why == "CrashLoopBackOff" else 0,
+    )
     a = decide(obs(view=view, replicas=3, pod_map=pm, pvc_map=pvcs({0: "100", 1: "101", 2: "102"}), rev="r3"))
     assert a == P.RestartMember(2)
 
@@ -556,7 +809,9 @@ def test_outdated_healthy_but_unready_member_is_not_restarted_when_quorum_would_
     view = etcd(member(0), member(1, healthy=False), member(2), leader=0)
     pm = {**pods(0, 1, rev="r3"), **pods(2, rev="r2", ready=False)}
     pm[1] = PodState(name="c-1", ordinal=1, uid="pod-1", ready=False, revision="r3")
-    p = P.plan(obs(view=view, replicas=3, pod_map=pm, pvc_map=pvcs({0: "100", 1: "101", 2: "102"}), rev="r3"), REF)
+    p = P.plan(
+        obs(view=view, replicas=3, pod_map=pm, pvc_map=pvcs({0: "100", 1: "101", 2: "102"}), rev="r3"), REF
+    )
     assert p.action != P.RestartMember(2)
     assert "RollingUpdateBlocked" in dict(p.degraded)
 
@@ -564,16 +819,29 @@ def test_outdated_healthy_but_unready_member_is_not_restarted_when_quorum_would_
 def test_scale_up_waiting_on_an_unhealthy_member_does_not_block_the_fix():
     view = etcd(member(0), member(1), member(2, healthy=False), leader=0)
     pm = {**pods(0, 1, rev="r1"), **pods(2, rev="r2", ready=False)}
-    a = decide(obs({"replicas": 5}, view=view, replicas=3, pod_map=pm, pvc_map=pvcs({0: "100", 1: "101", 2: "102"}),
-                   rev="r3"))
+    a = decide(
+        obs(
+            {"replicas": 5},
+            view=view,
+            replicas=3,
+            pod_map=pm,
+            pvc_map=pvcs({0: "100", 1: "101", 2: "102"}),
+            rev="r3",
+        )
+    )
     assert a == P.RestartMember(2)
 
 
 def test_learner_that_cannot_start_is_restarted_on_the_corrected_template():
     view = etcd(member(0), member(1), member(2, id=0x999, learner=True, started=False))
     pm = {**pods(0, 1, rev="r1"), **pods(2, rev="r2", ready=False, waiting_reason="ImagePullBackOff")}
-    base = {"view": view, "replicas": 3, "pod_map": pm, "pvc_map": pvcs({0: "100", 1: "101", 2: "999"}),
-            "tickets": {2: "999"}}
+    base = {
+        "view": view,
+        "replicas": 3,
+        "pod_map": pm,
+        "pvc_map": pvcs({0: "100", 1: "101", 2: "999"}),
+        "tickets": {2: "999"},
+    }
     assert isinstance(decide(obs(**base, rev="r2")), P.Wait)  # nothing to correct yet: wait for it
     assert decide(obs(**base, rev="r3")) == P.RestartMember(2)
 
@@ -582,11 +850,21 @@ def test_no_member_answers_outdated_pods_are_restarted_on_the_corrected_template
     pm = {**pods(0, 1, 2, rev="r2", ready=False)}
     a = decide(obs(replicas=3, pod_map=pm, pvc_map=pvcs({0: "100", 1: "101", 2: "102"}), rev="r3"))
     assert a == P.RestartMember(2)
-    assert isinstance(decide(obs(replicas=3, pod_map=pods(0, 1, 2, rev="r3", ready=False),
-                                 pvc_map=pvcs({0: "100", 1: "101", 2: "102"}), rev="r3")), P.Wait)
+    assert isinstance(
+        decide(
+            obs(
+                replicas=3,
+                pod_map=pods(0, 1, 2, rev="r3", ready=False),
+                pvc_map=pvcs({0: "100", 1: "101", 2: "102"}),
+                rev="r3",
+            )
+        ),
+        P.Wait,
+    )
 
 
 # -- issue 14 item 9 / item 6 -------------------------------------------------------------------------
+
 
 def test_pod_roles_label_voters_and_learners():
     view = etcd(member(0), member(1), member(2, learner=True, started=False))
@@ -613,6 +891,7 @@ def test_objects_of_a_previous_cluster_of_the_same_name_are_waited_for():
 
 # -- issue 14 item 7: growing storage expands the volumes --------------------------------------------
 
+
 def test_grown_storage_expands_volumes_one_at_a_time_last():
     from dataclasses import replace
 
@@ -627,5 +906,7 @@ def test_grown_storage_expands_volumes_one_at_a_time_last():
     # a rolling change comes first: a StorageClass that refuses expansion must block nothing
     a = decide(obs(grown, view=view, replicas=3, pod_map=pods(0, 1, 2, rev="r0"), pvc_map=vm, rev="r1"))
     assert isinstance(a, (P.RestartMember, P.MoveLeader))
-    p = P.plan(obs({"replicas": 3, "storage": {"size": "512Mi"}}, view=view, replicas=3, pod_map=pm, pvc_map=vm), REF)
+    p = P.plan(
+        obs({"replicas": 3, "storage": {"size": "512Mi"}}, view=view, replicas=3, pod_map=pm, pvc_map=vm), REF
+    )
     assert isinstance(p.action, P.Converged) and "VolumeShrinkRefused" in dict(p.degraded)

@@ -21,20 +21,35 @@ from podsecurity import restricted_violations
 
 REF = ClusterRef("prod", "orders", "0c1d2e3f-aaaa-bbbb-cccc-123456789abc")
 IMAGES = Images(operator="registry.local/etcd-operator:0.1.0", store="registry.local/etcdstore:0.1.0")
-S3 = {"restore": {"source": {"s3": {"bucket": "b", "key": "k/x.db", "endpoint": "http://minio:9000",
-                                    "credentialsSecret": "s3"}}, "sha256": "a" * 64}}
-PVC = {"engine": "etcd", "version": "3.5.9", "restore": {"source": {"pvc": {"claimName": "old", "path": "dir/x.db"}}},
-       "pod": {"nodeSelector": {"disk": "ssd"},
-               "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "etcd", "effect": "NoSchedule"}]},
-       "imagePullSecrets": [{"name": "regcred"}]}
+S3 = {
+    "restore": {
+        "source": {
+            "s3": {"bucket": "b", "key": "k/x.db", "endpoint": "http://minio:9000", "credentialsSecret": "s3"}
+        },
+        "sha256": "a" * 64,
+    }
+}
+PVC = {
+    "engine": "etcd",
+    "version": "3.5.9",
+    "restore": {"source": {"pvc": {"claimName": "old", "path": "dir/x.db"}}},
+    "pod": {
+        "nodeSelector": {"disk": "ssd"},
+        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "etcd", "effect": "NoSchedule"}],
+    },
+    "imagePullSecrets": [{"name": "regcred"}],
+}
 
 
-@pytest.mark.parametrize(("engine", "version", "tool"), [
-    ("etcd", "3.4.23", ["etcdctl", "snapshot", "restore"]),
-    ("etcd", "3.5.9", ["etcdutl", "snapshot", "restore"]),
-    ("etcd", "3.6.0", ["etcdutl", "snapshot", "restore"]),
-    ("etcdstore", "3.4.23", ["etcdstore", "snapshot", "restore"]),
-])
+@pytest.mark.parametrize(
+    ("engine", "version", "tool"),
+    [
+        ("etcd", "3.4.23", ["etcdctl", "snapshot", "restore"]),
+        ("etcd", "3.5.9", ["etcdutl", "snapshot", "restore"]),
+        ("etcd", "3.6.0", ["etcdutl", "snapshot", "restore"]),
+        ("etcdstore", "3.4.23", ["etcdstore", "snapshot", "restore"]),
+    ],
+)
 def test_restore_tool_matches_engine_and_version(engine, version, tool):
     assert restore_tool(engine, version) == tool
 
@@ -55,9 +70,13 @@ def test_restore_job_steps(spec):
     assert fetch["command"] == ["etcdoperator", "restore-member", "fetch"]
     assert finish["command"] == ["etcdoperator", "restore-member", "finish"]
     # the engine's own tool, in the member image of the target version
-    member = statefulset(REF, s, images=IMAGES, version=s.version, replicas=1)["spec"]["template"]["spec"]["containers"][0]
+    member = statefulset(REF, s, images=IMAGES, version=s.version, replicas=1)["spec"]["template"]["spec"][
+        "containers"
+    ][0]
     assert restore["image"] == member["image"]
-    assert restore["command"] + restore["args"][:3] == restore_tool(s.engine, s.version) + [f"{SCRATCH}/snapshot.db"]
+    assert restore["command"] + restore["args"][:3] == restore_tool(s.engine, s.version) + [
+        f"{SCRATCH}/snapshot.db"
+    ]
     args = restore["args"]
     peer = "http://orders-0.orders.prod.svc.cluster.local:2380"
     assert "--name=orders-0" in args and f"--initial-cluster=orders-0={peer}" in args
@@ -73,7 +92,11 @@ def test_restore_job_steps(spec):
     else:
         assert vols["backup"]["persistentVolumeClaim"] == {"claimName": "old", "readOnly": True}
         assert "--source=file:///backup/dir/x.db" in fetch["args"]
-        assert [m["name"] for m in restore["volumeMounts"]] == ["data"] == [m["name"] for m in finish["volumeMounts"]]
+        assert (
+            [m["name"] for m in restore["volumeMounts"]]
+            == ["data"]
+            == [m["name"] for m in finish["volumeMounts"]]
+        )
         # scheduled where a member may run: the volume binds on the Job's node
         assert pod["nodeSelector"] == {"disk": "ssd"} and pod["tolerations"][0]["key"] == "dedicated"
         assert pod["imagePullSecrets"] == [{"name": "regcred"}]
@@ -94,11 +117,18 @@ PREF = ClusterRef("ns", "c", "uid-1")
 
 
 def _obs(spec=None, *, job=None, restored=False, pvcs=(), pods=(), boot=None, view=None) -> Observed:
-    kube = KubeView(pvcs={k: PVCState(name=f"data-c-{k}", ordinal=k, uid=f"v{k}", member_id=mid) for k, mid in pvcs},
-                    pods={k: PodState(name=f"c-{k}", ordinal=k, uid=f"p{k}") for k in pods},
-                    bootstrap=boot, restore_job=job, restored=restored)
-    return Observed(spec=parse_cluster_spec(spec or {"replicas": 3, **S3}), kube=kube,
-                    etcd=view or EtcdView(reachable=False, error="no member pods yet"))
+    kube = KubeView(
+        pvcs={k: PVCState(name=f"data-c-{k}", ordinal=k, uid=f"v{k}", member_id=mid) for k, mid in pvcs},
+        pods={k: PodState(name=f"c-{k}", ordinal=k, uid=f"p{k}") for k in pods},
+        bootstrap=boot,
+        restore_job=job,
+        restored=restored,
+    )
+    return Observed(
+        spec=parse_cluster_spec(spec or {"replicas": 3, **S3}),
+        kube=kube,
+        etcd=view or EtcdView(reachable=False, error="no member pods yet"),
+    )
 
 
 def _act(o: Observed) -> P.Action:
@@ -134,14 +164,31 @@ def test_restore_needs_a_volume():
 
 
 def test_restore_job_is_deleted_once_the_cluster_has_formed():
-    m = MemberState(id=0x100, name="c-0", peer_urls=("http://c-0.c.ns.svc:2380",), ordinal=0, healthy=True,
-                    raft_index=5, version="3.4.23")
+    m = MemberState(
+        id=0x100,
+        name="c-0",
+        peer_urls=("http://c-0.c.ns.svc:2380",),
+        ordinal=0,
+        healthy=True,
+        raft_index=5,
+        version="3.4.23",
+    )
     view = EtcdView(reachable=True, members=(m,), leader_id=0x100, cluster_id=1)
     ic = P.initial_cluster(PREF, view.members)
     formed = BootstrapState(state="existing", initial_cluster=ic, token="t")
-    o = _obs({"replicas": 1, **S3}, job="Complete", restored=True, pvcs=[(0, "100")], pods=[0], boot=formed, view=view)
+    o = _obs(
+        {"replicas": 1, **S3},
+        job="Complete",
+        restored=True,
+        pvcs=[(0, "100")],
+        pods=[0],
+        boot=formed,
+        view=view,
+    )
     assert isinstance(_act(o), P.DeleteRestoreJob)
     # while the seed has not formed the cluster yet, the Job stays
     new = BootstrapState(state="new", initial_cluster=ic, token="t")
-    o = _obs({"replicas": 1, **S3}, job="Complete", restored=True, pvcs=[(0, "100")], pods=[0], boot=new, view=view)
+    o = _obs(
+        {"replicas": 1, **S3}, job="Complete", restored=True, pvcs=[(0, "100")], pods=[0], boot=new, view=view
+    )
     assert isinstance(_act(o), P.MarkFormed)

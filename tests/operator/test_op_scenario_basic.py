@@ -50,7 +50,9 @@ async def test_create_write_scale_up_and_down_then_delete(world):
     assert cm["data"]["initial-cluster-state"] == "existing"
     claims = world.claims("alpha")
     assert sorted(claims) == ["data-alpha-0", "data-alpha-1", "data-alpha-2"]
-    assert {c["metadata"]["annotations"]["etcdstore.io/member-id"] for c in claims.values()} == set(first_ids.values())
+    assert {c["metadata"]["annotations"]["etcdstore.io/member-id"] for c in claims.values()} == set(
+        first_ids.values()
+    )
 
     # 3 -> 5: learners, one at a time, then promoted
     await world.patch_spec("alpha", {"replicas": 5})
@@ -65,11 +67,14 @@ async def test_create_write_scale_up_and_down_then_delete(world):
 
     # 5 -> 3 through the scale subresource (kubectl scale): highest ordinals removed, StatefulSet
     # shrunk, their volumes deleted
-    await world.harness.patch("etcdstore.io/v1alpha1/etcdclusters", "default", "alpha", {"spec": {"replicas": 3}},
-                              sub="scale")
+    await world.harness.patch(
+        "etcdstore.io/v1alpha1/etcdclusters", "default", "alpha", {"spec": {"replicas": 3}}, sub="scale"
+    )
     await world.wait_available("alpha", 3)
-    await world.wait_for("volumes of removed members deleted",
-                         lambda: sorted(world.claims("alpha")) == ["data-alpha-0", "data-alpha-1", "data-alpha-2"])
+    await world.wait_for(
+        "volumes of removed members deleted",
+        lambda: sorted(world.claims("alpha")) == ["data-alpha-0", "data-alpha-1", "data-alpha-2"],
+    )
     assert member_ids(world, "alpha") == first_ids
     assert sorted(world.pods("alpha")) == ["alpha-0", "alpha-1", "alpha-2"]
     assert api.get_object("apps/v1/statefulsets", "default", "alpha")["spec"]["replicas"] == 3
@@ -83,8 +88,11 @@ async def test_create_write_scale_up_and_down_then_delete(world):
 
     # Prometheus metrics and kopf's liveness endpoint
     metrics = await world.operator.metrics()
-    ops = {line.split("{")[1].split("}")[0]: float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
-           if line.startswith("etcdoperator_member_operations_total{")}
+    ops = {
+        line.split("{")[1].split("}")[0]: float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("etcdoperator_member_operations_total{")
+    }
     assert ops['cluster="alpha",namespace="default",operation="member-add",result="ok"'] == 4
     assert ops['cluster="alpha",namespace="default",operation="member-remove",result="ok"'] == 2
     assert 'etcdoperator_reconciles_total{action="Converged",cluster="alpha",namespace="default"}' in metrics
@@ -92,11 +100,18 @@ async def test_create_write_scale_up_and_down_then_delete(world):
 
     # delete: finalizer removes the volumes, owned objects are garbage-collected, members stop
     await world.harness.delete("etcdstore.io/v1alpha1/etcdclusters", "default", "alpha")
-    await world.wait_for("everything cleaned up", lambda: world.cluster("alpha") is None and not world.claims("alpha")
-                         and not world.pods("alpha")
-                         and api.get_object("apps/v1/statefulsets", "default", "alpha") is None
-                         and api.get_object("v1/configmaps", "default", "alpha-bootstrap") is None
-                         and api.get_object("v1/services", "default", "alpha-client") is None, timeout=60)
+    await world.wait_for(
+        "everything cleaned up",
+        lambda: (
+            world.cluster("alpha") is None
+            and not world.claims("alpha")
+            and not world.pods("alpha")
+            and api.get_object("apps/v1/statefulsets", "default", "alpha") is None
+            and api.get_object("v1/configmaps", "default", "alpha-bootstrap") is None
+            and api.get_object("v1/services", "default", "alpha-client") is None
+        ),
+        timeout=60,
+    )
     assert not world.harness.kubelet.pods, "member processes must be stopped"
 
 
@@ -111,24 +126,31 @@ async def test_pod_loss_keeps_identity_and_data_loss_replaces_member(world):
     # a deleted pod comes back as the same member, with its data
     old_uid = world.pods("beta")["beta-1"]["metadata"]["uid"]
     await world.harness.delete("v1/pods", "default", "beta-1")
-    await world.wait_for("beta-1 recreated", lambda: world.pods("beta").get("beta-1", {}).get("metadata", {}).get("uid")
-                         not in (None, old_uid))
+    await world.wait_for(
+        "beta-1 recreated",
+        lambda: world.pods("beta").get("beta-1", {}).get("metadata", {}).get("uid") not in (None, old_uid),
+    )
     await world.wait_available("beta", 3)
     assert member_ids(world, "beta") == ids
     assert await read_all(world, "beta", [1], "before") == {b"1"}
 
     # a crash (SIGKILL) is a container restart: same pod, same member
     world.harness.kubelet.runtime("default", "beta-2").kill()
-    await world.wait_for("beta-2 restarted", lambda: world.pods("beta")["beta-2"]["status"]["containerStatuses"][0]
-                         ["restartCount"] >= 1)
+    await world.wait_for(
+        "beta-2 restarted",
+        lambda: world.pods("beta")["beta-2"]["status"]["containerStatuses"][0]["restartCount"] >= 1,
+    )
     await world.wait_available("beta", 3)
     assert member_ids(world, "beta") == ids
 
     # the volume is lost (deleted with its pod): the member is removed and re-added fresh
     await world.harness.delete("v1/persistentvolumeclaims", "default", "data-beta-1")
     await world.harness.delete("v1/pods", "default", "beta-1")
-    await world.wait_for("beta-1 replaced by a new member",
-                         lambda: member_ids(world, "beta").get("beta-1") not in (None, ids["beta-1"]), timeout=90)
+    await world.wait_for(
+        "beta-1 replaced by a new member",
+        lambda: member_ids(world, "beta").get("beta-1") not in (None, ids["beta-1"]),
+        timeout=90,
+    )
     await world.wait_available("beta", 3)
     new_ids = member_ids(world, "beta")
     assert new_ids["beta-0"] == ids["beta-0"] and new_ids["beta-2"] == ids["beta-2"]
@@ -156,7 +178,9 @@ async def test_operator_crashes_after_member_add_and_remove_then_converges(world
     assert await world.operator.wait_exit(60) == 86
     async with world.client("gamma", ordinals=range(1)) as c:
         members = (await c.member_list()).members
-    assert len(members) == 2 and any(m.isLearner and not m.name for m in members), "MemberAdd happened, nothing else"
+    assert len(members) == 2 and any(m.isLearner and not m.name for m in members), (
+        "MemberAdd happened, nothing else"
+    )
     await world.operator.start()
     await world.wait_available("gamma", 2)
     async with world.client("gamma", ordinals=range(1)) as c:
@@ -170,8 +194,12 @@ async def test_operator_crashes_after_member_add_and_remove_then_converges(world
     assert world.api.get_object("apps/v1/statefulsets", "default", "gamma")["spec"]["replicas"] == 2
     await world.operator.start()
     await world.wait_available("gamma", 1)
-    await world.wait_for("gamma-1 gone with its volume", lambda: sorted(world.claims("gamma")) == ["data-gamma-0"]
-                         and sorted(world.pods("gamma")) == ["gamma-0"])
+    await world.wait_for(
+        "gamma-1 gone with its volume",
+        lambda: (
+            sorted(world.claims("gamma")) == ["data-gamma-0"] and sorted(world.pods("gamma")) == ["gamma-0"]
+        ),
+    )
     async with world.client("gamma") as c:
         assert (await c.get("x")).kvs[0].value == b"1"
         assert len((await c.member_list()).members) == 1

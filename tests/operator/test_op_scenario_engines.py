@@ -22,5 +22,7 @@ async def test_grow_write_shrink(world, member_engine):
     async with world.client("duo") as c:
         assert (await c.get("engine")).kvs[0].value == engine.encode()
         assert len((await c.member_list()).members) == 1
-    cmd = world.api.get_object("apps/v1/statefulsets", "default", "duo")["spec"]["template"]["spec"]["containers"][0]
+    cmd = world.api.get_object("apps/v1/statefulsets", "default", "duo")["spec"]["template"]["spec"][
+        "containers"
+    ][0]
     assert cmd["command"] == [engine]

@@ -34,9 +34,17 @@ async def test_crash_at_bootstrap_promote_move_leader_and_pvc_delete_converges(w
     await world.operator.stop()
     await world.patch_spec("delta", {"options": {"snapshotCount": 5000}})
     await _crash_at(world, "after-move-leader")
-    await world.wait_for("rolled", lambda: all(
-        "--snapshot-count=5000" in p["spec"]["containers"][0]["args"] for p in world.pods("delta").values())
-        and len(world.pods("delta")) == 2, timeout=120)
+    await world.wait_for(
+        "rolled",
+        lambda: (
+            all(
+                "--snapshot-count=5000" in p["spec"]["containers"][0]["args"]
+                for p in world.pods("delta").values()
+            )
+            and len(world.pods("delta")) == 2
+        ),
+        timeout=120,
+    )
     await world.wait_available("delta", 2)
 
     # after-pvc-delete: scale-down deleted the removed member's volume
@@ -44,8 +52,12 @@ async def test_crash_at_bootstrap_promote_move_leader_and_pvc_delete_converges(w
     await world.patch_spec("delta", {"replicas": 1})
     await _crash_at(world, "after-pvc-delete")
     await world.wait_available("delta", 1)
-    await world.wait_for("one pod, one volume", lambda: sorted(world.claims("delta")) == ["data-delta-0"]
-                         and sorted(world.pods("delta")) == ["delta-0"])
+    await world.wait_for(
+        "one pod, one volume",
+        lambda: (
+            sorted(world.claims("delta")) == ["data-delta-0"] and sorted(world.pods("delta")) == ["delta-0"]
+        ),
+    )
     async with world.client("delta") as c:
         assert (await c.get("k")).kvs[0].value == b"v"
         assert len((await c.member_list()).members) == 1

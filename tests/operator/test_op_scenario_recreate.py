@@ -15,8 +15,15 @@ pytestmark = pytest.mark.etcd
 
 async def _delete_and_wait(world, name: str) -> None:
     await world.harness.delete("etcdstore.io/v1alpha1/etcdclusters", "default", name)
-    await world.wait_for(f"{name} gone", lambda: world.cluster(name) is None and not world.pods(name)
-                         and world.api.get_object("apps/v1/statefulsets", "default", name) is None, timeout=60)
+    await world.wait_for(
+        f"{name} gone",
+        lambda: (
+            world.cluster(name) is None
+            and not world.pods(name)
+            and world.api.get_object("apps/v1/statefulsets", "default", name) is None
+        ),
+        timeout=60,
+    )
 
 
 async def test_recreate_with_retained_volumes_brings_the_data_back_and_with_delete_starts_fresh(world):
@@ -28,7 +35,9 @@ async def test_recreate_with_retained_volumes_brings_the_data_back_and_with_dele
         await c.put("kept", "yes")
 
     await _delete_and_wait(world, "eps")
-    assert sorted(world.claims("eps")) == ["data-eps-0", "data-eps-1", "data-eps-2"], "Retain keeps the volumes"
+    assert sorted(world.claims("eps")) == ["data-eps-0", "data-eps-1", "data-eps-2"], (
+        "Retain keeps the volumes"
+    )
 
     await world.create_cluster("eps", {"replicas": 3, "storage": {"reclaimPolicy": "Delete"}})
     st = await world.wait_available("eps", 3, timeout=120)

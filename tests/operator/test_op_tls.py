@@ -10,8 +10,15 @@ from etcdoperator.naming import ANNOTATION_CA_ROTATION, ClusterRef
 from etcdoperator.spec import parse_cluster_spec
 
 REF = ClusterRef("ns", "c", "uid")
-SPEC = parse_cluster_spec({"tls": {"client": {"mode": "auto"}, "peer": {"mode": "auto"},
-                                   "auto": {"caValidityDays": 400, "certificateValidityDays": 90, "renewBeforeDays": 30}}})
+SPEC = parse_cluster_spec(
+    {
+        "tls": {
+            "client": {"mode": "auto"},
+            "peer": {"mode": "auto"},
+            "auto": {"caValidityDays": 400, "certificateValidityDays": 90, "renewBeforeDays": 30},
+        }
+    }
+)
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 
@@ -69,7 +76,9 @@ def test_ca_rotation_never_breaks_trust_between_members():
     for name in ("c-server-tls", "c-peer-tls"):
         d = state[name].data
         assert d["ca.crt"] == bundle
-        assert certs.signed_by(d["tls.crt"], old_ca), "leaves stay on the old CA until everyone trusts the new one"
+        assert certs.signed_by(d["tls.crt"], old_ca), (
+            "leaves stay on the old CA until everyone trusts the new one"
+        )
     # not rolled yet: nothing moves
     assert tlsplan.plan_tls(REF, SPEC, state, now=t, rolled=False) == []
     state = apply(state, tlsplan.plan_tls(REF, SPEC, state, now=t, rolled=True))

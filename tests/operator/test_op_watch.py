@@ -11,13 +11,20 @@ from etcdoperator import handlers
 from etcdoperator.kube import PODS, STATEFULSETS, Kube
 from kubeharness.apiserver import ApiServer
 
-MEMBER = {"app.kubernetes.io/managed-by": "etcd-operator", "app.kubernetes.io/component": "member",
-          "app.kubernetes.io/instance": "c"}
+MEMBER = {
+    "app.kubernetes.io/managed-by": "etcd-operator",
+    "app.kubernetes.io/component": "member",
+    "app.kubernetes.io/instance": "c",
+}
 
 
 def _pod(name: str, labels: dict[str, str]) -> dict:
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "ns", "labels": labels},
-            "spec": {"containers": [{"name": "x", "image": "x"}]}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": "ns", "labels": labels},
+        "spec": {"containers": [{"name": "x", "image": "x"}]},
+    }
 
 
 async def test_watch_gets_only_member_pods_from_the_server():
@@ -58,5 +65,8 @@ async def test_watch_gets_only_member_pods_from_the_server():
 def test_watched_selectors():
     (pods, pod_labels), (sts, sts_labels) = handlers.WATCHED
     assert pods is PODS and sts is STATEFULSETS
-    assert pod_labels == {"app.kubernetes.io/managed-by": "etcd-operator", "app.kubernetes.io/component": "member"}
+    assert pod_labels == {
+        "app.kubernetes.io/managed-by": "etcd-operator",
+        "app.kubernetes.io/component": "member",
+    }
     assert sts_labels == {"app.kubernetes.io/managed-by": "etcd-operator"}

@@ -214,11 +214,22 @@ def test_operator_restore_member_with_etcd_snapshot(etcd_source, tmp_path: Path)
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     op = [sys.executable, "-m", "etcdoperator", "restore-member"]
     steps = [
-        op + ["fetch", f"--data-dir={m.data_dir}", f"--scratch={scratch}",
-              f"--source=file://{etcd_source['snapshot']}", f"--sha256={sha}"],
-        restore_tool("etcdstore", "") + restore_args(
-            snapshot=str(scratch / SNAPSHOT), name="seed", peer_url=m.peer_url, token=m.cluster_token,
-            data_dir=str(m.data_dir)),
+        op
+        + [
+            "fetch",
+            f"--data-dir={m.data_dir}",
+            f"--scratch={scratch}",
+            f"--source=file://{etcd_source['snapshot']}",
+            f"--sha256={sha}",
+        ],
+        restore_tool("etcdstore", "")
+        + restore_args(
+            snapshot=str(scratch / SNAPSHOT),
+            name="seed",
+            peer_url=m.peer_url,
+            token=m.cluster_token,
+            data_dir=str(m.data_dir),
+        ),
         op + ["finish", f"--data-dir={m.data_dir}", f"--scratch={scratch}"],
     ]
     for cmd in steps:

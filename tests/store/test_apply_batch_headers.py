@@ -14,20 +14,41 @@ from procs import free_port
 async def _run(data_dir: str) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    cfg = parse_args(["--name", "h", "--data-dir", data_dir, "--listen-peer-urls", url,
-                      "--initial-advertise-peer-urls", url, "--initial-cluster", f"h={url}"], {})
+    cfg = parse_args(
+        [
+            "--name",
+            "h",
+            "--data-dir",
+            data_dir,
+            "--listen-peer-urls",
+            url,
+            "--initial-advertise-peer-urls",
+            url,
+            "--initial-cluster",
+            f"h={url}",
+        ],
+        {},
+    )
     s = EtcdServer(cfg)
     await s.start()
     try:
         while s.leader_id == 0:
             await asyncio.sleep(0.01)
-        grant = await s.propose(Kind.LEASE_GRANT, rpc_pb2.LeaseGrantRequest(ID=7, TTL=600).SerializeToString())
+        grant = await s.propose(
+            Kind.LEASE_GRANT, rpc_pb2.LeaseGrantRequest(ID=7, TTL=600).SerializeToString()
+        )
         assert grant.ID == 7
         await s.propose(Kind.PUT, rpc_pb2.PutRequest(key=b"leased", value=b"v", lease=7).SerializeToString())
         # Queue a revoke and several later puts before the drive loop runs: one Ready, one batch.
-        revoke = asyncio.ensure_future(s.propose(Kind.LEASE_REVOKE, rpc_pb2.LeaseRevokeRequest(ID=7).SerializeToString()))
-        puts = [asyncio.ensure_future(s.propose(Kind.PUT, rpc_pb2.PutRequest(key=b"p%d" % i, value=b"x")
-                                               .SerializeToString())) for i in range(5)]
+        revoke = asyncio.ensure_future(
+            s.propose(Kind.LEASE_REVOKE, rpc_pb2.LeaseRevokeRequest(ID=7).SerializeToString())
+        )
+        puts = [
+            asyncio.ensure_future(
+                s.propose(Kind.PUT, rpc_pb2.PutRequest(key=b"p%d" % i, value=b"x").SerializeToString())
+            )
+            for i in range(5)
+        ]
         revoked = await revoke
         put_revs = [p.header.revision for p in await asyncio.gather(*puts)]
         deleted_at = revoked.header.revision

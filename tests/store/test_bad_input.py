@@ -41,37 +41,52 @@ def kv(ch):
 
 def raw(method: str, body: bytes):
     def call(ch):
-        return ch.unary_unary(method, request_serializer=lambda b: b, response_deserializer=lambda b: b)(body,
-                                                                                                         timeout=10)
+        return ch.unary_unary(method, request_serializer=lambda b: b, response_deserializer=lambda b: b)(
+            body, timeout=10
+        )
+
     return call
 
 
 CASES = {
     "empty key": lambda ch: kv(ch).Put(rpc_pb2.PutRequest(key=b"", value=b"v"), timeout=10),
     "empty range key": lambda ch: kv(ch).Range(rpc_pb2.RangeRequest(key=b""), timeout=10),
-    "oversized put": lambda ch: kv(ch).Put(rpc_pb2.PutRequest(key=b"big", value=b"x" * (1536 * 1024 + 100)),
-                                           timeout=10),
+    "oversized put": lambda ch: kv(ch).Put(
+        rpc_pb2.PutRequest(key=b"big", value=b"x" * (1536 * 1024 + 100)), timeout=10
+    ),
     "unknown sort order": lambda ch: kv(ch).Range(rpc_pb2.RangeRequest(key=b"a", sort_order=7), timeout=10),
-    "far oversized put": lambda ch: kv(ch).Put(rpc_pb2.PutRequest(key=b"big", value=b"x" * (3 << 20)), timeout=10),
-    "too many txn ops": lambda ch: kv(ch).Txn(rpc_pb2.TxnRequest(
-        success=[rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=b"k%d" % i)) for i in range(129)]), timeout=10),
-    "ignore_value on missing key": lambda ch: kv(ch).Put(rpc_pb2.PutRequest(key=b"missing", ignore_value=True),
-                                                         timeout=10),
-    "lease too large": lambda ch: rpc_pb2_grpc.LeaseStub(ch).LeaseGrant(rpc_pb2.LeaseGrantRequest(TTL=9_000_000_001),
-                                                                         timeout=10),
-    "revoke unknown lease": lambda ch: rpc_pb2_grpc.LeaseStub(ch).LeaseRevoke(rpc_pb2.LeaseRevokeRequest(ID=42),
-                                                                                timeout=10),
+    "far oversized put": lambda ch: kv(ch).Put(
+        rpc_pb2.PutRequest(key=b"big", value=b"x" * (3 << 20)), timeout=10
+    ),
+    "too many txn ops": lambda ch: kv(ch).Txn(
+        rpc_pb2.TxnRequest(
+            success=[rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=b"k%d" % i)) for i in range(129)]
+        ),
+        timeout=10,
+    ),
+    "ignore_value on missing key": lambda ch: kv(ch).Put(
+        rpc_pb2.PutRequest(key=b"missing", ignore_value=True), timeout=10
+    ),
+    "lease too large": lambda ch: rpc_pb2_grpc.LeaseStub(ch).LeaseGrant(
+        rpc_pb2.LeaseGrantRequest(TTL=9_000_000_001), timeout=10
+    ),
+    "revoke unknown lease": lambda ch: rpc_pb2_grpc.LeaseStub(ch).LeaseRevoke(
+        rpc_pb2.LeaseRevokeRequest(ID=42), timeout=10
+    ),
     "future revision": lambda ch: kv(ch).Range(rpc_pb2.RangeRequest(key=b"a", revision=1 << 40), timeout=10),
     "compact future": lambda ch: kv(ch).Compact(rpc_pb2.CompactionRequest(revision=1 << 40), timeout=10),
     "undecodable protobuf": raw("/etcdserverpb.KV/Put", b"\xff\xff\xff\xff garbage"),
     "unknown method": raw("/etcdserverpb.KV/NoSuchMethod", b""),
     "unknown service": raw("/etcdserverpb.Nope/Put", b""),
     "member remove unknown": lambda ch: rpc_pb2_grpc.ClusterStub(ch).MemberRemove(
-        rpc_pb2.MemberRemoveRequest(ID=12345), timeout=10),
+        rpc_pb2.MemberRemoveRequest(ID=12345), timeout=10
+    ),
     "promote non-learner": lambda ch: rpc_pb2_grpc.ClusterStub(ch).MemberPromote(
-        rpc_pb2.MemberPromoteRequest(ID=12345), timeout=10),
+        rpc_pb2.MemberPromoteRequest(ID=12345), timeout=10
+    ),
     "member add bad url": lambda ch: rpc_pb2_grpc.ClusterStub(ch).MemberAdd(
-        rpc_pb2.MemberAddRequest(peerURLs=["not a url"]), timeout=10),
+        rpc_pb2.MemberAddRequest(peerURLs=["not a url"]), timeout=10
+    ),
 }
 
 
@@ -87,7 +102,10 @@ def test_same_status_as_etcd(endpoints, case):
     else:
         assert got == want
     # ...and the member still serves.
-    assert outcome(ours, lambda ch: kv(ch).Put(rpc_pb2.PutRequest(key=b"alive", value=b"1"), timeout=10)) == ("OK", "")
+    assert outcome(ours, lambda ch: kv(ch).Put(rpc_pb2.PutRequest(key=b"alive", value=b"1"), timeout=10)) == (
+        "OK",
+        "",
+    )
 
 
 def test_unknown_sort_target_is_refused_not_a_crash(endpoints):
@@ -95,5 +113,7 @@ def test_unknown_sort_target_is_refused_not_a_crash(endpoints):
     _, ours = endpoints
     req = rpc_pb2.RangeRequest(key=b"a", sort_target=9)
     assert outcome(ours, lambda ch: kv(ch).Range(req, timeout=10)) == (
-        "INVALID_ARGUMENT", "etcdserver: invalid sort option")
+        "INVALID_ARGUMENT",
+        "etcdserver: invalid sort option",
+    )
     assert outcome(ours, lambda ch: kv(ch).Range(rpc_pb2.RangeRequest(key=b"a"), timeout=10)) == ("OK", "")

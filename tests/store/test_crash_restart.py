@@ -10,7 +10,9 @@ from etcdstore.client import Client, Compare, Op
 from procs import Cluster
 
 
-async def _load(endpoint: str, acked: dict[bytes, tuple[bytes, int]], stop: asyncio.Event, writer: str) -> None:
+async def _load(
+    endpoint: str, acked: dict[bytes, tuple[bytes, int]], stop: asyncio.Event, writer: str
+) -> None:
     seq = 0
     async with Client([endpoint], timeout=2.0) as c:
         while not stop.is_set():
@@ -20,7 +22,9 @@ async def _load(endpoint: str, acked: dict[bytes, tuple[bytes, int]], stop: asyn
             try:
                 if seq % 3 == 0:
                     # A txn write: one revision, both keys.
-                    r = await c.txn([Compare.version(key) == 0], [Op.put(key, value), Op.put(key + b"/t", value)], [])
+                    r = await c.txn(
+                        [Compare.version(key) == 0], [Op.put(key, value), Op.put(key + b"/t", value)], []
+                    )
                     assert r.succeeded, f"create-only txn on fresh key {key!r} did not succeed"
                     acked[key] = (value, r.header.revision)
                     acked[key + b"/t"] = (value, r.header.revision)

@@ -104,8 +104,9 @@ def _constants() -> tuple[set[str], set[str]]:
                     called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
                     if called == "EtcdError":
                         names = {t.id for t in node.targets if isinstance(t, ast.Name)}
-                        (shared if path.name == "errors.py" and path.parent.name == "etcdstore" else local).update(
-                            names)
+                        (
+                            shared if path.name == "errors.py" and path.parent.name == "etcdstore" else local
+                        ).update(names)
     return shared, local
 
 
@@ -122,9 +123,15 @@ def _misuses(path: Path, shared: set[str], local: set[str]) -> list[str]:
     top_level = {id(stmt) for stmt in tree.body}
     bad = []
     for node in ast.walk(tree):
-        if not (isinstance(node, ast.Attribute) and node.attr in shared and isinstance(node.value, ast.Name)
-                and node.value.id in _ERRORS_MODULE_NAMES
-                or isinstance(node, ast.Name) and node.id in local and isinstance(node.ctx, ast.Load)):
+        if not (
+            isinstance(node, ast.Attribute)
+            and node.attr in shared
+            and isinstance(node.value, ast.Name)
+            and node.value.id in _ERRORS_MODULE_NAMES
+            or isinstance(node, ast.Name)
+            and node.id in local
+            and isinstance(node.ctx, ast.Load)
+        ):
             continue
         parent = parents[node]
         if isinstance(parent, ast.Call) and parent.func is node:
@@ -135,7 +142,9 @@ def _misuses(path: Path, shared: set[str], local: set[str]) -> list[str]:
             continue  # errors.X.code, errors.X.message
         if isinstance(parent, ast.Compare):
             continue  # e == errors.X, e in ...
-        if isinstance(parent, (ast.Tuple, ast.Set, ast.List)) and isinstance(parents.get(parent), ast.Compare):
+        if isinstance(parent, (ast.Tuple, ast.Set, ast.List)) and isinstance(
+            parents.get(parent), ast.Compare
+        ):
             continue  # e in (errors.X, errors.Y)
         stmt = node
         while id(stmt) not in top_level and stmt in parents:
@@ -149,19 +158,23 @@ def _misuses(path: Path, shared: set[str], local: set[str]) -> list[str]:
 def test_no_code_raises_a_constant_itself() -> None:
     shared, local = _constants()
     assert {"NO_SPACE", "TIMEOUT", "STOPPED"} <= shared and {"NO_PASSWORD_USER", "LOST_WATCHER"} <= local
-    bad = [m for root in SOURCES for path in sorted(root.rglob("*.py")) for m in _misuses(path, shared, local)]
+    bad = [
+        m for root in SOURCES for path in sorted(root.rglob("*.py")) for m in _misuses(path, shared, local)
+    ]
     assert not bad, "use errors.X() (a fresh exception):\n" + "\n".join(bad)
 
 
 def test_the_source_check_finds_a_bare_raise(tmp_path: Path) -> None:
     sample = tmp_path / "sample.py"
-    sample.write_text("from etcdstore import errors\n"
-                      "def f(e):\n"
-                      "    if e == errors.NO_SPACE or e in (errors.TIMEOUT,):\n"
-                      "        raise errors.NO_SPACE()\n"
-                      "    fut.set_exception(errors.STOPPED)\n"
-                      "    raise errors.TIMEOUT from None\n"
-                      "    return LOST_WATCHER if e else LOST_WATCHER()\n")
+    sample.write_text(
+        "from etcdstore import errors\n"
+        "def f(e):\n"
+        "    if e == errors.NO_SPACE or e in (errors.TIMEOUT,):\n"
+        "        raise errors.NO_SPACE()\n"
+        "    fut.set_exception(errors.STOPPED)\n"
+        "    raise errors.TIMEOUT from None\n"
+        "    return LOST_WATCHER if e else LOST_WATCHER()\n"
+    )
     found = _misuses(sample, {"NO_SPACE", "TIMEOUT", "STOPPED"}, {"LOST_WATCHER"})
     assert sorted(line.split(":")[1] for line in found) == ["5", "6", "7"]
 
@@ -187,12 +200,25 @@ def _all_constants() -> list[tuple[str, errors.EtcdError]]:
 @pytest_asyncio.fixture
 async def member(tmp_path: Path) -> AsyncIterator[tuple[Member, int]]:
     client, peer = free_port(), free_port()
-    cfg = parse_args([
-        "--name", "n1", "--data-dir", str(tmp_path / "n1"),
-        "--listen-client-urls", f"http://127.0.0.1:{client}", "--advertise-client-urls", f"http://127.0.0.1:{client}",
-        "--listen-peer-urls", f"http://127.0.0.1:{peer}", "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
-        "--initial-cluster", f"n1=http://127.0.0.1:{peer}",
-    ], environ={})
+    cfg = parse_args(
+        [
+            "--name",
+            "n1",
+            "--data-dir",
+            str(tmp_path / "n1"),
+            "--listen-client-urls",
+            f"http://127.0.0.1:{client}",
+            "--advertise-client-urls",
+            f"http://127.0.0.1:{client}",
+            "--listen-peer-urls",
+            f"http://127.0.0.1:{peer}",
+            "--initial-advertise-peer-urls",
+            f"http://127.0.0.1:{peer}",
+            "--initial-cluster",
+            f"n1=http://127.0.0.1:{peer}",
+        ],
+        environ={},
+    )
     m = Member(cfg)
     await m.start()
     try:
@@ -253,6 +279,9 @@ async def test_after_failing_requests_no_constant_holds_a_traceback(member: tupl
             assert e.value.details() == errors.LEASE_NOT_FOUND.message
             ttl = await lease.LeaseTimeToLive(rpc_pb2.LeaseTimeToLiveRequest(ID=777))
             assert ttl.TTL == -1  # LEASE_NOT_FOUND, caught and compared in the service
-    touched = [name for name, e in constants
-               if e.__traceback__ is not None or e.__context__ is not None or e.__cause__ is not None]
+    touched = [
+        name
+        for name, e in constants
+        if e.__traceback__ is not None or e.__context__ is not None or e.__cause__ is not None
+    ]
     assert not touched, f"constants raised themselves: {touched}"

@@ -30,13 +30,19 @@ class Side:
 
     def run(self, *args: str, input: str | None = None) -> str:
         out = etcdctl(self.endpoint, *args, input=input, check=False)
-        text = out.stdout + ("" if out.returncode == 0 else f"\n[exit {out.returncode}] {_error_line(out.stderr)}")
+        text = out.stdout + (
+            "" if out.returncode == 0 else f"\n[exit {out.returncode}] {_error_line(out.stderr)}"
+        )
         return self.normalise(text)
 
     def normalise(self, text: str) -> str:
         for number, (value, name) in enumerate(self.ids.items(), start=1):
             # Decimal IDs appear in JSON: keep them numbers so the document still parses.
-            text = text.replace(str(value), str(number)).replace(f"{value:016x}", name).replace(f"{value:x}", name)
+            text = (
+                text.replace(str(value), str(number))
+                .replace(f"{value:016x}", name)
+                .replace(f"{value:x}", name)
+            )
         text = text.replace(self.endpoint, "ENDPOINT").replace(self.peer, "PEER")
         text = re.sub(r'"raft_term":\d+', '"raft_term":0', text)
         text = re.sub(r"took = [0-9.]+[µmn]?s", "took = D", text)
@@ -94,7 +100,15 @@ def both_json(sides, *args: str) -> dict:
 
 
 def test_kv_put_get_del_txn(sides):
-    for k, v in [("foo", "bar"), ("foo2", "bar2"), ("fop", "x"), ("a", "1"), ("b", "2"), ("b1", "21"), ("c", "3")]:
+    for k, v in [
+        ("foo", "bar"),
+        ("foo2", "bar2"),
+        ("fop", "x"),
+        ("a", "1"),
+        ("b", "2"),
+        ("b1", "21"),
+        ("c", "3"),
+    ]:
         assert both(sides, "put", k, v) == "OK\n"
     both(sides, "put", "foo", "bar-again", "--prev-kv")
     both(sides, "get", "foo")
@@ -142,8 +156,21 @@ def test_watch_history_and_live(sides):
     for side in sides:
         rev = json.loads(etcdctl(side.endpoint, "get", "w2", "-w", "json").stdout)["kvs"][0]["mod_revision"]
         proc = subprocess.Popen(
-            ["etcdctl", "--endpoints", side.endpoint, "watch", "w", "--prefix", "--rev", str(rev - 1), "--prev-kv"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={"ETCDCTL_API": "3", "PATH": "/usr/bin"},
+            [
+                "etcdctl",
+                "--endpoints",
+                side.endpoint,
+                "watch",
+                "w",
+                "--prefix",
+                "--rev",
+                str(rev - 1),
+                "--prev-kv",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={"ETCDCTL_API": "3", "PATH": "/usr/bin"},
         )
         time.sleep(0.8)
         etcdctl(side.endpoint, "put", "w3", "live")
@@ -163,15 +190,25 @@ def test_lease_lifecycle(sides):
     for lid, side in lids:
         etcdctl(side.endpoint, "put", "leased", "v", "--lease", lid)
         etcdctl(side.endpoint, "put", "leased2", "v", "--lease", lid)
-    for args in (["lease", "timetolive", "{}", "--keys"], ["lease", "keep-alive", "--once", "{}"], ["lease", "list"],
-                 ["lease", "revoke", "{}"], ["get", "leased", "--prefix"], ["lease", "timetolive", "{}"]):
+    for args in (
+        ["lease", "timetolive", "{}", "--keys"],
+        ["lease", "keep-alive", "--once", "{}"],
+        ["lease", "list"],
+        ["lease", "revoke", "{}"],
+        ["get", "leased", "--prefix"],
+        ["lease", "timetolive", "{}"],
+    ):
         got = []
         for lid, side in lids:
             out = side.run(*[a.replace("{}", lid) for a in args])
             if args == ["lease", "list"]:
                 out = "\n".join(sorted(out.splitlines()))  # etcd lists leases in Go map order
             # ...and a lease's attached keys too.
-            out = re.sub(r"attached keys\(\[([^\]]*)\]\)", lambda m: f"attached keys([{' '.join(sorted(m.group(1).split()))}])", out)
+            out = re.sub(
+                r"attached keys\(\[([^\]]*)\]\)",
+                lambda m: f"attached keys([{' '.join(sorted(m.group(1).split()))}])",
+                out,
+            )
             got.append(out)
         assert got[1] == got[0], f"{args}\n{got[0]}\n{got[1]}"
     both(sides, "put", "x", "y", "--lease", "1234")  # unknown lease

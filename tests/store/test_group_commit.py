@@ -42,7 +42,9 @@ def test_a_quiet_step_ends_the_wait_under_light_load() -> None:
 
 
 def test_waits_while_proposals_keep_arriving() -> None:
-    assert _windows(POLICY, last_batch=3, arrivals=[2, 1, 3]) == 4  # three steps brought some, the fourth none
+    assert (
+        _windows(POLICY, last_batch=3, arrivals=[2, 1, 3]) == 4
+    )  # three steps brought some, the fourth none
 
 
 def test_steady_load_waits_the_whole_cap() -> None:
@@ -67,7 +69,6 @@ def test_the_environment_tunes_step_and_cap() -> None:
     assert GroupCommit.from_env({}) == GroupCommit()
 
 
-
 def test_other_requests_in_flight_count_as_load() -> None:
     # A follower's Readies only forward proposals and take no time, so nothing "arrives during"
     # them; its own requests still waiting on the leader are what tells it that it is busy.
@@ -75,7 +76,10 @@ def test_other_requests_in_flight_count_as_load() -> None:
     assert POLICY.busy(own_queued=1, forwarded=0, arrived_during_ready=0, in_flight=1) is False  # only itself
     assert POLICY.busy(own_queued=1, forwarded=0, arrived_during_ready=2, in_flight=1) is True
     assert POLICY.busy(own_queued=POLICY.target, forwarded=0, arrived_during_ready=0, in_flight=300) is False
-    assert POLICY.busy(own_queued=100, forwarded=POLICY.target - 100, arrived_during_ready=3, in_flight=300) is False
+    assert (
+        POLICY.busy(own_queued=100, forwarded=POLICY.target - 100, arrived_during_ready=3, in_flight=300)
+        is False
+    )
 
 
 # ---- the driver around the policy ---------------------------------------------------------------------------
@@ -84,8 +88,15 @@ def test_other_requests_in_flight_count_as_load() -> None:
 def _driver(last_batch: int = 0, role: Role = Role.LEADER) -> RaftNode:
     host = SimpleNamespace(applied_index=0, transport=None, in_flight=lambda: 0)
     node = SimpleNamespace(term=1)
-    r = RaftNode(node, None, None, host, tick_seconds=0.1, heartbeat_seconds=0.1,  # type: ignore[arg-type]
-                 group_commit=POLICY)
+    r = RaftNode(
+        node,
+        None,
+        None,
+        host,
+        tick_seconds=0.1,
+        heartbeat_seconds=0.1,  # type: ignore[arg-type]
+        group_commit=POLICY,
+    )
     r._last_batch = last_batch
     r.role = role
     r._proposals = [b"p"]
@@ -128,7 +139,8 @@ def test_forwarded_proposals_count_toward_the_batch() -> None:
 
 
 async def test_a_gathering_leader_commits_what_answers_bring_without_ending_the_window(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     # Acks that arrive while proposals gather are stepped at the next step (their commit is
     # applied and answered then); the window itself goes on for the proposals.
     r = _driver(last_batch=POLICY.heavy)
@@ -200,8 +212,11 @@ async def test_commit_early_steps_answers_and_keeps_forwarded_proposals() -> Non
     r.node = node  # type: ignore[assignment]
     r._answers = 2
     r._handle_ready = handle_ready  # type: ignore[method-assign,assignment]
-    r._inbound = [Message(MessageType.APP_RESP, to=1, frm=2, term=1), prop,
-                  Message(MessageType.HEARTBEAT_RESP, to=1, frm=3, term=1)]
+    r._inbound = [
+        Message(MessageType.APP_RESP, to=1, frm=2, term=1),
+        prop,
+        Message(MessageType.HEARTBEAT_RESP, to=1, frm=3, term=1),
+    ]
     await r._commit_early()
     assert r._inbound == [prop] and r._answers == 0
     assert node.log == ["begin", "step APP_RESP", "step HEARTBEAT_RESP", "end", "advance rd"]
@@ -212,8 +227,21 @@ async def test_commit_early_steps_answers_and_keeps_forwarded_proposals() -> Non
 async def test_a_real_member_delays_load_but_not_a_lone_client(tmp_path) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    cfg = parse_args(["--name", "g", "--data-dir", str(tmp_path), "--listen-peer-urls", url,
-                      "--initial-advertise-peer-urls", url, "--initial-cluster", f"g={url}"], {})
+    cfg = parse_args(
+        [
+            "--name",
+            "g",
+            "--data-dir",
+            str(tmp_path),
+            "--listen-peer-urls",
+            url,
+            "--initial-advertise-peer-urls",
+            url,
+            "--initial-cluster",
+            f"g={url}",
+        ],
+        {},
+    )
     s = EtcdServer(cfg)
     gathered: list[int] = []
     real_gather = s.r._gather_proposals
@@ -231,7 +259,8 @@ async def test_a_real_member_delays_load_but_not_a_lone_client(tmp_path) -> None
 
         def put(i: int) -> asyncio.Future:
             return asyncio.ensure_future(
-                s.propose(Kind.PUT, rpc_pb2.PutRequest(key=b"k%d" % i, value=b"v").SerializeToString()))
+                s.propose(Kind.PUT, rpc_pb2.PutRequest(key=b"k%d" % i, value=b"v").SerializeToString())
+            )
 
         await put(-1)
         gathered.clear()

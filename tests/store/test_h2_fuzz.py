@@ -43,7 +43,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = range(10)
+DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = (
+    range(10)
+)
 INTERNAL_ERROR = 2
 SERVICE = "fuzz.Echo"
 EXAMPLES = int(os.environ.get("H2FUZZ_EXAMPLES", "400"))
@@ -72,7 +74,7 @@ def parse_frames(data: bytes) -> tuple[list[tuple[int, int, int, bytes]], bytes]
         n = (hi << 8) | lo
         if len(data) - pos - 9 < n:
             break
-        out.append((ftype, flags, sid & 0x7FFFFFFF, data[pos + 9:pos + 9 + n]))
+        out.append((ftype, flags, sid & 0x7FFFFFFF, data[pos + 9 : pos + 9 + n]))
         pos += 9 + n
     return out, data[pos:]
 
@@ -172,14 +174,17 @@ async def _abort(request: bytes, context: Any) -> bytes:
 
 def make_router() -> Router:
     router = Router(1 << 16)
-    router.add(SERVICE, {
-        "Unary": grpc.unary_unary_rpc_method_handler(_unary),
-        "Sleep": grpc.unary_unary_rpc_method_handler(_sleep),
-        "Stream": grpc.unary_stream_rpc_method_handler(_server_stream),
-        "Bidi": grpc.stream_stream_rpc_method_handler(_bidi),
-        "Collect": grpc.stream_unary_rpc_method_handler(_collect),
-        "Abort": grpc.unary_unary_rpc_method_handler(_abort),
-    })
+    router.add(
+        SERVICE,
+        {
+            "Unary": grpc.unary_unary_rpc_method_handler(_unary),
+            "Sleep": grpc.unary_unary_rpc_method_handler(_sleep),
+            "Stream": grpc.unary_stream_rpc_method_handler(_server_stream),
+            "Bidi": grpc.stream_stream_rpc_method_handler(_bidi),
+            "Collect": grpc.stream_unary_rpc_method_handler(_collect),
+            "Abort": grpc.unary_unary_rpc_method_handler(_abort),
+        },
+    )
     return router
 
 
@@ -203,10 +208,18 @@ def header_block(draw: st.DrawFn, enc: Encoder) -> bytes:
         # a Huffman string with an EOS / bad padding
         return b"\x00\x81\xff" + b"\x81" + draw(st.binary(min_size=1, max_size=1))
     method = draw(st.sampled_from(METHODS))
-    headers = [(":method", "POST"), (":scheme", "http"), (":path", f"/{SERVICE}/{method}"),
-               (":authority", "x"), ("content-type", "application/grpc"), ("te", "trailers")]
+    headers = [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", f"/{SERVICE}/{method}"),
+        (":authority", "x"),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+    ]
     if kind == "weird":
-        choice = draw(st.sampled_from(["drop", "upper", "dup", "conn", "timeout", "encoding", "big", "order"]))
+        choice = draw(
+            st.sampled_from(["drop", "upper", "dup", "conn", "timeout", "encoding", "big", "order"])
+        )
         if choice == "drop":
             headers.pop(draw(st.integers(0, len(headers) - 1)))
         elif choice == "upper":
@@ -228,30 +241,63 @@ def header_block(draw: st.DrawFn, enc: Encoder) -> bytes:
 
 @st.composite
 def one_frame(draw: st.DrawFn, enc: Encoder) -> bytes:
-    ftype = draw(st.sampled_from([DATA, DATA, HEADERS, HEADERS, HEADERS, PRIORITY, RST_STREAM, SETTINGS,
-                                  PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION, 0x0A, 0xEE]))
+    ftype = draw(
+        st.sampled_from(
+            [
+                DATA,
+                DATA,
+                HEADERS,
+                HEADERS,
+                HEADERS,
+                PRIORITY,
+                RST_STREAM,
+                SETTINGS,
+                PUSH_PROMISE,
+                PING,
+                GOAWAY,
+                WINDOW_UPDATE,
+                CONTINUATION,
+                0x0A,
+                0xEE,
+            ]
+        )
+    )
     sid = draw(stream_ids)
     flags = draw(st.one_of(flags_any, st.sampled_from([0, 1, 4, 5, 8, 0x20, 0x25, 0x2D])))
     if ftype == DATA:
-        payload = draw(st.one_of(
-            st.builds(_grpc, st.binary(max_size=200)),
-            st.builds(_grpc, st.binary(max_size=50), st.integers(0, 2**32 - 1)),
-            st.builds(_grpc, st.binary(max_size=50), st.none(), st.integers(0, 255)),
-            st.binary(max_size=300),
-            st.just(b"\0" * 16_384)))
+        payload = draw(
+            st.one_of(
+                st.builds(_grpc, st.binary(max_size=200)),
+                st.builds(_grpc, st.binary(max_size=50), st.integers(0, 2**32 - 1)),
+                st.builds(_grpc, st.binary(max_size=50), st.none(), st.integers(0, 255)),
+                st.binary(max_size=300),
+                st.just(b"\0" * 16_384),
+            )
+        )
     elif ftype in (HEADERS, CONTINUATION, PUSH_PROMISE):
         payload = draw(header_block(enc))
         if ftype == CONTINUATION and draw(st.booleans()):
-            payload = payload[:draw(st.integers(0, len(payload)))]
+            payload = payload[: draw(st.integers(0, len(payload)))]
     elif ftype == SETTINGS:
-        pairs = draw(st.lists(st.tuples(st.integers(0, 8), st.one_of(
-            st.integers(0, 2**32 - 1), st.sampled_from([0, 1, 16_383, 16_384, 65_535, 2**24 - 1, 2**24,
-                                                        2**31 - 1, 2**31]))), max_size=6))
+        pairs = draw(
+            st.lists(
+                st.tuples(
+                    st.integers(0, 8),
+                    st.one_of(
+                        st.integers(0, 2**32 - 1),
+                        st.sampled_from([0, 1, 16_383, 16_384, 65_535, 2**24 - 1, 2**24, 2**31 - 1, 2**31]),
+                    ),
+                ),
+                max_size=6,
+            )
+        )
         payload = b"".join(struct.pack(">HI", k, v) for k, v in pairs)
         if draw(st.integers(0, 9)) == 0:
             payload += b"\0"
     elif ftype == WINDOW_UPDATE:
-        payload = struct.pack(">I", draw(st.one_of(st.integers(0, 2**32 - 1), st.sampled_from([0, 1, 2**31 - 1]))))
+        payload = struct.pack(
+            ">I", draw(st.one_of(st.integers(0, 2**32 - 1), st.sampled_from([0, 1, 2**31 - 1])))
+        )
     elif ftype == RST_STREAM:
         payload = struct.pack(">I", draw(st.integers(0, 15)))
     elif ftype == PING:
@@ -266,12 +312,14 @@ def one_frame(draw: st.DrawFn, enc: Encoder) -> bytes:
         pad = draw(st.integers(0, 255))
         payload = bytes([pad]) + payload + b"\0" * draw(st.sampled_from([pad, 0, max(0, pad - 1)]))
     if ftype == HEADERS and flags & 0x20:  # PRIORITY fields (sometimes cut)
-        payload = draw(st.binary(min_size=0, max_size=5)).rjust(5, b"\0")[:draw(st.sampled_from([5, 5, 5, 2]))] \
+        payload = (
+            draw(st.binary(min_size=0, max_size=5)).rjust(5, b"\0")[: draw(st.sampled_from([5, 5, 5, 2]))]
             + payload
+        )
     if draw(st.integers(0, 29)) == 0:  # wrong length field or a wrong size of payload
         mutation = draw(st.sampled_from(["cut", "grow", "len"]))
         if mutation == "cut":
-            payload = payload[:draw(st.integers(0, len(payload)))]
+            payload = payload[: draw(st.integers(0, len(payload)))]
         elif mutation == "grow":
             payload += draw(st.binary(min_size=1, max_size=8))
         else:
@@ -289,8 +337,16 @@ def sessions(draw: st.DrawFn) -> tuple[bytes, list[int]]:
     # runs that exercise real call paths: a valid call on stream 1 (and a body), then anything
     if draw(st.booleans()):
         method = draw(st.sampled_from(METHODS))
-        block = enc.encode([(":method", "POST"), (":scheme", "http"), (":path", f"/{SERVICE}/{method}"),
-                            (":authority", "x"), ("content-type", "application/grpc"), ("te", "trailers")])
+        block = enc.encode(
+            [
+                (":method", "POST"),
+                (":scheme", "http"),
+                (":path", f"/{SERVICE}/{method}"),
+                (":authority", "x"),
+                ("content-type", "application/grpc"),
+                ("te", "trailers"),
+            ]
+        )
         out.append(frame(HEADERS, 4, 1, block))
         out.append(frame(DATA, draw(st.sampled_from([0, 1])), 1, _grpc(draw(st.binary(max_size=40)))))
     out += draw(st.lists(one_frame(enc), max_size=25))
@@ -327,7 +383,7 @@ async def _run(data: bytes, cuts: list[int]) -> tuple[weakref.ref, list[dict], F
     for n in cuts + [len(data)]:
         if pos >= len(data) or transport.is_closing():
             break
-        conn.data_received(data[pos:pos + n])
+        conn.data_received(data[pos : pos + n])
         pos += n
         await _settle()
     await _settle()
@@ -351,7 +407,7 @@ async def _run(data: bytes, cuts: list[int]) -> tuple[weakref.ref, list[dict], F
         acked = any(fr[0] == PING and fr[1] & 1 and fr[3] == b"fuzzping" for fr in after)
         closed = transport.is_closing() and any(fr[0] == GOAWAY for fr in after)
         # Unless the client's bytes end inside a frame (or the preface): then the PING is only more of it.
-        incomplete = not data.startswith(PREFACE) or bool(parse_frames(data[len(PREFACE):])[1])
+        incomplete = not data.startswith(PREFACE) or bool(parse_frames(data[len(PREFACE) :])[1])
         assert acked or closed or incomplete, "an open connection stopped answering PING"
     conn.connection_lost(None)
     await _settle()
@@ -422,14 +478,26 @@ def test_fuzz_ran_enough() -> None:
 
 
 def _enc_block(method: str = "Sleep") -> bytes:
-    return Encoder().encode([(":method", "POST"), (":scheme", "http"), (":path", f"/{SERVICE}/{method}"),
-                             (":authority", "x"), ("content-type", "application/grpc"), ("te", "trailers")])
+    return Encoder().encode(
+        [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", f"/{SERVICE}/{method}"),
+            (":authority", "x"),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+        ]
+    )
 
 
 def test_a_valid_session_is_served_and_healthy() -> None:
     """The fuzzer's checks hold for a plain call (so the properties cannot be vacuous)."""
-    data = PREFACE + frame(SETTINGS, 0, 0, b"") + frame(HEADERS, 4, 1, _enc_block("Unary")) \
+    data = (
+        PREFACE
+        + frame(SETTINGS, 0, 0, b"")
+        + frame(HEADERS, 4, 1, _enc_block("Unary"))
         + frame(DATA, 1, 1, _grpc(b"hello"))
+    )
 
     async def run() -> bytes:
         t = FakeTransport()
@@ -449,11 +517,23 @@ def test_no_reference_cycle_after_close() -> None:
     """A connection with a call in flight and a reset stream is freed by reference counting alone
     once closed (the member runs its GC rarely: issue 18 saw 435 MB held after 200k resets)."""
     enc = Encoder()
-    block = lambda m: enc.encode([(":method", "POST"), (":scheme", "http"),
-                                  (":path", f"/{SERVICE}/{m}"), (":authority", "x"),
-                                  ("content-type", "application/grpc"), ("te", "trailers")])
-    data = (PREFACE + frame(HEADERS, 4, 1, block("Sleep")) + frame(DATA, 1, 1, _grpc(b"x"))
-            + frame(HEADERS, 4, 3, block("Sleep")) + frame(RST_STREAM, 0, 3, struct.pack(">I", 8)))
+    block = lambda m: enc.encode(
+        [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", f"/{SERVICE}/{m}"),
+            (":authority", "x"),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+        ]
+    )
+    data = (
+        PREFACE
+        + frame(HEADERS, 4, 1, block("Sleep"))
+        + frame(DATA, 1, 1, _grpc(b"x"))
+        + frame(HEADERS, 4, 3, block("Sleep"))
+        + frame(RST_STREAM, 0, 3, struct.pack(">I", 8))
+    )
 
     async def run() -> tuple[weakref.ref, int]:
         t = FakeTransport()

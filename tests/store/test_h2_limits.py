@@ -127,10 +127,12 @@ def test_transition_function_follows_rfc_9113_figure_2() -> None:
     for state in (OPEN, HALF_CLOSED_LOCAL, HALF_CLOSED_REMOTE, CLOSED):
         assert transition(state, RECV_RST) == CLOSED
         assert transition(state, SEND_RST) == CLOSED
-    for state, event, code in ((HALF_CLOSED_REMOTE, RECV_END_STREAM, f.STREAM_CLOSED),
-                               (HALF_CLOSED_REMOTE, RECV_HEADERS, f.STREAM_CLOSED),
-                               (CLOSED, RECV_END_STREAM, f.STREAM_CLOSED),
-                               (IDLE, RECV_END_STREAM, f.PROTOCOL_ERROR)):
+    for state, event, code in (
+        (HALF_CLOSED_REMOTE, RECV_END_STREAM, f.STREAM_CLOSED),
+        (HALF_CLOSED_REMOTE, RECV_HEADERS, f.STREAM_CLOSED),
+        (CLOSED, RECV_END_STREAM, f.STREAM_CLOSED),
+        (IDLE, RECV_END_STREAM, f.PROTOCOL_ERROR),
+    ):
         with pytest.raises(StreamError) as e:
             transition(state, event)
         assert e.value.code == code
@@ -181,33 +183,41 @@ async def test_even_stream_id_from_a_client_is_a_protocol_error(serve: Any) -> N
     assert (await goaway_of(raw))[1] == f.PROTOCOL_ERROR
 
 
-@pytest.mark.parametrize("name,frame", [
-    ("RST_STREAM on an idle stream", f.rst_stream(9, f.CANCEL)),
-    ("WINDOW_UPDATE on an idle stream", f.window_update(9, 100)),
-    ("DATA on an idle stream", f.frame(f.DATA, 0, 9, b"x")),
-    ("CONTINUATION without HEADERS", f.frame(f.CONTINUATION, f.END_HEADERS, 1, b"")),
-    ("PING on a stream", f.frame(f.PING, 0, 1, b"12345678")),
-    ("SETTINGS on a stream", f.frame(f.SETTINGS, 0, 1, b"")),
-    ("GOAWAY on a stream", f.frame(f.GOAWAY, 0, 1, struct.pack(">II", 0, 0))),
-    ("PRIORITY on stream 0", f.frame(f.PRIORITY, 0, 0, b"\0\0\0\1\x10")),
-    ("PUSH_PROMISE from a client", f.frame(f.PUSH_PROMISE, f.END_HEADERS, 1, b"\0\0\0\2")),
-])
-async def test_frames_on_idle_streams_or_stream_zero_are_protocol_errors(serve: Any, name: str, frame: bytes) -> None:
+@pytest.mark.parametrize(
+    "name,frame",
+    [
+        ("RST_STREAM on an idle stream", f.rst_stream(9, f.CANCEL)),
+        ("WINDOW_UPDATE on an idle stream", f.window_update(9, 100)),
+        ("DATA on an idle stream", f.frame(f.DATA, 0, 9, b"x")),
+        ("CONTINUATION without HEADERS", f.frame(f.CONTINUATION, f.END_HEADERS, 1, b"")),
+        ("PING on a stream", f.frame(f.PING, 0, 1, b"12345678")),
+        ("SETTINGS on a stream", f.frame(f.SETTINGS, 0, 1, b"")),
+        ("GOAWAY on a stream", f.frame(f.GOAWAY, 0, 1, struct.pack(">II", 0, 0))),
+        ("PRIORITY on stream 0", f.frame(f.PRIORITY, 0, 0, b"\0\0\0\1\x10")),
+        ("PUSH_PROMISE from a client", f.frame(f.PUSH_PROMISE, f.END_HEADERS, 1, b"\0\0\0\2")),
+    ],
+)
+async def test_frames_on_idle_streams_or_stream_zero_are_protocol_errors(
+    serve: Any, name: str, frame: bytes
+) -> None:
     srv = await serve()
     raw = await srv.raw()
     raw.send(frame)
     assert (await goaway_of(raw))[1] == f.PROTOCOL_ERROR, name
 
 
-@pytest.mark.parametrize("name,frame", [
-    ("RST_STREAM of 3 bytes", f.frame(f.RST_STREAM, 0, 1, b"\0\0\0")),
-    ("RST_STREAM of 5 bytes", f.frame(f.RST_STREAM, 0, 1, b"\0\0\0\0\0")),
-    ("WINDOW_UPDATE of 3 bytes", f.frame(f.WINDOW_UPDATE, 0, 0, b"\0\0\1")),
-    ("PING of 7 bytes", f.frame(f.PING, 0, 0, b"1234567")),
-    ("SETTINGS of 5 bytes", f.frame(f.SETTINGS, 0, 0, b"\0\1\0\0\0")),
-    ("SETTINGS ACK with a payload", f.frame(f.SETTINGS, f.ACK, 0, b"\0\1\0\0\0\0")),
-    ("GOAWAY of 7 bytes", f.frame(f.GOAWAY, 0, 0, b"\0" * 7)),
-])
+@pytest.mark.parametrize(
+    "name,frame",
+    [
+        ("RST_STREAM of 3 bytes", f.frame(f.RST_STREAM, 0, 1, b"\0\0\0")),
+        ("RST_STREAM of 5 bytes", f.frame(f.RST_STREAM, 0, 1, b"\0\0\0\0\0")),
+        ("WINDOW_UPDATE of 3 bytes", f.frame(f.WINDOW_UPDATE, 0, 0, b"\0\0\1")),
+        ("PING of 7 bytes", f.frame(f.PING, 0, 0, b"1234567")),
+        ("SETTINGS of 5 bytes", f.frame(f.SETTINGS, 0, 0, b"\0\1\0\0\0")),
+        ("SETTINGS ACK with a payload", f.frame(f.SETTINGS, f.ACK, 0, b"\0\1\0\0\0\0")),
+        ("GOAWAY of 7 bytes", f.frame(f.GOAWAY, 0, 0, b"\0" * 7)),
+    ],
+)
 async def test_wrong_length_control_frames_are_frame_size_errors(serve: Any, name: str, frame: bytes) -> None:
     srv = await serve()
     raw = await srv.raw()
@@ -257,34 +267,46 @@ def _block(fields: list[tuple[bytes, bytes]]) -> bytes:
     return Encoder().encode(fields)
 
 
-_GOOD = [(b":method", b"POST"), (b":scheme", b"http"), (b":path", path("Unary").encode()),
-         (b":authority", b"x"), (b"content-type", b"application/grpc"), (b"te", b"trailers")]
+_GOOD = [
+    (b":method", b"POST"),
+    (b":scheme", b"http"),
+    (b":path", path("Unary").encode()),
+    (b":authority", b"x"),
+    (b"content-type", b"application/grpc"),
+    (b"te", b"trailers"),
+]
 
 
-@pytest.mark.parametrize("name,fields", [
-    ("uppercase name", _GOOD + [(b"X-Upper", b"v")]),
-    ("connection-specific field", _GOOD + [(b"connection", b"keep-alive")]),
-    ("transfer-encoding", _GOOD + [(b"transfer-encoding", b"chunked")]),
-    ("te other than trailers", [*_GOOD[:5], (b"te", b"gzip")]),
-    ("missing :path", [fv for fv in _GOOD if fv[0] != b":path"]),
-    ("empty :path", [(b":path", b"") if k == b":path" else (k, v) for k, v in _GOOD]),
-    ("missing :method", _GOOD[1:]),
-    ("unknown pseudo-header", [(b":protocol", b"x"), *_GOOD]),
-    ("response pseudo-header", [(b":status", b"200"), *_GOOD]),
-    ("pseudo-header after a regular field", [*_GOOD, (b":authority", b"y")]),
-    ("repeated pseudo-header", [_GOOD[0], *_GOOD]),
-    ("value with a leading space", _GOOD + [(b"x-a", b" v")]),
-    ("value with a trailing tab", _GOOD + [(b"x-a", b"v\t")]),
-    ("value with CR", _GOOD + [(b"x-a", b"a\rb")]),
-    ("value with NUL", _GOOD + [(b"x-a", b"a\0b")]),
-    ("name with a space", _GOOD + [(b"x a", b"v")]),
-])
-async def test_malformed_requests_are_refused_with_protocol_error(serve: Any, name: str,
-                                                                  fields: list[tuple[bytes, bytes]]) -> None:
+@pytest.mark.parametrize(
+    "name,fields",
+    [
+        ("uppercase name", _GOOD + [(b"X-Upper", b"v")]),
+        ("connection-specific field", _GOOD + [(b"connection", b"keep-alive")]),
+        ("transfer-encoding", _GOOD + [(b"transfer-encoding", b"chunked")]),
+        ("te other than trailers", [*_GOOD[:5], (b"te", b"gzip")]),
+        ("missing :path", [fv for fv in _GOOD if fv[0] != b":path"]),
+        ("empty :path", [(b":path", b"") if k == b":path" else (k, v) for k, v in _GOOD]),
+        ("missing :method", _GOOD[1:]),
+        ("unknown pseudo-header", [(b":protocol", b"x"), *_GOOD]),
+        ("response pseudo-header", [(b":status", b"200"), *_GOOD]),
+        ("pseudo-header after a regular field", [*_GOOD, (b":authority", b"y")]),
+        ("repeated pseudo-header", [_GOOD[0], *_GOOD]),
+        ("value with a leading space", _GOOD + [(b"x-a", b" v")]),
+        ("value with a trailing tab", _GOOD + [(b"x-a", b"v\t")]),
+        ("value with CR", _GOOD + [(b"x-a", b"a\rb")]),
+        ("value with NUL", _GOOD + [(b"x-a", b"a\0b")]),
+        ("name with a space", _GOOD + [(b"x a", b"v")]),
+    ],
+)
+async def test_malformed_requests_are_refused_with_protocol_error(
+    serve: Any, name: str, fields: list[tuple[bytes, bytes]]
+) -> None:
     srv = await serve()
     raw = await srv.raw()
-    raw.send(f.frame(f.HEADERS, f.END_HEADERS, 1, _block(fields)),
-             f.frame(f.DATA, f.END_STREAM, 1, f.grpc_message(b"x")))
+    raw.send(
+        f.frame(f.HEADERS, f.END_HEADERS, 1, _block(fields)),
+        f.frame(f.DATA, f.END_STREAM, 1, f.grpc_message(b"x")),
+    )
     resp = await raw.response(1)
     assert resp.reset == f.PROTOCOL_ERROR, (name, resp)
     raw2 = await srv.raw()  # a fresh HPACK context for the check that the server still serves
@@ -299,7 +321,6 @@ async def test_pseudo_headers_in_client_trailers_are_malformed(serve: Any) -> No
     assert await rst_of(raw, 1) == f.PROTOCOL_ERROR
 
 
-
 async def test_second_headers_without_end_stream_is_malformed(serve: Any) -> None:
     # RFC 9113 8.1 (h2spec http2/8.1/1 cannot see it: its `GET /` is answered first).
     srv = await serve()
@@ -308,6 +329,7 @@ async def test_second_headers_without_end_stream_is_malformed(serve: Any) -> Non
     raw.send(f.frame(f.HEADERS, f.END_HEADERS, 1, raw.encoder.encode([("x-trailer", "v")])))
     assert await rst_of(raw, 1) == f.PROTOCOL_ERROR
     await still_serves(raw, 3)
+
 
 # -- fairness ----------------------------------------------------------------------------------------
 
@@ -353,7 +375,7 @@ class FakeTransport(asyncio.Transport):
         while len(data) - pos >= 9:
             hi, lo, ftype, flags, sid = f.HEAD.unpack_from(data, pos)
             n = (hi << 8) | lo
-            out.append((ftype, flags, sid, data[pos + 9:pos + 9 + n]))
+            out.append((ftype, flags, sid, data[pos + 9 : pos + 9 + n]))
             pos += 9 + n
         return out
 
@@ -404,11 +426,21 @@ async def test_reading_pauses_while_the_transport_is_backed_up() -> None:
 
 async def test_stream_data_waits_while_the_transport_is_paused() -> None:
     conn, transport = fake_connection()
-    block = Encoder().encode([(":method", "POST"), (":scheme", "http"), (":path", path("Sized")),
-                              ("content-type", "application/grpc")])
-    conn.data_received(f.PREFACE + f.settings_frame({}) + f.frame(f.SETTINGS, f.ACK, 0)
-                       + f.frame(f.HEADERS, f.END_HEADERS, 1, block)
-                       + f.frame(f.DATA, f.END_STREAM, 1, f.grpc_message(b"30000")))
+    block = Encoder().encode(
+        [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", path("Sized")),
+            ("content-type", "application/grpc"),
+        ]
+    )
+    conn.data_received(
+        f.PREFACE
+        + f.settings_frame({})
+        + f.frame(f.SETTINGS, f.ACK, 0)
+        + f.frame(f.HEADERS, f.END_HEADERS, 1, block)
+        + f.frame(f.DATA, f.END_STREAM, 1, f.grpc_message(b"30000"))
+    )
     conn.pause_writing()  # before the handler answers
     await until(lambda: 1 in conn.blocked)  # the answer is ready, and waits
     assert not any(t == f.DATA and sid == 1 for t, _, sid, _ in transport.frames())
@@ -447,8 +479,12 @@ async def test_rapid_reset_gets_goaway_enhance_your_calm(serve: Any) -> None:
     srv = await serve(reset_burst=20, reset_rate=0.01)
     raw = await srv.raw()
     block = raw.header_block(path("Unary"))
-    raw.send(*(f.frame(f.HEADERS, f.END_HEADERS, sid, block) + f.rst_stream(sid, f.CANCEL)
-               for sid in range(1, 2 * 40, 2)))
+    raw.send(
+        *(
+            f.frame(f.HEADERS, f.END_HEADERS, sid, block) + f.rst_stream(sid, f.CANCEL)
+            for sid in range(1, 2 * 40, 2)
+        )
+    )
     assert (await goaway_of(raw))[1] == f.ENHANCE_YOUR_CALM
 
 
@@ -459,8 +495,12 @@ async def test_reset_streams_are_freed_without_the_garbage_collector(serve: Any)
     gc.collect()
     gc.disable()
     try:
-        raw.send(*(f.frame(f.HEADERS, f.END_HEADERS, sid, block) + f.rst_stream(sid, f.CANCEL)
-                   for sid in range(1, 2 * 300, 2)))
+        raw.send(
+            *(
+                f.frame(f.HEADERS, f.END_HEADERS, sid, block) + f.rst_stream(sid, f.CANCEL)
+                for sid in range(1, 2 * 300, 2)
+            )
+        )
         raw.send(f.frame(f.PING, 0, 0, b"after..."))
         await raw.until(lambda fr: fr.type == f.PING and fr.payload == b"after...")
         for _ in range(3):
@@ -475,8 +515,10 @@ async def test_reset_streams_are_freed_without_the_garbage_collector(serve: Any)
 async def test_continuation_flood_gets_enhance_your_calm(serve: Any) -> None:
     srv = await serve()
     raw = await srv.raw()
-    raw.send(f.frame(f.HEADERS, 0, 1, raw.header_block(path("Unary"))),
-             *(f.frame(f.CONTINUATION, 0, 1, b"") for _ in range(DEFAULT.max_continuation_frames + 1)))
+    raw.send(
+        f.frame(f.HEADERS, 0, 1, raw.header_block(path("Unary"))),
+        *(f.frame(f.CONTINUATION, 0, 1, b"") for _ in range(DEFAULT.max_continuation_frames + 1)),
+    )
     assert (await goaway_of(raw))[1] == f.ENHANCE_YOUR_CALM
 
 
@@ -484,10 +526,15 @@ async def test_header_block_above_max_header_list_size_gets_enhance_your_calm(se
     srv = await serve()
     raw = await srv.raw()
     block = raw.header_block(path("Meta"), [("x-big", "v" * (DEFAULT.max_header_list_size + 1000))])
-    parts = [block[i:i + f.DEFAULT_MAX_FRAME] for i in range(0, len(block), f.DEFAULT_MAX_FRAME)]
-    raw.send(f.frame(f.HEADERS, 0, 1, parts[0]),
-             *(f.frame(f.CONTINUATION, f.END_HEADERS if i == len(parts) - 1 else 0, 1, p)
-               for i, p in enumerate(parts) if i))
+    parts = [block[i : i + f.DEFAULT_MAX_FRAME] for i in range(0, len(block), f.DEFAULT_MAX_FRAME)]
+    raw.send(
+        f.frame(f.HEADERS, 0, 1, parts[0]),
+        *(
+            f.frame(f.CONTINUATION, f.END_HEADERS if i == len(parts) - 1 else 0, 1, p)
+            for i, p in enumerate(parts)
+            if i
+        ),
+    )
     assert (await goaway_of(raw))[1] == f.ENHANCE_YOUR_CALM
 
 
@@ -505,12 +552,19 @@ async def test_huffman_output_is_bounded_by_max_header_list_size(serve: Any) -> 
     srv = await serve()
     raw = await srv.raw()
     n = DEFAULT.max_header_list_size + 1000  # Huffman 'a' is 5 bits: 5/8 of this on the wire
-    block = raw.encoder.encode([(":method", "POST"), (":path", path("Unary")), ("x-h", "a" * n)], huffman=True)
+    block = raw.encoder.encode(
+        [(":method", "POST"), (":path", path("Unary")), ("x-h", "a" * n)], huffman=True
+    )
     assert len(block) < DEFAULT.max_header_list_size
-    parts = [block[i:i + f.DEFAULT_MAX_FRAME] for i in range(0, len(block), f.DEFAULT_MAX_FRAME)]
-    raw.send(f.frame(f.HEADERS, 0, 1, parts[0]),
-             *(f.frame(f.CONTINUATION, f.END_HEADERS if i == len(parts) - 1 else 0, 1, p)
-               for i, p in enumerate(parts) if i))
+    parts = [block[i : i + f.DEFAULT_MAX_FRAME] for i in range(0, len(block), f.DEFAULT_MAX_FRAME)]
+    raw.send(
+        f.frame(f.HEADERS, 0, 1, parts[0]),
+        *(
+            f.frame(f.CONTINUATION, f.END_HEADERS if i == len(parts) - 1 else 0, 1, p)
+            for i, p in enumerate(parts)
+            if i
+        ),
+    )
     assert (await goaway_of(raw))[1] == f.ENHANCE_YOUR_CALM
 
 
@@ -521,13 +575,26 @@ async def test_header_decoding_is_bounded_per_loop_turn() -> None:
     enc = Encoder()
 
     def block(i: int, size: int) -> bytes:
-        return enc.encode([(":method", "POST"), (":scheme", "http"), (":path", path("Nope")),
-                           ("content-type", "application/grpc"), ("x-pad", chr(97 + i) * size)], huffman=False)
+        return enc.encode(
+            [
+                (":method", "POST"),
+                (":scheme", "http"),
+                (":path", path("Nope")),
+                ("content-type", "application/grpc"),
+                ("x-pad", chr(97 + i) * size),
+            ],
+            huffman=False,
+        )
 
     answered = lambda: transport.count(f.HEADERS, f.END_HEADERS | f.END_STREAM)
-    conn.data_received(f.PREFACE + f.settings_frame({}) + f.frame(f.SETTINGS, f.ACK, 0)
-                       + b"".join(f.frame(f.HEADERS, f.END_HEADERS | f.END_STREAM, 1 + 2 * i, block(i, 600))
-                                  for i in range(5)))
+    conn.data_received(
+        f.PREFACE
+        + f.settings_frame({})
+        + f.frame(f.SETTINGS, f.ACK, 0)
+        + b"".join(
+            f.frame(f.HEADERS, f.END_HEADERS | f.END_STREAM, 1 + 2 * i, block(i, 600)) for i in range(5)
+        )
+    )
     assert answered() == 2  # 2 x ~650 bytes: the second one overspends the 1000, the turn ends
     assert not transport.reading
     await until(lambda: answered() == 5)
@@ -586,7 +653,11 @@ async def test_a_client_that_never_reads_is_not_answered_without_bound(serve: An
     except (TimeoutError, ConnectionError):
         pass  # we can no longer write: the server stopped reading (or closed)
     assert conn._closed or conn._read_paused
-    held = len(conn._buf) + sum(map(len, conn.out)) + (conn.transport.get_write_buffer_size() if conn.transport else 0)
+    held = (
+        len(conn._buf)
+        + sum(map(len, conn.out))
+        + (conn.transport.get_write_buffer_size() if conn.transport else 0)
+    )
     assert held < 2 << 20
     writer.close()
 
@@ -596,8 +667,10 @@ async def test_request_bytes_held_per_connection_are_capped(serve: Any) -> None:
     raw = await srv.raw()
     part = struct.pack(">BI", 0, 1 << 20) + b"p" * (100 << 10)  # a 1 MiB message, 100 KiB of it sent
     for sid in (1, 3, 5):
-        raw.send(f.frame(f.HEADERS, f.END_HEADERS, sid, raw.header_block(path("Len"))),
-                 *(f.frame(f.DATA, 0, sid, part[i:i + 16384]) for i in range(0, len(part), 16384)))
+        raw.send(
+            f.frame(f.HEADERS, f.END_HEADERS, sid, raw.header_block(path("Len"))),
+            *(f.frame(f.DATA, 0, sid, part[i : i + 16384]) for i in range(0, len(part), 16384)),
+        )
     resp = await raw.response(5)
     assert resp.trailers.get("grpc-status") == "8", resp  # RESOURCE_EXHAUSTED
     raw.send(f.rst_stream(1, f.CANCEL), f.rst_stream(3, f.CANCEL))
@@ -608,24 +681,45 @@ async def test_length_prefix_above_the_limit_is_refused_at_once(serve: Any) -> N
     srv = await serve()
     srv.router.max_message = 2 << 20
     raw = await srv.raw()
-    raw.send(f.frame(f.HEADERS, f.END_HEADERS, 1, raw.header_block(path("Len"))),
-             f.frame(f.DATA, 0, 1, struct.pack(">BI", 0, (2 << 20) + 1)))  # only the prefix
+    raw.send(
+        f.frame(f.HEADERS, f.END_HEADERS, 1, raw.header_block(path("Len"))),
+        f.frame(f.DATA, 0, 1, struct.pack(">BI", 0, (2 << 20) + 1)),
+    )  # only the prefix
     resp = await raw.response(1)
-    assert resp.trailers.get("grpc-status") == "8" and "larger than max" in resp.trailers.get("grpc-message", "")
+    assert resp.trailers.get("grpc-status") == "8" and "larger than max" in resp.trailers.get(
+        "grpc-message", ""
+    )
 
 
 def test_etcd_flags_set_the_limits() -> None:
-    cfg = parse_args(["--max-concurrent-streams", "10", "--grpc-keepalive-min-time", "1s",
-                      "--grpc-keepalive-interval", "30s", "--grpc-keepalive-timeout", "3s",
-                      "--max-request-bytes", "1000"])
+    cfg = parse_args(
+        [
+            "--max-concurrent-streams",
+            "10",
+            "--grpc-keepalive-min-time",
+            "1s",
+            "--grpc-keepalive-interval",
+            "30s",
+            "--grpc-keepalive-timeout",
+            "3s",
+            "--max-request-bytes",
+            "1000",
+        ]
+    )
     limits = Limits.from_config(cfg)
-    assert (limits.max_concurrent_streams, limits.keepalive_min_time, limits.keepalive_interval,
-            limits.keepalive_timeout) == (10, 1.0, 30.0, 3.0)
+    assert (
+        limits.max_concurrent_streams,
+        limits.keepalive_min_time,
+        limits.keepalive_interval,
+        limits.keepalive_timeout,
+    ) == (10, 1.0, 30.0, 3.0)
     assert limits.max_recv_message == 1000 + 512 * 1024  # grpc-go's MaxRecvMsgSize in etcd
     assert cfg.ignored == {}
     default = Limits.from_config(parse_args([]))
     assert default.max_concurrent_streams == 2**32 - 1 and default.keepalive_min_time == 5.0
-    assert Limits.from_config(parse_args(["--max-concurrent-streams", "0"])).max_concurrent_streams == 2**32 - 1
+    assert (
+        Limits.from_config(parse_args(["--max-concurrent-streams", "0"])).max_concurrent_streams == 2**32 - 1
+    )
 
 
 async def test_initial_window_changes_do_not_walk_the_streams(serve: Any) -> None:
@@ -756,7 +850,9 @@ async def test_graceful_shutdown_gives_up_at_its_deadline(serve: Any) -> None:
 async def test_the_client_port_drops_a_connection_that_sends_nothing() -> None:
     from etcdstore.api.mux import ClientPortMux
 
-    mux = ClientPortMux(lambda: asyncio.Protocol(), make_router(Servicer()), DEFAULT.replace(preface_timeout=0.2))
+    mux = ClientPortMux(
+        lambda: asyncio.Protocol(), make_router(Servicer()), DEFAULT.replace(preface_timeout=0.2)
+    )
     port = await mux.listen("127.0.0.1", 0)
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)

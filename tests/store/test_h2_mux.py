@@ -79,14 +79,18 @@ async def test_http2_preface_reaches_the_grpc_server(port: int) -> None:
     assert head[3] == f.SETTINGS
 
 
-@pytest.mark.parametrize("data", [
-    b"INVALID CONNECTION PREFACE\r\n\r\n",  # h2spec http2/3.5/2
-    b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n",  # the preface's start, then wrong: the HTTP/2 server's GOAWAY
-    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\n",  # a TLS ClientHello on a plaintext port
-    b"GET /health\r\n\r\n",  # HTTP/0.9: no version
-    b"GET /health HTTP/x.y\r\n\r\n",
-    b"x" * 5000,  # no line end within 4096 bytes
-], ids=["invalid-preface", "bad-preface-tail", "tls-hello", "http09", "bad-version", "no-line"])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"INVALID CONNECTION PREFACE\r\n\r\n",  # h2spec http2/3.5/2
+        b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n",  # the preface's start, then wrong: the HTTP/2 server's GOAWAY
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\n",  # a TLS ClientHello on a plaintext port
+        b"GET /health\r\n\r\n",  # HTTP/0.9: no version
+        b"GET /health HTTP/x.y\r\n\r\n",
+        b"x" * 5000,  # no line end within 4096 bytes
+    ],
+    ids=["invalid-preface", "bad-preface-tail", "tls-hello", "http09", "bad-version", "no-line"],
+)
 async def test_neither_http2_nor_http1_is_closed_without_an_http1_answer(port: int, data: bytes) -> None:
     got, closed = await exchange(port, data)
     assert closed

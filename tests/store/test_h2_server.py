@@ -63,8 +63,10 @@ class Servicer:
         return request
 
     async def put(self, request: rpc_pb2.PutRequest, context: Any) -> rpc_pb2.PutResponse:
-        return rpc_pb2.PutResponse(header=rpc_pb2.ResponseHeader(revision=len(request.value)),
-                                   prev_kv={"key": request.key, "value": request.value[::-1]})
+        return rpc_pb2.PutResponse(
+            header=rpc_pb2.ResponseHeader(revision=len(request.value)),
+            prev_kv={"key": request.key, "value": request.value[::-1]},
+        )
 
     async def abort(self, request: bytes, context: Any) -> bytes:
         await context.abort(grpc.StatusCode.FAILED_PRECONDITION, request.decode())
@@ -156,25 +158,31 @@ class Servicer:
 def make_router(s: Servicer, max_message: int = MAX_MESSAGE) -> Router:
     router = Router(max_message)
     uu, us = grpc.unary_unary_rpc_method_handler, grpc.unary_stream_rpc_method_handler
-    router.add(SERVICE, {
-        "Unary": uu(s.unary),
-        "Put": uu(s.put, request_deserializer=rpc_pb2.PutRequest.FromString,
-                  response_serializer=rpc_pb2.PutResponse.SerializeToString),
-        "Abort": uu(s.abort),
-        "SetCode": uu(s.set_code),
-        "Raise": uu(s.raise_),
-        "Sleep": uu(s.sleep),
-        "Gate": uu(s.gated),
-        "Meta": uu(s.meta),
-        "Sized": uu(s.sized),
-        "Len": uu(s.length),
-        "Stream": us(s.stream),
-        "StreamAbort": us(s.stream_abort),
-        "Endless": us(s.endless),
-        "Bidi": grpc.stream_stream_rpc_method_handler(s.bidi),
-        "Collect": grpc.stream_unary_rpc_method_handler(s.collect),
-        "Hold": grpc.stream_unary_rpc_method_handler(s.hold),
-    })
+    router.add(
+        SERVICE,
+        {
+            "Unary": uu(s.unary),
+            "Put": uu(
+                s.put,
+                request_deserializer=rpc_pb2.PutRequest.FromString,
+                response_serializer=rpc_pb2.PutResponse.SerializeToString,
+            ),
+            "Abort": uu(s.abort),
+            "SetCode": uu(s.set_code),
+            "Raise": uu(s.raise_),
+            "Sleep": uu(s.sleep),
+            "Gate": uu(s.gated),
+            "Meta": uu(s.meta),
+            "Sized": uu(s.sized),
+            "Len": uu(s.length),
+            "Stream": us(s.stream),
+            "StreamAbort": us(s.stream_abort),
+            "Endless": us(s.endless),
+            "Bidi": grpc.stream_stream_rpc_method_handler(s.bidi),
+            "Collect": grpc.stream_unary_rpc_method_handler(s.collect),
+            "Hold": grpc.stream_unary_rpc_method_handler(s.hold),
+        },
+    )
     return router
 
 
@@ -200,8 +208,9 @@ class Served:
         return f"/{SERVICE}/{method}"
 
 
-async def _serve(servicer: Servicer, max_message: int = MAX_MESSAGE,
-                 protocol: type[H2Connection] = H2Connection) -> Served:
+async def _serve(
+    servicer: Servicer, max_message: int = MAX_MESSAGE, protocol: type[H2Connection] = H2Connection
+) -> Served:
     loop = asyncio.get_running_loop()
     router = make_router(servicer, max_message)
     conns: set[H2Connection] = set()
@@ -277,7 +286,10 @@ async def test_a_large_request_is_reassembled_in_linear_time() -> None:
     try:
         async with channel(srv) as ch:
             length = ch.unary_unary(srv.path("Len"))
-            assert await length(b"warm up", timeout=CALL_TIMEOUT) == b"7 " + hashlib.sha256(b"warm up").hexdigest().encode()
+            assert (
+                await length(b"warm up", timeout=CALL_TIMEOUT)
+                == b"7 " + hashlib.sha256(b"warm up").hexdigest().encode()
+            )
             big = random.Random(3).randbytes(32 * MiB)
             t0 = time.monotonic()
             code, details = await _status_of(length(big, timeout=4))
@@ -285,15 +297,20 @@ async def test_a_large_request_is_reassembled_in_linear_time() -> None:
             assert code == grpc.StatusCode.OK, f"32 MiB request: {code} {details} after {elapsed:.1f} s"
             assert elapsed < 4
             assert await length(big[:MiB], timeout=CALL_TIMEOUT) == b"%d %s" % (
-                MiB, hashlib.sha256(big[:MiB]).hexdigest().encode())
+                MiB,
+                hashlib.sha256(big[:MiB]).hexdigest().encode(),
+            )
     finally:
         await _close(srv)
 
 
 async def test_protobuf_serializers_are_used(served: Served) -> None:
     async with channel(served) as ch:
-        put = ch.unary_unary(served.path("Put"), request_serializer=rpc_pb2.PutRequest.SerializeToString,
-                             response_deserializer=rpc_pb2.PutResponse.FromString)
+        put = ch.unary_unary(
+            served.path("Put"),
+            request_serializer=rpc_pb2.PutRequest.SerializeToString,
+            response_deserializer=rpc_pb2.PutResponse.FromString,
+        )
         resp = await put(rpc_pb2.PutRequest(key=b"k", value=b"abc"), timeout=CALL_TIMEOUT)
         assert resp.header.revision == 3
         assert (resp.prev_kv.key, resp.prev_kv.value) == (b"k", b"cba")
@@ -330,7 +347,8 @@ async def test_server_streaming_20_mib_to_a_slow_consumer_applies_backpressure(s
         await asyncio.sleep(0.5)
         produced_while_stalled = served.servicer.produced
         assert MiB <= produced_while_stalled < 3 * MiB, (
-            f"{produced_while_stalled} of {total} bytes produced while the client read nothing")
+            f"{produced_while_stalled} of {total} bytes produced while the client read nothing"
+        )
         await asyncio.sleep(0.3)
         assert served.servicer.produced == produced_while_stalled  # really blocked, not just slow
         received = 1
@@ -417,11 +435,14 @@ async def test_client_streaming_with_no_messages(served: Served) -> None:
 async def test_abort_code_and_non_ascii_details_arrive_intact(served: Served) -> None:
     details = "naïve 100% sûr ✓ — 日本語 %41 %%"
     async with channel(served) as ch:
-        code, got = await _status_of(ch.unary_unary(served.path("Abort"))(details.encode(), timeout=CALL_TIMEOUT))
+        code, got = await _status_of(
+            ch.unary_unary(served.path("Abort"))(details.encode(), timeout=CALL_TIMEOUT)
+        )
         assert code == grpc.StatusCode.FAILED_PRECONDITION
         assert got == details
-        code, got = await _status_of(ch.unary_unary(served.path("SetCode"))("ключ 50%".encode(),
-                                                                         timeout=CALL_TIMEOUT))
+        code, got = await _status_of(
+            ch.unary_unary(served.path("SetCode"))("ключ 50%".encode(), timeout=CALL_TIMEOUT)
+        )
         assert (code, got) == (grpc.StatusCode.NOT_FOUND, "no such thing: ключ 50%")
 
 
@@ -430,7 +451,9 @@ async def test_unexpected_exception_gives_unknown_and_the_server_keeps_serving(s
         code, details = await _status_of(ch.unary_unary(served.path("Raise"))(b"xyz", timeout=CALL_TIMEOUT))
         assert code == grpc.StatusCode.UNKNOWN
         assert "boom xyz" in details
-        assert await ch.unary_unary(served.path("Unary"))(b"still here", timeout=CALL_TIMEOUT) == b"still here"
+        assert (
+            await ch.unary_unary(served.path("Unary"))(b"still here", timeout=CALL_TIMEOUT) == b"still here"
+        )
     async with channel(served) as ch:  # and on a new connection
         assert await ch.unary_unary(served.path("Unary"))(b"again", timeout=CALL_TIMEOUT) == b"again"
 
@@ -438,7 +461,10 @@ async def test_unexpected_exception_gives_unknown_and_the_server_keeps_serving(s
 async def test_unknown_method_and_unknown_service_are_unimplemented(served: Served) -> None:
     async with channel(served) as ch:
         code, details = await _status_of(ch.unary_unary(f"/{SERVICE}/Nope")(b"x", timeout=CALL_TIMEOUT))
-        assert (code, details) == (grpc.StatusCode.UNIMPLEMENTED, f"unknown method Nope for service {SERVICE}")
+        assert (code, details) == (
+            grpc.StatusCode.UNIMPLEMENTED,
+            f"unknown method Nope for service {SERVICE}",
+        )
         code, details = await _status_of(ch.unary_unary("/other.Svc/Foo")(b"x", timeout=CALL_TIMEOUT))
         assert (code, details) == (grpc.StatusCode.UNIMPLEMENTED, "unknown service other.Svc")
         call = ch.stream_stream("/other.Svc/Chat")(timeout=CALL_TIMEOUT)
@@ -463,7 +489,9 @@ async def test_message_over_the_routers_limit_is_resource_exhausted() -> None:
                 yield b"small"
                 yield b"b" * (100 << 10)
 
-            code, details = await _status_of(ch.stream_unary(srv.path("Collect"))(requests(), timeout=CALL_TIMEOUT))
+            code, details = await _status_of(
+                ch.stream_unary(srv.path("Collect"))(requests(), timeout=CALL_TIMEOUT)
+            )
             assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert "larger than max" in details
             assert await echo(b"fine", timeout=CALL_TIMEOUT) == b"fine"  # the connection survives
@@ -515,8 +543,14 @@ async def test_metadata_and_peer_reach_the_context(served: Served) -> None:
     s = served.servicer
     blob = bytes(range(256))
     async with channel(served) as ch:
-        md = (("x-trace", "abc-123"), ("x-blob-bin", blob), ("x-short-bin", b"\x00"),
-              ("x-multi", "one"), ("x-multi", "two"), ("x-big", "b" * 20000))  # needs CONTINUATION frames
+        md = (
+            ("x-trace", "abc-123"),
+            ("x-blob-bin", blob),
+            ("x-short-bin", b"\x00"),
+            ("x-multi", "one"),
+            ("x-multi", "two"),
+            ("x-big", "b" * 20000),
+        )  # needs CONTINUATION frames
         assert await ch.unary_unary(served.path("Meta"))(b"", metadata=md, timeout=CALL_TIMEOUT) == b"seen"
         # grpc-core rounds the grpc-timeout it sends up to a few significant digits (10 s can go as 10100m).
         assert s.time_remaining is not None and CALL_TIMEOUT - 5 < s.time_remaining <= CALL_TIMEOUT * 1.02
@@ -541,10 +575,15 @@ async def test_metadata_and_peer_reach_the_context(served: Served) -> None:
 async def test_oversized_metadata_fails_only_its_own_call(served: Served) -> None:
     s = served.servicer
     async with channel(served) as ch:
-        in_flight = asyncio.ensure_future(_status_of(ch.unary_unary(served.path("Gate"))(b"g", timeout=CALL_TIMEOUT)))
+        in_flight = asyncio.ensure_future(
+            _status_of(ch.unary_unary(served.path("Gate"))(b"g", timeout=CALL_TIMEOUT))
+        )
         await asyncio.wait_for(s.started.wait(), 5)
-        code, _ = await _status_of(ch.unary_unary(served.path("Meta"))(b"", metadata=(("x-huge", "v" * 100_000),),
-                                                                      timeout=CALL_TIMEOUT))
+        code, _ = await _status_of(
+            ch.unary_unary(served.path("Meta"))(
+                b"", metadata=(("x-huge", "v" * 100_000),), timeout=CALL_TIMEOUT
+            )
+        )
         assert code != grpc.StatusCode.OK
         s.gate.set()
         # grpcio's server answers RESOURCE_EXHAUSTED to the one call; the others go on.
@@ -596,8 +635,8 @@ class Response:
         while buf:
             flag, n = struct.unpack_from(">BI", buf)
             assert flag == 0
-            out.append(buf[5:5 + n])
-            buf = buf[5 + n:]
+            out.append(buf[5 : 5 + n])
+            buf = buf[5 + n :]
         return out
 
 
@@ -613,8 +652,9 @@ class RawH2:
         self.task = asyncio.ensure_future(self._read())
 
     @classmethod
-    async def connect(cls, port: int, *, preface: bytes | None = f.PREFACE,
-                      settings: dict[int, int] | None = None) -> RawH2:
+    async def connect(
+        cls, port: int, *, preface: bytes | None = f.PREFACE, settings: dict[int, int] | None = None
+    ) -> RawH2:
         reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
         raw = cls(reader, writer)
         if preface is not None:
@@ -671,23 +711,50 @@ class RawH2:
         return seen
 
     def header_block(self, path: str, extra: Iterable[tuple[str, str | bytes]] = ()) -> bytes:
-        return self.encoder.encode([(":method", "POST"), (":scheme", "http"), (":path", path),
-                                    (":authority", "test"), ("content-type", "application/grpc"),
-                                    ("te", "trailers"), *extra])
+        return self.encoder.encode(
+            [
+                (":method", "POST"),
+                (":scheme", "http"),
+                (":path", path),
+                (":authority", "test"),
+                ("content-type", "application/grpc"),
+                ("te", "trailers"),
+                *extra,
+            ]
+        )
 
-    def request(self, sid: int, path: str, *messages: bytes, end: bool = True,
-                extra: Iterable[tuple[str, str | bytes]] = ()) -> None:
+    def request(
+        self,
+        sid: int,
+        path: str,
+        *messages: bytes,
+        end: bool = True,
+        extra: Iterable[tuple[str, str | bytes]] = (),
+    ) -> None:
         """HEADERS, then `messages` as DATA frames of at most 16 KiB, END_STREAM on the last if `end`."""
-        out = [f.frame(f.HEADERS, f.END_HEADERS | (f.END_STREAM if end and not messages else 0), sid,
-                       self.header_block(path, extra))]
+        out = [
+            f.frame(
+                f.HEADERS,
+                f.END_HEADERS | (f.END_STREAM if end and not messages else 0),
+                sid,
+                self.header_block(path, extra),
+            )
+        ]
         body = b"".join(f.grpc_message(m) for m in messages)
         for i in range(0, len(body), f.DEFAULT_MAX_FRAME):
             last = i + f.DEFAULT_MAX_FRAME >= len(body)
-            out.append(f.frame(f.DATA, f.END_STREAM if end and last else 0, sid, body[i:i + f.DEFAULT_MAX_FRAME]))
+            out.append(
+                f.frame(f.DATA, f.END_STREAM if end and last else 0, sid, body[i : i + f.DEFAULT_MAX_FRAME])
+            )
         self.send(*out)
 
-    async def response(self, sid: int, timeout: float = 5.0, credit: bool = True,
-                       headers: list[tuple[str, str]] | None = None) -> Response:
+    async def response(
+        self,
+        sid: int,
+        timeout: float = 5.0,
+        credit: bool = True,
+        headers: list[tuple[str, str]] | None = None,
+    ) -> Response:
         """Stream `sid`'s response up to its trailers or RST_STREAM (giving the windows back if `credit`).
 
         `headers`: the response headers, if they were already read off the queue."""
@@ -764,7 +831,11 @@ async def test_raw_server_preface_and_a_simple_call(served: Served, raw_conns: l
 
 
 async def test_raw_bad_preface_gets_goaway_protocol_error(served: Served, raw_conns: list[RawH2]) -> None:
-    for preface in (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"PRI * HTTP/1.1\r\n", b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n"):
+    for preface in (
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"PRI * HTTP/1.1\r\n",
+        b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n",
+    ):
         raw = await _raw(served, raw_conns, preface=preface)
         frames = await raw.to_eof()
         assert _goaway(frames) == (0, f.PROTOCOL_ERROR), preface
@@ -792,7 +863,9 @@ async def test_raw_ping_is_echoed(served: Served, raw_conns: list[RawH2]) -> Non
     assert _goaway(await raw.to_eof())[1] == f.FRAME_SIZE_ERROR
 
 
-async def test_raw_oversized_frame_gets_goaway_frame_size_error(served: Served, raw_conns: list[RawH2]) -> None:
+async def test_raw_oversized_frame_gets_goaway_frame_size_error(
+    served: Served, raw_conns: list[RawH2]
+) -> None:
     raw = await _raw(served, raw_conns)
     raw.request(1, served.path("Unary"), b"before")
     assert (await raw.response(1)).messages() == [b"before"]
@@ -801,8 +874,9 @@ async def test_raw_oversized_frame_gets_goaway_frame_size_error(served: Served, 
     assert _goaway(await raw.to_eof()) == (1, f.FRAME_SIZE_ERROR)
 
 
-async def test_raw_small_initial_window_limits_data_until_window_update(served: Served,
-                                                                        raw_conns: list[RawH2]) -> None:
+async def test_raw_small_initial_window_limits_data_until_window_update(
+    served: Served, raw_conns: list[RawH2]
+) -> None:
     raw = await _raw(served, raw_conns, settings={f.S_INITIAL_WINDOW_SIZE: 100})
     raw.request(1, served.path("Sized"), b"1000")  # a 1005-byte gRPC message comes back
     expected = f.grpc_message(b"r" * 1000)
@@ -856,7 +930,9 @@ async def test_raw_window_update_overflow(served: Served, raw_conns: list[RawH2]
     assert _goaway(await raw.to_eof()) == (1, f.FLOW_CONTROL_ERROR)
 
 
-async def test_raw_client_ignoring_the_stream_window_is_stopped(served: Served, raw_conns: list[RawH2]) -> None:
+async def test_raw_client_ignoring_the_stream_window_is_stopped(
+    served: Served, raw_conns: list[RawH2]
+) -> None:
     """The server grants each stream 4 MiB; a client that sends more without waiting for a
     WINDOW_UPDATE breaks the protocol and must not make the server buffer it (a stream or
     connection error FLOW_CONTROL_ERROR, RFC 9113 6.9)."""
@@ -873,10 +949,16 @@ async def test_raw_client_ignoring_the_stream_window_is_stopped(served: Served, 
         seen.append(fr)
         if fr.type == f.PING and fr.payload == b"overrun!":
             break
-    stopped = [fr for fr in seen if (fr.type, fr.sid) in ((f.RST_STREAM, 1), (f.GOAWAY, 0))
-               and struct.unpack_from(">I", fr.payload, 4 if fr.type == f.GOAWAY else 0)[0] == f.FLOW_CONTROL_ERROR]
-    assert stopped, (f"{frames * len(chunk)} bytes on a stream granted {STREAM_WINDOW} were taken in: "
-                     f"{[(fr.type, fr.sid, fr.payload[:8]) for fr in seen]}")
+    stopped = [
+        fr
+        for fr in seen
+        if (fr.type, fr.sid) in ((f.RST_STREAM, 1), (f.GOAWAY, 0))
+        and struct.unpack_from(">I", fr.payload, 4 if fr.type == f.GOAWAY else 0)[0] == f.FLOW_CONTROL_ERROR
+    ]
+    assert stopped, (
+        f"{frames * len(chunk)} bytes on a stream granted {STREAM_WINDOW} were taken in: "
+        f"{[(fr.type, fr.sid, fr.payload[:8]) for fr in seen]}"
+    )
 
 
 async def test_raw_rst_stream_cancels_the_handler(served: Served, raw_conns: list[RawH2]) -> None:
@@ -922,33 +1004,52 @@ async def test_raw_server_side_deadline(served: Served, raw_conns: list[RawH2]) 
     t0 = time.monotonic()
     raw.request(1, served.path("Sleep"), b"", extra=[("grpc-timeout", "150m")])
     resp = await raw.response(1)
-    assert resp.trailers == {"grpc-status": str(grpc.StatusCode.DEADLINE_EXCEEDED.value[0]),
-                             "grpc-message": "Deadline Exceeded"}
+    assert resp.trailers == {
+        "grpc-status": str(grpc.StatusCode.DEADLINE_EXCEEDED.value[0]),
+        "grpc-message": "Deadline Exceeded",
+    }
     assert 0.1 < time.monotonic() - t0 < 3
     assert s.cancelled.is_set() and s.finally_ran.is_set()
     # The deadline also holds while the request message has not (fully) arrived.
-    raw.send(f.frame(f.HEADERS, f.END_HEADERS, 3,
-                     raw.header_block(served.path("Unary"), [("grpc-timeout", "100000u")])),
-             f.frame(f.DATA, 0, 3, f.grpc_message(b"incomplete")[:8]))
+    raw.send(
+        f.frame(
+            f.HEADERS, f.END_HEADERS, 3, raw.header_block(served.path("Unary"), [("grpc-timeout", "100000u")])
+        ),
+        f.frame(f.DATA, 0, 3, f.grpc_message(b"incomplete")[:8]),
+    )
     resp = await raw.response(3)
     assert resp.trailers["grpc-status"] == str(grpc.StatusCode.DEADLINE_EXCEEDED.value[0])
 
 
-async def test_raw_garbage_hpack_gets_goaway_compression_error(served: Served, raw_conns: list[RawH2]) -> None:
-    for block in (b"\xff\xff\xff\xff\xff\xff\xff", b"\x80", b"\x7f\xff\xff\xff\xff\x7f", b"\x00\x85\xff\xff\xff\xff\xff"):
+async def test_raw_garbage_hpack_gets_goaway_compression_error(
+    served: Served, raw_conns: list[RawH2]
+) -> None:
+    for block in (
+        b"\xff\xff\xff\xff\xff\xff\xff",
+        b"\x80",
+        b"\x7f\xff\xff\xff\xff\x7f",
+        b"\x00\x85\xff\xff\xff\xff\xff",
+    ):
         raw = await _raw(served, raw_conns)
         raw.send(f.frame(f.HEADERS, f.END_HEADERS | f.END_STREAM, 1, block))
         assert _goaway(await raw.to_eof())[1] == f.COMPRESSION_ERROR, block
 
 
-async def test_raw_oversized_header_list_fails_only_its_stream(served: Served, raw_conns: list[RawH2]) -> None:
+async def test_raw_oversized_header_list_fails_only_its_stream(
+    served: Served, raw_conns: list[RawH2]
+) -> None:
     raw = await _raw(served, raw_conns)
     block = raw.header_block(served.path("Meta"), [("x-huge", "v" * 100_000)])
-    parts = [block[i:i + f.DEFAULT_MAX_FRAME] for i in range(0, len(block), f.DEFAULT_MAX_FRAME)]
-    raw.send(f.frame(f.HEADERS, 0, 1, parts[0]),
-             *(f.frame(f.CONTINUATION, f.END_HEADERS if i == len(parts) - 1 else 0, 1, p)
-               for i, p in enumerate(parts) if i),
-             f.frame(f.DATA, f.END_STREAM, 1, f.grpc_message(b"")))
+    parts = [block[i : i + f.DEFAULT_MAX_FRAME] for i in range(0, len(block), f.DEFAULT_MAX_FRAME)]
+    raw.send(
+        f.frame(f.HEADERS, 0, 1, parts[0]),
+        *(
+            f.frame(f.CONTINUATION, f.END_HEADERS if i == len(parts) - 1 else 0, 1, p)
+            for i, p in enumerate(parts)
+            if i
+        ),
+        f.frame(f.DATA, f.END_STREAM, 1, f.grpc_message(b"")),
+    )
     resp = await raw.response(1)
     assert resp.reset is not None or resp.trailers.get("grpc-status", "0") != "0", resp
     assert served.servicer.metadata is None  # the handler never ran
@@ -963,7 +1064,12 @@ async def test_raw_continuation_and_padding_are_understood(served: Served, raw_c
     padded = bytes([7]) + body[:3] + b"\x00" * 7  # the message prefix split across frames
     raw.send(
         # HEADERS with PADDED and PRIORITY, then two CONTINUATIONs.
-        f.frame(f.HEADERS, f.PADDED | f.PRIORITY_FLAG, 1, bytes([3]) + b"\x00\x00\x00\x00\x10" + block[:100] + b"\0" * 3),
+        f.frame(
+            f.HEADERS,
+            f.PADDED | f.PRIORITY_FLAG,
+            1,
+            bytes([3]) + b"\x00\x00\x00\x00\x10" + block[:100] + b"\0" * 3,
+        ),
         f.frame(f.CONTINUATION, 0, 1, block[100:200]),
         f.frame(f.CONTINUATION, f.END_HEADERS, 1, block[200:]),
         f.frame(f.DATA, f.PADDED, 1, padded),
@@ -974,7 +1080,9 @@ async def test_raw_continuation_and_padding_are_understood(served: Served, raw_c
     resp = await raw.response(1)
     assert resp.messages() == [b"padded echo"] and resp.trailers == {"grpc-status": "0"}
     # A frame other than CONTINUATION in the middle of a header block is a connection error.
-    raw.send(f.frame(f.HEADERS, 0, 3, raw.header_block(served.path("Unary"))), f.frame(f.PING, 0, 0, b"p" * 8))
+    raw.send(
+        f.frame(f.HEADERS, 0, 3, raw.header_block(served.path("Unary"))), f.frame(f.PING, 0, 0, b"p" * 8)
+    )
     assert _goaway(await raw.to_eof())[1] == f.PROTOCOL_ERROR
 
 
@@ -982,9 +1090,15 @@ async def test_raw_compressed_messages(served: Served, raw_conns: list[RawH2]) -
     raw = await _raw(served, raw_conns)
     text = b"squeeze " * 5000
     for sid, name, packed in ((1, "gzip", gzip.compress(text)), (3, "deflate", zlib.compress(text))):
-        raw.send(f.frame(f.HEADERS, f.END_HEADERS, sid,
-                         raw.header_block(served.path("Unary"), [("grpc-encoding", name)])),
-                 f.frame(f.DATA, f.END_STREAM, sid, struct.pack(">BI", 1, len(packed)) + packed))
+        raw.send(
+            f.frame(
+                f.HEADERS,
+                f.END_HEADERS,
+                sid,
+                raw.header_block(served.path("Unary"), [("grpc-encoding", name)]),
+            ),
+            f.frame(f.DATA, f.END_STREAM, sid, struct.pack(">BI", 1, len(packed)) + packed),
+        )
         resp = await raw.response(sid)
         assert resp.trailers == {"grpc-status": "0"}, name
         assert resp.messages() == [text], name
@@ -993,16 +1107,23 @@ async def test_raw_compressed_messages(served: Served, raw_conns: list[RawH2]) -
     resp = await raw.response(5)
     assert resp.trailers["grpc-status"] == str(grpc.StatusCode.UNIMPLEMENTED.value[0])
     assert resp.trailers["grpc-message"] == 'grpc: Decompressor is not installed for grpc-encoding "br"'
-    raw.send(f.frame(f.HEADERS, f.END_HEADERS, 7, raw.header_block(served.path("Unary"), [("grpc-encoding", "gzip")])),
-             f.frame(f.DATA, f.END_STREAM, 7, struct.pack(">BI", 1, 4) + b"junk"))
+    raw.send(
+        f.frame(
+            f.HEADERS, f.END_HEADERS, 7, raw.header_block(served.path("Unary"), [("grpc-encoding", "gzip")])
+        ),
+        f.frame(f.DATA, f.END_STREAM, 7, struct.pack(">BI", 1, 4) + b"junk"),
+    )
     assert (await raw.response(7)).trailers["grpc-status"] == str(grpc.StatusCode.INTERNAL.value[0])
-    raw.send(f.frame(f.HEADERS, f.END_HEADERS, 9, raw.header_block(served.path("Unary"))),
-             f.frame(f.DATA, f.END_STREAM, 9, struct.pack(">BI", 1, 4) + b"junk"))
+    raw.send(
+        f.frame(f.HEADERS, f.END_HEADERS, 9, raw.header_block(served.path("Unary"))),
+        f.frame(f.DATA, f.END_STREAM, 9, struct.pack(">BI", 1, 4) + b"junk"),
+    )
     assert (await raw.response(9)).trailers["grpc-status"] == str(grpc.StatusCode.INTERNAL.value[0])
 
 
 async def test_raw_undecodable_grpc_encoding_is_a_call_error_not_a_broken_connection(
-        served: Served, raw_conns: list[RawH2]) -> None:
+    served: Served, raw_conns: list[RawH2]
+) -> None:
     raw = await _raw(served, raw_conns)
     raw.request(1, served.path("Unary"), b"x", extra=[("grpc-encoding", b"\xff\xfe")])
     resp = await raw.response(1)
@@ -1012,7 +1133,9 @@ async def test_raw_undecodable_grpc_encoding_is_a_call_error_not_a_broken_connec
     assert served.loop_errors == []
 
 
-async def test_raw_streaming_request_with_end_stream_on_headers(served: Served, raw_conns: list[RawH2]) -> None:
+async def test_raw_streaming_request_with_end_stream_on_headers(
+    served: Served, raw_conns: list[RawH2]
+) -> None:
     # A client-streaming call with no request message at all: HEADERS carries END_STREAM.
     raw = await _raw(served, raw_conns)
     raw.request(1, served.path("Collect"))
@@ -1032,8 +1155,9 @@ async def test_raw_end_stream_in_client_trailers(served: Served, raw_conns: list
     assert resp.messages() == [f"2 6 {hashlib.sha256(b'onetwo').hexdigest()}".encode()]
 
 
-async def test_raw_padded_stream_data_does_not_leak_the_stream_window(served: Served,
-                                                                      raw_conns: list[RawH2]) -> None:
+async def test_raw_padded_stream_data_does_not_leak_the_stream_window(
+    served: Served, raw_conns: list[RawH2]
+) -> None:
     """Padding counts against flow control (RFC 9113 6.1) and must be given back like data.
 
     A client that respects the windows sends padded messages on one client-streaming call; it
@@ -1055,8 +1179,10 @@ async def test_raw_padded_stream_data_does_not_leak_the_stream_window(served: Se
             try:
                 fr, _ = await raw.until(lambda fr: fr.type == f.WINDOW_UPDATE, timeout=3)
             except TimeoutError:
-                pytest.fail(f"stream window exhausted after {sent} frames ({sent * frame_len} bytes, "
-                            f"{sent * len(message)} of them messages): no WINDOW_UPDATE came")
+                pytest.fail(
+                    f"stream window exhausted after {sent} frames ({sent * frame_len} bytes, "
+                    f"{sent * len(message)} of them messages): no WINDOW_UPDATE came"
+                )
             inc = int.from_bytes(fr.payload, "big")
             if fr.sid == 0:
                 conn_window += inc
@@ -1085,7 +1211,9 @@ async def test_raw_client_goaway_refuses_new_streams(served: Served, raw_conns: 
     assert resp.reset == f.REFUSED_STREAM
 
 
-async def test_raw_server_shutdown_lets_calls_in_flight_finish(served: Served, raw_conns: list[RawH2]) -> None:
+async def test_raw_server_shutdown_lets_calls_in_flight_finish(
+    served: Served, raw_conns: list[RawH2]
+) -> None:
     s = served.servicer
     raw = await _raw(served, raw_conns)
     raw.request(1, served.path("Gate"), b"in flight")
@@ -1103,8 +1231,9 @@ async def test_raw_server_shutdown_lets_calls_in_flight_finish(served: Served, r
 
 async def test_raw_requests_that_are_not_grpc(served: Served, raw_conns: list[RawH2]) -> None:
     raw = await _raw(served, raw_conns)
-    block = raw.encoder.encode([(":method", "GET"), (":scheme", "http"), (":path", served.path("Unary")),
-                                (":authority", "t")])
+    block = raw.encoder.encode(
+        [(":method", "GET"), (":scheme", "http"), (":path", served.path("Unary")), (":authority", "t")]
+    )
     raw.send(f.frame(f.HEADERS, f.END_HEADERS | f.END_STREAM, 1, block))
     resp = await raw.response(1)
     assert resp.trailers["grpc-status"] == str(grpc.StatusCode.INTERNAL.value[0])
@@ -1114,14 +1243,20 @@ async def test_raw_requests_that_are_not_grpc(served: Served, raw_conns: list[Ra
     # A unary call without a request message.
     raw.request(5, served.path("Unary"))
     resp = await raw.response(5)
-    assert resp.trailers == {"grpc-status": str(grpc.StatusCode.INTERNAL.value[0]),
-                             "grpc-message": "grpc: no request message"}
+    assert resp.trailers == {
+        "grpc-status": str(grpc.StatusCode.INTERNAL.value[0]),
+        "grpc-message": "grpc: no request message",
+    }
     # A unary call that ends inside a message.
-    raw.send(f.frame(f.HEADERS, f.END_HEADERS, 7, raw.header_block(served.path("Unary"))),
-             f.frame(f.DATA, f.END_STREAM, 7, struct.pack(">BI", 0, 10) + b"abc"))
+    raw.send(
+        f.frame(f.HEADERS, f.END_HEADERS, 7, raw.header_block(served.path("Unary"))),
+        f.frame(f.DATA, f.END_STREAM, 7, struct.pack(">BI", 0, 10) + b"abc"),
+    )
     resp = await raw.response(7)
-    assert resp.trailers == {"grpc-status": str(grpc.StatusCode.INTERNAL.value[0]),
-                             "grpc-message": "grpc: request ended inside a message"}
+    assert resp.trailers == {
+        "grpc-status": str(grpc.StatusCode.INTERNAL.value[0]),
+        "grpc-message": "grpc: request ended inside a message",
+    }
     # HEADERS on an even (server-initiated) stream is a connection error.
     raw.send(f.frame(f.HEADERS, f.END_HEADERS, 10, raw.header_block(served.path("Unary"))))
     assert _goaway(await raw.to_eof()) == (7, f.PROTOCOL_ERROR)
@@ -1132,8 +1267,25 @@ class _Fuzzer:
     so far, control frames on stream 0, sensible payloads) so that a connection lives through
     several of them, with a share of anything-goes frames."""
 
-    TYPES = [f.DATA] * 6 + [f.HEADERS] * 4 + [f.PRIORITY, f.RST_STREAM, f.SETTINGS, f.SETTINGS, f.PING, f.PING,
-             f.WINDOW_UPDATE, f.WINDOW_UPDATE, f.GOAWAY, f.CONTINUATION, f.PUSH_PROMISE, 10, 0xFF]
+    TYPES = (
+        [f.DATA] * 6
+        + [f.HEADERS] * 4
+        + [
+            f.PRIORITY,
+            f.RST_STREAM,
+            f.SETTINGS,
+            f.SETTINGS,
+            f.PING,
+            f.PING,
+            f.WINDOW_UPDATE,
+            f.WINDOW_UPDATE,
+            f.GOAWAY,
+            f.CONTINUATION,
+            f.PUSH_PROMISE,
+            10,
+            0xFF,
+        ]
+    )
 
     def __init__(self, rng: random.Random, paths: list[str]) -> None:
         self.rng = rng
@@ -1156,11 +1308,16 @@ class _Fuzzer:
     def _headers(self) -> bytes:
         rng = self.rng
         headers: list[tuple[str, str]] = [
-            (":method", rng.choice(["POST"] * 5 + ["GET"])), (":scheme", "http"),
-            (":path", rng.choice(self.paths)), (":authority", "fuzz"),
-            ("content-type", rng.choice(["application/grpc"] * 4 + ["application/grpc+proto", "text/plain"]))]
+            (":method", rng.choice(["POST"] * 5 + ["GET"])),
+            (":scheme", "http"),
+            (":path", rng.choice(self.paths)),
+            (":authority", "fuzz"),
+            ("content-type", rng.choice(["application/grpc"] * 4 + ["application/grpc+proto", "text/plain"])),
+        ]
         if rng.random() < 0.3:
-            headers.append(("grpc-timeout", rng.choice(["1m", "50m", "1S", "x", "99999999H", "-1S", "", "5"])))
+            headers.append(
+                ("grpc-timeout", rng.choice(["1m", "50m", "1S", "x", "99999999H", "-1S", "", "5"]))
+            )
         if rng.random() < 0.3:
             headers.append(("grpc-encoding", rng.choice(["gzip", "deflate", "identity", "br", ""])))
         if rng.random() < 0.3:
@@ -1175,28 +1332,43 @@ class _Fuzzer:
         sid = self._sid(ftype)
         kind = rng.random()
         if ftype == f.HEADERS and kind < 0.95:
-            flags = rng.choice([f.END_HEADERS] * 8 + [f.END_HEADERS | f.END_STREAM] * 4
-                               + [0, rng.randrange(256) | f.END_HEADERS])
+            flags = rng.choice(
+                [f.END_HEADERS] * 8
+                + [f.END_HEADERS | f.END_STREAM] * 4
+                + [0, rng.randrange(256) | f.END_HEADERS]
+            )
             payload = self._headers()
         elif ftype == f.DATA and kind < 0.95:
-            flags = rng.choice([0, 0, 0, f.END_STREAM, f.END_STREAM, f.PADDED, rng.randrange(256) & ~f.PADDED])
+            flags = rng.choice(
+                [0, 0, 0, f.END_STREAM, f.END_STREAM, f.PADDED, rng.randrange(256) & ~f.PADDED]
+            )
             body = rng.choice([b"10", b"3 100", b"1 1", rng.randbytes(rng.randrange(0, 40))])
-            prefix = struct.pack(">BI", rng.choice([0, 0, 0, 1]),
-                                 rng.choice([len(body)] * 4 + [rng.randrange(1 << 32)]))
+            prefix = struct.pack(
+                ">BI", rng.choice([0, 0, 0, 1]), rng.choice([len(body)] * 4 + [rng.randrange(1 << 32)])
+            )
             payload = prefix + body
             if flags & f.PADDED:
                 pad = rng.randrange(0, 20)
                 payload = bytes([pad]) + payload + b"\0" * rng.choice([pad, pad, pad + 1])
             elif rng.random() < 0.2:
-                payload = payload[:rng.randrange(len(payload) + 1)]  # a message split across frames
+                payload = payload[: rng.randrange(len(payload) + 1)]  # a message split across frames
         elif ftype in (f.WINDOW_UPDATE, f.RST_STREAM) and kind < 0.95:
             flags = 0
-            payload = struct.pack(">I", rng.choice([1, 1000, 65535, (1 << 31) - 1, 0, rng.randrange(1 << 32)]))
+            payload = struct.pack(
+                ">I", rng.choice([1, 1000, 65535, (1 << 31) - 1, 0, rng.randrange(1 << 32)])
+            )
         elif ftype == f.SETTINGS and kind < 0.95:
             flags = rng.choice([0, 0, 0, f.ACK])
-            payload = b"".join(struct.pack(">HI", rng.randrange(1, 8), rng.choice(
-                [0, 1, 100, 16384, 65535, 1 << 20, 1 << 24, (1 << 31) - 1, rng.randrange(1 << 32)]))
-                for _ in range(rng.randrange(0, 4)))
+            payload = b"".join(
+                struct.pack(
+                    ">HI",
+                    rng.randrange(1, 8),
+                    rng.choice(
+                        [0, 1, 100, 16384, 65535, 1 << 20, 1 << 24, (1 << 31) - 1, rng.randrange(1 << 32)]
+                    ),
+                )
+                for _ in range(rng.randrange(0, 4))
+            )
         elif ftype == f.PING and kind < 0.95:
             flags = rng.choice([0, f.ACK])
             payload = rng.randbytes(8)
@@ -1211,7 +1383,11 @@ class _Fuzzer:
 
 async def test_raw_fuzz_never_crashes_the_server(served: Served, raw_conns: list[RawH2]) -> None:
     rng = random.Random(0x5EED)
-    paths = [served.path(m) for m in ("Unary", "Collect", "Bidi", "Stream", "Sized", "Raise", "Nope")] + ["/x/y", "", "/"]
+    paths = [served.path(m) for m in ("Unary", "Collect", "Bidi", "Stream", "Sized", "Raise", "Nope")] + [
+        "/x/y",
+        "",
+        "/",
+    ]
     frames_sent = 0
     outcomes: dict[str, int] = {}
     for _ in range(100):
@@ -1245,4 +1421,6 @@ async def test_raw_fuzz_never_crashes_the_server(served: Served, raw_conns: list
     assert outcomes.get("alive", 0) > 0 and sum(v for k, v in outcomes.items() if k.startswith("goaway")) > 0
     # And the server still serves.
     async with channel(served) as ch:
-        assert await ch.unary_unary(served.path("Unary"))(b"after fuzz", timeout=CALL_TIMEOUT) == b"after fuzz"
+        assert (
+            await ch.unary_unary(served.path("Unary"))(b"after fuzz", timeout=CALL_TIMEOUT) == b"after fuzz"
+        )

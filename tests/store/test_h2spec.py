@@ -34,29 +34,39 @@ H2SPEC_VERSION = "v2.2.1+incompatible"  # the same pin as e2e/toolchain/build.sh
 REACHABLE_STREAM_LIMIT = 10_000
 
 # case id ("spec/section/number", as h2spec numbers them) -> (the RFC rule, why it does not pass)
-GET_ROOT = ("h2spec sends `GET /` and expects a response with a body (a DATA frame) to act on; a gRPC server "
-            "answers a non-gRPC request with a trailers-only response (HEADERS with END_STREAM, "
-            "grpc-status), as grpc-go does, so the stream is already closed and no DATA comes")
-ANSWERED_FIRST = ("h2spec opens a `GET /` stream without END_STREAM and then sends the frame under test; the gRPC "
-                  "server has already refused the request (trailers-only response, then RST_STREAM NO_ERROR as "
-                  "RFC 9113 8.1 allows for a response sent before the request ended), so the frame arrives on a "
-                  "stream the server closed with RST_STREAM, and RFC 9113 5.1 says: 'An endpoint MUST ignore "
-                  "frames that it receives on closed streams after it has sent a RST_STREAM frame'")
+GET_ROOT = (
+    "h2spec sends `GET /` and expects a response with a body (a DATA frame) to act on; a gRPC server "
+    "answers a non-gRPC request with a trailers-only response (HEADERS with END_STREAM, "
+    "grpc-status), as grpc-go does, so the stream is already closed and no DATA comes"
+)
+ANSWERED_FIRST = (
+    "h2spec opens a `GET /` stream without END_STREAM and then sends the frame under test; the gRPC "
+    "server has already refused the request (trailers-only response, then RST_STREAM NO_ERROR as "
+    "RFC 9113 8.1 allows for a response sent before the request ended), so the frame arrives on a "
+    "stream the server closed with RST_STREAM, and RFC 9113 5.1 says: 'An endpoint MUST ignore "
+    "frames that it receives on closed streams after it has sent a RST_STREAM frame'"
+)
 EXCEPTIONS: dict[str, tuple[str, str]] = {
     "generic/2/2": ("RFC 9113 5.1 (WINDOW_UPDATE on a half-closed (remote) stream is allowed)", GET_ROOT),
     "generic/2/3": ("RFC 9113 5.1 (PRIORITY on a half-closed (remote) stream is allowed)", GET_ROOT),
     "http2/5.1/8": ("RFC 9113 5.1 (DATA on a stream the client reset: STREAM_CLOSED)", ANSWERED_FIRST),
     "http2/5.1/9": ("RFC 9113 5.1 (HEADERS on a stream the client reset: STREAM_CLOSED)", ANSWERED_FIRST),
-    "http2/6.9/2": ("RFC 9113 6.9 (WINDOW_UPDATE increment 0 on a stream: stream error PROTOCOL_ERROR)",
-                    ANSWERED_FIRST),
+    "http2/6.9/2": (
+        "RFC 9113 6.9 (WINDOW_UPDATE increment 0 on a stream: stream error PROTOCOL_ERROR)",
+        ANSWERED_FIRST,
+    ),
     "http2/8.1/1": ("RFC 9113 8.1 (a second HEADERS without END_STREAM is malformed)", ANSWERED_FIRST),
     "http2/8.1.2.1/3": ("RFC 9113 8.3 (pseudo-header fields in trailers are malformed)", ANSWERED_FIRST),
     "http2/8.1.2.6/1": ("RFC 9113 8.1.1 (content-length not matching the DATA is malformed)", ANSWERED_FIRST),
     "http2/8.1.2.6/2": ("RFC 9113 8.1.1 (content-length not matching the DATA is malformed)", ANSWERED_FIRST),
-    "http2/6.9.1/3": ("RFC 9113 6.9.1 (a stream window above 2^31-1 is a stream error FLOW_CONTROL_ERROR)",
-                      ("h2spec opens `GET /` without END_STREAM, then sends the WINDOW_UPDATEs; the gRPC server "
-                      "has already refused the request (trailers-only, then RST_STREAM NO_ERROR, RFC 9113 8.1), "
-                      "so the updates arrive on a closed stream, which RFC 9113 6.9 says to ignore")),
+    "http2/6.9.1/3": (
+        "RFC 9113 6.9.1 (a stream window above 2^31-1 is a stream error FLOW_CONTROL_ERROR)",
+        (
+            "h2spec opens `GET /` without END_STREAM, then sends the WINDOW_UPDATEs; the gRPC server "
+            "has already refused the request (trailers-only, then RST_STREAM NO_ERROR, RFC 9113 8.1), "
+            "so the updates arrive on a closed stream, which RFC 9113 6.9 says to ignore"
+        ),
+    ),
 }
 
 
@@ -68,7 +78,8 @@ def _find_h2spec() -> str | None:
     if found:
         return found
     cache = os.environ.get("K8S_TOOLCHAIN_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "etcdstore-toolchain")
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "etcdstore-toolchain"
+    )
     for path in sorted(glob.glob(os.path.join(cache, f"*h2spec-{H2SPEC_VERSION}*/bin/h2spec"))):
         if os.access(path, os.X_OK):
             return path
@@ -78,8 +89,14 @@ def _find_h2spec() -> str | None:
     if shutil.which("go"):
         os.makedirs(os.path.dirname(own), exist_ok=True)
         env_go = dict(os.environ, GOBIN=os.path.dirname(own), CGO_ENABLED="0")
-        r = subprocess.run(["go", "install", f"{H2SPEC_MODULE}@{H2SPEC_VERSION}"], env=env_go,
-                           check=False, capture_output=True, text=True, timeout=600)
+        r = subprocess.run(
+            ["go", "install", f"{H2SPEC_MODULE}@{H2SPEC_VERSION}"],
+            env=env_go,
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         if r.returncode == 0 and os.access(own, os.X_OK):
             return own
     return None
@@ -89,15 +106,18 @@ def _find_h2spec() -> str | None:
 def h2spec() -> str:
     path = _find_h2spec()
     if path is None:
-        pytest.skip(f"h2spec not found: e2e/toolchain/build.sh, or GOBIN=DIR go install {H2SPEC_MODULE}@{H2SPEC_VERSION}"
-                    " and H2SPEC=DIR/h2spec")
+        pytest.skip(
+            f"h2spec not found: e2e/toolchain/build.sh, or GOBIN=DIR go install {H2SPEC_MODULE}@{H2SPEC_VERSION}"
+            " and H2SPEC=DIR/h2spec"
+        )
     return path
 
 
 def case_ids(h2spec: str) -> list[str]:
     """Every case of the generic and http2 sections, as "spec/section/number" (from --dryrun)."""
-    out = subprocess.run([h2spec, "generic", "http2", "--dryrun"], check=False, capture_output=True,
-                         text=True, timeout=60).stdout
+    out = subprocess.run(
+        [h2spec, "generic", "http2", "--dryrun"], check=False, capture_output=True, text=True, timeout=60
+    ).stdout
     ids = []
     spec = section = None
     for line in out.splitlines():
@@ -138,8 +158,13 @@ def run_h2spec(h2spec: str, port: int, report: Path) -> dict[str, tuple[str, str
     limit = advertised_max_streams(port)
     if limit is not None and limit > REACHABLE_STREAM_LIMIT:
         ids = [i for i in ids if not i.startswith("http2/5.1.2/")]
-    proc = subprocess.run([h2spec, *ids, "-h", "127.0.0.1", "-p", str(port), "-j", str(report)],
-                          check=False, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [h2spec, *ids, "-h", "127.0.0.1", "-p", str(port), "-j", str(report)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert report.exists(), f"h2spec wrote no report (exit {proc.returncode}):\n{proc.stdout[-3000:]}"
     return parse_junit(report)
 
@@ -190,4 +215,6 @@ def test_h2spec_etcdstore_fails_nothing_that_etcd_passes(h2spec: str, tmp_path: 
         failed[binary] = {i for i, (s, _) in results.items() if s == "fail"}
         assert sum(1 for s, _ in results.values() if s == "pass") > 50
     worse = sorted(failed["etcdstore"] - failed["etcd"] - set(EXCEPTIONS))
-    assert not worse, f"etcdstore fails {len(worse)} h2spec cases that etcd passes:\n{_summary(results, worse)}"
+    assert not worse, (
+        f"etcdstore fails {len(worse)} h2spec cases that etcd passes:\n{_summary(results, worse)}"
+    )

@@ -20,8 +20,10 @@ from procs import Cluster, etcdctl, have_etcd
 QUOTA = 256 * 1024
 VALUE = "x" * 65536
 HEALTH_TRUE, HEALTH_FALSE = '{"health":"true"}', '{"health":"false"}'  # compared as JSON: the store spaces it
-BINARIES = [pytest.param("etcd", marks=pytest.mark.skipif(not have_etcd(), reason="etcd 3.4 not installed")),
-            "etcdstore"]
+BINARIES = [
+    pytest.param("etcd", marks=pytest.mark.skipif(not have_etcd(), reason="etcd 3.4 not installed")),
+    "etcdstore",
+]
 
 
 def _get(url: str) -> tuple[int, str]:

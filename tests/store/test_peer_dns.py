@@ -34,7 +34,7 @@ class _DNS(asyncio.DatagramProtocol):
         i = 12
         while data[i] != 0:
             i += data[i] + 1
-        question, qtype = data[12:i + 5], struct.unpack(">H", data[i + 1:i + 3])[0]
+        question, qtype = data[12 : i + 5], struct.unpack(">H", data[i + 1 : i + 3])[0]
         answers = b""
         if qtype == 1:
             answers = b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, 0, 4) + socket.inet_aton(self.ip)
@@ -65,10 +65,14 @@ async def test_peer_channel_follows_a_new_address_of_the_same_name():
     dns_port = transport.get_extra_info("sockname")[1]
     port = _free_port()
     old = await _server("127.0.0.2", port)
-    channel = grpc.aio.insecure_channel(f"dns://127.0.0.1:{dns_port}/peer.test:{port}", options=peer._GRPC_OPTIONS)
+    channel = grpc.aio.insecure_channel(
+        f"dns://127.0.0.1:{dns_port}/peer.test:{port}", options=peer._GRPC_OPTIONS
+    )
     new = None
     try:
-        where = channel.unary_unary("/t.T/Where", request_serializer=lambda b: b, response_deserializer=lambda b: b)
+        where = channel.unary_unary(
+            "/t.T/Where", request_serializer=lambda b: b, response_deserializer=lambda b: b
+        )
         assert await where(b"", timeout=5) == b"127.0.0.2"
         await old.stop(0)  # the pod is gone...
         dns.ip = "127.0.0.3"  # ...and comes back elsewhere under the same name

@@ -104,30 +104,50 @@ def _tls(tmp_path: Any, name: str) -> PeerTLS:
 
 
 async def _pair(
-    tmp_path: Any = None, *, tls: bool = False, h2: bool = True, cluster_b: int = CLUSTER, removed: set[int] | None = None
+    tmp_path: Any = None,
+    *,
+    tls: bool = False,
+    h2: bool = True,
+    cluster_b: int = CLUSTER,
+    removed: set[int] | None = None,
 ) -> tuple[PeerTransport, PeerTransport, _Host, _Host]:
     ports = free_port(), free_port()
     scheme = "https" if tls else "http"
     members = {i + 1: _Member(i + 1, [f"{scheme}://127.0.0.1:{p}"]) for i, p in enumerate(ports)}
     ha = _Host(1, _Membership(members))
     hb = _Host(2, _Membership(members, removed=set(removed or ())), cluster_b)
-    a = PeerTransport(ha, [("127.0.0.1", ports[0])], tls=_tls(tmp_path, "a") if tls else None,  # type: ignore[arg-type]
-                      grpc_protocol=peer_grpc if h2 else None)
-    b = PeerTransport(hb, [("127.0.0.1", ports[1])], tls=_tls(tmp_path, "b") if tls else None,  # type: ignore[arg-type]
-                      grpc_protocol=peer_grpc if h2 else None)
+    a = PeerTransport(
+        ha,
+        [("127.0.0.1", ports[0])],
+        tls=_tls(tmp_path, "a") if tls else None,  # type: ignore[arg-type]
+        grpc_protocol=peer_grpc if h2 else None,
+    )
+    b = PeerTransport(
+        hb,
+        [("127.0.0.1", ports[1])],
+        tls=_tls(tmp_path, "b") if tls else None,  # type: ignore[arg-type]
+        grpc_protocol=peer_grpc if h2 else None,
+    )
     await a.start()
     await b.start()
     return a, b, ha, hb
 
 
-@pytest.mark.parametrize(("tls", "h2"), [(False, True), (True, True), (False, False), (True, False)],
-                         ids=["plain-h2", "tls-h2", "plain-relay", "tls-relay"])
-async def test_messages_cross_on_the_raft_stream_and_grpc_shares_the_port(tmp_path: Any, tls: bool, h2: bool) -> None:
+@pytest.mark.parametrize(
+    ("tls", "h2"),
+    [(False, True), (True, True), (False, False), (True, False)],
+    ids=["plain-h2", "tls-h2", "plain-relay", "tls-relay"],
+)
+async def test_messages_cross_on_the_raft_stream_and_grpc_shares_the_port(
+    tmp_path: Any, tls: bool, h2: bool
+) -> None:
     a, b, _, hb = await _pair(tmp_path, tls=tls, h2=h2)
     try:
         received = peer_mod.STATS.messages_received
         entries = [Entry(term=1, index=i, data=os.urandom(300)) for i in range(1, 4)]
-        a.send([_hb(t) for t in range(1, 51)] + [Message(MessageType.APP, to=2, frm=1, term=51, entries=entries)])
+        a.send(
+            [_hb(t) for t in range(1, 51)] + [Message(MessageType.APP, to=2, frm=1, term=51, entries=entries)]
+        )
         got = [await asyncio.wait_for(hb.received.get(), 10) for _ in range(51)]
         assert [m.term for m in got] == list(range(1, 52))
         assert [e.data for e in got[-1].entries] == [e.data for e in entries]
@@ -135,10 +155,13 @@ async def test_messages_cross_on_the_raft_stream_and_grpc_shares_the_port(tmp_pa
         assert peer_mod.STATS.messages_received - received >= 51  # all of them came over the stream
         # gRPC on the same port: the prober's Ping and a joining member's Cluster call
         ch = await a.peers[2].get_channel()
-        ping = ch.unary_unary(f"/{SERVICE}/Ping", request_serializer=lambda x: x, response_deserializer=lambda x: x)
+        ping = ch.unary_unary(
+            f"/{SERVICE}/Ping", request_serializer=lambda x: x, response_deserializer=lambda x: x
+        )
         assert await ping(b"hello", timeout=10) == b"hello"
-        cluster = ch.unary_unary(f"/{SERVICE}/Cluster", request_serializer=lambda x: x,
-                                 response_deserializer=lambda x: x)
+        cluster = ch.unary_unary(
+            f"/{SERVICE}/Cluster", request_serializer=lambda x: x, response_deserializer=lambda x: x
+        )
         assert json.loads(await cluster(b"", timeout=10))["clusterID"] == CLUSTER
     finally:
         await a.stop()
@@ -250,8 +273,9 @@ async def test_rolling_upgrade_new_and_old_members_talk(h2: bool) -> None:
         assert new.peers[2].out is None
         # old -> new: an old member's gRPC Raft stream (frames, identity in metadata) is accepted
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{ports[0]}")
-        call = channel.stream_unary(f"/{SERVICE}/Raft", request_serializer=lambda x: x,
-                                    response_deserializer=lambda x: x)
+        call = channel.stream_unary(
+            f"/{SERVICE}/Raft", request_serializer=lambda x: x, response_deserializer=lambda x: x
+        )
 
         async def frames() -> Any:
             yield encode_frame([_hb(t, to=1, frm=2) for t in range(20, 25)])
@@ -302,7 +326,9 @@ async def test_a_peer_that_stops_reading_costs_a_bounded_queue(monkeypatch: pyte
     try:
         p = a.peers[2]
         assert await _until(lambda: p.out is not None)
-        big = Message(MessageType.APP, to=2, frm=1, term=1, entries=[Entry(term=1, index=1, data=b"x" * (256 << 10))])
+        big = Message(
+            MessageType.APP, to=2, frm=1, term=1, entries=[Entry(term=1, index=1, data=b"x" * (256 << 10))]
+        )
         for _ in range(200):  # 50 MiB, far beyond the kernel's buffers and the high-water mark
             a.send([big])
             if p.out is not None and p.out.paused and len(p.queue) >= 20:
@@ -320,7 +346,9 @@ async def test_a_peer_that_stops_reading_costs_a_bounded_queue(monkeypatch: pyte
         srv.close()
 
 
-async def test_a_peer_back_under_the_same_name_at_a_new_address_is_found(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_peer_back_under_the_same_name_at_a_new_address_is_found(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     port = free_port()
     where = {"ip": "127.0.0.2"}
 

@@ -53,7 +53,9 @@ class _Host:
 
 async def _pair() -> tuple[PeerTransport, PeerTransport, _Host, _Host]:
     ports = free_port(), free_port()
-    ms = _Membership({1: _Member(1, [f"http://127.0.0.1:{ports[0]}"]), 2: _Member(2, [f"http://127.0.0.1:{ports[1]}"])})
+    ms = _Membership(
+        {1: _Member(1, [f"http://127.0.0.1:{ports[0]}"]), 2: _Member(2, [f"http://127.0.0.1:{ports[1]}"])}
+    )
     hosts = _Host(1, ms), _Host(2, ms)
     transports = [PeerTransport(h, [("127.0.0.1", p)]) for h, p in zip(hosts, ports, strict=True)]  # type: ignore[arg-type]
     for t in transports:
@@ -120,7 +122,9 @@ async def test_a_sender_that_ended_is_restarted_by_the_next_send(monkeypatch: py
         await b.stop()
 
 
-async def test_a_stuck_sender_is_restarted_while_the_peer_answers_probes(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_stuck_sender_is_restarted_while_the_peer_answers_probes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     calls = _first_sender_fails(monkeypatch, "hangs", probe_interval=0.2)
     a, b, _, hb = await _pair()
     try:

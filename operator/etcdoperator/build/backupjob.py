@@ -61,17 +61,31 @@ def backup_job(
     secrets = tls_secrets(ref, spec)
     if spec.tls.client.enabled:
         if secrets.client:
-            volumes.append({"name": "tls-client", "secret": {"secretName": secrets.client, "defaultMode": 0o400}})
+            volumes.append(
+                {"name": "tls-client", "secret": {"secretName": secrets.client, "defaultMode": 0o400}}
+            )
             args += [f"--cert={CLIENT_TLS_DIR}/tls.crt", f"--key={CLIENT_TLS_DIR}/tls.key"]
         else:  # no client certificate: only the CA, projected out of the server Secret
-            volumes.append({"name": "tls-client", "secret": {"secretName": secrets.server, "defaultMode": 0o400,
-                                                             "items": [{"key": "ca.crt", "path": "ca.crt"}]}})
+            volumes.append(
+                {
+                    "name": "tls-client",
+                    "secret": {
+                        "secretName": secrets.server,
+                        "defaultMode": 0o400,
+                        "items": [{"key": "ca.crt", "path": "ca.crt"}],
+                    },
+                }
+            )
         mounts.append({"name": "tls-client", "mountPath": CLIENT_TLS_DIR, "readOnly": True})
         args.append(f"--cacert={CLIENT_TLS_DIR}/ca.crt")
     if spec.auth is not None:
         args.append("--user=root")
-        env.append({"name": PASSWORD_ENV,
-                    "valueFrom": {"secretKeyRef": {"name": spec.auth.secret_name, "key": spec.auth.secret_key}}})
+        env.append(
+            {
+                "name": PASSWORD_ENV,
+                "valueFrom": {"secretKeyRef": {"name": spec.auth.secret_name, "key": spec.auth.secret_key}},
+            }
+        )
     labels = ref.labels("backup")
     labels[LABEL_BACKUP_KIND] = kind
     if backup_object:
@@ -94,8 +108,11 @@ def backup_job(
                 "spec": {
                     "restartPolicy": "Never",
                     "securityContext": pod_security_context(),
-                    **({"imagePullSecrets": [{"name": n} for n in spec.image_pull_secrets]}
-                       if spec.image_pull_secrets else {}),
+                    **(
+                        {"imagePullSecrets": [{"name": n} for n in spec.image_pull_secrets]}
+                        if spec.image_pull_secrets
+                        else {}
+                    ),
                     "containers": [
                         {
                             "name": "backup",

@@ -30,7 +30,10 @@ class Images:
 
     @classmethod
     def defaults(cls) -> Images:
-        return cls(operator=f"{OPERATOR_IMAGE_REPOSITORY}:{__version__}", store=f"{STORE_IMAGE_REPOSITORY}:{__version__}")
+        return cls(
+            operator=f"{OPERATOR_IMAGE_REPOSITORY}:{__version__}",
+            store=f"{STORE_IMAGE_REPOSITORY}:{__version__}",
+        )
 
     @classmethod
     def from_env(cls) -> Images:

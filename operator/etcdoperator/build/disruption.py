@@ -20,7 +20,10 @@ from etcdoperator.naming import ClusterRef, quorum
 
 
 def pod_disruption_budget(ref: ClusterRef, voters: int) -> Manifest:
-    spec: Manifest = {"selector": {"matchLabels": ref.voter_selector()}, "unhealthyPodEvictionPolicy": "AlwaysAllow"}
+    spec: Manifest = {
+        "selector": {"matchLabels": ref.voter_selector()},
+        "unhealthyPodEvictionPolicy": "AlwaysAllow",
+    }
     if voters <= 1:
         spec["maxUnavailable"] = 1
     else:

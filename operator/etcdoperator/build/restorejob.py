@@ -60,19 +60,46 @@ def restore_job(ref: ClusterRef, spec: ClusterSpec, *, images: Images, version: 
     tool = restore_tool(spec.engine, version)
 
     def step(name: str, image: str, command: list[str], args: list[str], **extra: object) -> Manifest:
-        return {"name": name, "image": image, "imagePullPolicy": spec.image_pull_policy, "command": command,
-                "args": args, "volumeMounts": [data_mount], "securityContext": container_security_context(),
-                "terminationMessagePolicy": "FallbackToLogsOnError", **extra}
+        return {
+            "name": name,
+            "image": image,
+            "imagePullPolicy": spec.image_pull_policy,
+            "command": command,
+            "args": args,
+            "volumeMounts": [data_mount],
+            "securityContext": container_security_context(),
+            "terminationMessagePolicy": "FallbackToLogsOnError",
+            **extra,
+        }
 
-    fetch = step("fetch", images.operator, ["etcdoperator", "restore-member", "fetch"], fetch_args,
-                 env=location_env(src))
+    fetch = step(
+        "fetch",
+        images.operator,
+        ["etcdoperator", "restore-member", "fetch"],
+        fetch_args,
+        env=location_env(src),
+    )
     fetch["volumeMounts"] = [data_mount, *backup_mounts]
-    restore = step("restore", member_image(spec, images, version), tool[:1],
-                   tool[1:] + restore_args(snapshot=f"{SCRATCH}/snapshot.db", name=ref.pod(0), peer_url=peer_url,
-                                           token=cluster_token(ref), data_dir=DATA_DIR),
-                   env=[{"name": "ETCDCTL_API", "value": "3"}])
-    finish = step("finish", images.operator, ["etcdoperator", "restore-member", "finish"],
-                  [f"--data-dir={DATA_DIR}", f"--scratch={SCRATCH}"])
+    restore = step(
+        "restore",
+        member_image(spec, images, version),
+        tool[:1],
+        tool[1:]
+        + restore_args(
+            snapshot=f"{SCRATCH}/snapshot.db",
+            name=ref.pod(0),
+            peer_url=peer_url,
+            token=cluster_token(ref),
+            data_dir=DATA_DIR,
+        ),
+        env=[{"name": "ETCDCTL_API", "value": "3"}],
+    )
+    finish = step(
+        "finish",
+        images.operator,
+        ["etcdoperator", "restore-member", "finish"],
+        [f"--data-dir={DATA_DIR}", f"--scratch={SCRATCH}"],
+    )
 
     pod_spec: Manifest = {
         "restartPolicy": "Never",

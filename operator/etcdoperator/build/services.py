@@ -16,19 +16,29 @@ def _port(name: str, port: int) -> dict:
 
 def peer_service(ref: ClusterRef) -> Manifest:
     """Headless; publishes not-ready pods too, since members must find each other before any is ready."""
-    return _service(ref, ref.peer_service, "peer-service", {
-        "clusterIP": "None",
-        "publishNotReadyAddresses": True,
-        "selector": ref.member_selector(),
-        "ports": [_port("client", CLIENT_PORT), _port("peer", PEER_PORT)],
-    })
+    return _service(
+        ref,
+        ref.peer_service,
+        "peer-service",
+        {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": ref.member_selector(),
+            "ports": [_port("client", CLIENT_PORT), _port("peer", PEER_PORT)],
+        },
+    )
 
 
 def client_service(ref: ClusterRef) -> Manifest:
     """What applications use (and backup Jobs): only ready voting members receive traffic -
     a learner refuses most requests."""
-    return _service(ref, ref.client_service, "client-service", {
-        "type": "ClusterIP",
-        "selector": ref.voter_selector(),
-        "ports": [_port("client", CLIENT_PORT), _port("metrics", METRICS_PORT)],
-    })
+    return _service(
+        ref,
+        ref.client_service,
+        "client-service",
+        {
+            "type": "ClusterIP",
+            "selector": ref.voter_selector(),
+            "ports": [_port("client", CLIENT_PORT), _port("metrics", METRICS_PORT)],
+        },
+    )

@@ -62,7 +62,11 @@ def tls_secrets(ref: ClusterRef, spec: ClusterSpec) -> TLSSecrets:
     return TLSSecrets(
         server=ref.server_secret if c.mode == "auto" else c.secret_name if c.mode == "secret" else None,
         peer=ref.peer_secret if p.mode == "auto" else p.secret_name if p.mode == "secret" else None,
-        client=ref.client_secret if c.mode == "auto" else c.operator_secret_name if c.mode == "secret" else None,
+        client=ref.client_secret
+        if c.mode == "auto"
+        else c.operator_secret_name
+        if c.mode == "secret"
+        else None,
     )
 
 
@@ -119,7 +123,9 @@ def member_args(ref: ClusterRef, spec: ClusterSpec) -> list[str]:
         ("heartbeat-interval", o.heartbeat_interval_ms),
         ("election-timeout", o.election_timeout_ms),
     )
-    args += [f"--{flag}={value}" for flag, value in options if value is not None]  # unset: the store's default
+    args += [
+        f"--{flag}={value}" for flag, value in options if value is not None
+    ]  # unset: the store's default
     if spec.tls.client.enabled:
         args += [
             f"--cert-file={SERVER_TLS_DIR}/tls.crt",
@@ -147,7 +153,10 @@ def location_args(loc: Location, *, is_source: bool) -> list[str]:
     s3 = loc.s3
     assert s3 is not None
     key = s3.key.strip("/")
-    args = [f"--{'source' if is_source else 'destination'}=s3://{s3.bucket}/{key}", f"--s3-region={s3.region}"]
+    args = [
+        f"--{'source' if is_source else 'destination'}=s3://{s3.bucket}/{key}",
+        f"--s3-region={s3.region}",
+    ]
     if s3.endpoint:
         args.append(f"--s3-endpoint={s3.endpoint}")
     if s3.force_path_style:
@@ -168,7 +177,10 @@ def location_volume(loc: Location, *, read_only: bool) -> tuple[list[Manifest], 
     """(volumes, volumeMounts) that put a PVC location at BACKUP_MOUNT."""
     if loc.pvc is None:
         return [], []
-    vol = {"name": "backup", "persistentVolumeClaim": {"claimName": loc.pvc.claim_name, "readOnly": read_only}}
+    vol = {
+        "name": "backup",
+        "persistentVolumeClaim": {"claimName": loc.pvc.claim_name, "readOnly": read_only},
+    }
     return [vol], [{"name": "backup", "mountPath": BACKUP_MOUNT, "readOnly": read_only}]
 
 
@@ -189,10 +201,16 @@ def _gate_container(ref: ClusterRef, spec: ClusterSpec, images: Images) -> Manif
         ],
         "env": [
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-            {"name": "INITIAL_CLUSTER_STATE",
-             "valueFrom": {"configMapKeyRef": {"name": ref.bootstrap_configmap, "key": KEY_STATE}}},
-            {"name": "JOIN_TICKETS",
-             "valueFrom": {"configMapKeyRef": {"name": ref.bootstrap_configmap, "key": KEY_JOIN, "optional": True}}},
+            {
+                "name": "INITIAL_CLUSTER_STATE",
+                "valueFrom": {"configMapKeyRef": {"name": ref.bootstrap_configmap, "key": KEY_STATE}},
+            },
+            {
+                "name": "JOIN_TICKETS",
+                "valueFrom": {
+                    "configMapKeyRef": {"name": ref.bootstrap_configmap, "key": KEY_JOIN, "optional": True}
+                },
+            },
         ],
         "volumeMounts": [{"name": DATA_VOLUME, "mountPath": DATA_MOUNT, "readOnly": True}],
         "securityContext": container_security_context(),

@@ -56,35 +56,41 @@ class AuthService(rpc_pb2_grpc.AuthServicer):
         # Fail fast before spending ~50 ms of bcrypt on a caller the applier will refuse anyway.
         self.store.check_admin(self.hooks.credentials(context)[0])
         hashed = await asyncio.get_running_loop().run_in_executor(
-            None, hash_password, request.password, self.s.cfg.bcrypt_cost)
+            None, hash_password, request.password, self.s.cfg.bcrypt_cost
+        )
         request.hashedPassword = base64.b64encode(hashed).decode()
         request.password = ""
 
     # ---- enable / disable / status ----------------------------------------------------------------
 
     @unary
-    async def AuthEnable(self, request: rpc_pb2.AuthEnableRequest,
-                         context: grpc.aio.ServicerContext) -> rpc_pb2.AuthEnableResponse:
+    async def AuthEnable(
+        self, request: rpc_pb2.AuthEnableRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.AuthEnableResponse:
         return await self._propose(context, Kind.AUTH_ENABLE, request)
 
     @unary
-    async def AuthDisable(self, request: rpc_pb2.AuthDisableRequest,
-                          context: grpc.aio.ServicerContext) -> rpc_pb2.AuthDisableResponse:
+    async def AuthDisable(
+        self, request: rpc_pb2.AuthDisableRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.AuthDisableResponse:
         return await self._propose(context, Kind.AUTH_DISABLE, request)
 
     @unary
-    async def AuthStatus(self, request: rpc_pb2.AuthStatusRequest,
-                         context: grpc.aio.ServicerContext) -> rpc_pb2.AuthStatusResponse:
+    async def AuthStatus(
+        self, request: rpc_pb2.AuthStatusRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.AuthStatusResponse:
         user = await self._read(context)
         self.store.check_admin(user)
-        return rpc_pb2.AuthStatusResponse(header=self.s.header(), enabled=self.store.enabled,
-                                          authRevision=self.store.revision)
+        return rpc_pb2.AuthStatusResponse(
+            header=self.s.header(), enabled=self.store.enabled, authRevision=self.store.revision
+        )
 
     # ---- Authenticate -------------------------------------------------------------------------------
 
     @unary
-    async def Authenticate(self, request: rpc_pb2.AuthenticateRequest,
-                           context: grpc.aio.ServicerContext) -> rpc_pb2.AuthenticateResponse:
+    async def Authenticate(
+        self, request: rpc_pb2.AuthenticateRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.AuthenticateResponse:
         s, st, tokens = self.s, self.store, self.hooks.tokens
         gate(s, context)
         user, rev = self.hooks.credentials(context)  # a bad token alongside is refused, as in etcd
@@ -105,8 +111,9 @@ class AuthService(rpc_pb2_grpc.AuthServicer):
     # ---- users --------------------------------------------------------------------------------------
 
     @unary
-    async def UserAdd(self, request: rpc_pb2.AuthUserAddRequest,
-                      context: grpc.aio.ServicerContext) -> rpc_pb2.AuthUserAddResponse:
+    async def UserAdd(
+        self, request: rpc_pb2.AuthUserAddRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.AuthUserAddResponse:
         gate(self.s, context)
         if request.options.no_password:
             request.password = ""  # unused, and kept out of the log
@@ -115,73 +122,85 @@ class AuthService(rpc_pb2_grpc.AuthServicer):
         return await self._propose(context, Kind.AUTH_USER_ADD, request)
 
     @unary
-    async def UserGet(self, request: rpc_pb2.AuthUserGetRequest,
-                      context: grpc.aio.ServicerContext) -> rpc_pb2.AuthUserGetResponse:
+    async def UserGet(
+        self, request: rpc_pb2.AuthUserGetRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.AuthUserGetResponse:
         user = await self._read(context)
         if user != request.name:  # anyone may look at themselves
             self.store.check_admin(user)
         return rpc_pb2.AuthUserGetResponse(header=self.s.header(), roles=self.store.user_get(request.name))
 
     @unary
-    async def UserList(self, request: rpc_pb2.AuthUserListRequest,
-                       context: grpc.aio.ServicerContext) -> rpc_pb2.AuthUserListResponse:
+    async def UserList(
+        self, request: rpc_pb2.AuthUserListRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.AuthUserListResponse:
         self.store.check_admin(await self._read(context))
         return rpc_pb2.AuthUserListResponse(header=self.s.header(), users=self.store.user_list())
 
     @unary
-    async def UserDelete(self, request: rpc_pb2.AuthUserDeleteRequest,
-                         context: grpc.aio.ServicerContext) -> rpc_pb2.AuthUserDeleteResponse:
+    async def UserDelete(
+        self, request: rpc_pb2.AuthUserDeleteRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.AuthUserDeleteResponse:
         return await self._propose(context, Kind.AUTH_USER_DELETE, request)
 
     @unary
-    async def UserChangePassword(self, request: rpc_pb2.AuthUserChangePasswordRequest,
-                                 context: grpc.aio.ServicerContext) -> rpc_pb2.AuthUserChangePasswordResponse:
+    async def UserChangePassword(
+        self, request: rpc_pb2.AuthUserChangePasswordRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.AuthUserChangePasswordResponse:
         gate(self.s, context)
         await self._hash_into(context, request)
         return await self._propose(context, Kind.AUTH_USER_CHANGE_PASSWORD, request)
 
     @unary
-    async def UserGrantRole(self, request: rpc_pb2.AuthUserGrantRoleRequest,
-                            context: grpc.aio.ServicerContext) -> rpc_pb2.AuthUserGrantRoleResponse:
+    async def UserGrantRole(
+        self, request: rpc_pb2.AuthUserGrantRoleRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.AuthUserGrantRoleResponse:
         return await self._propose(context, Kind.AUTH_USER_GRANT_ROLE, request)
 
     @unary
-    async def UserRevokeRole(self, request: rpc_pb2.AuthUserRevokeRoleRequest,
-                             context: grpc.aio.ServicerContext) -> rpc_pb2.AuthUserRevokeRoleResponse:
+    async def UserRevokeRole(
+        self, request: rpc_pb2.AuthUserRevokeRoleRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.AuthUserRevokeRoleResponse:
         return await self._propose(context, Kind.AUTH_USER_REVOKE_ROLE, request)
 
     # ---- roles --------------------------------------------------------------------------------------
 
     @unary
-    async def RoleAdd(self, request: rpc_pb2.AuthRoleAddRequest,
-                      context: grpc.aio.ServicerContext) -> rpc_pb2.AuthRoleAddResponse:
+    async def RoleAdd(
+        self, request: rpc_pb2.AuthRoleAddRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.AuthRoleAddResponse:
         return await self._propose(context, Kind.AUTH_ROLE_ADD, request)
 
     @unary
-    async def RoleGet(self, request: rpc_pb2.AuthRoleGetRequest,
-                      context: grpc.aio.ServicerContext) -> rpc_pb2.AuthRoleGetResponse:
+    async def RoleGet(
+        self, request: rpc_pb2.AuthRoleGetRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.AuthRoleGetResponse:
         user = await self._read(context)
         if not self.store.has_role(user, request.role):  # anyone may look at their own roles
             self.store.check_admin(user)
         return rpc_pb2.AuthRoleGetResponse(header=self.s.header(), perm=self.store.role_get(request.role))
 
     @unary
-    async def RoleList(self, request: rpc_pb2.AuthRoleListRequest,
-                       context: grpc.aio.ServicerContext) -> rpc_pb2.AuthRoleListResponse:
+    async def RoleList(
+        self, request: rpc_pb2.AuthRoleListRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.AuthRoleListResponse:
         self.store.check_admin(await self._read(context))
         return rpc_pb2.AuthRoleListResponse(header=self.s.header(), roles=self.store.role_list())
 
     @unary
-    async def RoleDelete(self, request: rpc_pb2.AuthRoleDeleteRequest,
-                         context: grpc.aio.ServicerContext) -> rpc_pb2.AuthRoleDeleteResponse:
+    async def RoleDelete(
+        self, request: rpc_pb2.AuthRoleDeleteRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.AuthRoleDeleteResponse:
         return await self._propose(context, Kind.AUTH_ROLE_DELETE, request)
 
     @unary
-    async def RoleGrantPermission(self, request: rpc_pb2.AuthRoleGrantPermissionRequest,
-                                  context: grpc.aio.ServicerContext) -> rpc_pb2.AuthRoleGrantPermissionResponse:
+    async def RoleGrantPermission(
+        self, request: rpc_pb2.AuthRoleGrantPermissionRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.AuthRoleGrantPermissionResponse:
         return await self._propose(context, Kind.AUTH_ROLE_GRANT_PERMISSION, request)
 
     @unary
-    async def RoleRevokePermission(self, request: rpc_pb2.AuthRoleRevokePermissionRequest,
-                                   context: grpc.aio.ServicerContext) -> rpc_pb2.AuthRoleRevokePermissionResponse:
+    async def RoleRevokePermission(
+        self, request: rpc_pb2.AuthRoleRevokePermissionRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.AuthRoleRevokePermissionResponse:
         return await self._propose(context, Kind.AUTH_ROLE_REVOKE_PERMISSION, request)

@@ -38,8 +38,9 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
 
     def _members(self) -> list[rpc_pb2.Member]:
         return [
-            rpc_pb2.Member(ID=m.id, name=m.name, peerURLs=m.peer_urls, clientURLs=m.client_urls,
-                           isLearner=m.is_learner)
+            rpc_pb2.Member(
+                ID=m.id, name=m.name, peerURLs=m.peer_urls, clientURLs=m.client_urls, isLearner=m.is_learner
+            )
             for m in self.s.membership.sorted_members()
         ]
 
@@ -93,9 +94,13 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
         urls = _check_urls(list(request.peerURLs))
         s.membership.check_update(request.ID, urls)
         current = s.membership.get(request.ID)
-        member = Member(id=request.ID, name=current.name if current else "", peer_urls=sorted(urls),
-                        client_urls=current.client_urls if current else [],
-                        is_learner=current.is_learner if current else False)
+        member = Member(
+            id=request.ID,
+            name=current.name if current else "",
+            peer_urls=sorted(urls),
+            client_urls=current.client_urls if current else [],
+            is_learner=current.is_learner if current else False,
+        )
         members = await s.propose_conf_change(ConfChangeType.UPDATE_NODE, member)
         return rpc_pb2.MemberUpdateResponse(header=_header(s), members=members)
 

@@ -46,10 +46,16 @@ def gate(server: ServerAPI, context: grpc.aio.ServicerContext, *, learner_ok: bo
 GRPC_OVERHEAD = 512 * 1024
 
 # gRPC service name of each servicer class (for the grpc_server_* metrics' labels).
-_SERVICES = {"KVService": "etcdserverpb.KV", "WatchService": "etcdserverpb.Watch",
-             "LeaseService": "etcdserverpb.Lease", "ClusterService": "etcdserverpb.Cluster",
-             "MaintenanceService": "etcdserverpb.Maintenance", "AuthService": "etcdserverpb.Auth",
-             "LockService": "v3lockpb.Lock", "ElectionService": "v3electionpb.Election"}
+_SERVICES = {
+    "KVService": "etcdserverpb.KV",
+    "WatchService": "etcdserverpb.Watch",
+    "LeaseService": "etcdserverpb.Lease",
+    "ClusterService": "etcdserverpb.Cluster",
+    "MaintenanceService": "etcdserverpb.Maintenance",
+    "AuthService": "etcdserverpb.Auth",
+    "LockService": "v3lockpb.Lock",
+    "ElectionService": "v3electionpb.Election",
+}
 
 
 def unary(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -61,21 +67,26 @@ def unary(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
         if not bound:
-            bound.extend(metrics.rpc_metrics(_SERVICES.get(type(self).__name__, type(self).__name__), fn.__name__))
+            bound.extend(
+                metrics.rpc_metrics(_SERVICES.get(type(self).__name__, type(self).__name__), fn.__name__)
+            )
         started, handling, handled = bound
         started.inc()
         t = perf()
         code = "OK"
         try:
             if type(request) is _Undecodable:
-                raise errors.EtcdError(grpc.StatusCode.INTERNAL,
-                                       f"grpc: error unmarshalling request: {request.reason}")
+                raise errors.EtcdError(
+                    grpc.StatusCode.INTERNAL, f"grpc: error unmarshalling request: {request.reason}"
+                )
             size = request.ByteSize()
             limit = self.s.cfg.max_request_bytes + GRPC_OVERHEAD
             if size > limit:
                 # grpc-go's own check in etcd, with its words (gRPC-core's would differ).
-                raise errors.EtcdError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                       f"grpc: received message larger than max ({size} vs. {limit})")
+                raise errors.EtcdError(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"grpc: received message larger than max ({size} vs. {limit})",
+                )
             return await fn(self, request, context)
         except errors.EtcdError as e:
             code = e.code.name
@@ -149,13 +160,21 @@ def service_handlers(add_to_server: Callable[[Any, Any], None], servicer: Any) -
     that turns a malformed message into grpc-go's INTERNAL "error unmarshalling request" (see `unary`)."""
     capture = _Capture()
     add_to_server(servicer, capture)
-    return [(service, {name: h._replace(request_deserializer=_safe(h.request_deserializer))
-                       for name, h in handlers.items()})
-            for service, handlers in capture.services]
+    return [
+        (
+            service,
+            {
+                name: h._replace(request_deserializer=_safe(h.request_deserializer))
+                for name, h in handlers.items()
+            },
+        )
+        for service, handlers in capture.services
+    ]
 
 
-def register_service(server: grpc.aio.Server, add_to_server: Callable[[Any, Any], None],
-                     servicer: Any) -> list[tuple[str, dict]]:
+def register_service(
+    server: grpc.aio.Server, add_to_server: Callable[[Any, Any], None], servicer: Any
+) -> list[tuple[str, dict]]:
     """Register a servicer with grpc.aio like the generated helper does (see `service_handlers`);
     returns the (service, handlers) it registered.
 

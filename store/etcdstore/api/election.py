@@ -53,8 +53,9 @@ _PUT = kv_pb2.Event.PUT
 _DELETE = kv_pb2.Event.DELETE
 
 
-async def proclaim(s: ServerAPI, context: grpc.aio.ServicerContext, key: bytes, rev: int, lease: int,
-                   value: bytes) -> rpc_pb2.TxnResponse:
+async def proclaim(
+    s: ServerAPI, context: grpc.aio.ServicerContext, key: bytes, rev: int, lease: int, value: bytes
+) -> rpc_pb2.TxnResponse:
     """Put the new value if `key` still has create revision `rev` (still leader), else ELECTION_NOT_LEADER."""
     txn = rpc_pb2.TxnRequest(compare=[create_revision_is(key, rev)], success=[put_op(key, value, lease)])
     resp = await propose_txn(s, context, txn)

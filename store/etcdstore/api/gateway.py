@@ -56,7 +56,9 @@ class Route(NamedTuple):
 
 
 def _routes() -> dict[str, Route]:
-    kv, lease, cluster, maint, auth = ("etcdserverpb." + s for s in ("KV", "Lease", "Cluster", "Maintenance", "Auth"))
+    kv, lease, cluster, maint, auth = (
+        "etcdserverpb." + s for s in ("KV", "Lease", "Cluster", "Maintenance", "Auth")
+    )
     table: list[tuple[str, str, str, type, type, int]] = [
         ("/v3/kv/range", kv, "Range", pb.RangeRequest, pb.RangeResponse, UNARY),
         ("/v3/kv/put", kv, "Put", pb.PutRequest, pb.PutResponse, UNARY),
@@ -67,60 +69,207 @@ def _routes() -> dict[str, Route]:
         ("/v3/lease/grant", lease, "LeaseGrant", pb.LeaseGrantRequest, pb.LeaseGrantResponse, UNARY),
         ("/v3/lease/revoke", lease, "LeaseRevoke", pb.LeaseRevokeRequest, pb.LeaseRevokeResponse, UNARY),
         ("/v3/kv/lease/revoke", lease, "LeaseRevoke", pb.LeaseRevokeRequest, pb.LeaseRevokeResponse, UNARY),
-        ("/v3/lease/keepalive", lease, "LeaseKeepAlive", pb.LeaseKeepAliveRequest, pb.LeaseKeepAliveResponse, BIDI),
-        ("/v3/lease/timetolive", lease, "LeaseTimeToLive", pb.LeaseTimeToLiveRequest, pb.LeaseTimeToLiveResponse,
-         UNARY),
-        ("/v3/kv/lease/timetolive", lease, "LeaseTimeToLive", pb.LeaseTimeToLiveRequest,
-         pb.LeaseTimeToLiveResponse, UNARY),
+        (
+            "/v3/lease/keepalive",
+            lease,
+            "LeaseKeepAlive",
+            pb.LeaseKeepAliveRequest,
+            pb.LeaseKeepAliveResponse,
+            BIDI,
+        ),
+        (
+            "/v3/lease/timetolive",
+            lease,
+            "LeaseTimeToLive",
+            pb.LeaseTimeToLiveRequest,
+            pb.LeaseTimeToLiveResponse,
+            UNARY,
+        ),
+        (
+            "/v3/kv/lease/timetolive",
+            lease,
+            "LeaseTimeToLive",
+            pb.LeaseTimeToLiveRequest,
+            pb.LeaseTimeToLiveResponse,
+            UNARY,
+        ),
         ("/v3/lease/leases", lease, "LeaseLeases", pb.LeaseLeasesRequest, pb.LeaseLeasesResponse, UNARY),
         ("/v3/kv/lease/leases", lease, "LeaseLeases", pb.LeaseLeasesRequest, pb.LeaseLeasesResponse, UNARY),
         ("/v3/cluster/member/add", cluster, "MemberAdd", pb.MemberAddRequest, pb.MemberAddResponse, UNARY),
-        ("/v3/cluster/member/remove", cluster, "MemberRemove", pb.MemberRemoveRequest, pb.MemberRemoveResponse,
-         UNARY),
-        ("/v3/cluster/member/update", cluster, "MemberUpdate", pb.MemberUpdateRequest, pb.MemberUpdateResponse,
-         UNARY),
-        ("/v3/cluster/member/list", cluster, "MemberList", pb.MemberListRequest, pb.MemberListResponse, UNARY),
-        ("/v3/cluster/member/promote", cluster, "MemberPromote", pb.MemberPromoteRequest,
-         pb.MemberPromoteResponse, UNARY),
+        (
+            "/v3/cluster/member/remove",
+            cluster,
+            "MemberRemove",
+            pb.MemberRemoveRequest,
+            pb.MemberRemoveResponse,
+            UNARY,
+        ),
+        (
+            "/v3/cluster/member/update",
+            cluster,
+            "MemberUpdate",
+            pb.MemberUpdateRequest,
+            pb.MemberUpdateResponse,
+            UNARY,
+        ),
+        (
+            "/v3/cluster/member/list",
+            cluster,
+            "MemberList",
+            pb.MemberListRequest,
+            pb.MemberListResponse,
+            UNARY,
+        ),
+        (
+            "/v3/cluster/member/promote",
+            cluster,
+            "MemberPromote",
+            pb.MemberPromoteRequest,
+            pb.MemberPromoteResponse,
+            UNARY,
+        ),
         ("/v3/maintenance/alarm", maint, "Alarm", pb.AlarmRequest, pb.AlarmResponse, UNARY),
         ("/v3/maintenance/status", maint, "Status", pb.StatusRequest, pb.StatusResponse, UNARY),
-        ("/v3/maintenance/defragment", maint, "Defragment", pb.DefragmentRequest, pb.DefragmentResponse, UNARY),
+        (
+            "/v3/maintenance/defragment",
+            maint,
+            "Defragment",
+            pb.DefragmentRequest,
+            pb.DefragmentResponse,
+            UNARY,
+        ),
         # Hash and HashKV share this path in rpc.proto; grpc-gateway matches the first, Hash.
         ("/v3/maintenance/hash", maint, "Hash", pb.HashRequest, pb.HashResponse, UNARY),
-        ("/v3/maintenance/snapshot", maint, "Snapshot", pb.SnapshotRequest, pb.SnapshotResponse, SERVER_STREAM),
-        ("/v3/maintenance/transfer-leadership", maint, "MoveLeader", pb.MoveLeaderRequest, pb.MoveLeaderResponse,
-         UNARY),
+        (
+            "/v3/maintenance/snapshot",
+            maint,
+            "Snapshot",
+            pb.SnapshotRequest,
+            pb.SnapshotResponse,
+            SERVER_STREAM,
+        ),
+        (
+            "/v3/maintenance/transfer-leadership",
+            maint,
+            "MoveLeader",
+            pb.MoveLeaderRequest,
+            pb.MoveLeaderResponse,
+            UNARY,
+        ),
         ("/v3/auth/enable", auth, "AuthEnable", pb.AuthEnableRequest, pb.AuthEnableResponse, UNARY),
         ("/v3/auth/disable", auth, "AuthDisable", pb.AuthDisableRequest, pb.AuthDisableResponse, UNARY),
-        ("/v3/auth/authenticate", auth, "Authenticate", pb.AuthenticateRequest, pb.AuthenticateResponse, UNARY),
+        (
+            "/v3/auth/authenticate",
+            auth,
+            "Authenticate",
+            pb.AuthenticateRequest,
+            pb.AuthenticateResponse,
+            UNARY,
+        ),
         ("/v3/auth/user/add", auth, "UserAdd", pb.AuthUserAddRequest, pb.AuthUserAddResponse, UNARY),
         ("/v3/auth/user/get", auth, "UserGet", pb.AuthUserGetRequest, pb.AuthUserGetResponse, UNARY),
         ("/v3/auth/user/list", auth, "UserList", pb.AuthUserListRequest, pb.AuthUserListResponse, UNARY),
-        ("/v3/auth/user/delete", auth, "UserDelete", pb.AuthUserDeleteRequest, pb.AuthUserDeleteResponse, UNARY),
-        ("/v3/auth/user/changepw", auth, "UserChangePassword", pb.AuthUserChangePasswordRequest,
-         pb.AuthUserChangePasswordResponse, UNARY),
-        ("/v3/auth/user/grant", auth, "UserGrantRole", pb.AuthUserGrantRoleRequest, pb.AuthUserGrantRoleResponse,
-         UNARY),
-        ("/v3/auth/user/revoke", auth, "UserRevokeRole", pb.AuthUserRevokeRoleRequest,
-         pb.AuthUserRevokeRoleResponse, UNARY),
+        (
+            "/v3/auth/user/delete",
+            auth,
+            "UserDelete",
+            pb.AuthUserDeleteRequest,
+            pb.AuthUserDeleteResponse,
+            UNARY,
+        ),
+        (
+            "/v3/auth/user/changepw",
+            auth,
+            "UserChangePassword",
+            pb.AuthUserChangePasswordRequest,
+            pb.AuthUserChangePasswordResponse,
+            UNARY,
+        ),
+        (
+            "/v3/auth/user/grant",
+            auth,
+            "UserGrantRole",
+            pb.AuthUserGrantRoleRequest,
+            pb.AuthUserGrantRoleResponse,
+            UNARY,
+        ),
+        (
+            "/v3/auth/user/revoke",
+            auth,
+            "UserRevokeRole",
+            pb.AuthUserRevokeRoleRequest,
+            pb.AuthUserRevokeRoleResponse,
+            UNARY,
+        ),
         ("/v3/auth/role/add", auth, "RoleAdd", pb.AuthRoleAddRequest, pb.AuthRoleAddResponse, UNARY),
         ("/v3/auth/role/get", auth, "RoleGet", pb.AuthRoleGetRequest, pb.AuthRoleGetResponse, UNARY),
         ("/v3/auth/role/list", auth, "RoleList", pb.AuthRoleListRequest, pb.AuthRoleListResponse, UNARY),
-        ("/v3/auth/role/delete", auth, "RoleDelete", pb.AuthRoleDeleteRequest, pb.AuthRoleDeleteResponse, UNARY),
-        ("/v3/auth/role/grant", auth, "RoleGrantPermission", pb.AuthRoleGrantPermissionRequest,
-         pb.AuthRoleGrantPermissionResponse, UNARY),
-        ("/v3/auth/role/revoke", auth, "RoleRevokePermission", pb.AuthRoleRevokePermissionRequest,
-         pb.AuthRoleRevokePermissionResponse, UNARY),
+        (
+            "/v3/auth/role/delete",
+            auth,
+            "RoleDelete",
+            pb.AuthRoleDeleteRequest,
+            pb.AuthRoleDeleteResponse,
+            UNARY,
+        ),
+        (
+            "/v3/auth/role/grant",
+            auth,
+            "RoleGrantPermission",
+            pb.AuthRoleGrantPermissionRequest,
+            pb.AuthRoleGrantPermissionResponse,
+            UNARY,
+        ),
+        (
+            "/v3/auth/role/revoke",
+            auth,
+            "RoleRevokePermission",
+            pb.AuthRoleRevokePermissionRequest,
+            pb.AuthRoleRevokePermissionResponse,
+            UNARY,
+        ),
         ("/v3/lock/lock", "v3lockpb.Lock", "Lock", lpb.LockRequest, lpb.LockResponse, UNARY),
         ("/v3/lock/unlock", "v3lockpb.Lock", "Unlock", lpb.UnlockRequest, lpb.UnlockResponse, UNARY),
-        ("/v3/election/campaign", "v3electionpb.Election", "Campaign", epb.CampaignRequest, epb.CampaignResponse,
-         UNARY),
-        ("/v3/election/proclaim", "v3electionpb.Election", "Proclaim", epb.ProclaimRequest, epb.ProclaimResponse,
-         UNARY),
-        ("/v3/election/leader", "v3electionpb.Election", "Leader", epb.LeaderRequest, epb.LeaderResponse, UNARY),
-        ("/v3/election/observe", "v3electionpb.Election", "Observe", epb.LeaderRequest, epb.LeaderResponse,
-         SERVER_STREAM),
-        ("/v3/election/resign", "v3electionpb.Election", "Resign", epb.ResignRequest, epb.ResignResponse, UNARY),
+        (
+            "/v3/election/campaign",
+            "v3electionpb.Election",
+            "Campaign",
+            epb.CampaignRequest,
+            epb.CampaignResponse,
+            UNARY,
+        ),
+        (
+            "/v3/election/proclaim",
+            "v3electionpb.Election",
+            "Proclaim",
+            epb.ProclaimRequest,
+            epb.ProclaimResponse,
+            UNARY,
+        ),
+        (
+            "/v3/election/leader",
+            "v3electionpb.Election",
+            "Leader",
+            epb.LeaderRequest,
+            epb.LeaderResponse,
+            UNARY,
+        ),
+        (
+            "/v3/election/observe",
+            "v3electionpb.Election",
+            "Observe",
+            epb.LeaderRequest,
+            epb.LeaderResponse,
+            SERVER_STREAM,
+        ),
+        (
+            "/v3/election/resign",
+            "v3electionpb.Election",
+            "Resign",
+            epb.ResignRequest,
+            epb.ResignResponse,
+            UNARY,
+        ),
     ]
     return {path: Route(f"/{svc}/{m}", req, resp, kind) for path, svc, m, req, resp, kind in table}
 
@@ -129,18 +278,39 @@ ROUTES = _routes()
 
 # grpc-gateway's HTTPStatusFromCode (v1.9).
 _HTTP_STATUS = {
-    grpc.StatusCode.OK: 200, grpc.StatusCode.CANCELLED: 408, grpc.StatusCode.UNKNOWN: 500,
-    grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.DEADLINE_EXCEEDED: 504, grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.ALREADY_EXISTS: 409, grpc.StatusCode.PERMISSION_DENIED: 403,
-    grpc.StatusCode.UNAUTHENTICATED: 401, grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
-    grpc.StatusCode.FAILED_PRECONDITION: 412, grpc.StatusCode.ABORTED: 409, grpc.StatusCode.OUT_OF_RANGE: 400,
-    grpc.StatusCode.UNIMPLEMENTED: 501, grpc.StatusCode.INTERNAL: 500, grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.CANCELLED: 408,
+    grpc.StatusCode.UNKNOWN: 500,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.FAILED_PRECONDITION: 412,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.UNAVAILABLE: 503,
     grpc.StatusCode.DATA_LOSS: 500,
 }
-_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-            408: "Request Timeout", 409: "Conflict", 412: "Precondition Failed", 429: "Too Many Requests",
-            500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable",
-            504: "Gateway Timeout"}
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    408: "Request Timeout",
+    409: "Conflict",
+    412: "Precondition Failed",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    501: "Not Implemented",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
 
 # grpc-core words a too-large message differently from grpc-go; clients see grpc-go's text.
 _TOO_LARGE = re.compile(r"[Rr]eceived message larger than max \((\d+) vs\. (\d+)\)")
@@ -154,8 +324,12 @@ _INT64 = {_d.FieldDescriptor.TYPE_INT64, _d.FieldDescriptor.TYPE_SINT64, _d.Fiel
 _UINT64 = {_d.FieldDescriptor.TYPE_UINT64, _d.FieldDescriptor.TYPE_FIXED64}
 _INT32 = {_d.FieldDescriptor.TYPE_INT32, _d.FieldDescriptor.TYPE_SINT32, _d.FieldDescriptor.TYPE_SFIXED32}
 _UINT32 = {_d.FieldDescriptor.TYPE_UINT32, _d.FieldDescriptor.TYPE_FIXED32}
-_INT_RANGE = {"int64": (-(1 << 63), (1 << 63) - 1), "uint64": (0, (1 << 64) - 1),
-              "int32": (-(1 << 31), (1 << 31) - 1), "uint32": (0, (1 << 32) - 1)}
+_INT_RANGE = {
+    "int64": (-(1 << 63), (1 << 63) - 1),
+    "uint64": (0, (1 << 64) - 1),
+    "int32": (-(1 << 31), (1 << 31) - 1),
+    "uint32": (0, (1 << 32) - 1),
+}
 
 
 def _int_kind(fd: _d.FieldDescriptor) -> str | None:
@@ -252,8 +426,10 @@ def _scalar(fd: _d.FieldDescriptor, raw: Any) -> Any:
         if isinstance(raw, bool) or not isinstance(raw, (int, float)):
             raise _type_error(raw, go_name)
         if isinstance(raw, float) or not -(1 << 31) <= raw < (1 << 31):
-            raise GoJSONError(f"json: cannot unmarshal number {getattr(raw, 'literal', raw)} into Go value of type "
-                              f"{go_name}")
+            raise GoJSONError(
+                f"json: cannot unmarshal number {getattr(raw, 'literal', raw)} into Go value of type "
+                f"{go_name}"
+            )
         return raw
     kind = _int_kind(fd)
     if kind is not None:
@@ -347,15 +523,26 @@ def error_response(code: grpc.StatusCode, message: str) -> web.Response:
 def _stream_error_chunk(code: grpc.StatusCode, message: str) -> tuple[int, bytes]:
     message = _go_message(code, message)
     status = _HTTP_STATUS.get(code, 500)
-    chunk = {"error": {"grpc_code": code.value[0], "http_code": status, "message": message,
-                       "http_status": _REASONS.get(status, "")}}
+    chunk = {
+        "error": {
+            "grpc_code": code.value[0],
+            "http_code": status,
+            "message": message,
+            "http_status": _REASONS.get(status, ""),
+        }
+    }
     return status, dumps(chunk).encode()
 
 
 def _plain(status: int, text: str) -> web.Response:
     # Go's http.Error: text/plain, nosniff, the text plus a newline.
-    return web.Response(status=status, text=text + "\n", content_type="text/plain", charset="utf-8",
-                        headers={"X-Content-Type-Options": "nosniff"})
+    return web.Response(
+        status=status,
+        text=text + "\n",
+        content_type="text/plain",
+        charset="utf-8",
+        headers={"X-Content-Type-Options": "nosniff"},
+    )
 
 
 _MD_KEY = re.compile(r"[0-9a-z_.-]+")
@@ -381,7 +568,7 @@ def _call_options(request: web.Request) -> tuple[list[tuple[str, str]], float | 
             token = value
             md.append(("authorization", value))
         elif lk.startswith("grpc-metadata-"):
-            name = lk[len("grpc-metadata-"):]
+            name = lk[len("grpc-metadata-") :]
             if _MD_KEY.fullmatch(name) and not name.endswith("-bin"):
                 md.append((name, value))
                 has_token_md = has_token_md or name == "token"
@@ -436,11 +623,34 @@ class _Status(Exception):
 
 # grpc-gateway v1.9's isPermanentHTTPHeader: these request headers reach the service as
 # "grpcgateway-<name>" metadata (etcd's auth reads grpcgateway-accept, see auth.hooks).
-_PERMANENT_HEADERS = frozenset({
-    "accept", "accept-charset", "accept-language", "accept-ranges", "authorization", "cache-control",
-    "content-type", "cookie", "date", "expect", "from", "host", "if-match", "if-modified-since", "if-none-match",
-    "if-schedule-tag-match", "if-unmodified-since", "max-forwards", "origin", "pragma", "referer", "user-agent",
-    "via", "warning"})
+_PERMANENT_HEADERS = frozenset(
+    {
+        "accept",
+        "accept-charset",
+        "accept-language",
+        "accept-ranges",
+        "authorization",
+        "cache-control",
+        "content-type",
+        "cookie",
+        "date",
+        "expect",
+        "from",
+        "host",
+        "if-match",
+        "if-modified-since",
+        "if-none-match",
+        "if-schedule-tag-match",
+        "if-unmodified-since",
+        "max-forwards",
+        "origin",
+        "pragma",
+        "referer",
+        "user-agent",
+        "via",
+        "warning",
+    }
+)
 
 
 class Gateway:
@@ -453,7 +663,9 @@ class Gateway:
     def __init__(self, router: Router) -> None:
         self.router = router
 
-    def _context(self, request: web.Request, md: list[tuple[str, str]], deadline: float | None) -> CallContext:
+    def _context(
+        self, request: web.Request, md: list[tuple[str, str]], deadline: float | None
+    ) -> CallContext:
         transport = request.transport
         peer = ""
         identity = None
@@ -484,7 +696,7 @@ class Gateway:
             return redirect
         path = request.path
         if path.startswith("/v3beta/"):
-            path = "/v3/" + path[len("/v3beta/"):]
+            path = "/v3/" + path[len("/v3beta/") :]
         route = ROUTES.get(path)
         if route is None:
             return _plain(404, "Not Found")
@@ -493,14 +705,17 @@ class Gateway:
         md, deadline = _call_options(request)
         handler = self.router.methods.get(route.method.encode())
         if handler is None:  # every route's service is registered; kept for a member without one
-            return error_response(grpc.StatusCode.UNIMPLEMENTED,
-                                  unknown_method_message(self.router.services, route.method))
+            return error_response(
+                grpc.StatusCode.UNIMPLEMENTED, unknown_method_message(self.router.services, route.method)
+            )
         if route.kind == BIDI:
             return await self._bidi(request, route, handler, md, deadline)
         try:
             text = await _read_body(request)
         except _BodyTooLarge:
-            return error_response(grpc.StatusCode.RESOURCE_EXHAUSTED, "grpc: received message larger than max")
+            return error_response(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, "grpc: received message larger than max"
+            )
         try:
             msg = _decode_first(route, text)
         except GoJSONError as e:
@@ -517,8 +732,14 @@ class Gateway:
             return error_response(e.code, e.details)
         return web.Response(body=dumps(message_to_dict(resp)).encode(), headers=_UNARY_HEADERS)
 
-    async def _bidi(self, request: web.Request, route: Route, handler: grpc.RpcMethodHandler, md: list,
-                    deadline: float | None) -> web.StreamResponse:
+    async def _bidi(
+        self,
+        request: web.Request,
+        route: Route,
+        handler: grpc.RpcMethodHandler,
+        md: list,
+        deadline: float | None,
+    ) -> web.StreamResponse:
         """Watch and LeaseKeepAlive: the body is a stream of JSON requests, handed to the service
         as they arrive."""
         reader = _JSONStreamReader(request)
@@ -537,12 +758,14 @@ class Gateway:
         ctx = self._context(request, md, deadline)
         # With an empty body grpc-gateway never waits for the response headers, so none of the
         # server's metadata is forwarded.
-        return await _forward_stream(request, _invoke_stream(handler, requests, ctx), timeout,
-                                     with_md=first is not None)
+        return await _forward_stream(
+            request, _invoke_stream(handler, requests, ctx), timeout, with_md=first is not None
+        )
 
 
-async def _invoke_unary(h: grpc.RpcMethodHandler, req: Message, ctx: CallContext,
-                        timeout: float | None) -> Message:
+async def _invoke_unary(
+    h: grpc.RpcMethodHandler, req: Message, ctx: CallContext, timeout: float | None
+) -> Message:
     """Run a unary handler under the client gRPC server's call rules (api.h2.calls: handler_function,
     error_status, end_status): an abort, a status set on the context or an unexpected exception
     becomes a `_Status`."""
@@ -587,8 +810,9 @@ class _BodyRequests:
 
     __slots__ = ("cls", "first", "half_close", "reader")
 
-    def __init__(self, reader: _JSONStreamReader, cls: type[Message], first: Message | None,
-                 half_close: bool) -> None:
+    def __init__(
+        self, reader: _JSONStreamReader, cls: type[Message], first: Message | None, half_close: bool
+    ) -> None:
         self.reader = reader
         self.cls = cls
         self.first = first
@@ -654,8 +878,9 @@ class _JSONStreamReader:
             self.buf += self.utf8.decode(chunk)
 
 
-async def _forward_stream(request: web.Request, responses: AsyncIterator[Message], timeout: float | None,
-                          with_md: bool = True) -> web.StreamResponse:
+async def _forward_stream(
+    request: web.Request, responses: AsyncIterator[Message], timeout: float | None, with_md: bool = True
+) -> web.StreamResponse:
     """grpc-gateway's ForwardResponseStream: headers go out with the first message; each message
     is `{"result": ...}` plus a newline; an error (or the deadline) ends the stream with an error
     chunk; the call ends when the HTTP client goes away."""

@@ -67,8 +67,10 @@ def add_base_routes(app: web.Application, s: ServerAPI, registry: object | None 
         return web.Response(text="ok" if ok else f"not ready: {reason}", status=200 if ok else 503)
 
     async def version(request: web.Request) -> web.Response:
-        body = json.dumps({"etcdserver": ETCD_VERSION, "etcdcluster": ETCD_VERSION.rsplit(".", 1)[0] + ".0"},
-                          separators=(",", ":"))
+        body = json.dumps(
+            {"etcdserver": ETCD_VERSION, "etcdcluster": ETCD_VERSION.rsplit(".", 1)[0] + ".0"},
+            separators=(",", ":"),
+        )
         return web.Response(body=body.encode(), headers={"Content-Type": "application/json"})
 
     async def metrics_handler(request: web.Request) -> web.Response:

@@ -20,7 +20,9 @@ class KVService(rpc_pb2_grpc.KVServicer):
         self.s = server
 
     @unary
-    async def Range(self, request: rpc_pb2.RangeRequest, context: grpc.aio.ServicerContext) -> rpc_pb2.RangeResponse:
+    async def Range(
+        self, request: rpc_pb2.RangeRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.RangeResponse:
         s = self.s
         gate(s, context, learner_ok=request.serializable)
         kv_apply.check_range(request)
@@ -32,7 +34,9 @@ class KVService(rpc_pb2_grpc.KVServicer):
         return resp
 
     @unary
-    async def Put(self, request: rpc_pb2.PutRequest, context: grpc.aio.ServicerContext) -> rpc_pb2.PutResponse:
+    async def Put(
+        self, request: rpc_pb2.PutRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.PutResponse:
         s = self.s
         gate(s, context)
         kv_apply.check_put(request)
@@ -51,7 +55,9 @@ class KVService(rpc_pb2_grpc.KVServicer):
         return await s.propose(Kind.DELETE_RANGE, request.SerializeToString(), user=user, auth_revision=rev)
 
     @unary
-    async def Txn(self, request: rpc_pb2.TxnRequest, context: grpc.aio.ServicerContext) -> rpc_pb2.TxnResponse:
+    async def Txn(
+        self, request: rpc_pb2.TxnRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.TxnResponse:
         s = self.s
         gate(s, context)
         kv_apply.check_txn(request, s.cfg.max_txn_ops)
@@ -89,9 +95,10 @@ def _txn_cost(r: rpc_pb2.TxnRequest) -> int:
     """The quota cost etcd charges a txn: the puts of its larger branch (top level only)."""
 
     def branch(ops: object) -> int:
-        return sum(_KV_OVERHEAD + len(op.request_put.key) + len(op.request_put.value)
-                   for op in ops if op.HasField("request_put"))  # type: ignore[attr-defined]
+        return sum(
+            _KV_OVERHEAD + len(op.request_put.key) + len(op.request_put.value)
+            for op in ops
+            if op.HasField("request_put")
+        )  # type: ignore[attr-defined]
 
     return max(branch(r.success), branch(r.failure))
-
-

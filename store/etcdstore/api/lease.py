@@ -47,7 +47,9 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
         return await s.propose(Kind.LEASE_REVOKE, request.SerializeToString(), user=user, auth_revision=rev)
 
     async def LeaseKeepAlive(
-        self, request_iterator: AsyncIterator[rpc_pb2.LeaseKeepAliveRequest], context: grpc.aio.ServicerContext
+        self,
+        request_iterator: AsyncIterator[rpc_pb2.LeaseKeepAliveRequest],
+        context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[rpc_pb2.LeaseKeepAliveResponse]:
         s = self.s
         try:
@@ -76,7 +78,9 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
                 raise
             # etcd reports an unknown lease as TTL -1 rather than an error.
             return rpc_pb2.LeaseTimeToLiveResponse(header=s.header(), ID=request.ID, TTL=-1)
-        resp = rpc_pb2.LeaseTimeToLiveResponse(header=s.header(), ID=request.ID, TTL=remaining, grantedTTL=granted)
+        resp = rpc_pb2.LeaseTimeToLiveResponse(
+            header=s.header(), ID=request.ID, TTL=remaining, grantedTTL=granted
+        )
         if request.keys:
             resp.keys.extend(keys)
         return resp

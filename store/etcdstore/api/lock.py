@@ -133,8 +133,14 @@ async def linearizable_range(s: ServerAPI, context: Any, req: rpc_pb2.RangeReque
 
 def top_by_create(prefix: bytes, order: int, max_create_revision: int = 0) -> rpc_pb2.RangeRequest:
     """clientv3's WithFirstCreate/WithLastCreate on a prefix: the key created first (last)."""
-    return rpc_pb2.RangeRequest(key=prefix, range_end=prefix_end(prefix), sort_target=_CREATE,
-                                sort_order=order, limit=1, max_create_revision=max_create_revision)
+    return rpc_pb2.RangeRequest(
+        key=prefix,
+        range_end=prefix_end(prefix),
+        sort_target=_CREATE,
+        sort_order=order,
+        limit=1,
+        max_create_revision=max_create_revision,
+    )
 
 
 def first_created(prefix: bytes) -> rpc_pb2.RangeRequest:
@@ -150,8 +156,9 @@ def get_op(req: rpc_pb2.RangeRequest) -> rpc_pb2.RequestOp:
 
 
 def create_revision_is(key: bytes, rev: int) -> rpc_pb2.Compare:
-    return rpc_pb2.Compare(key=key, target=rpc_pb2.Compare.CREATE, result=rpc_pb2.Compare.EQUAL,
-                           create_revision=rev)
+    return rpc_pb2.Compare(
+        key=key, target=rpc_pb2.Compare.CREATE, result=rpc_pb2.Compare.EQUAL, create_revision=rev
+    )
 
 
 async def propose_txn(s: ServerAPI, context: Any, txn: rpc_pb2.TxnRequest) -> rpc_pb2.TxnResponse:
@@ -165,8 +172,11 @@ async def propose_txn(s: ServerAPI, context: Any, txn: rpc_pb2.TxnRequest) -> rp
 
 
 def _puts_cost(ops: Any) -> int:
-    return sum(_KV_OVERHEAD + len(op.request_put.key) + len(op.request_put.value)
-               for op in ops if op.HasField("request_put"))
+    return sum(
+        _KV_OVERHEAD + len(op.request_put.key) + len(op.request_put.value)
+        for op in ops
+        if op.HasField("request_put")
+    )
 
 
 async def propose_delete(s: ServerAPI, context: Any, key: bytes) -> rpc_pb2.DeleteRangeResponse:

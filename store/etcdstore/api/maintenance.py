@@ -29,24 +29,32 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
         self.s = server
 
     @unary
-    async def Status(self, request: rpc_pb2.StatusRequest, context: grpc.aio.ServicerContext) -> rpc_pb2.StatusResponse:
+    async def Status(
+        self, request: rpc_pb2.StatusRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.StatusResponse:
         gate(self.s, context, learner_ok=True)
         return self.s.status()
 
     @unary
-    async def Hash(self, request: rpc_pb2.HashRequest, context: grpc.aio.ServicerContext) -> rpc_pb2.HashResponse:
+    async def Hash(
+        self, request: rpc_pb2.HashRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.HashResponse:
         s = self.s
         gate(s, context)
         s.auth.authorize_admin(context, "Hash")
         return rpc_pb2.HashResponse(header=s.header(), hash=s.kv.hash())
 
     @unary
-    async def HashKV(self, request: rpc_pb2.HashKVRequest, context: grpc.aio.ServicerContext) -> rpc_pb2.HashKVResponse:
+    async def HashKV(
+        self, request: rpc_pb2.HashKVRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.HashKVResponse:
         s = self.s
         gate(s, context)
         s.auth.authorize_admin(context, "HashKV")
         h, compact_rev, hash_rev = await s.kv.hash_kv_async(request.revision)
-        return rpc_pb2.HashKVResponse(header=s.header(), hash=h, compact_revision=compact_rev, hash_revision=hash_rev)
+        return rpc_pb2.HashKVResponse(
+            header=s.header(), hash=h, compact_revision=compact_rev, hash_revision=hash_rev
+        )
 
     @unary
     async def Defragment(
@@ -93,8 +101,9 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
                 await loop.run_in_executor(None, build)
             except Exception as e:  # noqa: BLE001 - any failure ends the stream with INTERNAL
                 log.error("snapshot failed", exc_info=e)
-                await abort_with(context, errors.EtcdError(grpc.StatusCode.INTERNAL,
-                                                           f"etcdserver: snapshot failed: {e}"))
+                await abort_with(
+                    context, errors.EtcdError(grpc.StatusCode.INTERNAL, f"etcdserver: snapshot failed: {e}")
+                )
                 return
             total = os.path.getsize(path)
             sent = 0
@@ -121,7 +130,9 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
             _remove_tree(work)
 
     @unary
-    async def Alarm(self, request: rpc_pb2.AlarmRequest, context: grpc.aio.ServicerContext) -> rpc_pb2.AlarmResponse:
+    async def Alarm(
+        self, request: rpc_pb2.AlarmRequest, context: grpc.aio.ServicerContext
+    ) -> rpc_pb2.AlarmResponse:
         s = self.s
         gate(s, context)
         s.auth.authorize_admin(context, "Alarm")

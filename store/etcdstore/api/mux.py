@@ -122,8 +122,12 @@ class ClientPortMux:
     one that follows certificate rotation).
     """
 
-    def __init__(self, http_protocol_factory: Callable[[], asyncio.Protocol], router: Router,
-                 limits: Limits = H2_DEFAULT_LIMITS) -> None:
+    def __init__(
+        self,
+        http_protocol_factory: Callable[[], asyncio.Protocol],
+        router: Router,
+        limits: Limits = H2_DEFAULT_LIMITS,
+    ) -> None:
         self.router = router
         self.connections = Connections(limits)
         self.http_protocol_factory = http_protocol_factory
@@ -134,8 +138,15 @@ class ClientPortMux:
         loop = asyncio.get_running_loop()
         # TLS is done by the listener itself: uvloop's start_tls on an accepted socket loses
         # about half the handshakes (measured), the listener's own TLS none.
-        server = await loop.create_server(lambda: _Sniffer(self), host, port, reuse_address=True,
-                                          backlog=4096, ssl=tls, ssl_handshake_timeout=10 if tls else None)
+        server = await loop.create_server(
+            lambda: _Sniffer(self),
+            host,
+            port,
+            reuse_address=True,
+            backlog=4096,
+            ssl=tls,
+            ssl_handshake_timeout=10 if tls else None,
+        )
         self._servers.append(server)
         return server.sockets[0].getsockname()[1]
 

@@ -145,8 +145,15 @@ class _Session:
             self.s.auth.authorize_watch(self.context, creq.key, creq.range_end)
         except errors.EtcdError as e:
             # etcd answers a refused watch with created+canceled and the reason.
-            self.control(rpc_pb2.WatchResponse(header=self.header(rev), watch_id=_INVALID_WATCH_ID,
-                                               created=True, canceled=True, cancel_reason=e.message))
+            self.control(
+                rpc_pb2.WatchResponse(
+                    header=self.header(rev),
+                    watch_id=_INVALID_WATCH_ID,
+                    created=True,
+                    canceled=True,
+                    cancel_reason=e.message,
+                )
+            )
             return
         try:
             wid = self.ws.watch(
@@ -159,8 +166,15 @@ class _Session:
                 progress_notify=creq.progress_notify,
             )
         except WatchError as e:
-            self.control(rpc_pb2.WatchResponse(header=self.header(rev), watch_id=_INVALID_WATCH_ID,
-                                               created=True, canceled=True, cancel_reason=str(e)))
+            self.control(
+                rpc_pb2.WatchResponse(
+                    header=self.header(rev),
+                    watch_id=_INVALID_WATCH_ID,
+                    created=True,
+                    canceled=True,
+                    cancel_reason=str(e),
+                )
+            )
             return
         if creq.fragment:
             self.fragment.add(wid)
@@ -172,7 +186,9 @@ class _Session:
         except WatchError:
             return  # etcd sends nothing for an unknown watch ID
         self.fragment.discard(watch_id)
-        self.control(rpc_pb2.WatchResponse(header=self.header(self.ws.revision), watch_id=watch_id, canceled=True))
+        self.control(
+            rpc_pb2.WatchResponse(header=self.header(self.ws.revision), watch_id=watch_id, canceled=True)
+        )
 
     def progress(self) -> None:
         if self.ws.request_progress() or self._progress_pending:
@@ -192,8 +208,12 @@ class _Session:
     def convert(self, resp: WatchResponse) -> list[rpc_pb2.WatchResponse]:
         # etcd's compaction cancel carries no revision in its header.
         revision = 0 if resp.compact_revision else resp.revision
-        out = rpc_pb2.WatchResponse(header=self.header(revision), watch_id=resp.watch_id,
-                                    compact_revision=resp.compact_revision, canceled=resp.canceled)
+        out = rpc_pb2.WatchResponse(
+            header=self.header(revision),
+            watch_id=resp.watch_id,
+            compact_revision=resp.compact_revision,
+            canceled=resp.canceled,
+        )
         if resp.events:
             out.events.extend(resp.events)
         if resp.watch_id == PROGRESS_WATCH_ID or resp.watch_id not in self.fragment or len(resp.events) < 2:

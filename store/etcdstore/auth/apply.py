@@ -126,8 +126,11 @@ class AuthApplier:
         user = self.store.users.get(r.name)
         if user is None:
             raise errors.USER_NOT_FOUND()
-        hashed = b"" if user.options.no_password else select_password(r.password, r.hashedPassword,
-                                                                       self.bcrypt_cost)
+        hashed = (
+            b""
+            if user.options.no_password
+            else select_password(r.password, r.hashedPassword, self.bcrypt_cost)
+        )
         self.store.user_change_password(batch, r.name, hashed)
         return rpc_pb2.AuthUserChangePasswordResponse(header=rpc_pb2.ResponseHeader())
 

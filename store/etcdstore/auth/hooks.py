@@ -47,6 +47,7 @@ class AuthHost(Protocol):
     applier: Any  # register(kind, handler); index (the Raft index being applied)
     auth: Any
 
+
 # How etcd 3.4 guards each admin RPC (it differs per RPC; these are facts of etcd, not choices):
 _RAW_AUTH_ERRORS = frozenset({"Hash", "HashKV", "Defragment", "Snapshot"})  # root; bare "auth: ..." errors
 _TOKEN_ONLY = frozenset({"Compact", "Alarm"})  # any valid credentials (the applier asks no more)
@@ -127,8 +128,9 @@ class AuthHooks:
             self._check_put(user, rev, req.key, req.lease, req.prev_kv)
         return user, rev
 
-    def authorize_delete(self, context: grpc.aio.ServicerContext,
-                         req: rpc_pb2.DeleteRangeRequest) -> tuple[str, int]:
+    def authorize_delete(
+        self, context: grpc.aio.ServicerContext, req: rpc_pb2.DeleteRangeRequest
+    ) -> tuple[str, int]:
         user, rev = self.credentials(context)
         if self._precheck(rev):
             self._check_delete(user, rev, req.key, req.range_end, req.prev_kv)

@@ -92,8 +92,12 @@ class JWTTokens:
             del self._cache[token]
             return None
         try:
-            claims = jwt.decode(token, self._verify_key, algorithms=[self.method],
-                                options={"verify_aud": False, "verify_iss": False})
+            claims = jwt.decode(
+                token,
+                self._verify_key,
+                algorithms=[self.method],
+                options={"verify_aud": False, "verify_iss": False},
+            )
         except jwt.PyJWTError:
             return None
         user, rev, exp = claims.get("username"), claims.get("revision"), claims.get("exp")
@@ -126,7 +130,9 @@ def _asymmetric_keys(method: str, pub_pem: bytes, priv_pem: bytes) -> tuple[Any,
         raise ConfigError(INVALID_AUTH_OPTS) from None
     key_type = want.RSAPrivateKey if want is rsa else want.EllipticCurvePrivateKey
     pub_type = want.RSAPublicKey if want is rsa else want.EllipticCurvePublicKey
-    if (priv is not None and not isinstance(priv, key_type)) or (pub is not None and not isinstance(pub, pub_type)):
+    if (priv is not None and not isinstance(priv, key_type)) or (
+        pub is not None and not isinstance(pub, pub_type)
+    ):
         raise ConfigError(INVALID_AUTH_OPTS)
     if priv is None:
         if pub is None:

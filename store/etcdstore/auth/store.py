@@ -39,7 +39,8 @@ _U64 = struct.Struct(">Q")
 
 # CheckPassword's error for a no-password user is not in etcd's gRPC table: code Unknown.
 NO_PASSWORD_USER = errors.EtcdError(
-    grpc.StatusCode.UNKNOWN, "auth: authentication failed, password was given for no password user")
+    grpc.StatusCode.UNKNOWN, "auth: authentication failed, password was given for no password user"
+)
 
 _ALL = object()  # cache marker: a user with the root role may do anything
 

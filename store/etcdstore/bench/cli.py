@@ -208,7 +208,10 @@ def print_table(results: list[Summary], out: TextIO) -> None:
         for (name, clients), runs in by_key.items():
             row = [name, str(clients)]
             # A label's cell shows its median run (with an even count, the lower middle one).
-            group = {label: sorted(rs, key=lambda x: x.throughput)[(len(rs) - 1) // 2] for label, rs in runs.items()}
+            group = {
+                label: sorted(rs, key=lambda x: x.throughput)[(len(rs) - 1) // 2]
+                for label, rs in runs.items()
+            }
             for label in labels:
                 r = group.get(label)
                 row += (

@@ -79,7 +79,11 @@ def find_tool(explicit: str | None = None, build_script: str | None = None, out:
             "exist: pass --benchmark-bin or --build-script (see docs/performance.md)"
         )
     cached.parent.mkdir(parents=True, exist_ok=True)
-    print(f"# building etcd's benchmark tool {TOOL_VERSION} with {script} into {cached} ...", file=out, flush=True)
+    print(
+        f"# building etcd's benchmark tool {TOOL_VERSION} with {script} into {cached} ...",
+        file=out,
+        flush=True,
+    )
     env = dict(os.environ, OUT=str(cached), GOBENCH_WORK=str(cached.parent / "build"))
     r = subprocess.run(["bash", str(script)], env=env, check=False, capture_output=True, text=True)
     if r.returncode != 0 or not os.access(cached, os.X_OK):
@@ -172,8 +176,9 @@ def stop_everything() -> None:
         _reap(p)
 
 
-def run_tool(tool: str, endpoints: list[str], clients: int, conns: int, args: list[str],
-             timeout: float) -> ToolResult:
+def run_tool(
+    tool: str, endpoints: list[str], clients: int, conns: int, args: list[str], timeout: float
+) -> ToolResult:
     cmd = [tool, f"--endpoints={','.join(endpoints)}", f"--conns={conns}", f"--clients={clients}", *args]
     t0 = time.monotonic()
     p = _spawn(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
@@ -277,13 +282,34 @@ class Cluster:
     def _cmd(self, m: Member, state: str) -> list[str]:
         cluster = ",".join(f"{x.name}=http://{HOST}:{x.peer_port}" for x in self.members)
         c, p = f"http://{HOST}:{m.client_port}", f"http://{HOST}:{m.peer_port}"
-        return _server_cmd(self.server, self.etcd_bin) + [
-            "--name", m.name, "--data-dir", str(m.data_dir),
-            "--listen-client-urls", c, "--advertise-client-urls", c,
-            "--listen-peer-urls", p, "--initial-advertise-peer-urls", p,
-            "--initial-cluster", cluster, "--initial-cluster-state", state,
-            "--initial-cluster-token", self.token, "--logger", "zap", "--log-outputs", "stderr",
-        ] + self.extra
+        return (
+            _server_cmd(self.server, self.etcd_bin)
+            + [
+                "--name",
+                m.name,
+                "--data-dir",
+                str(m.data_dir),
+                "--listen-client-urls",
+                c,
+                "--advertise-client-urls",
+                c,
+                "--listen-peer-urls",
+                p,
+                "--initial-advertise-peer-urls",
+                p,
+                "--initial-cluster",
+                cluster,
+                "--initial-cluster-state",
+                state,
+                "--initial-cluster-token",
+                self.token,
+                "--logger",
+                "zap",
+                "--log-outputs",
+                "stderr",
+            ]
+            + self.extra
+        )
 
     def spawn(self, m: Member, state: str = "new") -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -307,10 +333,14 @@ class Cluster:
         for m in self.members:
             while True:
                 if m.proc is not None and m.proc.poll() is not None:
-                    raise RuntimeError(f"{self.server} member {m.name} exited {m.proc.returncode}; "
-                                       f"log: {self.root / (m.name + '.log')}")
+                    raise RuntimeError(
+                        f"{self.server} member {m.name} exited {m.proc.returncode}; "
+                        f"log: {self.root / (m.name + '.log')}"
+                    )
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"{self.server} cluster of {self.size} not serving after {timeout:.0f} s")
+                    raise TimeoutError(
+                        f"{self.server} cluster of {self.size} not serving after {timeout:.0f} s"
+                    )
                 try:
                     with grpc.insecure_channel(m.endpoint) as ch:
                         st = rpc_pb2_grpc.MaintenanceStub(ch).Status(rpc_pb2.StatusRequest(), timeout=2.0)
@@ -367,8 +397,14 @@ class Cell:
 
 
 def _put(total: int) -> list[str]:
-    return ["put", "--key-size=8", "--sequential-keys", "--key-space-size=100000", f"--val-size={VAL_SIZE}",
-            f"--total={total}"]
+    return [
+        "put",
+        "--key-size=8",
+        "--sequential-keys",
+        "--key-space-size=100000",
+        f"--val-size={VAL_SIZE}",
+        f"--total={total}",
+    ]
 
 
 def _range(consistency: str) -> Callable[[int], list[str]]:
@@ -376,8 +412,14 @@ def _range(consistency: str) -> Callable[[int], list[str]]:
 
 
 def _txn_put(total: int) -> list[str]:
-    return ["txn-put", "--key-size=8", "--key-space-size=100000", f"--val-size={VAL_SIZE}", "--txn-ops=1",
-            f"--total={total}"]
+    return [
+        "txn-put",
+        "--key-size=8",
+        "--key-space-size=100000",
+        f"--val-size={VAL_SIZE}",
+        "--txn-ops=1",
+        f"--total={total}",
+    ]
 
 
 HEADLINE = [
@@ -422,8 +464,17 @@ def round_order(r: int) -> tuple[str, str]:
     return SERVERS if r % 2 == 0 else (SERVERS[1], SERVERS[0])
 
 
-def run_headline(tool: str, cells: list[Cell], rounds: int, quick: bool, work: Path, etcd_bin: str,
-                 scale_total: float, log: TextIO, warmup: bool = True) -> list[Measurement]:
+def run_headline(
+    tool: str,
+    cells: list[Cell],
+    rounds: int,
+    quick: bool,
+    work: Path,
+    etcd_bin: str,
+    scale_total: float,
+    log: TextIO,
+    warmup: bool = True,
+) -> list[Measurement]:
     out: list[Measurement] = []
     groups: dict[int, list[Cell]] = {}
     for c in cells:
@@ -436,23 +487,51 @@ def run_headline(tool: str, cells: list[Cell], rounds: int, quick: bool, work: P
                 t0 = time.monotonic()
                 try:
                     cluster.start()
-                    print(f"# round {r + 1}: {server}, {members} member(s) serving after "
-                          f"{time.monotonic() - t0:.1f} s (leader {cluster.leader_endpoint})", file=log, flush=True)
+                    print(
+                        f"# round {r + 1}: {server}, {members} member(s) serving after "
+                        f"{time.monotonic() - t0:.1f} s (leader {cluster.leader_endpoint})",
+                        file=log,
+                        flush=True,
+                    )
                     for cell in group:
                         if cell.prefill_range_key:
                             _put_key(cluster.endpoints[0], RANGE_KEY, b"v" * VAL_SIZE)
-                        total = cell.quick_total if quick else max(cell.clients, int(cell.total * scale_total))
+                        total = (
+                            cell.quick_total if quick else max(cell.clients, int(cell.total * scale_total))
+                        )
                         timeout = 60 + total / 20.0
                         if warmup and not quick:
-                            run_tool(tool, cluster.endpoints, cell.clients, cell.conns,
-                                     cell.args(max(cell.clients, total // 20)), timeout)
-                        res = run_tool(tool, cluster.endpoints, cell.clients, cell.conns, cell.args(total), timeout)
-                        m = Measurement(cell.id, server, r + 1, res.rps, res.p50_ms, res.p99_ms, res.errors, total,
-                                        res.total_s, res.error_kinds)
+                            run_tool(
+                                tool,
+                                cluster.endpoints,
+                                cell.clients,
+                                cell.conns,
+                                cell.args(max(cell.clients, total // 20)),
+                                timeout,
+                            )
+                        res = run_tool(
+                            tool, cluster.endpoints, cell.clients, cell.conns, cell.args(total), timeout
+                        )
+                        m = Measurement(
+                            cell.id,
+                            server,
+                            r + 1,
+                            res.rps,
+                            res.p50_ms,
+                            res.p99_ms,
+                            res.errors,
+                            total,
+                            res.total_s,
+                            res.error_kinds,
+                        )
                         out.append(m)
                         err = f", {res.errors} errors {res.error_kinds[:2]}" if res.errors else ""
-                        print(f"#   {cell.id:<16} {server:<9} {res.rps:10,.0f} req/s  p50 {_ms(res.p50_ms)}  "
-                              f"p99 {_ms(res.p99_ms)} ms{err}", file=log, flush=True)
+                        print(
+                            f"#   {cell.id:<16} {server:<9} {res.rps:10,.0f} req/s  p50 {_ms(res.p50_ms)}  "
+                            f"p99 {_ms(res.p99_ms)} ms{err}",
+                            file=log,
+                            flush=True,
+                        )
                 finally:
                     cluster.stop()
                     shutil.rmtree(root, ignore_errors=True)
@@ -472,12 +551,19 @@ def _num(v: float) -> str:
 def summarize(cells: list[Cell], ms: list[Measurement]) -> list[dict[str, Any]]:
     rows = []
     for cell in cells:
-        per = {s: sorted((m for m in ms if m.cell == cell.id and m.server == s), key=lambda m: m.round)
-               for s in SERVERS}
+        per = {
+            s: sorted((m for m in ms if m.cell == cell.id and m.server == s), key=lambda m: m.round)
+            for s in SERVERS
+        }
         if not per["etcd"] and not per["etcdstore"]:
             continue
-        row: dict[str, Any] = {"cell": cell.id, "workload": cell.workload, "members": cell.members,
-                               "clients": cell.clients, "conns": cell.conns}
+        row: dict[str, Any] = {
+            "cell": cell.id,
+            "workload": cell.workload,
+            "members": cell.members,
+            "clients": cell.clients,
+            "conns": cell.conns,
+        }
         for s in SERVERS:
             runs = per[s]
             row[s] = {
@@ -485,12 +571,24 @@ def summarize(cells: list[Cell], ms: list[Measurement]) -> list[dict[str, Any]]:
                 "p50_ms_median": _median([m.p50_ms for m in runs]),
                 "p99_ms_median": _median([m.p99_ms for m in runs]),
                 "errors": sum(m.errors for m in runs),
-                "rounds": [{"round": m.round, "rps": m.rps, "p50_ms": m.p50_ms, "p99_ms": m.p99_ms,
-                            "errors": m.errors, "total": m.total} for m in runs],
+                "rounds": [
+                    {
+                        "round": m.round,
+                        "rps": m.rps,
+                        "p50_ms": m.p50_ms,
+                        "p99_ms": m.p99_ms,
+                        "errors": m.errors,
+                        "total": m.total,
+                    }
+                    for m in runs
+                ],
             }
         by_round = {m.round: m for m in per["etcd"]}
-        ratios = [m.rps / by_round[m.round].rps for m in per["etcdstore"]
-                  if m.round in by_round and by_round[m.round].rps]
+        ratios = [
+            m.rps / by_round[m.round].rps
+            for m in per["etcdstore"]
+            if m.round in by_round and by_round[m.round].rps
+        ]
         row["ratios"] = ratios
         row["ratio_median"] = statistics.median(ratios) if ratios else None
         rows.append(row)
@@ -511,15 +609,32 @@ def _ratio(row: dict[str, Any]) -> str:
     return f"{statistics.median(r):.2f} ({min(r):.2f}-{max(r):.2f})"
 
 
-HEAD = ["workload", "members", "clients", "etcd 3.4 req/s", "etcdstore req/s", "etcdstore/etcd, median (range)",
-        "etcd p50/p99 ms", "etcdstore p50/p99 ms"]
+HEAD = [
+    "workload",
+    "members",
+    "clients",
+    "etcd 3.4 req/s",
+    "etcdstore req/s",
+    "etcdstore/etcd, median (range)",
+    "etcd p50/p99 ms",
+    "etcdstore p50/p99 ms",
+]
 
 
 def _cells(row: dict[str, Any]) -> list[str]:
     e, s = row["etcd"], row["etcdstore"]
-    f = (lambda d: _num(d["rps_median"]) if d["rps_median"] is not None else "-")
-    lat = (lambda d: f"{_ms(d['p50_ms_median'])} / {_ms(d['p99_ms_median'])}")
-    return [row["workload"], str(row["members"]), str(row["clients"]), f(e), f(s), _ratio(row), lat(e), lat(s)]
+    f = lambda d: _num(d["rps_median"]) if d["rps_median"] is not None else "-"
+    lat = lambda d: f"{_ms(d['p50_ms_median'])} / {_ms(d['p99_ms_median'])}"
+    return [
+        row["workload"],
+        str(row["members"]),
+        str(row["clients"]),
+        f(e),
+        f(s),
+        _ratio(row),
+        lat(e),
+        lat(s),
+    ]
 
 
 def markdown_table(head: list[str], rows: list[list[str]]) -> str:
@@ -626,8 +741,16 @@ class RssSampler(threading.Thread):
         return self.peak
 
 
-def scale_keys(tool: str, server: str, keys: int, work: Path, etcd_bin: str, log: TextIO,
-               page: int = 1000, budget: float = 120.0) -> dict[str, Any]:
+def scale_keys(
+    tool: str,
+    server: str,
+    keys: int,
+    work: Path,
+    etcd_bin: str,
+    log: TextIO,
+    page: int = 1000,
+    budget: float = 120.0,
+) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix=f"keys-{server}-", dir=work))
     cluster = Cluster(server, 1, root, etcd_bin)
     res: dict[str, Any] = {"server": server, "keys": keys, "members": 1}
@@ -635,17 +758,33 @@ def scale_keys(tool: str, server: str, keys: int, work: Path, etcd_bin: str, log
         cluster.start()
         res["rss_empty_mib"] = cluster.rss_kib() / 1024
         t0 = time.monotonic()
-        load = run_tool(tool, cluster.endpoints, 100, 10,
-                        ["put", "--key-size=8", "--sequential-keys", f"--key-space-size={keys}",
-                         f"--val-size={VAL_SIZE}", f"--total={keys}"], timeout=600 + keys / 50)
+        load = run_tool(
+            tool,
+            cluster.endpoints,
+            100,
+            10,
+            [
+                "put",
+                "--key-size=8",
+                "--sequential-keys",
+                f"--key-space-size={keys}",
+                f"--val-size={VAL_SIZE}",
+                f"--total={keys}",
+            ],
+            timeout=600 + keys / 50,
+        )
         res["load_s"] = time.monotonic() - t0
         res["load_rps"] = load.rps
         res["load_errors"] = load.errors
         res["rss_loaded_mib"] = cluster.rss_kib() / 1024
         res["disk_mib"] = cluster.disk_bytes() / 2**20
         res["disk_wal_mib"] = cluster.disk_bytes(only_wal=True) / 2**20
-        print(f"#   {server}: {keys:,} keys loaded in {res['load_s']:.1f} s, RSS {res['rss_loaded_mib']:.0f} MiB, "
-              f"disk {res['disk_mib']:.0f} MiB", file=log, flush=True)
+        print(
+            f"#   {server}: {keys:,} keys loaded in {res['load_s']:.1f} s, RSS {res['rss_loaded_mib']:.0f} MiB, "
+            f"disk {res['disk_mib']:.0f} MiB",
+            file=log,
+            flush=True,
+        )
         t0 = time.monotonic()
         import grpc
 
@@ -665,9 +804,13 @@ def scale_keys(tool: str, server: str, keys: int, work: Path, etcd_bin: str, log
         compact_s, defrag_s = _compact_defrag(cluster.endpoints[0])
         res["compact_s"], res["defrag_s"] = compact_s, defrag_s
         res["disk_after_defrag_mib"] = cluster.disk_bytes() / 2**20
-        print(f"#   {server}: paged range read {n:,} keys in {took:.1f} s{'' if complete else ' (budget spent)'}, "
-              f"compaction {compact_s:.2f} s, "
-              f"defrag {defrag_s:.2f} s", file=log, flush=True)
+        print(
+            f"#   {server}: paged range read {n:,} keys in {took:.1f} s{'' if complete else ' (budget spent)'}, "
+            f"compaction {compact_s:.2f} s, "
+            f"defrag {defrag_s:.2f} s",
+            file=log,
+            flush=True,
+        )
         m = cluster.members[0]
         assert m.proc is not None
         t0 = time.monotonic()
@@ -685,8 +828,9 @@ def scale_keys(tool: str, server: str, keys: int, work: Path, etcd_bin: str, log
     return res
 
 
-def scale_watchers(tool: str, server: str, watchers: int, puts: int, work: Path, etcd_bin: str,
-                   log: TextIO) -> dict[str, Any]:
+def scale_watchers(
+    tool: str, server: str, watchers: int, puts: int, work: Path, etcd_bin: str, log: TextIO
+) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix=f"watch-{server}-", dir=work))
     cluster = Cluster(server, 1, root, etcd_bin)
     res: dict[str, Any] = {"server": server, "watchers": watchers, "puts": puts, "members": 1}
@@ -697,17 +841,26 @@ def scale_watchers(tool: str, server: str, watchers: int, puts: int, work: Path,
         sampler.start()
         conns = max(1, watchers // 100)
         try:
-            out = run_tool(tool, cluster.endpoints, watchers, conns,
-                           ["watch-latency", f"--total={puts}", "--put-rate=10", f"--val-size={VAL_SIZE}"],
-                           timeout=600 + puts * 10)
+            out = run_tool(
+                tool,
+                cluster.endpoints,
+                watchers,
+                conns,
+                ["watch-latency", f"--total={puts}", "--put-rate=10", f"--val-size={VAL_SIZE}"],
+                timeout=600 + puts * 10,
+            )
         finally:
             res["rss_peak_mib"] = sampler.stop() / 1024
         res["watch_streams"] = conns
         res["events"] = puts * watchers
         res["p50_ms"], res["p99_ms"] = out.p50_ms, out.p99_ms
         res["errors"] = out.errors
-        print(f"#   {server}: {watchers:,} watchers, put-to-event p50 {_ms(out.p50_ms)} p99 {_ms(out.p99_ms)} ms, "
-              f"peak RSS {res['rss_peak_mib']:.0f} MiB", file=log, flush=True)
+        print(
+            f"#   {server}: {watchers:,} watchers, put-to-event p50 {_ms(out.p50_ms)} p99 {_ms(out.p99_ms)} ms, "
+            f"peak RSS {res['rss_peak_mib']:.0f} MiB",
+            file=log,
+            flush=True,
+        )
     finally:
         cluster.stop()
         shutil.rmtree(root, ignore_errors=True)
@@ -748,9 +901,13 @@ async def _expiry(endpoint: str, n: int, ttl: int) -> list[float]:
         created = asyncio.Event()
 
         async def requests():  # type: ignore[no-untyped-def]
-            yield rpc_pb2.WatchRequest(create_request=rpc_pb2.WatchCreateRequest(
-                key=prefix, range_end=prefix[:-1] + bytes([prefix[-1] + 1]),
-                filters=[rpc_pb2.WatchCreateRequest.NOPUT]))
+            yield rpc_pb2.WatchRequest(
+                create_request=rpc_pb2.WatchCreateRequest(
+                    key=prefix,
+                    range_end=prefix[:-1] + bytes([prefix[-1] + 1]),
+                    filters=[rpc_pb2.WatchCreateRequest.NOPUT],
+                )
+            )
             await done.wait()
 
         async def watcher() -> None:
@@ -791,8 +948,17 @@ async def _expiry(endpoint: str, n: int, ttl: int) -> list[float]:
     return sorted(gone[k] - due[k] for k in gone if k in due)
 
 
-def scale_leases(tool: str, server: str, leases: int, work: Path, etcd_bin: str, log: TextIO,
-                 keepalives: int, expiring: int, ttl: int) -> dict[str, Any]:
+def scale_leases(
+    tool: str,
+    server: str,
+    leases: int,
+    work: Path,
+    etcd_bin: str,
+    log: TextIO,
+    keepalives: int,
+    expiring: int,
+    ttl: int,
+) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix=f"lease-{server}-", dir=work))
     cluster = Cluster(server, 1, root, etcd_bin)
     res: dict[str, Any] = {"server": server, "leases": leases, "members": 1}
@@ -802,8 +968,14 @@ def scale_leases(tool: str, server: str, leases: int, work: Path, etcd_bin: str,
         res["rss_idle_mib"] = cluster.rss_kib() / 1024
         res["grant_s"] = asyncio.run(_grant_leases(ep, leases, 3600))
         res["rss_leases_mib"] = cluster.rss_kib() / 1024
-        ka = run_tool(tool, cluster.endpoints, 100, 10, ["lease-keepalive", f"--total={keepalives}"],
-                      timeout=600 + keepalives / 50)
+        ka = run_tool(
+            tool,
+            cluster.endpoints,
+            100,
+            10,
+            ["lease-keepalive", f"--total={keepalives}"],
+            timeout=600 + keepalives / 50,
+        )
         res["keepalive_rps"], res["keepalive_p50_ms"], res["keepalive_p99_ms"] = ka.rps, ka.p50_ms, ka.p99_ms
         res["keepalive_errors"] = ka.errors
         late = asyncio.run(_expiry(ep, expiring, ttl))
@@ -812,28 +984,57 @@ def scale_leases(tool: str, server: str, leases: int, work: Path, etcd_bin: str,
             res["expiry_late_p50_s"] = late[len(late) // 2]
             res["expiry_late_p99_s"] = late[min(len(late) - 1, int(len(late) * 0.99))]
             res["expiry_late_max_s"] = late[-1]
-        print(f"#   {server}: {leases:,} leases granted in {res['grant_s']:.1f} s, RSS {res['rss_leases_mib']:.0f} MiB, "
-              f"keepalive {ka.rps:,.0f}/s, expiry late p50 {res.get('expiry_late_p50_s', float('nan')):.2f} s",
-              file=log, flush=True)
+        print(
+            f"#   {server}: {leases:,} leases granted in {res['grant_s']:.1f} s, RSS {res['rss_leases_mib']:.0f} MiB, "
+            f"keepalive {ka.rps:,.0f}/s, expiry late p50 {res.get('expiry_late_p50_s', float('nan')):.2f} s",
+            file=log,
+            flush=True,
+        )
     finally:
         cluster.stop()
         shutil.rmtree(root, ignore_errors=True)
     return res
 
 
-def scale_big_values(tool: str, server: str, total: int, work: Path, etcd_bin: str, log: TextIO) -> dict[str, Any]:
+def scale_big_values(
+    tool: str, server: str, total: int, work: Path, etcd_bin: str, log: TextIO
+) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix=f"big-{server}-", dir=work))
     cluster = Cluster(server, 1, root, etcd_bin)
     res: dict[str, Any] = {"server": server, "value_bytes": 1 << 20, "clients": 10, "members": 1}
     try:
         cluster.start()
-        out = run_tool(tool, cluster.endpoints, 10, 1,
-                       ["put", "--key-size=8", "--sequential-keys", "--key-space-size=100",
-                        f"--val-size={1 << 20}", f"--total={total}"], timeout=600 + total)
-        res.update(rps=out.rps, p50_ms=out.p50_ms, p99_ms=out.p99_ms, errors=out.errors, total=total,
-                   mib_per_s=out.rps, rss_mib=cluster.rss_kib() / 1024, disk_mib=cluster.disk_bytes() / 2**20)
-        print(f"#   {server}: 1 MiB puts {out.rps:,.1f}/s p50 {_ms(out.p50_ms)} p99 {_ms(out.p99_ms)} ms"
-              f"{f', {out.errors} errors {out.error_kinds[:1]}' if out.errors else ''}", file=log, flush=True)
+        out = run_tool(
+            tool,
+            cluster.endpoints,
+            10,
+            1,
+            [
+                "put",
+                "--key-size=8",
+                "--sequential-keys",
+                "--key-space-size=100",
+                f"--val-size={1 << 20}",
+                f"--total={total}",
+            ],
+            timeout=600 + total,
+        )
+        res.update(
+            rps=out.rps,
+            p50_ms=out.p50_ms,
+            p99_ms=out.p99_ms,
+            errors=out.errors,
+            total=total,
+            mib_per_s=out.rps,
+            rss_mib=cluster.rss_kib() / 1024,
+            disk_mib=cluster.disk_bytes() / 2**20,
+        )
+        print(
+            f"#   {server}: 1 MiB puts {out.rps:,.1f}/s p50 {_ms(out.p50_ms)} p99 {_ms(out.p99_ms)} ms"
+            f"{f', {out.errors} errors {out.error_kinds[:1]}' if out.errors else ''}",
+            file=log,
+            flush=True,
+        )
     finally:
         cluster.stop()
         shutil.rmtree(root, ignore_errors=True)
@@ -843,7 +1044,9 @@ def scale_big_values(tool: str, server: str, total: int, work: Path, etcd_bin: s
 SCALE_PARTS = ("keys", "watchers", "leases", "values")
 
 
-def run_scale(tool: str, args: argparse.Namespace, work: Path, log: TextIO) -> dict[str, list[dict[str, Any]]]:
+def run_scale(
+    tool: str, args: argparse.Namespace, work: Path, log: TextIO
+) -> dict[str, list[dict[str, Any]]]:
     parts = [p for p in SCALE_PARTS if p in args.scale_parts.split(",")]
     out: dict[str, list[dict[str, Any]]] = {p: [] for p in parts}
     for r in range(args.scale_rounds):
@@ -855,26 +1058,44 @@ def run_scale(tool: str, args: argparse.Namespace, work: Path, log: TextIO) -> d
                 except Exception as e:
                     import grpc
 
-                    if not isinstance(e, (RuntimeError, TimeoutError, OSError, AssertionError, grpc.RpcError)):
+                    if not isinstance(
+                        e, (RuntimeError, TimeoutError, OSError, AssertionError, grpc.RpcError)
+                    ):
                         raise
-                    print(f"#   {part} on {server} failed: {type(e).__name__}: {str(e)[:300]}", file=log, flush=True)
+                    print(
+                        f"#   {part} on {server} failed: {type(e).__name__}: {str(e)[:300]}",
+                        file=log,
+                        flush=True,
+                    )
                     out[part].append({"server": server, "error": f"{type(e).__name__}: {str(e)[:500]}"})
                 out[part][-1]["round"] = r + 1
     return out
 
 
-def _scale_part(tool: str, args: argparse.Namespace, part: str, server: str, work: Path,
-                log: TextIO) -> dict[str, Any]:
+def _scale_part(
+    tool: str, args: argparse.Namespace, part: str, server: str, work: Path, log: TextIO
+) -> dict[str, Any]:
     q = args.quick
     if part == "keys":
-        return scale_keys(tool, server, 2000 if q else args.keys, work, args.etcd_bin, log,
-                          budget=args.range_budget)
+        return scale_keys(
+            tool, server, 2000 if q else args.keys, work, args.etcd_bin, log, budget=args.range_budget
+        )
     if part == "watchers":
-        return scale_watchers(tool, server, 200 if q else args.watchers, 5 if q else args.watch_puts, work,
-                              args.etcd_bin, log)
+        return scale_watchers(
+            tool, server, 200 if q else args.watchers, 5 if q else args.watch_puts, work, args.etcd_bin, log
+        )
     if part == "leases":
-        return scale_leases(tool, server, 200 if q else args.leases, work, args.etcd_bin, log,
-                            500 if q else args.keepalives, 20 if q else args.expiring, 2 if q else args.expiry_ttl)
+        return scale_leases(
+            tool,
+            server,
+            200 if q else args.leases,
+            work,
+            args.etcd_bin,
+            log,
+            500 if q else args.keepalives,
+            20 if q else args.expiring,
+            2 if q else args.expiry_ttl,
+        )
     return scale_big_values(tool, server, 10 if q else args.big_values, work, args.etcd_bin, log)
 
 
@@ -932,11 +1153,15 @@ def scale_title(part: str, recs: list[dict[str, Any]]) -> str:
     if part == "keys":
         return f"{r['keys']:,} keys of {VAL_SIZE} bytes, 1 member"
     if part == "watchers":
-        return (f"{r['watchers']:,} watchers on one key over {r['watch_streams']} streams, 1 member, "
-                f"{r['puts']} puts at 10/s (etcd's `benchmark watch-latency`)")
+        return (
+            f"{r['watchers']:,} watchers on one key over {r['watch_streams']} streams, 1 member, "
+            f"{r['puts']} puts at 10/s (etcd's `benchmark watch-latency`)"
+        )
     if part == "leases":
-        return (f"{r['leases']:,} leases (TTL 1 h), 1 member; expiry: {r['expiry_leases']:,} more leases of "
-                f"TTL {r['expiry_ttl_s']} s with a key each, delete event after grant + TTL")
+        return (
+            f"{r['leases']:,} leases (TTL 1 h), 1 member; expiry: {r['expiry_leases']:,} more leases of "
+            f"TTL {r['expiry_ttl_s']} s with a key each, delete event after grant + TTL"
+        )
     return "values of 1 MiB (`benchmark put --val-size=1048576`), 1 member"
 
 
@@ -975,32 +1200,47 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="etcdstore bench compare",
         description="Run real etcd 3.4 and etcdstore side by side on this machine with etcd's own Go benchmark "
-                    "tool (rounds alternate which server goes first; fresh clusters each round) and print the "
-                    "table: median req/s, the median and range of the etcdstore/etcd ratio, p50/p99 latency.",
+        "tool (rounds alternate which server goes first; fresh clusters each round) and print the "
+        "table: median req/s, the median and range of the etcdstore/etcd ratio, p50/p99 latency.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="cells of the headline suite: " + ", ".join(c.id for c in HEADLINE)
+        epilog="cells of the headline suite: "
+        + ", ".join(c.id for c in HEADLINE)
         + "\n\nexamples:\n  etcdstore bench compare                          # headline table, 5 rounds\n"
         "  etcdstore bench compare --quick                  # 1 round, few requests (a smoke run)\n"
         "  etcdstore bench compare --suite scale --keys 1000000 --json scale.json\n",
     )
     p.add_argument("--suite", choices=("headline", "scale", "all"), default="headline")
-    p.add_argument("--rounds", type=int, default=5, help="headline rounds, alternating which server goes first")
+    p.add_argument(
+        "--rounds", type=int, default=5, help="headline rounds, alternating which server goes first"
+    )
     p.add_argument("--quick", action="store_true", help="1 round and few requests: checks the command runs")
     p.add_argument("--only", default="", help="comma list of headline cell ids to run (default: all)")
     p.add_argument("--total-scale", type=float, default=1.0, help="multiply every cell's request count")
     p.add_argument("--no-warmup", action="store_true", help="skip the short warm-up run before each cell")
     p.add_argument("--json", metavar="PATH", help="write every measurement and the summary as JSON")
-    p.add_argument("--markdown", metavar="PATH", help="write the tables as Markdown (for docs/performance.md)")
-    p.add_argument("--benchmark-bin", help="etcd's benchmark binary (default: $ETCD_BENCHMARK_BIN or the cache)")
+    p.add_argument(
+        "--markdown", metavar="PATH", help="write the tables as Markdown (for docs/performance.md)"
+    )
+    p.add_argument(
+        "--benchmark-bin", help="etcd's benchmark binary (default: $ETCD_BENCHMARK_BIN or the cache)"
+    )
     p.add_argument("--build-script", help="builds the tool when it is not cached (default: shared build.sh)")
     p.add_argument("--etcd-bin", default=shutil.which("etcd") or "/usr/bin/etcd", help="etcd 3.4 binary")
     p.add_argument("--work-dir", help="where the members' data dirs go (default: a new temporary dir)")
     s = p.add_argument_group("scale suite")
-    s.add_argument("--scale-parts", default=",".join(SCALE_PARTS), help="comma list of " + ", ".join(SCALE_PARTS))
+    s.add_argument(
+        "--scale-parts", default=",".join(SCALE_PARTS), help="comma list of " + ", ".join(SCALE_PARTS)
+    )
     s.add_argument("--scale-rounds", type=int, default=1)
-    s.add_argument("--keys", type=int, default=1_000_000, help="keys of 256 bytes to load (default 1,000,000)")
-    s.add_argument("--range-budget", type=float, default=120.0,
-                   help="seconds the paged range over all keys may take (etcd 3.4's pages cost O(keys))")
+    s.add_argument(
+        "--keys", type=int, default=1_000_000, help="keys of 256 bytes to load (default 1,000,000)"
+    )
+    s.add_argument(
+        "--range-budget",
+        type=float,
+        default=120.0,
+        help="seconds the paged range over all keys may take (etcd 3.4's pages cost O(keys))",
+    )
     s.add_argument("--watchers", type=int, default=10_000)
     s.add_argument("--watch-puts", type=int, default=50, help="puts the watchers each see (at 10/s)")
     s.add_argument("--leases", type=int, default=100_000)
@@ -1019,12 +1259,21 @@ def source_info() -> str:
     pkg = Path(etcdstore.__file__).resolve().parent
     info = str(pkg)
     try:
-        rev = subprocess.run(["git", "-C", str(pkg), "rev-parse", "--short", "HEAD"], check=False, capture_output=True,
-                             text=True, timeout=10)
+        rev = subprocess.run(
+            ["git", "-C", str(pkg), "rev-parse", "--short", "HEAD"],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         if rev.returncode == 0:
-            dirty = subprocess.run(["git", "-C", str(pkg), "status", "--porcelain", "--", "."], check=False,
-                                   capture_output=True,
-                                   text=True, timeout=10).stdout.strip()
+            dirty = subprocess.run(
+                ["git", "-C", str(pkg), "status", "--porcelain", "--", "."],
+                check=False,
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.strip()
             info += f" (git {rev.stdout.strip()}{' + uncommitted changes' if dirty else ''})"
     except (OSError, subprocess.SubprocessError):
         pass
@@ -1083,13 +1332,19 @@ def main(argv: list[str] | None = None) -> int:
     own_work = args.work_dir is None
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="etcdstore-bench-compare-"))
     work.mkdir(parents=True, exist_ok=True)
-    etcd_version = subprocess.run([args.etcd_bin, "--version"], check=False, capture_output=True, text=True).stdout.split("\n")[0]
+    etcd_version = subprocess.run(
+        [args.etcd_bin, "--version"], check=False, capture_output=True, text=True
+    ).stdout.split("\n")[0]
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     load_before = _loadavg()
     cmdline = "etcdstore bench compare " + " ".join(sys.argv[1:] if argv is None else argv)
     source = source_info()
-    print(f"# {cmdline.strip()}\n# {etcd_version}; etcdstore from {source}\n# tool {tool}; {os.cpu_count()} cores; "
-          f"load average before: {load_before}", file=log, flush=True)
+    print(
+        f"# {cmdline.strip()}\n# {etcd_version}; etcdstore from {source}\n# tool {tool}; {os.cpu_count()} cores; "
+        f"load average before: {load_before}",
+        file=log,
+        flush=True,
+    )
     measurements: list[Measurement] = []
     scale: dict[str, list[dict[str, Any]]] = {}
     t0 = time.monotonic()
@@ -1098,8 +1353,17 @@ def main(argv: list[str] | None = None) -> int:
     loads.start()
     try:
         if args.suite in ("headline", "all"):
-            measurements = run_headline(tool, cells, args.rounds, args.quick, work, args.etcd_bin,
-                                        args.total_scale, log, warmup=not args.no_warmup)
+            measurements = run_headline(
+                tool,
+                cells,
+                args.rounds,
+                args.quick,
+                work,
+                args.etcd_bin,
+                args.total_scale,
+                log,
+                warmup=not args.no_warmup,
+            )
         if args.suite in ("scale", "all"):
             scale = run_scale(tool, args, work, log)
     except KeyboardInterrupt:
@@ -1113,9 +1377,11 @@ def main(argv: list[str] | None = None) -> int:
     load_after = _loadavg()
     load_during = loads.stop()
     minutes = (time.monotonic() - t0) / 60
-    note = (f"{started}, {os.cpu_count()} cores, {minutes:.0f} min; load average (1/5/15 min) before "
-            f"{load_before}, after {load_after}, 1-min load during the run {load_during}; rounds {args.rounds if args.suite != 'scale' else args.scale_rounds}"
-            f"{' (quick)' if args.quick else ''}")
+    note = (
+        f"{started}, {os.cpu_count()} cores, {minutes:.0f} min; load average (1/5/15 min) before "
+        f"{load_before}, after {load_after}, 1-min load during the run {load_during}; rounds {args.rounds if args.suite != 'scale' else args.scale_rounds}"
+        f"{' (quick)' if args.quick else ''}"
+    )
     rows = summarize(cells, measurements)
     md_parts: list[str] = []
     if rows:
@@ -1139,11 +1405,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.markdown:
         Path(args.markdown).write_text(md)
     if args.json:
-        doc = {"command": cmdline.strip(), "started": started, "etcd": etcd_version, "tool": tool,
-               "tool_version": TOOL_VERSION, "etcdstore_source": source, "cores": os.cpu_count(), "load_before": load_before,
-               "load_after": load_after, "load_during": load_during, "minutes": round(minutes, 1), "rounds": args.rounds, "quick": args.quick,
-               "interrupted": interrupted, "not_measured": NOT_MEASURED,
-               "measurements": [m.__dict__ for m in measurements], "summary": rows, "scale": scale}
+        doc = {
+            "command": cmdline.strip(),
+            "started": started,
+            "etcd": etcd_version,
+            "tool": tool,
+            "tool_version": TOOL_VERSION,
+            "etcdstore_source": source,
+            "cores": os.cpu_count(),
+            "load_before": load_before,
+            "load_after": load_after,
+            "load_during": load_during,
+            "minutes": round(minutes, 1),
+            "rounds": args.rounds,
+            "quick": args.quick,
+            "interrupted": interrupted,
+            "not_measured": NOT_MEASURED,
+            "measurements": [m.__dict__ for m in measurements],
+            "summary": rows,
+            "scale": scale,
+        }
         Path(args.json).write_text(json.dumps(doc, indent=1) + "\n")
     if interrupted:
         return 130

@@ -49,7 +49,9 @@ async def serve(host: str, port: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m etcdstore.bench.grpc_floor", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m etcdstore.bench.grpc_floor", description=__doc__.split("\n")[0]
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=23790)
     args = p.parse_args(argv)

@@ -48,14 +48,21 @@ class BootstrapMixin:
             node = RawNode(
                 RaftConfig(id=self.member_id, applied=self.applied_index, **raft_cfg_kw), self.raft_storage
             )
-            log.info("restarting member", member_id=f"{self.member_id:x}", cluster_id=f"{self.cluster_id:x}",
-                     applied_index=self.applied_index, revision=self.kv.current_revision)
+            log.info(
+                "restarting member",
+                member_id=f"{self.member_id:x}",
+                cluster_id=f"{self.cluster_id:x}",
+                applied_index=self.applied_index,
+                revision=self.kv.current_revision,
+            )
             conf = self.raft_storage.initial_state()[1]
             unknown = sorted((set(conf.voters) | set(conf.learners)) - set(self.membership.members))
             if unknown:
                 # They would get no peer connection: say so rather than wait for a leader in silence.
-                log.error("the member list lacks members of the Raft configuration",
-                          missing=[f"{m:x}" for m in unknown])
+                log.error(
+                    "the member list lacks members of the Raft configuration",
+                    missing=[f"{m:x}" for m in unknown],
+                )
             return node
         check_bootstrap(cfg)
         initial = {name: [str(u) for u in urls] for name, urls in cfg.initial_cluster.items()}
@@ -77,11 +84,17 @@ class BootstrapMixin:
             m.name = names.get(mid, "")
             contexts[mid] = conf_context(0, m)
         node = RawNode.bootstrap(
-            RaftConfig(id=mine, applied=0, **raft_cfg_kw), self.raft_storage, sorted(membership.members),
+            RaftConfig(id=mine, applied=0, **raft_cfg_kw),
+            self.raft_storage,
+            sorted(membership.members),
             contexts=contexts,
         )
-        log.info("starting a new cluster", member_id=f"{mine:x}", cluster_id=f"{self.cluster_id:x}",
-                 members=len(contexts))
+        log.info(
+            "starting a new cluster",
+            member_id=f"{mine:x}",
+            cluster_id=f"{self.cluster_id:x}",
+            members=len(contexts),
+        )
         return node
 
     def _join_existing(self, initial: dict[str, list[str]], raft_cfg_kw: dict) -> RawNode:
@@ -96,7 +109,8 @@ class BootstrapMixin:
                 me = int(doc["id"])
         if me is None:
             raise ConfigError(
-                f"member with peer URLs {','.join(mine)} is not in the cluster; add it first (member add)")
+                f"member with peer URLs {','.join(mine)} is not in the cluster; add it first (member add)"
+            )
         if me in set(info.get("removed", [])):
             raise ConfigError(f"member {me:x} was removed from the cluster; it cannot rejoin")
         self.member_id = me
@@ -136,8 +150,9 @@ def _fetch_cluster_sync(urls: list[str], peer_tls: Any) -> dict:
                 last = e
                 continue
             with ch:
-                call = ch.unary_unary(f"/{SERVICE}/Cluster", request_serializer=lambda b: b,
-                                      response_deserializer=lambda b: b)
+                call = ch.unary_unary(
+                    f"/{SERVICE}/Cluster", request_serializer=lambda b: b, response_deserializer=lambda b: b
+                )
                 try:
                     return json.loads(call(b"", timeout=2))
                 except grpc.RpcError as e:

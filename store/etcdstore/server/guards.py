@@ -20,8 +20,14 @@ class Quota:
     The check is a cheap estimate (the size is sampled at most every 100 ms); the alarm itself is
     replicated, so every member refuses writes once it is raised."""
 
-    def __init__(self, quota_bytes: int, member_id: int, alarms: Callable[[], Alarms], backend: Backend,
-                 propose: Callable[[int, bytes, Callable[[], None]], None]) -> None:
+    def __init__(
+        self,
+        quota_bytes: int,
+        member_id: int,
+        alarms: Callable[[], Alarms],
+        backend: Backend,
+        propose: Callable[[int, bytes, Callable[[], None]], None],
+    ) -> None:
         self.quota_bytes = quota_bytes
         self.member_id = member_id
         self._alarms = alarms  # read on each use: a snapshot install replaces the alarms
@@ -42,8 +48,9 @@ class Quota:
         if self._db_size + cost >= self.quota_bytes:
             if not self._raising:
                 self._raising = True
-                payload = rpc_pb2.AlarmRequest(action=rpc_pb2.AlarmRequest.ACTIVATE, memberID=self.member_id,
-                                               alarm=rpc_pb2.NOSPACE).SerializeToString()
+                payload = rpc_pb2.AlarmRequest(
+                    action=rpc_pb2.AlarmRequest.ACTIVATE, memberID=self.member_id, alarm=rpc_pb2.NOSPACE
+                ).SerializeToString()
                 self._propose(rq.Kind.ALARM, payload, self._raised)
             raise errors.NO_SPACE()
 

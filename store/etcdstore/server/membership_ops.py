@@ -103,8 +103,16 @@ class MembershipOpsMixin:
                     raise errors.LEARNER_NOT_READY()
                 m = self.membership.get(mid)
                 assert m is not None
-                return await self.propose_conf_change(ConfChangeType.ADD_NODE, Member(
-                    id=mid, name=m.name, peer_urls=m.peer_urls, client_urls=m.client_urls, is_learner=False))
+                return await self.propose_conf_change(
+                    ConfChangeType.ADD_NODE,
+                    Member(
+                        id=mid,
+                        name=m.name,
+                        peer_urls=m.peer_urls,
+                        client_urls=m.client_urls,
+                        is_learner=False,
+                    ),
+                )
             leader = await self.wait_leader()
             if self.transport is None or leader == self.member_id:
                 await asyncio.sleep(self.cfg.tick_seconds)
@@ -137,5 +145,6 @@ class MembershipOpsMixin:
 
 
 def member_pb(m: Member) -> rpc_pb2.Member:
-    return rpc_pb2.Member(ID=m.id, name=m.name, peerURLs=m.peer_urls, clientURLs=m.client_urls,
-                          isLearner=m.is_learner)
+    return rpc_pb2.Member(
+        ID=m.id, name=m.name, peerURLs=m.peer_urls, clientURLs=m.client_urls, isLearner=m.is_learner
+    )

@@ -55,8 +55,13 @@ GROUP_COMMIT = GroupCommit.from_env()
 
 
 class EtcdServer(BootstrapMixin, SnapshotMixin, MembershipOpsMixin, LeaseOpsMixin):
-    def __init__(self, cfg: ServerConfig, transport_factory: Callable[[EtcdServer], Any] | None = None,
-                 peer_tls: Any = None, group_commit: GroupCommit | None = None) -> None:
+    def __init__(
+        self,
+        cfg: ServerConfig,
+        transport_factory: Callable[[EtcdServer], Any] | None = None,
+        peer_tls: Any = None,
+        group_commit: GroupCommit | None = None,
+    ) -> None:
         self.cfg = cfg
         self.peer_tls = peer_tls
         self.member_dir = os.path.join(cfg.data_dir, "member")
@@ -82,9 +87,15 @@ class EtcdServer(BootstrapMixin, SnapshotMixin, MembershipOpsMixin, LeaseOpsMixi
         self.bootstrap_peers: dict[int, list[str]] = {}
         self._received_snapshots: dict[int, str] = {}
         self._resume_snapshot_install()
-        self.r = RaftNode(self._bootstrap(), self.raft_storage, self.backend, self,
-                          tick_seconds=cfg.tick_seconds, heartbeat_seconds=cfg.heartbeat_interval_ms / 1000.0,
-                          group_commit=group_commit or GROUP_COMMIT)
+        self.r = RaftNode(
+            self._bootstrap(),
+            self.raft_storage,
+            self.backend,
+            self,
+            tick_seconds=cfg.tick_seconds,
+            heartbeat_seconds=cfg.heartbeat_interval_ms / 1000.0,
+            group_commit=group_commit or GROUP_COMMIT,
+        )
         self._id_gen = rq.IDGenerator(self.member_id)
         self.leader_changes = 0
         self._leader_elected_at = 0.0
@@ -99,8 +110,13 @@ class EtcdServer(BootstrapMixin, SnapshotMixin, MembershipOpsMixin, LeaseOpsMixi
         self.removed = False
         self.request_timeout = 5.0 + 2 * cfg.election_timeout_ms / 1000.0
         self.metrics_hook: Callable[[str, float], None] | None = None
-        self.quota = Quota(cfg.quota_backend_bytes, self.member_id, lambda: self.alarms, self.backend,
-                           lambda kind, payload, done: self._spawn_proposal(kind, payload, done=done))
+        self.quota = Quota(
+            cfg.quota_backend_bytes,
+            self.member_id,
+            lambda: self.alarms,
+            self.backend,
+            lambda kind, payload, done: self._spawn_proposal(kind, payload, done=done),
+        )
 
     # ---- lifecycle ------------------------------------------------------------------------------------
 
@@ -186,7 +202,8 @@ class EtcdServer(BootstrapMixin, SnapshotMixin, MembershipOpsMixin, LeaseOpsMixi
 
     def membership_is_single_voter(self) -> bool:
         return self.membership.voters() == [self.member_id] or (
-            not self.membership.members and len(self.cfg.initial_cluster) == 1
+            not self.membership.members
+            and len(self.cfg.initial_cluster) == 1
             and self.cfg.initial_cluster_state == "new"
         )
 
@@ -213,8 +230,16 @@ class EtcdServer(BootstrapMixin, SnapshotMixin, MembershipOpsMixin, LeaseOpsMixi
         """A message from a peer (called by the transport)."""
         self.r.step(msg)
 
-    async def propose(self, kind: int, payload: bytes, *, user: str = "", auth_revision: int = 0,
-                      timeout: float | None = None, system: bool = False) -> Any:
+    async def propose(
+        self,
+        kind: int,
+        payload: bytes,
+        *,
+        user: str = "",
+        auth_revision: int = 0,
+        timeout: float | None = None,
+        system: bool = False,
+    ) -> Any:
         """Replicate a request, wait until this member applied it, return its outcome.
 
         `system` marks the member's own requests (lease expiry, the v2 API's emulation writes):
@@ -372,7 +397,9 @@ class EtcdServer(BootstrapMixin, SnapshotMixin, MembershipOpsMixin, LeaseOpsMixi
         if self.removed:
             return
         self.removed = True
-        log.warning("the member has been permanently removed from the cluster", member_id=f"{self.member_id:x}")
+        log.warning(
+            "the member has been permanently removed from the cluster", member_id=f"{self.member_id:x}"
+        )
         asyncio.get_running_loop().create_task(self.stop())
 
     # ---- periodic work -----------------------------------------------------------------------------------
@@ -404,8 +431,11 @@ class EtcdServer(BootstrapMixin, SnapshotMixin, MembershipOpsMixin, LeaseOpsMixi
 
     async def _publish(self) -> None:
         """Announce this member's name and client URLs to the cluster (retried until applied)."""
-        doc = {"id": self.member_id, "name": self.cfg.name,
-               "clientURLs": [str(u) for u in self.cfg.advertise_client_urls]}
+        doc = {
+            "id": self.member_id,
+            "name": self.cfg.name,
+            "clientURLs": [str(u) for u in self.cfg.advertise_client_urls],
+        }
         payload = json.dumps(doc).encode()
         while True:
             m = self.membership.get(self.member_id)

@@ -55,7 +55,9 @@ class SnapshotMixin:
         self._received_snapshots.clear()
         self._load_state_machine(path)
         self._snapshot_index = snap.metadata.index
-        log.info("installed snapshot from leader", index=self.applied_index, revision=self.kv.current_revision)
+        log.info(
+            "installed snapshot from leader", index=self.applied_index, revision=self.kv.current_revision
+        )
 
     def _resume_snapshot_install(self) -> None:
         raw = self.backend.get(bk.RAFT_STATE, self._INSTALL_MARKER)

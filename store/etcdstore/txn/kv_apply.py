@@ -107,7 +107,9 @@ def range(
     resp = _RangeResponse() if out is None else out
     order = req.sort_order
     target = req.sort_target
-    filtered = req.min_mod_revision or req.max_mod_revision or req.min_create_revision or req.max_create_revision
+    filtered = (
+        req.min_mod_revision or req.max_mod_revision or req.min_create_revision or req.max_create_revision
+    )
     limit = req.limit
     if not filtered and target == _KEY and (order == _NONE or order == _ASCEND) and not req.keys_only:
         # Fast path (Get, List, Count): already in key order; build the response from the
@@ -230,7 +232,9 @@ class _Path:
 
     __slots__ = ("kinds", "nested", "ops", "succeeded")
 
-    def __init__(self, succeeded: bool, ops: Sequence[rpc_pb2.RequestOp], kinds: list[str | None], nested: list[_Path]) -> None:
+    def __init__(
+        self, succeeded: bool, ops: Sequence[rpc_pb2.RequestOp], kinds: list[str | None], nested: list[_Path]
+    ) -> None:
         self.succeeded = succeeded
         self.ops = ops
         self.kinds = kinds

@@ -58,8 +58,15 @@ class Kind(IntEnum):
 class Request:
     __slots__ = ("auth_revision", "id", "kind", "payload", "system", "user")
 
-    def __init__(self, kind: int, req_id: int, payload: bytes, user: str = "", auth_revision: int = 0,
-                 system: bool = False) -> None:
+    def __init__(
+        self,
+        kind: int,
+        req_id: int,
+        payload: bytes,
+        user: str = "",
+        auth_revision: int = 0,
+        system: bool = False,
+    ) -> None:
         self.kind = kind
         self.id = req_id
         self.payload = payload
@@ -68,8 +75,9 @@ class Request:
         self.system = system
 
 
-def encode(kind: int, req_id: int, payload: bytes, user: str = "", auth_revision: int = 0,
-           system: bool = False) -> bytes:
+def encode(
+    kind: int, req_id: int, payload: bytes, user: str = "", auth_revision: int = 0, system: bool = False
+) -> bytes:
     if not user:
         return _HEADER.pack(kind, SYSTEM if system else 0, req_id) + payload
     name = user.encode()

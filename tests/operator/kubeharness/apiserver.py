@@ -65,7 +65,9 @@ def apply_merge(live: Any, config: Any, previous: Any, others: list[Any]) -> Any
             del out[k]
     for k, v in config.items():
         sub_others = [o.get(k) for o in others if isinstance(o, dict)]
-        out[k] = apply_merge(out.get(k), v, prev.get(k), sub_others) if isinstance(v, dict) else copy.deepcopy(v)
+        out[k] = (
+            apply_merge(out.get(k), v, prev.get(k), sub_others) if isinstance(v, dict) else copy.deepcopy(v)
+        )
     return out
 
 
@@ -134,8 +136,10 @@ class ApiServer(kmock.KubernetesEmulator):
         for v in spec["versions"]:
             res = kmock.resource(spec["group"], v["name"], spec["names"]["plural"])
             self.resources[res] = kmock.ResourceInfo(
-                kind=spec["names"]["kind"], singular=spec["names"]["singular"],
-                namespaced=spec["scope"] == "Namespaced", shortnames=set(spec["names"].get("shortNames", [])),
+                kind=spec["names"]["kind"],
+                singular=spec["names"]["singular"],
+                namespaced=spec["scope"] == "Namespaced",
+                shortnames=set(spec["names"].get("shortNames", [])),
                 verbs={"get", "list", "watch", "create", "patch", "delete", "update"},
                 subresources=set((v.get("subresources") or {}).keys()),
             )
@@ -148,8 +152,9 @@ class ApiServer(kmock.KubernetesEmulator):
             return None
         return copy.deepcopy(self.objects[key].raw)
 
-    def list_objects(self, resource: str, namespace: str | None = None, selector: str | None = None,
-                     *, copy_: bool = True) -> list[dict]:
+    def list_objects(
+        self, resource: str, namespace: str | None = None, selector: str | None = None, *, copy_: bool = True
+    ) -> list[dict]:
         """Objects as stored; with copy_=False the caller promises not to modify them."""
         res = kmock.resource(resource)
         out = []
@@ -162,7 +167,11 @@ class ApiServer(kmock.KubernetesEmulator):
 
     def all_objects(self, *, skip: tuple[str, ...] = ("events",)) -> list[tuple[Any, dict[str, Any]]]:
         """Every live object (not copied: read-only)."""
-        return [(r, o.raw) for (r, _, _), o in list(self.objects.items()) if not o.deleted and r.plural not in skip]
+        return [
+            (r, o.raw)
+            for (r, _, _), o in list(self.objects.items())
+            if not o.deleted and r.plural not in skip
+        ]
 
     # -- admission -----------------------------------------------------------------------------
     def _forget(self, request: kmock.Request) -> None:
@@ -211,17 +220,23 @@ class ApiServer(kmock.KubernetesEmulator):
             if request.namespace:
                 meta["namespace"] = request.namespace
             if not meta.get("name") and meta.get("generateName"):
-                meta["name"] = meta["generateName"] + "".join(random.choices(string.ascii_lowercase + string.digits, k=5))
+                meta["name"] = meta["generateName"] + "".join(
+                    random.choices(string.ascii_lowercase + string.digits, k=5)
+                )
             if not meta.get("name"):
                 raise self._invalid("metadata.name: Required value")
             crd = self.crds.get(res)
             if crd is not None:
                 obj, errors = default_and_validate(crd, obj)
                 if errors:
-                    raise self._invalid(f"{obj.get('kind')} {meta.get('name')!r} is invalid: " + "; ".join(errors))
+                    raise self._invalid(
+                        f"{obj.get('kind')} {meta.get('name')!r} is invalid: " + "; ".join(errors)
+                    )
                 meta = obj["metadata"]
             key = (res, meta.get("namespace") or request.namespace, meta.get("name"))
-            self.applied[key] = {m: c for m, c in self.applied.get(key, {}).items() if m == request.params.get("_applied_by")}
+            self.applied[key] = {
+                m: c for m, c in self.applied.get(key, {}).items() if m == request.params.get("_applied_by")
+            }
             meta["uid"] = str(uuid.uuid4())
             meta["resourceVersion"] = str(next(self._rv))
             meta["generation"] = 1
@@ -246,8 +261,14 @@ class ApiServer(kmock.KubernetesEmulator):
                     patched = jsonpatch.apply_patch(old, patch, in_place=False)
                 else:
                     patched = kdicts.merge_patch_dict(copy.deepcopy(old), patch or {})
-            except (jsonpatch.JsonPatchConflict, jsonpatch.JsonPatchTestFailed, jsonpatch.JsonPointerException) as e:
-                raise kmock.KubernetesError(status=422, reason="Invalid", message=f"the patch does not apply: {e}")
+            except (
+                jsonpatch.JsonPatchConflict,
+                jsonpatch.JsonPatchTestFailed,
+                jsonpatch.JsonPointerException,
+            ) as e:
+                raise kmock.KubernetesError(
+                    status=422, reason="Invalid", message=f"the patch does not apply: {e}"
+                )
             patched = copy.deepcopy(dict(patched))
             info = self.resources.get(res)
             has_status = info is not None and "status" in info.subresources
@@ -277,7 +298,9 @@ class ApiServer(kmock.KubernetesEmulator):
             if crd is not None and sub != "status":
                 validated, errors = default_and_validate(crd, new)
                 if errors:
-                    raise self._invalid(f"{new.get('kind')} {request.name!r} is invalid: " + "; ".join(errors))
+                    raise self._invalid(
+                        f"{new.get('kind')} {request.name!r} is invalid: " + "; ".join(errors)
+                    )
                 new = validated
             if new.get("spec") != old.get("spec"):
                 new["metadata"]["generation"] = int(old.get("metadata", {}).get("generation") or 1) + 1
@@ -303,14 +326,20 @@ class ApiServer(kmock.KubernetesEmulator):
                 raise self._invalid("StatefulSet.apps is invalid: spec.template: Required value")
             self.applied[key] = {manager: config}
             config.setdefault("metadata", {})["name"] = request.name
-            return attrs.evolve(request, action=kmock.action.CREATE, data=config,
-                                params={**request.params, "_applied_by": manager})
+            return attrs.evolve(
+                request,
+                action=kmock.action.CREATE,
+                data=config,
+                params={**request.params, "_applied_by": manager},
+            )
         managers = self.applied.setdefault(key, {})
         old = copy.deepcopy(live.raw)
         others = [c for m, c in managers.items() if m != manager]
         new = apply_merge(old, config, managers.get(manager), others)
         managers[manager] = config
-        return attrs.evolve(request, data=merge_diff(old, new), headers={"Content-Type": "application/merge-patch+json"})
+        return attrs.evolve(
+            request, data=merge_diff(old, new), headers={"Content-Type": "application/merge-patch+json"}
+        )
 
     async def _serve_version(self, request: kmock.Request) -> Any:
         # KMock 0.8 names the core group version "/v1"; clients (client-go, helm) need "v1".
@@ -323,8 +352,9 @@ class ApiServer(kmock.KubernetesEmulator):
     async def _serve_list(self, request: kmock.Request) -> Any:
         result = await super()._serve_list(request)
         selector = request.params.get("labelSelector")
-        result["items"] = [i for i in result["items"]
-                           if selector_matches(selector, i.get("metadata", {}).get("labels"))]
+        result["items"] = [
+            i for i in result["items"] if selector_matches(selector, i.get("metadata", {}).get("labels"))
+        ]
         result["metadata"]["resourceVersion"] = str(next(self._rv))
         return result
 

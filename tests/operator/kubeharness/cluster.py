@@ -48,7 +48,11 @@ def _path(resource: str, ns: str, name: str | None = None, sub: str | None = Non
         base = _PATHS[resource].format(ns=ns)
     else:
         group_version, plural = resource.rsplit("/", 1)
-        base = f"/apis/{group_version}/namespaces/{ns}/{plural}" if "/" in group_version else f"/api/{group_version}/namespaces/{ns}/{plural}"
+        base = (
+            f"/apis/{group_version}/namespaces/{ns}/{plural}"
+            if "/" in group_version
+            else f"/api/{group_version}/namespaces/{ns}/{plural}"
+        )
     return base + (f"/{name}" if name else "") + (f"/{sub}" if sub else "")
 
 
@@ -57,13 +61,26 @@ def _owned_by(obj: dict[str, Any], uid: str) -> bool:
 
 
 def _owner(kind: str, api_version: str, obj: dict[str, Any]) -> dict[str, Any]:
-    return {"apiVersion": api_version, "kind": kind, "name": obj["metadata"]["name"], "uid": obj["metadata"]["uid"],
-            "controller": True, "blockOwnerDeletion": True}
+    return {
+        "apiVersion": api_version,
+        "kind": kind,
+        "name": obj["metadata"]["name"],
+        "uid": obj["metadata"]["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
 
 
 class Harness:
-    def __init__(self, api: ApiServer, url: str, root: Path, *, binaries: dict[str, list[str]],
-                 base_env: dict[str, str]) -> None:
+    def __init__(
+        self,
+        api: ApiServer,
+        url: str,
+        root: Path,
+        *,
+        binaries: dict[str, list[str]],
+        base_env: dict[str, str],
+    ) -> None:
         self.api = api
         self.url = url.rstrip("/")
         self.root = root
@@ -84,8 +101,9 @@ class Harness:
     async def _req(self, method: str, path: str, body: Any = None, ctype: str = "application/json") -> Any:
         assert self.http is not None
         headers = {"Content-Type": ctype} if body is not None else {}
-        async with self.http.request(method, self.url + path, data=json.dumps(body) if body is not None else None,
-                                     headers=headers) as resp:
+        async with self.http.request(
+            method, self.url + path, data=json.dumps(body) if body is not None else None, headers=headers
+        ) as resp:
             text = await resp.text()
             if resp.status >= 400 and resp.status not in (404, 409):
                 self.log(f"{method} {path} -> {resp.status} {text[:300]}")
@@ -161,10 +179,16 @@ class Harness:
             ns, name = meta["namespace"], meta["name"]
             tmpl = spec["template"]
             revision = f"{name}-{hashlib.sha256(json.dumps(tmpl, sort_keys=True).encode()).hexdigest()[:10]}"
-            ports = [int(p["containerPort"]) for c in tmpl["spec"]["containers"] for p in c.get("ports") or []]
+            ports = [
+                int(p["containerPort"]) for c in tmpl["spec"]["containers"] for p in c.get("ports") or []
+            ]
             self.addresses.ensure_statefulset(ns, name, spec["serviceName"], ports)
             replicas = int(spec.get("replicas") or 0)
-            pods = {p["metadata"]["name"]: p for p in self.api.list_objects("v1/pods", ns, copy_=False) if _owned_by(p, meta["uid"])}
+            pods = {
+                p["metadata"]["name"]: p
+                for p in self.api.list_objects("v1/pods", ns, copy_=False)
+                if _owned_by(p, meta["uid"])
+            }
             claims_tpl = spec.get("volumeClaimTemplates") or []
             policy = spec.get("persistentVolumeClaimRetentionPolicy") or {}
             for k in range(replicas):
@@ -180,11 +204,23 @@ class Harness:
                     if claim is not None and claim["metadata"].get("deletionTimestamp"):
                         blocked = True  # wait until the old claim is gone
                     elif claim is None:
-                        cmeta = {"name": claim_name, "namespace": ns, "labels": dict(t["metadata"].get("labels") or {})}
+                        cmeta = {
+                            "name": claim_name,
+                            "namespace": ns,
+                            "labels": dict(t["metadata"].get("labels") or {}),
+                        }
                         if policy.get("whenDeleted") == "Delete":
                             cmeta["ownerReferences"] = [_owner("StatefulSet", "apps/v1", sts)]
-                        await self.create("v1/persistentvolumeclaims", ns, {
-                            "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": cmeta, "spec": t["spec"]})
+                        await self.create(
+                            "v1/persistentvolumeclaims",
+                            ns,
+                            {
+                                "apiVersion": "v1",
+                                "kind": "PersistentVolumeClaim",
+                                "metadata": cmeta,
+                                "spec": t["spec"],
+                            },
+                        )
                 if blocked:
                     continue
                 pod_spec = json.loads(json.dumps(tmpl["spec"]))
@@ -192,17 +228,31 @@ class Harness:
                 pod_spec["subdomain"] = spec["serviceName"]
                 pod_spec.setdefault("volumes", [])
                 for t in claims_tpl:
-                    pod_spec["volumes"].append({"name": t["metadata"]["name"], "persistentVolumeClaim": {
-                        "claimName": f"{t['metadata']['name']}-{name}-{k}"}})
+                    pod_spec["volumes"].append(
+                        {
+                            "name": t["metadata"]["name"],
+                            "persistentVolumeClaim": {"claimName": f"{t['metadata']['name']}-{name}-{k}"},
+                        }
+                    )
                 labels = dict(tmpl["metadata"].get("labels") or {})
                 labels["controller-revision-hash"] = revision
                 labels["statefulset.kubernetes.io/pod-name"] = pod_name
-                await self.create("v1/pods", ns, {
-                    "apiVersion": "v1", "kind": "Pod",
-                    "metadata": {"name": pod_name, "namespace": ns, "labels": labels,
-                                 "annotations": dict(tmpl["metadata"].get("annotations") or {}),
-                                 "ownerReferences": [_owner("StatefulSet", "apps/v1", sts)]},
-                    "spec": pod_spec})
+                await self.create(
+                    "v1/pods",
+                    ns,
+                    {
+                        "apiVersion": "v1",
+                        "kind": "Pod",
+                        "metadata": {
+                            "name": pod_name,
+                            "namespace": ns,
+                            "labels": labels,
+                            "annotations": dict(tmpl["metadata"].get("annotations") or {}),
+                            "ownerReferences": [_owner("StatefulSet", "apps/v1", sts)],
+                        },
+                        "spec": pod_spec,
+                    },
+                )
                 self.log(f"statefulset {ns}/{name}: created pod {pod_name} ({revision})")
             for pod_name, p in pods.items():
                 k = int(pod_name.rsplit("-", 1)[1])
@@ -214,12 +264,22 @@ class Harness:
                     for c in self.api.list_objects("v1/persistentvolumeclaims", ns, copy_=False):
                         cname = c["metadata"]["name"]
                         prefix = f"{t['metadata']['name']}-{name}-"
-                        if cname.startswith(prefix) and cname[len(prefix):].isdigit() and int(cname[len(prefix):]) >= replicas \
-                                and self.api.get_object("v1/pods", ns, f"{name}-{cname[len(prefix):]}") is None:
+                        if (
+                            cname.startswith(prefix)
+                            and cname[len(prefix) :].isdigit()
+                            and int(cname[len(prefix) :]) >= replicas
+                            and self.api.get_object("v1/pods", ns, f"{name}-{cname[len(prefix) :]}") is None
+                        ):
                             await self.delete("v1/persistentvolumeclaims", ns, cname)
             live = [p for p in self.api.list_objects("v1/pods", ns, copy_=False) if _owned_by(p, meta["uid"])]
-            ready = [p for p in live if any(c.get("type") == "Ready" and c.get("status") == "True"
-                                            for c in (p.get("status") or {}).get("conditions") or [])]
+            ready = [
+                p
+                for p in live
+                if any(
+                    c.get("type") == "Ready" and c.get("status") == "True"
+                    for c in (p.get("status") or {}).get("conditions") or []
+                )
+            ]
             updated = [p for p in live if p["metadata"]["labels"].get("controller-revision-hash") == revision]
             status = {
                 "observedGeneration": meta.get("generation", 1),
@@ -241,8 +301,14 @@ class Harness:
         for job in self.api.list_objects("batch/v1/jobs", copy_=False):
             meta, spec = job["metadata"], job["spec"]
             st = job.get("status") or {}
-            if meta.get("deletionTimestamp") or int(st.get("succeeded") or 0) > 0 or any(
-                    c.get("type") == "Failed" and c.get("status") == "True" for c in st.get("conditions") or []):
+            if (
+                meta.get("deletionTimestamp")
+                or int(st.get("succeeded") or 0) > 0
+                or any(
+                    c.get("type") == "Failed" and c.get("status") == "True"
+                    for c in st.get("conditions") or []
+                )
+            ):
                 continue
             ns = meta["namespace"]
             pods = [p for p in self.api.list_objects("v1/pods", ns, copy_=False) if _owned_by(p, meta["uid"])]
@@ -252,31 +318,78 @@ class Harness:
             active = len(pods) - succeeded - failed
             now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             if succeeded:
-                await self.patch_status("batch/v1/jobs", ns, meta["name"], {
-                    "succeeded": succeeded, "failed": failed, "active": 0, "completionTime": now,
-                    "conditions": [{"type": "SuccessCriteriaMet", "status": "True"},
-                                   {"type": "Complete", "status": "True", "lastTransitionTime": now}]})
+                await self.patch_status(
+                    "batch/v1/jobs",
+                    ns,
+                    meta["name"],
+                    {
+                        "succeeded": succeeded,
+                        "failed": failed,
+                        "active": 0,
+                        "completionTime": now,
+                        "conditions": [
+                            {"type": "SuccessCriteriaMet", "status": "True"},
+                            {"type": "Complete", "status": "True", "lastTransitionTime": now},
+                        ],
+                    },
+                )
                 continue
             if failed > int(spec.get("backoffLimit", 6)):
-                await self.patch_status("batch/v1/jobs", ns, meta["name"], {
-                    "failed": failed, "active": 0, "conditions": [
-                        {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "lastTransitionTime": now}]})
+                await self.patch_status(
+                    "batch/v1/jobs",
+                    ns,
+                    meta["name"],
+                    {
+                        "failed": failed,
+                        "active": 0,
+                        "conditions": [
+                            {
+                                "type": "Failed",
+                                "status": "True",
+                                "reason": "BackoffLimitExceeded",
+                                "lastTransitionTime": now,
+                            }
+                        ],
+                    },
+                )
                 continue
             if active == 0:
                 tmpl = spec["template"]
                 suffix = "".join(random.choices(string.ascii_lowercase + string.digits, k=5))
                 labels = dict(tmpl["metadata"].get("labels") or {})
-                labels.update({"job-name": meta["name"], "batch.kubernetes.io/job-name": meta["name"],
-                               "controller-uid": meta["uid"]})
-                await self.create("v1/pods", ns, {
-                    "apiVersion": "v1", "kind": "Pod",
-                    "metadata": {"name": f"{meta['name']}-{suffix}", "namespace": ns, "labels": labels,
-                                 "ownerReferences": [_owner("Job", "batch/v1", job)]},
-                    "spec": tmpl["spec"]})
+                labels.update(
+                    {
+                        "job-name": meta["name"],
+                        "batch.kubernetes.io/job-name": meta["name"],
+                        "controller-uid": meta["uid"],
+                    }
+                )
+                await self.create(
+                    "v1/pods",
+                    ns,
+                    {
+                        "apiVersion": "v1",
+                        "kind": "Pod",
+                        "metadata": {
+                            "name": f"{meta['name']}-{suffix}",
+                            "namespace": ns,
+                            "labels": labels,
+                            "ownerReferences": [_owner("Job", "batch/v1", job)],
+                        },
+                        "spec": tmpl["spec"],
+                    },
+                )
                 self.log(f"job {ns}/{meta['name']}: started a pod (failed so far: {failed})")
-            if {"active": active, "failed": failed} != {"active": st.get("active"), "failed": st.get("failed")}:
-                await self.patch_status("batch/v1/jobs", ns, meta["name"], {"active": max(active, 1), "failed": failed,
-                                                                            "startTime": st.get("startTime") or now})
+            if {"active": active, "failed": failed} != {
+                "active": st.get("active"),
+                "failed": st.get("failed"),
+            }:
+                await self.patch_status(
+                    "batch/v1/jobs",
+                    ns,
+                    meta["name"],
+                    {"active": max(active, 1), "failed": failed, "startTime": st.get("startTime") or now},
+                )
 
     # -- garbage collection and claim protection ----------------------------------------------
     async def sync_garbage(self) -> None:
@@ -284,8 +397,14 @@ class Harness:
         uids = {o["metadata"].get("uid") for _, o in objs}
         for res, o in objs:
             owners = o["metadata"].get("ownerReferences") or []
-            if owners and not o["metadata"].get("deletionTimestamp") and all(x.get("uid") not in uids for x in owners):
-                resource = f"{res.group}/{res.version}/{res.plural}" if res.group else f"{res.version}/{res.plural}"
+            if (
+                owners
+                and not o["metadata"].get("deletionTimestamp")
+                and all(x.get("uid") not in uids for x in owners)
+            ):
+                resource = (
+                    f"{res.group}/{res.version}/{res.plural}" if res.group else f"{res.version}/{res.plural}"
+                )
                 ns = o["metadata"].get("namespace")
                 if ns:
                     self.log(f"gc: deleting {resource} {ns}/{o['metadata']['name']} (owner gone)")
@@ -296,11 +415,15 @@ class Harness:
             meta = c["metadata"]
             if not meta.get("deletionTimestamp") or PVC_FINALIZER not in (meta.get("finalizers") or []):
                 continue
-            in_use = any(v.get("persistentVolumeClaim", {}).get("claimName") == meta["name"]
-                         for p in self.api.list_objects("v1/pods", meta["namespace"], copy_=False)
-                         for v in p["spec"].get("volumes") or [])
+            in_use = any(
+                v.get("persistentVolumeClaim", {}).get("claimName") == meta["name"]
+                for p in self.api.list_objects("v1/pods", meta["namespace"], copy_=False)
+                for v in p["spec"].get("volumes") or []
+            )
             if not in_use:
-                await self.remove_finalizer("v1/persistentvolumeclaims", meta["namespace"], meta["name"], PVC_FINALIZER)
+                await self.remove_finalizer(
+                    "v1/persistentvolumeclaims", meta["namespace"], meta["name"], PVC_FINALIZER
+                )
 
     def sync_services(self) -> None:
         for svc in self.api.list_objects("v1/services", copy_=False):
@@ -312,9 +435,14 @@ class Harness:
             ready = []
             for p in self.api.list_objects("v1/pods", ns, copy_=False):
                 labels = p["metadata"].get("labels") or {}
-                if p["metadata"].get("deletionTimestamp") or not all(labels.get(k) == v for k, v in selector.items()):
+                if p["metadata"].get("deletionTimestamp") or not all(
+                    labels.get(k) == v for k, v in selector.items()
+                ):
                     continue
-                if any(c.get("type") == "Ready" and c.get("status") == "True" for c in (p.get("status") or {}).get("conditions") or []):
+                if any(
+                    c.get("type") == "Ready" and c.get("status") == "True"
+                    for c in (p.get("status") or {}).get("conditions") or []
+                ):
                     ready.append(p)
             ready.sort(key=lambda p: p["metadata"]["name"])
             for port in spec.get("ports") or []:

@@ -17,8 +17,15 @@ from etcdoperator.defaults import apply_defaults
 
 _FORBIDDEN = ("$ref", "definitions", "dependencies", "additionalItems", "patternProperties", "$schema", "id")
 _JUNCTORS = ("allOf", "anyOf", "oneOf", "not")
-_NOT_IN_JUNCTORS = ("type", "default", "nullable", "additionalProperties", "description",
-                    "x-kubernetes-preserve-unknown-fields", "x-kubernetes-embedded-resource")
+_NOT_IN_JUNCTORS = (
+    "type",
+    "default",
+    "nullable",
+    "additionalProperties",
+    "description",
+    "x-kubernetes-preserve-unknown-fields",
+    "x-kubernetes-embedded-resource",
+)
 
 
 def structural_errors(schema: dict[str, Any], path: str = "", *, in_junctor: bool = False) -> list[str]:
@@ -79,8 +86,13 @@ def _to_jsonschema(schema: Any, *, strict: bool) -> Any:
     if schema.get("nullable") and "type" in out:
         out["type"] = [out["type"], "null"]
     preserve = schema.get("x-kubernetes-preserve-unknown-fields") is True
-    if strict and out.get("type") == "object" and "properties" in out and not preserve \
-            and "additionalProperties" not in out:
+    if (
+        strict
+        and out.get("type") == "object"
+        and "properties" in out
+        and not preserve
+        and "additionalProperties" not in out
+    ):
         out["additionalProperties"] = False
     return out
 
@@ -91,7 +103,9 @@ def version_schema(crd: dict[str, Any], version: str | None = None) -> dict[str,
     return v["schema"]["openAPIV3Schema"]
 
 
-def default_and_validate(crd: dict[str, Any], obj: dict[str, Any], *, strict: bool = True) -> tuple[dict[str, Any], list[str]]:
+def default_and_validate(
+    crd: dict[str, Any], obj: dict[str, Any], *, strict: bool = True
+) -> tuple[dict[str, Any], list[str]]:
     """Returns (the defaulted object, validation errors) like a create/update would."""
     schema = version_schema(crd, obj.get("apiVersion", "/").split("/")[-1])
     body = copy.deepcopy(obj)
@@ -103,7 +117,9 @@ def default_and_validate(crd: dict[str, Any], obj: dict[str, Any], *, strict: bo
     root["properties"] = {k: v for k, v in schema["properties"].items() if k != "metadata"}
     validator = jsonschema.Draft7Validator(_to_jsonschema(root, strict=strict))
     errors = []
-    for e in sorted(validator.iter_errors({k: v for k, v in body.items() if k != "metadata"}), key=lambda e: list(e.path)):
+    for e in sorted(
+        validator.iter_errors({k: v for k, v in body.items() if k != "metadata"}), key=lambda e: list(e.path)
+    ):
         where = "/".join(str(p) for p in e.absolute_path)
         errors.append(f"{where or '/'}: {e.message}")
     return body, errors

@@ -28,11 +28,18 @@ class EtcdProcess:
         return f"http://127.0.0.1:{self.peer_port}"
 
     def start(self, *, initial_cluster: str | None = None, token: str = "solo") -> EtcdProcess:
-        args = [self.binary, f"--name={self.name}", f"--data-dir={self.data_dir}",
-                f"--listen-client-urls={self.endpoint}", f"--advertise-client-urls={self.endpoint}",
-                f"--listen-peer-urls={self.peer_url}", f"--initial-advertise-peer-urls={self.peer_url}",
-                f"--initial-cluster={initial_cluster or f'{self.name}={self.peer_url}'}",
-                f"--initial-cluster-token={token}", f"--listen-metrics-urls=http://127.0.0.1:{self.metrics_port}"]
+        args = [
+            self.binary,
+            f"--name={self.name}",
+            f"--data-dir={self.data_dir}",
+            f"--listen-client-urls={self.endpoint}",
+            f"--advertise-client-urls={self.endpoint}",
+            f"--listen-peer-urls={self.peer_url}",
+            f"--initial-advertise-peer-urls={self.peer_url}",
+            f"--initial-cluster={initial_cluster or f'{self.name}={self.peer_url}'}",
+            f"--initial-cluster-token={token}",
+            f"--listen-metrics-urls=http://127.0.0.1:{self.metrics_port}",
+        ]
         log = open(self.data_dir.parent / f"{self.name}.log", "ab")  # noqa: SIM115  (the child keeps it)
         self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
@@ -40,7 +47,10 @@ class EtcdProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"etcd exited with {self.proc.returncode}")
             try:
-                if urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/health", timeout=1).status == 200:
+                if (
+                    urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/health", timeout=1).status
+                    == 200
+                ):
                     return self
             except OSError:
                 time.sleep(0.1)

@@ -97,7 +97,9 @@ class PodRuntime:
         """The loopback port standing for this pod's container port (a number or a port name)."""
         if isinstance(port, str) and not port.isdigit():
             port = self._ports()[port]
-        key = self.kubelet.addresses.pod_hostport(self.namespace, self.name, self.pod["spec"].get("subdomain"), int(port))
+        key = self.kubelet.addresses.pod_hostport(
+            self.namespace, self.name, self.pod["spec"].get("subdomain"), int(port)
+        )
         self.kubelet.addresses.allocate(key)
         hp = self.kubelet.addresses.port_of(key)
         assert hp is not None
@@ -114,8 +116,12 @@ class PodRuntime:
             src = e.get("valueFrom") or {}
             if "fieldRef" in src:
                 path = src["fieldRef"]["fieldPath"]
-                env[name] = {"metadata.name": self.name, "metadata.namespace": self.namespace,
-                             "status.podIP": "127.0.0.1", "metadata.uid": self.uid}.get(path, "")
+                env[name] = {
+                    "metadata.name": self.name,
+                    "metadata.namespace": self.namespace,
+                    "status.podIP": "127.0.0.1",
+                    "metadata.uid": self.uid,
+                }.get(path, "")
             elif "configMapKeyRef" in src or "secretKeyRef" in src:
                 ref = src.get("configMapKeyRef") or src.get("secretKeyRef")
                 kind = "v1/configmaps" if "configMapKeyRef" in src else "v1/secrets"
@@ -135,7 +141,9 @@ class PodRuntime:
         for v in self.pod["spec"].get("volumes") or []:
             name = v["name"]
             if "persistentVolumeClaim" in v:
-                claim = api.get_object("v1/persistentvolumeclaims", self.namespace, v["persistentVolumeClaim"]["claimName"])
+                claim = api.get_object(
+                    "v1/persistentvolumeclaims", self.namespace, v["persistentVolumeClaim"]["claimName"]
+                )
                 if claim is None or claim["metadata"].get("deletionTimestamp"):
                     raise NotReadyYet(f"claim {v['persistentVolumeClaim']['claimName']} is not bound")
                 out[name] = self.kubelet.claim_dir(claim)
@@ -146,8 +154,11 @@ class PodRuntime:
             elif "secret" in v or "configMap" in v:
                 src = v.get("secret") or v.get("configMap")
                 is_secret = "secret" in v
-                obj = api.get_object("v1/secrets" if is_secret else "v1/configmaps", self.namespace,
-                                     src["secretName"] if is_secret else src["name"])
+                obj = api.get_object(
+                    "v1/secrets" if is_secret else "v1/configmaps",
+                    self.namespace,
+                    src["secretName"] if is_secret else src["name"],
+                )
                 if obj is None:
                     raise NotReadyYet(f"volume {name}: object missing")
                 d = self.dir / "volumes" / name
@@ -156,7 +167,9 @@ class PodRuntime:
         return out
 
     @staticmethod
-    def _materialize(d: Path, data: dict[str, str], items: list[dict[str, str]] | None, *, decode: bool) -> None:
+    def _materialize(
+        d: Path, data: dict[str, str], items: list[dict[str, str]] | None, *, decode: bool
+    ) -> None:
         d.mkdir(parents=True, exist_ok=True)
         wanted = {i["key"]: i["path"] for i in items} if items else {k: k for k in data}
         for key, rel in wanted.items():
@@ -201,7 +214,9 @@ class PodRuntime:
             raise RuntimeError(f"{self.name}/{container['name']}: the harness needs an explicit command")
         binary = self.kubelet.binaries.get(cmd[0])
         if binary is None:
-            raise RuntimeError(f"{self.name}: no binary for command {cmd[0]!r} (known: {sorted(self.kubelet.binaries)})")
+            raise RuntimeError(
+                f"{self.name}: no binary for command {cmd[0]!r} (known: {sorted(self.kubelet.binaries)})"
+            )
         return binary + [self._translate(x, mounts) for x in cmd[1:] + args]
 
     def _container_mounts(self, container: dict[str, Any], volumes: dict[str, Path]) -> dict[str, Path]:
@@ -233,11 +248,20 @@ class PodRuntime:
                 while True:
                     run = ContainerRun(init)
                     self.init_statuses = [s for s in self.init_statuses if s["name"] != init["name"]]
-                    self.init_statuses.append({"name": init["name"], "ready": False, "restartCount": attempt,
-                                               "state": {"running": {"startedAt": now_iso()}}, "image": init.get("image", "")})
+                    self.init_statuses.append(
+                        {
+                            "name": init["name"],
+                            "ready": False,
+                            "restartCount": attempt,
+                            "state": {"running": {"startedAt": now_iso()}},
+                            "image": init.get("image", ""),
+                        }
+                    )
                     await self.push_status()
                     code = await self._run_to_end(run, volumes)
-                    self.init_statuses[-1]["state"] = {"terminated": {"exitCode": code, "reason": "Completed" if code == 0 else "Error"}}
+                    self.init_statuses[-1]["state"] = {
+                        "terminated": {"exitCode": code, "reason": "Completed" if code == 0 else "Error"}
+                    }
                     if code == 0:
                         self.init_statuses[-1]["ready"] = True
                         break
@@ -246,7 +270,7 @@ class PodRuntime:
                         await self.push_status()
                         return
                     attempt += 1
-                    await asyncio.sleep(min(0.5 * 2 ** attempt, 5.0))
+                    await asyncio.sleep(min(0.5 * 2**attempt, 5.0))
             self.phase = "Running"
             self.containers = [ContainerRun(c) for c in self.pod["spec"]["containers"]]
             await asyncio.gather(*(self._supervise(c, volumes, policy) for c in self.containers))
@@ -270,8 +294,14 @@ class PodRuntime:
         with open(run.log, "ab") as logf:  # noqa: ASYNC230  (a local file, opened once per start)
             logf.write(f"\n=== {now_iso()} {' '.join(argv)}\n".encode())
             logf.flush()
-            proc = await asyncio.create_subprocess_exec(*argv, stdout=logf, stderr=asyncio.subprocess.STDOUT,
-                                                        env=penv, cwd=str(self.dir), start_new_session=True)
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdout=logf,
+                stderr=asyncio.subprocess.STDOUT,
+                env=penv,
+                cwd=str(self.dir),
+                start_new_session=True,
+            )
         run.proc = proc
         run.started_at = time.monotonic()
         run.state = {"running": {"startedAt": now_iso()}}
@@ -284,7 +314,12 @@ class PodRuntime:
 
     def _termination_message(self, run: ContainerRun, code: int) -> str:
         msg = run.message_file.read_text()[-4096:] if run.message_file and run.message_file.exists() else ""
-        if not msg and code != 0 and run.spec.get("terminationMessagePolicy") == "FallbackToLogsOnError" and run.log:
+        if (
+            not msg
+            and code != 0
+            and run.spec.get("terminationMessagePolicy") == "FallbackToLogsOnError"
+            and run.log
+        ):
             msg = "\n".join(run.log.read_text(errors="replace").splitlines()[-80:])[-2048:]
         return msg
 
@@ -303,7 +338,11 @@ class PodRuntime:
             prober.cancel()
             run.ready = False
             message = self._termination_message(run, code)
-            term = {"exitCode": code, "reason": "Completed" if code == 0 else "Error", "finishedAt": now_iso()}
+            term = {
+                "exitCode": code,
+                "reason": "Completed" if code == 0 else "Error",
+                "finishedAt": now_iso(),
+            }
             if message:
                 term["message"] = message
             run.state = {"terminated": term}
@@ -315,7 +354,9 @@ class PodRuntime:
                 return
             run.restarts += 1
             backoff = min(0.5 * 2 ** min(run.restarts - 1, 4), 5.0)
-            run.state = {"waiting": {"reason": "CrashLoopBackOff", "message": f"back-off {backoff}s (exit {code})"}}
+            run.state = {
+                "waiting": {"reason": "CrashLoopBackOff", "message": f"back-off {backoff}s (exit {code})"}
+            }
             run.last_state = {"terminated": term}  # type: ignore[attr-defined]
             await self.push_status()
             await asyncio.sleep(backoff)
@@ -351,7 +392,9 @@ class PodRuntime:
                     else:
                         failures[kind] += 1
                         if failures[kind] >= int(probe.get("failureThreshold", 3)) and run.proc is not None:
-                            self.kubelet.harness.log(f"liveness failed: restarting {self.name}/{run.spec['name']}")
+                            self.kubelet.harness.log(
+                                f"liveness failed: restarting {self.name}/{run.spec['name']}"
+                            )
                             _signal(run.proc, signal.SIGKILL)
                             return
             period = min(float((readiness or liveness or {}).get("periodSeconds", 10)), PROBE_PERIOD_CAP)
@@ -403,8 +446,14 @@ class PodRuntime:
         ready = bool(self.containers) and all(c.ready for c in self.containers) and self.phase == "Running"
         cstats = []
         for c in self.containers:
-            st: dict[str, Any] = {"name": c.spec["name"], "ready": c.ready, "restartCount": c.restarts,
-                                  "state": c.state, "image": c.spec.get("image", ""), "started": "running" in c.state}
+            st: dict[str, Any] = {
+                "name": c.spec["name"],
+                "ready": c.ready,
+                "restartCount": c.restarts,
+                "state": c.state,
+                "image": c.spec.get("image", ""),
+                "started": "running" in c.state,
+            }
             if getattr(c, "last_state", None):
                 st["lastState"] = c.last_state  # type: ignore[attr-defined]
             cstats.append(st)
@@ -414,8 +463,13 @@ class PodRuntime:
             {"type": "ContainersReady", "status": "True" if ready else "False"},
             {"type": "Ready", "status": "True" if ready else "False"},
         ]
-        status: dict[str, Any] = {"phase": self.phase, "conditions": conds, "podIP": "127.0.0.1",
-                                  "hostIP": "127.0.0.1", "containerStatuses": cstats}
+        status: dict[str, Any] = {
+            "phase": self.phase,
+            "conditions": conds,
+            "podIP": "127.0.0.1",
+            "hostIP": "127.0.0.1",
+            "containerStatuses": cstats,
+        }
         if self.init_statuses:
             status["initContainerStatuses"] = self.init_statuses
         if self.reason:
@@ -438,8 +492,14 @@ def _signal(proc: asyncio.subprocess.Process, sig: int) -> None:
 
 
 class Kubelet:
-    def __init__(self, harness: Harness, root: Path, addresses: AddressBook, binaries: dict[str, list[str]],
-                 base_env: dict[str, str]) -> None:
+    def __init__(
+        self,
+        harness: Harness,
+        root: Path,
+        addresses: AddressBook,
+        binaries: dict[str, list[str]],
+        base_env: dict[str, str],
+    ) -> None:
         self.harness = harness
         self.root = root
         self.addresses = addresses
@@ -468,7 +528,9 @@ class Kubelet:
                     await rt.stop(float(p["spec"].get("terminationGracePeriodSeconds", 30)))
                     self.pods.pop(meta["uid"], None)
                     shutil.rmtree(rt.dir, ignore_errors=True)
-                await self.harness.remove_finalizer("v1/pods", meta["namespace"], meta["name"], "harness.etcdstore.io/kubelet")
+                await self.harness.remove_finalizer(
+                    "v1/pods", meta["namespace"], meta["name"], "harness.etcdstore.io/kubelet"
+                )
                 continue
             if rt is None:
                 if p.get("status", {}).get("phase") in ("Succeeded", "Failed"):
@@ -483,7 +545,9 @@ class Kubelet:
                 rt = self.pods.pop(uid)
                 await rt.stop(0)
                 shutil.rmtree(rt.dir, ignore_errors=True)
-        live_claims = {c["metadata"]["uid"] for c in api.list_objects("v1/persistentvolumeclaims", copy_=False)}
+        live_claims = {
+            c["metadata"]["uid"] for c in api.list_objects("v1/persistentvolumeclaims", copy_=False)
+        }
         for uid in list(self._claims):
             if uid not in live_claims:  # the claim is gone: so is its volume
                 shutil.rmtree(self._claims.pop(uid), ignore_errors=True)

@@ -51,26 +51,41 @@ class OperatorProcess:
     async def start(self, **extra_env: str) -> None:
         assert self.proc is None or self.proc.returncode is not None
         env = dict(self.world.base_env)
-        env.update({
-            "KUBECONFIG": str(self.world.kubeconfig),
-            "ETCDOPERATOR_ADDRESS_MAP": str(self.world.harness.addresses.path),
-            "ETCDOPERATOR_SECRETS_DIR": str(self.world.root / "operator-secrets"),
-            "ETCDOPERATOR_BUSY_INTERVAL": "0.2",
-            "ETCDOPERATOR_IDLE_INTERVAL": "1",
-            "ETCDOPERATOR_ERROR_INTERVAL": "1",
-            "ETCDOPERATOR_BACKUP_TICK": "1",
-            "ETCDOPERATOR_IMAGE": "etcd-operator:test",
-            "ETCDOPERATOR_STORE_IMAGE": "etcdstore:test",
-            "ETCDOPERATOR_CRASHLOOP_RESTARTS": "3",
-        })
+        env.update(
+            {
+                "KUBECONFIG": str(self.world.kubeconfig),
+                "ETCDOPERATOR_ADDRESS_MAP": str(self.world.harness.addresses.path),
+                "ETCDOPERATOR_SECRETS_DIR": str(self.world.root / "operator-secrets"),
+                "ETCDOPERATOR_BUSY_INTERVAL": "0.2",
+                "ETCDOPERATOR_IDLE_INTERVAL": "1",
+                "ETCDOPERATOR_ERROR_INTERVAL": "1",
+                "ETCDOPERATOR_BACKUP_TICK": "1",
+                "ETCDOPERATOR_IMAGE": "etcd-operator:test",
+                "ETCDOPERATOR_STORE_IMAGE": "etcdstore:test",
+                "ETCDOPERATOR_CRASHLOOP_RESTARTS": "3",
+            }
+        )
         env.update(extra_env)
         self.starts += 1
         with open(self.log, "ab") as f:  # noqa: ASYNC230  (a local file, opened once per start)
-            f.write(f"\n===== operator start #{self.starts} {time.strftime('%H:%M:%S')} {extra_env}\n".encode())
+            f.write(
+                f"\n===== operator start #{self.starts} {time.strftime('%H:%M:%S')} {extra_env}\n".encode()
+            )
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "etcdoperator", "run", "--all-namespaces", "--standalone", "--verbose",
-                f"--metrics-port={self.metrics_port}", f"--liveness=http://127.0.0.1:{self.liveness_port}/healthz",
-                stdout=f, stderr=asyncio.subprocess.STDOUT, env=env, cwd=str(self.world.root))
+                sys.executable,
+                "-m",
+                "etcdoperator",
+                "run",
+                "--all-namespaces",
+                "--standalone",
+                "--verbose",
+                f"--metrics-port={self.metrics_port}",
+                f"--liveness=http://127.0.0.1:{self.liveness_port}/healthz",
+                stdout=f,
+                stderr=asyncio.subprocess.STDOUT,
+                env=env,
+                cwd=str(self.world.root),
+            )
 
     async def wait_exit(self, timeout: float) -> int:
         assert self.proc is not None
@@ -100,7 +115,10 @@ class OperatorProcess:
         import aiohttp
 
         try:
-            async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{self.liveness_port}/healthz") as r:
+            async with (
+                aiohttp.ClientSession() as s,
+                s.get(f"http://127.0.0.1:{self.liveness_port}/healthz") as r,
+            ):
                 return r.status == 200
         except aiohttp.ClientError:
             return False
@@ -140,7 +158,8 @@ class World:
             f"clusters: [{{name: kmock, cluster: {{server: '{url}'}}}}]\n"
             "users: [{name: operator, user: {token: test-token}}]\n"
             "contexts: [{name: kmock, context: {cluster: kmock, user: operator, namespace: default}}]\n"
-            "current-context: kmock\n")
+            "current-context: kmock\n"
+        )
         self.harness = Harness(self.api, url, self.root, binaries=self.binaries, base_env=self.base_env)
         await self.harness.start()
         self.operator = OperatorProcess(self)
@@ -172,8 +191,12 @@ class World:
     async def create_cluster(self, name: str, spec: dict[str, Any], ns: str = "default") -> Any:
         spec = dict(spec)
         spec.setdefault("engine", self.engine)
-        body = {"apiVersion": crd.API_VERSION, "kind": crd.CLUSTER_KIND, "metadata": {"name": name, "namespace": ns},
-                "spec": spec}
+        body = {
+            "apiVersion": crd.API_VERSION,
+            "kind": crd.CLUSTER_KIND,
+            "metadata": {"name": name, "namespace": ns},
+            "spec": spec,
+        }
         created = await self.harness.create(ETCD_CLUSTERS, ns, body)
         assert created is not None, f"EtcdCluster {name} was refused"
         return created
@@ -190,7 +213,11 @@ class World:
         return {c["metadata"]["name"]: c for c in self.api.list_objects("v1/persistentvolumeclaims", ns, sel)}
 
     def events(self, name: str, ns: str = "default") -> list[dict[str, Any]]:
-        return [e for e in self.api.list_objects("v1/events", ns) if e.get("involvedObject", {}).get("name") == name]
+        return [
+            e
+            for e in self.api.list_objects("v1/events", ns)
+            if e.get("involvedObject", {}).get("name") == name
+        ]
 
     # -- members ------------------------------------------------------------------------------
     def client_endpoint(self, pod: str, ns: str = "default", service: str | None = None) -> str:
@@ -199,15 +226,29 @@ class World:
         assert hp is not None, f"no address for {pod}"
         return hp
 
-    def client(self, name: str, ns: str = "default", *, tls: TLSConfig | None = None, ordinals: range | None = None,
-               **kw: Any) -> Client:
+    def client(
+        self,
+        name: str,
+        ns: str = "default",
+        *,
+        tls: TLSConfig | None = None,
+        ordinals: range | None = None,
+        **kw: Any,
+    ) -> Client:
         pods = sorted(self.pods(name, ns)) if ordinals is None else [f"{name}-{k}" for k in ordinals]
         scheme = "https" if tls else "http"
-        return Client([f"{scheme}://{self.client_endpoint(p, ns, name)}" for p in pods], timeout=5, tls=tls, **kw)
+        return Client(
+            [f"{scheme}://{self.client_endpoint(p, ns, name)}" for p in pods], timeout=5, tls=tls, **kw
+        )
 
     # -- waiting ------------------------------------------------------------------------------
-    async def wait_for(self, what: str, check: Callable[[], Any | Awaitable[Any]], timeout: float = 60.0,
-                       period: float = 0.25) -> Any:
+    async def wait_for(
+        self,
+        what: str,
+        check: Callable[[], Any | Awaitable[Any]],
+        timeout: float = 60.0,
+        period: float = 0.25,
+    ) -> Any:
         deadline = time.monotonic() + timeout
         last: Any = None
         while True:
@@ -220,26 +261,44 @@ class World:
             if last and not isinstance(last, AssertionError):
                 return last
             if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}\n"
-                                     f"--- operator log tail ---\n{self.operator.tail() if self.operator else ''}\n"
-                                     f"--- harness errors ---\n{self.harness.errors[-5:]}")
-            if self.operator is not None and self.operator.proc is not None and self.operator.proc.returncode not in (None, 0):
+                raise AssertionError(
+                    f"timed out after {timeout}s waiting for {what}; last: {last!r}\n"
+                    f"--- operator log tail ---\n{self.operator.tail() if self.operator else ''}\n"
+                    f"--- harness errors ---\n{self.harness.errors[-5:]}"
+                )
+            if (
+                self.operator is not None
+                and self.operator.proc is not None
+                and self.operator.proc.returncode not in (None, 0)
+            ):
                 pass  # a crashed operator is what some tests want; they check it themselves
             await asyncio.sleep(period)
 
-    async def wait_available(self, name: str, replicas: int, ns: str = "default", timeout: float = 90.0) -> dict[str, Any]:
+    async def wait_available(
+        self, name: str, replicas: int, ns: str = "default", timeout: float = 90.0
+    ) -> dict[str, Any]:
         def ok() -> Any:
             st = self.status(name, ns)
             avail = self.condition(name, "Available", ns).get("status") == "True"
             prog = self.condition(name, "Progressing", ns).get("status") == "False"
             members = st.get("members") or []
-            good = (avail and prog and st.get("readyReplicas") == replicas and len(members) == replicas
-                    and all(m.get("healthy") and not m.get("learner") for m in members))
+            good = (
+                avail
+                and prog
+                and st.get("readyReplicas") == replicas
+                and len(members) == replicas
+                and all(m.get("healthy") and not m.get("learner") for m in members)
+            )
             # The status can predate a pod restart: also require every member pod to be Ready now.
             pods = self.pods(name, ns)
             ready = len(pods) == replicas and all(
-                not p["metadata"].get("deletionTimestamp") and any(
+                not p["metadata"].get("deletionTimestamp")
+                and any(
                     c.get("type") == "Ready" and c.get("status") == "True"
-                    for c in (p.get("status") or {}).get("conditions") or []) for p in pods.values())
+                    for c in (p.get("status") or {}).get("conditions") or []
+                )
+                for p in pods.values()
+            )
             return st if good and ready else None
+
         return await self.wait_for(f"{name} Available with {replicas} members", ok, timeout)

@@ -30,8 +30,9 @@ log = logging.getLogger(__name__)
 _prefix = struct.Struct(">BI")
 _TIMEOUT_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
 # Headers that are HTTP/2 or gRPC transport, not the call's metadata.
-_TRANSPORT_HEADERS = frozenset({b"content-type", b"te", b"grpc-timeout", b"grpc-encoding",
-                                b"grpc-accept-encoding", b"grpc-message-type"})
+_TRANSPORT_HEADERS = frozenset(
+    {b"content-type", b"te", b"grpc-timeout", b"grpc-encoding", b"grpc-accept-encoding", b"grpc-message-type"}
+)
 _DECOMPRESS: dict[bytes, Callable[[bytes], bytes]] = {b"gzip": gzip.decompress, b"deflate": zlib.decompress}
 _OK = f.trailers(0)
 _RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
@@ -43,9 +44,17 @@ _REQUIRED = 7
 # seen, up to _NAME_KINDS_MAX; any other name is checked by check_field_name first).
 _CONTENT_TYPE, _GRPC_TIMEOUT, _GRPC_ENCODING, _TE, _OTHER_TRANSPORT = 16, 17, 18, 19, 20
 _NAME_KINDS: dict[bytes, int] = {
-    **_PSEUDO, b"content-type": _CONTENT_TYPE, b"grpc-timeout": _GRPC_TIMEOUT, b"grpc-encoding": _GRPC_ENCODING,
-    b"te": _TE, **{k: _OTHER_TRANSPORT for k in _TRANSPORT_HEADERS
-                   if k not in (b"content-type", b"grpc-timeout", b"grpc-encoding", b"te")}}
+    **_PSEUDO,
+    b"content-type": _CONTENT_TYPE,
+    b"grpc-timeout": _GRPC_TIMEOUT,
+    b"grpc-encoding": _GRPC_ENCODING,
+    b"te": _TE,
+    **{
+        k: _OTHER_TRANSPORT
+        for k in _TRANSPORT_HEADERS
+        if k not in (b"content-type", b"grpc-timeout", b"grpc-encoding", b"te")
+    },
+}
 _NAME_KINDS_MAX = 4096 + len(_NAME_KINDS)
 
 
@@ -274,8 +283,15 @@ class Call:
         "waiter",
     )
 
-    def __init__(self, conn: H2Connection, stream: Stream, handler: grpc.RpcMethodHandler, ctx: CallContext,
-                 max_message: int, decompress: Callable[[bytes], bytes] | None) -> None:
+    def __init__(
+        self,
+        conn: H2Connection,
+        stream: Stream,
+        handler: grpc.RpcMethodHandler,
+        ctx: CallContext,
+        max_message: int,
+        decompress: Callable[[bytes], bytes] | None,
+    ) -> None:
         self.conn = conn
         self.stream = stream
         self.handler = handler
@@ -286,7 +302,8 @@ class Call:
         self.buf = bytearray()
         self.request: bytes | None = None
         self.inbox: collections.deque[tuple[bytes, int]] | None = (
-            collections.deque() if handler.request_streaming else None)
+            collections.deque() if handler.request_streaming else None
+        )
         self.waiter: asyncio.Future[None] | None = None
         self.ended = False  # the client finished sending
         self.timer: asyncio.TimerHandle | None = None
@@ -305,8 +322,10 @@ class Call:
             self.held += n
             conn.held += n
             if conn.held > conn.limits.max_buffered_request_bytes:
-                self.fail(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                          "grpc: too many request bytes buffered on this connection")
+                self.fail(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    "grpc: too many request bytes buffered on this connection",
+                )
                 return
         buf = self.buf  # a bytearray: appending is linear however many frames a message spans
         buf += payload
@@ -320,23 +339,27 @@ class Call:
         while len(buf) - pos >= 5:
             flag, size = _prefix.unpack_from(buf, pos)
             if size > self.max_message:
-                self.fail(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                          f"grpc: received message larger than max ({size} vs. {self.max_message})")
+                self.fail(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"grpc: received message larger than max ({size} vs. {self.max_message})",
+                )
                 return
             if len(buf) - pos < 5 + size:
                 break
-            msg = bytes(buf[pos + 5:pos + 5 + size])
+            msg = bytes(buf[pos + 5 : pos + 5 + size])
             pos += 5 + size
             if flag:
                 if self.decompress is None:
-                    self.fail(grpc.StatusCode.INTERNAL,
-                              "grpc: compressed flag set with identity or empty encoding")
+                    self.fail(
+                        grpc.StatusCode.INTERNAL, "grpc: compressed flag set with identity or empty encoding"
+                    )
                     return
                 try:
                     msg = self.decompress(msg)
                 except Exception as e:  # noqa: BLE001 - a corrupt body is the client's error, not ours
-                    self.fail(grpc.StatusCode.INTERNAL,
-                              f"grpc: failed to decompress the received message: {e}")
+                    self.fail(
+                        grpc.StatusCode.INTERNAL, f"grpc: failed to decompress the received message: {e}"
+                    )
                     return
             if streaming:
                 self.inbox.append((msg, 5 + size))  # type: ignore[union-attr]

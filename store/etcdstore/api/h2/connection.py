@@ -92,8 +92,11 @@ def transition(state: int, event: int) -> int:
     """The one transition function of the stream state machine; raises StreamError."""
     new = _NEXT[state][event]
     if new < 0:
-        raise StreamError(-new, f"{('HEADERS', 'END_STREAM', 'END_STREAM sent', 'RST_STREAM', 'RST_STREAM sent')[event]}"
-                                f" on a {STATE_NAMES[state]} stream")
+        raise StreamError(
+            -new,
+            f"{('HEADERS', 'END_STREAM', 'END_STREAM sent', 'RST_STREAM', 'RST_STREAM sent')[event]}"
+            f" on a {STATE_NAMES[state]} stream",
+        )
     return new
 
 
@@ -166,8 +169,13 @@ class Stream:
         if self.state == CLOSED:
             return
         n = len(message)
-        if (not self.pending and n <= conn.peer_initial_window + self.win and n <= conn.send_window
-                and n <= conn.peer_max_frame and not conn.paused):
+        if (
+            not self.pending
+            and n <= conn.peer_initial_window + self.win
+            and n <= conn.send_window
+            and n <= conn.peer_max_frame
+            and not conn.paused
+        ):
             self.win -= n
             conn.send_window -= n
             out = conn.out
@@ -203,7 +211,9 @@ class Stream:
         if not self.headers_sent and not self.pending:
             # Trailers-only response: the status travels in the one header block.
             self.headers_sent = True
-            conn.out.append(f.frame(f.HEADERS, f.END_HEADERS | f.END_STREAM, self.id, f.RESPONSE_HEADERS + trailer))
+            conn.out.append(
+                f.frame(f.HEADERS, f.END_HEADERS | f.END_STREAM, self.id, f.RESPONSE_HEADERS + trailer)
+            )
             conn.sent_data = True
             conn.end_stream(self)
             conn.schedule_flush()
@@ -243,7 +253,11 @@ class Stream:
             self.trailer = None
             conn.end_stream(self)
         waiter = self.writable
-        if waiter is not None and (self.pending_bytes < _LOW_WATER or self.state == CLOSED) and not conn.paused:
+        if (
+            waiter is not None
+            and (self.pending_bytes < _LOW_WATER or self.state == CLOSED)
+            and not conn.paused
+        ):
             self.writable = None
             conn.writers.pop(sid, None)
             if not waiter.done():
@@ -279,8 +293,9 @@ class Stream:
 
 # -- request header names (RFC 9113 8.2): lowercase tokens, no connection-specific fields ---------------
 _NAME_OK = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+\Z").match
-_CONNECTION_SPECIFIC = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
-                                  b"upgrade"})
+_CONNECTION_SPECIFIC = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
+)
 # Field values may hold neither NUL, CR nor LF, nor start or end with a space or tab (8.2.1).
 _BAD_VALUE = re.compile(rb"[\x00\r\n]|\A[ \t]|[ \t]\Z").search
 # Names and values seen valid (clients repeat theirs), so that most fields cost a set lookup.
@@ -320,8 +335,14 @@ def check_field_names(names: list[bytes]) -> str | None:
 class H2Connection(asyncio.Protocol):
     """An HTTP/2 server connection whose streams are gRPC calls routed by `router`."""
 
-    def __init__(self, router: Router, *, identity: str | None = None,
-                 on_close: Callable[[H2Connection], None] | None = None, limits: Limits = DEFAULT) -> None:
+    def __init__(
+        self,
+        router: Router,
+        *,
+        identity: str | None = None,
+        on_close: Callable[[H2Connection], None] | None = None,
+        limits: Limits = DEFAULT,
+    ) -> None:
         self.router = router
         self.limits = limits
         self.identity = identity  # the verified client certificate's CN, if any
@@ -388,8 +409,11 @@ class H2Connection(asyncio.Protocol):
         if isinstance(peer, tuple) and peer:
             host = peer[0]
             self.peer = f"ipv6:[{host}]:{peer[1]}" if ":" in host else f"ipv4:{host}:{peer[1]}"
-        settings = {f.S_INITIAL_WINDOW_SIZE: limits.stream_window, f.S_ENABLE_PUSH: 0,
-                    f.S_MAX_HEADER_LIST_SIZE: limits.max_header_list_size}
+        settings = {
+            f.S_INITIAL_WINDOW_SIZE: limits.stream_window,
+            f.S_ENABLE_PUSH: 0,
+            f.S_MAX_HEADER_LIST_SIZE: limits.max_header_list_size,
+        }
         if limits.max_concurrent_streams < UNLIMITED_STREAMS:
             settings[f.S_MAX_CONCURRENT_STREAMS] = limits.max_concurrent_streams
         self.out.append(f.settings_frame(settings))
@@ -487,7 +511,7 @@ class H2Connection(asyncio.Protocol):
                 end = pos + 9 + length
                 if end > n:
                     break
-                payload = buf[pos + 9:end]
+                payload = buf[pos + 9 : end]
                 pos = end
                 frames_left -= 1
                 bytes_left -= 9 + length
@@ -650,8 +674,9 @@ class H2Connection(asyncio.Protocol):
         try:
             return self._decoder.decode(block, raw=True)
         except OversizedHeaderListError:
-            raise ConnectionError_(f.ENHANCE_YOUR_CALM, "header list larger than SETTINGS_MAX_HEADER_LIST_SIZE") \
-                from None
+            raise ConnectionError_(
+                f.ENHANCE_YOUR_CALM, "header list larger than SETTINGS_MAX_HEADER_LIST_SIZE"
+            ) from None
         except HPACKError as e:
             raise ConnectionError_(f.COMPRESSION_ERROR, str(e)) from None
         except (ValueError, IndexError, UnicodeError) as e:  # hpack's own checks are not exhaustive
@@ -791,7 +816,8 @@ class H2Connection(asyncio.Protocol):
             if value > f.MAX_WINDOW:
                 raise ConnectionError_(f.FLOW_CONTROL_ERROR, "initial window too large")
             if value + self._max_win > f.MAX_WINDOW and any(  # rare: only then each stream is looked at
-                    value + st.win > f.MAX_WINDOW for st in self.streams.values()):
+                value + st.win > f.MAX_WINDOW for st in self.streams.values()
+            ):
                 raise ConnectionError_(f.FLOW_CONTROL_ERROR, "initial window overflows a stream window")
             grew = value > self.peer_initial_window
             self.peer_initial_window = value  # O(1): every stream's window is relative to it
@@ -818,7 +844,9 @@ class H2Connection(asyncio.Protocol):
         """Rapid reset protection: a bucket of `reset_burst` tokens refilled at `reset_rate`/s."""
         now = self.loop.time()
         limits = self.limits
-        tokens = min(limits.reset_burst, self._reset_tokens + (now - self._reset_at) * limits.reset_rate) - cost
+        tokens = (
+            min(limits.reset_burst, self._reset_tokens + (now - self._reset_at) * limits.reset_rate) - cost
+        )
         self._reset_at = now
         self._reset_tokens = tokens
         if tokens < 0:
@@ -1066,10 +1094,18 @@ class H2Connection(asyncio.Protocol):
 
 
 # Frame handlers by type (functions, not bound methods: no connection <-> handler cycle).
-_HANDLERS = (H2Connection._on_data, H2Connection._on_headers, H2Connection._on_priority,
-             H2Connection._on_rst_stream, H2Connection._on_settings, H2Connection._on_push_promise,
-             H2Connection._on_ping, H2Connection._on_goaway, H2Connection._on_window_update,
-             H2Connection._on_continuation)
+_HANDLERS = (
+    H2Connection._on_data,
+    H2Connection._on_headers,
+    H2Connection._on_priority,
+    H2Connection._on_rst_stream,
+    H2Connection._on_settings,
+    H2Connection._on_push_promise,
+    H2Connection._on_ping,
+    H2Connection._on_goaway,
+    H2Connection._on_window_update,
+    H2Connection._on_continuation,
+)
 _BUDGET = 1  # reading paused until the next loop turn (fairness)
 _BACKLOG = 2  # reading paused until the transport takes more output
 
@@ -1121,4 +1157,4 @@ def _unpad(payload: bytes) -> bytes:
     pad = payload[0]
     if pad >= len(payload):
         raise ConnectionError_(f.PROTOCOL_ERROR, "padding exceeds the frame")
-    return payload[1:len(payload) - pad]
+    return payload[1 : len(payload) - pad]

@@ -83,11 +83,13 @@ class Limits:
 
     @classmethod
     def from_config(cls, cfg: ServerConfig) -> Limits:
-        return cls(max_concurrent_streams=cfg.max_concurrent_streams,
-                   max_recv_message=cfg.max_request_bytes + GRPC_OVERHEAD,
-                   keepalive_min_time=cfg.grpc_keepalive_min_time,
-                   keepalive_interval=cfg.grpc_keepalive_interval,
-                   keepalive_timeout=cfg.grpc_keepalive_timeout)
+        return cls(
+            max_concurrent_streams=cfg.max_concurrent_streams,
+            max_recv_message=cfg.max_request_bytes + GRPC_OVERHEAD,
+            keepalive_min_time=cfg.grpc_keepalive_min_time,
+            keepalive_interval=cfg.grpc_keepalive_interval,
+            keepalive_timeout=cfg.grpc_keepalive_timeout,
+        )
 
 
 DEFAULT = Limits()

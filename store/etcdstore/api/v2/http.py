@@ -75,7 +75,9 @@ async def read_form(request: web.Request) -> dict[str, list[str]]:
     form: dict[str, list[str]] = {}
     err = None
     if request.method in ("POST", "PUT", "PATCH"):
-        ctype = request.headers.get("Content-Type", "application/octet-stream").split(";", 1)[0].strip().lower()
+        ctype = (
+            request.headers.get("Content-Type", "application/octet-stream").split(";", 1)[0].strip().lower()
+        )
         if ctype == "application/x-www-form-urlencoded":
             body = await request.content.read(_MAX_FORM + 1)
             if len(body) > _MAX_FORM:
@@ -168,7 +170,7 @@ def parse_key_request(method: str, url_path: str, form: dict[str, list[str]]) ->
     """etcd's parseKeyRequest, check for check."""
     r = KeyRequest()
     r.method = method
-    r.path = go_clean("/" + url_path[len(KEYS_PREFIX):])
+    r.path = go_clean("/" + url_path[len(KEYS_PREFIX) :])
     r.prev_index = _uint(form, "prevIndex", v2e.INDEX_NAN)
     r.since = _uint(form, "waitIndex", v2e.INDEX_NAN)
     r.recursive = _bool(form, "recursive")
@@ -213,15 +215,18 @@ def _go_text(status: int, text: str, headers: dict[str, str] | None = None) -> w
     h = {"X-Content-Type-Options": "nosniff"}
     if headers:
         h.update(headers)
-    return web.Response(status=status, text=text + "\n", content_type="text/plain", charset="utf-8", headers=h)
+    return web.Response(
+        status=status, text=text + "\n", content_type="text/plain", charset="utf-8", headers=h
+    )
 
 
 def _not_allowed(methods: str) -> web.Response:
     return _go_text(405, "Method Not Allowed", {"Allow": methods})
 
 
-def json_response(doc: Any, status: int = 200, headers: dict[str, str] | None = None,
-                  newline: bool = False) -> web.Response:
+def json_response(
+    doc: Any, status: int = 200, headers: dict[str, str] | None = None, newline: bool = False
+) -> web.Response:
     """application/json exactly (no charset parameter, as etcd sends it)."""
     h = {"Content-Type": "application/json"}
     if headers:
@@ -319,7 +324,9 @@ class V2API:
             if r.prev_exist:
                 if r.prev_index == 0 and r.prev_value == "":
                     return await st.update(r.path, r.value, r.expire, r.refresh)
-                return await st.compare_and_swap(r.path, r.prev_value, r.prev_index, r.value, r.expire, r.refresh)
+                return await st.compare_and_swap(
+                    r.path, r.prev_value, r.prev_index, r.value, r.expire, r.refresh
+                )
             return await st.create(r.path, r.dir, r.value, False, r.expire)
         if r.prev_index > 0 or r.prev_value:
             return await st.compare_and_swap(r.path, r.prev_value, r.prev_index, r.value, r.expire, r.refresh)
@@ -361,7 +368,12 @@ class V2API:
     # -- /v2/members ------------------------------------------------------------------------------
 
     def _member_doc(self, m: Member) -> dict[str, Any]:
-        return {"id": f"{m.id:x}", "name": m.name, "peerURLs": list(m.peer_urls), "clientURLs": list(m.client_urls)}
+        return {
+            "id": f"{m.id:x}",
+            "name": m.name,
+            "peerURLs": list(m.peer_urls),
+            "clientURLs": list(m.client_urls),
+        }
 
     async def members(self, request: web.Request) -> web.StreamResponse:
         method = request.method
@@ -369,7 +381,7 @@ class V2API:
             return _not_allowed("GET,POST,DELETE,PUT")
         s = self.s
         hdr = self._cluster_header()
-        sub = request.path[len("/v2/members"):].lstrip("/")
+        sub = request.path[len("/v2/members") :].lstrip("/")
         if method == "GET":
             if sub == "":
                 docs = [self._member_doc(m) for m in s.membership.sorted_members()]
@@ -411,8 +423,10 @@ class V2API:
             doc = decode_whole(body)
             raw = _case_insensitive(doc, "peerURLs") if isinstance(doc, dict) else None
             if doc is not None and not isinstance(doc, dict):
-                raise GoJSONError(f"json: cannot unmarshal {kind_of(doc)} into Go value of type "
-                                  'struct { PeerURLs []string "json:\\"peerURLs\\"" }')
+                raise GoJSONError(
+                    f"json: cannot unmarshal {kind_of(doc)} into Go value of type "
+                    'struct { PeerURLs []string "json:\\"peerURLs\\"" }'
+                )
             urls = [] if raw is None else raw
             if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
                 raise GoJSONError("json: cannot unmarshal into Go struct field .peerURLs of type []string")
@@ -453,9 +467,13 @@ class V2API:
         current = s.membership.get(mid)
         try:
             s.membership.check_update(mid, urls)
-            member = Member(id=mid, name=current.name if current else "", peer_urls=urls,
-                            client_urls=current.client_urls if current else [],
-                            is_learner=current.is_learner if current else False)
+            member = Member(
+                id=mid,
+                name=current.name if current else "",
+                peer_urls=urls,
+                client_urls=current.client_urls if current else [],
+                is_learner=current.is_learner if current else False,
+            )
             await s.propose_conf_change(ConfChangeType.UPDATE_NODE, member)
         except errors.EtcdError as e:
             if e == errors.PEER_URL_EXIST:
@@ -489,8 +507,11 @@ class V2API:
             "id": f"{s.member_id:x}",
             "state": _STATES.get(s.role, "StateFollower"),
             "startTime": format_time(self.started),
-            "leaderInfo": {"leader": f"{leader:x}" if leader else "", "uptime": go_duration(time.time_ns() - since),
-                           "startTime": format_time(since)},
+            "leaderInfo": {
+                "leader": f"{leader:x}" if leader else "",
+                "uptime": go_duration(time.time_ns() - since),
+                "startTime": format_time(since),
+            },
             # Raft append counters are not tracked by this implementation.
             "recvAppendRequestCnt": 0,
             "sendAppendRequestCnt": 0,
@@ -505,17 +526,27 @@ class V2API:
             return _http_error(403, "not current leader", {})
         followers = {
             f"{mid:x}": {
-                "latency": {"current": 0, "average": 0, "standardDeviation": 0, "minimum": 9223372036854776000,
-                            "maximum": 0},
+                "latency": {
+                    "current": 0,
+                    "average": 0,
+                    "standardDeviation": 0,
+                    "minimum": 9223372036854776000,
+                    "maximum": 0,
+                },
                 "counts": {"fail": 0, "success": 0},
             }
-            for mid in sorted(s.membership.members) if mid != s.member_id
+            for mid in sorted(s.membership.members)
+            if mid != s.member_id
         }
         return json_response({"leader": f"{s.member_id:x}", "followers": followers})
 
 
-_STATES = {Role.LEADER: "StateLeader", Role.FOLLOWER: "StateFollower", Role.CANDIDATE: "StateCandidate",
-           Role.PRE_CANDIDATE: "StatePreCandidate"}
+_STATES = {
+    Role.LEADER: "StateLeader",
+    Role.FOLLOWER: "StateFollower",
+    Role.CANDIDATE: "StateCandidate",
+    Role.PRE_CANDIDATE: "StatePreCandidate",
+}
 _MEMBERSHIP_TEXT = {
     errors.MEMBER_EXIST: "membership: ID exists",
     errors.PEER_URL_EXIST: "membership: peerURL exists",
@@ -563,6 +594,7 @@ def _frac(v: int, unit: int) -> str:
 def add_v2_routes(app: web.Application, server: Any, enabled: bool) -> V2API | None:
     """Mount the v2 API (or, without --enable-v2, Go's 404 for every /v2 path)."""
     if not enabled:
+
         async def not_found(request: web.Request) -> web.Response:
             return go_not_found()
 

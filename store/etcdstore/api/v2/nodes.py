@@ -111,8 +111,19 @@ class Node:
         "value",
     )
 
-    def __init__(self, path: str, is_dir: bool, value: str, created: int, modified: int, own_exp: int = 0,
-                 own_lease: int = 0, lease: int = 0, inh_exp: int = 0, mod_revision: int = 0) -> None:
+    def __init__(
+        self,
+        path: str,
+        is_dir: bool,
+        value: str,
+        created: int,
+        modified: int,
+        own_exp: int = 0,
+        own_lease: int = 0,
+        lease: int = 0,
+        inh_exp: int = 0,
+        mod_revision: int = 0,
+    ) -> None:
         self.path = path
         self.dir = is_dir
         self.value = value
@@ -155,12 +166,30 @@ def decode(kv: kv_pb2.KeyValue) -> Node:
     if flags & MI:
         modified = _Q.unpack_from(v, pos)[0]
         pos += 8
-    return Node(path_of_key(kv.key), bool(flags & DIR), v[pos:].decode("utf-8", "replace"), created, modified,
-                own_exp, own_lease, kv.lease, inh_exp, kv.mod_revision)
+    return Node(
+        path_of_key(kv.key),
+        bool(flags & DIR),
+        v[pos:].decode("utf-8", "replace"),
+        created,
+        modified,
+        own_exp,
+        own_lease,
+        kv.lease,
+        inh_exp,
+        kv.mod_revision,
+    )
 
 
-def encode(is_dir: bool, value: str, *, own_exp: int = 0, own_lease: int = 0, inh_exp: int = 0,
-           created: int = 0, modified: int = 0) -> bytes:
+def encode(
+    is_dir: bool,
+    value: str,
+    *,
+    own_exp: int = 0,
+    own_lease: int = 0,
+    inh_exp: int = 0,
+    created: int = 0,
+    modified: int = 0,
+) -> bytes:
     """A node's v3 value; created/modified 0 mean "the revision of this write"."""
     flags = DIR if is_dir else 0
     parts = [b""]

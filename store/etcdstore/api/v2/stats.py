@@ -3,9 +3,21 @@
 from __future__ import annotations
 
 _FIELDS = (
-    "getsSuccess", "getsFail", "setsSuccess", "setsFail", "deleteSuccess", "deleteFail", "updateSuccess",
-    "updateFail", "createSuccess", "createFail", "compareAndSwapSuccess", "compareAndSwapFail",
-    "compareAndDeleteSuccess", "compareAndDeleteFail", "expireCount",
+    "getsSuccess",
+    "getsFail",
+    "setsSuccess",
+    "setsFail",
+    "deleteSuccess",
+    "deleteFail",
+    "updateSuccess",
+    "updateFail",
+    "createSuccess",
+    "createFail",
+    "compareAndSwapSuccess",
+    "compareAndSwapFail",
+    "compareAndDeleteSuccess",
+    "compareAndDeleteFail",
+    "expireCount",
 )
 
 

@@ -86,11 +86,14 @@ class _Plan:
 
     def unchanged_since(self, start: bytes, rev: int) -> None:
         """No key in the prefix range was written after `rev` (an empty range passes)."""
-        self.compares.append(_C(target=_MOD, result=_LESS, key=start, range_end=prefix_end(start),
-                                mod_revision=rev + 1))
+        self.compares.append(
+            _C(target=_MOD, result=_LESS, key=start, range_end=prefix_end(start), mod_revision=rev + 1)
+        )
 
     def empty(self, start: bytes) -> None:
-        self.compares.append(_C(target=_VERSION, result=_EQUAL, key=start, range_end=prefix_end(start), version=0))
+        self.compares.append(
+            _C(target=_VERSION, result=_EQUAL, key=start, range_end=prefix_end(start), version=0)
+        )
 
     def put(self, key: bytes, value: bytes, lease: int = 0) -> None:
         self.ops.append(pb.RequestOp(request_put=pb.PutRequest(key=key, value=value, lease=lease)))
@@ -319,8 +322,19 @@ class V2Store:
             new_lease, inh, eff_exp = _eff(own_exp, own_lease, parent.effective)
             # etcd cannot write a directory's value, so its modifiedIndex stays.
             mi = node.modified if node.dir else 0
-            p.put(key, encode(node.dir, val, own_exp=own_exp, own_lease=own_lease, inh_exp=inh,
-                              created=node.created, modified=mi), new_lease)
+            p.put(
+                key,
+                encode(
+                    node.dir,
+                    val,
+                    own_exp=own_exp,
+                    own_lease=own_lease,
+                    inh_exp=inh,
+                    created=node.created,
+                    modified=mi,
+                ),
+                new_lease,
+            )
             if node.own_lease and node.own_lease != own_lease:
                 p.drop_leases.append(node.own_lease)
             if node.dir and (new_lease, eff_exp) != (node.lease, node.effective[0]):
@@ -337,8 +351,9 @@ class V2Store:
 
         return await self._write("update", plan, expire)
 
-    async def compare_and_swap(self, path: str, prev_value: str, prev_index: int, value: str,
-                               expire: int | None, refresh: bool) -> Result:
+    async def compare_and_swap(
+        self, path: str, prev_value: str, prev_index: int, value: str, expire: int | None, refresh: bool
+    ) -> Result:
         def plan(rev: int, now: int, lease: int) -> _Plan:
             p = _Plan()
             if path == "/":
@@ -354,8 +369,11 @@ class V2Store:
             p.same(key, node.mod_revision)
             parent = self.lookup(parent_of(path)) or ROOT
             new_lease, inh, _ = _eff(own_exp, own_lease, parent.effective)
-            p.put(key, encode(False, val, own_exp=own_exp, own_lease=own_lease, inh_exp=inh,
-                              created=node.created), new_lease)
+            p.put(
+                key,
+                encode(False, val, own_exp=own_exp, own_lease=own_lease, inh_exp=inh, created=node.created),
+                new_lease,
+            )
             if node.own_lease and node.own_lease != own_lease:
                 p.drop_leases.append(node.own_lease)
             p.act("compareAndSwap", path, now, refresh)
@@ -363,8 +381,9 @@ class V2Store:
 
             def finish(r: int) -> Result:
                 new.modified = r
-                return Result({"action": "compareAndSwap", "node": extern(new, now),
-                               "prevNode": extern(node, now)}, r)
+                return Result(
+                    {"action": "compareAndSwap", "node": extern(new, now), "prevNode": extern(node, now)}, r
+                )
 
             p.finish = finish
             return p
@@ -401,8 +420,14 @@ class V2Store:
             p.act("delete", path, now)
 
             def finish(r: int) -> Result:
-                return Result({"action": "delete", "node": event_node(path, node.created, r, node.dir),
-                               "prevNode": extern(node, now)}, r)
+                return Result(
+                    {
+                        "action": "delete",
+                        "node": event_node(path, node.created, r, node.dir),
+                        "prevNode": extern(node, now),
+                    },
+                    r,
+                )
 
             p.finish = finish
             return p
@@ -424,8 +449,14 @@ class V2Store:
             p.act("compareAndDelete", path, now)
 
             def finish(r: int) -> Result:
-                return Result({"action": "compareAndDelete", "node": event_node(path, node.created, r, False),
-                               "prevNode": extern(node, now)}, r)
+                return Result(
+                    {
+                        "action": "compareAndDelete",
+                        "node": event_node(path, node.created, r, False),
+                        "prevNode": extern(node, now),
+                    },
+                    r,
+                )
 
             p.finish = finish
             return p
@@ -461,8 +492,19 @@ class V2Store:
                 lease, inh, exp = _eff(n.own_exp, n.own_lease, parent)
                 effs[n.path] = (exp, lease)
                 if (lease, exp) != (n.lease, n.effective[0]):
-                    p.put(node_key(n.path), encode(n.dir, n.value, own_exp=n.own_exp, own_lease=n.own_lease,
-                                                   inh_exp=inh, created=n.created, modified=n.modified), lease)
+                    p.put(
+                        node_key(n.path),
+                        encode(
+                            n.dir,
+                            n.value,
+                            own_exp=n.own_exp,
+                            own_lease=n.own_lease,
+                            inh_exp=inh,
+                            created=n.created,
+                            modified=n.modified,
+                        ),
+                        lease,
+                    )
         p.empty(level_prefix(top.path, d + 1 + len(levels)))
 
     async def _barrier(self) -> None:
@@ -471,7 +513,9 @@ class V2Store:
         except errors.EtcdError as e:
             raise V2Error(v2e.RAFT_INTERNAL, e.message, 0) from None
 
-    async def _write(self, stat: str, plan_fn: Callable[[int, int, int], _Plan], expire: int | None) -> Result:
+    async def _write(
+        self, stat: str, plan_fn: Callable[[int, int, int], _Plan], expire: int | None
+    ) -> Result:
         s = self.s
         lease = 0
         confirmed = False
@@ -492,10 +536,14 @@ class V2Store:
                     lease = await self._grant(expire or 0, now)
                     continue  # state may have moved while granting: plan again
                 try:
-                    s.quota.check(sum(len(op.request_put.value) + 256 for op in plan.ops
-                                      if op.HasField("request_put")))
-                    resp = await s.propose(Kind.TXN, system=True, payload=pb.TxnRequest(compare=plan.compares,
-                                                                   success=plan.ops).SerializeToString())
+                    s.quota.check(
+                        sum(len(op.request_put.value) + 256 for op in plan.ops if op.HasField("request_put"))
+                    )
+                    resp = await s.propose(
+                        Kind.TXN,
+                        system=True,
+                        payload=pb.TxnRequest(compare=plan.compares, success=plan.ops).SerializeToString(),
+                    )
                 except errors.EtcdError as e:
                     if e == errors.LEASE_NOT_FOUND:
                         # An inherited lease expired under us (its directory is going away).
@@ -522,8 +570,9 @@ class V2Store:
         lease_id = self.s.new_request_id() & _MAX_ID
         ttl = max(1, -(-(expire - now) // _NS))
         try:
-            await self.s.propose(Kind.LEASE_GRANT, pb.LeaseGrantRequest(ID=lease_id, TTL=ttl).SerializeToString(),
-                                 system=True)
+            await self.s.propose(
+                Kind.LEASE_GRANT, pb.LeaseGrantRequest(ID=lease_id, TTL=ttl).SerializeToString(), system=True
+            )
         except errors.EtcdError as e:
             raise V2Error(v2e.RAFT_INTERNAL, e.message, 0) from None
         return lease_id
@@ -536,17 +585,23 @@ class V2Store:
         async def revoke() -> None:
             for lease_id in leases:
                 try:
-                    await self.s.propose(Kind.LEASE_REVOKE, pb.LeaseRevokeRequest(ID=lease_id).SerializeToString(),
-                                         system=True)
+                    await self.s.propose(
+                        Kind.LEASE_REVOKE, pb.LeaseRevokeRequest(ID=lease_id).SerializeToString(), system=True
+                    )
                 except errors.EtcdError:
                     pass  # already expired, or the member is stopping: it expires by itself
 
         asyncio.get_running_loop().create_task(revoke())
 
 
-_SUCCESS = {"sets": "setsSuccess", "create": "createSuccess", "update": "updateSuccess",
-            "compareAndSwap": "compareAndSwapSuccess", "delete": "deleteSuccess",
-            "compareAndDelete": "compareAndDeleteSuccess"}
+_SUCCESS = {
+    "sets": "setsSuccess",
+    "create": "createSuccess",
+    "update": "updateSuccess",
+    "compareAndSwap": "compareAndSwapSuccess",
+    "delete": "deleteSuccess",
+    "compareAndDelete": "compareAndDeleteSuccess",
+}
 _FAIL = {k: v.replace("Success", "Fail") for k, v in _SUCCESS.items()}
 
 

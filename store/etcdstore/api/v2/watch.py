@@ -59,7 +59,7 @@ class V2Event:
             return True
         if recursive:
             prefix = key if key == "/" else key + "/"
-            if ek.startswith(prefix) and "/_" not in "/" + ek[len(prefix):]:
+            if ek.startswith(prefix) and "/_" not in "/" + ek[len(prefix) :]:
                 return True
         if self.deletes_dir:
             return ek == "/" or key.startswith(ek + "/")
@@ -80,8 +80,11 @@ class Watcher:
             since = index + 1
         compacted = self.s.kv.compact_revision
         if since < compacted:
-            raise V2Error(v2e.EVENT_INDEX_CLEARED, f"the requested history has been cleared [{compacted}/{since}]",
-                          index)
+            raise V2Error(
+                v2e.EVENT_INDEX_CLEARED,
+                f"the requested history has been cleared [{compacted}/{since}]",
+                index,
+            )
         return index, since
 
     async def events(self, key: str, recursive: bool, since: int) -> AsyncIterator[dict[str, Any]]:
@@ -163,6 +166,9 @@ class Watcher:
             return None
         prev = decode(e.prev_kv)
         self.stats.inc("expireCount")
-        doc = {"action": "expire", "node": event_node(path, prev.created, rev, prev.dir),
-               "prevNode": extern(prev, time.time_ns())}
+        doc = {
+            "action": "expire",
+            "node": event_node(path, prev.created, rev, prev.dir),
+            "prevNode": extern(prev, time.time_ns()),
+        }
         return V2Event(doc, path, False, prev.dir)
