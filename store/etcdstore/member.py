@@ -23,6 +23,7 @@ from etcdstore.api.election import ElectionService
 from etcdstore.api.gateway import add_gateway_routes
 from etcdstore.api.h2 import Connections, H2Connection, Router
 from etcdstore.api.h2.limits import Limits
+from etcdstore.api.health import HealthService, add_HealthServicer_to_server
 from etcdstore.api.http import add_base_routes
 from etcdstore.api.kv import KVService
 from etcdstore.api.lease import LeaseService
@@ -115,6 +116,7 @@ class Member:
             (rpc_pb2_grpc.add_AuthServicer_to_server, AuthService(s)),
             (v3lock_pb2_grpc.add_LockServicer_to_server, LockService(s)),
             (v3election_pb2_grpc.add_ElectionServicer_to_server, ElectionService(s)),
+            (add_HealthServicer_to_server, HealthService(s)),  # grpc.health.v1.Health, as etcd
         ):
             registered = (
                 register_service(server, add_to_server, servicer)

@@ -55,6 +55,7 @@ _SERVICES = {
     "AuthService": "etcdserverpb.Auth",
     "LockService": "v3lockpb.Lock",
     "ElectionService": "v3electionpb.Election",
+    "HealthService": "grpc.health.v1.Health",
 }
 
 
