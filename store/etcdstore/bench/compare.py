@@ -431,6 +431,10 @@ HEADLINE = [
     Cell("range-s-m3-c100", "range, serializable", 3, 100, _range("s"), 30000, 2000, True),
     Cell("txn-put-m3-c100", "txn-put", 3, 100, _txn_put, 20000, 2000),
 ]
+# Cells run only when named with --only (e.g. to compare two builds of etcdstore on one member).
+EXTRA = [
+    Cell("put-m1-c1", "put", 1, 1, _put, 2000, 100),
+]
 # Not in etcd 3.4's tool: a delete workload (its subcommands are put, range, txn-put, stm, watch,
 # watch-get, watch-latency, lease-keepalive, mvcc); see NOT_MEASURED.
 NOT_MEASURED = ["delete: etcd 3.4's benchmark tool has no delete workload"]
@@ -1205,6 +1209,8 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="cells of the headline suite: "
         + ", ".join(c.id for c in HEADLINE)
+        + "; only with --only: "
+        + ", ".join(c.id for c in EXTRA)
         + "\n\nexamples:\n  etcdstore bench compare                          # headline table, 5 rounds\n"
         "  etcdstore bench compare --quick                  # 1 round, few requests (a smoke run)\n"
         "  etcdstore bench compare --suite scale --keys 1000000 --json scale.json\n",
@@ -1317,10 +1323,10 @@ def main(argv: list[str] | None = None) -> int:
     cells = HEADLINE
     if args.only:
         want = [x.strip() for x in args.only.split(",") if x.strip()]
-        unknown = [w for w in want if w not in {c.id for c in HEADLINE}]
+        unknown = [w for w in want if w not in {c.id for c in HEADLINE + EXTRA}]
         if unknown:
-            raise SystemExit(f"unknown cell(s) {unknown}; cells: {', '.join(c.id for c in HEADLINE)}")
-        cells = [c for c in HEADLINE if c.id in want]
+            raise SystemExit(f"unknown cell(s) {unknown}; cells: {', '.join(c.id for c in HEADLINE + EXTRA)}")
+        cells = [c for c in HEADLINE + EXTRA if c.id in want]
     if not os.access(args.etcd_bin, os.X_OK):
         raise SystemExit(f"no etcd binary at {args.etcd_bin} (apt-get install etcd-server)")
     tool = find_tool(args.benchmark_bin, args.build_script, log)
