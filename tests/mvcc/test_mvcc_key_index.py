@@ -115,3 +115,29 @@ def test_index_ranges_and_removal():
     assert list(idx.keys_after(b"a")) == [b"b", b"c", b"d"]
     assert list(idx.keys_after(None)) == [b"a", b"b", b"c", b"d"]
     assert len(idx) == 4
+
+
+def test_index_keeps_live_and_dead_keys_apart():
+    idx = Index()
+    for k in (b"b", b"d", b"a"):
+        idx.create_live(k).put(pack(2), 0)
+    idx.get_or_create(b"c")  # indexed, not live
+    assert list(idx.live) == [b"a", b"b", b"d"] and list(idx.dead) == [b"c"]
+    assert list(idx.keys(b"", b"")) == [b"a", b"b", b"c", b"d"]
+    assert list(idx.keys(b"b", b"d")) == [b"b", b"c"]
+    assert list(idx.keys_after(b"a")) == [b"b", b"c", b"d"]
+    assert list(idx.live_keys(b"", b"")) == [b"a", b"b", b"d"]
+    assert idx.live_count(b"a", b"c") == 2
+    assert idx.by_key[b"b"].tombstone(pack(3))
+    idx.kill(b"b")
+    assert list(idx.live) == [b"a", b"d"] and list(idx.dead) == [b"b", b"c"]
+    assert list(idx.keys(b"", b"")) == [b"a", b"b", b"c", b"d"]
+    idx.by_key[b"c"].put(pack(4), 0)
+    idx.revive(b"c")
+    assert list(idx.live) == [b"a", b"c", b"d"] and list(idx.dead) == [b"b"]
+    idx.remove(b"b")
+    idx.remove(b"a")
+    assert list(idx.live) == [b"c", b"d"] and not idx.dead and len(idx) == 2
+    assert list(idx.keys_after(None)) == [b"c", b"d"]
+    idx.resort()
+    assert list(idx.live) == [b"c", b"d"] and not idx.dead

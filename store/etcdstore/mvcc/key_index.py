@@ -15,7 +15,9 @@ Revisions are packed ints (see `revision`); "main" comparisons shift by SUB_BITS
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterator
+from heapq import merge
 
 from sortedcontainers import SortedList
 
@@ -71,6 +73,18 @@ class KeyIndex:
         self.revs = [rev]
         self.lease = lease
 
+    @staticmethod
+    def restored(key: bytes, created: int, rev: int, ver: int, lease: int) -> KeyIndex:
+        """A new KeyIndex holding `restore(created, rev, ver, lease)` (the bulk path of a restart)."""
+        ki = KeyIndex.__new__(KeyIndex)
+        ki.key = key
+        ki.created = created
+        ki.ver = ver
+        ki.revs = [rev]
+        ki.lease = lease
+        ki.past = None
+        return ki
+
     def restore_tombstone(self, rev: int) -> None:
         """A key whose only surviving revision is a tombstone (kept by a compaction at its revision)."""
         self.past = [(0, 1, [rev])]
@@ -103,6 +117,8 @@ class KeyIndex:
     def compact(self, at_main: int) -> bool:
         """Drop what compaction at `at_main` makes unreachable; True if nothing is left."""
         past = self.past
+        if past is None and len(self.revs) <= 1:
+            return not self.revs  # one revision (most keys) or none: nothing to drop
         if past:
             i = 0
             n = len(past)
@@ -139,24 +155,25 @@ def _walk(revs: list[int], at_main: int, created: int, ver: int, n: int) -> tupl
 
 def _last_at_or_below(revs: list[int], at_main: int) -> int:
     """Index of the newest revision with main <= at_main (-1 if none)."""
-    i = len(revs) - 1
-    while i >= 0 and revs[i] >> SUB_BITS > at_main:
-        i -= 1
-    return i
+    return bisect_left(revs, (at_main + 1) << SUB_BITS) - 1
 
 
 class Index:
-    """All keys' KeyIndex, by key and in key order (for range scans at any revision), plus the
-    keys that exist now in key order: reads at the latest revision (Kubernetes' lists and
-    counts) walk only those, and count them by bisection."""
+    """All keys' KeyIndex, by key, and in key order split in two sorted lists: `live`, the keys
+    that exist now (open generation not empty), and `dead`, the others (deleted, history not
+    yet compacted). Reads at the latest revision (Kubernetes' lists and counts) walk only
+    `live` and count it by bisection; reads at older revisions walk both, merged.
 
-    __slots__ = ("_sorted", "by_key", "live")
+    Each key is in exactly one of the two lists, so creating a key costs one sorted insertion
+    (a bulk load of new keys touches only `live`); the writer moves keys between the lists
+    when they are deleted and created again (`kill`, `revive`)."""
+
+    __slots__ = ("by_key", "dead", "live")
 
     def __init__(self) -> None:
         self.by_key: dict[bytes, KeyIndex] = {}
-        self._sorted: SortedList[bytes] = SortedList()
-        # Keys whose open generation is not empty; kept by the writer (created / deleted).
         self.live: SortedList[bytes] = SortedList()
+        self.dead: SortedList[bytes] = SortedList()
 
     def __len__(self) -> int:
         return len(self.by_key)
@@ -165,28 +182,51 @@ class Index:
         return self.by_key.get(key)
 
     def get_or_create(self, key: bytes) -> KeyIndex:
+        """The key's KeyIndex; a new one is empty (not live until `revive`)."""
         ki = self.by_key.get(key)
         if ki is None:
             ki = self.by_key[key] = KeyIndex(key)
-            self._sorted.add(key)
+            self.dead.add(key)
         return ki
+
+    def create_live(self, key: bytes) -> KeyIndex:
+        """A new KeyIndex for a key not in the index, which the caller puts at once (live)."""
+        ki = self.by_key[key] = KeyIndex(key)
+        self.live.add(key)
+        return ki
+
+    def revive(self, key: bytes) -> None:
+        """An indexed key that did not exist is created again."""
+        self.dead.remove(key)
+        self.live.add(key)
+
+    def kill(self, key: bytes) -> None:
+        """A live key is deleted (its history stays until compaction)."""
+        self.live.remove(key)
+        self.dead.add(key)
 
     def resort(self) -> None:
         """Rebuild the key orders after keys were added to `by_key` directly (bulk load)."""
-        self._sorted = SortedList(self.by_key)
         self.live = SortedList(k for k, ki in self.by_key.items() if ki.revs)
+        self.dead = SortedList(k for k, ki in self.by_key.items() if not ki.revs)
 
     def remove(self, key: bytes) -> None:
-        if self.by_key.pop(key, None) is not None:
-            self._sorted.remove(key)
+        ki = self.by_key.pop(key, None)
+        if ki is not None:
+            (self.live if ki.revs else self.dead).remove(key)
 
     def keys(self, key: bytes, end: bytes) -> Iterator[bytes]:
         """Keys in [key, end) in order; end == b'' means no upper bound."""
         if end:
             if end <= key:
                 return iter(())
-            return self._sorted.irange(key, end, (True, False))
-        return self._sorted.irange(key, None)
+            live = self.live.irange(key, end, (True, False))
+            if not self.dead:
+                return live
+            return merge(live, self.dead.irange(key, end, (True, False)))
+        if not self.dead:
+            return self.live.irange(key, None)
+        return merge(self.live.irange(key, None), self.dead.irange(key, None))
 
     def live_keys(self, key: bytes, end: bytes) -> Iterator[bytes]:
         """Keys that exist now in [key, end) (end b'': no upper bound), in order."""
@@ -208,5 +248,10 @@ class Index:
     def keys_after(self, key: bytes | None) -> Iterator[bytes]:
         """Keys strictly after `key` (all keys when None), in order; for resumable walks."""
         if key is None:
-            return iter(self._sorted)
-        return self._sorted.irange(key, None, (False, False))
+            if not self.dead:
+                return iter(self.live)
+            return merge(self.live, self.dead)
+        live = self.live.irange(key, None, (False, False))
+        if not self.dead:
+            return live
+        return merge(live, self.dead.irange(key, None, (False, False)))

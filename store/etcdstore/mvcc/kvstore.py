@@ -53,6 +53,7 @@ _KeyValue = kv_pb2.KeyValue
 _Event = kv_pb2.Event
 _DELETE: Final = kv_pb2.Event.DELETE
 _to_bytes = rv.to_bytes
+_REV_UNPACK: Final = struct.Struct(">QcQ").unpack_from  # rv.from_bytes, inlined in _restore
 
 
 class RangeResult:
@@ -339,15 +340,18 @@ class KVStore(ReadView):
         scheduled_main = rv.from_bytes(scheduled) >> _SUB_BITS if scheduled else -1
         index = self._index
         by_key = index.by_key
-        is_tomb = rv.is_tombstone
-        from_bytes = rv.from_bytes
+        unpack = _REV_UNPACK
+        tomb_len = rv.REV_BYTES_LEN + 1
+        restored = KeyIndex.restored
         parse = _KeyValue.FromString
-        last_main = 1
+        get = by_key.get
+        last = b""
         for k, v in b.items(KEY):
-            rev = from_bytes(k)
-            if is_tomb(k):
+            main, _, sub = unpack(k)
+            rev = main << _SUB_BITS | sub
+            if len(k) == tomb_len and k[-1] == 0x74:  # rv.is_tombstone
                 key = key_of_value(v)
-                ki = by_key.get(key)
+                ki = get(key)
                 if ki is None:
                     # Its earlier revisions were compacted: keep the tombstone indexed so that
                     # the next compaction removes it.
@@ -358,13 +362,13 @@ class KVStore(ReadView):
             else:
                 kv = parse(v)
                 key = kv.key
-                ki = by_key.get(key)
+                ki = get(key)
                 if ki is None:
-                    ki = by_key[key] = KeyIndex(key)
-                    ki.restore(rv.pack(kv.create_revision), rev, kv.version, kv.lease)
+                    by_key[key] = restored(key, kv.create_revision << _SUB_BITS, rev, kv.version, kv.lease)
                 else:
                     ki.put(rev, kv.lease)
-            last_main = rev >> _SUB_BITS
+            last = k
+        last_main = rv.from_bytes(last) >> _SUB_BITS if last else 1
         index.resort()  # key order once at the end: cheaper than one insertion per key
         # Compaction may have removed the newest revisions (tombstones) at or below the
         # compaction revision: revisions must never go back, so floor at it.
@@ -448,7 +452,7 @@ class KVStore(ReadView):
         self._compaction = _Compaction(rev)
 
     def compact_step(self, limit: int = 1000) -> bool:
-        """Do a bounded piece (about `limit` keys or revisions) of the scheduled compaction.
+        """Do a bounded piece (about `limit` revisions) of the scheduled compaction.
 
         Call it between batches (it does nothing while a batch is open, since that batch's
         revisions are not on disk yet). Writes its deletions itself. Returns True when no
@@ -460,35 +464,35 @@ class KVStore(ReadView):
         if self._batch_open:
             return False
         target = c.target
-        if not c.index_done:
-            index = self._index
-            keys = list(islice(index.keys_after(c.index_cursor), limit))
-            by_key = index.by_key
-            for k in keys:
-                if by_key[k].compact(target):
-                    index.remove(k)
-            if len(keys) < limit:
-                c.index_done = True
-            else:
-                c.index_cursor = keys[-1]
-            return False
         batch = self._b.batch()
         end = rv.main_bytes(target + 1)
         n = 0
         last = b""  # read only when n >= limit >= 1, so after at least one key
-        by_key = self._index.by_key
+        index = self._index
+        by_key = index.by_key
         is_tomb = rv.is_tombstone
         from_bytes = rv.from_bytes
+        # One pass over the revisions up to the target, in revision order. The key index is
+        # compacted on the way, at the visit of each key's revision that survives (the newest
+        # <= target) or of a tombstone (a key deleted by then, whose history may all go): every
+        # key with anything to drop has one of those on disk, so no separate pass over all keys.
         for k, v in self._b.items(KEY, c.disk_cursor, end):
             n += 1
             last = k
             rev = from_bytes(k)
             if is_tomb(k):
                 keep = rev >> _SUB_BITS == target
+                ki = by_key.get(key_of_value(v))
+                if ki is not None and ki.compact(target):
+                    index.remove(ki.key)
             else:
                 ki = by_key.get(key_of_value(v))
-                got = None if ki is None else ki.get(target)
-                keep = got is not None and got[0] == rev
+                keep = False
+                if ki is not None:
+                    got = ki.get(target)
+                    if got is not None and got[0] == rev:
+                        keep = True
+                        ki.compact(target)
             if not keep:
                 batch.delete(KEY, k)
             if n >= limit:
@@ -608,12 +612,10 @@ class KVStore(ReadView):
 class _Compaction:
     """Progress of the physical part of a compaction (in memory; restarts from scratch)."""
 
-    __slots__ = ("disk_cursor", "index_cursor", "index_done", "target")
+    __slots__ = ("disk_cursor", "target")
 
     def __init__(self, target: int) -> None:
         self.target = target
-        self.index_done = False
-        self.index_cursor: bytes | None = None
         self.disk_cursor = b""
 
 
@@ -648,8 +650,10 @@ class WriteTxn(ReadView):
         main = self._begin + 1
         rev = main << _SUB_BITS | len(self._events)
         ki = s._index.by_key.get(key)
+        created = False
         if ki is None:
-            ki = s._index.get_or_create(key)
+            ki = s._index.create_live(key)
+            created = True
         revs = ki.revs
         ev = _Event()
         kv = ev.kv
@@ -668,9 +672,10 @@ class WriteTxn(ReadView):
             kv.create_revision = main
             kv.version = 1
             old_lease = 0
-            s._index.live.add(key)
-            if ki.past is not None and s.prev_kv_in_events:
-                _prev_at(s, ki, self._begin, ev)
+            if not created:
+                s._index.revive(key)
+                if ki.past is not None and s.prev_kv_in_events:
+                    _prev_at(s, ki, self._begin, ev)
         kv.mod_revision = main
         kv.value = value
         if lease:
@@ -725,7 +730,7 @@ class WriteTxn(ReadView):
         s._pending[rb] = data
         lease = ki.lease
         ki.tombstone(rev)
-        s._index.live.remove(key)
+        s._index.kill(key)
         self._events.append(ev)
         if lease and self._lessor is not None:
             self._lessor.detach(lease, key)
