@@ -31,7 +31,7 @@ def pytest_collection_modifyitems(config, items):
         item.add_marker(skip)
 
 
-from e2elib import PROVIDERS, Kubectl, Provider, namespace_name, wait
+from e2elib import PROVIDERS, Kubectl, Provider, assert_pod_security_restricted, namespace_name, wait
 
 
 @pytest.fixture(scope="session")
@@ -78,6 +78,7 @@ def kubectl(request, provider) -> Iterator[Kubectl]:
             },
         }
     )
+    assert_pod_security_restricted(k)
     yield k
     if not os.environ.get("E2E_KEEP_NAMESPACES"):
         k("delete", "etcdcluster,etcdbackup", "--all", "--wait=false", check=False)

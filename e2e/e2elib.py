@@ -243,6 +243,99 @@ def members_gone(kubectl: Kubectl, name: str) -> bool:
     )
 
 
+def assert_pod_security_restricted(kubectl: Kubectl) -> None:
+    """The test's namespace carries `pod-security.kubernetes.io/enforce: restricted` and the API server
+    enforces it: a pod that may run as root, with no security context, is refused (a server-side dry run goes
+    through admission)."""
+    ns = kubectl.namespace
+    labels = kubectl.json("namespace", ns)["metadata"].get("labels") or {}
+    assert labels.get("pod-security.kubernetes.io/enforce") == "restricted", f"namespace {ns}: {labels}"
+    probe = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "psa-probe"},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}]},
+    }
+
+    def refused() -> bool:
+        try:
+            kubectl("apply", "--dry-run=server", "-f", "-", input=json.dumps(probe))
+        except AssertionError as e:
+            if "violates PodSecurity" in str(e):
+                return True
+            raise
+        return False  # admitted: the namespace's labels may not have reached the admission plugin yet
+
+    wait(f"namespace {ns} to refuse a pod that violates Pod Security restricted", refused, 30, 1.0)
+
+
+def refused_update(kubectl: Kubectl, target: str, patch: dict) -> str:
+    """The API server's refusal of a merge patch (server-side dry run: nothing changes either way)."""
+    try:
+        kubectl("patch", target, "--type=merge", "--dry-run=server", "-p", json.dumps(patch))
+    except AssertionError as e:
+        return str(e)
+    raise AssertionError(f"the API server accepted {patch} on {target}")
+
+
+def evict(kubectl: Kubectl, pod: str) -> tuple[bool, str]:
+    """Ask for the eviction of `pod` through the Eviction API, as `kubectl drain` does: (allowed, message)."""
+    body = {
+        "apiVersion": "policy/v1",
+        "kind": "Eviction",
+        "metadata": {"name": pod, "namespace": kubectl.namespace},
+    }
+    path = f"/api/v1/namespaces/{kubectl.namespace}/pods/{pod}/eviction"
+    try:
+        kubectl("create", "--raw", path, "-f", "-", input=json.dumps(body))
+    except AssertionError as e:
+        return False, str(e)
+    return True, ""
+
+
+REJOIN_DEADLINE = 5.0  # seconds; "about a second" (issue 14 item 14), with room for a shared 2-core machine
+
+
+def rejoin_seconds(
+    provider: Provider, kubectl: Kubectl, pod: str, old: dict, timeout: float = 300.0
+) -> float:
+    """After the member pod `old` (its object before deletion) was deleted: waits for its replacement and
+    returns the seconds from the replacement member's first answer to Status until it knows the leader, i.e.
+    until the leader's messages reach it at its new address under the old name. The replacement must have a
+    new pod IP (what the measurement is about)."""
+    import grpc
+    from etcdstore.proto.etcdserverpb import rpc_pb2, rpc_pb2_grpc
+
+    def replaced() -> dict | None:
+        p = kubectl.json("pod", pod)
+        meta, st = p["metadata"], p.get("status") or {}
+        if meta["uid"] == old["metadata"]["uid"] or meta.get("deletionTimestamp") or not st.get("podIP"):
+            return None
+        return p if provider.name == "local" or st.get("phase") == "Running" else None
+
+    new = wait(f"{pod} recreated", replaced, timeout, 0.2)
+    old_ip = (old.get("status") or {}).get("podIP")
+    assert new["status"]["podIP"] != old_ip, f"{pod} came back at its old IP {old_ip}: nothing to show"
+    with provider.endpoint(kubectl, f"pod/{pod}") as ep, grpc.insecure_channel(ep) as ch:
+        stub = rpc_pb2_grpc.MaintenanceStub(ch)
+        deadline = time.monotonic() + timeout
+        serving: float | None = None
+        while True:
+            try:
+                leader = stub.Status(rpc_pb2.StatusRequest(), timeout=1.0).leader
+                now = time.monotonic()
+                serving = serving or now
+                if leader:
+                    return now - serving
+            except grpc.RpcError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"{pod} did not hear from the leader within {timeout:.0f}s (serving: {serving})"
+                )
+            time.sleep(0.05)
+
+
 def member_ids(status: dict) -> dict[str, str]:
     return {m["name"]: m["id"] for m in status.get("members") or []}
 

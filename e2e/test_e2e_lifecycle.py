@@ -14,15 +14,20 @@ import json
 
 import pytest
 from e2elib import (
+    REJOIN_DEADLINE,
     ContinuousClient,
     DataCheck,
     available,
     cluster_status,
     etcd_cluster,
+    evict,
     member_endpoints,
     member_ids,
+    refused_update,
+    rejoin_seconds,
     wait,
 )
+from etcdoperator.spec import parse_quantity
 from etcdstore.client import Client
 
 
@@ -44,17 +49,20 @@ def step(
 
 @pytest.mark.smoke
 def test_create_write_delete_pod(kubectl, provider, engine):
-    """The smoke run: a cluster of 3 forms, serves, and a deleted pod returns with its identity and data."""
+    """The smoke run: a cluster of 3 forms, serves, and a deleted pod returns with its identity and data. The
+    recreated pod has a new IP under the same DNS name and rejoins in about a second (issue 14 item 14: the
+    leader redials it by name with a fresh lookup; gRPC's channels took 20-30 s)."""
     name = "smoke"
     kubectl.apply(etcd_cluster(name, engine, replicas=3))
     first = member_ids(available(kubectl, name, 3))
     data = DataCheck()
     step(kubectl, provider, data, name, "created")
+    old = kubectl.json("pod", f"{name}-1")
     kubectl("delete", "pod", f"{name}-1", "--wait=false")
-    wait(
-        "the pod replaced",
-        lambda: kubectl.json("pod", f"{name}-1")["metadata"].get("deletionTimestamp") is None,
-    )
+    took = rejoin_seconds(provider, kubectl, f"{name}-1", old)
+    print(f"{name}-1 rejoined {took:.2f} s after serving at its new address")
+    if engine == "etcdstore":  # etcd 3.4's own transport is not what this is about
+        assert took < REJOIN_DEADLINE, f"{name}-1 rejoined {took:.1f} s after serving at its new address"
     assert member_ids(available(kubectl, name, 3)) == first
     step(kubectl, provider, data, name, "pod-deleted")
 
@@ -124,16 +132,10 @@ def test_lifecycle(kubectl, provider, engine):
         with member_endpoints(provider, kubectl, name) as eps:
             traffic.check(eps)
 
+    # Deleted (reclaimPolicy Delete) and created again at once, while the garbage collector is still removing
+    # the old StatefulSet, pods and ConfigMap and the old volumes are terminating: the new cluster waits for them
+    # (never brings members back from volumes being deleted) and starts empty.
     kubectl("delete", "etcdcluster", name)
-    wait(
-        "everything deleted",
-        lambda: (
-            kubectl(
-                "get", "statefulset,pvc,pod", "-l", f"app.kubernetes.io/instance={name}", "-o", "name"
-            ).strip()
-            == ""
-        ),
-    )
     kubectl.apply(etcd_cluster(name, engine, replicas=3))
     again = member_ids(available(kubectl, name, 3))
     assert not set(again.values()) & (set(first.values()) | set(after.values())), "recreated under old IDs"
@@ -167,7 +169,9 @@ def _rolled(kubectl, name: str, old_revision: str | None) -> bool:
 
 def test_delete_with_retain_then_recreate(kubectl, provider, engine):
     """Reclaim Retain keeps the volumes when the cluster is deleted; a cluster recreated under the same name
-    forms (the stale volumes are reported, not a reason to hang) and serves."""
+    forms (the stale volumes are reported, not a reason to hang) and serves. Also (issue 14 items 7 and 9): the
+    only member of a cluster of 1 can be evicted (a drain is not blocked), and growing `storage` expands its
+    volume."""
     name = "keep"
     spec = etcd_cluster(name, engine, replicas=1)
     spec["spec"]["storage"]["reclaimPolicy"] = "Retain"
@@ -175,21 +179,57 @@ def test_delete_with_retain_then_recreate(kubectl, provider, engine):
     available(kubectl, name, 1)
     data = DataCheck()
     step(kubectl, provider, data, name, "created")
-    kubectl("delete", "etcdcluster", name)
+    # One voter: the disruption budget lets a drain evict it (a budget of 1 would block every drain forever).
+    pod = kubectl.json("pod", f"{name}-0")
     wait(
-        "the cluster's pods and StatefulSet gone",
-        lambda: (
-            kubectl(
-                "get", "statefulset,pod", "-l", f"app.kubernetes.io/instance={name}", "-o", "name"
-            ).strip()
-            == ""
-        ),
+        "the disruption budget to allow one disruption",
+        lambda: (kubectl.json("pdb", name).get("status") or {}).get("disruptionsAllowed") == 1,
+        60,
     )
-    assert pvcs(kubectl, name) == [f"data-{name}-0"], "reclaimPolicy Retain must keep the member volume"
-    kubectl.apply(spec)
+    allowed, message = evict(kubectl, f"{name}-0")
+    assert allowed, f"evicting the only member of a cluster of 1 was refused: {message}"
+    wait(
+        "the evicted member recreated",
+        lambda: kubectl.json("pod", f"{name}-0")["metadata"]["uid"] != pod["metadata"]["uid"],
+    )
     available(kubectl, name, 1)
-    assert cluster_status(kubectl, name)
-    step(kubectl, provider, DataCheck(), name, "recreated")
+    step(kubectl, provider, data, name, "evicted")
+
+    old_uid = kubectl.json("etcdcluster", name)["metadata"]["uid"]
+    kubectl("delete", "etcdcluster", name)
+    assert pvcs(kubectl, name) == [f"data-{name}-0"], "reclaimPolicy Retain must keep the member volume"
+    # Created again at once, while the old StatefulSet, pod and ConfigMap are still being garbage collected:
+    # the new cluster waits for them, then brings the member back from its retained volume (what Retain
+    # promises), reports the volume, and does not hang in Bootstrapping.
+    kubectl.apply(spec)
+    st = available(kubectl, name, 1)
+    assert kubectl.json("etcdcluster", name)["metadata"]["uid"] != old_uid
+    assert st.get("retainedVolumes") == [f"data-{name}-0"], st
+    with member_endpoints(provider, kubectl, name) as eps:
+        data.verify(eps)  # the data written before the delete is back
+    step(kubectl, provider, data, name, "recreated")
+
+    # Growing `storage` expands the member volume (the StorageClass allows expansion).
+    kubectl(
+        "patch",
+        f"etcdcluster/{name}",
+        "--type=merge",
+        "-p",
+        json.dumps({"spec": {"storage": {"size": "512Mi"}}}),
+    )
+
+    def expanded() -> bool:
+        pvc = kubectl.json("pvc", f"data-{name}-0")
+        capacity = ((pvc.get("status") or {}).get("capacity") or {}).get("storage")
+        return (
+            parse_quantity(pvc["spec"]["resources"]["requests"]["storage"]) == 512 << 20
+            and capacity is not None
+            and parse_quantity(capacity) == 512 << 20
+        )
+
+    wait("the member volume expanded to 512Mi", expanded, 300, 2.0)
+    available(kubectl, name, 1)
+    step(kubectl, provider, data, name, "expanded")
 
 
 def test_auto_tls(kubectl, provider, engine):
@@ -200,3 +240,108 @@ def test_auto_tls(kubectl, provider, engine):
     available(kubectl, "sec", 3)
     secret = kubectl.json("secret", "sec-client-tls")
     assert {"tls.crt", "tls.key", "ca.crt"} <= set(secret["data"])
+
+
+def test_bad_image_rollout_is_fixed_by_correcting_the_spec(kubectl, provider, engine):
+    """Issue 14 items 3, 4, 6 and 9 on the real API server and controllers.
+
+    Fields that cannot change in place are refused by the API server (CEL transition rules), and so is a
+    `version` that means nothing for engine etcdstore. A rollout to an image that cannot be pulled stops with one
+    member down (ImagePullBackOff); the disruption budget then refuses to evict another voter; correcting the spec
+    replaces the member that is down first (it does not wait for every member to be healthy) and the cluster
+    comes back whole, with the same members and every acknowledged key. Then the StatefulSet alone is deleted:
+    no volume goes with it, and the members come back on their data."""
+    name = "roll"
+    kubectl.apply(etcd_cluster(name, engine, replicas=3))
+    first = member_ids(available(kubectl, name, 3))
+    data = DataCheck()
+    step(kubectl, provider, data, name, "created")
+
+    target = f"etcdcluster/{name}"
+    other = "etcdstore" if engine == "etcd" else "etcd"
+    for patch, message in [
+        ({"spec": {"engine": other}}, "engine is immutable"),
+        ({"spec": {"tls": {"client": {"mode": "auto"}}}}, "tls.client.mode and tls.peer.mode are immutable"),
+        (
+            {"spec": {"restore": {"source": {"pvc": {"claimName": "b", "path": "p"}}}}},
+            "restore can only be set when the cluster is created",
+        ),
+    ]:
+        refusal = refused_update(kubectl, target, patch)
+        assert message in refusal, refusal
+    if engine == "etcdstore":
+        assert "engine etcdstore implements etcd API" in refused_update(
+            kubectl, target, {"spec": {"version": "3.5.0"}}
+        )
+
+    revision = kubectl.json("statefulset", name)["status"]["updateRevision"]
+    version = kubectl.json("etcdcluster", name)["spec"]["version"]  # engine etcd: the tag must name it
+    bad = {"spec": {"image": f"example.invalid/no-such-image:v{version}"}}
+    kubectl("patch", target, "--type=merge", "-p", json.dumps(bad))
+
+    def pulling() -> list[str]:
+        stuck = []
+        for p in kubectl.json(
+            "pod", "-l", f"app.kubernetes.io/instance={name},app.kubernetes.io/component=member"
+        )["items"]:
+            for c in (p.get("status") or {}).get("containerStatuses") or []:
+                reason = ((c.get("state") or {}).get("waiting") or {}).get("reason")
+                if reason in ("ErrImagePull", "ImagePullBackOff"):
+                    stuck.append(p["metadata"]["name"])
+        return stuck
+
+    down = wait("a member on the image that cannot be pulled", pulling, 300, 2.0)
+    assert len(down) == 1, down
+    # One voter down: the budget (minAvailable 2 of 3) lets no other voter go.
+    wait(
+        "the disruption budget to allow nothing",
+        lambda: (kubectl.json("pdb", name).get("status") or {}).get("disruptionsAllowed") == 0,
+        120,
+    )
+    healthy = next(k for k in first if k not in down)
+    allowed, message = evict(kubectl, healthy)
+    assert not allowed and "disruption budget" in message, message
+
+    # The fix: the image dropped again. The member that is down is replaced first.
+    kubectl("patch", target, "--type=json", "-p", json.dumps([{"op": "remove", "path": "/spec/image"}]))
+    wait("no member left on the bad image", lambda: not pulling(), 300, 2.0)
+    wait(
+        "every pod on the corrected template",
+        lambda: all(
+            p["metadata"]["labels"].get("controller-revision-hash")
+            == kubectl.json("statefulset", name)["status"].get("updateRevision")
+            for p in kubectl.json(
+                "pod", "-l", f"app.kubernetes.io/instance={name},app.kubernetes.io/component=member"
+            )["items"]
+        ),
+        300,
+        2.0,
+    )
+    assert member_ids(available(kubectl, name, 3)) == first
+    assert (
+        kubectl.json("statefulset", name)["status"]["updateRevision"] == revision
+    )  # back to the first template
+    step(kubectl, provider, data, name, "corrected")
+
+    # Item 6: deleting only the StatefulSet (its pods go with it) deletes no member data, also with reclaimPolicy
+    # Delete (persistentVolumeClaimRetentionPolicy Retain): the operator makes it again and every member comes back
+    # on its own volume, under its ID.
+    selector = f"app.kubernetes.io/instance={name},app.kubernetes.io/component=member"
+    claims = {
+        c["metadata"]["name"]: c["metadata"]["uid"] for c in kubectl.json("pvc", "-l", selector)["items"]
+    }
+    assert len(claims) == 3, claims
+    pod_uids = {p["metadata"]["uid"] for p in kubectl.json("pod", "-l", selector)["items"]}
+    kubectl("delete", "statefulset", name)
+
+    def recreated() -> bool:
+        pods = kubectl.json("pod", "-l", selector)["items"]
+        return len(pods) == 3 and not {p["metadata"]["uid"] for p in pods} & pod_uids
+
+    wait("the StatefulSet and its pods made again", recreated, 300, 2.0)
+    assert member_ids(available(kubectl, name, 3)) == first
+    after = {
+        c["metadata"]["name"]: c["metadata"]["uid"] for c in kubectl.json("pvc", "-l", selector)["items"]
+    }
+    assert after == claims, "deleting the StatefulSet replaced member volumes"
+    step(kubectl, provider, data, name, "statefulset-deleted")

@@ -126,7 +126,8 @@ class Kube:
     ) -> None:
         self._server = server.rstrip("/")
         self._headers = {"User-Agent": f"etcd-operator/{__version__}", **dict(headers or {})}
-        self._ssl = ssl_context
+        # aiohttp's `ssl`: a context, or True for its default verification (what None meant, deprecated).
+        self._ssl: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
 

@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from etcdstore import errors as etcd_errors
 from etcdstore.client import Client, TLSConfig
@@ -24,7 +25,23 @@ from etcdoperator.naming import CLIENT_PORT, PEER_PORT, ClusterRef
 
 CALL_TIMEOUT = 3.0
 log = logging.getLogger(__name__)
-_ALARM_NAMES = {1: "NOSPACE", 2: "CORRUPT"}
+
+
+def alarm_summary(alarms: Iterable[Any]) -> tuple[tuple[str, ...], bool, bool]:
+    """(each alarm as "NAME on <member>", NOSPACE raised, CORRUPT raised) from AlarmResponse.alarms.
+    The wire's enum (`rpc_pb2.AlarmType`, a plain int at run time) is converted to the client's
+    `AlarmType` before it is compared, so the comparison is between values of one type."""
+    names: list[str] = []
+    kinds: set[int] = set()
+    for a in alarms:
+        kind = int(a.alarm)
+        kinds.add(kind)
+        try:
+            label = AlarmType(kind).name
+        except ValueError:  # an alarm this client does not know
+            label = str(kind)
+        names.append(f"{label} on {a.memberID:x}")
+    return tuple(names), AlarmType.NOSPACE in kinds, AlarmType.CORRUPT in kinds
 
 
 class SpaceNotRecoverable(OSError):
@@ -146,8 +163,8 @@ class Members:
         members: list[MemberState] = []
         cluster_ids: set[int] = set()
         listed = {m.ID for m in raw}
-        for m, k in zip(raw, ordinals_of):
-            st, err = by_ord[k] if k is not None and k in by_ord else next(extra_it)
+        for m, ordinal in zip(raw, ordinals_of):
+            st, err = by_ord[ordinal] if ordinal is not None and ordinal in by_ord else next(extra_it)
             healthy = st is not None and st.header.member_id == m.ID
             if not healthy:
                 st = None  # that endpoint answered as someone else: nothing it says is about m
@@ -160,7 +177,7 @@ class Members:
                     peer_urls=tuple(m.peerURLs),
                     client_urls=tuple(m.clientURLs),
                     learner=m.isLearner,
-                    ordinal=k,
+                    ordinal=ordinal,
                     healthy=healthy,
                     revision=st.header.revision if st is not None else None,
                     raft_index=st.raftIndex if st is not None else None,
@@ -188,10 +205,7 @@ class Members:
         alarms: tuple[str, ...] = ()
         nospace = corrupt = False
         try:
-            resp = await client.alarm_list()
-            alarms = tuple(f"{_ALARM_NAMES.get(a.alarm, a.alarm)} on {a.memberID:x}" for a in resp.alarms)
-            nospace = any(a.alarm == AlarmType.NOSPACE for a in resp.alarms)
-            corrupt = any(a.alarm == AlarmType.CORRUPT for a in resp.alarms)
+            alarms, nospace, corrupt = alarm_summary((await client.alarm_list()).alarms)
         except EtcdError:
             pass
         log.debug(
@@ -262,6 +276,6 @@ class Members:
                 "raise options.quotaBackendBytes (and storage) or delete keys - the alarm stays armed"
             )
         for a in (await client.alarm_list()).alarms:
-            if a.alarm == AlarmType.NOSPACE:
+            if int(a.alarm) == AlarmType.NOSPACE:
                 await client.alarm_disarm(a.memberID, AlarmType.NOSPACE)
         return revision

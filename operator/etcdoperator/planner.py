@@ -356,6 +356,13 @@ def _decide(ctx: _Ctx) -> tuple[Action, str | None, str]:
         return _wait("Bootstrapping", msg, "Bootstrapping")
 
     if not etcd.reachable:
+        deleting = sorted(v.name for v in kube.pvcs.values() if v.deleting)
+        if boot is None and deleting:
+            # Volumes of a previous EtcdCluster of this name (reclaimPolicy Delete) outlive its pods by a
+            # moment: neither bring their members back nor bootstrap next to them (the StatefulSet
+            # controller creates no pod on a terminating claim either). Wait for them to go.
+            msg = f"volumes of a previous EtcdCluster named {ref.name} are still being deleted: {', '.join(deleting)}"
+            return _wait("Bootstrapping", msg, "Bootstrapping")
         if boot is None and any(v.member_id for v in kube.pvcs.values()):
             # Volumes with member data and no bootstrap ConfigMap (a cluster recreated under the same
             # name over retained volumes): never bootstrap next to them; bring them back.

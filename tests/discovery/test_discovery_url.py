@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -305,7 +306,17 @@ def test_discovery_proxy(tmp_path, discovery_service):
     """--discovery-proxy: the discovery traffic goes through a real HTTP proxy (Debian's tinyproxy).
     Only etcdstore: etcd 3.4's Go client reuses the connection tinyproxy closed after each answer and
     fails its PUT with "failed to join discovery cluster (EOF)" (seen here; docs/discovery.md)."""
-    from conftest import need
+    import importlib.util
+
+    # tests/discovery/conftest.py by path: another directory's conftest may hold the name `conftest`
+    spec = importlib.util.spec_from_file_location(
+        "discovery_conftest", Path(__file__).with_name("conftest.py")
+    )
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(spec.name, mod)  # its dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    need = mod.need
 
     port = free_port()
     conf = tmp_path / "tinyproxy.conf"

@@ -96,15 +96,28 @@ _APPLIED = {
 }
 
 
+def _calls(text: str) -> list[tuple[str, str, bool]]:
+    """(verb, resource constant, on the status subresource) of every `kube.<verb>(RESOURCE, ...)` call, also
+    when the formatter spread it over several lines."""
+    import re
+
+    calls = []
+    for m in re.finditer(r"kube\.(get|list|create|patch|delete)\(\s*(\w+),", text):
+        depth, i = 1, m.end()
+        while depth and i < len(text):
+            depth += {"(": 1, ")": -1}.get(text[i], 0)
+            i += 1
+        calls.append((m.group(1), m.group(2), 'sub="status"' in text[m.end() : i]))
+    return calls
+
+
 def _code_grants() -> set[tuple[str, str, str]]:
     import re
 
     used: set[tuple[str, str, str]] = set()
     for path in (ROOT / "operator" / "etcdoperator").glob("*.py"):
         text = path.read_text()
-        for verb, res, sub in re.findall(
-            r"kube\.(get|list|create|patch|delete)\((\w+),[^\n]*?(sub=\"status\")?\)?$", text, re.MULTILINE
-        ):
+        for verb, res, sub in _calls(text):
             if res == "res":  # AdoptHolder: PODS (ephemeral storage) or PVCS
                 for r in ("PODS", "PVCS"):
                     used.add((*_RESOURCES[r], verb))

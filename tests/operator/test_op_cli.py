@@ -58,3 +58,29 @@ def test_run_without_a_cluster_prints_one_line(tmp_path):
         proc.stderr
     )
     assert "Traceback" not in proc.stderr
+
+
+def test_run_with_an_unreachable_api_server_prints_one_line(tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    kc = tmp_path / "kc"
+    kc.write_text(KUBECONFIG.replace("https://10.0.0.1:6443", f"https://127.0.0.1:{port}"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}
+    env.update(HOME=str(tmp_path), KUBECONFIG=str(kc))
+    proc = subprocess.run(
+        [sys.executable, "-m", "etcdoperator", "run", "--standalone"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        f"etcdoperator: cannot reach the Kubernetes API server https://127.0.0.1:{port} (from {kc})"
+    ), proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -677,6 +677,10 @@ def test_safety_invariants_hold_for_random_states():
             assert not bad, f"{a} while tickets {bad} are invalid"
         if isinstance(a, P.RecoverSpace):
             assert not e.corrupt
+        if isinstance(a, P.WriteBootstrap) and kube.bootstrap is None and not e.reachable:
+            assert not any(v.deleting for v in kube.pvcs.values()), (
+                "members brought back from volumes being deleted"
+            )
     assert {
         "AddLearner",
         "RemoveMember",
@@ -887,6 +891,21 @@ def test_objects_of_a_previous_cluster_of_the_same_name_are_waited_for():
     o = replace(o, kube=replace(o.kube, foreign=("statefulset/c",)))
     a = decide(o)
     assert isinstance(a, P.Wait) and "previous EtcdCluster" in a.message
+
+
+def test_volumes_of_a_previous_cluster_still_being_deleted_are_waited_for():
+    """Recreated right after a delete with reclaimPolicy Delete: the old pods are gone, their claims still
+    terminating (pvc-protection lets go a moment later). Bringing their members back (the bootstrap ConfigMap
+    as `existing`) would leave every new member refused by the gate once the volumes vanish; wait instead."""
+    from dataclasses import replace
+
+    vm = {k: replace(v, deleting=True) for k, v in pvcs({0: "100", 1: "101", 2: "102"}).items()}
+    p = P.plan(obs(state=None, pvc_map=vm), REF)
+    assert (
+        isinstance(p.action, P.Wait)
+        and "still being deleted: data-c-0, data-c-1, data-c-2" in p.action.message
+    )
+    assert isinstance(decide(obs(state=None)), P.Bootstrap)  # once they are gone
 
 
 # -- issue 14 item 7: growing storage expands the volumes --------------------------------------------
