@@ -23,7 +23,7 @@ from etcdstore.proto.authpb import auth_pb2
 from etcdstore.proto.etcdserverpb import rpc_pb2
 from etcdstore.txn import kv_apply
 from etcdstore.txn.requests import Kind
-from testlib import free_port
+from testlib import free_port, member_args
 
 
 @pytest.fixture
@@ -31,20 +31,14 @@ async def member(tmp_path: Path):
     client, peer = free_port(), free_port()
     cfg = parse_args(
         [
-            "--name",
-            "n1",
-            "--data-dir",
-            str(tmp_path / "n1"),
-            "--listen-client-urls",
-            f"http://127.0.0.1:{client}",
-            "--advertise-client-urls",
-            f"http://127.0.0.1:{client}",
-            "--listen-peer-urls",
-            f"http://127.0.0.1:{peer}",
-            "--initial-advertise-peer-urls",
-            f"http://127.0.0.1:{peer}",
-            "--initial-cluster",
-            f"n1=http://127.0.0.1:{peer}",
+            *member_args(
+                name="n1",
+                data_dir=tmp_path / "n1",
+                client_url=f"http://127.0.0.1:{client}",
+                peer_url=f"http://127.0.0.1:{peer}",
+                initial_cluster=f"n1=http://127.0.0.1:{peer}",
+                token="etcd-cluster",  # the flag's default, as before
+            ),
             "--bcrypt-cost",
             "4",
         ],

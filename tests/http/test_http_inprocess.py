@@ -14,7 +14,7 @@ import pytest_asyncio
 from etcdstore.config import parse_args
 from etcdstore.member import Member
 from httpdiff import fetch, open_stream, read_lines
-from testlib import free_port
+from testlib import free_port, member_args
 
 # One member for the module: a process can host one Member at a time (metrics registry).
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -26,20 +26,14 @@ async def member(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tupl
     client, peer = free_port(), free_port()
     cfg = parse_args(
         [
-            "--name",
-            "n1",
-            "--data-dir",
-            str(tmp_path / "n1"),
-            "--listen-client-urls",
-            f"http://127.0.0.1:{client}",
-            "--advertise-client-urls",
-            f"http://127.0.0.1:{client}",
-            "--listen-peer-urls",
-            f"http://127.0.0.1:{peer}",
-            "--initial-advertise-peer-urls",
-            f"http://127.0.0.1:{peer}",
-            "--initial-cluster",
-            f"n1=http://127.0.0.1:{peer}",
+            *member_args(
+                name="n1",
+                data_dir=tmp_path / "n1",
+                client_url=f"http://127.0.0.1:{client}",
+                peer_url=f"http://127.0.0.1:{peer}",
+                initial_cluster=f"n1=http://127.0.0.1:{peer}",
+                token="etcd-cluster",  # the flag's default, as before
+            ),
             "--enable-v2",
         ],
         environ={},

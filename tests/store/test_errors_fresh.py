@@ -30,7 +30,7 @@ from etcdstore import errors
 from etcdstore.config import parse_args
 from etcdstore.member import Member
 from etcdstore.proto.etcdserverpb import rpc_pb2, rpc_pb2_grpc
-from procs import free_port
+from testlib import free_port, member_args
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCES = [REPO / "store" / "etcdstore", REPO / "operator" / "etcdoperator"]
@@ -202,20 +202,14 @@ async def member(tmp_path: Path) -> AsyncIterator[tuple[Member, int]]:
     client, peer = free_port(), free_port()
     cfg = parse_args(
         [
-            "--name",
-            "n1",
-            "--data-dir",
-            str(tmp_path / "n1"),
-            "--listen-client-urls",
-            f"http://127.0.0.1:{client}",
-            "--advertise-client-urls",
-            f"http://127.0.0.1:{client}",
-            "--listen-peer-urls",
-            f"http://127.0.0.1:{peer}",
-            "--initial-advertise-peer-urls",
-            f"http://127.0.0.1:{peer}",
-            "--initial-cluster",
-            f"n1=http://127.0.0.1:{peer}",
+            *member_args(
+                name="n1",
+                data_dir=tmp_path / "n1",
+                client_url=f"http://127.0.0.1:{client}",
+                peer_url=f"http://127.0.0.1:{peer}",
+                initial_cluster=f"n1=http://127.0.0.1:{peer}",
+                token="etcd-cluster",  # the flag's default, as before
+            ),
         ],
         environ={},
     )
