@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -36,7 +37,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -376,6 +377,70 @@ class Cluster:
                 _reap(m.proc)
 
 
+@contextlib.contextmanager
+def running_cluster(
+    server: str, size: int, prefix: str, work: Path, etcd_bin: str, extra: list[str] | None = None
+) -> Iterator[Cluster]:
+    """A started cluster of `size` members of `server` in a fresh dir under `work` (named `prefix`-server-...);
+    stopped and its dir removed on leaving, whatever happened."""
+    root = Path(tempfile.mkdtemp(prefix=f"{prefix}-{server}-", dir=work))
+    cluster = Cluster(server, size, root, etcd_bin, extra)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+class Proxy:
+    """A grpc-proxy of `server` in front of `cluster`: `etcd grpc-proxy start` (etcd 3.4's) for etcd,
+    `etcdstore grpc-proxy start` for etcdstore, with the same flags, on a free loopback port."""
+
+    def __init__(self, server: str, cluster: Cluster, etcd_bin: str) -> None:
+        self.server, self.cluster, self.etcd_bin = server, cluster, etcd_bin
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"{HOST}:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> None:
+        root = self.cluster.root
+        cmd = _server_cmd(self.server, self.etcd_bin) + [
+            "grpc-proxy",
+            "start",
+            f"--endpoints={','.join(self.cluster.endpoints)}",
+            f"--listen-addr={self.endpoint}",
+            f"--advertise-client-url={self.endpoint}",
+            f"--data-dir={root / 'proxy.data'}",
+        ]
+        with open(root / "proxy.log", "ab") as log:
+            self.proc = _spawn(cmd, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            _wait_serving(self.endpoint, self.proc, timeout)
+        except (RuntimeError, TimeoutError) as e:
+            raise RuntimeError(f"{self.server} grpc-proxy: {e}; log: {root / 'proxy.log'}") from None
+
+    def rss_kib(self) -> int:
+        return tree_rss_kib(self.proc.pid) if self.proc is not None and self.proc.poll() is None else 0
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _reap(self.proc)
+
+
+@contextlib.contextmanager
+def running_proxy(server: str, cluster: Cluster, etcd_bin: str) -> Iterator[Proxy]:
+    proxy = Proxy(server, cluster, etcd_bin)
+    try:
+        proxy.start()
+        yield proxy
+    finally:
+        proxy.stop()
+
+
 # ---------------------------------------------------------------------------------------------
 # The headline suite
 
@@ -486,11 +551,8 @@ def run_headline(
     for r in range(rounds):
         for members, group in groups.items():
             for server in round_order(r):
-                root = Path(tempfile.mkdtemp(prefix=f"r{r + 1}-{server}-m{members}-", dir=work))
-                cluster = Cluster(server, members, root, etcd_bin)
                 t0 = time.monotonic()
-                try:
-                    cluster.start()
+                with running_cluster(server, members, f"r{r + 1}-m{members}", work, etcd_bin) as cluster:
                     print(
                         f"# round {r + 1}: {server}, {members} member(s) serving after "
                         f"{time.monotonic() - t0:.1f} s (leader {cluster.leader_endpoint})",
@@ -536,9 +598,6 @@ def run_headline(
                             file=log,
                             flush=True,
                         )
-                finally:
-                    cluster.stop()
-                    shutil.rmtree(root, ignore_errors=True)
     return out
 
 
@@ -550,6 +609,10 @@ def _ms(v: float | None) -> str:
 
 def _num(v: float) -> str:
     return f"{v:,.0f}"
+
+
+def _mib(v: float) -> str:
+    return f"{v:.0f}"
 
 
 def summarize(cells: list[Cell], ms: list[Measurement]) -> list[dict[str, Any]]:
@@ -728,21 +791,49 @@ def _wait_serving(endpoint: str, proc: subprocess.Popen, timeout: float) -> floa
 
 
 class RssSampler(threading.Thread):
-    """The peak RSS of a cluster's member trees while it runs (sampled every 0.2 s)."""
+    """The peak of `rss()` (KiB; a cluster's or a proxy's `rss_kib`) while it runs, sampled every 0.2 s."""
 
-    def __init__(self, cluster: Cluster):
+    def __init__(self, rss: Callable[[], int]):
         super().__init__(daemon=True)
-        self.cluster, self.peak, self._halt = cluster, 0, threading.Event()
+        self.rss, self.peak, self._halt = rss, 0, threading.Event()
 
     def run(self) -> None:
         while not self._halt.is_set():
-            self.peak = max(self.peak, self.cluster.rss_kib())
+            self.peak = max(self.peak, self.rss())
             self._halt.wait(0.2)
 
     def stop(self) -> int:
         self._halt.set()
         self.join()
+        self.peak = max(self.peak, self.rss())  # a last sample: a run shorter than the period counts too
         return self.peak
+
+
+@contextlib.contextmanager
+def sampling_rss(res: dict[str, Any], **sources: Callable[[], int]) -> Iterator[None]:
+    """While the block runs, sample each source's RSS; then its peak in MiB goes to res["rss_peak_<name>_mib"]
+    (to res["rss_peak_mib"] for the source named `member`)."""
+    samplers = {name: RssSampler(fn) for name, fn in sources.items()}
+    for x in samplers.values():
+        x.start()
+    try:
+        yield
+    finally:
+        for name, x in samplers.items():
+            res[f"rss_peak_{'' if name == 'member' else name + '_'}mib"] = x.stop() / 1024
+
+
+def watch_latency(tool: str, endpoints: list[str], watchers: int, puts: int) -> ToolResult:
+    """etcd's `benchmark watch-latency`: `watchers` watchers of one key over watchers/100 streams (one
+    per connection), `puts` puts of that key at 10/s, each put's latency to every watcher's event."""
+    return run_tool(
+        tool,
+        endpoints,
+        watchers,
+        max(1, watchers // 100),
+        ["watch-latency", f"--total={puts}", "--put-rate=10", f"--val-size={VAL_SIZE}"],
+        timeout=600 + puts * 10,
+    )
 
 
 def scale_keys(
@@ -755,11 +846,8 @@ def scale_keys(
     page: int = 1000,
     budget: float = 120.0,
 ) -> dict[str, Any]:
-    root = Path(tempfile.mkdtemp(prefix=f"keys-{server}-", dir=work))
-    cluster = Cluster(server, 1, root, etcd_bin)
     res: dict[str, Any] = {"server": server, "keys": keys, "members": 1}
-    try:
-        cluster.start()
+    with running_cluster(server, 1, "keys", work, etcd_bin) as cluster:
         res["rss_empty_mib"] = cluster.rss_kib() / 1024
         t0 = time.monotonic()
         load = run_tool(
@@ -826,36 +914,18 @@ def scale_keys(
         res["restart_to_serving_s"] = _wait_serving(m.endpoint, m.proc, 600) - t0
         res["rss_restarted_mib"] = cluster.rss_kib() / 1024
         print(f"#   {server}: restart to serving {res['restart_to_serving_s']:.2f} s", file=log, flush=True)
-    finally:
-        cluster.stop()
-        shutil.rmtree(root, ignore_errors=True)
     return res
 
 
 def scale_watchers(
     tool: str, server: str, watchers: int, puts: int, work: Path, etcd_bin: str, log: TextIO
 ) -> dict[str, Any]:
-    root = Path(tempfile.mkdtemp(prefix=f"watch-{server}-", dir=work))
-    cluster = Cluster(server, 1, root, etcd_bin)
     res: dict[str, Any] = {"server": server, "watchers": watchers, "puts": puts, "members": 1}
-    try:
-        cluster.start()
+    with running_cluster(server, 1, "watch", work, etcd_bin) as cluster:
         res["rss_idle_mib"] = cluster.rss_kib() / 1024
-        sampler = RssSampler(cluster)
-        sampler.start()
-        conns = max(1, watchers // 100)
-        try:
-            out = run_tool(
-                tool,
-                cluster.endpoints,
-                watchers,
-                conns,
-                ["watch-latency", f"--total={puts}", "--put-rate=10", f"--val-size={VAL_SIZE}"],
-                timeout=600 + puts * 10,
-            )
-        finally:
-            res["rss_peak_mib"] = sampler.stop() / 1024
-        res["watch_streams"] = conns
+        with sampling_rss(res, member=cluster.rss_kib):
+            out = watch_latency(tool, cluster.endpoints, watchers, puts)
+        res["watch_streams"] = max(1, watchers // 100)
         res["events"] = puts * watchers
         res["p50_ms"], res["p99_ms"] = out.p50_ms, out.p99_ms
         res["errors"] = out.errors
@@ -865,9 +935,112 @@ def scale_watchers(
             file=log,
             flush=True,
         )
-    finally:
-        cluster.stop()
-        shutil.rmtree(root, ignore_errors=True)
+    return res
+
+
+def scale_proxy_watchers(
+    tool: str, server: str, watchers: int, puts: int, work: Path, etcd_bin: str, log: TextIO
+) -> dict[str, Any]:
+    """The watchers part through a grpc-proxy: `etcd grpc-proxy start` in front of etcd, `etcdstore
+    grpc-proxy start` in front of etcdstore (same flags), the tool's watchers and puts all on the proxy;
+    RSS of the member and of the proxy."""
+    res: dict[str, Any] = {"server": server, "watchers": watchers, "puts": puts, "members": 1}
+    with (
+        running_cluster(server, 1, "pwatch", work, etcd_bin) as cluster,
+        running_proxy(server, cluster, etcd_bin) as proxy,
+    ):
+        res["rss_idle_mib"], res["rss_proxy_idle_mib"] = cluster.rss_kib() / 1024, proxy.rss_kib() / 1024
+        with sampling_rss(res, member=cluster.rss_kib, proxy=proxy.rss_kib):
+            out = watch_latency(tool, [proxy.endpoint], watchers, puts)
+        res["watch_streams"] = max(1, watchers // 100)
+        res["p50_ms"], res["p99_ms"], res["errors"] = out.p50_ms, out.p99_ms, out.errors
+        print(
+            f"#   {server}: {watchers:,} watchers through its grpc-proxy, put-to-event p50 {_ms(out.p50_ms)} "
+            f"p99 {_ms(out.p99_ms)} ms, peak RSS member {res['rss_peak_mib']:.0f} MiB, "
+            f"proxy {res['rss_peak_proxy_mib']:.0f} MiB",
+            file=log,
+            flush=True,
+        )
+    return res
+
+
+def scale_slow_watcher(
+    tool: str,
+    server: str,
+    watchers: int,
+    puts: int,
+    work: Path,
+    etcd_bin: str,
+    log: TextIO,
+    slow: int,
+    fill_mib: float,
+    fill_rate_mib: float,
+    value_kib: int,
+) -> dict[str, Any]:
+    """Normal watchers' put-to-event latency (etcd's `watch-latency`, as in the watchers part) while a
+    filler puts `fill_mib` MiB of `value_kib` KiB values at `fill_rate_mib` MiB/s, twice on fresh
+    members: without, then with `slow` watchers of every key whose clients stop reading once their
+    watch is created (`StalledWatch`: TCP and HTTP/2 flow control fill, every event for them backs up in
+    the member). RSS growth of the member over each phase, and how the slow connections stood at the
+    end (the server may close them)."""
+    from etcdstore.bench.scale_clients import Filler, StalledWatch
+
+    res: dict[str, Any] = {
+        "server": server,
+        "watchers": watchers,
+        "puts": puts,
+        "members": 1,
+        "slow_watchers": slow,
+        "fill_mib": fill_mib,
+        "fill_rate_mib": fill_rate_mib,
+        "value_kib": value_kib,
+    }
+    for phase in ("without", "with"):
+        with running_cluster(server, 1, f"slow-{phase}", work, etcd_bin) as cluster:
+            ep = cluster.endpoints[0]
+            stalled = [StalledWatch(ep, b"\x00", b"\x00") for _ in range(slow if phase == "with" else 0)]
+            try:
+                rss0 = cluster.rss_kib()
+                filler = Filler(ep, int(fill_mib * 2**20), value_kib * 1024, fill_rate_mib * 2**20)
+                peak: dict[str, Any] = {}
+                with sampling_rss(peak, member=cluster.rss_kib):
+                    filler.start()
+                    time.sleep(
+                        min(1.0, fill_mib / fill_rate_mib / 4)
+                    )  # the slow watchers' backlog forms first
+                    try:
+                        out = watch_latency(tool, cluster.endpoints, watchers, puts)
+                    finally:
+                        filler.join(600 + fill_mib / fill_rate_mib * 4)
+                        filler.stop()
+                if filler.error is not None:
+                    raise RuntimeError(f"filler failed: {filler.error!r}")
+                time.sleep(1.0)
+                res[f"{phase}_p50_ms"], res[f"{phase}_p99_ms"] = out.p50_ms, out.p99_ms
+                res[f"{phase}_errors"] = out.errors
+                res[f"{phase}_rss_start_mib"] = rss0 / 1024
+                res[f"{phase}_rss_peak_mib"] = peak["rss_peak_mib"]
+                res[f"{phase}_rss_growth_mib"] = (peak["rss_peak_mib"] * 1024 - rss0) / 1024
+                res[f"{phase}_rss_end_mib"] = cluster.rss_kib() / 1024
+                res[f"{phase}_filled_mib"] = filler.sent / 2**20
+                res[f"{phase}_fill_s"] = filler.seconds
+                res[f"{phase}_fill_mib_s"] = filler.sent / 2**20 / filler.seconds if filler.seconds else None
+            finally:
+                states = [w.close() for w in stalled]
+            if phase == "with":
+                res["slow_backlog_mib"] = filler.sent * slow / 2**20
+                res["slow_states"] = {st: states.count(st) for st in sorted(set(states))}
+                res["slow_open_at_end"] = states.count("open")
+                time.sleep(1.0)
+                res["rss_slow_closed_mib"] = cluster.rss_kib() / 1024
+            print(
+                f"#   {server}, {phase} {slow if phase == 'with' else 0} slow watcher(s): {watchers:,} watchers "
+                f"p50 {_ms(out.p50_ms)} p99 {_ms(out.p99_ms)} ms; filled {filler.sent / 2**20:.0f} MiB in "
+                f"{filler.seconds:.1f} s; RSS {rss0 / 1024:.0f} -> peak {peak['rss_peak_mib']:.0f} MiB"
+                + (f"; slow connections at the end: {res['slow_states']}" if phase == "with" else ""),
+                file=log,
+                flush=True,
+            )
     return res
 
 
@@ -963,11 +1136,8 @@ def scale_leases(
     expiring: int,
     ttl: int,
 ) -> dict[str, Any]:
-    root = Path(tempfile.mkdtemp(prefix=f"lease-{server}-", dir=work))
-    cluster = Cluster(server, 1, root, etcd_bin)
     res: dict[str, Any] = {"server": server, "leases": leases, "members": 1}
-    try:
-        cluster.start()
+    with running_cluster(server, 1, "lease", work, etcd_bin) as cluster:
         ep = cluster.endpoints[0]
         res["rss_idle_mib"] = cluster.rss_kib() / 1024
         res["grant_s"] = asyncio.run(_grant_leases(ep, leases, 3600))
@@ -994,35 +1164,31 @@ def scale_leases(
             file=log,
             flush=True,
         )
-    finally:
-        cluster.stop()
-        shutil.rmtree(root, ignore_errors=True)
     return res
 
 
 def scale_big_values(
     tool: str, server: str, total: int, work: Path, etcd_bin: str, log: TextIO
 ) -> dict[str, Any]:
-    root = Path(tempfile.mkdtemp(prefix=f"big-{server}-", dir=work))
-    cluster = Cluster(server, 1, root, etcd_bin)
     res: dict[str, Any] = {"server": server, "value_bytes": 1 << 20, "clients": 10, "members": 1}
-    try:
-        cluster.start()
-        out = run_tool(
-            tool,
-            cluster.endpoints,
-            10,
-            1,
-            [
-                "put",
-                "--key-size=8",
-                "--sequential-keys",
-                "--key-space-size=100",
-                f"--val-size={1 << 20}",
-                f"--total={total}",
-            ],
-            timeout=600 + total,
-        )
+    with running_cluster(server, 1, "big", work, etcd_bin) as cluster:
+        res["rss_idle_mib"] = cluster.rss_kib() / 1024
+        with sampling_rss(res, member=cluster.rss_kib):
+            out = run_tool(
+                tool,
+                cluster.endpoints,
+                10,
+                1,
+                [
+                    "put",
+                    "--key-size=8",
+                    "--sequential-keys",
+                    "--key-space-size=100",
+                    f"--val-size={1 << 20}",
+                    f"--total={total}",
+                ],
+                timeout=600 + total,
+            )
         res.update(
             rps=out.rps,
             p50_ms=out.p50_ms,
@@ -1033,25 +1199,158 @@ def scale_big_values(
             rss_mib=cluster.rss_kib() / 1024,
             disk_mib=cluster.disk_bytes() / 2**20,
         )
+        time.sleep(2.0)
+        res["rss_after_2s_mib"] = cluster.rss_kib() / 1024
         print(
-            f"#   {server}: 1 MiB puts {out.rps:,.1f}/s p50 {_ms(out.p50_ms)} p99 {_ms(out.p99_ms)} ms"
+            f"#   {server}: 1 MiB puts {out.rps:,.1f}/s p50 {_ms(out.p50_ms)} p99 {_ms(out.p99_ms)} ms, RSS idle "
+            f"{res['rss_idle_mib']:.0f} peak {res['rss_peak_mib']:.0f} after {res['rss_mib']:.0f} MiB"
             f"{f', {out.errors} errors {out.error_kinds[:1]}' if out.errors else ''}",
             file=log,
             flush=True,
         )
-    finally:
-        cluster.stop()
-        shutil.rmtree(root, ignore_errors=True)
     return res
 
 
-SCALE_PARTS = ("keys", "watchers", "leases", "values")
+def scale_leader_change(
+    server: str, leases: int, ttl: int, hows: list[str], work: Path, etcd_bin: str, log: TextIO
+) -> dict[str, Any]:
+    """Three members, `leases` leases of `ttl` s with a key each, renewed for one TTL and more (so a
+    member's own view of their expiry, from the grant, has passed), then for each of `hows` in turn:
+    "move" (MoveLeader to a follower) or "kill" (SIGKILL of the leader, not restarted). Right after the
+    change every lease is renewed once over keepalive streams that fail over between the members still
+    up: the time to a new leader, to the first keepalive answered, and to every lease renewed, and the
+    leases found revoked (a keepalive answered TTL 0, a key's delete event on a watch, missing at the end)."""
+    res: dict[str, Any] = {"server": server, "leases": leases, "ttl_s": ttl, "members": 3, "hows": hows}
+    with running_cluster(server, 3, "leader", work, etcd_bin) as cluster:
+        asyncio.run(_leader_change(cluster, res, leases, ttl, hows))
+    print(
+        f"#   {server}: {leases:,} leases (TTL {ttl} s), "
+        + "; ".join(
+            f"{how}: new leader {_s(res.get(f'{how}_leader_s'))}, first keepalive {_s(res.get(f'{how}_first_ok_s'))}, "
+            f"all renewed {_s(res.get(f'{how}_all_ok_s'))}, revoked {res.get(f'{how}_revoked')}, "
+            f"retries {res.get(f'{how}_retries')} {res.get(f'{how}_retry_errors') or ''}"
+            for how in hows
+        )
+        + f"; leases left {res.get('leases_left')}, keys deleted {res.get('keys_deleted')}",
+        file=log,
+        flush=True,
+    )
+    return res
+
+
+def _s(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f} s"
+
+
+async def _leader_change(cluster: Cluster, res: dict[str, Any], n: int, ttl: int, hows: list[str]) -> None:
+    import grpc
+
+    from etcdstore.bench.scale_clients import (
+        DeleteWatch,
+        grant_with_keys,
+        member_ids,
+        renew_all,
+        wait_new_leader,
+    )
+    from etcdstore.proto.etcdserverpb import rpc_pb2, rpc_pb2_grpc
+
+    prefix = b"etcdstore-bench-lease/"
+    by_ep = {m.endpoint: m for m in cluster.members}
+    chans = {ep: grpc.aio.insecure_channel(ep) for ep in by_ep}
+    watch: DeleteWatch | None = None
+    try:
+        ids, leader = await member_ids(chans)
+        ep_of = {i: ep for ep, i in ids.items()}
+        up = list(by_ep)
+        followers = [ep for ep in up if ids[ep] != leader]
+        # The delete watch goes on a member that is neither the first leader nor the move's target (so no
+        # step below stops it).
+        watch = DeleteWatch(chans[followers[-1]], prefix)
+        await watch.start()
+        t0 = time.monotonic()
+        lease_ids = await grant_with_keys(chans[ep_of[leader]], n, ttl, prefix)
+        res["grant_s"] = time.monotonic() - t0
+        # Renew for one TTL and a second: a member that took the grant's expiry for granted on promotion
+        # would now revoke them all.
+        aged = time.monotonic() + ttl + 1
+        while time.monotonic() < aged:
+            t = time.monotonic()
+            ok, gone, _ = await renew_all([chans[ep] for ep in up], lease_ids, t + ttl)
+            res["renew_all_s"] = time.monotonic() - t
+            if gone or len(ok) < len(lease_ids):
+                raise RuntimeError(
+                    f"{len(gone)} leases gone, {len(lease_ids) - len(ok) - len(gone)} not renewed before any change"
+                )
+            await asyncio.sleep(max(0.0, min(ttl / 3 - (time.monotonic() - t), aged - time.monotonic())))
+        for how in hows:
+            await renew_all([chans[ep] for ep in up], lease_ids, time.monotonic() + ttl)
+            old_ep = ep_of[leader]
+            t_change = time.monotonic()
+            move = None
+            if how == "move":
+                target = (
+                    ids[followers[0]]
+                    if followers[0] in up
+                    else next(ids[ep] for ep in up if ids[ep] != leader)
+                )
+                move = asyncio.ensure_future(
+                    rpc_pb2_grpc.MaintenanceStub(chans[old_ep]).MoveLeader(
+                        rpc_pb2.MoveLeaderRequest(targetID=target), timeout=30.0
+                    )
+                )
+            elif how == "kill":
+                m = by_ep[old_ep]
+                assert m.proc is not None
+                m.proc.kill()
+                up.remove(old_ep)
+            else:
+                raise ValueError(f"unknown leader change {how!r} (move, kill)")
+            give_up = t_change + ttl
+            kinds: dict[str, int] = {}
+            sweep = asyncio.get_running_loop().create_task(
+                renew_all([chans[ep] for ep in up], lease_ids, give_up, errors=kinds)
+            )
+            elected, new = await wait_new_leader([chans[ep] for ep in up if ep != old_ep], leader, give_up)
+            ok, gone, retries = await sweep
+            if move is not None:
+                await move
+                res["move_call_s"] = time.monotonic() - t_change
+            res[f"{how}_leader_s"] = None if elected is None else elected - t_change
+            res[f"{how}_first_ok_s"] = min(ok.values()) - t_change if ok else None
+            res[f"{how}_all_ok_s"] = max(ok.values()) - t_change if len(ok) == len(lease_ids) else None
+            res[f"{how}_renewed"] = len(ok)
+            res[f"{how}_revoked"] = len(gone)
+            res[f"{how}_retries"] = retries
+            res[f"{how}_retry_errors"] = kinds
+            if new:
+                leader = new
+                followers = [ep for ep in up if ids[ep] != leader]
+        await asyncio.sleep(1.0)  # a late revocation's delete event
+        ch = chans[up[0]]
+        left = await rpc_pb2_grpc.LeaseStub(ch).LeaseLeases(rpc_pb2.LeaseLeasesRequest(), timeout=30.0)
+        ours = set(lease_ids)
+        res["leases_left"] = sum(1 for x in left.leases if x.ID in ours)
+        end = prefix[:-1] + bytes([prefix[-1] + 1])
+        keys = await rpc_pb2_grpc.KVStub(ch).Range(
+            rpc_pb2.RangeRequest(key=prefix, range_end=end, count_only=True), timeout=30.0
+        )
+        res["keys_left"] = keys.count
+        res["keys_deleted"] = len(watch.deleted)
+    finally:
+        if watch is not None:
+            await watch.stop()
+        for c in chans.values():
+            await c.close()
+
+
+SCALE_PARTS = ("keys", "watchers", "leases", "values", "proxy-watchers", "slow-watcher", "leader-change")
 
 
 def run_scale(
     tool: str, args: argparse.Namespace, work: Path, log: TextIO
 ) -> dict[str, list[dict[str, Any]]]:
-    parts = [p for p in SCALE_PARTS if p in args.scale_parts.split(",")]
+    want = {x.strip() for x in args.scale_parts.split(",")}
+    parts = [p for p in SCALE_PARTS if p in want]
     out: dict[str, list[dict[str, Any]]] = {p: [] for p in parts}
     for r in range(args.scale_rounds):
         for part in parts:
@@ -1100,7 +1399,44 @@ def _scale_part(
             20 if q else args.expiring,
             2 if q else args.expiry_ttl,
         )
+    if part == "proxy-watchers":
+        return scale_proxy_watchers(
+            tool, server, 200 if q else args.watchers, 5 if q else args.watch_puts, work, args.etcd_bin, log
+        )
+    if part == "slow-watcher":
+        return scale_slow_watcher(
+            tool,
+            server,
+            200 if q else args.watchers,
+            5 if q else args.watch_puts,
+            work,
+            args.etcd_bin,
+            log,
+            2 if q else args.slow_watchers,
+            4 if q else args.slow_fill_mib,
+            args.slow_fill_rate,
+            args.slow_value_kib,
+        )
+    if part == "leader-change":
+        return scale_leader_change(
+            server,
+            200 if q else args.leader_change_leases,
+            6 if q else args.leader_change_ttl,
+            _leader_changes(args.leader_changes),
+            work,
+            args.etcd_bin,
+            log,
+        )
     return scale_big_values(tool, server, 10 if q else args.big_values, work, args.etcd_bin, log)
+
+
+def _leader_changes(spec: str) -> list[str]:
+    hows = [x.strip() for x in spec.split(",") if x.strip()]
+    if not hows or any(h not in _HOW for h in hows) or hows.count("kill") > 1:
+        raise SystemExit(
+            f"--leader-changes wants move and/or kill (at most one kill of 3 members), not {spec!r}"
+        )
+    return hows
 
 
 def _pair(recs: list[dict[str, Any]], key: str) -> tuple[float | None, float | None]:
@@ -1144,9 +1480,60 @@ _SCALE_ROWS: dict[str, list[tuple[str, str, Callable[[float], str]]]] = {
         ("1 MiB puts/s (10 clients)", "rps", lambda v: f"{v:,.1f}"),
         ("p50, ms", "p50_ms", _ms),
         ("p99, ms", "p99_ms", _ms),
-        ("RSS after, MiB", "rss_mib", lambda v: f"{v:.0f}"),
+        ("RSS idle, MiB", "rss_idle_mib", _mib),
+        ("RSS peak during the puts, MiB", "rss_peak_mib", _mib),
+        ("RSS after, MiB", "rss_mib", _mib),
+        ("RSS 2 s after, MiB", "rss_after_2s_mib", _mib),
+    ],
+    "proxy-watchers": [
+        ("member RSS idle, MiB", "rss_idle_mib", _mib),
+        ("member RSS peak with watchers, MiB", "rss_peak_mib", _mib),
+        ("proxy RSS idle, MiB", "rss_proxy_idle_mib", _mib),
+        ("proxy RSS peak with watchers, MiB", "rss_peak_proxy_mib", _mib),
+        ("put to event p50, ms", "p50_ms", _ms),
+        ("put to event p99, ms", "p99_ms", _ms),
+    ],
+    "slow-watcher": [
+        ("others' put to event p50, ms: without slow watchers", "without_p50_ms", _ms),
+        ("others' put to event p50, ms: with slow watchers", "with_p50_ms", _ms),
+        ("others' put to event p99, ms: without slow watchers", "without_p99_ms", _ms),
+        ("others' put to event p99, ms: with slow watchers", "with_p99_ms", _ms),
+        ("filler, MiB/s put: without slow watchers", "without_fill_mib_s", lambda v: f"{v:.1f}"),
+        ("filler, MiB/s put: with slow watchers", "with_fill_mib_s", lambda v: f"{v:.1f}"),
+        ("RSS growth over the run, MiB: without slow watchers", "without_rss_growth_mib", _mib),
+        ("RSS growth over the run, MiB: with slow watchers", "with_rss_growth_mib", _mib),
+        ("RSS peak with slow watchers, MiB", "with_rss_peak_mib", _mib),
+        ("RSS 1 s after the slow connections closed, MiB", "rss_slow_closed_mib", _mib),
+        ("events not read by the slow watchers, MiB", "slow_backlog_mib", _mib),
+        ("slow connections the server kept open", "slow_open_at_end", lambda v: f"{v:.0f}"),
     ],
 }
+
+_HOW = {"move": "leader moved (MoveLeader)", "kill": "leader killed (SIGKILL)"}
+
+
+def _scale_row_specs(part: str, recs: list[dict[str, Any]]) -> list[tuple[str, str, Callable[[float], str]]]:
+    if part != "leader-change":
+        return _SCALE_ROWS[part]
+    hows = next((x["hows"] for x in recs if "hows" in x), ["move", "kill"])
+    sec = lambda v: f"{v:.2f}"
+    rows = [
+        ("grant the leases + a key each, s (100 concurrent, Python client)", "grant_s", lambda v: f"{v:.1f}"),
+        ("renew every lease once, no change, s (50 streams)", "renew_all_s", sec),
+    ]
+    for how in hows:
+        rows += [
+            (f"{_HOW[how]}: new leader after, s", f"{how}_leader_s", sec),
+            (f"{_HOW[how]}: first keepalive answered after, s", f"{how}_first_ok_s", sec),
+            (f"{_HOW[how]}: every lease renewed after, s", f"{how}_all_ok_s", sec),
+            (f"{_HOW[how]}: leases answered TTL 0 (revoked)", f"{how}_revoked", lambda v: f"{v:.0f}"),
+            (f"{_HOW[how]}: keepalives retried (stream failed or silent 8 s)", f"{how}_retries", _num),
+        ]
+    rows += [
+        ("leases left at the end", "leases_left", _num),
+        ("lease keys deleted (seen on a watch)", "keys_deleted", lambda v: f"{v:.0f}"),
+    ]
+    return rows
 
 
 def scale_title(part: str, recs: list[dict[str, Any]]) -> str:
@@ -1166,12 +1553,30 @@ def scale_title(part: str, recs: list[dict[str, Any]]) -> str:
             f"{r['leases']:,} leases (TTL 1 h), 1 member; expiry: {r['expiry_leases']:,} more leases of "
             f"TTL {r['expiry_ttl_s']} s with a key each, delete event after grant + TTL"
         )
-    return "values of 1 MiB (`benchmark put --val-size=1048576`), 1 member"
+    if part == "proxy-watchers":
+        return (
+            f"{r['watchers']:,} watchers on one key over {r['watch_streams']} streams through a grpc-proxy "
+            f"(etcd's `etcd grpc-proxy start`, etcdstore's `etcdstore grpc-proxy start`), 1 member, "
+            f"{r['puts']} puts at 10/s (etcd's `benchmark watch-latency`)"
+        )
+    if part == "slow-watcher":
+        return (
+            f"{r['watchers']:,} watchers on one key (`benchmark watch-latency`, {r['puts']} puts at 10/s) while "
+            f"{r['fill_mib']:g} MiB of {r['value_kib']} KiB values are put at up to {r['fill_rate_mib']:g} "
+            f"MiB/s; without, then with {r['slow_watchers']} watchers of every key whose clients stop "
+            "reading (each its own connection), 1 member, fresh each time"
+        )
+    if part == "leader-change":
+        return (
+            f"{r['leases']:,} leases (TTL {r['ttl_s']} s) with a key each, 3 members, renewed for one TTL; "
+            f"then {', then '.join(_HOW[h] for h in r['hows'])}, every lease renewed once right after each"
+        )
+    return "values of 1 MiB (`benchmark put --val-size=1048576`; --max-request-bytes 1.5 MiB), 1 member"
 
 
 def scale_rows(part: str, recs: list[dict[str, Any]]) -> list[list[str]]:
     rows = []
-    for label, key, fmt in _SCALE_ROWS[part]:
+    for label, key, fmt in _scale_row_specs(part, recs):
         if key == "keepalive_p99_ms":
             continue
         e, s = _pair(recs, key)
@@ -1198,6 +1603,12 @@ SCALE_HEAD = ["measure", "etcd 3.4", "etcdstore", "etcdstore/etcd"]
 
 # ---------------------------------------------------------------------------------------------
 # Command line
+
+
+def _wrap(text: str) -> str:
+    import textwrap
+
+    return textwrap.fill(text, 96)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -1233,7 +1644,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--build-script", help="builds the tool when it is not cached (default: shared build.sh)")
     p.add_argument("--etcd-bin", default=shutil.which("etcd") or "/usr/bin/etcd", help="etcd 3.4 binary")
     p.add_argument("--work-dir", help="where the members' data dirs go (default: a new temporary dir)")
-    s = p.add_argument_group("scale suite")
+    s = p.add_argument_group(
+        "scale suite",
+        _wrap(
+            "parts (--scale-parts; each on both servers, one member unless said): keys (load, RSS, disk, paged "
+            "range, compaction, defrag, restart), watchers (watch-latency, RSS), leases (grant, RSS, keepalive, "
+            "expiry accuracy), values (1 MiB puts: throughput, latency, RSS idle/peak/after), proxy-watchers "
+            "(watchers through each server's grpc-proxy: latency, RSS of member and proxy), slow-watcher (the "
+            "watchers' latency and the member's RSS growth without and with watchers that never read), "
+            "leader-change (3 members with leases: time to renew them all after a leader move and a leader "
+            "kill, leases revoked). --quick runs each with small fixed sizes."
+        ),
+    )
     s.add_argument(
         "--scale-parts", default=",".join(SCALE_PARTS), help="comma list of " + ", ".join(SCALE_PARTS)
     )
@@ -1247,13 +1669,53 @@ def _parser() -> argparse.ArgumentParser:
         default=120.0,
         help="seconds the paged range over all keys may take (etcd 3.4's pages cost O(keys))",
     )
-    s.add_argument("--watchers", type=int, default=10_000)
+    s.add_argument(
+        "--watchers",
+        type=int,
+        default=10_000,
+        help="watchers of the watchers, proxy-watchers and slow-watcher parts (default 10,000)",
+    )
     s.add_argument("--watch-puts", type=int, default=50, help="puts the watchers each see (at 10/s)")
     s.add_argument("--leases", type=int, default=100_000)
     s.add_argument("--keepalives", type=int, default=50_000, help="lease-keepalive requests")
     s.add_argument("--expiring", type=int, default=1000, help="leases whose expiry is timed")
     s.add_argument("--expiry-ttl", type=int, default=5, help="their TTL, s")
-    s.add_argument("--big-values", type=int, default=300, help="1 MiB puts")
+    s.add_argument(
+        "--big-values", type=int, default=300, help="1 MiB puts (values part; RSS idle, peak, after)"
+    )
+    s.add_argument(
+        "--slow-watchers",
+        type=int,
+        default=10,
+        help="slow-watcher part: watchers of every key whose clients stop reading (one connection each), "
+        "present while --watchers normal watchers are measured; the part runs once without, once with them",
+    )
+    s.add_argument(
+        "--slow-fill-mib", type=float, default=64, help="slow-watcher part: MiB put meanwhile (the backlog)"
+    )
+    s.add_argument(
+        "--slow-fill-rate", type=float, default=4.0, help="slow-watcher part: at most this many MiB/s"
+    )
+    s.add_argument(
+        "--slow-value-kib", type=int, default=64, help="slow-watcher part: size of each value put, KiB"
+    )
+    s.add_argument(
+        "--leader-change-leases",
+        type=int,
+        default=10_000,
+        help="leader-change part: leases (a key each) on 3 members when the leader changes",
+    )
+    s.add_argument(
+        "--leader-change-ttl",
+        type=int,
+        default=20,
+        help="leader-change part: their TTL, s (the leases are renewed for one TTL before the first change)",
+    )
+    s.add_argument(
+        "--leader-changes",
+        default="move,kill",
+        help="leader-change part: the changes, in order: move (MoveLeader to a follower), kill (SIGKILL)",
+    )
     return p
 
 
@@ -1327,6 +1789,11 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             raise SystemExit(f"unknown cell(s) {unknown}; cells: {', '.join(c.id for c in HEADLINE + EXTRA)}")
         cells = [c for c in HEADLINE + EXTRA if c.id in want]
+    if args.suite in ("scale", "all"):
+        unknown = [x for x in args.scale_parts.split(",") if x.strip() and x.strip() not in SCALE_PARTS]
+        if unknown:
+            raise SystemExit(f"unknown scale part(s) {unknown}; parts: {', '.join(SCALE_PARTS)}")
+        _leader_changes(args.leader_changes)
     if not os.access(args.etcd_bin, os.X_OK):
         raise SystemExit(f"no etcd binary at {args.etcd_bin} (apt-get install etcd-server)")
     tool = find_tool(args.benchmark_bin, args.build_script, log)
