@@ -1,4 +1,5 @@
-"""Test-suite wide setup: shared helpers in tests/ (procs.py) are importable from every test directory."""
+"""Test-suite wide setup: the test-support package tests/testlib is importable (as `testlib`) from every
+test directory."""
 
 import os
 import sys

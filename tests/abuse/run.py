@@ -48,7 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     for t in targets:
         if t not in ("etcd", "etcdstore"):
             ap.error(f"unknown target {t}")
-    if "etcd" in targets and not runner.procs.have_etcd():
+    from testlib import have_etcd  # importable once runner has put tests/ on sys.path
+
+    if "etcd" in targets and not have_etcd():
         ap.error("real etcd not found (apt-get install etcd-server etcd-client)")
     names = [n for n in args.attacks.split(",") if n] or [a.name for a in atk.ATTACKS]
     for n in names:

@@ -25,9 +25,9 @@ import grpc
 
 from . import attacks as atk
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/: procs.py
-import procs
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/: testlib
 from etcdstore.proto.etcdserverpb import rpc_pb2, rpc_pb2_grpc
+from testlib import HOST, Cluster
 
 PROBE_INTERVAL = 0.2
 PROBE_BUDGET = 1.0
@@ -186,7 +186,7 @@ def run_one(
     sizes = atk.SIZES[profile]
     result = Result(target, attack, duration)
     run_dir = base_dir / f"{target}-{attack}"
-    cluster = procs.Cluster.start(run_dir, 1, binary=target)
+    cluster = Cluster.start(run_dir, 1, binary=target)
     member = cluster.members[0]
     probe = Probe(member.endpoint)
     ctx = multiprocessing.get_context("spawn")
@@ -203,7 +203,7 @@ def run_one(
         out = ctx.Queue()
         child = ctx.Process(
             target=atk.run_in_child,
-            args=(attack, procs.HOST, member.client_port, duration, profile, out),
+            args=(attack, HOST, member.client_port, duration, profile, out),
             daemon=True,
         )
         child.start()

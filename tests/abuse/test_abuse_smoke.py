@@ -15,13 +15,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from testlib import have_etcd
 
 from . import runner
 
 pytestmark = [
     pytest.mark.etcd,
     pytest.mark.timeout(120),
-    pytest.mark.skipif(not runner.procs.have_etcd(), reason="real etcd 3.4 not installed"),
+    pytest.mark.skipif(not have_etcd(), reason="real etcd 3.4 not installed"),
 ]
 
 DURATION = 4.0

@@ -23,7 +23,7 @@ from etcdstore.proto.authpb import auth_pb2
 from etcdstore.proto.etcdserverpb import rpc_pb2
 from etcdstore.txn import kv_apply
 from etcdstore.txn.requests import Kind
-from testlib import free_port, member_args
+from testlib import eventually_async, free_port, member_args
 
 
 @pytest.fixture
@@ -49,10 +49,7 @@ async def member(tmp_path: Path):
     try:
         s = m.server
         assert s is not None
-        for _ in range(200):
-            if s.is_leader:
-                break
-            await asyncio.sleep(0.02)
+        await eventually_async(lambda: s.is_leader, interval=0.02, message="a leader")
         yield m
     finally:
         await m.stop()

@@ -1,4 +1,4 @@
-"""Fixtures starting real etcd 3.4 members (see etcd_procs.py) and clients for them.
+"""Fixtures starting real etcd 3.4 members (testlib's Cluster) and clients for them.
 
     etcd        a single member (function scope: starting one takes ~0.2 s)
     etcd3       a 3-member cluster
@@ -15,21 +15,17 @@ Both servers (tests of the client options, test_client_options.py / test_client_
 
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-
-from etcd_procs import ETCD_BIN, EtcdCluster, TLSFiles, make_tls_files
 from etcdstore.client import Client
-from procs import BINARIES
+from testlib import BINARIES, Cluster, TLSFiles, have_etcd, make_tls_files
 
 
 def _require_etcd() -> None:
-    if not Path(ETCD_BIN).exists():
+    if not have_etcd():
         pytest.skip("needs the real etcd 3.4 binary (tests/run installs etcd-server)")
 
 
@@ -37,21 +33,24 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "etcd_args(*args): extra command-line flags for the etcd fixtures")
 
 
-def _extra_args(request: pytest.FixtureRequest) -> list[str]:
-    _require_etcd()
+def _start(base: Path, request: pytest.FixtureRequest, binary: str, size: int, **opts: Any) -> Cluster:
+    """`size` members of `binary` under `base`, with the test's etcd_args marker's flags."""
+    if binary == "etcd":
+        _require_etcd()
     marker = request.node.get_closest_marker("etcd_args")
-    return list(marker.args) if marker else []
+    extra = list(marker.args) if marker else []
+    return Cluster.start(base, size, binary=binary, extra_args=extra, **opts)
 
 
 @pytest.fixture
-def etcd(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[EtcdCluster]:
-    with EtcdCluster.start(tmp_path / "etcd", 1, extra_args=_extra_args(request)) as cluster:
+def etcd(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    with _start(tmp_path / "etcd", request, "etcd", 1) as cluster:
         yield cluster
 
 
 @pytest.fixture
-def etcd3(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[EtcdCluster]:
-    with EtcdCluster.start(tmp_path / "etcd3", 3, extra_args=_extra_args(request)) as cluster:
+def etcd3(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    with _start(tmp_path / "etcd3", request, "etcd", 3) as cluster:
         yield cluster
 
 
@@ -61,15 +60,13 @@ def tls_files(tmp_path: Path) -> TLSFiles:
 
 
 @pytest.fixture
-def etcd_tls(tmp_path: Path, tls_files: TLSFiles, request: pytest.FixtureRequest) -> Iterator[EtcdCluster]:
-    with EtcdCluster.start(
-        tmp_path / "etcd-tls", 1, tls=tls_files, extra_args=_extra_args(request)
-    ) as cluster:
+def etcd_tls(tmp_path: Path, tls_files: TLSFiles, request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    with _start(tmp_path / "etcd-tls", request, "etcd", 1, tls=tls_files) as cluster:
         yield cluster
 
 
 @pytest.fixture
-async def client(etcd: EtcdCluster) -> AsyncIterator[Client]:
+async def client(etcd: Cluster) -> AsyncIterator[Client]:
     async with Client(etcd.endpoints, timeout=10) as c:
         yield c
 
@@ -81,27 +78,21 @@ def server(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
-def _start(tmp_path: Path, request: pytest.FixtureRequest, server: str, size: int, **kw) -> EtcdCluster:
-    marker = request.node.get_closest_marker("etcd_args")
-    extra = list(marker.args) if marker else []
-    return EtcdCluster.start(tmp_path / f"{server}{size}", size, binary=server, extra_args=extra, **kw)
-
-
 @pytest.fixture
-def cluster1(tmp_path: Path, request: pytest.FixtureRequest, server: str) -> Iterator[EtcdCluster]:
-    with _start(tmp_path, request, server, 1) as cluster:
+def cluster1(tmp_path: Path, request: pytest.FixtureRequest, server: str) -> Iterator[Cluster]:
+    with _start(tmp_path / f"{server}1", request, server, 1) as cluster:
         yield cluster
 
 
 @pytest.fixture
-def cluster3(tmp_path: Path, request: pytest.FixtureRequest, server: str) -> Iterator[EtcdCluster]:
-    with _start(tmp_path, request, server, 3) as cluster:
+def cluster3(tmp_path: Path, request: pytest.FixtureRequest, server: str) -> Iterator[Cluster]:
+    with _start(tmp_path / f"{server}3", request, server, 3) as cluster:
         yield cluster
 
 
 @pytest.fixture
 def tls_cluster(
     tmp_path: Path, request: pytest.FixtureRequest, server: str, tls_files: TLSFiles
-) -> Iterator[EtcdCluster]:
-    with _start(tmp_path, request, server, 1, tls=tls_files) as cluster:
+) -> Iterator[Cluster]:
+    with _start(tmp_path / f"{server}-tls", request, server, 1, tls=tls_files) as cluster:
         yield cluster

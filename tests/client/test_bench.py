@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
-from etcd_procs import etcdctl
 from etcdstore.bench import main, wire
 from etcdstore.bench.config import BenchConfig, shares, split
 from etcdstore.bench.runner import percentiles
 from etcdstore.proto.etcdserverpb import rpc_pb2
+from testlib import etcdctl, free_port
 
 
 def test_wire_bytes_equal_protobuf() -> None:
@@ -110,9 +110,9 @@ def test_put_and_range_runs_hit_the_server(etcd, capsys, tmp_path: Path) -> None
     assert [(r["clients"], r["ops"], r["errors"]) for r in rows] == [(1, 200, {}), (4, 200, {})]
     assert rows[0]["ops_per_s"] > 0 and rows[0]["latency_ms"]["p50"] > 0
     # 400 puts over a 50-key space: etcd's revision moved by 400, keys are 8 bytes.
-    status = json.loads(etcdctl([ep], "endpoint", "status", "-w", "json"))
+    status = json.loads(etcdctl([ep], "endpoint", "status", "-w", "json").stdout)
     assert status[0]["Status"]["header"]["revision"] == 401
-    keys = etcdctl([ep], "get", "", "--from-key", "--keys-only").split()
+    keys = etcdctl([ep], "get", "", "--from-key", "--keys-only").stdout.split()
     assert 0 < len(keys) <= 50
 
     assert (
@@ -141,7 +141,9 @@ def test_put_and_range_runs_hit_the_server(etcd, capsys, tmp_path: Path) -> None
     assert (last["workload"], last["procs"], last["ops"], last["errors"]) == ("range", 2, 300, {})
     assert "range-s" in capsys.readouterr().out
     # --prefill (default for range) wrote the whole key space.
-    assert json.loads(etcdctl([ep], "get", "", "--from-key", "--keys-only", "-w", "json"))["count"] == 300
+    assert (
+        json.loads(etcdctl([ep], "get", "", "--from-key", "--keys-only", "-w", "json").stdout)["count"] == 300
+    )
 
 
 @pytest.mark.etcd
@@ -166,7 +168,8 @@ def test_txn_watch_and_compare(etcd, capsys, tmp_path: Path) -> None:
         )
         == 0
     )
-    rev = json.loads(etcdctl([ep], "endpoint", "status", "-w", "json"))[0]["Status"]["header"]["revision"]
+    status = json.loads(etcdctl([ep], "endpoint", "status", "-w", "json").stdout)
+    rev = status[0]["Status"]["header"]["revision"]
     assert rev == 101  # one revision per txn
     assert (
         main(
@@ -203,8 +206,6 @@ def test_txn_watch_and_compare(etcd, capsys, tmp_path: Path) -> None:
 
 
 def test_unreachable_endpoint_fails_cleanly(capsys) -> None:
-    from etcd_procs import free_port
-
     assert main(["put", "--endpoints", f"127.0.0.1:{free_port()}", "--total", "10", "--timeout", "1"]) == 1
     assert "failed" in capsys.readouterr().out
 
@@ -213,14 +214,7 @@ def test_unreachable_endpoint_fails_cleanly(capsys) -> None:
 def test_rate_cap_and_tls(etcd_tls, tls_files, tmp_path: Path) -> None:
     out_json = tmp_path / "r.jsonl"
     ep = etcd_tls.members[0].client_url  # https://
-    tls = [
-        "--cacert",
-        str(tls_files.ca),
-        "--cert",
-        str(tls_files.client_cert),
-        "--key",
-        str(tls_files.client_key),
-    ]
+    tls = tls_files.etcdctl_args()  # the bench takes etcdctl's flags
     assert (
         main(
             [
@@ -252,8 +246,6 @@ def test_grpc_floor_server_answers_the_bench(tmp_path: Path) -> None:
     """The no-op server that measures grpcio's own cost serves Put and Range to the bench."""
     import subprocess
     import sys
-
-    from etcd_procs import free_port
 
     port = free_port()
     proc = subprocess.Popen(

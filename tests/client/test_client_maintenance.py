@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
-from etcd_procs import EtcdCluster, EtcdMember, etcdctl, free_port, wait_serving
 from etcdstore import errors
 from etcdstore.client import AlarmType, Client, DowngradeAction
 from etcdstore.errors import EtcdError
+from testlib import Cluster, Member, etcdctl, free_port, wait_serving
 
 pytestmark = pytest.mark.etcd
 
@@ -58,7 +58,7 @@ async def test_defragment_shrinks_db(client: Client) -> None:
     assert (await client.get("z")).kvs[0].value == b"1"
 
 
-async def test_snapshot_save_matches_and_restores(client: Client, etcd: EtcdCluster, tmp_path: Path) -> None:
+async def test_snapshot_save_matches_and_restores(client: Client, etcd: Cluster, tmp_path: Path) -> None:
     for i in range(100):
         await client.put(f"s/{i}", str(i))
     path = tmp_path / "backup" / "snap.db"
@@ -69,10 +69,10 @@ async def test_snapshot_save_matches_and_restores(client: Client, etcd: EtcdClus
     assert [p.name for p in path.parent.iterdir()] == ["snap.db"]  # no temp file left
     # etcd appends the sha256 of the database to the stream: the file is self-checking.
     assert data[-32:] == hashlib.sha256(data[:-32]).digest()
-    st = json.loads(etcdctl([], "snapshot", "status", str(path), "-w", "json"))
+    st = json.loads(etcdctl([], "snapshot", "status", str(path), "-w", "json").stdout)
     assert st["totalKey"] >= 100
     # A member restored from it serves the data (etcdctl checks the hash while restoring).
-    r0 = EtcdMember("r0", tmp_path / "restored" / "r0.etcd", free_port(), free_port())
+    r0 = Member("r0", tmp_path / "restored" / "r0.etcd", free_port(), free_port(), binary="etcd")
     etcdctl(
         [],
         "snapshot",

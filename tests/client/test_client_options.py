@@ -8,33 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 
 import grpc
 import pytest
-from etcd_procs import free_port
 from etcdstore import errors
 from etcdstore.client import Client, TLSConfig
 from etcdstore.client import client as client_mod
 from etcdstore.client.rpc_errors import OLD_CLUSTER
 from etcdstore.errors import EtcdError
 from etcdstore.proto.etcdserverpb import rpc_pb2, rpc_pb2_grpc
+from testlib import eventually_async, free_port
 
 pytestmark = pytest.mark.etcd
-
-
-async def until(check, timeout: float = 20.0, what: str = "condition") -> None:
-    """Poll `check()` (sync or async) until true; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        ok = check()
-        if asyncio.iscoroutine(ok):
-            ok = await ok
-        if ok:
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 # -- Endpoints: failover and health --------------------------------------------------------------
@@ -47,7 +32,7 @@ async def test_endpoints_failover_when_its_member_is_killed(cluster3) -> None:
         assert c.endpoints[0] == eps[0]  # the member the client uses
         used_id = (await c.status()).header.member_id
         cluster3.members[0].kill()
-        cluster3.wait_leader()  # m0 may have led: writes wait for the next leader anyway
+        cluster3.leader_index()  # m0 may have led: writes wait for the next leader anyway
         # A write refused by the dead member never left the client: it moves on and is applied.
         put = await c.put("k", "v1")
         got = await c.get("k")
@@ -61,7 +46,7 @@ async def test_endpoints_failover_when_its_member_is_killed(cluster3) -> None:
         async def all_healthy() -> bool:
             return await c.endpoint_health(timeout=2) == dict.fromkeys(eps, True)
 
-        await until(all_healthy, what="m0 healthy again")
+        await eventually_async(all_healthy, 20, message="m0 healthy again")
         assert c.endpoints == eps[1:] + eps[:1]  # no longer last for being marked
 
 
@@ -70,7 +55,9 @@ async def test_health_check_interval_marks_a_hung_member_before_any_call_fails(c
     async with Client(eps, timeout=3, health_check_interval=0.3) as c:
         await c.get("k")  # starts the background checks
         cluster3.members[1].pause()  # hung: a call sent there waits for its deadline
-        await until(lambda: c.endpoints == [eps[0], eps[2], eps[1]], what="m1 marked unhealthy")
+        await eventually_async(
+            lambda: c.endpoints == [eps[0], eps[2], eps[1]], 20, message="m1 marked unhealthy"
+        )
         cluster3.members[0].kill()
         # The current member is gone: the call skips m1 (marked) and goes straight to m2, where a
         # serializable read is served even without quorum. Unmarked, m1 would be tried first and
@@ -88,10 +75,10 @@ async def test_auto_sync_interval_learns_every_member(cluster3) -> None:
     async with Client(eps[:1], timeout=10, auto_sync_interval=0.2) as c:
         assert c.endpoints == eps[:1]
         await c.get("k")  # starts the background sync
-        await until(lambda: sorted(c.endpoints) == sorted(eps), what="synced endpoints")
+        await eventually_async(lambda: sorted(c.endpoints) == sorted(eps), 20, message="synced endpoints")
         assert c.endpoints[0] == eps[0]  # the current endpoint stays current
         cluster3.members[0].kill()  # the only endpoint it was given
-        cluster3.wait_leader()
+        cluster3.leader_index()
         await c.put("k", "after")
         assert (await c.get("k")).kvs[0].value == b"after"
     async with Client(eps[1], timeout=10) as c:  # Sync by hand (clientv3's Client.Sync)
@@ -175,10 +162,10 @@ async def test_permit_without_stream_detects_a_hung_member_while_idle(cluster1) 
         assert channel.get_state() == grpc.ChannelConnectivity.READY
         cluster1.members[0].pause()
         try:
-            await until(
+            await eventually_async(
                 lambda: channel.get_state() != grpc.ChannelConnectivity.READY,
                 30,
-                "the idle connection dropped by keepalive",
+                message="the idle connection dropped by keepalive",
             )
         finally:
             cluster1.members[0].resume()
@@ -352,4 +339,4 @@ async def test_require_leader_fails_fast_without_quorum(cluster3) -> None:
                 return e == errors.NO_LEADER
             return False
 
-        await until(no_leader, 30, "etcdserver: no leader")
+        await eventually_async(no_leader, 30, message="etcdserver: no leader")

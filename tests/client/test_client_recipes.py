@@ -13,7 +13,7 @@ from etcdstore.client.namespace import EMPTY_KEY, Namespace
 from etcdstore.client.recipes import ELECTION_NO_LEADER, ELECTION_NOT_LEADER, LOCKED, Election, Mutex, Session
 from etcdstore.client.stm import STM, Isolation, stm
 from etcdstore.errors import EtcdError
-from test_client_options import until
+from testlib import eventually_async
 
 pytestmark = pytest.mark.etcd
 
@@ -37,7 +37,7 @@ async def test_session_keeps_its_lease_and_close_revokes_it(c) -> None:
         await c.put("sess/k", "v", lease=lease)
         # Kept alive: a refresh after the first one arrives (every TTL/3) and the lease lives on.
         first = s._keeper.last_response
-        await until(lambda: s._keeper.last_response is not first, what="a refresh")
+        await eventually_async(lambda: s._keeper.last_response is not first, 20, message="a refresh")
         assert s._keeper.ttl == 5 and (await c.lease_time_to_live(lease)).TTL > 0
         assert not s.done.is_set()
     assert s.done.is_set()
@@ -57,7 +57,7 @@ async def test_mutex_is_exclusive_queued_and_fenced(c) -> None:
         await m1.lock()
         assert m1.key == f"/lk/{s1.lease:x}".encode()  # clientv3's key layout
         waiter = asyncio.create_task(m2.lock())
-        await until(lambda: _count_is(c, "/lk/", 2), what="m2 queued")
+        await eventually_async(lambda: _count_is(c, "/lk/", 2), 20, message="m2 queued")
         assert not waiter.done()
         with pytest.raises(EtcdError) as e:
             await Mutex(s3, "/lk").try_lock()
@@ -73,7 +73,7 @@ async def test_mutex_is_exclusive_queued_and_fenced(c) -> None:
         # Interop with etcd's server-side lock service (it uses the same key layout).
         lease = (await c.lease_grant(10)).ID
         server_side = asyncio.create_task(c.lock("/lk", lease))
-        await until(lambda: _count_is(c, "/lk/", 2), what="server-side lock queued")
+        await eventually_async(lambda: _count_is(c, "/lk/", 2), 20, message="server-side lock queued")
         assert not server_side.done()
         await m2.unlock()
         held = await asyncio.wait_for(server_side, 10)
@@ -85,7 +85,7 @@ async def test_mutex_is_exclusive_queued_and_fenced(c) -> None:
         await Mutex(s5, "/lk2").lock()
         m4 = Mutex(s4, "/lk2")
         waiter = asyncio.create_task(m4.lock())
-        await until(lambda: _count_is(c, "/lk2/", 2), what="m4 queued")
+        await eventually_async(lambda: _count_is(c, "/lk2/", 2), 20, message="m4 queued")
         await s5.close()
         await asyncio.wait_for(waiter, 10)
         async with Mutex(s4, "/lk3") as m:  # the context-manager form
@@ -120,11 +120,11 @@ async def test_election_campaign_proclaim_resign_observe(c) -> None:
         assert (await e1.leader()).value == b"a"
         assert (await c.leader("/el")).kv.value == b"a"  # the server-side service agrees
         second = asyncio.create_task(e2.campaign(b"b"))
-        await until(lambda: _count_is(c, "/el/", 2), what="e2 queued")
-        await until(lambda: seen == [b"a"], what="observer saw a")
+        await eventually_async(lambda: _count_is(c, "/el/", 2), 20, message="e2 queued")
+        await eventually_async(lambda: seen == [b"a"], 20, message="observer saw a")
         await e1.proclaim(b"a2")
         assert not second.done()
-        await until(lambda: seen == [b"a", b"a2"], what="observer saw a2")
+        await eventually_async(lambda: seen == [b"a", b"a2"], 20, message="observer saw a2")
         await e1.resign()
         await asyncio.wait_for(second, 10)
         assert (await e2.leader()).value == b"b"
@@ -304,8 +304,8 @@ async def test_syncer_and_mirror(c) -> None:
         await c.put("src/00001", "changed")
         await c.delete("src/00002")
         await c.txn([], [Op.put("src/t1", "1"), Op.put("src/t2", "2")])
-        await until(lambda: _count_is(c, "dst/", 1502), what="mirrored updates")
-        await until(lambda: _value_is(c, "dst/00001", b"changed"), what="mirrored put")
+        await eventually_async(lambda: _count_is(c, "dst/", 1502), 20, message="mirrored updates")
+        await eventually_async(lambda: _value_is(c, "dst/00001", b"changed"), 20, message="mirrored put")
         assert (await c.get("dst/00002")).count == 0
         assert (await c.get("dst/t2")).kvs[0].value == b"2"
     finally:

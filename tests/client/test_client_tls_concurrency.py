@@ -7,8 +7,14 @@ import asyncio
 import pytest
 from etcdstore.client import Client, TLSConfig
 from etcdstore.errors import EtcdError
+from testlib import eventually_async
 
 pytestmark = pytest.mark.etcd
+
+
+async def queued(client: Client, prefix: str, n: int) -> bool:
+    """Whether `n` keys (lock waiters, election candidates) are under `prefix`."""
+    return (await client.get(prefix, prefix=True, count_only=True)).count == n
 
 
 def tls_config(files, **kw) -> TLSConfig:
@@ -51,7 +57,8 @@ async def test_lock_is_exclusive_until_unlocked(client: Client) -> None:
     held = await client.lock("mylock", l1)
     assert held.key.startswith(b"mylock/")
     second = asyncio.create_task(client.lock("mylock", l2))
-    await asyncio.sleep(0.5)
+    await eventually_async(lambda: queued(client, "mylock/", 2), message="the second waiter queued")
+    await asyncio.sleep(0.5)  # a window in which it must not be granted
     assert not second.done()  # blocked behind the first holder
     await client.unlock(held.key)
     got = await asyncio.wait_for(second, 5)
@@ -86,10 +93,11 @@ async def test_election_campaign_proclaim_observe_resign(client: Client) -> None
                 return
 
     observer = asyncio.create_task(observe())
-    await asyncio.sleep(0.3)
+    await eventually_async(lambda: seen == [b"node-1"], message="the observer saw the leader")
     await client.proclaim(first.leader, "node-1-v2")
     second = asyncio.create_task(client.campaign("elect", l2, "node-2"))
-    await asyncio.sleep(0.3)
+    await eventually_async(lambda: queued(client, "elect/", 2), message="the second candidate queued")
+    await asyncio.sleep(0.3)  # a window in which it must not win
     assert not second.done()
     await client.resign(first.leader)
     won = await asyncio.wait_for(second, 5)

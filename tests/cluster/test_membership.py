@@ -9,6 +9,7 @@ import subprocess
 import time
 from collections.abc import Callable
 
+import grpc
 import pytest
 from etcdstore import errors
 from etcdstore.client import Client
@@ -158,9 +159,15 @@ def test_quorum_loss_fails_fast_with_hasleader_and_times_out_without(tmp_path):
         survivor = c.members[0]
         for m in c.members[1:]:
             m.kill()
+        # CheckQuorum: a leader without a quorum steps down within an election timeout.
+        eventually(
+            lambda: survivor.status().leader == 0,
+            10,
+            ignoring=(AssertionError, grpc.RpcError),
+            message="the survivor knows no leader",
+        )
 
         async def check() -> None:
-            await asyncio.sleep(1.5)  # CheckQuorum: the leader steps down within an election timeout
             async with Client([survivor.endpoint], timeout=30, require_leader=True) as cl:
                 t = time.monotonic()
                 with pytest.raises(errors.EtcdError) as e:

@@ -4,7 +4,6 @@ the server keeps serving after bad input."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 from collections.abc import AsyncIterator
 
@@ -14,7 +13,7 @@ import pytest_asyncio
 from etcdstore.config import parse_args
 from etcdstore.member import Member
 from httpdiff import fetch, open_stream, read_lines
-from testlib import free_port, member_args
+from testlib import eventually_async, free_port, member_args
 
 # One member for the module: a process can host one Member at a time (metrics registry).
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -42,19 +41,10 @@ async def member(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tupl
     await m.start()
     try:
         assert m.server is not None
-        for _ in range(200):
-            if m.server.is_leader:
-                break
-            await asyncio.sleep(0.02)
+        await eventually_async(lambda: m.server.is_leader, interval=0.02, message="a leader")
         yield m, f"http://127.0.0.1:{client}"
     finally:
         await m.stop()
-
-
-async def _until(cond, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
-    async with asyncio.timeout(timeout):
-        while not cond():
-            await asyncio.sleep(0.05)
 
 
 async def test_streams_end_when_the_client_disconnects(member: tuple[Member, str]) -> None:
@@ -70,12 +60,12 @@ async def test_streams_end_when_the_client_disconnects(member: tuple[Member, str
         )
         assert (await read_lines(v3, 1))[0]["result"]["created"] is True
         v2 = await open_stream(session, "GET", base + "/v2/keys/k?wait=true")
-        await _until(lambda: ws.stats()["streams"] == baseline + 2)
+        await eventually_async(lambda: ws.stats()["streams"] == baseline + 2, 5, message="two streams")
         stats = await fetch(session, "GET", base + "/v2/stats/store")
         assert stats.json["watchers"] == 1
         v3.close()
         v2.close()
-    await _until(lambda: ws.stats()["streams"] == baseline)
+    await eventually_async(lambda: ws.stats()["streams"] == baseline, 5, message="the streams released")
     async with aiohttp.ClientSession() as session:
         assert (await fetch(session, "GET", base + "/v2/stats/store")).json["watchers"] == 0
 

@@ -6,11 +6,14 @@ operator running: e2e/helm-crd-upgrade.sh.)"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import yaml
 from etcdoperator import crd
@@ -18,6 +21,7 @@ from etcdoperator import crd
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "etcd-operator"
 KEEP = "helm.sh/resource-policy"
+CLUSTERS, BACKUPS = "etcdclusters.etcdstore.io", "etcdbackups.etcdstore.io"
 
 
 def _helm(k8s_bin: Path, home: Path, *args: str, kubeconfig: Path | None = None) -> str:
@@ -59,50 +63,50 @@ def test_chart_renders_the_crds_as_templates(k8s_bin: Path, tmp_path: Path) -> N
     _helm(k8s_bin, tmp_path, "lint", str(CHART), "--set", "crds.install=false")
 
 
+@contextlib.contextmanager
+def _installed(cp: Any, k8s_bin: Path, home: Path, release: str, chart: Path) -> Iterator[None]:
+    """`helm install` of `chart` as `release`, in a new namespace of the same name, until its CRDs are
+    established; afterwards the namespace and the CRDs are deleted, leaving the control plane as found (other
+    tests apply the CRDs themselves)."""
+    install = ("install", release, str(chart), "--namespace", release, "--create-namespace")
+    _helm(k8s_bin, home, *install, kubeconfig=cp.kubeconfig)
+    try:
+        cp.kubectl("wait", "--for=condition=Established", f"crd/{CLUSTERS}", "--timeout=60s")
+        yield
+    finally:
+        gone = ("--ignore-not-found", "--wait=true", "--timeout=120s")
+        cp.kubectl("delete", "namespace", release, *gone, check=False)
+        cp.kubectl("delete", "crd", CLUSTERS, BACKUPS, *gone, check=False)
+
+
+def _create_cluster(cp: Any, name: str, namespace: str) -> dict:
+    """A one-member EtcdCluster, as the API server stored it."""
+    cluster = {
+        "apiVersion": "etcdstore.io/v1alpha1",
+        "kind": "EtcdCluster",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"replicas": 1},
+    }
+    cp.kubectl("apply", "-f", "-", input=json.dumps(cluster))
+    return json.loads(cp.kubectl("get", "etcdcluster", name, "-n", namespace, "-o", "json").stdout)
+
+
 def test_helm_upgrade_changes_live_crds_and_keeps_clusters(
     control_plane, k8s_bin: Path, tmp_path: Path
 ) -> None:
     cp = control_plane
     kc = cp.kubeconfig
-    name = "etcdclusters.etcdstore.io"
 
-    def live(crd_name: str = name) -> dict:
+    def live(crd_name: str = CLUSTERS) -> dict:
         return json.loads(cp.kubectl("get", "crd", crd_name, "-o", "json").stdout)
 
-    _helm(
-        k8s_bin,
-        tmp_path,
-        "install",
-        "crdup",
-        str(CHART),
-        "--namespace",
-        "crdup",
-        "--create-namespace",
-        kubeconfig=kc,
-    )
-    try:
-        cp.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
+    with _installed(cp, k8s_bin, tmp_path, "crdup", CHART):
         assert live()["metadata"]["annotations"][KEEP] == "keep"
-        cp.kubectl(
-            "apply",
-            "-f",
-            "-",
-            input=json.dumps(
-                {
-                    "apiVersion": "etcdstore.io/v1alpha1",
-                    "kind": "EtcdCluster",
-                    "metadata": {"name": "survivor", "namespace": "crdup"},
-                    "spec": {"replicas": 1},
-                }
-            ),
-        )
-        uid = json.loads(cp.kubectl("get", "etcdcluster", "survivor", "-n", "crdup", "-o", "json").stdout)[
-            "metadata"
-        ]["uid"]
+        uid = _create_cluster(cp, "survivor", "crdup")["metadata"]["uid"]
 
         copy = tmp_path / "etcd-operator"
         shutil.copytree(CHART, copy)
-        path = copy / "files" / "crds" / f"{name}.yaml"
+        path = copy / "files" / "crds" / f"{CLUSTERS}.yaml"
         doc = yaml.safe_load(path.read_text())
         doc["metadata"]["labels"]["etcdstore.io/test"] = "v2"
         for v in doc["spec"]["versions"]:
@@ -124,24 +128,9 @@ def test_helm_upgrade_changes_live_crds_and_keeps_clusters(
         assert "Upgraded" not in [c["name"] for c in back["spec"]["versions"][0]["additionalPrinterColumns"]]
 
         _helm(k8s_bin, tmp_path, "uninstall", "crdup", "--namespace", "crdup", "--wait", kubeconfig=kc)
-        assert live()["metadata"]["name"] == name and live("etcdbackups.etcdstore.io")
+        assert live()["metadata"]["name"] == CLUSTERS and live(BACKUPS)
         got = json.loads(cp.kubectl("get", "etcdcluster", "survivor", "-n", "crdup", "-o", "json").stdout)
         assert got["metadata"]["uid"] == uid, "the EtcdCluster did not survive upgrade and uninstall"
-    finally:
-        # Leave the control plane as found: other tests apply the CRDs themselves.
-        cp.kubectl(
-            "delete", "namespace", "crdup", "--ignore-not-found", "--wait=true", "--timeout=120s", check=False
-        )
-        cp.kubectl(
-            "delete",
-            "crd",
-            name,
-            "etcdbackups.etcdstore.io",
-            "--ignore-not-found",
-            "--wait=true",
-            "--timeout=120s",
-            check=False,
-        )
 
 
 def test_upgrade_from_a_chart_with_crds_folder_takes_ownership(
@@ -150,75 +139,20 @@ def test_upgrade_from_a_chart_with_crds_folder_takes_ownership(
     """A release installed from the earlier chart layout (CRDs in crds/, which Helm installs unowned) moves to the
     templated CRDs with `helm upgrade --take-ownership`, as docs/kubernetes.md says; existing clusters survive."""
     cp = control_plane
-    kc = cp.kubeconfig
-    name = "etcdclusters.etcdstore.io"
     old = tmp_path / "etcd-operator"
     shutil.copytree(CHART, old)
     (old / "templates" / "crds.yaml").unlink()
     shutil.move(old / "files" / "crds", old / "crds")
-    _helm(
-        k8s_bin,
-        tmp_path,
-        "install",
-        "crdold",
-        str(old),
-        "--namespace",
-        "crdold",
-        "--create-namespace",
-        kubeconfig=kc,
-    )
-    try:
-        cp.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
-        before = json.loads(cp.kubectl("get", "crd", name, "-o", "json").stdout)["metadata"]
+    with _installed(cp, k8s_bin, tmp_path, "crdold", old):
+        before = json.loads(cp.kubectl("get", "crd", CLUSTERS, "-o", "json").stdout)["metadata"]
         assert KEEP not in (before.get("annotations") or {}), "crds/ CRDs are not the release's objects"
-        cp.kubectl(
-            "apply",
-            "-f",
-            "-",
-            input=json.dumps(
-                {
-                    "apiVersion": "etcdstore.io/v1alpha1",
-                    "kind": "EtcdCluster",
-                    "metadata": {"name": "old", "namespace": "crdold"},
-                    "spec": {"replicas": 1},
-                }
-            ),
-        )
-        _helm(
-            k8s_bin,
-            tmp_path,
-            "upgrade",
-            "crdold",
-            str(CHART),
-            "--namespace",
-            "crdold",
-            "--take-ownership",
-            kubeconfig=kc,
-        )
-        after = json.loads(cp.kubectl("get", "crd", name, "-o", "json").stdout)["metadata"]
+        _create_cluster(cp, "old", "crdold")
+        upgrade = ("upgrade", "crdold", str(CHART), "--namespace", "crdold", "--take-ownership")
+        _helm(k8s_bin, tmp_path, *upgrade, kubeconfig=cp.kubeconfig)
+        after = json.loads(cp.kubectl("get", "crd", CLUSTERS, "-o", "json").stdout)["metadata"]
         assert after["uid"] == before["uid"]
         assert (
             after["annotations"][KEEP] == "keep"
             and after["annotations"]["meta.helm.sh/release-name"] == "crdold"
         )
         cp.kubectl("get", "etcdcluster", "old", "-n", "crdold")
-    finally:
-        cp.kubectl(
-            "delete",
-            "namespace",
-            "crdold",
-            "--ignore-not-found",
-            "--wait=true",
-            "--timeout=120s",
-            check=False,
-        )
-        cp.kubectl(
-            "delete",
-            "crd",
-            name,
-            "etcdbackups.etcdstore.io",
-            "--ignore-not-found",
-            "--wait=true",
-            "--timeout=120s",
-            check=False,
-        )

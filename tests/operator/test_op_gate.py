@@ -6,10 +6,8 @@ etcd itself takes as "this member has state": a WAL file).
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
-import socket
 import sys
 from pathlib import Path
 
@@ -17,8 +15,7 @@ import pytest
 from etcdoperator import gate
 from etcdoperator.build.bootstrap import KEY_JOIN
 from etcdoperator.cli import main as cli_main
-
-ETCD = shutil.which("etcd") or "/usr/bin/etcd"
+from testlib import Member, eventually, free_port, have_etcd
 
 
 @pytest.mark.parametrize(
@@ -46,45 +43,22 @@ def test_tickets_round_trip():
     assert KEY_JOIN == "join"
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
+def _start_until_data(data: Path, binary: str, engine: str) -> None:
+    """Run a single member of `binary` on `data` until `has_data(data, engine)`, then stop it."""
+    with Member("m", data, free_port(), free_port(), binary=binary) as m:
+        m.spawn()
+        eventually(lambda: gate.has_data(data, engine), 20, message=f"{engine} state in {data}")
+        m.stop()
 
 
-@pytest.mark.skipif(not os.path.exists(ETCD), reason="etcd not installed")
-async def test_has_data_matches_what_real_etcd_writes(tmp_path):
+@pytest.mark.skipif(not have_etcd(), reason="etcd not installed")
+def test_has_data_matches_what_real_etcd_writes(tmp_path):
     data = tmp_path / "data"
     assert not gate.has_data(data, "etcd")
     (data / "member" / "snap").mkdir(parents=True)  # a start that died before its WAL: no state
     assert not gate.has_data(data, "etcd")
     shutil.rmtree(data)
-    c, p = _free_ports(2)
-    proc = await asyncio.create_subprocess_exec(
-        ETCD,
-        f"--data-dir={data}",
-        "--name=m",
-        f"--listen-client-urls=http://127.0.0.1:{c}",
-        f"--advertise-client-urls=http://127.0.0.1:{c}",
-        f"--listen-peer-urls=http://127.0.0.1:{p}",
-        f"--initial-advertise-peer-urls=http://127.0.0.1:{p}",
-        f"--initial-cluster=m=http://127.0.0.1:{p}",
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    try:
-        for _ in range(200):
-            if gate.has_data(data, "etcd"):
-                break
-            await asyncio.sleep(0.05)
-        assert gate.has_data(data, "etcd")
-    finally:
-        proc.terminate()
-        await proc.wait()
+    _start_until_data(data, "etcd", "etcd")
     assert gate.has_data(data, "etcd")
     assert not gate.has_data(data, "etcdstore")  # another engine's layout is not its data
 
@@ -120,30 +94,9 @@ STORE = shutil.which("etcdstore") or str(Path(sys.executable).parent / "etcdstor
 
 
 @pytest.mark.skipif(not os.path.exists(STORE), reason="etcdstore not installed")
-async def test_has_data_matches_what_the_store_writes(tmp_path):
+def test_has_data_matches_what_the_store_writes(tmp_path):
     data = tmp_path / "data"
     assert not gate.has_data(data, "etcdstore")
-    c, p = _free_ports(2)
-    proc = await asyncio.create_subprocess_exec(
-        STORE,
-        f"--data-dir={data}",
-        "--name=m",
-        f"--listen-client-urls=http://127.0.0.1:{c}",
-        f"--advertise-client-urls=http://127.0.0.1:{c}",
-        f"--listen-peer-urls=http://127.0.0.1:{p}",
-        f"--initial-advertise-peer-urls=http://127.0.0.1:{p}",
-        f"--initial-cluster=m=http://127.0.0.1:{p}",
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    try:
-        for _ in range(400):
-            if gate.has_data(data, "etcdstore"):
-                break
-            await asyncio.sleep(0.05)
-        assert gate.has_data(data, "etcdstore")
-    finally:
-        proc.terminate()
-        await proc.wait()
+    _start_until_data(data, STORE, "etcdstore")
     assert gate.has_data(data, "etcdstore")
     assert not gate.has_data(data, "etcd")

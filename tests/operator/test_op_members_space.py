@@ -3,11 +3,7 @@ compaction and defragmentation free enough space, and a CORRUPT alarm is never d
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import shutil
-import socket
 
 import pytest
 from etcdoperator.members import Credentials, Members, SpaceNotRecoverable
@@ -15,54 +11,32 @@ from etcdoperator.naming import ClusterRef
 from etcdstore import errors
 from etcdstore.client.requests import AlarmType
 from etcdstore.errors import EtcdError
+from testlib import Member, eventually_async, free_port, have_etcd
 
-ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 QUOTA = 1024 * 1024
 REF = ClusterRef("ns", "c")
-pytestmark = pytest.mark.skipif(not os.path.exists(ETCD), reason="etcd not installed")
-
-
-def _ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    out = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return out
+pytestmark = pytest.mark.skipif(not have_etcd(), reason="etcd not installed")
 
 
 @pytest.fixture
 async def members(tmp_path, monkeypatch):
-    c, p = _ports(2)
-    proc = await asyncio.create_subprocess_exec(
-        ETCD,
-        f"--data-dir={tmp_path / 'd'}",
-        "--name=c-0",
-        f"--listen-client-urls=http://127.0.0.1:{c}",
-        f"--advertise-client-urls=http://127.0.0.1:{c}",
-        f"--listen-peer-urls=http://127.0.0.1:{p}",
-        f"--initial-advertise-peer-urls=http://127.0.0.1:{p}",
-        f"--initial-cluster=c-0=http://127.0.0.1:{p}",
-        f"--quota-backend-bytes={QUOTA}",
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    book = tmp_path / "addresses.json"
-    book.write_text(json.dumps({f"{REF.pod_host(0)}:2379": f"127.0.0.1:{c}"}))
-    monkeypatch.setenv("ETCDOPERATOR_ADDRESS_MAP", str(book))
-    m = Members(REF, Credentials(client_tls=False, peer_tls=False))
-    try:
-        for _ in range(200):
-            view = await m.observe([0])
-            if view.reachable and view.leader_id:
-                break
-            await asyncio.sleep(0.05)
-        yield m
-    finally:
-        await m.close()
-        proc.terminate()
-        await proc.wait()
+    quota = [f"--quota-backend-bytes={QUOTA}"]
+    with Member("c-0", tmp_path / "d", free_port(), free_port(), binary="etcd", extra_args=quota) as etcd:
+        etcd.spawn()
+        book = tmp_path / "addresses.json"
+        book.write_text(json.dumps({f"{REF.pod_host(0)}:2379": etcd.endpoint}))
+        monkeypatch.setenv("ETCDOPERATOR_ADDRESS_MAP", str(book))
+        m = Members(REF, Credentials(client_tls=False, peer_tls=False))
+        try:
+
+            async def serving() -> bool:
+                view = await m.observe([0])
+                return bool(view.reachable and view.leader_id)
+
+            await eventually_async(serving, 30, message="etcd serving, seen through Members")
+            yield m
+        finally:
+            await m.close()
 
 
 async def _fill(m: Members, *, distinct: bool) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import pytest
 from etcdoperator import planner as P
@@ -102,6 +103,15 @@ def obs(
 
 def decide(o: Observed) -> P.Action:
     return P.plan(o, REF).action
+
+
+RECORDED3 = {0: "100", 1: "101", 2: "102"}  # each volume annotated with its member's ID
+
+
+def obs3(spec: dict | None = None, **kw) -> Observed:
+    """`obs` of a StatefulSet of three: pods c-0..c-2 and volumes recorded as members 0x100-0x102,
+    unless `kw` says otherwise."""
+    return obs(spec, **{"replicas": 3, "pod_map": pods(0, 1, 2), "pvc_map": pvcs(RECORDED3), **kw})
 
 
 def healthy_cluster(n: int, *, leader: int = 0) -> tuple[EtcdView, dict, dict]:
@@ -217,16 +227,7 @@ def test_no_growth_while_a_member_is_unhealthy():
 
 def test_no_second_learner():
     view = etcd(member(0), member(1), member(2, learner=True, started=False))
-    p = P.plan(
-        obs(
-            {"replicas": 5},
-            view=view,
-            replicas=3,
-            pod_map=pods(0, 1, 2),
-            pvc_map=pvcs({0: "100", 1: "101", 2: "102"}),
-        ),
-        REF,
-    )
+    p = P.plan(obs3({"replicas": 5}, view=view), REF)
     assert not isinstance(p.action, (P.AddLearner, P.PrepareJoin))
 
 
@@ -257,31 +258,14 @@ def test_after_remove_statefulset_shrinks_then_volume_is_deleted():
 
 def test_scale_down_refused_when_quorum_would_be_lost():
     view = etcd(member(0), member(1, healthy=False), member(2))
-    p = P.plan(
-        obs(
-            {"replicas": 2},
-            view=view,
-            replicas=3,
-            pod_map=pods(0, 1, 2),
-            pvc_map=pvcs({0: "100", 1: "101", 2: "102"}),
-        ),
-        REF,
-    )
+    p = P.plan(obs3({"replicas": 2}, view=view), REF)
     assert isinstance(p.action, P.Wait) and p.action.reason == "ScaleDownBlocked"
     assert "ScaleDownBlocked" in dict(p.degraded)
 
 
 def test_pending_learner_beyond_desired_size_is_removed():
     view = etcd(member(0), member(1), member(2), member(3, learner=True, started=False))
-    a = decide(
-        obs(
-            {"replicas": 3},
-            view=view,
-            replicas=4,
-            pod_map=pods(0, 1, 2),
-            pvc_map=pvcs({0: "100", 1: "101", 2: "102"}),
-        )
-    )
+    a = decide(obs3({"replicas": 3}, view=view, replicas=4))
     assert a == P.RemoveMember(0x103, 3, "CancelJoin")
 
 
@@ -298,9 +282,7 @@ def test_removal_keeps_quorum_rule():
 
 def test_member_with_a_fresh_volume_is_removed_to_be_re_added():
     view = etcd(member(0), member(1, healthy=False), member(2))
-    p = P.plan(
-        obs(view=view, replicas=3, pod_map=pods(0, 1, 2), pvc_map=pvcs({0: "100", 1: None, 2: "102"})), REF
-    )
+    p = P.plan(obs3(view=view, pvc_map=pvcs({**RECORDED3, 1: None})), REF)
     assert p.action == P.RemoveMember(0x101, 1, "DataLost")
     assert "DataLost" in dict(p.degraded)
 
@@ -308,7 +290,7 @@ def test_member_with_a_fresh_volume_is_removed_to_be_re_added():
 def test_member_answering_as_itself_through_the_gate_keeps_its_volume():
     view, _, _ = healthy_cluster(3)
     pm = pods(0, 1, 2, gated=True)
-    a = decide(obs(view=view, replicas=3, pod_map=pm, pvc_map=pvcs({0: "100", 1: None, 2: "102"})))
+    a = decide(obs3(view=view, pod_map=pm, pvc_map=pvcs({**RECORDED3, 1: None})))
     assert a == P.AdoptHolder(1, "101")
 
 
@@ -316,7 +298,7 @@ def test_unrecorded_volume_of_an_ungated_member_is_data_lost_not_adopted():
     """Issue 14 item 2: without the gate an empty volume may have started under the old ID and
     answer Status as it: stamping it with that ID would hide the loss. It is replaced."""
     view, pm, _ = healthy_cluster(3)
-    p = P.plan(obs(view=view, replicas=3, pod_map=pm, pvc_map=pvcs({0: "100", 1: None, 2: "102"})), REF)
+    p = P.plan(obs3(view=view, pod_map=pm, pvc_map=pvcs({**RECORDED3, 1: None})), REF)
     assert p.action == P.RemoveMember(0x101, 1, "DataLost")
 
 
@@ -326,66 +308,33 @@ def test_ticket_is_revoked_unless_it_names_a_never_started_learner_at_its_ordina
         assert decide(obs(view=view, replicas=3, pod_map=pm, pvc_map=vm, tickets=tickets)) == P.RevokeTicket(
             next(iter(tickets))
         )
+    learner_volume = pvcs({**RECORDED3, 2: "999"})
     started = etcd(member(0), member(1), member(2, id=0x999, learner=True))
-    a = decide(
-        obs(
-            view=started,
-            replicas=3,
-            pod_map=pm,
-            pvc_map=pvcs({0: "100", 1: "101", 2: "999"}),
-            tickets={2: "999"},
-        )
-    )
+    a = decide(obs3(view=started, pvc_map=learner_volume, tickets={2: "999"}))
     assert a == P.RevokeTicket(2)
     pending = etcd(member(0), member(1), member(2, id=0x999, learner=True, started=False))
-    a = decide(
-        obs(
-            view=pending,
-            replicas=3,
-            pod_map=pm,
-            pvc_map=pvcs({0: "100", 1: "101", 2: "999"}),
-            tickets={2: "888"},
-        )
-    )
+    a = decide(obs3(view=pending, pvc_map=learner_volume, tickets={2: "888"}))
     assert a == P.RevokeTicket(2)
 
 
 def test_ticket_replaces_the_learners_pod_that_started_without_it():
     view = etcd(member(0), member(1), member(2, id=0x999, learner=True, started=False))
-    a = decide(
-        obs(
-            view=view,
-            replicas=3,
-            pod_map=pods(0, 1, 2),
-            pvc_map=pvcs({0: "100", 1: "101", 2: None}),
-            joining={2: frozenset()},
-        )
-    )
+    fresh = pvcs({**RECORDED3, 2: None})
+    a = decide(obs3(view=view, pvc_map=fresh, joining={2: frozenset()}))
     assert a == P.IssueTicket(2, "999", frozenset({"pod-2"}))
-    a = decide(
-        obs(
-            view=view,
-            replicas=3,
-            pod_map=pods(0, 1, 2),
-            pvc_map=pvcs({0: "100", 1: "101", 2: None}),
-            joining={2: frozenset({"pod-2"})},
-            tickets={2: "999"},
-        )
-    )
+    a = decide(obs3(view=view, pvc_map=fresh, joining={2: frozenset({"pod-2"})}, tickets={2: "999"}))
     assert a == P.DeleteStale(2, pod=True, pvc=False)
 
 
 def test_replacement_waits_for_quorum():
     view = etcd(member(0), member(1, healthy=False), member(2, healthy=False))
-    p = P.plan(
-        obs(view=view, replicas=3, pod_map=pods(0, 1, 2), pvc_map=pvcs({0: "100", 1: None, 2: "102"})), REF
-    )
+    p = P.plan(obs3(view=view, pvc_map=pvcs({**RECORDED3, 1: None})), REF)
     assert isinstance(p.action, P.Wait) and p.action.reason == "ReplaceBlocked"
 
 
 def test_deleted_pod_is_not_a_repair():
     view = etcd(member(0), member(1, healthy=False), member(2))
-    a = decide(obs(view=view, replicas=3, pod_map=pods(0, 2), pvc_map=pvcs({0: "100", 1: "101", 2: "102"})))
+    a = decide(obs3(view=view, pod_map=pods(0, 2)))
     assert isinstance(a, (P.Wait, P.Converged)) and not isinstance(a, P.RemoveMember)
 
 
@@ -424,7 +373,7 @@ def _crashing(rev: str = "r1", **kw) -> PodState:
 def test_crashlooping_member_with_bad_data_is_replaced():
     view = etcd(member(0), member(1, healthy=False), member(2))
     pm = {**pods(0, 2), 1: _crashing()}
-    p = P.plan(obs(view=view, replicas=3, pod_map=pm, pvc_map=pvcs({0: "100", 1: "101", 2: "102"})), REF)
+    p = P.plan(obs3(view=view, pod_map=pm), REF)
     assert p.action == P.RemoveMember(0x101, 1, "Corrupted")
 
 
@@ -442,9 +391,7 @@ def test_crash_loop_is_not_called_corruption_without_evidence(case):
         pm[1] = _crashing(last_message="flag provided but not defined: -experimental-foo")
     elif case == "template-unproven":  # only the crashing member runs the current template
         pm = {**pods(0, 2, rev="r0"), 1: _crashing(rev="r1")}
-    p = P.plan(
-        obs(view=view, replicas=3, pod_map=pm, pvc_map=pvcs({0: "100", 1: "101", 2: "102"}), rev=rev), REF
-    )
+    p = P.plan(obs3(view=view, pod_map=pm, rev=rev), REF)
     assert not isinstance(p.action, P.RemoveMember), p.action
     assert "MemberCrashLooping" in dict(p.degraded) or isinstance(p.action, P.RestartMember)
 
@@ -536,15 +483,7 @@ def _random_obs(rng: random.Random) -> Observed:
     leader = rng.choice([m.ordinal for m in members if not m.learner] or [None])
     view = etcd(*members, leader=leader) if members and rng.random() < 0.9 else EtcdView(reachable=False)
     if view.reachable and rng.random() < 0.05:
-        view = EtcdView(
-            reachable=True,
-            members=view.members,
-            leader_id=view.leader_id,
-            cluster_id=1,
-            nospace=rng.random() < 0.5,
-            corrupt=rng.random() < 0.5,
-            alarms=("X",),
-        )
+        view = replace(view, nospace=rng.random() < 0.5, corrupt=rng.random() < 0.5, alarms=("X",))
     pm = {
         k: PodState(
             name=f"c-{k}",
@@ -704,25 +643,14 @@ def test_initial_cluster_names_members_by_ordinal(k):
 def test_no_re_add_while_the_pod_still_answers_as_an_unlisted_member():
     """A stale member list (or a member being removed) must never trigger a replacement."""
     view = etcd(member(0), member(2))
-    stale = EtcdView(
-        reachable=True, members=view.members, leader_id=view.leader_id, cluster_id=1, unlisted=(1,)
-    )
-    p = P.plan(
-        obs(view=stale, replicas=3, pod_map=pods(0, 1, 2), pvc_map=pvcs({0: "100", 1: "101", 2: "102"})), REF
-    )
+    stale = replace(view, unlisted=(1,))
+    p = P.plan(obs3(view=stale), REF)
     assert isinstance(p.action, P.Wait) and "MembershipInconsistent" in dict(p.degraded)
 
 
 def test_nospace_alarm_defragments_followers_first_leader_last():
     view, pm, vm = healthy_cluster(3, leader=1)
-    nospace = EtcdView(
-        reachable=True,
-        members=view.members,
-        leader_id=view.leader_id,
-        cluster_id=1,
-        alarms=("NOSPACE on 101",),
-        nospace=True,
-    )
+    nospace = replace(view, alarms=("NOSPACE on 101",), nospace=True)
     p = P.plan(obs(view=nospace, replicas=3, pod_map=pm, pvc_map=vm), REF)
     assert p.action == P.RecoverSpace((2, 0, 1), 256 * 2**20)  # 1Gi volume: the derived quota
     sick = EtcdView(
@@ -750,15 +678,7 @@ def test_malformed_spec_is_reported_not_fatal():
 
 def test_corrupt_alarm_stops_everything_and_is_never_disarmed():
     view, pm, vm = healthy_cluster(3, leader=1)
-    both = EtcdView(
-        reachable=True,
-        members=view.members,
-        leader_id=view.leader_id,
-        cluster_id=1,
-        alarms=("NOSPACE on 101", "CORRUPT on 102"),
-        nospace=True,
-        corrupt=True,
-    )
+    both = replace(view, alarms=("NOSPACE on 101", "CORRUPT on 102"), nospace=True, corrupt=True)
     p = P.plan(obs(view=both, replicas=3, pod_map=pm, pvc_map=vm), REF)
     assert isinstance(p.action, P.Wait) and "CorruptAlarm" in dict(p.degraded)
 
@@ -771,9 +691,7 @@ def test_space_is_recovered_only_when_defragmentation_frees_enough():
 
 def test_recover_space_passes_the_users_quota():
     view, pm, vm = healthy_cluster(1)
-    nospace = EtcdView(
-        reachable=True, members=view.members, leader_id=view.leader_id, cluster_id=1, nospace=True
-    )
+    nospace = replace(view, nospace=True)
     a = decide(
         obs(
             {"replicas": 1, "options": {"quotaBackendBytes": 4096}},
@@ -805,7 +723,7 @@ def test_outdated_member_that_is_down_is_replaced_first(why):
         waiting_reason=None if why == "Pending" else why,
         restarts=9 if why == "CrashLoopBackOff" else 0,
     )
-    a = decide(obs(view=view, replicas=3, pod_map=pm, pvc_map=pvcs({0: "100", 1: "101", 2: "102"}), rev="r3"))
+    a = decide(obs3(view=view, pod_map=pm, rev="r3"))
     assert a == P.RestartMember(2)
 
 
@@ -813,9 +731,7 @@ def test_outdated_healthy_but_unready_member_is_not_restarted_when_quorum_would_
     view = etcd(member(0), member(1, healthy=False), member(2), leader=0)
     pm = {**pods(0, 1, rev="r3"), **pods(2, rev="r2", ready=False)}
     pm[1] = PodState(name="c-1", ordinal=1, uid="pod-1", ready=False, revision="r3")
-    p = P.plan(
-        obs(view=view, replicas=3, pod_map=pm, pvc_map=pvcs({0: "100", 1: "101", 2: "102"}), rev="r3"), REF
-    )
+    p = P.plan(obs3(view=view, pod_map=pm, rev="r3"), REF)
     assert p.action != P.RestartMember(2)
     assert "RollingUpdateBlocked" in dict(p.degraded)
 
@@ -823,16 +739,7 @@ def test_outdated_healthy_but_unready_member_is_not_restarted_when_quorum_would_
 def test_scale_up_waiting_on_an_unhealthy_member_does_not_block_the_fix():
     view = etcd(member(0), member(1), member(2, healthy=False), leader=0)
     pm = {**pods(0, 1, rev="r1"), **pods(2, rev="r2", ready=False)}
-    a = decide(
-        obs(
-            {"replicas": 5},
-            view=view,
-            replicas=3,
-            pod_map=pm,
-            pvc_map=pvcs({0: "100", 1: "101", 2: "102"}),
-            rev="r3",
-        )
-    )
+    a = decide(obs3({"replicas": 5}, view=view, pod_map=pm, rev="r3"))
     assert a == P.RestartMember(2)
 
 
@@ -852,19 +759,9 @@ def test_learner_that_cannot_start_is_restarted_on_the_corrected_template():
 
 def test_no_member_answers_outdated_pods_are_restarted_on_the_corrected_template():
     pm = {**pods(0, 1, 2, rev="r2", ready=False)}
-    a = decide(obs(replicas=3, pod_map=pm, pvc_map=pvcs({0: "100", 1: "101", 2: "102"}), rev="r3"))
+    a = decide(obs3(pod_map=pm, rev="r3"))
     assert a == P.RestartMember(2)
-    assert isinstance(
-        decide(
-            obs(
-                replicas=3,
-                pod_map=pods(0, 1, 2, rev="r3", ready=False),
-                pvc_map=pvcs({0: "100", 1: "101", 2: "102"}),
-                rev="r3",
-            )
-        ),
-        P.Wait,
-    )
+    assert isinstance(decide(obs3(pod_map=pods(0, 1, 2, rev="r3", ready=False), rev="r3")), P.Wait)
 
 
 # -- issue 14 item 9 / item 6 -------------------------------------------------------------------------
@@ -877,16 +774,14 @@ def test_pod_roles_label_voters_and_learners():
 
 
 def test_retained_volumes_with_data_are_brought_back_not_bootstrapped_next_to():
-    o = obs(state=None, pvc_map=pvcs({0: "100", 1: "101", 2: "102"}))
+    o = obs(state=None, pvc_map=pvcs(RECORDED3))
     a = decide(o)
     assert isinstance(a, P.WriteBootstrap)
-    o = obs(state="existing", boot_ic="", replicas=0, pvc_map=pvcs({0: "100", 1: "101", 2: "102"}))
+    o = obs(state="existing", boot_ic="", replicas=0, pvc_map=pvcs(RECORDED3))
     assert decide(o) == P.ScaleStatefulSet(3)
 
 
 def test_objects_of_a_previous_cluster_of_the_same_name_are_waited_for():
-    from dataclasses import replace
-
     o = obs(state=None)
     o = replace(o, kube=replace(o.kube, foreign=("statefulset/c",)))
     a = decide(o)
@@ -897,9 +792,7 @@ def test_volumes_of_a_previous_cluster_still_being_deleted_are_waited_for():
     """Recreated right after a delete with reclaimPolicy Delete: the old pods are gone, their claims still
     terminating (pvc-protection lets go a moment later). Bringing their members back (the bootstrap ConfigMap
     as `existing`) would leave every new member refused by the gate once the volumes vanish; wait instead."""
-    from dataclasses import replace
-
-    vm = {k: replace(v, deleting=True) for k, v in pvcs({0: "100", 1: "101", 2: "102"}).items()}
+    vm = {k: replace(v, deleting=True) for k, v in pvcs(RECORDED3).items()}
     p = P.plan(obs(state=None, pvc_map=vm), REF)
     assert (
         isinstance(p.action, P.Wait)
@@ -912,8 +805,6 @@ def test_volumes_of_a_previous_cluster_still_being_deleted_are_waited_for():
 
 
 def test_grown_storage_expands_volumes_one_at_a_time_last():
-    from dataclasses import replace
-
     view, pm, vm = healthy_cluster(3)
     gi = 2**30
     vm = {k: replace(v, size=gi) for k, v in vm.items()}

@@ -10,6 +10,7 @@ import kmock
 from etcdoperator import handlers
 from etcdoperator.kube import PODS, STATEFULSETS, Kube
 from kubeharness.apiserver import ApiServer
+from testlib import eventually_async
 
 MEMBER = {
     "app.kubernetes.io/managed-by": "etcd-operator",
@@ -42,10 +43,9 @@ async def test_watch_gets_only_member_pods_from_the_server():
                     seen.append((ev["type"], ev["object"]["metadata"]["name"]))
 
             task = asyncio.create_task(collect())
-            for _ in range(200):
-                if ("SYNC", "c-0") in seen:
-                    break
-                await asyncio.sleep(0.02)
+            await eventually_async(
+                lambda: ("SYNC", "c-0") in seen, interval=0.02, message="the listed member pod"
+            )
             await kube.create(PODS, "ns", _pod("c-1", MEMBER))
             # KMock streams what happens after the watch request arrives (it ignores
             # resourceVersion): keep changing both pods until the member's change shows.

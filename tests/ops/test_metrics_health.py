@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import time
 import urllib.error
 import urllib.request
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from testlib import Cluster, etcdctl, free_port, have_etcd
+from testlib import Cluster, etcdctl, eventually, free_port, have_etcd
 
 pytestmark = pytest.mark.skipif(not have_etcd(), reason="etcdctl 3.4 not installed")
 
@@ -105,17 +104,18 @@ def test_health_false_without_leader(tmp_path):
         assert health(f"http://{ep}/health") == (200, {"health": "true"})
         for m in c.members[1:]:
             m.kill()
-        deadline = time.monotonic() + 10
-        while True:
+
+        def unhealthy() -> dict | None:
             status, body = health(f"http://{ep}/health")
-            if status == 503:
-                break
-            assert time.monotonic() < deadline, "health stayed true after quorum loss"
-            time.sleep(0.3)
+            return body if status == 503 else None
+
+        body = eventually(unhealthy, 10, 0.3, message="/health 503 after quorum loss")
         assert body == {"health": "false"}
         m = scrape(f"http://{ep}/metrics")
         assert value(m, "etcd_server_health_failures_total") >= 1
-        deadline = time.monotonic() + 10
-        while value(scrape(f"http://{ep}/metrics"), "etcd_server_has_leader") != 0:
-            assert time.monotonic() < deadline
-            time.sleep(0.3)
+        eventually(
+            lambda: value(scrape(f"http://{ep}/metrics"), "etcd_server_has_leader") == 0,
+            10,
+            0.3,
+            message="etcd_server_has_leader 0",
+        )

@@ -6,139 +6,57 @@ ours."""
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from proxyprocs import Proxy, proxy_command
-from testlib import Member, etcdctl, free_port, have_etcd
+from testlib import CA, Member, TLSFiles, etcdctl, free_port, have_etcd, wait_serving
 
 pytestmark = pytest.mark.skipif(not have_etcd(), reason="needs etcd 3.4")
 KINDS = [pytest.param("etcd", marks=pytest.mark.etcd), "etcdstore"]
 
 
-def make_pki(d: Path) -> dict[str, Path]:
-    d.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "proxy-test-ca")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    out = {"ca": d / "ca.pem"}
-    out["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-
-    def leaf(name: str, cn: str | None, server: bool) -> None:
-        key = ec.generate_private_key(ec.SECP256R1())
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)] if cn else [])
-        usages = [ExtendedKeyUsageOID.CLIENT_AUTH] + ([ExtendedKeyUsageOID.SERVER_AUTH] if server else [])
-        b = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(ca_name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.ExtendedKeyUsage(usages), False)
-        )
-        if server:
-            b = b.add_extension(
-                x509.SubjectAlternativeName(
-                    [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
-                ),
-                False,
-            )
-        cert = b.sign(ca_key, hashes.SHA256())
-        out[name] = d / f"{name}.pem"
-        out[name + "-key"] = d / f"{name}-key.pem"
-        out[name].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        out[name + "-key"].write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
-        )
-
-    leaf("server", "server", True)
-    leaf("client", "client", False)  # etcdctl's
-    leaf("proxy", None, False)  # the proxy's identity towards the cluster: no Common Name
-    return out
+def make_pki(d: Path) -> tuple[TLSFiles, Path, Path]:
+    """The member's and etcdctl's certificates, and the proxy's identity towards the cluster (a
+    certificate with no Common Name, and its key)."""
+    ca = CA(d, "proxy-test-ca")
+    server = ca.issue("server", "server", server=True)
+    client = ca.issue("client", "client")  # etcdctl's
+    proxy_cert, proxy_key = ca.issue("proxy", None)
+    return TLSFiles(ca.cert, *server, *client), proxy_cert, proxy_key
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_tls_both_sides(tmp_path, kind):
-    pki = make_pki(tmp_path / "pki")
-    client_tls = ["--cacert", str(pki["ca"]), "--cert", str(pki["client"]), "--key", str(pki["client-key"])]
-    m = Member(
-        name="s0",
-        data_dir=tmp_path / "s0.etcd",
-        client_port=free_port(),
-        peer_port=free_port(),
-        binary="etcd" if kind == "etcd" else "etcdstore",
-        scheme="https",
-        tls_args=[
-            "--cert-file",
-            str(pki["server"]),
-            "--key-file",
-            str(pki["server-key"]),
-            "--trusted-ca-file",
-            str(pki["ca"]),
-            "--client-cert-auth",
-        ],
-    )
-    m.spawn()
-    try:
-        ep = f"https://{m.endpoint}"
-        deadline = time.monotonic() + 60
-        while etcdctl(ep, *client_tls, "endpoint", "health", check=False).returncode != 0:
-            assert m.running and time.monotonic() < deadline, m.log_tail()
-            time.sleep(0.2)
+    files, proxy_cert, proxy_key = make_pki(tmp_path / "pki")
+    client_tls = files.etcdctl_args()
+    binary = "etcd" if kind == "etcd" else "etcdstore"
+    with Member("s0", tmp_path / "s0.etcd", free_port(), free_port(), binary=binary, tls=files) as m:
+        m.spawn()
+        wait_serving([m])  # Status over TLS with the client certificate
+        ep = m.client_url  # https://
         extra = [
-            "--cert",
-            str(pki["proxy"]),
-            "--key",
-            str(pki["proxy-key"]),
-            "--cacert",
-            str(pki["ca"]),
-            "--cert-file",
-            str(pki["server"]),
-            "--key-file",
-            str(pki["server-key"]),
-            "--trusted-ca-file",
-            str(pki["ca"]),
-        ]
+            "--cert", str(proxy_cert),
+            "--key", str(proxy_key),
+            "--cacert", str(files.ca),
+            "--cert-file", str(files.server_cert),
+            "--key-file", str(files.server_key),
+            "--trusted-ca-file", str(files.ca),
+        ]  # fmt: skip
         with Proxy(kind, [ep], tmp_path / "p.log", extra=extra, ready_args=client_tls).start() as p:
             pep = f"https://{p.endpoint}"
             assert etcdctl(pep, *client_tls, "put", "k", "v").stdout == "OK\n"
             assert etcdctl(pep, *client_tls, "get", "k").stdout == "k\nv\n"
-            no_cert = etcdctl(
-                pep, "--cacert", str(pki["ca"]), "--dial-timeout", "2s", "get", "k", check=False
-            )
+            no_cert = etcdctl(pep, "--cacert", str(files.ca), "--dial-timeout", "2s", "get", "k", check=False)
             assert no_cert.returncode != 0  # a CA given: client certificates are required
             plain = etcdctl(p.endpoint, "--dial-timeout", "2s", "get", "k", check=False)
             assert plain.returncode != 0
-    finally:
-        m.kill()
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_upstream_certificate_with_a_common_name_is_refused(tmp_path, kind):
-    pki = make_pki(tmp_path / "pki")
+    files, _, _ = make_pki(tmp_path / "pki")
     p = subprocess.run(
         proxy_command(kind)
         + [
@@ -147,11 +65,11 @@ def test_upstream_certificate_with_a_common_name_is_refused(tmp_path, kind):
             "--endpoints",
             "https://127.0.0.1:1",
             "--cert",
-            str(pki["client"]),
+            str(files.client_cert),
             "--key",
-            str(pki["client-key"]),
+            str(files.client_key),
             "--cacert",
-            str(pki["ca"]),
+            str(files.ca),
         ],
         capture_output=True,
         check=False,

@@ -12,7 +12,7 @@ import grpc
 import pytest
 from etcdstore.proto.etcdserverpb import rpc_pb2, rpc_pb2_grpc
 from proxyprocs import Proxy
-from testlib import Cluster, etcdctl, have_etcd
+from testlib import Cluster, etcdctl, eventually, have_etcd
 
 N = 20
 
@@ -22,14 +22,6 @@ def metric(endpoint: str, name: str) -> float:
     m = re.search(rf"^{name} ([0-9.e+]+)$", text, re.MULTILINE)
     assert m, f"{name} not in metrics"
     return float(m.group(1))
-
-
-def wait_for(pred, timeout: float = 20.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what() if callable(what) else what}")
-        time.sleep(0.05)
 
 
 class WatchClient:
@@ -68,11 +60,12 @@ def _coalescing_run(tmp_path, binary: str, proxy_kind: str) -> tuple[int, int, i
         member = c.endpoints[0]
         with Proxy(proxy_kind, c.endpoints, tmp_path / f"{proxy_kind}.log").start() as p:
             # the proxy's own `__lostleader` watches: etcd's proxy holds two, ours one
-            wait_for(
+            eventually(
                 lambda: (
                     metric(member, "etcd_debugging_mvcc_watcher_total") >= (2 if proxy_kind == "etcd" else 1)
                 ),
-                what="proxy's own watches",
+                20,
+                message="proxy's own watches",
             )
             before = int(metric(member, "etcd_debugging_mvcc_watcher_total"))
             clients: list[WatchClient] = []
@@ -86,9 +79,10 @@ def _coalescing_run(tmp_path, binary: str, proxy_kind: str) -> tuple[int, int, i
                     clients.append(w)
                     created = w.read(1)[0]
                     assert created.created and not created.canceled
-                wait_for(
+                eventually(
                     lambda: metric(member, "etcd_debugging_mvcc_watcher_total") == before + 1,
-                    what=lambda: (
+                    20,
+                    message=lambda: (
                         "coalesced upstream watch: member counts "
                         f"{metric(member, 'etcd_debugging_mvcc_watcher_total')}"
                         + (
@@ -109,9 +103,10 @@ def _coalescing_run(tmp_path, binary: str, proxy_kind: str) -> tuple[int, int, i
             finally:
                 for w in clients:
                     w.close()
-            wait_for(
+            eventually(
                 lambda: metric(member, "etcd_debugging_mvcc_watcher_total") == before,
-                what="upstream watch closed",
+                20,
+                message="upstream watch closed",
             )
             after = int(metric(member, "etcd_debugging_mvcc_watcher_total"))
     return before, during, after
@@ -158,9 +153,10 @@ def test_start_revision_and_options_per_watcher(tmp_path):
             assert [(e.kv.value, e.prev_kv.value) for e in hv] == [(b"c", b"b"), (b"", b"c")]
             nv = [e for r in noput.read(1) for e in r.events]
             assert [e.type for e in nv] == [1]
-            wait_for(
+            eventually(
                 lambda: metric(c.endpoints[0], "etcd_debugging_mvcc_watcher_total") == 2,  # + __lostleader
-                what="the history watcher's broadcast merged into the live one",
+                20,
+                message="the history watcher's broadcast merged into the live one",
             )
         finally:
             for w in (live, hist, noput):

@@ -4,60 +4,39 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
-from client.etcd_procs import make_tls_files
-from testlib import Cluster, Member, etcdctl, free_port, have_etcd, wait_serving
+from testlib import (
+    Cluster,
+    Member,
+    TLSFiles,
+    etcdctl,
+    eventually,
+    free_port,
+    have_etcd,
+    make_tls_files,
+    wait_serving,
+)
 
 pytestmark = pytest.mark.skipif(not have_etcd(), reason="etcdctl 3.4 not installed")
 
 
-def tls_args(files) -> list[str]:
-    return ["--cacert", str(files.ca), "--cert", str(files.client_cert), "--key", str(files.client_key)]
-
-
-def https_member(tmp_path: Path, files, extra: list[str] = ()) -> Member:
+def start_member(tmp_path: Path, name: str, **opts) -> Member:
     m = Member(
-        name="s0",
-        data_dir=tmp_path / "s0.etcd",
-        client_port=free_port(),
-        peer_port=free_port(),
-        scheme="https",
-        tls_args=[
-            "--cert-file",
-            str(files.server_cert),
-            "--key-file",
-            str(files.server_key),
-            "--trusted-ca-file",
-            str(files.ca),
-            "--client-cert-auth",
-            *extra,
-        ],
+        name=name, data_dir=tmp_path / f"{name}.etcd", client_port=free_port(), peer_port=free_port(), **opts
     )
     m.spawn()
     return m
 
 
-def wait_tls(m: Member, args: list[str], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if etcdctl([f"https://{m.endpoint}"], *args, "endpoint", "health", check=False).returncode == 0:
-            return
-        assert m.running, m.log_tail()
-        assert time.monotonic() < deadline, m.log_tail()
-        time.sleep(0.2)
-
-
 def test_client_tls_with_client_cert_auth(tmp_path):
     files = make_tls_files(tmp_path / "pki", client_cn="alice")
-    m = https_member(tmp_path, files)
-    try:
-        wait_tls(m, tls_args(files))
+    with start_member(tmp_path, "s0", tls=files) as m:
+        wait_serving([m])  # Status over TLS with the client certificate
         ep = [f"https://{m.endpoint}"]
-        assert etcdctl(ep, *tls_args(files), "put", "k", "v").stdout == "OK\n"
-        assert etcdctl(ep, *tls_args(files), "get", "k").stdout == "k\nv\n"
+        assert etcdctl(ep, *files.etcdctl_args(), "put", "k", "v").stdout == "OK\n"
+        assert etcdctl(ep, *files.etcdctl_args(), "get", "k").stdout == "k\nv\n"
         # Without a client certificate the handshake is refused.
         no_cert = etcdctl(ep, "--cacert", str(files.ca), "--dial-timeout", "2s", "get", "k", check=False)
         assert no_cert.returncode != 0
@@ -82,8 +61,6 @@ def test_client_tls_with_client_cert_auth(tmp_path):
             check=False,
         )
         assert out.stdout == '{"health": "true"}'
-    finally:
-        m.kill()
 
 
 def test_certificate_rotation_without_restart(tmp_path):
@@ -91,41 +68,32 @@ def test_certificate_rotation_without_restart(tmp_path):
     new = make_tls_files(tmp_path / "new", client_cn="alice")  # a different CA altogether
     live = tmp_path / "live"
     shutil.copytree(tmp_path / "old", live)
-    m = Member(
-        name="r0",
-        data_dir=tmp_path / "r0.etcd",
-        client_port=free_port(),
-        peer_port=free_port(),
-        scheme="https",
-        tls_args=[
-            "--cert-file",
-            str(live / "server.pem"),
-            "--key-file",
-            str(live / "server-key.pem"),
-            "--trusted-ca-file",
-            str(live / "ca.pem"),
-            "--client-cert-auth",
-        ],
+    # The member serves the files in live/ (the old ones, until they are replaced below).
+    served = TLSFiles(
+        live / "ca.pem", live / "server.pem", live / "server-key.pem", old.client_cert, old.client_key
     )
-    m.spawn()
-    try:
-        wait_tls(m, tls_args(old))
+    with start_member(tmp_path, "r0", tls=served) as m:
+        wait_serving([m])
         ep = [f"https://{m.endpoint}"]
-        assert etcdctl(ep, *tls_args(old), "put", "k", "v1").returncode == 0
+        assert etcdctl(ep, *old.etcdctl_args(), "put", "k", "v1").returncode == 0
         pid = m.proc.pid
         for name in ("ca.pem", "server.pem", "server-key.pem"):
             shutil.copy(tmp_path / "new" / name, live / f"{name}.tmp")
             (live / f"{name}.tmp").rename(live / name)
-        deadline = time.monotonic() + 10
-        while etcdctl(ep, *tls_args(new), "--dial-timeout", "2s", "get", "k", check=False).returncode != 0:
-            assert time.monotonic() < deadline, "rotated certificates were not picked up"
-            time.sleep(0.3)
+        eventually(
+            lambda: (
+                etcdctl(ep, *new.etcdctl_args(), "--dial-timeout", "2s", "get", "k", check=False).returncode
+                == 0
+            ),
+            10,
+            message="rotated certificates picked up",
+        )
         assert m.proc.pid == pid and m.running  # no restart
-        assert etcdctl(ep, *tls_args(new), "get", "k").stdout == "k\nv1\n"
+        assert etcdctl(ep, *new.etcdctl_args(), "get", "k").stdout == "k\nv1\n"
         # Clients that only trust the old CA are now refused.
-        assert etcdctl(ep, *tls_args(old), "--dial-timeout", "2s", "get", "k", check=False).returncode != 0
-    finally:
-        m.kill()
+        assert (
+            etcdctl(ep, *old.etcdctl_args(), "--dial-timeout", "2s", "get", "k", check=False).returncode != 0
+        )
 
 
 @pytest.mark.parametrize("mode", ["files", "auto"])
@@ -161,22 +129,14 @@ SKIP_VERIFY = ("--insecure-transport=false", "--insecure-skip-tls-verify")
 
 
 def test_client_auto_tls(tmp_path):
-    m = Member(
-        name="a0",
-        data_dir=tmp_path / "a0.etcd",
-        client_port=free_port(),
-        peer_port=free_port(),
-        scheme="https",
-        tls_args=["--auto-tls"],
-    )
-    m.spawn()
-    try:
-        deadline = time.monotonic() + 30
+    with start_member(tmp_path, "a0", scheme="https", tls_args=["--auto-tls"]) as m:
         ep = [f"https://{m.endpoint}"]
-        while etcdctl(ep, *SKIP_VERIFY, "endpoint", "health", check=False).returncode:
-            assert time.monotonic() < deadline and m.running, m.log_tail()
-            time.sleep(0.2)
+
+        def healthy() -> bool:
+            if not m.running:
+                pytest.fail(f"the member exited:\n{m.log_tail()}")
+            return etcdctl(ep, *SKIP_VERIFY, "endpoint", "health", check=False).returncode == 0
+
+        eventually(healthy, 30, message="auto-TLS member healthy")
         assert etcdctl(ep, *SKIP_VERIFY, "put", "k", "v").stdout == "OK\n"
         assert (m.data_dir / "fixtures" / "client" / "cert.pem").exists()
-    finally:
-        m.kill()

@@ -8,7 +8,7 @@ from etcdstore.config import parse_args
 from etcdstore.proto.etcdserverpb import rpc_pb2
 from etcdstore.server.server import EtcdServer
 from etcdstore.txn.requests import Kind
-from procs import free_port
+from testlib import eventually_async, free_port
 
 
 async def _run(data_dir: str) -> None:
@@ -32,8 +32,7 @@ async def _run(data_dir: str) -> None:
     s = EtcdServer(cfg)
     await s.start()
     try:
-        while s.leader_id == 0:
-            await asyncio.sleep(0.01)
+        await eventually_async(lambda: s.leader_id != 0, interval=0.01, message="a leader")
         grant = await s.propose(
             Kind.LEASE_GRANT, rpc_pb2.LeaseGrantRequest(ID=7, TTL=600).SerializeToString()
         )

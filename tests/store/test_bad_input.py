@@ -7,7 +7,7 @@ import time
 import grpc
 import pytest
 from etcdstore.proto.etcdserverpb import rpc_pb2, rpc_pb2_grpc
-from procs import Cluster, have_etcd
+from testlib import Cluster, have_etcd
 
 pytestmark = [pytest.mark.etcd, pytest.mark.skipif(not have_etcd(), reason="etcd 3.4 not installed")]
 

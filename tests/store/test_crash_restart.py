@@ -7,7 +7,7 @@ import time
 
 from etcdstore import errors
 from etcdstore.client import Client, Compare, Op
-from procs import Cluster
+from testlib import Cluster
 
 
 async def _load(

@@ -13,7 +13,6 @@ that fail in many ways (gRPC and the JSON gateway), no constant holds a tracebac
 from __future__ import annotations
 
 import ast
-import asyncio
 import base64
 import importlib
 import pkgutil
@@ -30,7 +29,7 @@ from etcdstore import errors
 from etcdstore.config import parse_args
 from etcdstore.member import Member
 from etcdstore.proto.etcdserverpb import rpc_pb2, rpc_pb2_grpc
-from testlib import free_port, member_args
+from testlib import eventually_async, free_port, member_args
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCES = [REPO / "store" / "etcdstore", REPO / "operator" / "etcdoperator"]
@@ -217,9 +216,7 @@ async def member(tmp_path: Path) -> AsyncIterator[tuple[Member, int]]:
     await m.start()
     try:
         assert m.server is not None
-        async with asyncio.timeout(20):
-            while not m.server.is_leader:
-                await asyncio.sleep(0.02)
+        await eventually_async(lambda: m.server.is_leader, 20, interval=0.02, message="a leader")
         yield m, client
     finally:
         await m.stop()

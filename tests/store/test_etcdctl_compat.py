@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import time
+import threading
 
 import pytest
-from procs import Cluster, etcdctl, have_etcd
+from testlib import ETCDCTL_BIN, Cluster, etcdctl, eventually, have_etcd
 
 pytestmark = [pytest.mark.etcd, pytest.mark.skipif(not have_etcd(), reason="etcd/etcdctl 3.4 not installed")]
 
@@ -147,6 +147,35 @@ def test_kv_put_get_del_txn(sides):
     both(sides, "put", "foo", "v", "--ignore-lease")  # no lease on the key -> still OK, etcd semantics
 
 
+def _watch_history_then_live(endpoint: str, start: int) -> str:
+    """What `etcdctl watch w --prefix --rev start --prev-kv` prints: the history from `start`, then
+    two puts made once the history is printed (the watch is live by then)."""
+    cmd = [ETCDCTL_BIN, "--endpoints", endpoint, "watch", "w", "--prefix", "--rev", str(start), "--prev-kv"]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env={"ETCDCTL_API": "3"}
+    )
+    assert proc.stdout is not None
+    lines: list[str] = []
+
+    def read(out=proc.stdout) -> None:  # as it comes: the waits below look at it
+        while line := out.readline():
+            lines.append(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        # The history ends with the delete of w1.
+        eventually(lambda: "DELETE\n" in lines, 10, message="the watch printed its history")
+        etcdctl(endpoint, "put", "w3", "live")
+        etcdctl(endpoint, "put", "w3", "live2")
+        eventually(lambda: "live2\n" in lines, 10, message="the watch printed the live puts")
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    reader.join(10)
+    return "".join(lines)
+
+
 def test_watch_history_and_live(sides):
     for side in sides:
         etcdctl(side.endpoint, "put", "w1", "a")
@@ -155,30 +184,7 @@ def test_watch_history_and_live(sides):
     outs = []
     for side in sides:
         rev = json.loads(etcdctl(side.endpoint, "get", "w2", "-w", "json").stdout)["kvs"][0]["mod_revision"]
-        proc = subprocess.Popen(
-            [
-                "etcdctl",
-                "--endpoints",
-                side.endpoint,
-                "watch",
-                "w",
-                "--prefix",
-                "--rev",
-                str(rev - 1),
-                "--prev-kv",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={"ETCDCTL_API": "3", "PATH": "/usr/bin"},
-        )
-        time.sleep(0.8)
-        etcdctl(side.endpoint, "put", "w3", "live")
-        etcdctl(side.endpoint, "put", "w3", "live2")
-        time.sleep(0.8)
-        proc.terminate()
-        out, _ = proc.communicate(timeout=10)
-        outs.append(side.normalise(out))
+        outs.append(side.normalise(_watch_history_then_live(side.endpoint, rev - 1)))
     assert outs[1] == outs[0]
     assert "live2" in outs[1] and "w1" in outs[1]
 

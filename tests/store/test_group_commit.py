@@ -20,7 +20,7 @@ from etcdstore.server.policies import GroupCommit
 from etcdstore.server.raftnode import RaftNode
 from etcdstore.server.server import GROUP_COMMIT, EtcdServer
 from etcdstore.txn.requests import Kind
-from procs import free_port
+from testlib import eventually_async, free_port
 
 POLICY = GroupCommit()  # the defaults: 1 ms steps, 10 ms cap, 128 go at once, 16 is heavy
 
@@ -254,8 +254,11 @@ async def test_a_real_member_delays_load_but_not_a_lone_client(tmp_path) -> None
     await s.start()
     try:
         # Wait out the member's own start-up proposals (it publishes its name).
-        while s.leader_id == 0 or s.membership.get(s.member_id).name != "g":
-            await asyncio.sleep(0.01)
+        await eventually_async(
+            lambda: s.leader_id != 0 and s.membership.get(s.member_id).name == "g",
+            interval=0.01,
+            message="a leader, the member's name published",
+        )
 
         def put(i: int) -> asyncio.Future:
             return asyncio.ensure_future(

@@ -28,6 +28,7 @@ from etcdstore.api.h2 import frames as f
 from etcdstore.api.h2.connection import STREAM_WINDOW
 from etcdstore.proto.etcdserverpb import rpc_pb2
 from hpack import Decoder, Encoder
+from testlib import eventually_async
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -985,17 +986,15 @@ async def test_raw_dropped_connection_cancels_its_handlers(served: Served, raw_c
     (conn,) = served.conns
     assert sorted(conn.streams) == [1, 3]
     await raw.close()
-    for _ in range(500):
-        if not served.conns:
-            break
-        await asyncio.sleep(0.01)
-    assert not served.conns  # on_close ran
+    await eventually_async(lambda: not served.conns, 5, interval=0.01, message="on_close ran")
     assert conn.streams == {}
     await asyncio.wait_for(s.finally_ran.wait(), 5)
     assert s.cancelled.is_set()
-    await asyncio.sleep(0.05)
-    tasks = [t for t in asyncio.all_tasks() if "Call._run" in repr(t.get_coro())]
-    assert tasks == []  # both handlers' tasks are gone
+
+    def handler_tasks() -> list[asyncio.Task]:
+        return [t for t in asyncio.all_tasks() if "Call._run" in repr(t.get_coro())]
+
+    await eventually_async(lambda: handler_tasks() == [], 5, message="both handlers' tasks gone")
 
 
 async def test_raw_server_side_deadline(served: Served, raw_conns: list[RawH2]) -> None:

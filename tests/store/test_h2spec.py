@@ -27,7 +27,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from procs import Cluster, have_etcd
+from testlib import Cluster, have_etcd
 
 H2SPEC_MODULE = "github.com/summerwind/h2spec/cmd/h2spec"
 H2SPEC_VERSION = "v2.2.1+incompatible"  # the same pin as e2e/toolchain/build.sh

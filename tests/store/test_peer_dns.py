@@ -15,6 +15,7 @@ import struct
 
 import grpc
 from etcdstore.transport import peer
+from testlib import eventually_async, free_port
 
 MOVE_DEADLINE = 10.0  # seconds: far below gRPC's default 30 s between resolutions
 
@@ -52,18 +53,12 @@ async def _server(ip: str, port: int) -> grpc.aio.Server:
     return srv
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 async def test_peer_channel_follows_a_new_address_of_the_same_name():
     loop = asyncio.get_running_loop()
     dns = _DNS()
     transport, _ = await loop.create_datagram_endpoint(lambda: dns, local_addr=("127.0.0.1", 0))
     dns_port = transport.get_extra_info("sockname")[1]
-    port = _free_port()
+    port = free_port()
     old = await _server("127.0.0.2", port)
     channel = grpc.aio.insecure_channel(
         f"dns://127.0.0.1:{dns_port}/peer.test:{port}", options=peer._GRPC_OPTIONS
@@ -77,14 +72,13 @@ async def test_peer_channel_follows_a_new_address_of_the_same_name():
         await old.stop(0)  # the pod is gone...
         dns.ip = "127.0.0.3"  # ...and comes back elsewhere under the same name
         new = await _server("127.0.0.3", port)
-        deadline = loop.time() + MOVE_DEADLINE
-        while True:
-            try:
-                assert await where(b"", timeout=1) == b"127.0.0.3"
-                break
-            except grpc.aio.AioRpcError:
-                assert loop.time() < deadline, "the channel still dials the old address"
-                await asyncio.sleep(0.05)
+        answer = await eventually_async(
+            lambda: where(b"", timeout=1),
+            MOVE_DEADLINE,
+            ignoring=(grpc.aio.AioRpcError,),
+            message="the channel dials the new address",
+        )
+        assert answer == b"127.0.0.3"
     finally:
         await channel.close()
         if new is not None:

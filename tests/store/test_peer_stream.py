@@ -29,7 +29,7 @@ from etcdstore.security.tls import PeerTLS, self_signed
 from etcdstore.transport import peer as peer_mod
 from etcdstore.transport import stream
 from etcdstore.transport.peer import SERVICE, PeerTransport, decode_frame, encode_frame
-from procs import free_port
+from testlib import eventually_async, free_port
 
 CLUSTER = 0xC1
 
@@ -87,16 +87,6 @@ async def _got(host: _Host, term: int, timeout: float) -> bool:
         if m.term == term:
             return True
     return False
-
-
-async def _until(cond: Any, timeout: float = 10.0) -> bool:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        if loop.time() > deadline:
-            return False
-        await asyncio.sleep(0.02)
-    return True
 
 
 def _tls(tmp_path: Any, name: str) -> PeerTLS:
@@ -210,7 +200,7 @@ async def test_a_removed_member_is_told_and_stops_sending() -> None:
     try:
         a.send([_hb(4)])
         await asyncio.wait_for(ha.removed.wait(), 10)
-        assert await _until(lambda: a.peers[2].task.done())
+        await eventually_async(lambda: a.peers[2].task.done(), interval=0.02, message="the sender stopped")
         assert a.peers[2].closed
         assert hb.received.empty()
     finally:
@@ -296,7 +286,7 @@ async def test_rolling_upgrade_new_and_old_members_talk(h2: bool) -> None:
             new.send([_hb(99)])
             return new.peers[2].out is not None
 
-        assert await _until(on_stream, 15)
+        await eventually_async(on_stream, 15, interval=0.02, message="the stream to the new member")
         assert await _got(hb, 99, 10)
     finally:
         if channel is not None:
@@ -325,7 +315,7 @@ async def test_a_peer_that_stops_reading_costs_a_bounded_queue(monkeypatch: pyte
     await a.start()
     try:
         p = a.peers[2]
-        assert await _until(lambda: p.out is not None)
+        await eventually_async(lambda: p.out is not None, interval=0.02, message="the stream to the peer")
         big = Message(
             MessageType.APP, to=2, frm=1, term=1, entries=[Entry(term=1, index=1, data=b"x" * (256 << 10))]
         )

@@ -15,7 +15,7 @@ import pytest
 from etcdstore.raft.records import Message, MessageType
 from etcdstore.transport import peer as peer_mod
 from etcdstore.transport.peer import PeerTransport
-from procs import free_port
+from testlib import eventually_async, free_port
 
 
 @dataclass
@@ -113,8 +113,7 @@ async def test_a_sender_that_ended_is_restarted_by_the_next_send(monkeypatch: py
     _first_sender_fails(monkeypatch, "ends", probe_interval=60.0)  # only the send path may notice
     a, b, _, hb = await _pair()
     try:
-        await asyncio.sleep(0.1)
-        assert a.peers[2].task.done()
+        await eventually_async(lambda: a.peers[2].task.done(), message="the first sender ended")
         a.send([_heartbeat(7)])
         assert await _delivered(hb, 7, 10)
     finally:

@@ -11,6 +11,11 @@ Everything binds to 127.0.0.1 on free ports, with data under a caller-given dire
     with Member.single(tmp_path, binary="etcd") as m:   # one member of its own cluster, serving
         m.endpoint
 
+    with Cluster.start(tmp_path, binary="etcd", tls=make_tls_files(tmp_path / "pki")) as c:
+        c.members[0].client_url     # https://..., clients need the client certificate
+
+Members started from the main thread die with the test process (see DIE_WITH_PARENT).
+
 Harnesses with needs of their own build on the pieces: `member_args` (the flags every member
 gets) and `spawn` (own session, output appended to a log); tests/robustness/cluster.py puts
 its peers behind a fault proxy that way.
@@ -24,25 +29,29 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import Any, Self
 
 import grpc
 from etcdstore.proto.etcdserverpb import rpc_pb2, rpc_pb2_grpc
 
 from testlib.oracles import ETCD_BIN
 from testlib.ports import HOST, free_port
+from testlib.tls import TLSFiles
 from testlib.wait import eventually
 
 BINARIES = ("etcd", "etcdstore")
 
-# `setpriv --pdeathsig KILL` (util-linux): the kernel kills the member when the process that
-# started it dies, however it dies. The signal follows the spawning *thread*: only for members
-# spawned from the main thread (see tests/client/etcd_procs.py).
+# `setpriv --pdeathsig KILL` (util-linux, always on Debian): the kernel kills the member when the
+# process that started it dies, however it dies, so no orphaned member keeps ports and CPU on a
+# shared machine. (Not a preexec_fn: Python code between fork and exec next to gRPC's threads
+# crashed the child.) The signal follows the spawning *thread*, so `Member.spawn` uses it only
+# from the main thread: a member started from a worker thread would die when that thread ends.
 _SETPRIV = shutil.which("setpriv")
 DIE_WITH_PARENT: list[str] = [_SETPRIV, "--pdeathsig", "KILL", "--"] if _SETPRIV else []
 
@@ -114,7 +123,10 @@ class Member:
     proc: subprocess.Popen[bytes] | None = None
     scheme: str = "http"
     tls_args: list[str] = field(default_factory=list)
-    spawn_prefix: ClassVar[list[str]] = []  # wraps the command (e.g. DIE_WITH_PARENT)
+    # With `tls`: serves clients over https with --client-cert-auth (tls.server_args()), and
+    # `channel()` (so `status()` and `wait_serving`) presents the client certificate. Peer traffic
+    # stays plain http. `scheme`/`tls_args` are for flags of one's own (e.g. --auto-tls).
+    tls: TLSFiles | None = None
 
     @classmethod
     def single(
@@ -150,7 +162,7 @@ class Member:
 
     @property
     def client_url(self) -> str:
-        return f"{self.scheme}://{HOST}:{self.client_port}"
+        return f"{'https' if self.tls else self.scheme}://{HOST}:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
@@ -161,6 +173,7 @@ class Member:
         return self.data_dir.parent / f"{self.name}.log"
 
     def command(self) -> list[str]:
+        tls = self.tls.server_args() if self.tls else []
         return command_for(self.binary) + member_args(
             name=self.name,
             data_dir=self.data_dir,
@@ -169,12 +182,13 @@ class Member:
             initial_cluster=self.initial_cluster or f"{self.name}={self.peer_url}",
             state=self.cluster_state,
             token=self.cluster_token,
-            extra=["--logger", "zap", "--log-outputs", "stderr", *self.tls_args, *self.extra_args],
+            extra=["--logger", "zap", "--log-outputs", "stderr", *tls, *self.tls_args, *self.extra_args],
         )
 
     def spawn(self) -> None:
         assert not self.running, f"{self.name} already running"
-        self.proc = spawn(self.command(), self.log_path, prefix=self.spawn_prefix)
+        main = threading.current_thread() is threading.main_thread()
+        self.proc = spawn(self.command(), self.log_path, prefix=DIE_WITH_PARENT if main else [])
 
     @property
     def running(self) -> bool:
@@ -218,12 +232,23 @@ class Member:
             wait_serving([self])
 
     def channel(self) -> grpc.Channel:
-        return grpc.insecure_channel(self.endpoint)
+        if self.tls is None:
+            return grpc.insecure_channel(self.endpoint)
+        tls = self.tls
+        creds = grpc.ssl_channel_credentials(
+            tls.ca.read_bytes(), tls.client_key.read_bytes(), tls.client_cert.read_bytes()
+        )
+        return grpc.secure_channel(self.endpoint, creds)
 
     def status(self, timeout: float = 2.0) -> rpc_pb2.StatusResponse:
         """Status straight from the generated stub (independent of the client under test)."""
         with self.channel() as ch:
             return rpc_pb2_grpc.MaintenanceStub(ch).Status(rpc_pb2.StatusRequest(), timeout=timeout)
+
+    def unread_bytes(self) -> int:
+        """Bytes that reached this member's client connections and that it has not read (the kernel's
+        receive queues): after `pause()`, a rise shows a request was sent to the stopped member."""
+        return unread_bytes(self.client_port)
 
     def log_tail(self, lines: int = 40) -> str:
         try:
@@ -236,6 +261,23 @@ class Member:
 
     def __exit__(self, *exc: object) -> None:
         self.kill()
+
+
+def unread_bytes(port: int) -> int:
+    """The receive queues of the established TCP connections to local `port` (/proc/net/tcp{,6})."""
+    total = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)  # the header
+                for line in f:
+                    fields = line.split()
+                    local, state, queues = fields[1], fields[3], fields[4]
+                    if state == "01" and int(local.rsplit(":", 1)[1], 16) == port:  # 01: ESTABLISHED
+                        total += int(queues.split(":")[1], 16)  # tx_queue:rx_queue
+        except OSError:
+            continue
+    return total
 
 
 def proc_state(pid: int) -> str:
@@ -293,7 +335,6 @@ class Cluster:
     base_dir: Path
     members: list[Member]
     binary: str
-    member_type: ClassVar[type[Member]] = Member
 
     @classmethod
     def start(
@@ -307,7 +348,7 @@ class Cluster:
         **member_opts: Any,
     ) -> Self:
         """Start `size` members and wait until they serve; retried on a lost port race.
-        `member_opts` go to every member (e.g. tls= for an EtcdMember)."""
+        `member_opts` go to every member (e.g. tls=make_tls_files(...))."""
         for attempt in range(attempts):
             c = cls._spawn(base_dir / f"{binary}-{attempt}", size, binary, extra_args or [], member_opts)
             try:
@@ -324,7 +365,7 @@ class Cluster:
     def _spawn(cls, base: Path, size: int, binary: str, extra: list[str], opts: dict[str, Any]) -> Self:
         token = uuid.uuid4().hex[:12]
         members = [
-            cls.member_type(
+            Member(
                 name=f"m{i}",
                 data_dir=base / f"m{i}.etcd",
                 client_port=free_port(),

@@ -48,6 +48,17 @@ def test_eventually_retries_assertions_and_reports_the_last_one():
     assert time.monotonic() - t0 >= 0.2
 
 
+def test_eventually_message_may_be_computed_at_the_deadline():
+    state = {"n": 0}
+
+    def pred():
+        state["n"] += 1
+        return False
+
+    with pytest.raises(AssertionError, match=r"^n is [1-9]\d* not met within"):
+        eventually(pred, timeout=0.05, interval=0.01, message=lambda: f"n is {state['n']}")
+
+
 def test_eventually_lets_other_errors_through():
     def pred():
         raise KeyError("boom")

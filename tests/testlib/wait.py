@@ -19,8 +19,11 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def _failure(message: str, timeout: float, last: object, error: BaseException | None) -> AssertionError:
-    what = message or "condition"
+Message = str | Callable[[], str]
+
+
+def _failure(message: Message, timeout: float, last: object, error: BaseException | None) -> AssertionError:
+    what = (message() if callable(message) else message) or "condition"
     seen = f"last error: {error!r}" if error is not None else f"last result: {last!r}"
     return AssertionError(f"{what} not met within {timeout}s ({seen})")
 
@@ -31,13 +34,14 @@ def eventually(
     interval: float = 0.05,
     *,
     ignoring: tuple[type[BaseException], ...] = (AssertionError,),
-    message: str = "",
+    message: Message = "",
 ) -> T:
     """Call `predicate` until it returns a truthy value and return that value.
 
     An exception of a type in `ignoring` counts as "not yet" (so a predicate may `assert`); any other
-    exception propagates. After `timeout` seconds, raises AssertionError naming `message` and the last
-    result or error. The predicate runs at least once, and once more at the deadline.
+    exception propagates. After `timeout` seconds, raises AssertionError naming `message` (a function
+    is called then, for what the state is at the time) and the last result or error. The predicate runs
+    at least once, and once more at the deadline.
     """
     deadline = time.monotonic() + timeout
     while True:
@@ -62,7 +66,7 @@ async def eventually_async(
     interval: float = 0.05,
     *,
     ignoring: tuple[type[BaseException], ...] = (AssertionError,),
-    message: str = "",
+    message: Message = "",
 ) -> T:
     """`eventually` for a coroutine: `predicate` may be a plain function or return an awaitable."""
     loop = asyncio.get_running_loop()

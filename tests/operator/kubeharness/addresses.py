@@ -11,17 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
+
+# tests/conftest.py puts tests/ on sys.path; kubeharness is only ever imported under pytest.
+from testlib import free_port
 
 CLUSTER_DOMAIN = "cluster.local"
 MAX_ORDINALS = 10
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def pod_fqdn(pod: str, service: str, namespace: str) -> str:

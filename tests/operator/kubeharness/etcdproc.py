@@ -8,7 +8,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from kubeharness.addresses import free_port
+from testlib import free_port
 
 
 class EtcdProcess:

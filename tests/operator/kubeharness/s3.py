@@ -9,7 +9,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from kubeharness.addresses import free_port
+from testlib import free_port
 
 ACCESS_KEY = "testing-key"
 SECRET_KEY = "testing-secret"

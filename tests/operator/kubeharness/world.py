@@ -19,8 +19,8 @@ from typing import Any, Self
 import kmock
 from etcdoperator import crd
 from etcdstore.client import Client, TLSConfig
+from testlib import free_port
 
-from kubeharness.addresses import free_port
 from kubeharness.apiserver import ApiServer
 from kubeharness.cluster import Harness
 
