@@ -29,6 +29,10 @@ def status_json(endpoints: list[str]) -> list[dict]:
     return json.loads(etcdctl(endpoints, "endpoint", "status", "--cluster", "-w", "json").stdout)
 
 
+def own_status(endpoint: str) -> dict:
+    return json.loads(etcdctl([endpoint], "endpoint", "status", "-w", "json").stdout)[0]["Status"]
+
+
 def hashes(endpoints: list[str]) -> set[int]:
     return {
         d["HashKV"]["hash"]
@@ -82,6 +86,11 @@ def test_grow_shrink_move_leader_and_replace(tmp_path):
                 what="promote",
             )
             assert not next(m for m in members_json(eps) if m["ID"] == mid).get("isLearner")
+            # The member refuses writes (and `member add`) until it has applied its own promotion.
+            wait_until(
+                lambda new=new: not own_status(new.endpoint).get("isLearner"),
+                what=f"{name} to apply its promotion",
+            )
         eps = c.endpoints
         assert len(status_json(eps)) == 5
 
