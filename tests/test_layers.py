@@ -40,8 +40,10 @@ LAYERS: list[list[str]] = [
     ["etcdstore.api"],
     # the API's own parts, and the client library (the API never uses it)
     ["etcdstore.api.v2", "etcdstore.api.h2", "etcdstore.client"],
-    # one member: Raft driver, apply, requests (the API sees it through server/api.py's Protocol)
+    # one member: Raft driver, requests, the apply loop (the API sees it through server/api.py's Protocol)
     ["etcdstore.server"],
+    # one committed request's state changes (etcd 3.6's etcdserver/apply), driven by the server
+    ["etcdstore.apply"],
     # what the server drives: auth checks and apply handlers, member-to-member transport
     ["etcdstore.auth", "etcdstore.transport"],
     # request semantics over the stores; the snapshot formats
@@ -189,7 +191,7 @@ def test_no_package_cycles() -> None:
 
 def test_package_inits_have_no_side_effects() -> None:
     # Importing etcdstore.api.v2 (or .h2) runs etcdstore/api/__init__.py: it must pull nothing in.
-    for pkg in ("api", "server", "txn"):
+    for pkg in ("api", "server", "apply", "txn"):
         init = PKG / pkg / "__init__.py"
         assert imports_of(init, f"etcdstore.{pkg}", all_modules()) == [], init
 

@@ -29,7 +29,7 @@ class KVService(rpc_pb2_grpc.KVServicer):
         s.auth.authorize_range(context, request)
         if not request.serializable:
             await s.read_index()
-        resp = kv_apply.range(s.kv, request)
+        resp = s.local_range(request)
         s.fill_header(resp.header)
         return resp
 
@@ -66,7 +66,7 @@ class KVService(rpc_pb2_grpc.KVServicer):
             # Read-only txns are served locally (after ReadIndex unless all reads are serializable).
             if not kv_apply.txn_is_serializable(request):
                 await s.read_index()
-            resp = kv_apply.txn_read_only(s.kv, request)
+            resp = s.local_txn(request)
             s.fill_header(resp.header)
             return resp
         cost = _txn_cost(request)

@@ -126,7 +126,7 @@ async def linearizable_range(s: ServerAPI, context: Any, req: rpc_pb2.RangeReque
     """A default (linearizable) Get: ReadIndex, then the local store."""
     s.auth.authorize_range(context, req)
     await s.read_index()
-    resp = kv_apply.range(s.kv, req)
+    resp = s.local_range(req)
     s.fill_header(resp.header)
     return resp
 

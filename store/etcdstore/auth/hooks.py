@@ -42,10 +42,13 @@ class AuthHost(Protocol):
     install replaces the lessor."""
 
     cfg: ServerConfig
-    backend: Backend
-    lessor: Lessor
     applier: Any  # register(kind, handler); index (the Raft index being applied)
     auth: Any
+
+    @property
+    def backend(self) -> Backend: ...
+    @property
+    def lessor(self) -> Lessor: ...
 
 
 # How etcd 3.4 guards each admin RPC (it differs per RPC; these are facts of etcd, not choices):

@@ -1,23 +1,54 @@
 """What the API layer (etcdstore.api, etcdstore.api.v2) may use of a member: the `ServerAPI`
 protocol. The services are written against it, never against EtcdServer, which implements it.
 
-The stores the API reads directly (the MVCC store for serializable reads, the watchable store
-for watch streams, the member list) are typed as the lower-layer classes they are; the rest is
-narrowed to the calls the API makes.
+Everything is narrowed to the calls the API makes: the MVCC store (`KVReads`: revisions, hashes,
+the v2 emulation's plain ranges; Range and read-only Txn requests are served by `local_range` and
+`local_txn`), the member list (`MemberList`), the backend, lessor, alarms and quota. Only the
+watchable store is typed as the lower-layer class it is (the watch streams use all of it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from typing import Any, Protocol
 
 from etcdstore.config import ServerConfig
-from etcdstore.membership import Member, Membership
-from etcdstore.mvcc.kvstore import KVStore
+from etcdstore.membership import Member
+from etcdstore.mvcc.kvstore import RangeResult
 from etcdstore.mvcc.watchable import WatchableStore
 from etcdstore.proto.etcdserverpb import rpc_pb2
 from etcdstore.raft.records import Role
 from etcdstore.server.authguard import AuthGuard
+
+
+class KVReads(Protocol):
+    """The MVCC store as the API reads it directly (mvcc/kvstore.py's KVStore)."""
+
+    @property
+    def current_revision(self) -> int: ...
+    @property
+    def compact_revision(self) -> int: ...
+    def range(
+        self, key: bytes, end: bytes | None = None, rev: int = 0, limit: int = 0, count_only: bool = False
+    ) -> RangeResult: ...
+    def hash(self) -> int: ...
+    async def hash_kv_async(self, rev: int = 0, chunk: int = 10000) -> tuple[int, int, int]: ...
+
+
+class MemberList(Protocol):
+    """The member list as the API reads it, and the checks it makes before proposing a change
+    (membership.py's Membership)."""
+
+    @property
+    def members(self) -> Mapping[int, Member]: ...
+    @property
+    def removed(self) -> AbstractSet[int]: ...
+    def get(self, mid: int) -> Member | None: ...
+    def sorted_members(self) -> list[Member]: ...
+    def check_add(self, member: Member, max_learners: int = 1) -> None: ...
+    def check_remove(self, mid: int) -> None: ...
+    def check_update(self, mid: int, peer_urls: list[str]) -> None: ...
 
 
 class BackendAdmin(Protocol):
@@ -64,11 +95,11 @@ class ServerAPI(Protocol):
 
     # the pieces the API reads directly
     @property
-    def kv(self) -> KVStore: ...
+    def kv(self) -> KVReads: ...
     @property
     def watchable(self) -> WatchableStore: ...
     @property
-    def membership(self) -> Membership: ...
+    def membership(self) -> MemberList: ...
     @property
     def backend(self) -> BackendAdmin: ...
     @property
@@ -99,6 +130,8 @@ class ServerAPI(Protocol):
         self, cc_type: int, member: Member, timeout: float | None = None
     ) -> Any: ...
     async def read_index(self, timeout: float | None = None) -> None: ...
+    def local_range(self, req: rpc_pb2.RangeRequest) -> rpc_pb2.RangeResponse: ...
+    def local_txn(self, req: rpc_pb2.TxnRequest) -> rpc_pb2.TxnResponse: ...
     def new_request_id(self) -> int: ...
     async def wait_compaction_done(self) -> None: ...
     def status(self) -> rpc_pb2.StatusResponse: ...

@@ -11,40 +11,53 @@ ReadIndex round (shared, see server/policies.py), then until the applied index r
 read the local store. Response headers are filled in one place (`header`, `fill_header`). The
 auth checks are `self.auth`'s, always present (server/authguard.py). The API layer sees this
 class only through the `ServerAPI` protocol (server/api.py).
+
+The rest is composed, each part given what it uses (etcd's split of its server):
+
+    bootstrap()             server/bootstrap.py       backend, Raft log, stores, identity, Raft node
+    stores: Stores          server/stores.py          kv, lessor, alarms, membership (reloaded in
+                                                      place by a snapshot install)
+    applier: Applier        etcdstore/apply/          one committed request's state changes
+    snapshots: Snapshots    server/snapshots.py       Raft snapshots, taken and installed
+    membership_changes      server/membership_ops.py  conf changes: checks, apply, promotion, transfer
+    leases: LeaseOps        server/leases.py          renewal, time-to-live, expiry
+    (Leadership)            server/leader.py          leader-only work: here, or forwarded
+
+This class keeps the request path, the apply loop and the thin methods its callers need: the API
+(ServerAPI), the Raft driver (ReadyHost), the transport, auth, metrics and the composition root.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from collections.abc import Callable
 from typing import Any
 
 from etcdstore import ETCD_VERSION, errors, metrics
+from etcdstore.apply.applier import Applier
 from etcdstore.config import ServerConfig
-from etcdstore.lease.lessor import Lessor, min_lease_ttl
+from etcdstore.lease.lessor import Lessor
 from etcdstore.logs import get_logger
-from etcdstore.membership import Member, conf_context
+from etcdstore.membership import Member, Membership, conf_context
 from etcdstore.mvcc.kvstore import KVStore
 from etcdstore.mvcc.watchable import WatchableStore
 from etcdstore.proto.etcdserverpb import rpc_pb2
 from etcdstore.raft import RawNode
-from etcdstore.raft.records import ConfChange, EntryType, Message, Role
+from etcdstore.raft.records import ConfChange, EntryType, Message, Role, SnapshotMetadata
 from etcdstore.server.alarms import Alarms
-from etcdstore.server.apply import Applier
 from etcdstore.server.authguard import AuthGuard, NoAuth
-from etcdstore.server.bootstrap import BootstrapMixin
+from etcdstore.server.bootstrap import bootstrap
 from etcdstore.server.guards import Quota
-from etcdstore.server.leases import LeaseOpsMixin
-from etcdstore.server.membership_ops import MembershipOpsMixin
+from etcdstore.server.leader import Leadership
+from etcdstore.server.leases import LeaseOps
+from etcdstore.server.membership_ops import MembershipChanges
 from etcdstore.server.policies import GroupCommit
 from etcdstore.server.raftnode import RaftNode
-from etcdstore.server.snapshots import SnapshotMixin
+from etcdstore.server.snapshots import Snapshots
 from etcdstore.server.waiters import IndexWaiters, RequestWaiters
-from etcdstore.storage import backend as bk
-from etcdstore.storage.raftlog import RaftLogStorage
+from etcdstore.txn import kv_apply
 from etcdstore.txn import requests as rq
 
 log = get_logger("etcdstore.server")
@@ -54,7 +67,7 @@ _ENTRY_OVERHEAD = 16  # what etcd's InternalRaftRequest adds around a request (h
 GROUP_COMMIT = GroupCommit.from_env()
 
 
-class EtcdServer(BootstrapMixin, SnapshotMixin, MembershipOpsMixin, LeaseOpsMixin):
+class EtcdServer:
     def __init__(
         self,
         cfg: ServerConfig,
@@ -63,32 +76,25 @@ class EtcdServer(BootstrapMixin, SnapshotMixin, MembershipOpsMixin, LeaseOpsMixi
         group_commit: GroupCommit | None = None,
     ) -> None:
         self.cfg = cfg
-        self.peer_tls = peer_tls
-        self.member_dir = os.path.join(cfg.data_dir, "member")
-        os.makedirs(self.member_dir, exist_ok=True)
-        try:
-            os.chmod(cfg.data_dir, 0o700)
-        except OSError:
-            pass
-        self.backend = bk.Backend(os.path.join(self.member_dir, "db"))
-        self.raft_storage = RaftLogStorage(self.backend)
-        election_ticks = cfg.election_ticks
-        self.lessor = Lessor(self.backend, min_ttl=min_lease_ttl(election_ticks, cfg.tick_seconds))
-        self.kv = KVStore(self.backend, lessor=self.lessor)
-        self.watchable = WatchableStore(self.kv, progress_interval=cfg.watch_progress_notify_interval)
-        self.alarms = Alarms(self.backend)
-        self.applier = Applier(self)
+        boot = bootstrap(cfg, peer_tls)
+        self.member_dir = boot.member_dir
+        self.backend = boot.backend
+        self.raft_storage = boot.raft_storage
+        self.stores = boot.stores
+        self.member_id = boot.member_id
+        self.cluster_id = boot.cluster_id
+        self.bootstrap_peers = boot.peers
+        kv = self.stores.kv
+        self.watchable = WatchableStore(kv, progress_interval=cfg.watch_progress_notify_interval)
         self.auth: AuthGuard = NoAuth()  # the auth layer installs its hooks in its place
+        self.applier = Applier(self.stores, lambda: self.auth, self.compaction_scheduled)
         self.transport: Any = None
         self._transport_factory = transport_factory
 
-        self.applied_index = self.kv.consistent_index
-        self.applied_term = self.kv.consistent_term
-        self.bootstrap_peers: dict[int, list[str]] = {}
-        self._received_snapshots: dict[int, str] = {}
-        self._resume_snapshot_install()
+        self.applied_index = kv.consistent_index
+        self.applied_term = kv.consistent_term
         self.r = RaftNode(
-            self._bootstrap(),
+            boot.node,
             self.raft_storage,
             self.backend,
             self,
@@ -97,23 +103,57 @@ class EtcdServer(BootstrapMixin, SnapshotMixin, MembershipOpsMixin, LeaseOpsMixi
             group_commit=group_commit or GROUP_COMMIT,
         )
         self._id_gen = rq.IDGenerator(self.member_id)
-        self.leader_changes = 0
         self._leader_elected_at = 0.0
 
         self._waiters = RequestWaiters()
         self._applied = IndexWaiters(self.applied_index)
-        self._snapshot_index = self.raft_storage.snapshot().metadata.index
+        self.snapshots = Snapshots(
+            self.backend,
+            self.raft_storage,
+            self.member_dir,
+            snapshot_count=cfg.snapshot_count,
+            catchup_entries=cfg.snapshot_catchup_entries,
+            restore=self._restore,
+        )
         self._compaction_pending = False
         self._tasks: list[asyncio.Task] = []
         self._stopping = False
         self.stopped: asyncio.Future[None] | None = None
         self.removed = False
         self.request_timeout = 5.0 + 2 * cfg.election_timeout_ms / 1000.0
-        self.metrics_hook: Callable[[str, float], None] | None = None
+        leadership = Leadership(
+            self.r,
+            self.member_id,
+            lambda: self.transport,
+            poll_seconds=cfg.tick_seconds,
+            request_timeout=self.request_timeout,
+        )
+        self.leases = LeaseOps(
+            self.stores,
+            self.raft_storage,
+            self._applied,
+            leadership,
+            self._spawn_proposal,
+        )
+        self.membership_changes = MembershipChanges(
+            self.member_id,
+            self.stores,
+            self.r,
+            self.raft_storage,
+            leadership,
+            self._applied,
+            propose_conf_change=self.propose_conf_change,
+            on_removed=self.on_removed,
+            transport=lambda: self.transport,
+            strict_reconfig_check=cfg.strict_reconfig_check,
+            election_timeout=cfg.election_timeout_ms / 1000.0,
+            poll_seconds=cfg.tick_seconds,
+            request_timeout=self.request_timeout,
+        )
         self.quota = Quota(
             cfg.quota_backend_bytes,
             self.member_id,
-            lambda: self.alarms,
+            lambda: self.stores.alarms,
             self.backend,
             lambda kind, payload, done: self._spawn_proposal(kind, payload, done=done),
         )
@@ -130,13 +170,18 @@ class EtcdServer(BootstrapMixin, SnapshotMixin, MembershipOpsMixin, LeaseOpsMixi
             await self.transport.start()
         self._spawn(self.r.run(), "raft")
         self._spawn(self.r.ticker(), "ticker")
-        self._spawn(self._lease_loop(), "lease-expiry")
+        self._spawn(self.leases.expire(), "lease-expiry")
         self._spawn(self._publish(), "publish")
-        if self.kv.compaction_unfinished():
+        if self.stores.kv.compaction_unfinished():
             self.compaction_scheduled()
         # A single voter elects itself as soon as its bootstrap entries are applied (Raft will
         # not campaign with conf changes pending) instead of waiting an election timeout.
-        self.r.campaign_when_applied = self.membership_is_single_voter()
+        membership = self.stores.membership
+        self.r.campaign_when_applied = membership.voters() == [self.member_id] or (
+            not membership.members
+            and len(self.cfg.initial_cluster) == 1
+            and self.cfg.initial_cluster_state == "new"
+        )
         self.r.kick()
 
     def _spawn(self, coro: Any, name: str) -> None:
@@ -174,10 +219,6 @@ class EtcdServer(BootstrapMixin, SnapshotMixin, MembershipOpsMixin, LeaseOpsMixi
     # ---- Raft state, as the driver last saw it ------------------------------------------------------------
 
     @property
-    def node(self) -> RawNode:
-        return self.r.node
-
-    @property
     def leader_id(self) -> int:
         return self.r.leader_id
 
@@ -197,22 +238,33 @@ class EtcdServer(BootstrapMixin, SnapshotMixin, MembershipOpsMixin, LeaseOpsMixi
 
     @property
     def is_learner(self) -> bool:
-        m = self.membership.get(self.member_id)
+        m = self.stores.membership.get(self.member_id)
         return bool(m and m.is_learner)
 
-    def membership_is_single_voter(self) -> bool:
-        return self.membership.voters() == [self.member_id] or (
-            not self.membership.members
-            and len(self.cfg.initial_cluster) == 1
-            and self.cfg.initial_cluster_state == "new"
-        )
+    # ---- the replicated stores (self.stores; a snapshot install reloads them) -----------------------------
+
+    @property
+    def kv(self) -> KVStore:
+        return self.stores.kv
+
+    @property
+    def lessor(self) -> Lessor:
+        return self.stores.lessor
+
+    @property
+    def alarms(self) -> Alarms:
+        return self.stores.alarms
+
+    @property
+    def membership(self) -> Membership:
+        return self.stores.membership
 
     def header(self, revision: int | None = None) -> rpc_pb2.ResponseHeader:
         """A response header; `revision` defaults to the store's current one."""
         return rpc_pb2.ResponseHeader(
             cluster_id=self.cluster_id,
             member_id=self.member_id,
-            revision=self.kv.current_revision if revision is None else revision,
+            revision=self.stores.kv.current_revision if revision is None else revision,
             raft_term=self.r.term,
         )
 
@@ -222,7 +274,7 @@ class EtcdServer(BootstrapMixin, SnapshotMixin, MembershipOpsMixin, LeaseOpsMixi
         h.member_id = self.member_id
         h.raft_term = self.r.term
         if not h.revision:
-            h.revision = self.kv.current_revision if revision is None else revision
+            h.revision = self.stores.kv.current_revision if revision is None else revision
 
     # ---- requests --------------------------------------------------------------------------------------
 
@@ -285,9 +337,10 @@ class EtcdServer(BootstrapMixin, SnapshotMixin, MembershipOpsMixin, LeaseOpsMixi
         if leader == 0 or self.transport is None:
             return errors.TIMEOUT()
         if leader == self.member_id:
-            voters = [v for v in self.membership.voters() if v != self.member_id]
+            membership = self.stores.membership
+            voters = [v for v in membership.voters() if v != self.member_id]
             connected = sum(1 for v in voters if 0 < self.transport.active_since(v) <= start)
-            if connected + 1 < len(self.membership.voters()) // 2 + 1:
+            if connected + 1 < len(membership.voters()) // 2 + 1:
                 return errors.TIMEOUT_DUE_TO_CONNECTION_LOST()
         elif not 0 < self.transport.active_since(leader) <= start:
             return errors.TIMEOUT_DUE_TO_CONNECTION_LOST()
@@ -307,11 +360,13 @@ class EtcdServer(BootstrapMixin, SnapshotMixin, MembershipOpsMixin, LeaseOpsMixi
         except TimeoutError:
             raise errors.TIMEOUT() from None
 
-    def transfer_leadership(self, target: int) -> None:
-        self.r.transfer_leadership(target)
+    def local_range(self, req: rpc_pb2.RangeRequest) -> rpc_pb2.RangeResponse:
+        """A Range served from this member's store as it is now (after read_index() if linearizable)."""
+        return kv_apply.range(self.stores.kv, req)
 
-    def wait_applied(self, index: int) -> asyncio.Future[None]:
-        return self._applied.wait(index)
+    def local_txn(self, req: rpc_pb2.TxnRequest) -> rpc_pb2.TxnResponse:
+        """A read-only Txn served from this member's store as it is now (as local_range)."""
+        return kv_apply.txn_read_only(self.stores.kv, req)
 
     def pending_proposals(self) -> int:
         return len(self._waiters)
@@ -324,34 +379,34 @@ class EtcdServer(BootstrapMixin, SnapshotMixin, MembershipOpsMixin, LeaseOpsMixi
     def on_soft_state(self, ss: Any, was_leader: bool) -> None:
         if ss.leader != self.r.leader_id:
             if ss.leader != 0:
-                self.leader_changes += 1
                 metrics.LEADER_CHANGES.inc()
                 self._leader_elected_at = time.monotonic()
             log.info("leader changed", leader=f"{ss.leader:x}", member_id=f"{self.member_id:x}")
         is_leader = ss.role == Role.LEADER
         if is_leader and not was_leader:
             # A new leader extends every lease by an election timeout: never expire early.
-            self.lessor.promote(self.cfg.election_timeout_ms / 1000.0)
+            self.stores.lessor.promote(self.cfg.election_timeout_ms / 1000.0)
         elif was_leader and not is_leader:
-            self.lessor.demote()
+            self.stores.lessor.demote()
 
     # ---- apply -------------------------------------------------------------------------------------------
 
     def apply(self, node: RawNode, entries: list) -> None:
         batch = self.backend.batch()
-        results: list[tuple[int, Any]] = []
+        results: list[tuple[int, Any, int]] = []  # (request ID, outcome, revision as of the entry)
         applier = self.applier
         applier.events = []
         waiters = self._waiters
+        kv = self.stores.kv  # no entry replaces the stores (only a snapshot install does)
         last = None
         for e in entries:
             if e.index <= self.applied_index:
                 continue  # already in the backend (replay after restart)
             last = e
             if e.type == EntryType.CONF_CHANGE:
-                outcome = self._apply_conf_change(node, batch, e)
+                outcome = self.membership_changes.apply_conf_change(node, batch, e)
                 if outcome is not None:
-                    results.append((*outcome, self.kv.current_revision))
+                    results.append((*outcome, kv.current_revision))
                 continue
             if not e.data:
                 continue  # a new leader's empty entry
@@ -360,19 +415,19 @@ class EtcdServer(BootstrapMixin, SnapshotMixin, MembershipOpsMixin, LeaseOpsMixi
             result = applier.apply(batch, req)
             if waiters.wanted(req.id):
                 # The revision as of this entry, not the batch's last (a later entry may move it).
-                results.append((req.id, result, self.kv.current_revision))
+                results.append((req.id, result, kv.current_revision))
         if last is None:
             return
         self.applied_index = last.index
         self.applied_term = last.term
-        self.kv.set_consistent_index(batch, last.index, last.term)
+        kv.set_consistent_index(batch, last.index, last.term)
         t = time.perf_counter()
         self.backend.write(batch, sync=False)
         metrics.BACKEND_COMMIT.observe(time.perf_counter() - t)
-        self.kv.batch_written()
+        kv.batch_written()
         events = applier.events
         applier.events = []
-        revision = self.kv.current_revision
+        revision = kv.current_revision
         if events:
             self.watchable.notify(events, revision)
         for req_id, result, entry_revision in results:
@@ -383,6 +438,43 @@ class EtcdServer(BootstrapMixin, SnapshotMixin, MembershipOpsMixin, LeaseOpsMixi
                     self.fill_header(result.header, entry_revision)
                 waiters.resolve(req_id, result)
         self._applied.advance(self.applied_index)
+
+    # ---- snapshots (RaftNode's ReadyHost, and the transport) ------------------------------------------------
+
+    def mark_snapshot_install(self, snap: Any) -> None:
+        self.snapshots.mark_install(snap)
+
+    def install_snapshot(self, snap: Any) -> None:
+        self.snapshots.install(snap)  # loads the file; self._restore reopens the stores on it
+        if self.transport is not None:
+            self.transport.update_members(self.stores.membership)
+        log.info(
+            "installed snapshot from leader",
+            index=self.applied_index,
+            revision=self.stores.kv.current_revision,
+        )
+
+    def _restore(self) -> None:
+        """A snapshot was loaded into the backend: reopen the stores on it and catch up with them."""
+        stores = self.stores
+        stores.reload()
+        self.watchable.restore(stores.kv)
+        self.applied_index = stores.kv.consistent_index
+        self.applied_term = stores.kv.consistent_term
+        self._applied.advance(self.applied_index)
+        self.auth.reload()
+
+    def maybe_snapshot(self) -> None:
+        self.snapshots.maybe_snapshot(self.applied_index, self.applied_term)
+
+    async def receive_snapshot(self, msg: Message, path: str) -> None:
+        """The transport stored a snapshot file from the leader: hand its message to Raft."""
+        await self.snapshots.receive(msg, path)
+        self.r.step(msg)
+
+    async def snapshot_for_follower(self) -> tuple[str, SnapshotMetadata]:
+        """A snapshot file of the current state and the Raft metadata describing exactly it."""
+        return await self.snapshots.for_follower(self.applied_index, self.applied_term)
 
     # ---- from the transport ------------------------------------------------------------------------------
 
@@ -411,7 +503,7 @@ class EtcdServer(BootstrapMixin, SnapshotMixin, MembershipOpsMixin, LeaseOpsMixi
 
     async def _compact_in_background(self) -> None:
         try:
-            while not self.kv.compact_step(1000):
+            while not self.stores.kv.compact_step(1000):
                 await asyncio.sleep(0.01)  # let client traffic through between chunks
         finally:
             self._compaction_pending = False
@@ -438,7 +530,7 @@ class EtcdServer(BootstrapMixin, SnapshotMixin, MembershipOpsMixin, LeaseOpsMixi
         }
         payload = json.dumps(doc).encode()
         while True:
-            m = self.membership.get(self.member_id)
+            m = self.stores.membership.get(self.member_id)
             if m is not None and m.name == self.cfg.name and m.client_urls == doc["clientURLs"]:
                 return
             try:
@@ -450,16 +542,17 @@ class EtcdServer(BootstrapMixin, SnapshotMixin, MembershipOpsMixin, LeaseOpsMixi
     # ---- status ---------------------------------------------------------------------------------------------
 
     def status(self) -> rpc_pb2.StatusResponse:
-        errs = []
-        if self.alarms.any():
-            errs.extend(f"memberID:{mid} alarm:{rpc_pb2.AlarmType.Name(a)} " for mid, a in self.alarms.list())
+        errs: list[str] = []
+        alarms = self.stores.alarms
+        if alarms.any():
+            errs.extend(f"memberID:{mid} alarm:{rpc_pb2.AlarmType.Name(a)} " for mid, a in alarms.list())
         return rpc_pb2.StatusResponse(
             header=self.header(),
             version=ETCD_VERSION,
             dbSize=self.backend.size(),
             dbSizeInUse=self.backend.size_in_use(),
             leader=self.leader_id,
-            raftIndex=self.node.last_index if hasattr(self.node, "last_index") else self.applied_index,
+            raftIndex=self.r.node.last_index if hasattr(self.r.node, "last_index") else self.applied_index,
             raftTerm=self.term,
             raftAppliedIndex=self.applied_index,
             errors=errs,
@@ -467,11 +560,31 @@ class EtcdServer(BootstrapMixin, SnapshotMixin, MembershipOpsMixin, LeaseOpsMixi
         )
 
     async def wait_compaction_done(self) -> None:
-        while self._compaction_pending or self.kv.compaction_unfinished():
+        while self._compaction_pending or self.stores.kv.compaction_unfinished():
             await asyncio.sleep(0.01)
 
     def new_request_id(self) -> int:
         return self._id_gen.next()
+
+    # ---- leases and membership changes, for the API (ServerAPI) and the transport's forwarded calls -------
+
+    async def lease_renew(self, lease_id: int) -> int:
+        return await self.leases.renew(lease_id)
+
+    async def lease_time_to_live(self, lease_id: int) -> tuple[int, int, list[bytes]]:
+        return await self.leases.time_to_live(lease_id)
+
+    def check_can_add_voter(self) -> None:
+        self.membership_changes.check_can_add_voter()
+
+    def check_can_remove(self, mid: int) -> None:
+        self.membership_changes.check_can_remove(mid)
+
+    async def promote_member(self, mid: int) -> list:
+        return await self.membership_changes.promote(mid)
+
+    async def move_leader(self, target: int) -> None:
+        await self.membership_changes.move_leader(target)
 
 
 async def _with_deadline(fut: asyncio.Future, timeout: float) -> Any:
