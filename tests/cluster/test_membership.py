@@ -75,6 +75,8 @@ def test_grow_shrink_move_leader_and_replace(tmp_path):
         for name in ("m3", "m4"):
             new = add_member(c, name, learner=True)
             wait_serving([new])
+            # The new member's name reaches the list once it has published itself (through Raft).
+            wait_until(lambda name=name: member_id(members_json(eps), name), what=f"{name} published")
             mid = member_id(members_json(eps), name)
             assert next(m for m in members_json(eps) if m["ID"] == mid).get("isLearner") is True
             # A learner serves serializable reads only.

@@ -18,6 +18,11 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
+# A forward that failed for one of these reached no leader: try again (etcd throttles its retries
+# of a forwarded lease renewal by 50 ms).
+_LEADER_GONE = (errors.LEADER_CHANGED, errors.NOT_LEADER, errors.NO_LEADER)
+_FORWARD_RETRY_SECONDS = 0.05
+
 
 class Leadership:
     def __init__(
@@ -57,13 +62,25 @@ class Leadership:
         local: Callable[[], Awaitable[T]],
         forward: Callable[[PeerTransport, int], Awaitable[T]],
     ) -> T:
-        """`local()` while this member leads; otherwise `forward(transport, leader)`."""
+        """`local()` while this member leads; otherwise `forward(transport, leader)`. As etcd's
+        LeaseRenew, LeaseTimeToLive and PromoteMember do, a forward that fails because the leader
+        went away or stopped leading is tried again (every 50 ms, against the leader then known)
+        until the request timeout (then etcd's "request timed out"); the request's own errors are
+        returned at once."""
+        deadline = time.monotonic() + self._timeout
         while True:
             if self.is_leader:
                 return await local()
-            leader = await self.wait()
+            leader = await self.wait(max(deadline - time.monotonic(), 0.001))
             transport = self._transport()
             if transport is None or leader == self._member_id:
                 await asyncio.sleep(self._poll)
                 continue
-            return await forward(transport, leader)
+            try:
+                return await forward(transport, leader)
+            except errors.EtcdError as e:
+                if e not in _LEADER_GONE:
+                    raise
+                if time.monotonic() >= deadline:
+                    raise errors.TIMEOUT() from None
+            await asyncio.sleep(_FORWARD_RETRY_SECONDS)
