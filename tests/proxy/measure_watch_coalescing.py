@@ -16,8 +16,8 @@ sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 from etcdstore.proto.etcdserverpb import rpc_pb2
 from proxyprocs import Proxy
-from test_watch_coalescing import WatchClient, metric, wait_for
-from testlib import Cluster, etcdctl
+from test_watch_coalescing import WatchClient, metric
+from testlib import Cluster, etcdctl, eventually
 
 base = pathlib.Path(tempfile.mkdtemp(prefix="proxy-measure-"))
 NS = [int(x) for x in sys.argv[1].split(",")]
@@ -62,10 +62,10 @@ for label, binary, kind in [
                 t_deliver = time.monotonic() - t1
                 for w in ws:
                     w.close()
-                wait_for(
+                eventually(
                     lambda m=m, base_w=base_w: int(metric(m, "etcd_debugging_mvcc_watcher_total")) == base_w,
-                    timeout=60,
-                    what="drain",
+                    60,
+                    message="drain",
                 )
                 row = (label, n, up, got, round(t_created, 2), round(t_deliver, 2), base_w)
                 print(row, flush=True)

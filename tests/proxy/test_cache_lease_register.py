@@ -13,8 +13,8 @@ import grpc
 import pytest
 from etcdstore.proto.etcdserverpb import rpc_pb2, rpc_pb2_grpc
 from proxyprocs import Proxy, proxy_command
-from test_watch_coalescing import WatchClient, metric, wait_for
-from testlib import Cluster, etcdctl, have_etcd
+from test_watch_coalescing import WatchClient, metric
+from testlib import Cluster, etcdctl, eventually, have_etcd
 
 needs_etcd = [pytest.mark.etcd, pytest.mark.skipif(not have_etcd(), reason="needs etcd 3.4")]
 KINDS = [pytest.param("etcd", marks=needs_etcd), "etcdstore"]
@@ -99,7 +99,7 @@ def test_lease_keepalives_coalesced(tmp_path):
         threads = [threading.Thread(target=client) for _ in range(n)]
         for t in threads:
             t.start()
-        wait_for(lambda: len(answers) >= n * rounds, timeout=30, what="keepalive answers")
+        eventually(lambda: len(answers) >= n * rounds, 30, message="keepalive answers")
         done.set()
         for t in threads:
             t.join(30)
@@ -129,9 +129,10 @@ def test_registers_under_resolver_prefix(tmp_path, kind):
         adv = "127.0.0.1:1234"
         extra = ["--resolver-prefix", "pfx", "--resolver-ttl", "5", "--advertise-client-url", adv]
         with Proxy(kind, c.endpoints, tmp_path / "p.log", extra=extra).start() as p:
-            wait_for(
+            eventually(
                 lambda: etcdctl(member, "get", "pfx", "--prefix", "--keys-only").stdout.strip() != "",
-                what="registration",
+                20,
+                message="registration",
             )
             out = json.loads(etcdctl(member, "get", "pfx", "--prefix", "-w", "json").stdout)
             (kv,) = out["kvs"]
