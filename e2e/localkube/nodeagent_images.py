@@ -4,8 +4,11 @@ An image reference (`repo[:tag]`, a registry host and `@digest` allowed) is matc
 first match wins (fnmatch on the reference without the digest; a pattern without a tag matches any tag). Each
 entry gives what the image would: its ENTRYPOINT and CMD, the user it runs as (the Dockerfiles' USER), its
 HOME, the PATH its programs are found on, and `commands`, the programs of the image (a container's command[0]
-is looked up there, by name or by the image's path). An image not in the table is "not pullable": the pod gets
-ErrImagePull then ImagePullBackOff, as when a registry has no such image.
+is looked up there, by name or by the image's path), and `needs`, the host paths those programs read (the
+venv, the editable install's sources, the interpreter behind the venv: `program_paths()`), which a container
+keeps seeing whatever volumes it mounts over their ancestors (podexec.py's `pin`), as a real container always
+sees its image's files. An image not in the table is "not pullable": the pod gets ErrImagePull then
+ImagePullBackOff, as when a registry has no such image.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ class Image:
     env: dict[str, str] = field(default_factory=dict)
     commands: dict[str, str] = field(default_factory=dict)  # name in the image -> local program
     users: tuple[tuple[str, int, int, str], ...] = ()  # (name, uid, gid, home): the image's useradd lines
+    needs: tuple[str, ...] = ()  # host paths the programs need, kept visible in the container (program_paths)
 
     def passwd_group(self) -> tuple[str, str]:
         """/etc/passwd and /etc/group as the image has them: the host's, plus the image's own users."""
@@ -69,6 +73,26 @@ _STORE_BIN = str(VENV_BIN / "etcdstore")
 _OPERATOR_BIN = str(VENV_BIN / "etcdoperator")
 _PY = str(VENV_BIN / "python") if (VENV_BIN / "python").exists() else sys.executable
 
+
+def _interpreter() -> set[Path]:
+    """The Python installation behind the venv (its base prefix), e.g. pyenv's under /root."""
+    return {Path(sys.base_prefix).resolve(), Path(os.path.realpath(_PY)).parent.parent}
+
+
+def program_paths() -> tuple[str, ...]:
+    """What the project's programs (`.venv/bin/etcdstore`, `etcdoperator`, `python`) read on the host: the venv,
+    the sources of its editable install (`store/`, `operator/`) and the interpreter behind the venv; each as
+    named and, when a symlink is on the way, also where it really is. Only existing paths."""
+    out: list[str] = []
+    for p in (REPO / ".venv", REPO / "store", REPO / "operator", *sorted(_interpreter())):
+        for q in (os.path.abspath(p), os.path.realpath(p)):
+            if os.path.isdir(q) and q not in out:
+                out.append(q)
+    return tuple(out)
+
+
+PROGRAM_PATHS = program_paths()
+
 IMAGES: list[Image] = [
     # Dockerfile: USER 65532:65532, ENTRYPOINT ["etcdstore"], HOME /var/lib/etcd, PATH /opt/etcdstore/bin:...
     Image(
@@ -81,6 +105,7 @@ IMAGES: list[Image] = [
         env={"PYTHONUNBUFFERED": "1", "ETCD_DATA_DIR": "/var/lib/etcd/default.etcd"},
         users=(("etcd", 65532, 65532, "/var/lib/etcd"),),
         commands={"etcdstore": _STORE_BIN, "python": _PY, "python3": _PY},
+        needs=PROGRAM_PATHS,
     ),
     # Dockerfile.operator: USER 65532:65532, ENTRYPOINT ["etcdoperator"], CMD run ...; etcdctl from Debian.
     Image(
@@ -107,6 +132,7 @@ IMAGES: list[Image] = [
             "python": _PY,
             "python3": _PY,
         },
+        needs=PROGRAM_PATHS,
     ),
     # quay.io/coreos/etcd:v3.4.x: runs as root, /usr/local/bin/etcd and etcdctl (Debian's 3.4.23 here).
     Image(
@@ -136,6 +162,7 @@ IMAGES: list[Image] = [
         path=f"{VENV_BIN}:{SYSTEM_PATH}",
         env={"PYTHONUNBUFFERED": "1"},
         commands={"python": _PY, "python3": _PY},
+        needs=PROGRAM_PATHS,
     ),
 ]
 
@@ -171,11 +198,20 @@ def _blocked_ancestor(path: Path) -> Path | None:
 
 def masks() -> list[dict[str, object]]:
     """Host directories to hide in containers and what to keep visible below them: the interpreter behind the
-    venv may live where a non-root user cannot reach it (pyenv under /root, mode 0700), while images run their
-    programs as uid 65532."""
+    venv (or the repository) may live where a non-root user cannot reach it (pyenv under /root, mode 0700),
+    while images run their programs as uid 65532."""
     out: dict[Path, list[str]] = {}
-    for need in {Path(sys.base_prefix).resolve(), Path(os.path.realpath(_PY)).parent.parent}:
+    for need in map(Path, PROGRAM_PATHS):
         blocked = _blocked_ancestor(need)
         if blocked is not None:
             out.setdefault(blocked, []).append(str(need))
-    return [{"path": str(k), "keep": sorted(set(v))} for k, v in out.items()]
+    return [{"path": str(k), "keep": _outermost(v)} for k, v in out.items()]
+
+
+def _outermost(paths: list[str]) -> list[str]:
+    """The paths not below another one of them (keeping a directory keeps what is below it)."""
+    out: list[str] = []
+    for p in sorted(set(paths)):
+        if not any(p.startswith(q.rstrip("/") + "/") for q in out):
+            out.append(p)
+    return out

@@ -419,6 +419,8 @@ class PodRuntime:
             "mounts": self._mounts(c, env),
             "readOnlyRoot": bool(csc.get("readOnlyRootFilesystem")),
             "masks": self.node.agent.masks,
+            # kept visible whatever the pod mounts over their ancestors (e.g. an emptyDir at /tmp)
+            "image_paths": list(c.image.needs) if c.image else [],
             "stage": str(self.dir / "stage" / c.name),
             "created_log": str(self.node.agent.root / "mountpoints.log"),
         }

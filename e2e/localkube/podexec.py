@@ -6,9 +6,12 @@ Run as root: `python3 -I -S podexec.py SPEC.json` (SPEC: see `ContainerSpec` in 
    is seen by the host or by other pods), or joins those of a running container (`enter_pid`, for exec
    probes and `nodeagent exec`);
 2. hides host directories a container could not traverse anyway (mode 0700 /root) except what the image's
-   programs need below them (see `mask`), then bind-mounts every volume at its real mountPath (the pod's /etc/hosts, /etc/resolv.conf and /etc/hostname
-   too, and the container's termination-message file), read-only where asked, then remounts / read-only when
-   readOnlyRootFilesystem is set;
+   programs need below them (see `mask`), then bind-mounts every volume at its real mountPath (the pod's
+   /etc/hosts, /etc/resolv.conf and /etc/hostname too, and the container's termination-message file),
+   read-only where asked, and puts back on top the image's paths (`image_paths`: the venv, the sources, the
+   interpreter) that a volume mounted over one of their ancestors hides (see `pin`): in a real container a
+   volume at /tmp never hides the image's files, here the "image" is the host's repository, which may live
+   under /tmp. Then it remounts / (and the image's paths) read-only when readOnlyRootFilesystem is set;
 3. sets the hostname, then drops to the container's user: setgroups(supplementalGroups + fsGroup),
    setgid(runAsGroup), setuid(runAsUser); asks for SIGKILL when the agent dies (no orphans);
 4. chdirs to the working directory and execs the command with the container's environment.
@@ -24,6 +27,7 @@ import json
 import os
 import signal
 import sys
+from typing import NamedTuple
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUTS = 0x04000000
@@ -46,6 +50,15 @@ def _check(ret: int, what: str) -> None:
 
 
 MS_MOVE = 8192
+# statvfs(3) flags -> mount(2) flags, kept when a bind mount is remounted read-only
+_KEEP_ON_REMOUNT = {
+    os.ST_NOSUID: MS_NOSUID,
+    os.ST_NODEV: MS_NODEV,
+    os.ST_NOEXEC: 8,  # MS_NOEXEC
+    os.ST_NOATIME: 1024,  # MS_NOATIME
+    os.ST_NODIRATIME: 2048,  # MS_NODIRATIME
+    os.ST_RELATIME: 1 << 21,  # MS_RELATIME
+}
 
 
 def mount(
@@ -63,10 +76,55 @@ def mount(
     )
 
 
-def mask(spec: dict) -> None:
+class Layer(NamedTuple):
+    """One mount made in the container's namespace, in order."""
+
+    target: str  # where (normalized)
+    kind: str  # "volume", "image" (a host path of the image: a kept or pinned one) or "mask" (a tmpfs)
+    host: str | None  # the host directory shown there (None: a tmpfs)
+    fd: int | None = None  # an O_PATH descriptor of `host` (volumes), opened before anything was mounted
+
+
+def _under(path: str, top: str) -> bool:
+    return path == top or path.startswith(top.rstrip("/") + "/")
+
+
+def _top(path: str, layers: list[Layer]) -> Layer | None:
+    """The mount whose contents `path` shows: the last one made at or above it (a mount on an ancestor hides
+    the earlier ones below it)."""
+    for layer in reversed(layers):
+        if _under(path, layer.target):
+            return layer
+    return None
+
+
+def _host_path(path: str, layers: list[Layer]) -> str | None:
+    """Where `path` of the container is on the host (None: on a tmpfs of the container)."""
+    top = _top(path, layers)
+    if top is None:
+        return path
+    if top.host is None:
+        return None
+    return os.path.normpath(os.path.join(top.host, os.path.relpath(path, top.target)))
+
+
+def _log_created(log_fd: int | None, paths: list[str | None]) -> None:
+    lines = "".join(f"{p}\n" for p in paths if p)
+    if log_fd is not None and lines:
+        os.write(log_fd, lines.encode())
+
+
+def _remount_ro(target: str) -> None:
+    have = os.statvfs(target).f_flag
+    flags = sum(ms for st, ms in _KEEP_ON_REMOUNT.items() if have & st)
+    mount(None, target, MS_REMOUNT | MS_BIND | MS_RDONLY | flags)
+
+
+def mask(spec: dict) -> list[Layer]:
     """Hide host directories non-root users cannot traverse anyway (e.g. /root, mode 0700), keeping the
     paths the image's programs need below them (the Python installation behind the venv): a tmpfs replaces
     the directory and the needed paths are moved back in. A container never sees the host's /root."""
+    layers: list[Layer] = []
     for i, m in enumerate(spec.get("masks", [])):
         stage = os.path.join(spec["stage"], str(i))
         staged = []
@@ -76,14 +134,18 @@ def mask(spec: dict) -> None:
             mount(keep, d, MS_BIND | MS_REC)
             staged.append((d, keep))
         mount("tmpfs", m["path"], MS_NOSUID | MS_NODEV, "tmpfs", "mode=0711")
+        layers.append(Layer(os.path.normpath(m["path"]), "mask", None))
         for d, keep in staged:
             os.makedirs(keep, exist_ok=True)
             mount(d, keep, MS_MOVE)
+            layers.append(Layer(os.path.normpath(keep), "image", keep))
+    return layers
 
 
-def _mount_point(target: str, is_file: bool, created_log: str | None) -> None:
+def _mount_point(target: str, is_file: bool, log_fd: int | None, layers: list[Layer]) -> None:
     """Create the place to mount on: a host path shared by every pod, empty outside pods. What is created is
-    logged (`created_log`) so that the agent removes it again when it stops."""
+    logged (`created_log`, as host paths: inside a volume when one is mounted above) so that the agent removes
+    it again when it stops."""
     if os.path.lexists(target):
         return
     missing = []
@@ -97,9 +159,40 @@ def _mount_point(target: str, is_file: bool, created_log: str | None) -> None:
             pass
     else:
         os.makedirs(target, exist_ok=True)
-    if created_log:
-        with open(created_log, "a") as f:
-            f.writelines(f"{m}\n" for m in missing)
+    _log_created(log_fd, [_host_path(m, layers) for m in missing])
+
+
+def pin(target: str, fd: int, layers: list[Layer], log_fd: int | None) -> Layer | None:
+    """Put the image's directory `target` (the host's, open as `fd`) back where a volume mounted over one of its
+    ancestors hid it: its mount point is made inside that volume, through the volume's directory on the host
+    (so a read-only volume works too; logged, removed by the agent), then the directory is bind-mounted
+    there. Nothing is done when `target` still shows the host's directory."""
+    cover = _top(target, layers)
+    if cover is None or cover.kind == "image":
+        return None
+    if cover.fd is None:  # a tmpfs of the container's own
+        os.makedirs(target, exist_ok=True)
+    else:
+        cur, host = cover.fd, cover.host or ""
+        owned: list[int] = []
+        created: list[str | None] = []
+        try:
+            for name in os.path.relpath(target, cover.target).split("/"):
+                host = os.path.join(host, name)
+                try:
+                    os.mkdir(name, 0o755, dir_fd=cur)
+                    created.append(host)
+                except FileExistsError:
+                    pass
+                # never follow a symlink the pod may have left in its volume
+                cur = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=cur)
+                owned.append(cur)
+        finally:
+            for o in owned:
+                os.close(o)
+            _log_created(log_fd, created)
+    mount(f"/proc/self/fd/{fd}", target, MS_BIND | MS_REC)
+    return Layer(target, "image", target)
 
 
 def setup_namespaces(spec: dict) -> None:
@@ -114,24 +207,62 @@ def setup_namespaces(spec: dict) -> None:
         return
     _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWUTS), "unshare")
     mount(None, "/", MS_REC | MS_PRIVATE)
-    mask(spec)
-    mounts = sorted(spec.get("mounts", []), key=lambda m: m["target"].rstrip("/").count("/"))
-    # open every source first: a volume mounted on /tmp must not hide the source of the next one
-    fds = [os.open(m["source"], os.O_PATH) for m in mounts]
-    for m, fd in zip(mounts, fds):
-        dst = m["target"]
-        _mount_point(dst, os.path.isfile(f"/proc/self/fd/{fd}"), spec.get("created_log"))
-        mount(f"/proc/self/fd/{fd}", dst, MS_BIND | MS_REC)
-        if m.get("readOnly"):
-            mount(None, dst, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
-    for fd in fds:
-        os.close(fd)
+    created_log = spec.get("created_log")
+    # opened before anything is mounted: the agent's directory may be under a volume's mountPath (/tmp)
+    log_fd = os.open(created_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644) if created_log else None
+    fds: list[int] = []
+    try:
+        layers = _mount_all(spec, log_fd, fds)
+    finally:
+        for fd in fds:
+            os.close(fd)
+        if log_fd is not None:
+            os.close(log_fd)  # before / is made read-only: a file open for writing there makes that EBUSY
     if spec.get("readOnlyRoot"):
         mount(None, "/", MS_REMOUNT | MS_BIND | MS_RDONLY)
+        # the image's files are the root filesystem's: the mask's tmpfs, what it keeps and what was pinned
+        for layer in layers:
+            if layer.kind != "volume" and _top(layer.target, layers) is layer:
+                _remount_ro(layer.target)
     hostname = spec.get("hostname")
     if hostname:
         name = hostname.encode()
         _check(_libc.sethostname(name, len(name)), "sethostname")
+
+
+def _mount_all(spec: dict, log_fd: int | None, fds: list[int]) -> list[Layer]:
+    mounts = [{**m, "target": os.path.normpath(m["target"])} for m in spec.get("mounts", [])]
+    at = {m["target"] for m in mounts}
+    # the image's paths, but not where the pod mounts a volume right there (below them is fine: mounted later)
+    images = [os.path.normpath(p) for p in spec.get("image_paths", [])]
+    mounts += [{"source": p, "target": p, "image": True} for p in images if p not in at]
+    # open every source first: a volume mounted on /tmp must not hide the source of the next one, nor the
+    # image's paths below it; the mask (/root) must not hide what is below it either
+    todo = []
+    for m in mounts:
+        try:
+            fd = os.open(m["source"], os.O_PATH)
+        except FileNotFoundError:
+            if m.get("image"):
+                continue  # not on this host: nothing to keep
+            raise
+        fds.append(fd)
+        todo.append((m, fd))
+    layers = mask(spec)
+    todo.sort(key=lambda t: t[0]["target"].count("/"))  # parents first; volumes before images at one depth
+    for m, fd in todo:
+        dst = m["target"]
+        if m.get("image"):
+            layer = pin(dst, fd, layers, log_fd)
+            if layer is not None:
+                layers.append(layer)
+            continue
+        _mount_point(dst, os.path.isfile(f"/proc/self/fd/{fd}"), log_fd, layers)
+        mount(f"/proc/self/fd/{fd}", dst, MS_BIND | MS_REC)
+        if m.get("readOnly"):
+            mount(None, dst, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+        layers.append(Layer(dst, "volume", m["source"], fd))
+    return layers
 
 
 def drop_privileges(spec: dict) -> None:

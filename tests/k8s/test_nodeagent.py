@@ -622,3 +622,39 @@ def test_images_map_to_local_programs(ns: Ns) -> None:
     assert cstatus(ns.pod("store"))["user"]["linux"]["uid"] == 65532
     out = _logs(ns, "etcd")
     assert "etcd Version: 3.4.23" in out and "etcdctl version: 3.4.23" in out and out.rstrip().endswith("0")
+
+
+def test_image_paths_stay_visible_under_a_volume_over_the_repository(ns: Ns) -> None:
+    # The operator's pod mounts an emptyDir at /tmp; with the repository under /tmp that hid the venv and the
+    # pod crash-looped. A real container always sees its image's files: the agent keeps them visible, for the
+    # container and for exec probes / `nodeagent exec` entering it.
+    repo = Path(__file__).resolve().parents[2]
+    top = str(Path("/", repo.parts[1]))  # /tmp for a clone in /tmp, /work for /work/main
+    ns.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "hidden"},
+            "spec": {
+                "containers": [
+                    {
+                        "name": "main",
+                        "image": "etcdstore:0.1.0",
+                        "command": ["python", "-c", "import etcdstore, time; time.sleep(3600)"],
+                        "securityContext": {"readOnlyRootFilesystem": True},
+                        "readinessProbe": {
+                            "exec": {"command": ["etcdstore", "--version"]},
+                            "periodSeconds": 1,
+                        },
+                        "volumeMounts": [{"name": "tmp", "mountPath": top}],
+                    }
+                ],
+                "volumes": [{"name": "tmp", "emptyDir": {}}],
+            },
+        }
+    )
+    wait_for("Ready", lambda: condition(ns.pod("hidden"), "Ready") == "True", timeout=90)
+    assert cstatus(ns.pod("hidden"))["restartCount"] == 0
+    out = ns.exec("hidden", "sh", "-c", f"etcdstore --version && touch {top}/{ns.name}")
+    assert out.returncode == 0 and "etcdstore Version" in out.stdout, out.stdout + out.stderr
+    assert not Path(top, ns.name).exists()  # written to the volume, not to the host's directory

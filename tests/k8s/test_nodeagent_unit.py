@@ -1,6 +1,6 @@
 """Pieces of the node agent that need no control plane: $(VAR) expansion, listen-address rewriting, service
 environment, the per-pod hosts file, the image table, the atomic writer with fsGroup, and the exec wrapper's
-namespaces and user switch (as root)."""
+namespaces, user switch and image paths kept visible under volumes (as root)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from localkube import dns
-from localkube.nodeagent_images import resolve
+from localkube.nodeagent_images import REPO, masks, resolve
 from localkube.nodeagent_pod import PODEXEC, expand, rewrite_any, service_env
 from localkube.nodeagent_volumes import apply_fs_group, atomic_write, resource_value
 
@@ -266,6 +266,77 @@ def _podexec(tmp_path: Path) -> None:
         check=False,
     )
     assert out.returncode == 128 and "failed to start container" in out.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="namespaces and setuid need root")
+def test_podexec_keeps_the_image_paths_under_a_volume_over_their_ancestor() -> None:
+    # The operator's pod mounts an emptyDir at /tmp: with the repository under /tmp that hid the venv and the
+    # container could not start ("No such file or directory: '/tmp/.../.venv/bin/etcdoperator'").
+    tmp_path = Path(tempfile.mkdtemp(prefix="nodeagent-unit-"))
+    os.chmod(tmp_path, 0o755)
+    try:
+        _podexec_volume_over_the_repo(tmp_path)
+    finally:
+        shutil.rmtree(tmp_path)
+
+
+def _podexec_volume_over_the_repo(tmp_path: Path) -> None:
+    top = Path("/", REPO.parts[1])  # /tmp for a clone in /tmp, /work for /work/main: hides the repository
+    image = resolve("etcdstore:0.1.0")
+    assert image is not None and str(REPO / ".venv") in image.needs and str(REPO / "store") in image.needs
+    vols = {}
+    for name in ("empty", "at", "below"):
+        vols[name] = tmp_path / name
+        vols[name].mkdir()
+        os.chmod(vols[name], 0o777)
+    (vols["at"] / "marker").write_text("the volume at operator/\n")
+    (vols["below"] / "marker").write_text("the volume below .venv/\n")
+    scratch = f"scratch-{tmp_path.name}"
+    script = (
+        f"{REPO}/.venv/bin/etcdstore --version | head -1; cat {REPO}/operator/marker {REPO}/.venv/include/marker; "
+        f"touch {top}/{scratch} && echo VOLUME-RW; touch {REPO}/store/x 2>/dev/null || echo IMAGE-RO"
+    )
+    spec = {
+        "hostname": "pod-b",
+        "uid": 65532,
+        "gid": 65532,
+        "cwd": "/",
+        "argv": ["/bin/sh", "-c", script],
+        "env": {"PATH": "/usr/bin:/bin"},
+        "mounts": [
+            {"source": str(vols["below"]), "target": f"{REPO}/.venv/include", "readOnly": True},
+            {"source": str(vols["empty"]), "target": str(top), "readOnly": False},
+            {"source": str(vols["at"]), "target": f"{REPO}/operator/", "readOnly": True},
+        ],
+        "readOnlyRoot": True,
+        "image_paths": list(image.needs),
+        "masks": masks(),
+        "stage": str(tmp_path / "stage"),
+        "created_log": str(tmp_path / "created.log"),
+    }
+    sf = tmp_path / "spec.json"
+    sf.write_text(json.dumps(spec))
+    out = subprocess.run(
+        [sys.executable, "-I", "-S", PODEXEC, str(sf)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.splitlines() == [
+        "etcdstore Version: 0.1.0",
+        "the volume at operator/",  # a volume AT an image path wins, as one below it
+        "the volume below .venv/",
+        "VOLUME-RW",
+        "IMAGE-RO",  # readOnlyRootFilesystem covers the image's paths too
+    ]
+    # the mount points were made inside the volume, the host is untouched; the agent removes what is logged
+    assert (vols["empty"] / scratch).exists() and not (top / scratch).exists()
+    rel = REPO.relative_to(top)
+    created = set((tmp_path / "created.log").read_text().split())
+    assert {str(vols["empty"] / rel / ".venv"), str(vols["empty"] / rel / "store")} <= created
+    assert all(c.startswith(str(vols["empty"]) + "/") for c in created), created
 
 
 async def test_http_https_and_tcp_probe_handlers(tmp_path: Path) -> None:
