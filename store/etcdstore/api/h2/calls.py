@@ -14,7 +14,7 @@ import gzip
 import logging
 import struct
 import zlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -56,6 +56,10 @@ _NAME_KINDS: dict[bytes, int] = {
     },
 }
 _NAME_KINDS_MAX = 4096 + len(_NAME_KINDS)
+# A checked header list (`_head`): why it is malformed (or None), its size as HTTP/2 counts it,
+# :path, :method, content-type, grpc-timeout, grpc-encoding, and the call's metadata.
+_Head = tuple[str | None, int, bytes, bytes, bytes, bytes, bytes, tuple[tuple[str, Any], ...]]
+_HEADS_MAX = 256  # distinct repeated header lists kept by a router (cleared when full)
 
 
 def _status(code: grpc.StatusCode) -> int:
@@ -69,66 +73,26 @@ class Router:
         self.methods: dict[bytes, grpc.RpcMethodHandler] = {}
         self.services: set[str] = set()
         self.max_message = max_message  # gRPC-level cap on one request message
+        self._heads: dict[tuple[tuple[bytes, bytes], ...], _Head] = {}  # repeated header lists, checked
 
     def add(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
         self.services.add(service)
         for name, handler in handlers.items():
             self.methods[f"/{service}/{name}".encode()] = handler
 
-    def open(self, conn: H2Connection, stream: Stream, headers: list[tuple[bytes, bytes]]) -> None:
+    def open(self, conn: H2Connection, stream: Stream, headers: Sequence[tuple[bytes, bytes]]) -> None:
         """A new stream's request headers arrived: check them (RFC 9113 8.2-8.3), start (or refuse) its call."""
-        path = b""
-        method = b""
-        content_type = b""
-        timeout = b""
-        encoding = b""
-        metadata = []
-        pseudo = 0
-        regular = False
-        size = 0
-        bad = None
-        good_values = _good_values
-        kinds = _NAME_KINDS
-        for k, v in headers:
-            size += len(k) + len(v) + 32
-            if v not in good_values and (bad := check_field_value(v)):
-                break
-            kind = kinds.get(k)
-            if kind is None:  # a name not seen before
-                if k[:1] == b":":
-                    bad = f"unknown pseudo-header {k[:32]!r}"
-                    break
-                if bad := check_field_name(k):
-                    break
-                if len(kinds) < _NAME_KINDS_MAX:
-                    kinds[k] = 0
-                kind = 0
-            if kind < _CONTENT_TYPE:
-                if kind:  # a pseudo-header: each once, all before the regular fields
-                    if pseudo & kind or regular:
-                        bad = f"misplaced or repeated pseudo-header {k[:32]!r}"
-                        break
-                    pseudo |= kind
-                    if kind == 4:
-                        path = v
-                    elif kind == 1:
-                        method = v
-                    continue
-                regular = True
-                metadata.append((k, v))
-                continue
-            regular = True
-            if kind == _CONTENT_TYPE:
-                content_type = v
-            elif kind == _GRPC_TIMEOUT:
-                timeout = v
-            elif kind == _GRPC_ENCODING:
-                encoding = v
-            elif kind == _TE and v != b"trailers":
-                bad = "te other than trailers"
-                break
-        if bad is None and (pseudo & _REQUIRED != _REQUIRED or not path):
-            bad = "missing :method, :scheme or :path"
+        if type(headers) is tuple:  # a block the connection decoded before (see connection._ALL_INDEXED)
+            heads = self._heads
+            head = heads.get(headers)
+            if head is None:
+                head = _head(headers)
+                if len(heads) >= _HEADS_MAX:
+                    heads.clear()
+                heads[headers] = head
+        else:
+            head = _head(headers)
+        bad, size, path, method, content_type, timeout, encoding, metadata = head
         if bad is not None:  # a malformed request: stream error PROTOCOL_ERROR (8.1.1)
             conn.reset_stream(stream, f.PROTOCOL_ERROR)
             return
@@ -152,7 +116,7 @@ class Router:
                 message = f'grpc: Decompressor is not installed for grpc-encoding "{name}"'
                 stream.finish(f.trailers(_status(grpc.StatusCode.UNIMPLEMENTED), message))
                 return
-        ctx = CallContext(tuple(_metadatum(k, v) for k, v in metadata), conn.peer, conn.identity)
+        ctx = CallContext(metadata, conn.peer, conn.identity)
         call = Call(conn, stream, handler, ctx, self.max_message, decompress)
         stream.call = call
         if timeout:
@@ -162,6 +126,73 @@ class Router:
             call.start(None)
         elif stream.remote_closed:  # HEADERS with END_STREAM: no request message at all
             call.on_data(b"", True)
+
+
+def _head(headers: Sequence[tuple[bytes, bytes]]) -> _Head:
+    """What Router.open needs of a request's header list, checked (RFC 9113 8.2-8.3); a pure
+    function of the list, so repeated lists can share one result."""
+    path = b""
+    method = b""
+    content_type = b""
+    timeout = b""
+    encoding = b""
+    metadata = []
+    pseudo = 0
+    regular = False
+    size = 0
+    bad = None
+    good_values = _good_values
+    kinds = _NAME_KINDS
+    for k, v in headers:
+        size += len(k) + len(v) + 32
+        if v not in good_values and (bad := check_field_value(v)):
+            break
+        kind = kinds.get(k)
+        if kind is None:  # a name not seen before
+            if k[:1] == b":":
+                bad = f"unknown pseudo-header {k[:32]!r}"
+                break
+            if bad := check_field_name(k):
+                break
+            if len(kinds) < _NAME_KINDS_MAX:
+                kinds[k] = 0
+            kind = 0
+        if kind < _CONTENT_TYPE:
+            if kind:  # a pseudo-header: each once, all before the regular fields
+                if pseudo & kind or regular:
+                    bad = f"misplaced or repeated pseudo-header {k[:32]!r}"
+                    break
+                pseudo |= kind
+                if kind == 4:
+                    path = v
+                elif kind == 1:
+                    method = v
+                continue
+            regular = True
+            metadata.append((k, v))
+            continue
+        regular = True
+        if kind == _CONTENT_TYPE:
+            content_type = v
+        elif kind == _GRPC_TIMEOUT:
+            timeout = v
+        elif kind == _GRPC_ENCODING:
+            encoding = v
+        elif kind == _TE and v != b"trailers":
+            bad = "te other than trailers"
+            break
+    if bad is None and (pseudo & _REQUIRED != _REQUIRED or not path):
+        bad = "missing :method, :scheme or :path"
+    return (
+        bad,
+        size,
+        path,
+        method,
+        content_type,
+        timeout,
+        encoding,
+        tuple(_metadatum(k, v) for k, v in metadata) if bad is None else (),
+    )
 
 
 # -- the call rules, shared with the JSON gateway (api/gateway.py), which runs the same handlers ------
@@ -327,11 +358,22 @@ class Call:
                     "grpc: too many request bytes buffered on this connection",
                 )
                 return
+        stream = self.stream
+        streaming = self.inbox is not None
+        if end and not streaming and n > 5 and not self.buf and self.request is None:
+            # The usual unary request: its one message, whole, in the frame that ends the stream.
+            flag, size = _prefix.unpack_from(payload)
+            if not flag and size == n - 5 and size <= self.max_message:
+                conn.credit(stream, n)
+                self.request = payload[5:]
+                self.ended = True
+                if self.task is None:
+                    self._unhold(self.held)
+                    self.start(self.request)
+                return
         buf = self.buf  # a bytearray: appending is linear however many frames a message spans
         buf += payload
         pos = 0
-        stream = self.stream
-        streaming = self.inbox is not None
         if not streaming:
             # Unary: the bytes go into a message whose length passed the check below, so they
             # count as consumed: the stream's window comes back as they arrive.
@@ -474,8 +516,7 @@ class Call:
                 if failed is not None:
                     stream.finish(f.trailers(_status(failed[0]), failed[1]))
                 else:
-                    data = serialize(resp) if serialize else resp
-                    stream.respond(f.grpc_message(data), _OK)
+                    stream.respond(serialize(resp) if serialize else resp, _OK)
             else:
                 async for resp in fn(req, ctx):
                     stream.send(f.grpc_message(serialize(resp) if serialize else resp))

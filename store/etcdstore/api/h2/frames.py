@@ -137,6 +137,33 @@ def trailers(code: int, message: str = "") -> bytes:
     return block
 
 
+# A unary answer's bytes around its message, each in one pack: the response HEADERS frame and the
+# DATA frame's header with the gRPC length prefix (before the message), the trailers HEADERS frame
+# (after it). See Stream.respond.
+_UNARY_START = struct.Struct(f">HBBBI{len(RESPONSE_HEADERS)}sHBBBIBI")
+_DATA_START = struct.Struct(">HBBBIBI")
+_OK_END = struct.Struct(f">HBBBI{len(_OK_TRAILERS)}s")
+
+
+def unary_start(stream_id: int, size: int, headers: bool) -> bytes:
+    """The bytes before a `size`-byte message that is a stream's whole answer: the response
+    headers (if not sent yet), the DATA frame header and the gRPC message prefix."""
+    n = size + 5
+    if headers:
+        return _UNARY_START.pack(
+            0, len(RESPONSE_HEADERS), HEADERS, END_HEADERS, stream_id, RESPONSE_HEADERS,
+            n >> 8, n & 0xFF, DATA, 0, stream_id, 0, size,
+        )  # fmt: skip
+    return _DATA_START.pack(n >> 8, n & 0xFF, DATA, 0, stream_id, 0, size)
+
+
+def end_frame(stream_id: int, trailer: bytes) -> bytes:
+    """The HEADERS frame that ends a stream with this trailer block."""
+    if trailer is _OK_TRAILERS:
+        return _OK_END.pack(0, len(_OK_TRAILERS), HEADERS, END_HEADERS | END_STREAM, stream_id, trailer)
+    return frame(HEADERS, END_HEADERS | END_STREAM, stream_id, trailer)
+
+
 def trailers_only(code: int, message: str) -> bytes:
     """A whole response in one header block: status 200, content type, grpc-status/-message."""
     return RESPONSE_HEADERS + trailers(code, message)
