@@ -6,10 +6,14 @@ import argparse
 import json
 import statistics
 import sys
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from etcdstore.bench.config import WORKLOADS, BenchConfig
-from etcdstore.bench.runner import Summary, run
+
+if TYPE_CHECKING:
+    # Imported where used: the runner pulls in gRPC and the client (about a second on a loaded machine),
+    # which `bench compare` does not need before it has installed its Ctrl-C handler.
+    from etcdstore.bench.runner import Summary
 
 _EPILOG = """\
 examples:
@@ -250,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         from etcdstore.bench.compare import main as compare_main
 
         return compare_main(argv[1:])
+    from etcdstore.bench.runner import run
+
     args = _parser().parse_args(argv)
     out = sys.stdout
     results: list[Summary] = []

@@ -10,7 +10,8 @@ the other server (etcd first in odd rounds, etcdstore first in even ones), so lo
 machine weighs on both alike. Per cell the table shows each server's median requests/s and median
 p50/p99 latency over the rounds, and the median (and range) of the rounds' etcdstore/etcd ratios.
 The load average before and after is printed with the table. Everything started is stopped at the
-end, on error, and on Ctrl-C / SIGTERM (the children also get SIGTERM from the kernel if this
+end, on error, and on Ctrl-C / SIGTERM, which exit 130 (a second one while stopping kills what is left
+at once instead of waiting for it to stop; the children also get SIGTERM from the kernel if this
 process dies: PR_SET_PDEATHSIG through setpriv).
 
 The Go tool is a measurement dependency, not part of etcdstore: it is found with --benchmark-bin,
@@ -86,9 +87,14 @@ def find_tool(explicit: str | None = None, build_script: str | None = None, out:
         flush=True,
     )
     env = dict(os.environ, OUT=str(cached), GOBENCH_WORK=str(cached.parent / "build"))
-    r = subprocess.run(["bash", str(script)], env=env, check=False, capture_output=True, text=True)
-    if r.returncode != 0 or not os.access(cached, os.X_OK):
-        raise SystemExit(f"building etcd's benchmark tool failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
+    # Its own process group like every child (interrupted, the whole build is stopped, not just bash).
+    p = _spawn(["bash", str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = p.communicate()
+    finally:
+        _reap(p)
+    if p.returncode != 0 or not os.access(cached, os.X_OK):
+        raise SystemExit(f"building etcd's benchmark tool failed:\n{stdout[-2000:]}\n{stderr[-2000:]}")
     return str(cached)
 
 
@@ -134,9 +140,64 @@ def parse_report(text: str) -> ToolResult:
 
 # ---------------------------------------------------------------------------------------------
 # Processes: everything this command starts is in _LIVE until it has been waited for.
+#
+# Ctrl-C and SIGTERM (main() installs _on_interrupt for both): the first raises KeyboardInterrupt in the
+# main thread, but never while a child is being started (_spawn defers it to the end of the start: raised
+# inside Popen() it would leave a child running that nothing knows of). From then on the command is
+# stopping and the cleanup runs to its end: later signals do not raise (as in etcd's HandleInterrupts, whose
+# handlers run once, whatever arrives meanwhile) but make it hurry: what is still running is killed at once
+# instead of being given its grace period. Every wait of the cleanup is bounded.
 
 _LIVE: set[subprocess.Popen] = set()
 _LIVE_LOCK = threading.Lock()
+STOP_GRACE_S = 15.0  # SIGTERM to SIGKILL
+KILL_WAIT_S = 30.0  # SIGKILL to giving up on a process (one stuck in the kernel): reported, not waited for
+
+
+class _Interrupts:
+    def __init__(self) -> None:
+        self.stopping = threading.Event()  # an interrupt was raised: the cleanup is under way
+        self.hurry = threading.Event()  # interrupted again meanwhile: kill, do not wait
+        self.deferring = 0  # depth of _Deferred blocks in the main thread
+        self.pending = False  # an interrupt arrived in one
+
+    def reset(self) -> None:
+        self.stopping.clear()
+        self.hurry.clear()
+        self.deferring, self.pending = 0, False
+
+    def interrupt(self) -> None:
+        """Raise the first interrupt (KeyboardInterrupt) unless it must wait for the end of a deferred block."""
+        if self.stopping.is_set():
+            self.hurry.set()
+        elif self.deferring:
+            self.pending = True
+        else:
+            self.stopping.set()
+            raise KeyboardInterrupt
+
+
+_INTERRUPTS = _Interrupts()
+
+
+def _on_interrupt(signum: int, frame: object) -> None:
+    _INTERRUPTS.interrupt()
+
+
+class _Deferred:
+    """A block of the main thread that an interrupt does not cut short: raised at its end instead."""
+
+    def __enter__(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            _INTERRUPTS.deferring += 1
+
+    def __exit__(self, *exc: object) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        _INTERRUPTS.deferring -= 1
+        if not _INTERRUPTS.deferring and _INTERRUPTS.pending:
+            _INTERRUPTS.pending = False
+            _INTERRUPTS.interrupt()
 
 
 def _die_with_parent() -> list[str]:
@@ -145,36 +206,67 @@ def _die_with_parent() -> list[str]:
 
 
 def _spawn(cmd: list[str], **kw: Any) -> subprocess.Popen:
-    # Own session: a terminal's Ctrl-C reaches this process only, which then stops the children.
-    p = subprocess.Popen(_die_with_parent() + cmd, start_new_session=True, stdin=subprocess.DEVNULL, **kw)
-    with _LIVE_LOCK:
-        _LIVE.add(p)
+    # Own session: a terminal's Ctrl-C reaches this process only, which then stops the children, and the
+    # child's process group (its pid) holds whatever it starts. Its output goes where `kw` says (log files,
+    # a pipe of this process or DEVNULL): never to this process's stdout/stderr, which a child would keep
+    # open after this process exited. Started from the main thread only: PR_SET_PDEATHSIG follows the
+    # thread that started the child.
+    with _Deferred():
+        p = subprocess.Popen(_die_with_parent() + cmd, start_new_session=True, stdin=subprocess.DEVNULL, **kw)
+        with _LIVE_LOCK:
+            _LIVE.add(p)
     return p
 
 
-def _reap(p: subprocess.Popen, timeout: float = 15.0) -> None:
+def _signal_group(p: subprocess.Popen, sig: int) -> None:
     if p.poll() is None:
         try:
-            p.send_signal(signal.SIGTERM)
-            p.wait(timeout)
+            os.killpg(p.pid, sig)  # its own session: process group id == pid
+        except ProcessLookupError:
+            pass
+
+
+def _wait_for(p: subprocess.Popen, seconds: float, hurry: bool = True) -> bool:
+    """Wait up to `seconds` for `p` to exit (cut short by a repeated interrupt when `hurry`); whether it did."""
+    deadline = time.monotonic() + seconds
+    while p.poll() is None:
+        left = deadline - time.monotonic()
+        if left <= 0 or (hurry and _INTERRUPTS.hurry.is_set()):
+            return False
+        try:
+            p.wait(min(left, 0.2))
         except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+            pass
+    return True
+
+
+def _stop(procs: list[subprocess.Popen], grace: float = STOP_GRACE_S) -> None:
+    """SIGTERM to each process's group, up to `grace` s for all to exit, SIGKILL to what is left; each
+    waited for (KILL_WAIT_S at most: one that still has not exited is reported and left)."""
+    for p in procs:
+        _signal_group(p, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for p in procs:
+        _wait_for(p, deadline - time.monotonic())
+    for p in procs:
+        _signal_group(p, signal.SIGKILL)
+    for p in procs:
+        if not _wait_for(p, KILL_WAIT_S, hurry=False):
+            print(
+                f"# pid {p.pid} has not exited {KILL_WAIT_S:.0f} s after SIGKILL: {p.args}", file=sys.stderr
+            )
     with _LIVE_LOCK:
-        _LIVE.discard(p)
+        _LIVE.difference_update(procs)
+
+
+def _reap(p: subprocess.Popen, timeout: float = STOP_GRACE_S) -> None:
+    _stop([p], timeout)
 
 
 def stop_everything() -> None:
     with _LIVE_LOCK:
         procs = list(_LIVE)
-    for p in procs:
-        if p.poll() is None:
-            try:
-                p.send_signal(signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-    for p in procs:
-        _reap(p)
+    _stop(procs)
 
 
 def run_tool(
@@ -186,7 +278,6 @@ def run_tool(
     try:
         out, _ = p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        _reap(p)
         raise TimeoutError(f"benchmark {' '.join(args[:1])} did not finish in {timeout:.0f} s") from None
     finally:
         _reap(p)
@@ -369,12 +460,7 @@ class Cluster:
         return sum(dir_bytes(m.data_dir, only_wal) for m in self.members)
 
     def stop(self) -> None:
-        for m in self.members:
-            if m.proc is not None and m.proc.poll() is None:
-                m.proc.send_signal(signal.SIGTERM)
-        for m in self.members:
-            if m.proc is not None:
-                _reap(m.proc)
+        _stop([m.proc for m in self.members if m.proc is not None])
 
 
 @contextlib.contextmanager
@@ -389,8 +475,10 @@ def running_cluster(
         cluster.start()
         yield cluster
     finally:
-        cluster.stop()
-        shutil.rmtree(root, ignore_errors=True)
+        try:
+            cluster.stop()
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 class Proxy:
@@ -1796,17 +1884,27 @@ def main(argv: list[str] | None = None) -> int:
         _leader_changes(args.leader_changes)
     if not os.access(args.etcd_bin, os.X_OK):
         raise SystemExit(f"no etcd binary at {args.etcd_bin} (apt-get install etcd-server)")
+    # Ctrl-C and SIGTERM stop everything and exit 130, from here on whenever they come. Installed whatever
+    # this process inherited: a shell starts a background job (`cmd &`) with SIGINT ignored, and Python
+    # leaves an ignored SIGINT ignored, so `kill -INT` did nothing and the command ran on (etcd's Go
+    # signal.Notify takes SIGINT back the same way).
+    _INTERRUPTS.reset()
+    old = {sig: signal.signal(sig, _on_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return _run(args, argv, cells, log)
+    except KeyboardInterrupt:  # before the suites ran (building the tool, reading versions) or after
+        stop_everything()
+        print("# interrupted: stopped every process started", file=log, flush=True)
+        return 130
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
+def _run(args: argparse.Namespace, argv: list[str] | None, cells: list[Cell], log: TextIO) -> int:
     tool = find_tool(args.benchmark_bin, args.build_script, log)
-
-    def on_term(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    old = signal.signal(signal.SIGTERM, on_term)
-    own_work = args.work_dir is None
-    work = Path(args.work_dir or tempfile.mkdtemp(prefix="etcdstore-bench-compare-"))
-    work.mkdir(parents=True, exist_ok=True)
     etcd_version = subprocess.run(
-        [args.etcd_bin, "--version"], check=False, capture_output=True, text=True
+        [args.etcd_bin, "--version"], check=False, capture_output=True, text=True, timeout=60
     ).stdout.split("\n")[0]
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     load_before = _loadavg()
@@ -1822,9 +1920,12 @@ def main(argv: list[str] | None = None) -> int:
     scale: dict[str, list[dict[str, Any]]] = {}
     t0 = time.monotonic()
     interrupted = False
+    own_work = args.work_dir is None
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="etcdstore-bench-compare-"))
     loads = LoadSampler()
     loads.start()
     try:
+        work.mkdir(parents=True, exist_ok=True)
         if args.suite in ("headline", "all"):
             measurements = run_headline(
                 tool,
@@ -1844,7 +1945,6 @@ def main(argv: list[str] | None = None) -> int:
         print("# interrupted: stopping every server and load generator started", file=log, flush=True)
     finally:
         stop_everything()
-        signal.signal(signal.SIGTERM, old)
         if own_work:
             shutil.rmtree(work, ignore_errors=True)
     load_after = _loadavg()
