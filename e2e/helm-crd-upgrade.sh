@@ -70,7 +70,13 @@ PY
     h upgrade etcd-operator "$copy/etcd-operator" --namespace "$release_ns" --wait --timeout 5m "$@"
     [ "$(k get crd "$crd" -o jsonpath="{.metadata.labels.${label//./\\.}}")" = v2 ] || fail "the live CRD has no new label"
     case " $(columns) " in *" Upgraded "*) ;; *) fail "the live CRD has no new printer column: $(columns)" ;; esac
-    k -n "$ns" get etcdcluster upg | head -1 | grep -qw UPGRADED || fail "kubectl get does not print the new column"
+    # The API server prints a changed CRD's columns once its own watch of CRDs has seen the change (under
+    # load that can lag the update): wait for it, up to a minute.
+    deadline=$((SECONDS + 60))
+    until k -n "$ns" get etcdcluster upg | head -1 | grep -qw UPGRADED; do
+        [ "$SECONDS" -lt "$deadline" ] || fail "kubectl get does not print the new column (waited 60 s)"
+        sleep 0.5
+    done
     [ "$(uid)" = "$before" ] || fail "the EtcdCluster did not survive the upgrade"
     available
 
