@@ -399,7 +399,7 @@ class Agent:
         self.masks = masks()
         self._refresh = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
-        self.http: aiohttp.ClientSession = None  # type: ignore[assignment]
+        self.http: aiohttp.ClientSession = None  # type: ignore[assignment]  # set in run()
         self._events = asyncio.Semaphore(4)
 
     # -- names and the service proxy follow the cluster ------------------------------------------------------
@@ -701,7 +701,7 @@ def main(argv: list[str] | None = None) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await Agent(**agent_kw).run(stop)  # type: ignore[arg-type]
+        await Agent(**agent_kw).run(stop)
 
     asyncio.run(run())
     return 0

@@ -865,10 +865,10 @@ class PodRuntime:
             st["user"] = {
                 "linux": {
                     "uid": c.exec_spec["uid"],
-                    "gid": c.exec_spec["gid"],  # type: ignore[index]
+                    "gid": c.exec_spec["gid"],  # type: ignore[index]  # a uid means exec_spec is set
                     "supplementalGroups": sorted({c.exec_spec["gid"], *c.exec_spec["groups"]}),
                 }
-            }  # type: ignore[index]
+            }
         return st
 
     def status(self) -> Obj:

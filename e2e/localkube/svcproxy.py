@@ -61,7 +61,7 @@ class ServiceProxy:
                 tp = _target_port(p, port.get("targetPort", port["port"]))
                 if tp is not None:
                     out.append((dns.pod_ip(p), tp))
-            return out  # type: ignore[return-value]
+            return out  # type: ignore[return-value]  # ready pods have an IP
         if ns == "default" and name == "kubernetes":
             return [self.api_addr]
         out = []

@@ -646,7 +646,7 @@ def parse_args(argv: list[str] | None = None, environ: dict[str, str] | None = N
             continue
         attr, parser = _FLAGS[name]
         try:
-            setattr(cfg, attr, parser(text))  # type: ignore[operator]
+            setattr(cfg, attr, parser(text))  # type: ignore[operator]  # _FLAGS types parsers as object
         except ValueError as e:
             raise ConfigError(f'invalid value "{text}" for flag --{name}: {e}') from None
     _apply_defaults(cfg, raw)

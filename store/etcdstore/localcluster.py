@@ -143,7 +143,7 @@ def _ready(procs: list[Proc], deadline: float) -> bool:
     return not pending
 
 
-def _pump(name: str, stream, width: int) -> None:  # type: ignore[no-untyped-def]
+def _pump(name: str, stream, width: int) -> None:
     for line in iter(stream.readline, b""):
         sys.stdout.write(f"{name:<{width}} | {line.decode('utf-8', 'replace')}")
         sys.stdout.flush()

@@ -63,7 +63,7 @@ def _sessions(
     """Run `body` on fresh connections until the deadline; a closed connection is reopened."""
     while _left(deadline) > 0:
         try:
-            c = h.Conn(host, port, **conn_opts)  # type: ignore[arg-type]
+            c = h.Conn(host, port, **conn_opts)  # type: ignore[arg-type]  # options passed through to Conn
         except OSError:
             stats["connect_errors"] = stats.get("connect_errors", 0) + 1
             time.sleep(0.05)
@@ -426,5 +426,6 @@ def run_in_child(name: str, host: str, port: int, duration: float, profile: str,
         BY_NAME[name].fn(host, port, deadline, SIZES[profile], stats)
     except Exception as e:  # noqa: BLE001 - the attacker's own failure is reported, not raised
         stats["attacker_error"] = 1
+        # Stats holds counters and this text
         stats["attacker_error_text"] = repr(e)[:200]  # type: ignore[assignment]
-    out.put(stats)  # type: ignore[attr-defined]
+    out.put(stats)  # type: ignore[attr-defined]  # out is a multiprocessing queue

@@ -250,7 +250,7 @@ def run_one(
             f"-> {_mb(result.rss_peak)} MB, recovery {result.recovery}, attacker {result.attack_stats}",
             file=log,
             flush=True,
-        )  # type: ignore[arg-type]
+        )
     return result
 
 

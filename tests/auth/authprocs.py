@@ -79,7 +79,7 @@ def authenticate(endpoint: str, name: str, password: str) -> str:
         endpoint, "Auth", "Authenticate", rpc_pb2.AuthenticateRequest(name=name, password=password)
     )
     assert code == "OK", resp
-    return resp.token  # type: ignore[attr-defined]
+    return resp.token  # type: ignore[attr-defined]  # resp is an AuthenticateResponse
 
 
 def watch_create(

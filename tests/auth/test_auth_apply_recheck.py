@@ -57,6 +57,7 @@ async def member(tmp_path: Path):
 
 async def _propose(s, kind: int, msg: object, user: str = "", rev: int = 0) -> object:
     try:
+        # msg is a protobuf message
         return await s.propose(kind, msg.SerializeToString(), user=user, auth_revision=rev)  # type: ignore[attr-defined]
     except errors.EtcdError as e:
         return e

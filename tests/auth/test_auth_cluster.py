@@ -99,7 +99,7 @@ def test_jwt_tokens_work_on_every_member(tmp_path: Path, keys: tuple[str, str]) 
             code, resp = call(
                 ep, "KV", "Range", rpc_pb2.RangeRequest(key=b"u/", range_end=b"u0"), token=token
             )
-            assert code == OK and resp.count >= i + 1  # type: ignore[attr-defined]
+            assert code == OK and resp.count >= i + 1  # type: ignore[attr-defined]  # resp is a RangeResponse
             assert call(ep, "KV", "Put", rpc_pb2.PutRequest(key=b"x", value=b"v"), token=token) == (
                 "PERMISSION_DENIED",
                 "etcdserver: permission denied",

@@ -36,7 +36,8 @@ class Node:
     def apply(self, kind: int, msg: object = None, user: str = "", payload: bytes | None = None) -> object:
         """Apply one entry in its own batch; returns the response or the EtcdError."""
         self.index += 1
-        data = payload if payload is not None else msg.SerializeToString()  # type: ignore[union-attr]
+        # msg is a protobuf message
+        data = payload if payload is not None else msg.SerializeToString()  # type: ignore[attr-defined]
         req = Request(kind, next(_ids), data, user, self.store.revision if user else 0)
         batch = self.backend.batch()
         try:

@@ -118,13 +118,14 @@ def test_jwt_sign_verify_across_members(tmp_path: Path, kind: str, method: str) 
 def test_jwt_expiry_and_wrong_algorithm(tmp_path: Path) -> None:
     pub, priv = write_keys(tmp_path, "rsa")
     short = new_provider(f"jwt,pub-key={pub},priv-key={priv},sign-method=RS256,ttl=1s", 300)
-    token = short.sign("u", 1)  # type: ignore[attr-defined]
+    token = short.sign("u", 1)  # type: ignore[attr-defined]  # sign is not on the protocol
     assert short.info(token, 1) is not None
     time.sleep(2.1)
     assert short.info(token, 1) is None  # expired (also when it was cached)
     hs_key = tmp_path / "hmac"
     hs_key.write_bytes(b"0123456789abcdef0123456789abcdef")
     hs = new_provider(f"jwt,priv-key={hs_key},sign-method=HS256", 300)
+    # sign is not on the protocol
     assert hs.info(hs.sign("u", 1), 1) is not None  # type: ignore[attr-defined]
     rs = new_provider(f"jwt,pub-key={pub},priv-key={priv},sign-method=RS256", 300)
-    assert rs.info(hs.sign("u", 1), 1) is None  # type: ignore[attr-defined]
+    assert rs.info(hs.sign("u", 1), 1) is None  # type: ignore[attr-defined]  # sign is not on the protocol

@@ -16,7 +16,7 @@ from testlib import Cluster
 UNKNOWN = grpc.StatusCode.UNKNOWN
 
 
-async def rpc_error(call) -> tuple[grpc.StatusCode, str]:  # type: ignore[no-untyped-def]
+async def rpc_error(call) -> tuple[grpc.StatusCode, str]:
     with pytest.raises(grpc.aio.AioRpcError) as e:
         await call
     return e.value.code(), e.value.details()

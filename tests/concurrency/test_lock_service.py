@@ -23,7 +23,7 @@ async def current_revision(st: Stubs) -> int:
     return (await st.kv.Range(everything)).header.revision
 
 
-async def rpc_error(call) -> grpc.aio.AioRpcError:  # type: ignore[no-untyped-def]
+async def rpc_error(call) -> grpc.aio.AioRpcError:
     with pytest.raises(grpc.aio.AioRpcError) as e:
         await call
     return e.value

@@ -49,7 +49,7 @@ async def member(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tupl
 
 async def test_streams_end_when_the_client_disconnects(member: tuple[Member, str]) -> None:
     m, base = member
-    ws = m.server.watchable  # type: ignore[union-attr]
+    ws = m.server.watchable  # type: ignore[union-attr]  # a started member has a server
     baseline = ws.stats()["streams"]
     async with aiohttp.ClientSession() as session:
         v3 = await open_stream(

@@ -173,7 +173,7 @@ async def test_operator_applies_with_its_field_manager():
             seen.append((request.method.value, ctype, request.params.get("fieldManager")))
             return original(self, request)
 
-        ApiServer._admit = spy  # type: ignore[method-assign]
+        ApiServer._admit = spy  # type: ignore[method-assign]  # a spy
         kube = Kube(str(srv.url).rstrip("/"))
         try:
             created = await kube.apply(_svc(a="1", b="2"))
@@ -188,7 +188,7 @@ async def test_operator_applies_with_its_field_manager():
             except ApiError as e:
                 assert e.status == 422
         finally:
-            ApiServer._admit = original  # type: ignore[method-assign]
+            ApiServer._admit = original  # type: ignore[method-assign]  # restores the spied method
             await kube.close()
     assert seen[0] == ("PATCH", kube_mod.APPLY_PATCH, FIELD_MANAGER)
     assert all(m == "PATCH" and c == kube_mod.APPLY_PATCH for m, c, _ in seen)

@@ -349,8 +349,10 @@ class Cluster:
     async def network(
         self,
         *,
-        blackhole: list[tuple[str, str]] = (),  # type: ignore[assignment]
+        blackhole: list[tuple[str, str]] = (),  # type: ignore[assignment]  # an empty, never-mutated default
+        # an empty, never-mutated default
         delay: list[tuple[str, str, float, float]] = (),  # type: ignore[assignment]
+        # an empty, never-mutated default
         drop: list[tuple[str, str, float]] = (),  # type: ignore[assignment]
     ) -> None:
         assert self.proxy is not None

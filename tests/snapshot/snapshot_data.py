@@ -211,7 +211,7 @@ def restore_and_start(
         *extra,
     ]
     cmd = [ETCDCTL_BIN, *args] if tool == "etcdctl" else etcdstore_cmd(*args)
-    out, m.restore_peak_rss = run_measured(cmd)  # type: ignore[attr-defined]
+    out, m.restore_peak_rss = run_measured(cmd)  # type: ignore[attr-defined]  # an ad-hoc attribute on Member
     assert out.returncode == 0, f"{tool} snapshot restore: {out.stderr}"
     m.spawn()
     try:

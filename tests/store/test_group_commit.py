@@ -94,7 +94,7 @@ def _driver(last_batch: int = 0, role: Role = Role.LEADER) -> RaftNode:
         None,
         host,
         tick_seconds=0.1,
-        heartbeat_seconds=0.1,  # type: ignore[arg-type]
+        heartbeat_seconds=0.1,
         group_commit=POLICY,
     )
     r._last_batch = last_batch
@@ -122,7 +122,7 @@ def test_the_driver_asks_the_policy_whether_it_is_busy() -> None:
     r = _driver()
     r._arrived_during_ready = 0
     assert r._busy() is False  # one queued, nothing else in flight
-    r.host.in_flight = lambda: 7  # type: ignore[attr-defined]
+    r.host.in_flight = lambda: 7  # type: ignore[method-assign]  # a fake in_flight
     assert r._busy() is True
 
 
@@ -130,7 +130,7 @@ def test_forwarded_proposals_count_toward_the_batch() -> None:
     r = _driver()
     r._proposals = []
     kicks: list[int] = []
-    r.kick = lambda: kicks.append(1)  # type: ignore[method-assign]
+    r.kick = lambda: kicks.append(1)  # type: ignore[method-assign]  # a fake kick
     entries = [Entry(term=0, index=0, data=b"x") for _ in range(3)]
     r.step(Message(MessageType.PROP, to=1, frm=2, entries=entries))
     r.step(Message(MessageType.APP_RESP, to=1, frm=2, term=1))
@@ -156,7 +156,7 @@ async def test_a_gathering_leader_commits_what_answers_bring_without_ending_the_
         if len(steps) == 3:
             r._answers = 2  # two followers acked during the third step
 
-    r._commit_early = commit_early  # type: ignore[method-assign]
+    r._commit_early = commit_early  # type: ignore[method-assign]  # a fake
     monkeypatch.setattr(raftnode.asyncio, "sleep", sleep)
     await r._gather_proposals()
     assert early == [3]
@@ -165,7 +165,7 @@ async def test_a_gathering_leader_commits_what_answers_bring_without_ending_the_
     # A follower never does this: its answers are for its leader's Readies, not its own.
     f = _driver(last_batch=POLICY.heavy, role=Role.FOLLOWER)
     f._answers = 1
-    f._commit_early = commit_early  # type: ignore[method-assign]
+    f._commit_early = commit_early  # type: ignore[method-assign]  # a fake
     early.clear()
     steps.clear()
     await f._gather_proposals()
@@ -209,9 +209,9 @@ async def test_commit_early_steps_answers_and_keeps_forwarded_proposals() -> Non
 
     prop = Message(MessageType.PROP, to=1, frm=2, entries=[Entry(term=0, index=0, data=b"x")])
     r = _driver()
-    r.node = node  # type: ignore[assignment]
+    r.node = node  # type: ignore[assignment]  # a fake RawNode
     r._answers = 2
-    r._handle_ready = handle_ready  # type: ignore[method-assign,assignment]
+    r._handle_ready = handle_ready  # type: ignore[method-assign,assignment]  # a fake
     r._inbound = [
         Message(MessageType.APP_RESP, to=1, frm=2, term=1),
         prop,
@@ -250,7 +250,7 @@ async def test_a_real_member_delays_load_but_not_a_lone_client(tmp_path) -> None
         gathered.append(len(s.r._proposals))
         await real_gather()
 
-    s.r._gather_proposals = counting_gather  # type: ignore[method-assign]
+    s.r._gather_proposals = counting_gather  # type: ignore[method-assign]  # a counting wrapper
     await s.start()
     try:
         # Wait out the member's own start-up proposals (it publishes its name).

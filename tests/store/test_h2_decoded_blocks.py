@@ -80,7 +80,7 @@ INDEXED = P + b"\xc1\xc0\xbf\xbe"  # entries 65, 64, 63, 62: :path, :authority, 
 async def _connection(servicer: Servicer) -> tuple[H2Connection, _Transport]:
     conn = H2Connection(make_router(servicer))
     t = _Transport()
-    conn.connection_made(t)  # type: ignore[arg-type]
+    conn.connection_made(t)  # type: ignore[arg-type]  # a fake transport
     conn.data_received(f.PREFACE + f.settings_frame({}))
     return conn, t
 
@@ -109,7 +109,7 @@ async def test_a_repeated_block_follows_the_dynamic_table() -> None:
         decodes += 1
         return decode(block, raw=raw)
 
-    conn._decoder.decode = counting  # type: ignore[method-assign]
+    conn._decoder.decode = counting  # type: ignore[method-assign,assignment]  # a counting wrapper
     await _call(conn, 1, _full(b"one"))
     assert _x_k(s) == ["one"]
     for sid in (3, 5, 7):

@@ -345,7 +345,7 @@ class FakeTransport(asyncio.Transport):
         self.closed = False
         self.backlog = 0
 
-    def write(self, data: bytes) -> None:  # type: ignore[override]
+    def write(self, data: bytes) -> None:  # type: ignore[override]  # a fake transport
         self.written += data
         self.backlog += len(data)
 
@@ -733,7 +733,7 @@ async def test_initial_window_changes_do_not_walk_the_streams(serve: Any) -> Non
     conn = next(iter(srv.conns))
     assert len(conn.streams) == 50
 
-    class Watched(dict):  # type: ignore[type-arg]
+    class Watched(dict):
         walks = 0
 
         def values(self) -> Any:

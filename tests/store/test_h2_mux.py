@@ -25,6 +25,7 @@ async def port() -> AsyncIterator[int]:
     app.router.add_get("/health", health)
     runner = web.AppRunner(app)
     await runner.setup()
+    # aiohttp's server is a protocol factory
     mux = ClientPortMux(runner.server, make_router(Servicer()))  # type: ignore[arg-type]
     bound = await mux.listen("127.0.0.1", 0)
     yield bound

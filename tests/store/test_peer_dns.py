@@ -27,10 +27,10 @@ class _DNS(asyncio.DatagramProtocol):
         self.ip = "127.0.0.2"
         self.transport: asyncio.DatagramTransport | None = None
 
-    def connection_made(self, transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport) -> None:
         self.transport = transport
 
-    def datagram_received(self, data: bytes, addr) -> None:  # type: ignore[override]
+    def datagram_received(self, data: bytes, addr) -> None:
         qid = struct.unpack(">H", data[:2])[0]
         i = 12
         while data[i] != 0:

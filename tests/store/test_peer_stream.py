@@ -109,13 +109,13 @@ async def _pair(
     a = PeerTransport(
         ha,
         [("127.0.0.1", ports[0])],
-        tls=_tls(tmp_path, "a") if tls else None,  # type: ignore[arg-type]
+        tls=_tls(tmp_path, "a") if tls else None,
         grpc_protocol=peer_grpc if h2 else None,
     )
     b = PeerTransport(
         hb,
         [("127.0.0.1", ports[1])],
-        tls=_tls(tmp_path, "b") if tls else None,  # type: ignore[arg-type]
+        tls=_tls(tmp_path, "b") if tls else None,
         grpc_protocol=peer_grpc if h2 else None,
     )
     await a.start()
@@ -249,7 +249,7 @@ async def test_rolling_upgrade_new_and_old_members_talk(h2: bool) -> None:
     ports = free_port(), free_port()
     members = {i + 1: _Member(i + 1, [f"http://127.0.0.1:{p}"]) for i, p in enumerate(ports)}
     ha, hb = _Host(1, _Membership(members)), _Host(2, _Membership(members))
-    new = PeerTransport(ha, [("127.0.0.1", ports[0])], grpc_protocol=peer_grpc if h2 else None)  # type: ignore[arg-type]
+    new = PeerTransport(ha, [("127.0.0.1", ports[0])], grpc_protocol=peer_grpc if h2 else None)
     old = _OldMember(ports[1], hb)
     await old.start()
     await new.start()
@@ -279,7 +279,7 @@ async def test_rolling_upgrade_new_and_old_members_talk(h2: bool) -> None:
         assert e.value.details() == "cluster ID mismatch"
         # the old member is replaced by a new one on the same port: the stream takes over
         await old.stop()
-        upgraded = PeerTransport(hb, [("127.0.0.1", ports[1])], grpc_protocol=peer_grpc if h2 else None)  # type: ignore[arg-type]
+        upgraded = PeerTransport(hb, [("127.0.0.1", ports[1])], grpc_protocol=peer_grpc if h2 else None)
         await upgraded.start()
 
         def on_stream() -> bool:
@@ -311,7 +311,7 @@ async def test_a_peer_that_stops_reading_costs_a_bounded_queue(monkeypatch: pyte
     srv = await asyncio.start_server(stuck, "127.0.0.1", port)
     members = {2: _Member(2, [f"http://127.0.0.1:{port}"])}
     ha = _Host(1, _Membership(members))
-    a = PeerTransport(ha, [("127.0.0.1", free_port())])  # type: ignore[arg-type]
+    a = PeerTransport(ha, [("127.0.0.1", free_port())])
     await a.start()
     try:
         p = a.peers[2]
@@ -351,8 +351,8 @@ async def test_a_peer_back_under_the_same_name_at_a_new_address_is_found(
     monkeypatch.setattr(stream, "resolve", resolve)
     members = {1: _Member(1, ["http://127.0.0.1:1"]), 2: _Member(2, [f"http://peer.test:{port}"])}
     ha, hb = _Host(1, _Membership(members)), _Host(2, _Membership(members))
-    a = PeerTransport(ha, [("127.0.0.1", free_port())])  # type: ignore[arg-type]
-    b = PeerTransport(hb, [("127.0.0.2", port)])  # type: ignore[arg-type]
+    a = PeerTransport(ha, [("127.0.0.1", free_port())])
+    b = PeerTransport(hb, [("127.0.0.2", port)])
     await b.start()
     await a.start()
     b2 = None
@@ -362,7 +362,7 @@ async def test_a_peer_back_under_the_same_name_at_a_new_address_is_found(
         await b.stop()  # the pod is gone...
         where["ip"] = "127.0.0.3"  # ...and back elsewhere under the same name
         hb2 = _Host(2, _Membership(members))
-        b2 = PeerTransport(hb2, [("127.0.0.3", port)])  # type: ignore[arg-type]
+        b2 = PeerTransport(hb2, [("127.0.0.3", port)])
         await b2.start()
         loop = asyncio.get_running_loop()
         t0 = loop.time()

@@ -57,7 +57,7 @@ async def _pair() -> tuple[PeerTransport, PeerTransport, _Host, _Host]:
         {1: _Member(1, [f"http://127.0.0.1:{ports[0]}"]), 2: _Member(2, [f"http://127.0.0.1:{ports[1]}"])}
     )
     hosts = _Host(1, ms), _Host(2, ms)
-    transports = [PeerTransport(h, [("127.0.0.1", p)]) for h, p in zip(hosts, ports, strict=True)]  # type: ignore[arg-type]
+    transports = [PeerTransport(h, [("127.0.0.1", p)]) for h, p in zip(hosts, ports, strict=True)]
     for t in transports:
         await t.start()
     return transports[0], transports[1], hosts[0], hosts[1]

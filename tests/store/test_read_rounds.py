@@ -84,7 +84,7 @@ def _driver(node: _Node) -> RaftNode:
         None,
         host,
         tick_seconds=0.1,
-        heartbeat_seconds=0.1,  # type: ignore[arg-type]
+        heartbeat_seconds=0.1,
         group_commit=GroupCommit(),
     )
     r.leader_id = 1
@@ -98,17 +98,17 @@ async def test_reads_that_arrive_during_a_round_share_the_next_one() -> None:
     r = _driver(node)
     first = loop.create_future()
     r.read(first)
-    r._feed(node)  # type: ignore[arg-type]
+    r._feed(node)  # type: ignore[arg-type]  # a fake RawNode
     assert len(node.rounds) == 1 and not r.reads.waiting
 
     later = [loop.create_future() for _ in range(3)]
     for f in later:  # each arrives in a turn of its own while the first round is out
         r.read(f)
-        r._feed(node)  # type: ignore[arg-type]
+        r._feed(node)  # type: ignore[arg-type]  # a fake RawNode
     assert len(node.rounds) == 1 and r.reads.waiting == later
 
     r.reads.answered(node.rounds[0])  # the first round's answer came
-    r._feed(node)  # type: ignore[arg-type]
+    r._feed(node)  # type: ignore[arg-type]  # a fake RawNode
     assert len(node.rounds) == 2
     assert r.reads.inflight[node.rounds[1]][1] == later
 
@@ -118,5 +118,5 @@ async def test_no_round_without_a_leader() -> None:
     r = _driver(node)
     r.leader_id = 0
     r.read(asyncio.get_running_loop().create_future())
-    r._feed(node)  # type: ignore[arg-type]
+    r._feed(node)  # type: ignore[arg-type]  # a fake RawNode
     assert node.rounds == [] and len(r.reads.waiting) == 1

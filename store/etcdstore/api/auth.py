@@ -105,6 +105,7 @@ class AuthService(rpc_pb2_grpc.AuthServicer):
             if checked_revision == st.revision:
                 break
             # The user may have changed (password, deletion) since the check: check again.
+        # sign is not on the TokenProvider protocol
         token = result.token or tokens.sign(result.user, result.revision)  # type: ignore[attr-defined]
         return rpc_pb2.AuthenticateResponse(header=s.header(), token=token)
 

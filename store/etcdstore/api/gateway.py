@@ -833,7 +833,7 @@ class _BodyRequests:
                 msg = None
             if msg is not None:
                 return msg
-            self.reader = None  # type: ignore[assignment]
+            self.reader = None  # type: ignore[assignment]  # None once the stream ends
         if self.half_close:
             raise StopAsyncIteration
         await asyncio.get_running_loop().create_future()  # until the call ends (cancelled then)
@@ -930,7 +930,7 @@ async def _forward_stream(
             if not read.cancelled():
                 read.exception()  # retrieved: a late error of an abandoned call is not news
         with contextlib.suppress(Exception):
-            await responses.aclose()  # type: ignore[attr-defined]
+            await responses.aclose()  # type: ignore[attr-defined]  # grpc's stream is an async generator
     if resp is None:
         resp = _stream_response(200, with_md=with_md)
         await resp.prepare(request)

@@ -99,6 +99,6 @@ def _txn_cost(r: rpc_pb2.TxnRequest) -> int:
             _KV_OVERHEAD + len(op.request_put.key) + len(op.request_put.value)
             for op in ops
             if op.HasField("request_put")
-        )  # type: ignore[attr-defined]
+        )
 
     return max(branch(r.success), branch(r.failure))

@@ -50,7 +50,7 @@ class _Sniffer(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = transport  # type: ignore[assignment]  # a stream transport
         # A client that sends nothing is dropped like one that never finishes the HTTP/2 preface.
         timeout = self.mux.connections.limits.preface_timeout
         if timeout:

@@ -270,6 +270,7 @@ class AuthStore:
             perms = self._merged(user)
         if perms is _ALL:
             return
+        # _ALL is a bare object marker
         if not perms.permits(key, range_end, perm_type):  # type: ignore[attr-defined]
             raise errors.PERMISSION_DENIED()
 

@@ -809,7 +809,7 @@ def plain_table(head: list[str], rows: list[list[str]]) -> str:
 # The scale suite (issue 17, item 4): each figure for both servers in the same run
 
 
-def _grpc(endpoint: str):  # type: ignore[no-untyped-def]
+def _grpc(endpoint: str):
     import grpc
 
     from etcdstore.proto.etcdserverpb import rpc_pb2, rpc_pb2_grpc
@@ -1165,7 +1165,7 @@ async def _expiry(endpoint: str, n: int, ttl: int) -> list[float]:
         done = asyncio.Event()
         created = asyncio.Event()
 
-        async def requests():  # type: ignore[no-untyped-def]
+        async def requests():
             yield rpc_pb2.WatchRequest(
                 create_request=rpc_pb2.WatchCreateRequest(
                     key=prefix,

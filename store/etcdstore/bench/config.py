@@ -62,7 +62,7 @@ class BenchConfig:
         return " ".join(parts)
 
     def with_(self, **changes: object) -> BenchConfig:
-        return replace(self, **changes)  # type: ignore[arg-type]
+        return replace(self, **changes)  # type: ignore[arg-type]  # field types checked by dataclasses
 
 
 def split(n: int, parts: int) -> list[int]:

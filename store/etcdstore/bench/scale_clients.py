@@ -360,7 +360,7 @@ class DeleteWatch:
 
         p = self.prefix
 
-        async def requests():  # type: ignore[no-untyped-def]
+        async def requests():
             yield rpc_pb2.WatchRequest(
                 create_request=rpc_pb2.WatchCreateRequest(
                     key=p, range_end=p[:-1] + bytes([p[-1] + 1]), filters=[rpc_pb2.WatchCreateRequest.NOPUT]

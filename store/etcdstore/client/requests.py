@@ -171,18 +171,20 @@ class _CompareTarget:
 
     def _make(self, result: int, operand: int | Bytes) -> rpc_pb2.Compare:
         if self._field == "value":
-            operand = to_bytes(operand)  # type: ignore[arg-type]
+            operand = to_bytes(operand)  # type: ignore[arg-type]  # an int only for non-value fields
         elif not isinstance(operand, int):
             raise TypeError(f"Compare.{self._field} needs an int operand")
         c = _C(result=result, target=self._target, key=self._key, range_end=self._range_end)
         setattr(c, self._field, operand)
         return c
 
+    # == builds a Compare, not a bool
     def __eq__(self, other: object) -> rpc_pb2.Compare:  # type: ignore[override]
-        return self._make(_C.EQUAL, other)  # type: ignore[arg-type]
+        return self._make(_C.EQUAL, other)  # type: ignore[arg-type]  # == builds a Compare, any operand
 
+    # != builds a Compare, not a bool
     def __ne__(self, other: object) -> rpc_pb2.Compare:  # type: ignore[override]
-        return self._make(_C.NOT_EQUAL, other)  # type: ignore[arg-type]
+        return self._make(_C.NOT_EQUAL, other)  # type: ignore[arg-type]  # != builds a Compare, any operand
 
     def __lt__(self, other: int | Bytes) -> rpc_pb2.Compare:
         return self._make(_C.LESS, other)
@@ -190,7 +192,7 @@ class _CompareTarget:
     def __gt__(self, other: int | Bytes) -> rpc_pb2.Compare:
         return self._make(_C.GREATER, other)
 
-    __hash__ = None  # type: ignore[assignment]
+    __hash__ = None  # type: ignore[assignment]  # unhashable: == builds a Compare
 
 
 class Compare:
@@ -230,14 +232,17 @@ class Op:
 
     @staticmethod
     def get(key: Bytes, **options: object) -> rpc_pb2.RequestOp:
+        # keyword options forwarded
         return rpc_pb2.RequestOp(request_range=range_request(key, **options))  # type: ignore[arg-type]
 
     @staticmethod
     def put(key: Bytes, value: Bytes, **options: object) -> rpc_pb2.RequestOp:
+        # keyword options forwarded
         return rpc_pb2.RequestOp(request_put=put_request(key, value, **options))  # type: ignore[arg-type]
 
     @staticmethod
     def delete(key: Bytes, **options: object) -> rpc_pb2.RequestOp:
+        # keyword options forwarded
         return rpc_pb2.RequestOp(request_delete_range=delete_request(key, **options))  # type: ignore[arg-type]
 
     @staticmethod

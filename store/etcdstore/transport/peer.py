@@ -548,7 +548,7 @@ class PeerTransport:
             listener.close()
         self._listeners.clear()
         for t in self._accepted:
-            t.abort()  # type: ignore[attr-defined]
+            t.abort()  # type: ignore[attr-defined]  # accepted ones are Transports
         self._accepted.clear()
         try:
             if self._grpc is not None:

@@ -143,7 +143,7 @@ class PortProtocol(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = transport  # type: ignore[assignment]  # a stream transport
         self.pt.accepted(transport)
         self.timer = asyncio.get_running_loop().call_later(FIRST_BYTES_TIMEOUT, transport.close)
 
@@ -353,7 +353,7 @@ class Outbound(asyncio.Protocol):
         self._buf = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = transport  # type: ignore[assignment]  # a stream transport
 
     def data_received(self, data: bytes) -> None:
         if self.reply.done():

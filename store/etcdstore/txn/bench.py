@@ -112,7 +112,7 @@ async def run(keys: int, ops: int, value_size: int, batch: int) -> dict[str, flo
 
     def k8s_update(i: int) -> None:
         resp = apply(lambda t: kv_apply.txn(t, txns[i], lessor))
-        assert resp.succeeded  # type: ignore[attr-defined]
+        assert resp.succeeded  # type: ignore[attr-defined]  # apply() returns the TxnResponse as object
 
     results["txn"] = _time(n_txn, k8s_update)
     flush()

@@ -342,10 +342,12 @@ def _apply(view: ReadView, path: _Path, resp: rpc_pb2.TxnResponse) -> None:
     for op, kind in zip(path.ops, path.kinds):
         out = responses.add()
         if kind == "request_put":
+            # a txn's view is a WriteTxn here
             _put(view, op.request_put, out.response_put)  # type: ignore[arg-type]
         elif kind == "request_range":
             range(view, op.request_range, out.response_range)
         elif kind == "request_delete_range":
+            # a txn's view is a WriteTxn here
             delete_range(view, op.request_delete_range, out.response_delete_range)  # type: ignore[arg-type]
         elif kind == "request_txn":
             sub = out.response_txn

@@ -357,7 +357,7 @@ class PodRuntime:
             run.state = {
                 "waiting": {"reason": "CrashLoopBackOff", "message": f"back-off {backoff}s (exit {code})"}
             }
-            run.last_state = {"terminated": term}  # type: ignore[attr-defined]
+            run.last_state = {"terminated": term}  # type: ignore[attr-defined]  # an ad-hoc attribute
             await self.push_status()
             await asyncio.sleep(backoff)
 
@@ -455,7 +455,7 @@ class PodRuntime:
                 "started": "running" in c.state,
             }
             if getattr(c, "last_state", None):
-                st["lastState"] = c.last_state  # type: ignore[attr-defined]
+                st["lastState"] = c.last_state  # type: ignore[attr-defined]  # an ad-hoc attribute
             cstats.append(st)
         conds = [
             {"type": "PodScheduled", "status": "True"},

@@ -145,8 +145,8 @@ class World:
             "ETCDCTL_API": "3",
         }
         self.binaries = member_binaries(member_binary)
-        self.harness: Harness | None = None  # type: ignore[assignment]
-        self.operator: OperatorProcess | None = None  # type: ignore[assignment]
+        self.harness: Harness | None = None
+        self.operator: OperatorProcess | None = None
         self.kubeconfig = root / "kubeconfig"
 
     async def __aenter__(self) -> Self:

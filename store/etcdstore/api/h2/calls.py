@@ -404,7 +404,7 @@ class Call:
                     )
                     return
             if streaming:
-                self.inbox.append((msg, 5 + size))  # type: ignore[union-attr]
+                self.inbox.append((msg, 5 + size))  # type: ignore[union-attr]  # streaming means inbox is set
             elif self.request is not None:
                 self.fail(grpc.StatusCode.UNIMPLEMENTED, "grpc: received more than one request message")
                 return

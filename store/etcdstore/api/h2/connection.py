@@ -412,8 +412,9 @@ class H2Connection(asyncio.Protocol):
     # -- asyncio.Protocol -------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = transport  # type: ignore[assignment]  # a TCP transport
         limits = self.limits
+        # a TCP transport
         transport.set_write_buffer_limits(high=limits.write_high_water)  # type: ignore[attr-defined]
         if self.identity is None:
             self.identity = certificate_cn(transport)
@@ -1082,7 +1083,8 @@ class H2Connection(asyncio.Protocol):
             data = b"".join(out)
             out.clear()
             transport = self.transport
-            transport.write(data)  # type: ignore[union-attr]
+            transport.write(data)  # type: ignore[union-attr]  # set while connected
+            # set while connected
             if self._ctl_queued and not transport.get_write_buffer_size():  # type: ignore[union-attr]
                 self._ctl_queued = 0  # the kernel took every answer
 

@@ -79,6 +79,7 @@ class Limits:
     shutdown_grace: float = 2.0  # a stopping member waits this long for unary calls in flight
 
     def replace(self, **changes: object) -> Limits:
+        # field types checked by dataclasses
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
     @classmethod
