@@ -57,6 +57,11 @@ class Credentials:
     password: str | None = None
 
 
+# Waits before a member is defragmented again at the same revision during NOSPACE recovery.
+REDEFRAG_SECONDS = 30.0
+REDEFRAG_MAX_SECONDS = 600.0
+
+
 class Members:
     """Member URLs and membership calls for one cluster. Reuses one client (gRPC channels)."""
 
@@ -65,7 +70,8 @@ class Members:
         self.creds = creds
         self._client: Client | None = None
         self._client_key: tuple[object, ...] | None = None
-        self._defragmented: dict[int, int] = {}  # ordinal -> revision at its last NOSPACE defragmentation
+        # ordinal -> (revision, when, wait) of its last NOSPACE defragmentation: see recover_space
+        self._defragmented: dict[int, tuple[int, float, float]] = {}
 
     # -- URLs --------------------------------------------------------------------------------
     def client_url(self, ordinal: int) -> str:
@@ -252,7 +258,11 @@ class Members:
         member (`order`: followers first, the leader last), disarm - but NOSPACE is disarmed only if
         the data left fits under the quota with headroom (`planner.space_recoverable`), never
         CORRUPT. A member already defragmented at this revision (an earlier attempt that could not
-        free enough; writes are refused meanwhile, so the revision stays) is not defragmented again.
+        free enough; writes are refused meanwhile, so the revision stays) is defragmented again only
+        after REDEFRAG_SECONDS, doubling up to REDEFRAG_MAX_SECONDS: a follower compacts in the
+        background after applying the compaction (only the member that answered the Compact call
+        waits for it), so its first defragmentation may have run before its compaction and measured
+        the history that was about to go (seen under load: recovery then never happened).
         Returns the revision; raises SpaceNotRecoverable (nothing disarmed)."""
         client = self.current()
         revision = (await client.status()).header.revision
@@ -266,9 +276,14 @@ class Members:
             member = client.at(self.client_url(k))
             # dbSizeInUse is only updated by the backend's next commit (there may be none while
             # writes are refused): defragmenting is what measures what the data takes.
-            if self._defragmented.get(k) != revision:
+            last = self._defragmented.get(k)
+            if last is None or last[0] != revision:
+                due, wait = True, REDEFRAG_SECONDS
+            else:
+                due, wait = time.monotonic() >= last[1] + last[2], min(last[2] * 2, REDEFRAG_MAX_SECONDS)
+            if due:
                 await member.with_options(timeout=120).defragment()
-                self._defragmented[k] = revision
+                self._defragmented[k] = (revision, time.monotonic(), wait)
             size = max(size, (await member.status()).dbSize)
         if not planner.space_recoverable(size, quota):
             raise SpaceNotRecoverable(
