@@ -23,22 +23,15 @@ from etcdstore.proto.authpb import auth_pb2
 from etcdstore.proto.etcdserverpb import rpc_pb2
 from etcdstore.txn import kv_apply
 from etcdstore.txn.requests import Kind
-from testlib import eventually_async, free_port, member_args
+from testlib import eventually_async, lone_member_args
 
 
 @pytest.fixture
 async def member(tmp_path: Path):
-    client, peer = free_port(), free_port()
+    _client, flags = lone_member_args(tmp_path / "n1")
     cfg = parse_args(
         [
-            *member_args(
-                name="n1",
-                data_dir=tmp_path / "n1",
-                client_url=f"http://127.0.0.1:{client}",
-                peer_url=f"http://127.0.0.1:{peer}",
-                initial_cluster=f"n1=http://127.0.0.1:{peer}",
-                token="etcd-cluster",  # the flag's default, as before
-            ),
+            *flags,
             "--bcrypt-cost",
             "4",
         ],

@@ -13,7 +13,7 @@ import pytest_asyncio
 from etcdstore.config import parse_args
 from etcdstore.member import Member
 from httpdiff import fetch, open_stream, read_lines
-from testlib import eventually_async, free_port, member_args
+from testlib import eventually_async, lone_member_args
 
 # One member for the module: a process can host one Member at a time (metrics registry).
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -22,17 +22,10 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def member(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tuple[Member, str]]:
     tmp_path = tmp_path_factory.mktemp("inproc")
-    client, peer = free_port(), free_port()
+    client, flags = lone_member_args(tmp_path / "n1")
     cfg = parse_args(
         [
-            *member_args(
-                name="n1",
-                data_dir=tmp_path / "n1",
-                client_url=f"http://127.0.0.1:{client}",
-                peer_url=f"http://127.0.0.1:{peer}",
-                initial_cluster=f"n1=http://127.0.0.1:{peer}",
-                token="etcd-cluster",  # the flag's default, as before
-            ),
+            *flags,
             "--enable-v2",
         ],
         environ={},

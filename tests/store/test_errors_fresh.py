@@ -29,7 +29,7 @@ from etcdstore import errors
 from etcdstore.config import parse_args
 from etcdstore.member import Member
 from etcdstore.proto.etcdserverpb import rpc_pb2, rpc_pb2_grpc
-from testlib import eventually_async, free_port, member_args
+from testlib import eventually_async, lone_member_args
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCES = [REPO / "store" / "etcdstore", REPO / "operator" / "etcdoperator"]
@@ -198,17 +198,10 @@ def _all_constants() -> list[tuple[str, errors.EtcdError]]:
 
 @pytest_asyncio.fixture
 async def member(tmp_path: Path) -> AsyncIterator[tuple[Member, int]]:
-    client, peer = free_port(), free_port()
+    client, flags = lone_member_args(tmp_path / "n1")
     cfg = parse_args(
         [
-            *member_args(
-                name="n1",
-                data_dir=tmp_path / "n1",
-                client_url=f"http://127.0.0.1:{client}",
-                peer_url=f"http://127.0.0.1:{peer}",
-                initial_cluster=f"n1=http://127.0.0.1:{peer}",
-                token="etcd-cluster",  # the flag's default, as before
-            ),
+            *flags,
         ],
         environ={},
     )

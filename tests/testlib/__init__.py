@@ -7,7 +7,7 @@
   `check_etcd_oracle()`, which fail with how to install etcd 3.4 when another version is found.
 - `procs`: the process harness for etcd and etcdstore members and clusters (`Member`, `Cluster`,
   `wait_serving`, `wait_applied` (every member applied what is committed), and the pieces
-  `member_args` and `spawn` for harnesses of their own); `tls=` serves clients over https.
+  `member_args`, `lone_member_args` and `spawn` for harnesses of their own); `tls=` serves clients over https.
 - `tls`: throwaway certificates: `make_tls_files(dir)` (a CA, server and client certificates as
   `TLSFiles`), `CA(dir).issue(...)` for others.
 
@@ -22,6 +22,7 @@ from testlib.procs import (
     Member,
     StartError,
     command_for,
+    lone_member_args,
     member_args,
     spawn,
     status_of,
@@ -49,6 +50,7 @@ __all__ = [
     "free_port",
     "free_ports",
     "have_etcd",
+    "lone_member_args",
     "make_tls_files",
     "member_args",
     "spawn",

@@ -95,6 +95,23 @@ def member_args(
     ]  # fmt: skip
 
 
+def lone_member_args(
+    data_dir: Path, *, name: str = "n1", token: str = "etcd-cluster"
+) -> tuple[int, list[str]]:
+    """The flags of a one-member cluster on fresh loopback ports: (client port, flags)."""
+    client, peer = free_port(), free_port()
+    peer_url = f"http://{HOST}:{peer}"
+    flags = member_args(
+        name=name,
+        data_dir=data_dir,
+        client_url=f"http://{HOST}:{client}",
+        peer_url=peer_url,
+        initial_cluster=f"{name}={peer_url}",
+        token=token,
+    )
+    return client, flags
+
+
 def spawn(
     cmd: Sequence[str], log_path: Path, *, prefix: Sequence[str] = (), label: str | None = None
 ) -> subprocess.Popen[bytes]:
