@@ -213,6 +213,19 @@ def test_podexec_namespaces_mounts_and_user(tmp_path: Path) -> None:
         shutil.rmtree(tmp_path)
 
 
+def _run_podexec(tmp_path: Path, spec: dict, *, timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run podexec.py as the node agent does, on `spec` written to a file."""
+    sf = tmp_path / "spec.json"
+    sf.write_text(json.dumps(spec))
+    return subprocess.run(
+        [sys.executable, "-I", "-S", PODEXEC, str(sf)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 def _podexec(tmp_path: Path) -> None:
     vol = tmp_path / "vol"
     vol.mkdir()
@@ -239,15 +252,7 @@ def _podexec(tmp_path: Path) -> None:
         ],
         "created_log": str(tmp_path / "created.log"),
     }
-    sf = tmp_path / "spec.json"
-    sf.write_text(json.dumps(spec))
-    out = subprocess.run(
-        [sys.executable, "-I", "-S", PODEXEC, str(sf)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    out = _run_podexec(tmp_path, spec, timeout=30)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0] == "65532" and set(lines[1].split()) == {"65532", "4000"}
@@ -257,14 +262,7 @@ def _podexec(tmp_path: Path) -> None:
     assert not (target / "hello").exists()  # the bind mount stayed inside its mount namespace
     assert str(target) in (tmp_path / "created.log").read_text().split()
     spec["argv"] = ["/nonexistent/prog"]
-    sf.write_text(json.dumps(spec))
-    out = subprocess.run(
-        [sys.executable, "-I", "-S", PODEXEC, str(sf)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    out = _run_podexec(tmp_path, spec, timeout=30)
     assert out.returncode == 128 and "failed to start container" in out.stderr
 
 
@@ -314,15 +312,7 @@ def _podexec_volume_over_the_repo(tmp_path: Path) -> None:
         "stage": str(tmp_path / "stage"),
         "created_log": str(tmp_path / "created.log"),
     }
-    sf = tmp_path / "spec.json"
-    sf.write_text(json.dumps(spec))
-    out = subprocess.run(
-        [sys.executable, "-I", "-S", PODEXEC, str(sf)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    out = _run_podexec(tmp_path, spec, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stdout.splitlines() == [
         "etcdstore Version: 0.1.0",
