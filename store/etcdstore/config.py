@@ -79,6 +79,8 @@ class ServerConfig:
     auto_compaction_mode: str = "periodic"
     auto_compaction_retention: str = "0"
     listen_metrics_urls: list[URL] = field(default_factory=list)
+    # etcd's --metrics: "extensive" adds the gRPC handling-time histogram; anything else is basic.
+    metrics: str = "basic"
     log_level: str = "info"
     pre_vote: bool = True
     strict_reconfig_check: bool = True
@@ -243,6 +245,7 @@ _FLAGS: dict[str, tuple[str, object]] = {
     "auto-compaction-mode": ("auto_compaction_mode", str),
     "auto-compaction-retention": ("auto_compaction_retention", str),
     "listen-metrics-urls": ("listen_metrics_urls", parse_urls),
+    "metrics": ("metrics", str),
     "log-level": ("log_level", str),
     "pre-vote": ("pre_vote", parse_bool),
     "strict-reconfig-check": ("strict_reconfig_check", parse_bool),
@@ -275,7 +278,6 @@ _IGNORED_FLAGS = {
     "log-outputs",
     "max-snapshots",
     "max-wals",
-    "metrics",
     "enable-pprof",
     "experimental-initial-corrupt-check",
     "experimental-corrupt-check-time",
@@ -470,7 +472,7 @@ FLAG_HELP: dict[str, tuple[str, str, str]] = {
         "Profiling and Monitoring",
         "basic",
         "Set level of detail for exported metrics, specify ",
-        "'extensive' to include histogram metrics." + _NO_EFFECT,
+        "'extensive' to include histogram metrics.",
     ),
     "listen-metrics-urls": _h(
         "Profiling and Monitoring", "", "List of URLs to listen on for the metrics and ", "health endpoints."

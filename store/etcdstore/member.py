@@ -85,6 +85,8 @@ class Member:
         )
         self.server = s
         metrics.install(s)
+        if cfg.metrics == "extensive":
+            metrics.enable_handling_histogram()
         auth = install_auth(s)  # before start: replayed entries need the auth apply handlers
         await s.start()
         max_message = max(64 << 20, 2 * (cfg.max_request_bytes + _GRPC_OVERHEAD))

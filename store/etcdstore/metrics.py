@@ -70,18 +70,44 @@ GRPC_HANDLED = Counter(
     "Total number of RPCs completed on the server, regardless of success or failure.",
     ["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
 )
-GRPC_HANDLING = Histogram(
-    "grpc_server_handling_seconds",
-    "Histogram of response latency (seconds) of gRPC that had been application-level handled by the server.",
-    ["grpc_type", "grpc_service", "grpc_method"],
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-)
+# grpc-go's prometheus interceptor keeps the handling-time histogram only once enabled, which etcd does
+# for --metrics=extensive; with the default (basic) a call costs two counter increments and no clock reads.
+GRPC_HANDLING: Histogram | None = None
+
+
+class _Level:
+    """Which grpc_server_* metrics a call updates; `generation` changes when the level does, so that
+    callers caching their bound metrics (api.common.unary) know to bind again."""
+
+    generation = 0
+
+
+def enable_handling_histogram() -> None:
+    """Export grpc_server_handling_seconds from now on (etcd --metrics=extensive). Like grpc-go's
+    EnableHandlingTimeHistogram it is process-wide and stays on."""
+    global GRPC_HANDLING
+    if GRPC_HANDLING is not None:
+        return
+    GRPC_HANDLING = Histogram(
+        "grpc_server_handling_seconds",
+        "Histogram of response latency (seconds) of gRPC that had been application-level handled by the server.",
+        ["grpc_type", "grpc_service", "grpc_method"],
+        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    )
+    _bound.clear()
+    _Level.generation += 1
+
+
+def generation() -> int:
+    return _Level.generation
+
 
 _bound: dict[tuple, tuple] = {}
 
 
 def rpc_metrics(service: str, method: str, kind: str = "unary") -> tuple:
-    """(started counter, handling histogram, code -> handled counter) for one RPC, bound once."""
+    """(started counter, handling histogram or None when basic, code -> handled counter) for one RPC,
+    bound once."""
     key = (service, method, kind)
     got = _bound.get(key)
     if got is None:
@@ -95,7 +121,7 @@ def rpc_metrics(service: str, method: str, kind: str = "unary") -> tuple:
 
         got = _bound[key] = (
             GRPC_STARTED.labels(kind, service, method),
-            GRPC_HANDLING.labels(kind, service, method),
+            None if GRPC_HANDLING is None else GRPC_HANDLING.labels(kind, service, method),
             handled_for,
         )
     return got

@@ -93,6 +93,23 @@ def test_metrics_move_with_traffic_and_metrics_port(tmp_path):
         assert health(f"http://127.0.0.1:{metrics_port}/health") == (200, {"health": "true"})
 
 
+@pytest.mark.parametrize("binary", ["etcd", "etcdstore"])
+@pytest.mark.parametrize("level", ["basic", "extensive"])
+def test_handling_histogram_only_with_metrics_extensive(tmp_path, binary, level):
+    """etcd keeps grpc_server_handling_seconds only with --metrics=extensive; the counters always."""
+    with Cluster.start(tmp_path, 1, binary=binary, extra_args=["--metrics", level]) as c:
+        ep = c.endpoints[0]
+        etcdctl([ep], "put", "k", "v")
+        got = scrape(f"http://{ep}/metrics")
+        put = {"grpc_method": "Put", "grpc_service": "etcdserverpb.KV", "grpc_type": "unary"}
+        assert value(got, "grpc_server_started_total", **put) >= 1
+        assert value(got, "grpc_server_handled_total", grpc_code="OK", **put) >= 1
+        if level == "extensive":
+            assert value(got, "grpc_server_handling_seconds_count", **put) >= 1
+        else:
+            assert "grpc_server_handling_seconds_count" not in got
+
+
 def test_health_false_without_leader(tmp_path):
     with Cluster.start(
         tmp_path,

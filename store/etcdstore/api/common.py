@@ -67,13 +67,14 @@ def unary(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        if not bound:
-            bound.extend(
-                metrics.rpc_metrics(_SERVICES.get(type(self).__name__, type(self).__name__), fn.__name__)
-            )
-        started, handling, handled = bound
+        if not bound or bound[0] != metrics.generation():
+            bound[:] = [
+                metrics.generation(),
+                *metrics.rpc_metrics(_SERVICES.get(type(self).__name__, type(self).__name__), fn.__name__),
+            ]
+        _, started, handling, handled = bound
         started.inc()
-        t = perf()
+        t = perf() if handling is not None else 0.0
         code = "OK"
         try:
             if type(request) is _Undecodable:
@@ -103,7 +104,8 @@ def unary(fn: Callable[..., Any]) -> Callable[..., Any]:
             log.error("unexpected error serving request", method=fn.__name__, exc_info=e)
             await context.abort(grpc.StatusCode.INTERNAL, f"etcdserver: internal error ({type(e).__name__})")
         finally:
-            handling.observe(perf() - t)
+            if handling is not None:
+                handling.observe(perf() - t)
             handled(_CODE_NAMES.get(code, code)).inc()
 
     return wrapper

@@ -119,7 +119,8 @@ class HealthService:
             code = "CANCELLED"
             raise
         finally:
-            handling.observe(time.perf_counter() - t)
+            if handling is not None:
+                handling.observe(time.perf_counter() - t)
             handled(_CODE_NAMES.get(code, code)).inc()
 
 

@@ -54,7 +54,8 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
             code = "CANCELLED"
             raise
         finally:
-            handling.observe(time.perf_counter() - t)
+            if handling is not None:
+                handling.observe(time.perf_counter() - t)
             handled(_CODE_NAMES.get(code, code)).inc()
 
     async def _watch(
