@@ -14,8 +14,8 @@ from etcdoperator.backup_runner import apply_retention, backup_dir
 from etcdoperator.objectstore import DirectoryStore
 from etcdoperator.restore_runner import restore_args, restore_tool
 from etcdstore.client import Client
-from kubeharness.etcdproc import EtcdProcess
 from kubeharness.s3 import ACCESS_KEY, SECRET_KEY, MotoS3
+from testlib import Member, free_port, wait_serving
 
 pytestmark = pytest.mark.etcd
 
@@ -33,9 +33,8 @@ def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
 @pytest.fixture
 def etcd(tmp_path):
-    p = EtcdProcess(tmp_path / "data").start()
-    yield p
-    p.stop()
+    with Member.single(tmp_path, binary="etcd") as m:
+        yield m
 
 
 async def fill(endpoint: str, n: int = 20) -> None:
@@ -86,14 +85,14 @@ def restore_steps(volume, source: str, *extra: str, env: dict | None = None) -> 
 
 
 async def test_backup_to_directory_with_retention_and_restore(etcd, tmp_path):
-    await fill(etcd.endpoint)
+    await fill(etcd.client_url)
     dest = tmp_path / "backups"
     results = []
     for i in range(3):
         result_file = tmp_path / f"result-{i}"
         p = run_cli(
             "backup",
-            f"--endpoints={etcd.endpoint}",
+            f"--endpoints={etcd.client_url}",
             "--cluster=ns/c1",
             f"--destination=file://{dest}",
             "--kind=scheduled",
@@ -135,22 +134,20 @@ async def test_backup_to_directory_with_retention_and_restore(etcd, tmp_path):
     assert p.returncode == 1 and "already holds data" in p.stderr
     assert (data / "member" / "snap" / "db").exists()
 
-    restored = EtcdProcess(data, name="r-0")
-    restored.start(initial_cluster=f"r-0={restored.peer_url}", token="tok")
-    try:
-        async with Client([restored.endpoint], timeout=5) as c:
+    with Member("r-0", data, free_port(), free_port(), binary="etcd") as restored:
+        restored.spawn()
+        wait_serving([restored])
+        async with Client([restored.client_url], timeout=5) as c:
             r = await c.get("key/", prefix=True)
             assert len(r.kvs) == 20 and r.kvs[-1].value == b"value-19"
-    finally:
-        restored.stop()
 
 
 async def test_corrupted_snapshot_is_refused(etcd, tmp_path):
-    await fill(etcd.endpoint, 3)
+    await fill(etcd.client_url, 3)
     dest = tmp_path / "b"
     p = run_cli(
         "backup",
-        f"--endpoints={etcd.endpoint}",
+        f"--endpoints={etcd.client_url}",
         "--cluster=ns/c",
         f"--destination=file://{dest}",
         "--name=one",
@@ -167,7 +164,7 @@ async def test_corrupted_snapshot_is_refused(etcd, tmp_path):
 
 
 async def test_backup_to_s3_and_restore_from_s3(etcd, tmp_path):
-    await fill(etcd.endpoint, 10)
+    await fill(etcd.client_url, 10)
     s3 = MotoS3(tmp_path / "moto.log").start()
     try:
         s3.client().create_bucket(Bucket="backups")
@@ -177,7 +174,7 @@ async def test_backup_to_s3_and_restore_from_s3(etcd, tmp_path):
         for name in ("a-1", "a-2", "a-3"):
             p = run_cli(
                 "backup",
-                f"--endpoints={etcd.endpoint}",
+                f"--endpoints={etcd.client_url}",
                 "--cluster=prod/a",
                 "--destination=s3://backups/team",
                 f"--s3-endpoint={s3.endpoint}",
