@@ -30,7 +30,7 @@ Usage:
   etcdstore local-cluster [flags]
     Run three members and a grpc-proxy on this machine (etcd's Procfile), print the endpoints.
 
-  etcdstore bench put|range|txn|watch [flags]
+  etcdstore bench put|range|txn|delete|watch [flags]
     Drive any etcd endpoint and print throughput and latency.
 
   etcdstore bench compare [flags]

@@ -10,7 +10,7 @@ from etcdstore.bench import main, wire
 from etcdstore.bench.config import BenchConfig, shares, split
 from etcdstore.bench.runner import percentiles
 from etcdstore.proto.etcdserverpb import rpc_pb2
-from testlib import etcdctl, free_port
+from testlib import Member, etcdctl, free_port
 
 
 def test_wire_bytes_equal_protobuf() -> None:
@@ -24,6 +24,8 @@ def test_wire_bytes_equal_protobuf() -> None:
         success=[rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=a, value=b)) for a, b in puts]
     )
     assert wire.txn_put_request(puts) == expected.SerializeToString()
+    for key in (k, wire.key_bytes(0, 8), b"x" * 200):  # 200: a two-byte length varint
+        assert wire.delete_range_request(key) == rpc_pb2.DeleteRangeRequest(key=key).SerializeToString()
     create = rpc_pb2.WatchRequest(create_request=rpc_pb2.WatchCreateRequest(key=b"wb/", range_end=b"wb0"))
     assert wire.watch_create_request(b"wb/", b"wb0") == create.SerializeToString()
     with pytest.raises(ValueError):
@@ -36,6 +38,9 @@ def test_shares_and_percentiles() -> None:
     parts = shares(cfg)
     assert [p.clients for p in parts] == [500, 500] and [p.total for p in parts] == [501, 500]
     assert cfg.effective_conns == 10 and [p.conns for p in parts] == [5, 5]
+    # delete: each process its own run of keys, together 0..total-1.
+    parts = shares(BenchConfig("delete", ("a",), clients=3, procs=3, total=10, key_space=10))
+    assert [(p.key_offset, p.total) for p in parts] == [(0, 4), (4, 3), (7, 3)]
     from array import array
 
     p = percentiles(array("d", [i / 1000 for i in range(1, 101)]))
@@ -203,6 +208,47 @@ def test_txn_watch_and_compare(etcd, capsys, tmp_path: Path) -> None:
     )
     table = capsys.readouterr().out
     assert "etcd ops/s" in table and "again ops/s" in table and "again/etcd" in table
+
+
+def test_delete_removes_exactly_the_prefilled_keys(tmp_path: Path, capsys) -> None:
+    """Op i deletes key i, written by the prefill: after the run those keys are gone, each delete
+    removed one (a delete that removed nothing counts as an error) and made one revision."""
+    out_json = tmp_path / "r.jsonl"
+    with Member.single(tmp_path, binary="etcdstore") as m:
+        ep = m.endpoint
+        etcdctl([ep], "put", "zz-other", "kept")  # outside the benchmark's keys: left alone
+        for procs in ("1", "2"):
+            rev0 = json.loads(etcdctl([ep], "endpoint", "status", "-w", "json").stdout)[0]["Status"][
+                "header"
+            ]["revision"]
+            argv = ["delete", "--endpoints", ep, "--clients", "5", "--procs", procs, "--total", "300"]
+            assert main([*argv, "--json", str(out_json)]) == 0
+            run = json.loads(out_json.read_text().splitlines()[-1])
+            assert (run["workload"], run["procs"], run["ops"], run["errors"]) == (
+                "delete",
+                int(procs),
+                300,
+                {},
+            )
+            assert "key-space=300" in run["config"] and "prefill" in run["config"]
+            # 300 keys of 8 bytes: the prefill's 3 txns (128 puts each at most), then 300 deletes.
+            rev = json.loads(etcdctl([ep], "endpoint", "status", "-w", "json").stdout)[0]["Status"]["header"][
+                "revision"
+            ]
+            assert rev == rev0 + 3 + 300
+            left = etcdctl([ep], "get", "", "--from-key", "--keys-only").stdout.split()
+            assert left == ["zz-other"]
+        assert "delete" in capsys.readouterr().out
+        # Without --total there is no set of keys to delete.
+        with pytest.raises(SystemExit, match="--total"):
+            main(["delete", "--endpoints", ep, "--duration", "1"])
+        # Without the prefill the keys are gone already: deletes that remove nothing are errors, not ops.
+        assert (
+            main(["delete", "--endpoints", ep, "--total", "20", "--no-prefill", "--json", str(out_json)]) == 0
+        )
+        run = json.loads(out_json.read_text().splitlines()[-1])
+        assert (run["ops"], run["errors"]) == (0, {"NOT_DELETED": 20})
+        assert "NOT_DELETED" in capsys.readouterr().out
 
 
 def test_unreachable_endpoint_fails_cleanly(capsys) -> None:

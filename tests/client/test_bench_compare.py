@@ -83,6 +83,42 @@ def test_rounds_alternate_and_ratios_pair_rounds() -> None:
     assert all(c.conns == max(1, c.clients // 10) for c in compare.HEADLINE)
 
 
+def test_delete_cell_uses_the_python_driver_only_when_named() -> None:
+    """etcd's tool has no delete: the delete cell runs etcdstore's Python driver on both servers, only
+    with --only, and says so in its row and in NOT_MEASURED."""
+    assert all(not c.python_driver for c in compare.HEADLINE)
+    assert "delete-m3-c100" not in {c.id for c in compare.select_cells("")}
+    (cell,) = compare.select_cells("delete-m3-c100")
+    assert (cell.python_driver, cell.members, cell.clients, cell.conns) == (True, 3, 100, 10)
+    assert cell.workload == "delete (Python driver)" and cell.quick_total < cell.total
+    assert cell.args(500) == ["delete", "--key-size=8", f"--val-size={compare.VAL_SIZE}", "--total=500"]
+    assert [c.id for c in compare.select_cells("put-m1-c100, delete-m3-c100")] == [
+        "put-m1-c100",
+        "delete-m3-c100",
+    ]
+    with pytest.raises(SystemExit, match="unknown cell"):
+        compare.select_cells("delete")
+    assert any("Python driver" in n and "delete-m3-c100" in n for n in compare.NOT_MEASURED)
+    assert "Python driver" in compare.DRIVER_NOTE and "no delete workload" in compare.DRIVER_NOTE
+
+    run = {
+        "ops_per_s": 2500.0,
+        "elapsed_s": 0.8,
+        "latency_ms": {"p50": 3.0, "p99": 9.5},
+        "errors": {"NOT_DELETED": 2, "UNAVAILABLE": 1},
+        "client_cpu_cores": 0.7,
+    }
+    r = compare.driver_result(run)
+    assert (r.rps, r.total_s, r.p50_ms, r.p99_ms, r.errors, r.client_cpu) == (2500.0, 0.8, 3.0, 9.5, 3, 0.7)
+    assert r.error_kinds == ["NOT_DELETED: 2", "UNAVAILABLE: 1"]
+    ms = [
+        compare.Measurement(cell.id, s, 1, rps, 3.0, 9.5, 0, 2000, 0.8)
+        for s, rps in (("etcd", 2000.0), ("etcdstore", 2500.0))
+    ]
+    (row,) = compare.summarize([cell], ms)
+    assert compare._cells(row)[:6] == ["delete (Python driver)", "3", "100", "2,000", "2,500", "1.25"]
+
+
 def _tool_or_skip() -> str:
     if not os.access("/usr/bin/etcd", os.X_OK) and not os.access(os.environ.get("ETCD_BIN", ""), os.X_OK):
         pytest.skip("needs the real etcd 3.4 binary (apt-get install etcd-server)")

@@ -19,6 +19,7 @@ _EPILOG = """\
 examples:
   etcdstore bench put --endpoints 127.0.0.1:2379 --clients 1,10,100 --duration 10
   etcdstore bench range --consistency s --clients 100 --conns 10 --procs 2 --key-space 10000
+  etcdstore bench delete --clients 100 --total 20000   # deletes keys 0..19999, written first by the prefill
   etcdstore bench watch --watchers 100 --watch-streams 10 --clients 10 --total 20000
   etcdstore bench put --compare etcd=127.0.0.1:2379 --compare etcdstore=127.0.0.1:3379 --clients 1,100
   etcdstore bench put --compare etcd=127.0.0.1:2379 --compare etcdstore=127.0.0.1:3379 --clients 100 --repeat 5
@@ -33,7 +34,13 @@ def _parser() -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("workload", choices=WORKLOADS)
+    p.add_argument(
+        "workload",
+        choices=WORKLOADS,
+        help="put, range, txn (--txn-ops puts): random keys of --key-space; delete: a DeleteRange of one "
+        "key, op i deleting key i (needs --total; the prefill writes keys 0..total-1 first); watch: puts "
+        "under --watchers watchers",
+    )
     p.add_argument("--endpoints", default="127.0.0.1:2379", help="comma-separated host:port list")
     p.add_argument(
         "--compare",
@@ -48,11 +55,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--procs", type=int, default=1, help="processes the clients are spread over")
     amount = p.add_mutually_exclusive_group()
-    amount.add_argument("--total", type=int, default=0, help="requests in all")
+    amount.add_argument("--total", type=int, default=0, help="requests in all (delete: required)")
     amount.add_argument("--duration", type=float, default=10.0, help="seconds to run (default 10)")
     p.add_argument("--key-size", type=int, default=8)
     p.add_argument("--val-size", type=int, default=256)
-    p.add_argument("--key-space", type=int, default=10_000, help="number of distinct keys")
+    p.add_argument(
+        "--key-space", type=int, default=10_000, help="number of distinct keys (delete: --total, always)"
+    )
     p.add_argument(
         "--consistency", choices=("l", "s"), default="l", help="range: linearizable or serializable"
     )
@@ -64,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
         "--prefill",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="write the whole key space first (default: on for range)",
+        help="write the whole key space first (default: on for range and delete; delete needs it)",
     )
     p.add_argument("--timeout", type=float, default=10.0, help="per-request deadline, seconds")
     p.add_argument("--cacert", help="TLS: CA file")
@@ -95,7 +104,12 @@ def _endpoint_sets(args: argparse.Namespace) -> list[tuple[str, tuple[str, ...]]
 
 def configs(args: argparse.Namespace) -> list[BenchConfig]:
     tls = (args.cacert, args.cert, args.key) if (args.cacert or args.cert or args.key) else None
-    prefill = args.prefill if args.prefill is not None else args.workload == "range"
+    prefill = args.prefill if args.prefill is not None else args.workload in ("range", "delete")
+    key_space = args.key_space
+    if args.workload == "delete":
+        if args.total < 1:
+            raise SystemExit("delete needs --total: op i deletes key i, which the prefill wrote")
+        key_space = args.total  # exactly the keys the run deletes
     clients = [int(c) for c in str(args.clients).split(",") if c.strip()]
     out = []
     for n in clients:
@@ -113,7 +127,7 @@ def configs(args: argparse.Namespace) -> list[BenchConfig]:
                     duration=args.duration,
                     key_size=args.key_size,
                     val_size=args.val_size,
-                    key_space=args.key_space,
+                    key_space=key_space,
                     consistency=args.consistency,
                     txn_ops=args.txn_ops,
                     rate=args.rate,

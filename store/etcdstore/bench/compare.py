@@ -14,6 +14,11 @@ end, on error, and on Ctrl-C / SIGTERM, which exit 130 (a second one while stopp
 at once instead of waiting for it to stop; the children also get SIGTERM from the kernel if this
 process dies: PR_SET_PDEATHSIG through setpriv).
 
+etcd 3.4's tool has no delete workload: the delete cell (delete-m3-c100, run only when named with
+--only) measures both servers with etcdstore's own Python load driver (`etcdstore bench delete`: op i
+deletes key i, every key written by the driver's prefill first), the same driver, members, clients
+and rounds for both, and is labelled "Python driver" in the tables.
+
 The Go tool is a measurement dependency, not part of etcdstore: it is found with --benchmark-bin,
 $ETCD_BENCHMARK_BIN, or the cache ($XDG_CACHE_HOME or ~/.cache)/etcdstore-bench/etcd-benchmark-v3.4.23/,
 and built there when missing by --build-script / $ETCD_BENCHMARK_BUILD (default: the shared
@@ -113,6 +118,7 @@ class ToolResult:
     errors: int = 0
     error_kinds: list[str] = field(default_factory=list)
     wall_s: float = 0.0
+    client_cpu: float | None = None  # the Python driver's: cores it kept busy (1 per process: saturated)
 
 
 def parse_report(text: str) -> ToolResult:
@@ -286,6 +292,51 @@ def run_tool(
     res.wall_s = time.monotonic() - t0
     if p.returncode != 0 or not res.rps and "Requests/sec" not in text:
         raise RuntimeError(f"benchmark {args[0]} exited {p.returncode}: {text[-600:]!r}")
+    return res
+
+
+def driver_result(run: dict[str, Any]) -> ToolResult:
+    """The numbers of one run of the Python driver (a line of `etcdstore bench --json`)."""
+    lat = run.get("latency_ms") or {}
+    errors = run.get("errors") or {}
+    return ToolResult(
+        rps=float(run["ops_per_s"]),
+        total_s=float(run["elapsed_s"]),
+        p50_ms=lat.get("p50"),
+        p99_ms=lat.get("p99"),
+        errors=sum(errors.values()),
+        error_kinds=[f"{k}: {v}" for k, v in errors.items()],
+        client_cpu=run.get("client_cpu_cores"),
+    )
+
+
+def run_driver(
+    endpoints: list[str], clients: int, conns: int, args: list[str], timeout: float, work: Path
+) -> ToolResult:
+    """One run of etcdstore's Python driver (`etcdstore bench`, a child like the Go tool: stopped with
+    everything else on Ctrl-C), its numbers read from its --json line."""
+    fd, name = tempfile.mkstemp(prefix="driver-", suffix=".jsonl", dir=work)
+    os.close(fd)
+    out_json = Path(name)
+    cmd = [sys.executable, "-m", "etcdstore", "bench", *args, f"--endpoints={','.join(endpoints)}"]
+    cmd += [f"--clients={clients}", f"--conns={conns}", f"--json={out_json}"]
+    t0 = time.monotonic()
+    p = _spawn(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        try:
+            out, _ = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise TimeoutError(f"python driver {args[0]} did not finish in {timeout:.0f} s") from None
+        finally:
+            _reap(p)
+        lines = out_json.read_text().splitlines()
+    finally:
+        out_json.unlink(missing_ok=True)
+    text = out.decode("utf-8", "replace")
+    if p.returncode != 0 or not lines:
+        raise RuntimeError(f"python driver {args[0]} exited {p.returncode}: {text[-600:]!r}")
+    res = driver_result(json.loads(lines[-1]))
+    res.wall_s = time.monotonic() - t0
     return res
 
 
@@ -539,10 +590,11 @@ class Cell:
     workload: str  # the table's name
     members: int
     clients: int
-    args: Callable[[int], list[str]]  # the tool's subcommand and flags for a total
+    args: Callable[[int], list[str]]  # the load generator's subcommand and flags for a total
     total: int
     quick_total: int
     prefill_range_key: bool = False
+    python_driver: bool = False  # measured with etcdstore's Python driver, not etcd's Go tool
 
     @property
     def conns(self) -> int:
@@ -575,6 +627,11 @@ def _txn_put(total: int) -> list[str]:
     ]
 
 
+def _py_delete(total: int) -> list[str]:
+    """The Python driver's delete: op i deletes key i (8 bytes), the driver's prefill writes them first."""
+    return ["delete", "--key-size=8", f"--val-size={VAL_SIZE}", f"--total={total}"]
+
+
 HEADLINE = [
     Cell("put-m1-c100", "put", 1, 100, _put, 30000, 2000),
     Cell("put-m3-c1", "put", 3, 1, _put, 2000, 100),
@@ -585,12 +642,25 @@ HEADLINE = [
     Cell("txn-put-m3-c100", "txn-put", 3, 100, _txn_put, 20000, 2000),
 ]
 # Cells run only when named with --only (e.g. to compare two builds of etcdstore on one member).
+# The delete cell is here rather than in the headline: its load generator is not etcd's tool, so its
+# numbers compare the two servers with each other, not with the headline's cells.
 EXTRA = [
     Cell("put-m1-c1", "put", 1, 1, _put, 2000, 100),
+    Cell("delete-m3-c100", "delete (Python driver)", 3, 100, _py_delete, 20000, 2000, python_driver=True),
 ]
 # Not in etcd 3.4's tool: a delete workload (its subcommands are put, range, txn-put, stm, watch,
 # watch-get, watch-latency, lease-keepalive, mvcc); see NOT_MEASURED.
-NOT_MEASURED = ["delete: etcd 3.4's benchmark tool has no delete workload"]
+NOT_MEASURED = [
+    (
+        "delete with etcd's tool (etcd 3.4's benchmark tool has no delete workload; --only delete-m3-c100 "
+        "measures delete on both servers with etcdstore's Python driver)"
+    )
+]
+DRIVER_NOTE = (
+    "(Python driver): measured on both servers with etcdstore's own load driver (`etcdstore bench delete`: "
+    "DeleteRange of one key, each key once, all written first by the driver's prefill), not with etcd's "
+    "benchmark tool, which has no delete workload"
+)
 
 
 def _put_key(endpoint: str, key: str, value: bytes) -> None:
@@ -614,6 +684,7 @@ class Measurement:
     total: int
     seconds: float
     error_kinds: list[str] = field(default_factory=list)
+    client_cpu: float | None = None  # the Python driver's busy cores (its cells only)
 
 
 def round_order(r: int) -> tuple[str, str]:
@@ -655,17 +726,8 @@ def run_headline(
                         )
                         timeout = 60 + total / 20.0
                         if warmup and not quick:
-                            run_tool(
-                                tool,
-                                cluster.endpoints,
-                                cell.clients,
-                                cell.conns,
-                                cell.args(max(cell.clients, total // 20)),
-                                timeout,
-                            )
-                        res = run_tool(
-                            tool, cluster.endpoints, cell.clients, cell.conns, cell.args(total), timeout
-                        )
+                            _measure(tool, cell, cluster, max(cell.clients, total // 20), timeout)
+                        res = _measure(tool, cell, cluster, total, timeout)
                         m = Measurement(
                             cell.id,
                             server,
@@ -677,9 +739,12 @@ def run_headline(
                             total,
                             res.total_s,
                             res.error_kinds,
+                            res.client_cpu,
                         )
                         out.append(m)
                         err = f", {res.errors} errors {res.error_kinds[:2]}" if res.errors else ""
+                        if res.client_cpu is not None:
+                            err += f", Python driver busy {res.client_cpu:.2f} cores"
                         print(
                             f"#   {cell.id:<16} {server:<9} {res.rps:10,.0f} req/s  p50 {_ms(res.p50_ms)}  "
                             f"p99 {_ms(res.p99_ms)} ms{err}",
@@ -687,6 +752,15 @@ def run_headline(
                             flush=True,
                         )
     return out
+
+
+def _measure(tool: str, cell: Cell, cluster: Cluster, total: int, timeout: float) -> ToolResult:
+    """One run of `cell`'s load generator against `cluster`."""
+    if cell.python_driver:
+        return run_driver(
+            cluster.endpoints, cell.clients, cell.conns, cell.args(total), timeout, cluster.root
+        )
+    return run_tool(tool, cluster.endpoints, cell.clients, cell.conns, cell.args(total), timeout)
 
 
 def _ms(v: float | None) -> str:
@@ -1704,12 +1778,14 @@ def _parser() -> argparse.ArgumentParser:
         prog="etcdstore bench compare",
         description="Run real etcd 3.4 and etcdstore side by side on this machine with etcd's own Go benchmark "
         "tool (rounds alternate which server goes first; fresh clusters each round) and print the "
-        "table: median req/s, the median and range of the etcdstore/etcd ratio, p50/p99 latency.",
+        "table: median req/s, the median and range of the etcdstore/etcd ratio, p50/p99 latency. "
+        "Delete, which etcd's tool lacks, is measured with etcdstore's Python driver on both servers "
+        "(--only delete-m3-c100).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="cells of the headline suite: "
         + ", ".join(c.id for c in HEADLINE)
         + "; only with --only: "
-        + ", ".join(c.id for c in EXTRA)
+        + ", ".join(c.id + (" (Python driver)" if c.python_driver else "") for c in EXTRA)
         + "\n\nexamples:\n  etcdstore bench compare                          # headline table, 5 rounds\n"
         "  etcdstore bench compare --quick                  # 1 round, few requests (a smoke run)\n"
         "  etcdstore bench compare --suite scale --keys 1000000 --json scale.json\n",
@@ -1863,6 +1939,17 @@ def _loadavg() -> str:
         return "?"
 
 
+def select_cells(only: str) -> list[Cell]:
+    """The headline cells, or those `only` (a comma list of ids, EXTRA's included) names."""
+    if not only:
+        return list(HEADLINE)
+    want = [x.strip() for x in only.split(",") if x.strip()]
+    unknown = [w for w in want if w not in {c.id for c in HEADLINE + EXTRA}]
+    if unknown:
+        raise SystemExit(f"unknown cell(s) {unknown}; cells: {', '.join(c.id for c in HEADLINE + EXTRA)}")
+    return [c for c in HEADLINE + EXTRA if c.id in want]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     if args.rounds < 1 or args.scale_rounds < 1:
@@ -1870,13 +1957,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.rounds = 1
     log = sys.stdout
-    cells = HEADLINE
-    if args.only:
-        want = [x.strip() for x in args.only.split(",") if x.strip()]
-        unknown = [w for w in want if w not in {c.id for c in HEADLINE + EXTRA}]
-        if unknown:
-            raise SystemExit(f"unknown cell(s) {unknown}; cells: {', '.join(c.id for c in HEADLINE + EXTRA)}")
-        cells = [c for c in HEADLINE + EXTRA if c.id in want]
+    cells = select_cells(args.only)
     if args.suite in ("scale", "all"):
         unknown = [x for x in args.scale_parts.split(",") if x.strip() and x.strip() not in SCALE_PARTS]
         if unknown:
@@ -1902,7 +1983,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, argv: list[str] | None, cells: list[Cell], log: TextIO) -> int:
-    tool = find_tool(args.benchmark_bin, args.build_script, log)
+    # Cells of the Python driver alone need no Go tool (nor its build).
+    needs_tool = args.suite in ("scale", "all") or any(not c.python_driver for c in cells)
+    tool = find_tool(args.benchmark_bin, args.build_script, log) if needs_tool else ""
     etcd_version = subprocess.run(
         [args.etcd_bin, "--version"], check=False, capture_output=True, text=True, timeout=60
     ).stdout.split("\n")[0]
@@ -1911,7 +1994,8 @@ def _run(args: argparse.Namespace, argv: list[str] | None, cells: list[Cell], lo
     cmdline = "etcdstore bench compare " + " ".join(sys.argv[1:] if argv is None else argv)
     source = source_info()
     print(
-        f"# {cmdline.strip()}\n# {etcd_version}; etcdstore from {source}\n# tool {tool}; {os.cpu_count()} cores; "
+        f"# {cmdline.strip()}\n# {etcd_version}; etcdstore from {source}\n"
+        f"# tool {tool or 'not needed (Python driver cells only)'}; {os.cpu_count()} cores; "
         f"load average before: {load_before}",
         file=log,
         flush=True,
@@ -1959,8 +2043,10 @@ def _run(args: argparse.Namespace, argv: list[str] | None, cells: list[Cell], lo
     md_parts: list[str] = []
     if rows:
         table_rows = [_cells(r) for r in rows]
-        print("\n" + plain_table(HEAD, table_rows), file=log)
-        md_parts.append(markdown_table(HEAD, table_rows))
+        driven = [c.workload for c in cells if c.python_driver and any(r["cell"] == c.id for r in rows)]
+        note_py = "".join(f"{w.removesuffix(' (Python driver)')} {DRIVER_NOTE}.\n" for w in driven)
+        print("\n" + plain_table(HEAD, table_rows) + note_py, file=log)
+        md_parts.append(markdown_table(HEAD, table_rows) + (f"\n{note_py}" if note_py else ""))
     for part, recs in scale.items():
         if not recs:
             continue

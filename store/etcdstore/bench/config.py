@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-WORKLOADS = ("put", "range", "txn", "watch")
+WORKLOADS = ("put", "range", "txn", "delete", "watch")
 
 
 @dataclass(frozen=True)
@@ -83,6 +83,7 @@ class WorkerShare:
     watchers: int
     watch_streams: int
     seed: int = 0
+    key_offset: int = 0  # delete: this process deletes keys key_offset .. key_offset + total - 1
 
 
 def shares(cfg: BenchConfig) -> list[WorkerShare]:
@@ -94,6 +95,7 @@ def shares(cfg: BenchConfig) -> list[WorkerShare]:
     streams = split(cfg.watch_streams if cfg.workload == "watch" else 0, p)
     out = []
     offset = 0
+    key_offsets = [sum(totals[:i]) for i in range(p)]
     for i in range(p):
         out.append(
             WorkerShare(
@@ -105,6 +107,7 @@ def shares(cfg: BenchConfig) -> list[WorkerShare]:
                 watchers=watchers[i],
                 watch_streams=max(streams[i], 1 if watchers[i] else 0),
                 seed=1000 + i,
+                key_offset=key_offsets[i],
             )
         )
         offset += max(conns[i], 1)

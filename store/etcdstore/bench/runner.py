@@ -94,7 +94,8 @@ def merge(cfg: BenchConfig, results: list[WorkerResult]) -> Summary:
 
 
 async def prefill(cfg: BenchConfig) -> None:
-    """Write every key of the key space once (txns of 128 puts, 8 in flight)."""
+    """Write every key of the key space once (txns of 128 puts, 8 in flight): what range reads and
+    delete removes."""
     channel = make_channel(cfg.endpoints[0], cfg.tls)
     try:
         txn = channel.unary_unary("/etcdserverpb.KV/Txn", request_serializer=None, response_deserializer=None)
@@ -145,6 +146,10 @@ def _process_main(
 
 def run(cfg: BenchConfig) -> Summary:
     """Run `cfg` and return the merged summary; raises RuntimeError if a worker failed."""
+    if cfg.workload == "delete" and not (0 < cfg.total <= cfg.key_space):
+        # Op i deletes key i, which the prefill wrote (keys 0 .. key_space - 1); without the prefill,
+        # deletes of absent keys count as errors (NOT_DELETED).
+        raise ValueError("delete needs --total, and a key space of at least --total keys")
     parts = shares(cfg)
     if cfg.procs == 1:
         return merge(cfg, [_in_process(cfg, parts[0])])

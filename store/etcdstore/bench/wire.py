@@ -1,7 +1,7 @@
 """Request bytes built by hand, once: the benchmark's hot loop never touches protobuf objects.
 
 Field numbers are etcd's (rpc.proto): PutRequest key=1 value=2; RangeRequest key=1
-serializable=7; TxnRequest success=2; RequestOp request_put=2. tests/client checks that these
+serializable=7; DeleteRangeRequest key=1; TxnRequest success=2; RequestOp request_put=2. tests/client checks that these
 bytes equal what the generated classes serialize.
 """
 
@@ -39,6 +39,11 @@ def put_request(key: bytes, value: bytes) -> bytes:
 
 def range_request(key: bytes, serializable: bool) -> bytes:
     return field_bytes(1, key) + (b"\x38\x01" if serializable else b"")
+
+
+def delete_range_request(key: bytes) -> bytes:
+    """DeleteRangeRequest of the one key `key` (no range_end, no prev_kv)."""
+    return field_bytes(1, key)
 
 
 def txn_put_request(puts: list[tuple[bytes, bytes]]) -> bytes:

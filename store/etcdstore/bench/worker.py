@@ -27,6 +27,7 @@ _PATHS = {
     "put": "/etcdserverpb.KV/Put",
     "range": "/etcdserverpb.KV/Range",
     "txn": "/etcdserverpb.KV/Txn",
+    "delete": "/etcdserverpb.KV/DeleteRange",
     "watch": "/etcdserverpb.KV/Put",  # the load behind the watchers
 }
 WATCH_PATH = "/etcdserverpb.Watch/Watch"
@@ -52,6 +53,11 @@ def make_channel(endpoint: str, tls: tuple[str | None, str | None, str | None] |
     return grpc.aio.secure_channel(target, creds, options)
 
 
+def _deleted_one(resp: bytes) -> str | None:
+    """A delete that removed no key did not do the work measured (on etcd it makes no revision)."""
+    return None if rpc_pb2.DeleteRangeResponse.FromString(resp).deleted == 1 else "NOT_DELETED"
+
+
 def _cpu() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
@@ -60,9 +66,10 @@ def _cpu() -> float:
 class _Requests:
     """Picks the next request's bytes for this workload."""
 
-    def __init__(self, cfg: BenchConfig, rng: random.Random) -> None:
+    def __init__(self, cfg: BenchConfig, rng: random.Random, share: WorkerShare) -> None:
         self.cfg = cfg
         self.rng = rng
+        self.share = share
         self.value = rng.randbytes(cfg.val_size)
         size = cfg.key_space * (cfg.key_size + cfg.val_size + 8)
         self.prebuilt: list[bytes] | None = None
@@ -103,6 +110,12 @@ class _Requests:
             return lambda: wire.txn_put_request(
                 [(wire.key_bytes(i, ks), value) for i in rng.sample(range(space), ops)]
             )
+        if cfg.workload == "delete":
+            # Each key once, in order: the clients share the iterator, and the budget asks it for
+            # exactly share.total keys, this process's own (the prefill wrote them all).
+            first, ks = self.share.key_offset, cfg.key_size
+            keys = iter(range(first, first + self.share.total))
+            return lambda: wire.delete_range_request(wire.key_bytes(next(keys), ks))
         return lambda: self._build(int(rnd() * space))
 
 
@@ -115,6 +128,7 @@ async def _client_loop(
     timeout: float,
     lat: array,
     errors: dict[str, int],
+    check: Callable[[bytes], str | None] | None = None,
 ) -> None:
     now = time.monotonic
     append = lat.append
@@ -133,13 +147,19 @@ async def _client_loop(
         if t0 >= stop_at:
             return
         try:
-            await call(req, timeout=timeout)
+            resp = await call(req, timeout=timeout)
         except grpc.aio.AioRpcError as e:
             name = e.code().name
             errors[name] = errors.get(name, 0) + 1
             await asyncio.sleep(0.01)  # a down server must not turn this into a busy loop
             continue
-        append(now() - t0)
+        t1 = now()
+        if check is not None:
+            wrong = check(resp)
+            if wrong:  # answered, but not done: an error, not an op
+                errors[wrong] = errors.get(wrong, 0) + 1
+                continue
+        append(t1 - t0)
 
 
 class _WatchSide:
@@ -225,7 +245,7 @@ async def run_share(
             ch.unary_unary(_PATHS[cfg.workload], request_serializer=None, response_deserializer=None)
             for ch in channels
         ]
-        reqs = _Requests(cfg, rng)
+        reqs = _Requests(cfg, rng, share)
         watch = _WatchSide(channels, share, cfg) if share.watchers else None
         if watch:
             await watch.start()
@@ -234,6 +254,7 @@ async def run_share(
         lat = array("d")
         errors: dict[str, int] = {}
         interval = cfg.clients / cfg.rate if cfg.rate else 0.0  # per client, for the total rate
+        check = _deleted_one if cfg.workload == "delete" else None
         start_at = await wait_go()
         await asyncio.sleep(max(0.0, start_at - time.monotonic()))
         cpu0 = _cpu()
@@ -241,7 +262,9 @@ async def run_share(
         stop_at = start + cfg.duration if not share.total else float("inf")
         await asyncio.gather(
             *(
-                _client_loop(calls[i % len(calls)], pick, budget, stop_at, interval, cfg.timeout, lat, errors)
+                _client_loop(
+                    calls[i % len(calls)], pick, budget, stop_at, interval, cfg.timeout, lat, errors, check
+                )
                 for i in range(share.clients)
             )
         )
