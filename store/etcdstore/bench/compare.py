@@ -634,6 +634,7 @@ def _py_delete(total: int) -> list[str]:
 
 HEADLINE = [
     Cell("put-m1-c100", "put", 1, 100, _put, 30000, 2000),
+    Cell("put-m1-c1000", "put", 1, 1000, _put, 30000, 3000),
     Cell("put-m3-c1", "put", 3, 1, _put, 2000, 100),
     Cell("put-m3-c100", "put", 3, 100, _put, 20000, 2000),
     Cell("put-m3-c1000", "put", 3, 1000, _put, 30000, 3000),
