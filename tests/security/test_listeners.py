@@ -24,8 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from auth.pki import PKI
-from testlib import HOST, Member, etcdctl, free_port, have_etcd
+from testlib import CA, HOST, Member, etcdctl, free_port, have_etcd
 
 pytestmark = pytest.mark.skipif(not have_etcd(), reason="etcdctl 3.4 not installed")
 
@@ -129,6 +128,12 @@ def plain_http(port: int) -> bytes:
         return type(e).__name__.encode()
 
 
+def _issue(ca: CA, cn: str, *, server: bool = False) -> tuple[str, str]:
+    """(certificate, key) paths for `cn`, good for client (and with `server`, server) authentication."""
+    cert, key = ca.issue(cn, cn, server=server)
+    return str(cert), str(key)
+
+
 def tls_http(port: int, ca: Path, cert: tuple[str, str] | None) -> bytes:
     """What an HTTPS client that trusts the CA gets back, with or without a client certificate."""
     ctx = ssl.create_default_context(cafile=str(ca))
@@ -162,9 +167,9 @@ def gateway_range(port: int, ca: Path, cert: tuple[str, str]) -> bytes:
 
 
 def test_every_listener_is_declared_and_refuses_clients_without_a_certificate(tmp_path: Path) -> None:
-    pki = PKI(tmp_path / "pki")
-    server_cert, server_key = pki.issue("member", server=True)
-    client = pki.issue("alice")
+    ca = CA(tmp_path / "pki")
+    server_cert, server_key = _issue(ca, "member", server=True)
+    client = _issue(ca, "alice")
     client_port, peer_port, metrics_port = free_port(), free_port(), free_port()
     m = _TLSPeerMember(
         name="s0",
@@ -178,23 +183,23 @@ def test_every_listener_is_declared_and_refuses_clients_without_a_certificate(tm
             "--key-file",
             server_key,
             "--trusted-ca-file",
-            str(pki.ca),
+            str(ca.cert),
             "--client-cert-auth",
             "--peer-cert-file",
             server_cert,
             "--peer-key-file",
             server_key,
             "--peer-trusted-ca-file",
-            str(pki.ca),
+            str(ca.cert),
             "--peer-client-cert-auth",
             "--listen-metrics-urls",
             f"https://{HOST}:{metrics_port}",
         ],
     )
     declared = {(HOST, client_port), (HOST, peer_port), (HOST, metrics_port)}
-    with_cert = ["--cacert", str(pki.ca), "--cert", client[0], "--key", client[1], "--dial-timeout", "5s"]
+    with_cert = ["--cacert", str(ca.cert), "--cert", client[0], "--key", client[1], "--dial-timeout", "5s"]
     plain = ["--dial-timeout", "2s", "--command-timeout", "3s"]
-    no_cert = ["--cacert", str(pki.ca), *plain]
+    no_cert = ["--cacert", str(ca.cert), *plain]
     m.spawn()
     try:
         assert m.proc is not None
@@ -207,7 +212,7 @@ def test_every_listener_is_declared_and_refuses_clients_without_a_certificate(tm
             assert time.monotonic() < deadline, m.log_tail()
             time.sleep(0.2)
         # Use the JSON gateway once, so anything it opens lazily is open now.
-        assert gateway_range(client_port, pki.ca, client).startswith(b"HTTP/1.1 200")
+        assert gateway_range(client_port, ca.cert, client).startswith(b"HTTP/1.1 200")
 
         listening, other = sockets_of(m.proc.pid)
         undeclared = sorted(listening - declared)
@@ -234,7 +239,7 @@ def test_every_listener_is_declared_and_refuses_clients_without_a_certificate(tm
             # HTTP in plain text, and over TLS without a certificate: no HTTP answer.
             for label, answer in (
                 ("plain HTTP", plain_http(port)),
-                ("HTTPS without a certificate", tls_http(port, pki.ca, None)),
+                ("HTTPS without a certificate", tls_http(port, ca.cert, None)),
             ):
                 if answer.startswith(b"HTTP/"):
                     problems.append(f"{port}: {label} was answered: {answer!r}")
@@ -243,7 +248,7 @@ def test_every_listener_is_declared_and_refuses_clients_without_a_certificate(tm
         # The probes can tell: with the certificate, the same ones are served.
         assert etcdctl([f"https://{m.endpoint}"], *with_cert, "get", "k").stdout == "k\nv\n"
         for port in (client_port, metrics_port):
-            assert tls_http(port, pki.ca, client).startswith(b"HTTP/1.1 200"), port
+            assert tls_http(port, ca.cert, client).startswith(b"HTTP/1.1 200"), port
     finally:
         m.kill()
 
@@ -268,9 +273,9 @@ def test_the_gateway_acts_as_its_caller(tmp_path: Path) -> None:
     CN is the user when the request has no Accept header; with one (curl always sends it), etcd's
     rule applies and the CN is ignored (etcd's gateway is a gRPC client with its own certificate
     and etcd drops that certificate's CN when grpcgateway-accept metadata is present)."""
-    pki = PKI(tmp_path / "pki")
-    server_cert, server_key = pki.issue("member", server=True)
-    root, alice, mallory = pki.issue("root"), pki.issue("alice"), pki.issue("mallory")
+    ca = CA(tmp_path / "pki")
+    server_cert, server_key = _issue(ca, "member", server=True)
+    root, alice, mallory = _issue(ca, "root"), _issue(ca, "alice"), _issue(ca, "mallory")
     m = Member(
         name="s0",
         data_dir=tmp_path / "s0.etcd",
@@ -283,7 +288,7 @@ def test_the_gateway_acts_as_its_caller(tmp_path: Path) -> None:
             "--key-file",
             server_key,
             "--trusted-ca-file",
-            str(pki.ca),
+            str(ca.cert),
             "--client-cert-auth",
             "--bcrypt-cost",
             "4",
@@ -293,7 +298,7 @@ def test_the_gateway_acts_as_its_caller(tmp_path: Path) -> None:
 
     def as_(who: tuple[str, str], *args: str) -> str:
         return etcdctl(
-            ep, "--cacert", str(pki.ca), "--cert", who[0], "--key", who[1], "--dial-timeout", "5s", *args
+            ep, "--cacert", str(ca.cert), "--cert", who[0], "--key", who[1], "--dial-timeout", "5s", *args
         ).stdout
 
     m.spawn()
@@ -303,7 +308,7 @@ def test_the_gateway_acts_as_its_caller(tmp_path: Path) -> None:
             etcdctl(
                 ep,
                 "--cacert",
-                str(pki.ca),
+                str(ca.cert),
                 "--cert",
                 root[0],
                 "--key",
@@ -333,22 +338,22 @@ def test_the_gateway_acts_as_its_caller(tmp_path: Path) -> None:
         other = {"key": base64.b64encode(b"other").decode()}
 
         # The CN is the user: alice reads k/1, but not "other"; mallory (no such user) nothing.
-        status, got = _gateway(port, pki.ca, alice, "/v3/kv/range", k1)
+        status, got = _gateway(port, ca.cert, alice, "/v3/kv/range", k1)
         assert status == 200 and base64.b64decode(got["kvs"][0]["value"]) == b"v1", got
-        status, got = _gateway(port, pki.ca, alice, "/v3/kv/range", other)
+        status, got = _gateway(port, ca.cert, alice, "/v3/kv/range", other)
         assert (status, got["message"]) == (403, "etcdserver: permission denied"), got
-        status, got = _gateway(port, pki.ca, mallory, "/v3/kv/range", k1)
+        status, got = _gateway(port, ca.cert, mallory, "/v3/kv/range", k1)
         assert status != 200, got
         # With an Accept header the CN does not count (etcd 3.4's rule for gateway requests).
-        status, got = _gateway(port, pki.ca, alice, "/v3/kv/range", k1, {"Accept": "*/*"})
+        status, got = _gateway(port, ca.cert, alice, "/v3/kv/range", k1, {"Accept": "*/*"})
         assert status != 200, got
         # A token is the user whatever the certificate.
         status, got = _gateway(
-            port, pki.ca, mallory, "/v3/auth/authenticate", {"name": "root", "password": "rootpw"}
+            port, ca.cert, mallory, "/v3/auth/authenticate", {"name": "root", "password": "rootpw"}
         )
         assert status == 200, got
         status, got = _gateway(
-            port, pki.ca, mallory, "/v3/kv/range", other, {"Authorization": got["token"], "Accept": "*/*"}
+            port, ca.cert, mallory, "/v3/kv/range", other, {"Authorization": got["token"], "Accept": "*/*"}
         )
         assert status == 200 and base64.b64decode(got["kvs"][0]["value"]) == b"o", got
         # And the gRPC path agrees on the CN.
