@@ -280,19 +280,24 @@ def run_tool(
 ) -> ToolResult:
     cmd = [tool, f"--endpoints={','.join(endpoints)}", f"--conns={conns}", f"--clients={clients}", *args]
     t0 = time.monotonic()
-    p = _spawn(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    text, rc = _run_child(cmd, f"benchmark {' '.join(args[:1])}", timeout, subprocess.DEVNULL)
+    res = parse_report(text)
+    res.wall_s = time.monotonic() - t0
+    if rc != 0 or not res.rps and "Requests/sec" not in text:
+        raise RuntimeError(f"benchmark {args[0]} exited {rc}: {text[-600:]!r}")
+    return res
+
+
+def _run_child(cmd: list[str], what: str, timeout: float, stderr: int) -> tuple[str, int]:
+    """Run a load generator as a child (stopped with everything else on Ctrl-C): its output and exit code."""
+    p = _spawn(cmd, stdout=subprocess.PIPE, stderr=stderr)
     try:
         out, _ = p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        raise TimeoutError(f"benchmark {' '.join(args[:1])} did not finish in {timeout:.0f} s") from None
+        raise TimeoutError(f"{what} did not finish in {timeout:.0f} s") from None
     finally:
         _reap(p)
-    text = out.decode("utf-8", "replace")
-    res = parse_report(text)
-    res.wall_s = time.monotonic() - t0
-    if p.returncode != 0 or not res.rps and "Requests/sec" not in text:
-        raise RuntimeError(f"benchmark {args[0]} exited {p.returncode}: {text[-600:]!r}")
-    return res
+    return out.decode("utf-8", "replace"), p.returncode
 
 
 def driver_result(run: dict[str, Any]) -> ToolResult:
@@ -321,20 +326,13 @@ def run_driver(
     cmd = [sys.executable, "-m", "etcdstore", "bench", *args, f"--endpoints={','.join(endpoints)}"]
     cmd += [f"--clients={clients}", f"--conns={conns}", f"--json={out_json}"]
     t0 = time.monotonic()
-    p = _spawn(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        try:
-            out, _ = p.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise TimeoutError(f"python driver {args[0]} did not finish in {timeout:.0f} s") from None
-        finally:
-            _reap(p)
+        text, rc = _run_child(cmd, f"python driver {args[0]}", timeout, subprocess.STDOUT)
         lines = out_json.read_text().splitlines()
     finally:
         out_json.unlink(missing_ok=True)
-    text = out.decode("utf-8", "replace")
-    if p.returncode != 0 or not lines:
-        raise RuntimeError(f"python driver {args[0]} exited {p.returncode}: {text[-600:]!r}")
+    if rc != 0 or not lines:
+        raise RuntimeError(f"python driver {args[0]} exited {rc}: {text[-600:]!r}")
     res = driver_result(json.loads(lines[-1]))
     res.wall_s = time.monotonic() - t0
     return res
