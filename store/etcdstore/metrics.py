@@ -75,13 +75,6 @@ GRPC_HANDLED = Counter(
 GRPC_HANDLING: Histogram | None = None
 
 
-class _Level:
-    """Which grpc_server_* metrics a call updates; `generation` changes when the level does, so that
-    callers caching their bound metrics (api.common.unary) know to bind again."""
-
-    generation = 0
-
-
 def enable_handling_histogram() -> None:
     """Export grpc_server_handling_seconds from now on (etcd --metrics=extensive). Like grpc-go's
     EnableHandlingTimeHistogram it is process-wide and stays on."""
@@ -94,12 +87,7 @@ def enable_handling_histogram() -> None:
         ["grpc_type", "grpc_service", "grpc_method"],
         buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
     )
-    _bound.clear()
-    _Level.generation += 1
-
-
-def generation() -> int:
-    return _Level.generation
+    _bound.clear()  # bound again with the histogram (api.common.unary rebinds when it sees it set)
 
 
 _bound: dict[tuple, tuple] = {}

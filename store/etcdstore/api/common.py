@@ -67,12 +67,11 @@ def unary(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        if not bound or bound[0] != metrics.generation():
-            bound[:] = [
-                metrics.generation(),
-                *metrics.rpc_metrics(_SERVICES.get(type(self).__name__, type(self).__name__), fn.__name__),
-            ]
-        _, started, handling, handled = bound
+        if not bound or (bound[1] is None and metrics.GRPC_HANDLING is not None):  # (re)bind; see metrics
+            bound[:] = metrics.rpc_metrics(
+                _SERVICES.get(type(self).__name__, type(self).__name__), fn.__name__
+            )
+        started, handling, handled = bound
         started.inc()
         t = perf() if handling is not None else 0.0
         code = "OK"
